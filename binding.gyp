@@ -1,0 +1,18 @@
+{
+  "targets": [
+    {
+      "target_name": "pxd_native",
+      "sources": [
+        "native/addon.cc",
+        "native/block_store.cc",
+        "native/crc32c.cc"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED", "NAPI_CPP_EXCEPTIONS"],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions"],
+      "cflags_cc": ["-std=c++17", "-O3", "-Wall", "-Wextra"],
+      "cflags": ["-O3"]
+    }
+  ]
+}

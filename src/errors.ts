@@ -1,0 +1,49 @@
+/**
+ * One error type for the whole daemon. Every failure a caller may act on has a
+ * string `code` from this catalogue; callers match on the code, never on text.
+ * The message is written for the person who reads it (an operator, a Docker user).
+ */
+export const ErrorCodes = {
+  INVALID_ARGUMENT: 'bad input: a malformed value, an unknown option, a bad name',
+  NOT_FOUND: 'the named volume (or object) does not exist',
+  ALREADY_EXISTS: 'a volume of that name exists with a different spec',
+  IN_USE: 'the volume is mounted and cannot be removed',
+  NO_SPACE: 'not enough free space for the requested size',
+  UNSATISFIABLE: 'the cluster cannot satisfy the request (e.g. repl greater than the online nodes)',
+  CHECKSUM_MISMATCH: 'a block read back does not match its crc32c',
+  IO_ERROR: 'a system call on a replica file failed',
+  STORE_CLOSED: 'the block store was closed',
+  ENGINE_CLOSED: 'the volume engine was closed',
+  DAEMON_STOPPING: 'the daemon is shutting down',
+  COMMAND_FAILED: 'an external command (losetup, mkfs, mount) failed',
+  BODY_TOO_LARGE: 'a request body exceeded the size cap',
+  MALFORMED_REQUEST: 'a request body is not valid JSON of the expected shape',
+  KVDB_UNAVAILABLE: 'the metadata store cannot be reached',
+  CONFLICT: 'a compare-and-swap lost against a concurrent change',
+  PRECONDITION: 'the environment lacks something pxd needs (root, /dev/fuse, a tool)',
+} as const
+
+export type ErrorCode = keyof typeof ErrorCodes
+
+export class PxdError extends Error {
+  readonly code: ErrorCode
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options)
+    this.name = 'PxdError'
+    this.code = code
+  }
+}
+
+export function pxdError(code: ErrorCode, message: string, cause?: unknown): PxdError {
+  return cause === undefined ? new PxdError(code, message) : new PxdError(code, message, { cause })
+}
+
+export function isPxdError(err: unknown, code?: ErrorCode): err is PxdError {
+  return err instanceof PxdError && (code === undefined || err.code === code)
+}
+
+/** The message of any thrown value, for logs and protocol replies. */
+export function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err)
+}
