@@ -1,0 +1,516 @@
+// JS bindings: flat functions over an opaque store handle, node-style
+// callbacks. Argument types are checked here (TypeError, thrown
+// synchronously); value errors come back through the callback with a code.
+//
+// Lifetime: a handle owns a Handle (shared with every worker using it), so a
+// store is freed only once JS dropped the handle and no work is queued. The
+// open/closing/closed state and the in-flight count live on the JS thread
+// only: a request made after close() is rejected with ECLOSED, and the close
+// itself is queued only when the last in-flight request has called back, so
+// it never holds a pool thread while waiting.
+#include <napi.h>
+
+#include <cmath>
+#include <memory>
+#include <new>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "block_store.h"
+#include "crc32c.h"
+
+namespace pxd {
+namespace {
+
+constexpr double kMaxSafeInteger = 9007199254740991.0;  // 2^53 - 1
+
+const napi_type_tag kStoreTag = {0x7078645f73746f72ull, 0x655f68616e646c65ull};
+
+struct Handle {
+  enum class State { kOpen, kClosing, kClosed };
+
+  std::unique_ptr<BlockStore> store;
+  State state = State::kOpen;
+  uint64_t inflight = 0;
+  // The close, deferred until inflight drops to zero.
+  Napi::AsyncWorker* pending_close = nullptr;
+  // Repeated close() calls, answered once the first one finished.
+  std::vector<Napi::AsyncWorker*> after_close;
+};
+
+using HandlePtr = std::shared_ptr<Handle>;
+
+Napi::Object MakeError(Napi::Env env, const StoreError& e) {
+  Napi::Object err = Napi::Error::New(env, e.message).Value();
+  err.Set("code", e.code);
+  if (e.os_errno != 0) {
+    err.Set("errno", e.os_errno);
+    err.Set("syscall", e.syscall);
+  }
+  if (!e.path.empty()) err.Set("path", e.path);
+  if (e.block >= 0) err.Set("block", static_cast<double>(e.block));
+  return err;
+}
+
+StoreError ClosedError(const Handle& h) {
+  StoreError e;
+  e.code = "ECLOSED";
+  e.message = "block store " + h.store->data_path() + " is closed";
+  e.path = h.store->data_path();
+  return e;
+}
+
+// Runs `fn`, turning anything it throws into a StoreError.
+template <typename Fn>
+bool Capture(StoreError& out, Fn&& fn) {
+  try {
+    fn();
+    return true;
+  } catch (const StoreError& e) {
+    out = e;
+  } catch (const std::bad_alloc&) {
+    out.code = "ENOMEM";
+    out.message = "out of memory";
+  } catch (const std::exception& e) {
+    out.code = "EIO";
+    out.message = e.what();
+  }
+  return false;
+}
+
+// A request on an open store. Start() must be called on the JS thread.
+class StoreWorker : public Napi::AsyncWorker {
+ public:
+  void Start() {
+    if (handle_->state == Handle::State::kOpen) {
+      handle_->inflight++;
+      counted_ = true;
+    }
+    Queue();
+  }
+
+ protected:
+  StoreWorker(const Napi::Function& cb, const char* name, HandlePtr handle)
+      : Napi::AsyncWorker(cb, name), handle_(std::move(handle)) {}
+
+  virtual void Run(BlockStore& store) = 0;
+  // Appends results after the null error.
+  virtual void Results(Napi::Env, std::vector<napi_value>&) {}
+
+  void Execute() override {
+    if (!counted_) return;
+    ok_ = Capture(error_, [this] { Run(*handle_->store); });
+  }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (counted_) Done();
+    std::vector<napi_value> args;
+    if (!counted_) {
+      args.push_back(MakeError(env, ClosedError(*handle_)));
+    } else if (!ok_) {
+      args.push_back(MakeError(env, error_));
+    } else {
+      args.push_back(env.Null());
+      Results(env, args);
+    }
+    Callback().Call(args);
+  }
+
+ private:
+  void Done() {
+    if (--handle_->inflight == 0 && handle_->pending_close != nullptr) {
+      Napi::AsyncWorker* close = handle_->pending_close;
+      handle_->pending_close = nullptr;
+      close->Queue();
+    }
+  }
+
+  HandlePtr handle_;
+  bool counted_ = false;
+  bool ok_ = false;
+  StoreError error_;
+};
+
+class WriteWorker : public StoreWorker {
+ public:
+  WriteWorker(const Napi::Function& cb, HandlePtr h, int64_t offset,
+              const Napi::Uint8Array& buf)
+      : StoreWorker(cb, "pxd:storeWrite", std::move(h)),
+        offset_(offset),
+        buf_(Napi::Persistent(buf.As<Napi::Object>())),
+        data_(buf.Data()),
+        len_(buf.ByteLength()) {}
+
+ protected:
+  void Run(BlockStore& store) override { store.Write(offset_, data_, len_); }
+
+ private:
+  int64_t offset_;
+  Napi::ObjectReference buf_;  // keeps the memory alive until the callback
+  const uint8_t* data_;
+  size_t len_;
+};
+
+class ReadWorker : public StoreWorker {
+ public:
+  ReadWorker(const Napi::Function& cb, HandlePtr h, int64_t offset,
+             Napi::Uint8Array buf)
+      : StoreWorker(cb, "pxd:storeRead", std::move(h)),
+        offset_(offset),
+        buf_(Napi::Persistent(buf.As<Napi::Object>())),
+        data_(buf.Data()),
+        len_(buf.ByteLength()) {}
+
+ protected:
+  void Run(BlockStore& store) override { store.Read(offset_, data_, len_); }
+
+ private:
+  int64_t offset_;
+  Napi::ObjectReference buf_;
+  uint8_t* data_;
+  size_t len_;
+};
+
+class FlushWorker : public StoreWorker {
+ public:
+  FlushWorker(const Napi::Function& cb, HandlePtr h)
+      : StoreWorker(cb, "pxd:storeFlush", std::move(h)) {}
+
+ protected:
+  void Run(BlockStore& store) override { store.Flush(); }
+};
+
+class DiscardWorker : public StoreWorker {
+ public:
+  DiscardWorker(const Napi::Function& cb, HandlePtr h, int64_t offset,
+                int64_t len)
+      : StoreWorker(cb, "pxd:storeDiscard", std::move(h)),
+        offset_(offset),
+        len_(len) {}
+
+ protected:
+  void Run(BlockStore& store) override { store.Discard(offset_, len_); }
+
+ private:
+  int64_t offset_;
+  int64_t len_;
+};
+
+class AllocatedWorker : public StoreWorker {
+ public:
+  AllocatedWorker(const Napi::Function& cb, HandlePtr h)
+      : StoreWorker(cb, "pxd:storeAllocated", std::move(h)) {}
+
+ protected:
+  void Run(BlockStore& store) override { ranges_ = store.Allocated(); }
+
+  void Results(Napi::Env env, std::vector<napi_value>& args) override {
+    Napi::Array out = Napi::Array::New(env, ranges_.size());
+    for (uint32_t i = 0; i < ranges_.size(); i++) {
+      Napi::Array pair = Napi::Array::New(env, 2);
+      pair.Set(0u, static_cast<double>(ranges_[i].first));
+      pair.Set(1u, static_cast<double>(ranges_[i].second));
+      out.Set(i, pair);
+    }
+    args.push_back(out);
+  }
+
+ private:
+  std::vector<std::pair<uint64_t, uint64_t>> ranges_;
+};
+
+// The first close() closes the files; later ones only report completion.
+class CloseWorker : public Napi::AsyncWorker {
+ public:
+  CloseWorker(const Napi::Function& cb, HandlePtr h, bool closes)
+      : Napi::AsyncWorker(cb, "pxd:storeClose"),
+        handle_(std::move(h)),
+        closes_(closes) {}
+
+ protected:
+  void Execute() override {
+    if (closes_) ok_ = Capture(error_, [this] { handle_->store->Close(); });
+  }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (closes_) {
+      handle_->state = Handle::State::kClosed;
+      for (Napi::AsyncWorker* w : handle_->after_close) w->Queue();
+      handle_->after_close.clear();
+    }
+    if (closes_ && !ok_) {
+      Callback().Call({MakeError(env, error_)});
+    } else {
+      Callback().Call({env.Null()});
+    }
+  }
+
+ private:
+  HandlePtr handle_;
+  bool closes_;
+  bool ok_ = true;
+  StoreError error_;
+};
+
+class OpenWorker : public Napi::AsyncWorker {
+ public:
+  OpenWorker(const Napi::Function& cb, std::string data_path,
+             std::string crc_path, int64_t size, int64_t block_size,
+             bool create)
+      : Napi::AsyncWorker(cb, "pxd:storeOpen"),
+        data_path_(std::move(data_path)),
+        crc_path_(std::move(crc_path)),
+        size_(size),
+        block_size_(block_size),
+        create_(create) {}
+
+ protected:
+  void Execute() override {
+    ok_ = Capture(error_, [this] {
+      store_ = BlockStore::Open(data_path_, crc_path_, size_, block_size_,
+                                create_);
+    });
+  }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (!ok_) {
+      Callback().Call({MakeError(env, error_)});
+      return;
+    }
+    auto handle = std::make_shared<Handle>();
+    handle->store = std::move(store_);
+    auto ext = Napi::External<HandlePtr>::New(
+        env, new HandlePtr(std::move(handle)),
+        [](Napi::Env, HandlePtr* p) { delete p; });
+    ext.TypeTag(&kStoreTag);
+    Callback().Call({env.Null(), ext});
+  }
+
+ private:
+  std::string data_path_;
+  std::string crc_path_;
+  int64_t size_;
+  int64_t block_size_;
+  bool create_;
+  bool ok_ = false;
+  StoreError error_;
+  std::unique_ptr<BlockStore> store_;
+};
+
+// ---- argument checks -------------------------------------------------------
+
+[[noreturn]] void ThrowType(Napi::Env env, const std::string& msg) {
+  throw Napi::TypeError::New(env, msg);
+}
+
+HandlePtr ArgHandle(const Napi::CallbackInfo& info, size_t i) {
+  Napi::Value v = info[i];
+  if (!v.IsExternal() ||
+      !v.As<Napi::External<HandlePtr>>().CheckTypeTag(&kStoreTag)) {
+    ThrowType(info.Env(), "argument " + std::to_string(i + 1) +
+                              " must be a store handle");
+  }
+  return *v.As<Napi::External<HandlePtr>>().Data();
+}
+
+// A safe integer; range checks are the store's job (ERANGE via callback).
+int64_t ArgInteger(const Napi::CallbackInfo& info, size_t i,
+                   const char* name) {
+  Napi::Value v = info[i];
+  if (!v.IsNumber()) ThrowType(info.Env(), std::string(name) + " must be a number");
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(d) || std::trunc(d) != d || std::fabs(d) > kMaxSafeInteger) {
+    ThrowType(info.Env(), std::string(name) + " must be a safe integer");
+  }
+  return static_cast<int64_t>(d);
+}
+
+Napi::Uint8Array ArgBuffer(const Napi::CallbackInfo& info, size_t i) {
+  Napi::Value v = info[i];
+  if (!v.IsTypedArray() ||
+      v.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+    ThrowType(info.Env(), "argument " + std::to_string(i + 1) +
+                              " must be a Uint8Array or Buffer");
+  }
+  return v.As<Napi::Uint8Array>();
+}
+
+Napi::Function ArgCallback(const Napi::CallbackInfo& info, size_t i) {
+  Napi::Value v = info[i];
+  if (!v.IsFunction()) {
+    ThrowType(info.Env(), "argument " + std::to_string(i + 1) +
+                              " must be a callback function");
+  }
+  return v.As<Napi::Function>();
+}
+
+std::string ArgString(const Napi::CallbackInfo& info, size_t i,
+                      const char* name) {
+  Napi::Value v = info[i];
+  if (!v.IsString()) ThrowType(info.Env(), std::string(name) + " must be a string");
+  return v.As<Napi::String>().Utf8Value();
+}
+
+uint32_t ArgCrcInit(const Napi::CallbackInfo& info, size_t i) {
+  Napi::Value v = info[i];
+  if (v.IsUndefined()) return 0;
+  if (!v.IsNumber()) ThrowType(info.Env(), "init must be a number");
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= 0 && d <= 4294967295.0) || std::trunc(d) != d) {
+    ThrowType(info.Env(), "init must be an integer in [0, 2^32)");
+  }
+  return static_cast<uint32_t>(d);
+}
+
+// ---- exports ---------------------------------------------------------------
+
+template <uint32_t (*Fn)(const void*, size_t, uint32_t)>
+Napi::Value JsCrc(const Napi::CallbackInfo& info) {
+  Napi::Uint8Array buf = ArgBuffer(info, 0);
+  uint32_t init = ArgCrcInit(info, 1);
+  return Napi::Number::New(info.Env(), Fn(buf.Data(), buf.ByteLength(), init));
+}
+
+Napi::Value JsCrc32cHardware(const Napi::CallbackInfo& info) {
+  if (!HasHardwareCrc32c()) {
+    Napi::Error err = Napi::Error::New(
+        info.Env(), "the CPU has no SSE4.2 crc32 instruction");
+    err.Set("code", Napi::String::New(info.Env(), "ENOTSUP"));
+    throw err;
+  }
+  return JsCrc<Crc32cHardware>(info);
+}
+
+Napi::Value JsHasHardwareCrc32c(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), HasHardwareCrc32c());
+}
+
+Napi::Value JsStoreOpen(const Napi::CallbackInfo& info) {
+  std::string data_path = ArgString(info, 0, "dataPath");
+  std::string crc_path = ArgString(info, 1, "crcPath");
+  int64_t size = ArgInteger(info, 2, "size");
+  int64_t block_size = ArgInteger(info, 3, "blockSize");
+  if (!info[4].IsBoolean()) ThrowType(info.Env(), "create must be a boolean");
+  bool create = info[4].As<Napi::Boolean>().Value();
+  Napi::Function cb = ArgCallback(info, 5);
+  (new OpenWorker(cb, std::move(data_path), std::move(crc_path), size,
+                  block_size, create))
+      ->Queue();
+  return info.Env().Undefined();
+}
+
+Napi::Value JsStoreWrite(const Napi::CallbackInfo& info) {
+  HandlePtr h = ArgHandle(info, 0);
+  int64_t offset = ArgInteger(info, 1, "offset");
+  Napi::Uint8Array buf = ArgBuffer(info, 2);
+  Napi::Function cb = ArgCallback(info, 3);
+  (new WriteWorker(cb, std::move(h), offset, buf))->Start();
+  return info.Env().Undefined();
+}
+
+Napi::Value JsStoreRead(const Napi::CallbackInfo& info) {
+  HandlePtr h = ArgHandle(info, 0);
+  int64_t offset = ArgInteger(info, 1, "offset");
+  Napi::Uint8Array buf = ArgBuffer(info, 2);
+  Napi::Function cb = ArgCallback(info, 3);
+  (new ReadWorker(cb, std::move(h), offset, buf))->Start();
+  return info.Env().Undefined();
+}
+
+Napi::Value JsStoreFlush(const Napi::CallbackInfo& info) {
+  HandlePtr h = ArgHandle(info, 0);
+  Napi::Function cb = ArgCallback(info, 1);
+  (new FlushWorker(cb, std::move(h)))->Start();
+  return info.Env().Undefined();
+}
+
+Napi::Value JsStoreDiscard(const Napi::CallbackInfo& info) {
+  HandlePtr h = ArgHandle(info, 0);
+  int64_t offset = ArgInteger(info, 1, "offset");
+  int64_t length = ArgInteger(info, 2, "length");
+  Napi::Function cb = ArgCallback(info, 3);
+  (new DiscardWorker(cb, std::move(h), offset, length))->Start();
+  return info.Env().Undefined();
+}
+
+Napi::Value JsStoreAllocated(const Napi::CallbackInfo& info) {
+  HandlePtr h = ArgHandle(info, 0);
+  Napi::Function cb = ArgCallback(info, 1);
+  (new AllocatedWorker(cb, std::move(h)))->Start();
+  return info.Env().Undefined();
+}
+
+Napi::Value JsStoreClose(const Napi::CallbackInfo& info) {
+  HandlePtr h = ArgHandle(info, 0);
+  Napi::Function cb = ArgCallback(info, 1);
+  Handle& handle = *h;
+  switch (handle.state) {
+    case Handle::State::kOpen: {
+      handle.state = Handle::State::kClosing;
+      auto* w = new CloseWorker(cb, std::move(h), true);
+      if (handle.inflight == 0) {
+        w->Queue();
+      } else {
+        handle.pending_close = w;
+      }
+      break;
+    }
+    case Handle::State::kClosing:
+      handle.after_close.push_back(new CloseWorker(cb, std::move(h), false));
+      break;
+    case Handle::State::kClosed:
+      (new CloseWorker(cb, std::move(h), false))->Queue();
+      break;
+  }
+  return info.Env().Undefined();
+}
+
+Napi::Value JsStoreInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  HandlePtr h = ArgHandle(info, 0);
+  if (h->state != Handle::State::kOpen) {
+    Napi::Error err = Napi::Error(env, MakeError(env, ClosedError(*h)));
+    throw err;
+  }
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("size", static_cast<double>(h->store->size()));
+  out.Set("blockSize", h->store->block_size());
+  return out;
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("crc32c", Napi::Function::New<JsCrc<Crc32c>>(env, "crc32c"));
+  exports.Set("crc32cHardware",
+              Napi::Function::New<JsCrc32cHardware>(env, "crc32cHardware"));
+  exports.Set("crc32cSoftware", Napi::Function::New<JsCrc<Crc32cSoftware>>(
+                                    env, "crc32cSoftware"));
+  exports.Set("hasHardwareCrc32c", Napi::Function::New<JsHasHardwareCrc32c>(
+                                       env, "hasHardwareCrc32c"));
+  exports.Set("storeOpen", Napi::Function::New<JsStoreOpen>(env, "storeOpen"));
+  exports.Set("storeWrite",
+              Napi::Function::New<JsStoreWrite>(env, "storeWrite"));
+  exports.Set("storeRead", Napi::Function::New<JsStoreRead>(env, "storeRead"));
+  exports.Set("storeFlush",
+              Napi::Function::New<JsStoreFlush>(env, "storeFlush"));
+  exports.Set("storeDiscard",
+              Napi::Function::New<JsStoreDiscard>(env, "storeDiscard"));
+  exports.Set("storeAllocated",
+              Napi::Function::New<JsStoreAllocated>(env, "storeAllocated"));
+  exports.Set("storeClose",
+              Napi::Function::New<JsStoreClose>(env, "storeClose"));
+  exports.Set("storeInfo", Napi::Function::New<JsStoreInfo>(env, "storeInfo"));
+  return exports;
+}
+
+}  // namespace
+}  // namespace pxd
+
+static Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
+  return pxd::Init(env, exports);
+}
+
+NODE_API_MODULE(pxd_native, InitModule)

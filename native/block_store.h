@@ -1,0 +1,81 @@
+// One replica on disk: a data file plus a checksum file holding one
+// little-endian crc32c per block. All methods block and are meant to run on
+// worker threads; they are safe to call concurrently. Lifetime and "closed"
+// bookkeeping live in the addon layer, which calls Close() only once no
+// other call is running.
+#ifndef PXD_NATIVE_BLOCK_STORE_H_
+#define PXD_NATIVE_BLOCK_STORE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <shared_mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace pxd {
+
+// A failure with a string code ('EIO', 'ECHECKSUM', ...). os_errno and
+// syscall are set when a system call failed; block when a checksum did not
+// match.
+struct StoreError {
+  std::string code;
+  std::string message;
+  int os_errno = 0;
+  std::string syscall;
+  std::string path;
+  int64_t block = -1;
+};
+
+// Maps an errno value to its symbolic name, 'EIO' when not in the table.
+const char* ErrnoCode(int err);
+
+class BlockStore {
+ public:
+  // Throws StoreError.
+  static std::unique_ptr<BlockStore> Open(const std::string& data_path,
+                                          const std::string& crc_path,
+                                          int64_t size, int64_t block_size,
+                                          bool create);
+  ~BlockStore();
+
+  BlockStore(const BlockStore&) = delete;
+  BlockStore& operator=(const BlockStore&) = delete;
+
+  uint64_t size() const { return size_; }
+  uint32_t block_size() const { return block_size_; }
+  const std::string& data_path() const { return data_path_; }
+
+  void Write(int64_t offset, const uint8_t* data, size_t len);
+  void Read(int64_t offset, uint8_t* data, size_t len);
+  void Flush();
+  void Discard(int64_t offset, int64_t len);
+  std::vector<std::pair<uint64_t, uint64_t>> Allocated();
+  void Close();
+
+ private:
+  BlockStore(std::string data_path, std::string crc_path, int data_fd,
+             int crc_fd, uint64_t size, uint32_t block_size);
+
+  class StripeLock;
+
+  void CheckRange(int64_t offset, uint64_t len, const char* op) const;
+  void VerifyBlock(uint64_t block, const uint8_t* data, uint32_t stored) const;
+  void ReadCrcs(uint64_t first, uint64_t count, uint32_t* out) const;
+  void WriteCrcs(uint64_t first, uint64_t count, const uint32_t* crcs) const;
+  void ZeroCrcs(uint64_t first, uint64_t count) const;
+
+  const std::string data_path_;
+  const std::string crc_path_;
+  int data_fd_;
+  int crc_fd_;
+  const uint64_t size_;
+  const uint32_t block_size_;
+  const uint32_t block_shift_;
+  std::unique_ptr<std::shared_mutex[]> stripes_;
+};
+
+}  // namespace pxd
+
+#endif  // PXD_NATIVE_BLOCK_STORE_H_
