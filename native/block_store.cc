@@ -39,6 +39,7 @@ struct ErrnoName {
   const char* code;
 };
 
+// Keep in step with NativeErrorCode in src/native/binding.ts.
 const ErrnoName kErrnoNames[] = {
     {EPERM, "EPERM"},
     {ENOENT, "ENOENT"},

@@ -1,0 +1,112 @@
+/**
+ * The one loader of the C++ addon (native/), and its types. No policy and no
+ * promises here: the store layer wraps these callbacks.
+ *
+ * Every store call runs on libuv's thread pool and calls back node-style.
+ * Buffers passed to storeWrite/storeRead are used in place (zero copy) and
+ * must not be changed or reused until the callback runs. Errors carry a
+ * string `code`: an errno name ('ENOENT', 'ENOSPC', 'EIO', ...) or one of
+ * ERANGE (outside the store), EINVAL (bad size, block size, alignment),
+ * ECHECKSUM (with `block`), ECLOSED (the store was closed).
+ */
+import { existsSync } from 'node:fs'
+import path from 'node:path'
+import { pxdError } from '../errors'
+
+declare const storeHandleBrand: unique symbol
+
+/** An open block store; opaque, only meaningful to the addon that made it. */
+export type StoreHandle = { readonly [storeHandleBrand]: true }
+
+/**
+ * Every code the addon produces: errno names from its table in
+ * native/block_store.cc (an errno not in it is reported as EIO), plus its own.
+ */
+export type NativeErrorCode =
+  | 'EPERM' | 'ENOENT' | 'EINTR' | 'EIO' | 'ENXIO' | 'EBADF' | 'EAGAIN' | 'ENOMEM'
+  | 'EACCES' | 'EFAULT' | 'EBUSY' | 'EEXIST' | 'ENODEV' | 'ENOTDIR' | 'EISDIR' | 'EINVAL'
+  | 'ENFILE' | 'EMFILE' | 'ETXTBSY' | 'EFBIG' | 'ENOSPC' | 'ESPIPE' | 'EROFS' | 'ERANGE'
+  | 'ENAMETOOLONG' | 'ENOSYS' | 'ELOOP' | 'EOVERFLOW' | 'EOPNOTSUPP' | 'EDQUOT' | 'ESTALE'
+  | 'ECHECKSUM' | 'ECLOSED' | 'ENOTSUP'
+
+export type NativeError = Error & {
+  code: NativeErrorCode
+  /** The OS errno (positive), when a system call failed. */
+  errno?: number
+  /** The system call that failed. */
+  syscall?: string
+  /** The file involved, when one is. */
+  path?: string
+  /** For ECHECKSUM: index of the first block that did not match. */
+  block?: number
+}
+
+export type Callback = (err: NativeError | null) => void
+export type ResultCallback<T> = (err: NativeError | null, result?: T) => void
+
+export interface StoreInfo {
+  size: number
+  blockSize: number
+}
+
+export interface NativeBinding {
+  /** CRC-32C of `buf`, continuing from `init` (a previous result; 0 to start). */
+  crc32c(buf: Uint8Array, init?: number): number
+  /** The SSE4.2 path; throws (code ENOTSUP) where the CPU lacks it. */
+  crc32cHardware(buf: Uint8Array, init?: number): number
+  crc32cSoftware(buf: Uint8Array, init?: number): number
+  hasHardwareCrc32c(): boolean
+
+  /**
+   * create=true makes both files (EEXIST if either exists) sized for `size`;
+   * create=false opens them and checks their sizes (EINVAL on mismatch).
+   * blockSize: a power of two in [512, 65536]; size: a positive multiple of it.
+   */
+  storeOpen(
+    dataPath: string,
+    crcPath: string,
+    size: number,
+    blockSize: number,
+    create: boolean,
+    cb: ResultCallback<StoreHandle>,
+  ): void
+  /** Any range inside the store; partial blocks are read, verified and merged. */
+  storeWrite(handle: StoreHandle, offset: number, buf: Uint8Array, cb: Callback): void
+  /** Fills `buf` with verified bytes; its contents are unspecified on error. */
+  storeRead(handle: StoreHandle, offset: number, buf: Uint8Array, cb: Callback): void
+  /** fdatasync of the data and crc files. */
+  storeFlush(handle: StoreHandle, cb: Callback): void
+  /** Block-aligned (else EINVAL); the range then reads as zeros. */
+  storeDiscard(handle: StoreHandle, offset: number, length: number, cb: Callback): void
+  /** Allocated ranges of the data file as [offset, length], ascending (file system granularity). */
+  storeAllocated(handle: StoreHandle, cb: ResultCallback<Array<[number, number]>>): void
+  /** Waits for in-flight calls, then closes the files; later calls fail ECLOSED. Idempotent. */
+  storeClose(handle: StoreHandle, cb: Callback): void
+  /** Throws ECLOSED once the store is closing or closed. */
+  storeInfo(handle: StoreHandle): StoreInfo
+}
+
+/** The folder holding package.json, found by walking up from this file. */
+function packageRoot(): string {
+  let dir = __dirname
+  for (;;) {
+    if (existsSync(path.join(dir, 'package.json'))) return dir
+    const parent = path.dirname(dir)
+    if (parent === dir) throw pxdError('PRECONDITION', `no package.json above ${__dirname}`)
+    dir = parent
+  }
+}
+
+function load(): NativeBinding {
+  const file = path.join(packageRoot(), 'build', 'Release', 'pxd_native.node')
+  if (!existsSync(file)) {
+    throw pxdError('PRECONDITION', `the native addon ${file} is missing: run \`npm run build\``)
+  }
+  try {
+    return require(file) as NativeBinding
+  } catch (err) {
+    throw pxdError('PRECONDITION', `cannot load the native addon ${file} (run \`npm run build\`): ${String(err)}`, err)
+  }
+}
+
+export const native: NativeBinding = load()
