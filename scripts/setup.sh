@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Bring a fresh Debian machine (root, Node 20) to where pxd runs or its tests run:
+# system packages, npm dependencies, the native addon and the TypeScript build. Each step
+# runs only when its result is missing or stale, so calling this every time is cheap.
+#   scripts/setup.sh run    what the daemon needs
+#   scripts/setup.sh test   that, plus what the test suite needs (docker.io, busybox, ...)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+profile=${1:-run}
+run_pkgs=(libfuse2 fuse e2fsprogs util-linux mount)
+test_pkgs=(xfsprogs fio docker.io busybox-static iproute2 procps)
+case "$profile" in
+  run) pkgs=("${run_pkgs[@]}") ;;
+  test) pkgs=("${run_pkgs[@]}" "${test_pkgs[@]}") ;;
+  *) echo "usage: $0 [run|test]" >&2; exit 2 ;;
+esac
+
+say() { printf '[setup] %s\n' "$*"; }
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "[setup] missing Debian packages: ${missing[*]}; run as root or install them" >&2
+    exit 1
+  fi
+  say "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# npm dependencies: reinstall when the lock file changed since the last install.
+lock_sum=$(sha256sum package-lock.json | cut -d' ' -f1)
+if [ ! -f node_modules/.pxd-lock-sum ] || [ "$(cat node_modules/.pxd-lock-sum)" != "$lock_sum" ]; then
+  say "npm ci"
+  npm ci --no-audit --no-fund --ignore-scripts
+  echo "$lock_sum" > node_modules/.pxd-lock-sum
+fi
+
+# Native addon: rebuild when any source is newer than the built module.
+addon=build/Release/pxd_native.node
+if [ ! -f "$addon" ] || [ -n "$(find native binding.gyp -newer "$addon" -print -quit)" ]; then
+  say "building the native addon"
+  npx --no-install node-gyp rebuild >/dev/null
+fi
+
+# TypeScript: tsc is quick when nothing changed; always run it so dist/ matches src/.
+say "compiling TypeScript"
+rm -rf dist
+npx --no-install tsc -p tsconfig.json

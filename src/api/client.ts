@@ -1,0 +1,67 @@
+/** The HTTP API as pxctl (and tests) call it. Errors come back as PxdError with the server's code. */
+import { PxdError, pxdError, type ErrorCode, ErrorCodes } from '../errors'
+import type { VolumeInfo } from '../volumes/types'
+
+export interface NodeStatus {
+  nodeId: string
+  version: string
+  kvdb: string
+  uptimeSeconds: number
+  capacity: { total: number; free: number; used: number }
+  volumes: { total: number; attached: number }
+}
+
+export class ApiClient {
+  readonly #base: string
+
+  constructor(baseUrl: string) {
+    this.#base = baseUrl.replace(/\/+$/, '')
+  }
+
+  status(): Promise<NodeStatus> {
+    return this.#call('GET', '/v1/status')
+  }
+
+  listVolumes(): Promise<VolumeInfo[]> {
+    return this.#call('GET', '/v1/volumes')
+  }
+
+  inspectVolume(name: string): Promise<VolumeInfo> {
+    return this.#call('GET', `/v1/volumes/${encodeURIComponent(name)}`)
+  }
+
+  createVolume(name: string, options: Record<string, string>): Promise<VolumeInfo> {
+    return this.#call('POST', '/v1/volumes', { name, options })
+  }
+
+  deleteVolume(name: string): Promise<void> {
+    return this.#call('DELETE', `/v1/volumes/${encodeURIComponent(name)}`)
+  }
+
+  async #call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    let res: Response
+    try {
+      res = await fetch(this.#base + path, {
+        method,
+        headers: body === undefined ? {} : { 'Content-Type': 'application/json' },
+        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+        signal: AbortSignal.timeout(120_000),
+      })
+    } catch (err) {
+      throw pxdError('KVDB_UNAVAILABLE', `cannot reach pxd at ${this.#base}: ${(err as Error & { cause?: Error }).cause?.message ?? (err as Error).message}; is the daemon running?`, err)
+    }
+    const text = await res.text()
+    let parsed: unknown
+    try {
+      parsed = text === '' ? undefined : JSON.parse(text)
+    } catch {
+      throw pxdError('MALFORMED_REQUEST', `pxd answered ${res.status} with a body that is not JSON`)
+    }
+    if (!res.ok) {
+      const e = (parsed as { error?: { code?: string; message?: string } } | undefined)?.error
+      const code = e?.code && e.code in ErrorCodes ? (e.code as ErrorCode) : 'IO_ERROR'
+      throw new PxdError(code, e?.message ?? `pxd answered ${res.status}`)
+    }
+    return parsed as T
+  }
+}

@@ -1,0 +1,144 @@
+/**
+ * The daemon's HTTP JSON API, which pxctl speaks. Errors are
+ * {"error": {"code": "...", "message": "..."}} with an HTTP status that fits the code.
+ */
+import http, { type IncomingMessage, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import type { Logger } from 'pino'
+import { isPxdError, messageOf, pxdError, type ErrorCode } from '../errors'
+import { applyServerTimeouts, readJsonObject, requiredString, sendJson } from '../util/http'
+import type { VolumeManager } from '../volumes/manager'
+
+export const API_VERSION = 'v1'
+
+const STATUS_OF: Partial<Record<ErrorCode, number>> = {
+  INVALID_ARGUMENT: 400,
+  MALFORMED_REQUEST: 400,
+  NOT_FOUND: 404,
+  ALREADY_EXISTS: 409,
+  IN_USE: 409,
+  CONFLICT: 409,
+  BODY_TOO_LARGE: 413,
+  UNSATISFIABLE: 422,
+  NO_SPACE: 507,
+  DAEMON_STOPPING: 503,
+  KVDB_UNAVAILABLE: 503,
+}
+
+export interface StatusSource {
+  nodeId: string
+  version: string
+  kvdb: string
+  startedAt: Date
+}
+
+type Route = (req: IncomingMessage, params: string[]) => Promise<[number, unknown]>
+
+export class ApiServer {
+  readonly #manager: VolumeManager
+  readonly #log: Logger
+  readonly #status: StatusSource
+  readonly #server: http.Server
+  readonly #routes: Array<[string, RegExp, Route]>
+
+  constructor(manager: VolumeManager, status: StatusSource, log: Logger) {
+    this.#manager = manager
+    this.#status = status
+    this.#log = log
+    this.#routes = this.#makeRoutes()
+    this.#server = http.createServer((req, res) => void this.#handle(req, res))
+    applyServerTimeouts(this.#server)
+  }
+
+  async listen(hostPort: string): Promise<string> {
+    const { host, port } = parseHostPort(hostPort)
+    await new Promise<void>((resolve, reject) => {
+      this.#server.once('error', reject)
+      this.#server.listen(port, host, () => {
+        this.#server.off('error', reject)
+        resolve()
+      })
+    })
+    const addr = this.#server.address() as AddressInfo
+    const url = `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}`
+    this.#log.info({ url }, 'API listening')
+    return url
+  }
+
+  async close(): Promise<void> {
+    if (!this.#server.listening) return
+    await new Promise<void>((resolve) => {
+      this.#server.close(() => resolve())
+      this.#server.closeIdleConnections()
+    })
+  }
+
+  async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = (req.url ?? '/').split('?')[0] ?? '/'
+    try {
+      for (const [method, pattern, route] of this.#routes) {
+        const m = pattern.exec(url)
+        if (!m) continue
+        if (req.method !== method) continue
+        const [status, body] = await route(req, m.slice(1).map((s) => decodeURIComponent(s)))
+        return sendJson(res, status, body)
+      }
+      req.resume()
+      sendJson(res, 404, { error: { code: 'NOT_FOUND', message: `no API endpoint ${req.method} ${url}` } })
+    } catch (err) {
+      const code: ErrorCode = isPxdError(err) ? err.code : 'IO_ERROR'
+      const status = STATUS_OF[code] ?? 500
+      if (status >= 500) this.#log.error({ err, url }, 'API request failed')
+      if (!res.headersSent) sendJson(res, status, { error: { code, message: messageOf(err) } })
+      if (status === 413) req.destroy()
+    }
+  }
+
+  #makeRoutes(): Array<[string, RegExp, Route]> {
+    const m = this.#manager
+    return [
+      ['GET', /^\/v1\/status$/, async () => [200, await this.#statusBody()]],
+      ['GET', /^\/v1\/volumes$/, async () => [200, await m.list()]],
+      ['POST', /^\/v1\/volumes$/, async (req) => {
+        const body = await readJsonObject(req)
+        const name = requiredString(body, 'name')
+        const options = body.options ?? {}
+        if (typeof options !== 'object' || options === null || Array.isArray(options)) throw pxdError('MALFORMED_REQUEST', 'field "options" must be an object')
+        const merged: Record<string, unknown> = { ...(options as Record<string, unknown>) }
+        for (const key of ['size', 'repl', 'fs'] as const) {
+          const value = body[key]
+          if (value === undefined || value === null) continue
+          if (typeof value !== 'string' && typeof value !== 'number') throw pxdError('MALFORMED_REQUEST', `field "${key}" must be a string or number`)
+          merged[key] = String(value)
+        }
+        return [201, await m.create(name, merged)]
+      }],
+      ['GET', /^\/v1\/volumes\/([^/]+)$/, async (_req, [name]) => [200, await m.inspect(name!)]],
+      ['DELETE', /^\/v1\/volumes\/([^/]+)$/, async (_req, [name]) => {
+        await m.remove(name!)
+        return [200, { removed: name }]
+      }],
+    ]
+  }
+
+  async #statusBody() {
+    const volumes = await this.#manager.list()
+    const capacity = await this.#manager.capacity()
+    return {
+      nodeId: this.#status.nodeId,
+      version: this.#status.version,
+      kvdb: this.#status.kvdb,
+      uptimeSeconds: Math.round((Date.now() - this.#status.startedAt.getTime()) / 1000),
+      capacity: { total: capacity.total, free: capacity.free, used: capacity.total - capacity.free },
+      volumes: { total: volumes.length, attached: volumes.filter((v) => v.state === 'attached').length },
+    }
+  }
+}
+
+export function parseHostPort(text: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(text)
+  if (!m) throw pxdError('INVALID_ARGUMENT', `invalid listen address "${text}": expected HOST:PORT`)
+  const port = Number(m[3])
+  if (port > 65535) throw pxdError('INVALID_ARGUMENT', `invalid port in "${text}"`)
+  return { host: m[1] ?? (m[2] || '127.0.0.1'), port }
+}

@@ -1,0 +1,144 @@
+/** `pxctl`: the operator's CLI, a client of the daemon's HTTP API. */
+import { parseArgs } from 'node:util'
+import { ApiClient } from '../api/client'
+import { messageOf } from '../errors'
+import { formatSize } from '../util/size'
+import type { VolumeInfo } from '../volumes/types'
+import { renderFields, renderTable } from './table'
+import { packageVersion } from './version'
+
+const HELP = `pxctl: manage a pxd node
+
+Usage: pxctl [--api URL] [--json] COMMAND
+
+Commands:
+  status                              this node: id, capacity, volumes
+  volume create NAME [--size 10G] [--repl 1] [--fs ext4] [--opt KEY=VALUE ...]
+                                      create a volume (NAME may be an inline spec: name=v,size=10G)
+  volume list                         all volumes
+  volume inspect NAME                 one volume in detail
+  volume delete NAME                  remove a volume (it must not be mounted)
+
+Global options:
+  --api URL     the daemon's API (default http://127.0.0.1:9001, or PXD_API)
+  --json        machine-readable JSON output (sizes in bytes)
+  -h, --help    show this help
+  -v, --version print the version
+`
+
+class UsageError extends Error {}
+
+async function main(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: {
+      api: { type: 'string' },
+      json: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+      version: { type: 'boolean', short: 'v' },
+      size: { type: 'string' },
+      repl: { type: 'string' },
+      fs: { type: 'string' },
+      opt: { type: 'string', multiple: true },
+    },
+    allowPositionals: true,
+    strict: true,
+  })
+  if (values.help || positionals.length === 0) {
+    process.stdout.write(HELP)
+    return values.help ? 0 : 2
+  }
+  if (values.version) {
+    process.stdout.write(`${packageVersion()}\n`)
+    return 0
+  }
+  const client = new ApiClient(values.api ?? process.env.PXD_API ?? 'http://127.0.0.1:9001')
+  const json = values.json === true
+  const out = (data: unknown, human: () => string) => process.stdout.write(json ? JSON.stringify(data, null, 2) + '\n' : human())
+  const [cmd, sub, name, ...extra] = positionals
+  if (extra.length > 0) throw new UsageError(`unexpected arguments: ${extra.join(' ')}`)
+
+  if (cmd === 'status' && sub === undefined) {
+    const s = await client.status()
+    out(s, () => renderFields([
+      ['Node', s.nodeId],
+      ['Version', s.version],
+      ['Metadata', s.kvdb],
+      ['Uptime', `${s.uptimeSeconds}s`],
+      ['Capacity', `${formatSize(s.capacity.used)} used of ${formatSize(s.capacity.total)} (${formatSize(s.capacity.free)} free)`],
+      ['Volumes', `${s.volumes.total} (${s.volumes.attached} attached)`],
+    ]))
+    return 0
+  }
+  if (cmd === 'volume' || cmd === 'v') {
+    const needName = () => {
+      if (!name) throw new UsageError(`pxctl volume ${sub} needs a volume NAME`)
+      return name
+    }
+    switch (sub) {
+      case 'create': {
+        const options: Record<string, string> = {}
+        for (const kv of values.opt ?? []) {
+          const eq = kv.indexOf('=')
+          if (eq <= 0) throw new UsageError(`--opt takes KEY=VALUE, got "${kv}"`)
+          options[kv.slice(0, eq)] = kv.slice(eq + 1)
+        }
+        if (values.size !== undefined) options.size = values.size
+        if (values.repl !== undefined) options.repl = values.repl
+        if (values.fs !== undefined) options.fs = values.fs
+        const v = await client.createVolume(needName(), options)
+        out(v, () => `Volume ${v.name} created (id ${v.id}, ${formatSize(v.size)}, repl ${v.repl}, ${v.fs})\n`)
+        return 0
+      }
+      case 'list':
+      case 'ls': {
+        if (name) throw new UsageError('pxctl volume list takes no NAME')
+        const vols = await client.listVolumes()
+        out(vols, () => renderTable(['NAME', 'ID', 'SIZE', 'REPL', 'FS', 'STATE', 'ATTACHED ON', 'MOUNTPOINT'],
+          vols.map((v) => [v.name, v.id, formatSize(v.size), String(v.repl), v.fs, v.state, v.attachedOn ?? '-', v.mountpoint ?? '-'])))
+        return 0
+      }
+      case 'inspect': {
+        const v = await client.inspectVolume(needName())
+        out(v, () => renderInspect(v))
+        return 0
+      }
+      case 'delete':
+      case 'rm': {
+        const n = needName()
+        await client.deleteVolume(n)
+        out({ removed: n }, () => `Volume ${n} deleted\n`)
+        return 0
+      }
+      default:
+        throw new UsageError(sub ? `unknown volume command "${sub}"` : 'pxctl volume needs a command: create, list, inspect, delete')
+    }
+  }
+  throw new UsageError(`unknown command "${positionals.join(' ')}"`)
+}
+
+function renderInspect(v: VolumeInfo): string {
+  const opts = Object.entries(v.options).map(([k, val]) => `${k}=${val}`).join(', ')
+  return renderFields([
+    ['Name', v.name],
+    ['ID', v.id],
+    ['Size', `${formatSize(v.size)} (${v.size} bytes)`],
+    ['Replication', String(v.repl)],
+    ['File system', `${v.fs} (block size ${v.blockSize})`],
+    ['Shared', String(v.shared)],
+    ['State', v.state],
+    ['Attached on', v.attachedOn ?? '-'],
+    ['Epoch', String(v.epoch)],
+    ['Mountpoint', v.mountpoint ?? '-'],
+    ['Mounts', String(v.mounts)],
+    ['Replicas', v.replicas.map((r) => r.nodeId).join(', ')],
+    ['Options', opts || '-'],
+    ['Created', v.createdAt],
+  ])
+}
+
+main(process.argv.slice(2)).then((code) => process.exit(code), (err) => {
+  const usage = err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')
+  process.stderr.write(`pxctl: ${messageOf(err)}\n${usage ? 'Run "pxctl --help" for usage.\n' : ''}`)
+  process.exit(usage ? 2 : 1)
+})

@@ -1,0 +1,113 @@
+/**
+ * `pxd`: the daemon. Flags override PXD_* environment variables, which override defaults.
+ * Logs are JSON lines on stdout (pino). SIGTERM/SIGINT stop it cleanly: volumes unmounted,
+ * loop devices detached, FUSE unmounted, stores flushed.
+ */
+import { parseArgs } from 'node:util'
+import pino from 'pino'
+import { Daemon, type DaemonConfig } from '../daemon'
+import { messageOf } from '../errors'
+import { packageVersion } from './version'
+
+const HELP = `pxd: storage node for container hosts (Docker volume plugin "pxd")
+
+Usage: pxd [options]
+
+Options (each also settable through the environment variable shown):
+  --data-dir DIR        replicas and metadata          PXD_DATA_DIR       (default /var/lib/pxd)
+  --run-dir DIR         FUSE device dir and mounts     PXD_RUN_DIR        (default /run/pxd)
+  --plugin-socket PATH  Docker plugin socket           PXD_PLUGIN_SOCKET  (default /run/docker/plugins/pxd.sock)
+  --api-listen H:P      HTTP API for pxctl             PXD_API_LISTEN     (default 127.0.0.1:9001)
+  --node-id ID          this node's id                 PXD_NODE_ID        (default: the id stored in the data dir, else the host name)
+  --log-level LEVEL     trace|debug|info|warn|error    PXD_LOG_LEVEL      (default info)
+  -h, --help            show this help
+  -v, --version         print the version
+
+pxd must run as root with /dev/fuse and loop devices available. Volumes are mounted at
+<run-dir>/mounts/<volume>. Use pxctl to inspect and manage them.
+`
+
+const OPTIONS = {
+  'data-dir': { type: 'string', env: 'PXD_DATA_DIR', default: '/var/lib/pxd' },
+  'run-dir': { type: 'string', env: 'PXD_RUN_DIR', default: '/run/pxd' },
+  'plugin-socket': { type: 'string', env: 'PXD_PLUGIN_SOCKET', default: '/run/docker/plugins/pxd.sock' },
+  'api-listen': { type: 'string', env: 'PXD_API_LISTEN', default: '127.0.0.1:9001' },
+  'node-id': { type: 'string', env: 'PXD_NODE_ID', default: undefined },
+  'log-level': { type: 'string', env: 'PXD_LOG_LEVEL', default: 'info' },
+} as const
+
+async function main(argv: string[]): Promise<number> {
+  let parsed
+  try {
+    parsed = parseArgs({
+      args: argv,
+      options: {
+        ...Object.fromEntries(Object.keys(OPTIONS).map((k) => [k, { type: 'string' as const }])),
+        help: { type: 'boolean', short: 'h' },
+        version: { type: 'boolean', short: 'v' },
+      },
+      strict: true,
+      allowPositionals: false,
+    })
+  } catch (err) {
+    process.stderr.write(`pxd: ${messageOf(err)}\nRun "pxd --help" for usage.\n`)
+    return 2
+  }
+  const values = parsed.values as Record<string, string | boolean | undefined>
+  if (values.help) {
+    process.stdout.write(HELP)
+    return 0
+  }
+  if (values.version) {
+    process.stdout.write(`${packageVersion()}\n`)
+    return 0
+  }
+  const setting = (name: keyof typeof OPTIONS): string | undefined => {
+    const o = OPTIONS[name]
+    const v = values[name]
+    return typeof v === 'string' ? v : (process.env[o.env] ?? o.default)
+  }
+  const level = setting('log-level')!
+  if (!['trace', 'debug', 'info', 'warn', 'error', 'fatal'].includes(level)) {
+    process.stderr.write(`pxd: invalid log level "${level}"\n`)
+    return 2
+  }
+  const log = pino({ level, base: { pid: process.pid } })
+  const nodeId = setting('node-id')
+  const config: DaemonConfig = {
+    dataDir: setting('data-dir')!,
+    runDir: setting('run-dir')!,
+    pluginSocket: setting('plugin-socket')!,
+    apiListen: setting('api-listen')!,
+    version: packageVersion(),
+    ...(nodeId ? { nodeId } : {}),
+  }
+
+  const daemon = new Daemon(config, log)
+  let signalled = false
+  const stopOn = (signal: NodeJS.Signals) => {
+    if (signalled) return log.warn({ signal }, 'already stopping')
+    signalled = true
+    log.info({ signal }, 'stopping')
+    void daemon.stop().then(() => process.exit(0))
+  }
+  process.on('SIGTERM', stopOn)
+  process.on('SIGINT', stopOn)
+
+  try {
+    await daemon.start()
+  } catch (err) {
+    log.fatal({ err }, 'pxd failed to start')
+    process.stderr.write(`pxd: ${messageOf(err)}\n`)
+    await daemon.stop()
+    return 1
+  }
+  return -1
+}
+
+main(process.argv.slice(2)).then((code) => {
+  if (code >= 0) process.exit(code)
+}, (err) => {
+  process.stderr.write(`pxd: ${messageOf(err)}\n`)
+  process.exit(1)
+})

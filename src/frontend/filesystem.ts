@@ -1,0 +1,63 @@
+/** File systems on loop devices: probe, mkfs on first use, mount, unmount. */
+import { constants as fsConstants, promises as fs } from 'node:fs'
+import { run } from '../util/exec'
+import type { Filesystem } from '../volumes/options'
+
+/** The file system type on a device, or undefined when it holds none. */
+export async function probeFilesystem(device: string): Promise<string | undefined> {
+  // blkid exits 2 when it finds nothing to report.
+  const { stdout, code } = await run('blkid', ['-p', '-o', 'value', '-s', 'TYPE', device], { allowExitCodes: [2] })
+  const type = stdout.trim()
+  return code === 0 && type !== '' ? type : undefined
+}
+
+/**
+ * A new volume reads as zeros everywhere (unwritten blocks of a replica are zero), so
+ * mkfs may skip zeroing inode tables and the journal, and must not discard.
+ */
+export async function makeFilesystem(device: string, type: Filesystem, blockSize: number, label: string): Promise<void> {
+  if (type === 'ext4') {
+    await run('mkfs.ext4', ['-q', '-F', '-b', String(blockSize), '-L', label.slice(0, 16),
+      '-E', 'nodiscard,lazy_itable_init=1,lazy_journal_init=1', device])
+  } else {
+    await run('mkfs.xfs', ['-q', '-f', '-K', '-b', `size=${blockSize}`, '-L', label.slice(0, 12), device])
+  }
+}
+
+export async function mountFilesystem(device: string, target: string, type: Filesystem): Promise<void> {
+  await fs.mkdir(target, { recursive: true, mode: 0o755 })
+  // noinit_itable: the inode tables already read as zeros, so ext4 need not zero them.
+  const options = type === 'ext4' ? ['-o', 'noinit_itable'] : []
+  await run('mount', ['-t', type, ...options, device, target])
+}
+
+export async function unmountFilesystem(target: string, lazy = false): Promise<void> {
+  await run('umount', lazy ? ['--lazy', target] : [target])
+}
+
+export interface MountEntry { source: string; target: string; fstype: string }
+
+/** Mounts as this process sees them, with octal escapes in paths decoded. */
+export async function listMounts(): Promise<MountEntry[]> {
+  const text = await fs.readFile('/proc/self/mounts', 'utf8')
+  const decode = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)))
+  return text.split('\n').filter(Boolean).map((line) => {
+    const [source = '', target = '', fstype = ''] = line.split(' ')
+    return { source: decode(source), target: decode(target), fstype }
+  })
+}
+
+/** Whether mkfs for a file system is installed (xfs is optional). */
+export async function hasMkfs(type: Filesystem): Promise<boolean> {
+  const dirs = [...(process.env.PATH ?? '').split(':'), '/usr/sbin', '/sbin']
+  for (const dir of dirs) {
+    if (!dir) continue
+    try {
+      await fs.access(`${dir}/mkfs.${type}`, fsConstants.X_OK)
+      return true
+    } catch {
+      // not in this directory
+    }
+  }
+  return false
+}

@@ -1,0 +1,120 @@
+/**
+ * How an attached volume reaches a container: device file on the node's FUSE mount ->
+ * loop device -> file system (made on first use) -> <run-dir>/mounts/<volume-name>.
+ * Attach builds the chain, detach takes it down in reverse, and start() first removes
+ * whatever a crashed earlier run left mounted or attached under the run dir.
+ */
+import { promises as fs } from 'node:fs'
+import path from 'node:path'
+import type { Logger } from 'pino'
+import { pxdError } from '../errors'
+import type { Filesystem } from '../volumes/options'
+import { hasMkfs, listMounts, makeFilesystem, mountFilesystem, probeFilesystem, unmountFilesystem } from './filesystem'
+import { FuseDevices, type BlockDevice } from './fuse-devices'
+import { attachLoop, detachLoop, listLoops } from './loop'
+import { run } from '../util/exec'
+
+export interface AttachRequest {
+  id: string
+  name: string
+  fs: Filesystem
+  blockSize: number
+  device: BlockDevice
+}
+
+interface Attached { id: string; name: string; loop: string; mountpoint: string }
+
+export class Frontend {
+  readonly runDir: string
+  readonly #log: Logger
+  readonly #devices: FuseDevices
+  readonly #attached = new Map<string, Attached>()
+
+  constructor(runDir: string, log: Logger) {
+    this.runDir = runDir
+    this.#log = log
+    this.#devices = new FuseDevices(path.join(runDir, 'dev'), log)
+  }
+
+  get mountsDir(): string {
+    return path.join(this.runDir, 'mounts')
+  }
+
+  mountpointOf(name: string): string {
+    return path.join(this.mountsDir, name)
+  }
+
+  async start(): Promise<void> {
+    await fs.mkdir(this.mountsDir, { recursive: true, mode: 0o755 })
+    await this.cleanupStale()
+    await this.#devices.mount()
+  }
+
+  /** Unmount what an earlier run left under the run dir, detach its loops, drop its FUSE mount. */
+  async cleanupStale(): Promise<void> {
+    const devDir = this.#devices.mountpoint
+    const mounts = await listMounts()
+    for (const m of mounts.filter((m) => m.target.startsWith(this.mountsDir + '/')).reverse()) {
+      this.#log.warn({ mountpoint: m.target }, 'unmounting a file system left by an earlier run')
+      await unmountFilesystem(m.target, true).catch((err) => this.#log.error({ err, mountpoint: m.target }, 'stale unmount failed'))
+    }
+    for (const loop of await listLoops()) {
+      if (!loop.backingFile.startsWith(devDir + '/')) continue
+      this.#log.warn({ loop: loop.device, file: loop.backingFile }, 'detaching a loop device left by an earlier run')
+      await detachLoop(loop.device).catch((err) => this.#log.error({ err, loop: loop.device }, 'stale loop detach failed'))
+    }
+    if (mounts.some((m) => m.target === devDir)) {
+      this.#log.warn({ mountpoint: devDir }, 'removing a FUSE mount left by an earlier run')
+      await run('umount', ['--lazy', devDir]).catch((err) => this.#log.error({ err }, 'stale FUSE unmount failed'))
+    }
+  }
+
+  /** Build the chain for one volume; on any failure, undo what was done. Returns the mountpoint. */
+  async attach(req: AttachRequest): Promise<string> {
+    if (this.#attached.has(req.name)) throw pxdError('CONFLICT', `volume ${req.name} is already attached on this node`)
+    if (req.fs !== 'ext4' && !(await hasMkfs(req.fs))) {
+      throw pxdError('PRECONDITION', `fs=${req.fs} needs mkfs.${req.fs}, which is not installed on this node`)
+    }
+    const undo: Array<() => Promise<void>> = []
+    try {
+      this.#devices.add(req.id, req.device)
+      undo.push(async () => this.#devices.remove(req.id))
+      const loop = await attachLoop(this.#devices.pathOf(req.id))
+      undo.push(() => detachLoop(loop))
+      const existing = await probeFilesystem(loop)
+      if (existing === undefined) {
+        this.#log.info({ volume: req.name, fs: req.fs, loop }, 'making a file system on first use')
+        await makeFilesystem(loop, req.fs, req.blockSize, req.name)
+      } else if (existing !== req.fs) {
+        throw pxdError('CONFLICT', `volume ${req.name} holds a ${existing} file system, not ${req.fs}`)
+      }
+      const mountpoint = this.mountpointOf(req.name)
+      await mountFilesystem(loop, mountpoint, req.fs)
+      this.#attached.set(req.name, { id: req.id, name: req.name, loop, mountpoint })
+      this.#log.info({ volume: req.name, id: req.id, loop, mountpoint }, 'volume attached')
+      return mountpoint
+    } catch (err) {
+      for (const step of undo.reverse()) await step().catch((e) => this.#log.error({ err: e, volume: req.name }, 'rollback step failed'))
+      throw err
+    }
+  }
+
+  /** Unmount, detach the loop, drop the device file. `lazy` when shutting down: never hang on a busy mount. */
+  async detach(name: string, lazy = false): Promise<void> {
+    const a = this.#attached.get(name)
+    if (!a) return
+    await unmountFilesystem(a.mountpoint, lazy)
+    this.#attached.delete(name)
+    await detachLoop(a.loop)
+    this.#devices.remove(a.id)
+    await fs.rmdir(a.mountpoint).catch(() => undefined)
+    this.#log.info({ volume: name, id: a.id }, 'volume detached')
+  }
+
+  async stop(): Promise<void> {
+    for (const name of [...this.#attached.keys()]) {
+      await this.detach(name, true).catch((err) => this.#log.error({ err, volume: name }, 'detach at shutdown failed'))
+    }
+    await this.#devices.unmount()
+  }
+}

@@ -1,0 +1,147 @@
+/**
+ * The one adapter around fuse-native: a single FUSE mount per node (<run-dir>/dev)
+ * that exposes every attached volume as a regular file of the volume's size, named by
+ * volume id. A loop device sits on each file.
+ *
+ * fuse-native hands every request to the JS thread, so handlers only hand the kernel's
+ * buffer to the block device (which runs its I/O on the addon's worker threads) and
+ * return; the buffer is libfuse's own memory, valid until we answer, so no copy is made.
+ * fuse-native does not ask libfuse 2 for big writes; its fsname option is passed through
+ * verbatim, which is how big_writes and max_write reach the kernel (128 KiB requests
+ * instead of 4 KiB ones).
+ *
+ * Nothing in this process may touch files under the mount synchronously (or through the
+ * libuv pool): the request would wait for the very thread that must answer it.
+ */
+import { constants } from 'node:os'
+import Fuse from 'fuse-native'
+import type { Logger } from 'pino'
+import { isPxdError } from '../errors'
+
+/** Largest request libfuse 2 can pass (its buffer is 128 KiB + header). */
+export const MAX_REQUEST_BYTES = 128 * 1024
+const FUSE_OPTIONS = `pxd,big_writes,max_write=${MAX_REQUEST_BYTES},max_read=${MAX_REQUEST_BYTES}`
+
+const E = constants.errno
+const OK = 0
+
+export interface BlockDevice {
+  readonly size: number
+  read(offset: number, into: Uint8Array): Promise<void>
+  write(offset: number, data: Uint8Array): Promise<void>
+  flush(): Promise<void>
+}
+
+export class FuseDevices {
+  readonly mountpoint: string
+  readonly #log: Logger
+  readonly #devices = new Map<string, BlockDevice>()
+  readonly #handles = new Map<number, BlockDevice>()
+  #nextHandle = 1
+  #fuse: Fuse | undefined
+  readonly #mountedAt = Math.floor(Date.now() / 1000) * 1000
+
+  constructor(mountpoint: string, log: Logger) {
+    this.mountpoint = mountpoint
+    this.#log = log
+  }
+
+  async mount(): Promise<void> {
+    const fuse = new Fuse(this.mountpoint, this.#ops(), { fsname: FUSE_OPTIONS, timeout: false, mkdir: true })
+    await new Promise<void>((resolve, reject) => fuse.mount((err) => (err ? reject(err) : resolve())))
+    this.#fuse = fuse
+    this.#log.info({ mountpoint: this.mountpoint }, 'FUSE device directory mounted')
+  }
+
+  async unmount(): Promise<void> {
+    const fuse = this.#fuse
+    if (!fuse) return
+    this.#fuse = undefined
+    await new Promise<void>((resolve, reject) => fuse.unmount((err) => (err ? reject(err) : resolve())))
+    this.#log.info({ mountpoint: this.mountpoint }, 'FUSE device directory unmounted')
+  }
+
+  /** The path of a device file; valid once `add` has run. */
+  pathOf(name: string): string {
+    return `${this.mountpoint}/${name}`
+  }
+
+  add(name: string, device: BlockDevice): void {
+    this.#devices.set(name, device)
+  }
+
+  remove(name: string): void {
+    const device = this.#devices.get(name)
+    this.#devices.delete(name)
+    for (const [fd, d] of this.#handles) if (d === device) this.#handles.delete(fd)
+  }
+
+  #ops(): Fuse.Ops {
+    const devices = this.#devices
+    const handles = this.#handles
+    const log = this.#log
+    const mtime = new Date(this.#mountedAt)
+    const fail = (op: string, err: unknown): number => {
+      log.error({ err, op }, 'block I/O failed')
+      return isPxdError(err, 'INVALID_ARGUMENT') ? -E.EINVAL : -E.EIO
+    }
+    const stat = (mode: number, size: number): Fuse.Stat => ({ mtime, atime: mtime, ctime: mtime, size, mode, uid: 0, gid: 0, nlink: 1 })
+
+    return {
+      getattr: (path, cb) => {
+        if (path === '/') return cb(OK, stat(0o40700, 4096))
+        const device = devices.get(path.slice(1))
+        if (!device) return cb(-E.ENOENT)
+        cb(OK, stat(0o100600, device.size))
+      },
+      readdir: (path, cb) => {
+        if (path !== '/') return cb(-E.ENOTDIR)
+        cb(OK, [...devices.keys()])
+      },
+      open: (path, _flags, cb) => {
+        const device = devices.get(path.slice(1))
+        if (!device) return cb(-E.ENOENT)
+        const fd = this.#nextHandle++
+        handles.set(fd, device)
+        cb(OK, fd)
+      },
+      release: (_path, fd, cb) => {
+        handles.delete(fd)
+        cb(OK)
+      },
+      read: (_path, fd, buf, len, pos, cb) => {
+        const device = handles.get(fd)
+        if (!device) return cb(-E.EBADF)
+        if (pos >= device.size) return cb(0)
+        const n = Math.min(len, device.size - pos)
+        device.read(pos, n === buf.length ? buf : buf.subarray(0, n)).then(() => cb(n), (err) => cb(fail('read', err)))
+      },
+      write: (_path, fd, buf, len, pos, cb) => {
+        const device = handles.get(fd)
+        if (!device) return cb(-E.EBADF)
+        if (pos + len > device.size) return cb(-E.ENOSPC)
+        device.write(pos, len === buf.length ? buf : buf.subarray(0, len)).then(() => cb(len), (err) => cb(fail('write', err)))
+      },
+      // Both close() of a handle and fsync reach the replicas' flush: a file system's
+      // cache flush (REQ_PREFLUSH) arrives through the loop device as fsync.
+      flush: (_path, fd, cb) => {
+        const device = handles.get(fd)
+        if (!device) return cb(OK)
+        device.flush().then(() => cb(OK), (err) => cb(fail('flush', err)))
+      },
+      fsync: (_path, _datasync, fd, cb) => {
+        const device = handles.get(fd)
+        if (!device) return cb(-E.EBADF)
+        device.flush().then(() => cb(OK), (err) => cb(fail('fsync', err)))
+      },
+      truncate: (path, size, cb) => {
+        const device = devices.get(path.slice(1))
+        cb(device && device.size === size ? OK : -E.EPERM)
+      },
+      ftruncate: (_path, fd, size, cb) => {
+        const device = handles.get(fd)
+        cb(device && device.size === size ? OK : -E.EPERM)
+      },
+    }
+  }
+}

@@ -1,0 +1,26 @@
+/** Loop devices over device files, through util-linux losetup. */
+import { run } from '../util/exec'
+
+export interface LoopDevice { device: string; backingFile: string }
+
+/**
+ * Direct I/O on the loop device: a buffered loop caches every block twice and sends
+ * small requests; with direct I/O each bio reaches the FUSE file as one large request.
+ */
+export async function attachLoop(file: string): Promise<string> {
+  const { stdout } = await run('losetup', ['--find', '--show', '--direct-io=on', file])
+  const device = stdout.trim()
+  if (!device.startsWith('/dev/loop')) throw new Error(`losetup printed an unexpected device name "${device}"`)
+  return device
+}
+
+export async function detachLoop(device: string): Promise<void> {
+  await run('losetup', ['--detach', device])
+}
+
+export async function listLoops(): Promise<LoopDevice[]> {
+  const { stdout } = await run('losetup', ['--list', '--json', '--output', 'NAME,BACK-FILE'])
+  if (stdout.trim() === '') return []
+  const parsed = JSON.parse(stdout) as { loopdevices?: Array<{ name: string; 'back-file': string | null }> }
+  return (parsed.loopdevices ?? []).map((l) => ({ device: l.name, backingFile: (l['back-file'] ?? '').replace(/ \(deleted\)$/, '') }))
+}

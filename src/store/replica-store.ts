@@ -1,0 +1,179 @@
+/**
+ * One replica of a volume on this node's disk: a directory holding
+ *   data      the volume's bytes (sparse)
+ *   crc       one crc32c per 4 KiB block, kept and verified by the native addon
+ *   super.json the superblock: volume id, size, block size, attach epoch
+ * Block I/O and checksums run in the addon's worker threads; this class adds the
+ * superblock, error codes and the promise API the engine uses.
+ */
+import { promises as fs } from 'node:fs'
+import path from 'node:path'
+import { pxdError, type ErrorCode } from '../errors'
+import { native, type NativeError, type StoreHandle } from '../native/binding'
+
+export const STORE_BLOCK_SIZE = 4096
+const SUPERBLOCK_VERSION = 1
+
+export interface Superblock {
+  version: number
+  volumeId: string
+  size: number
+  blockSize: number
+  /** Highest attach epoch this replica has accepted; frames from older epochs are refused. */
+  epoch: number
+  createdAt: string
+}
+
+const files = (dir: string) => ({
+  data: path.join(dir, 'data'),
+  crc: path.join(dir, 'crc'),
+  superblock: path.join(dir, 'super.json'),
+})
+
+export class ReplicaStore {
+  readonly dir: string
+  #handle: StoreHandle
+  #superblock: Superblock
+  #closing: Promise<void> | undefined
+
+  private constructor(dir: string, handle: StoreHandle, superblock: Superblock) {
+    this.dir = dir
+    this.#handle = handle
+    this.#superblock = superblock
+  }
+
+  static async create(dir: string, volumeId: string, size: number): Promise<ReplicaStore> {
+    if (size <= 0 || size % STORE_BLOCK_SIZE !== 0) {
+      throw pxdError('INVALID_ARGUMENT', `replica size ${size} must be a positive multiple of ${STORE_BLOCK_SIZE}`)
+    }
+    await fs.mkdir(dir, { recursive: true, mode: 0o700 })
+    const f = files(dir)
+    const handle = await openNative(f.data, f.crc, size, true)
+    const superblock: Superblock = {
+      version: SUPERBLOCK_VERSION, volumeId, size, blockSize: STORE_BLOCK_SIZE, epoch: 0, createdAt: new Date().toISOString(),
+    }
+    const store = new ReplicaStore(dir, handle, superblock)
+    await store.#writeSuperblock()
+    return store
+  }
+
+  static async open(dir: string): Promise<ReplicaStore> {
+    const f = files(dir)
+    let superblock: Superblock
+    try {
+      superblock = JSON.parse(await fs.readFile(f.superblock, 'utf8')) as Superblock
+    } catch (err) {
+      throw pxdError('IO_ERROR', `cannot read the superblock of replica ${dir}`, err)
+    }
+    if (superblock.version !== SUPERBLOCK_VERSION) throw pxdError('IO_ERROR', `replica ${dir} has unknown superblock version ${superblock.version}`)
+    const handle = await openNative(f.data, f.crc, superblock.size, false)
+    return new ReplicaStore(dir, handle, superblock)
+  }
+
+  /** Remove a replica's files. The store must be closed. */
+  static async destroy(dir: string): Promise<void> {
+    await fs.rm(dir, { recursive: true, force: true })
+  }
+
+  get superblock(): Readonly<Superblock> {
+    return this.#superblock
+  }
+
+  get size(): number {
+    return this.#superblock.size
+  }
+
+  write(offset: number, data: Uint8Array): Promise<void> {
+    return new Promise((resolve, reject) => {
+      native.storeWrite(this.#handle, offset, data, (err) => (err ? reject(storeError(err, 'write', this.dir)) : resolve()))
+    })
+  }
+
+  read(offset: number, into: Uint8Array): Promise<void> {
+    return new Promise((resolve, reject) => {
+      native.storeRead(this.#handle, offset, into, (err) => (err ? reject(storeError(err, 'read', this.dir)) : resolve()))
+    })
+  }
+
+  flush(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      native.storeFlush(this.#handle, (err) => (err ? reject(storeError(err, 'flush', this.dir)) : resolve()))
+    })
+  }
+
+  discard(offset: number, length: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      native.storeDiscard(this.#handle, offset, length, (err) => (err ? reject(storeError(err, 'discard', this.dir)) : resolve()))
+    })
+  }
+
+  allocated(): Promise<Array<[number, number]>> {
+    return new Promise((resolve, reject) => {
+      native.storeAllocated(this.#handle, (err, ranges) => (err ? reject(storeError(err, 'allocated', this.dir)) : resolve(ranges ?? [])))
+    })
+  }
+
+  /** Record a newer attach epoch durably before any frame of it is accepted. */
+  async setEpoch(epoch: number): Promise<void> {
+    if (epoch < this.#superblock.epoch) {
+      throw pxdError('CONFLICT', `replica ${this.dir} is at epoch ${this.#superblock.epoch}; refusing older epoch ${epoch}`)
+    }
+    if (epoch === this.#superblock.epoch) return
+    this.#superblock = { ...this.#superblock, epoch }
+    await this.#writeSuperblock()
+  }
+
+  /** Flush and close; waits for in-flight I/O. Idempotent. */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      try {
+        await this.flush()
+      } catch (err) {
+        if (!(err instanceof Error && (err as { code?: string }).code === 'STORE_CLOSED')) throw err
+      } finally {
+        await new Promise<void>((resolve, reject) => {
+          native.storeClose(this.#handle, (err) => (err ? reject(storeError(err, 'close', this.dir)) : resolve()))
+        })
+      }
+    })()
+    return this.#closing
+  }
+
+  async #writeSuperblock(): Promise<void> {
+    const target = files(this.dir).superblock
+    const tmp = `${target}.tmp`
+    const handle = await fs.open(tmp, 'w', 0o600)
+    try {
+      await handle.writeFile(JSON.stringify(this.#superblock))
+      await handle.sync()
+    } finally {
+      await handle.close()
+    }
+    await fs.rename(tmp, target)
+  }
+}
+
+function openNative(data: string, crc: string, size: number, create: boolean): Promise<StoreHandle> {
+  return new Promise((resolve, reject) => {
+    native.storeOpen(data, crc, size, STORE_BLOCK_SIZE, create, (err, handle) => {
+      if (err || !handle) return reject(storeError(err ?? new Error('no handle'), create ? 'create' : 'open', path.dirname(data)))
+      resolve(handle)
+    })
+  })
+}
+
+const CODE_MAP: Record<string, ErrorCode> = {
+  ECHECKSUM: 'CHECKSUM_MISMATCH',
+  ECLOSED: 'STORE_CLOSED',
+  ERANGE: 'INVALID_ARGUMENT',
+  EINVAL: 'INVALID_ARGUMENT',
+  ENOSPC: 'NO_SPACE',
+  EEXIST: 'ALREADY_EXISTS',
+  ENOENT: 'NOT_FOUND',
+}
+
+function storeError(err: NativeError | Error, op: string, dir: string) {
+  const nativeCode = (err as NativeError).code
+  const code = (nativeCode && CODE_MAP[nativeCode]) ?? 'IO_ERROR'
+  return pxdError(code, `replica ${dir}: ${op} failed: ${err.message}`, err)
+}

@@ -1,0 +1,38 @@
+import type { VolumeSpec } from './options'
+
+/** A volume as kvdb stores it. */
+export interface VolumeRecord {
+  id: string
+  name: string
+  spec: VolumeSpec
+  createdAt: string
+  /** Nodes holding a full copy. */
+  replicas: Array<{ nodeId: string }>
+}
+
+/** Where a volume is attached; the epoch only ever grows (attach bumps it). */
+export interface AttachmentRecord {
+  nodeId: string | null
+  epoch: number
+}
+
+export type VolumeState = 'detached' | 'attached'
+
+/** What inspect and list show; JSON output uses it as is (sizes in bytes). */
+export interface VolumeInfo {
+  name: string
+  id: string
+  size: number
+  repl: number
+  fs: string
+  blockSize: number
+  shared: boolean
+  options: Record<string, string>
+  state: VolumeState
+  attachedOn: string | null
+  epoch: number
+  mountpoint: string | null
+  mounts: number
+  replicas: Array<{ nodeId: string }>
+  createdAt: string
+}
