@@ -137,5 +137,5 @@ test('dvdcli sequence with an inline spec: Get fails, Create, Mount without ID; 
   t.regex(String((await pluginCall(sock, '/VolumeDriver.Remove', { Name: full })).body.Err), /mounted/)
   t.is((await pluginCall(sock, '/VolumeDriver.Unmount', { Name: full })).body.Err, '')
   t.is((await pluginCall(sock, '/VolumeDriver.Remove', { Name: full })).body.Err, '')
-  t.deepEqual(leftoversUnder(dir), [])
+  t.deepEqual(leftoversUnder(path.join(daemon.runDir, 'mounts')), [])
 })
