@@ -482,9 +482,9 @@ void BlockStore::Read(int64_t offset, uint8_t* data, size_t len) {
   int cnt = 0;
   uint64_t mid_first = head ? first + 1 : first;
   uint64_t mid_end = tail ? last : last + 1;
-  uint8_t* mid = data + (mid_first * bs - off);
+  uint8_t* mid = mid_end > mid_first ? data + (mid_first * bs - off) : nullptr;
   if (head) iov[cnt++] = {head.get(), bs};
-  if (mid_end > mid_first) iov[cnt++] = {mid, (mid_end - mid_first) * bs};
+  if (mid) iov[cnt++] = {mid, (mid_end - mid_first) * bs};
   if (tail) iov[cnt++] = {tail.get(), bs};
 
   StripeLock lock(*this, first, last, false);

@@ -624,3 +624,32 @@ test('works from worker threads, and a terminated worker does not take the proce
   await write(h, 0, Buffer.alloc(BS, 7))
   sameBytes(t, await readAll(h, 0, BS), Buffer.alloc(BS, 7), 'main thread')
 })
+
+test('a handle dropped without close() is freed by GC, files closed', async (t) => {
+  const v8 = await import('node:v8')
+  const vm = await import('node:vm')
+  v8.setFlagsFromString('--expose-gc')
+  const gc = vm.runInNewContext('gc') as () => void
+  const dir = tempDir(t)
+  const fdsInDir = () =>
+    fs.readdirSync('/proc/self/fd').filter((fd) => {
+      try {
+        return fs.readlinkSync(`/proc/self/fd/${fd}`).startsWith(dir)
+      } catch {
+        return false
+      }
+    }).length
+  // Open and use the store in a callback chain that keeps no reference after.
+  await new Promise<void>((resolve, reject) =>
+    native.storeOpen(path.join(dir, 'data'), path.join(dir, 'crc'), MiB, BS, true, (err, h) => {
+      if (err) return reject(err)
+      t.is(fdsInDir(), 2)
+      native.storeWrite(h!, 0, Buffer.alloc(BS, 1), (werr) => (werr ? reject(werr) : resolve()))
+    }),
+  )
+  for (let i = 0; i < 20 && fdsInDir() > 0; i++) {
+    gc()
+    await new Promise((resolve) => setTimeout(resolve, 10))
+  }
+  t.is(fdsInDir(), 0)
+})
