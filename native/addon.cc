@@ -2,6 +2,11 @@
 // callbacks. Argument types are checked here (TypeError, thrown
 // synchronously); value errors come back through the callback with a code.
 //
+// Callbacks are made with raw N-API calls whose status is checked: while a
+// worker thread is being terminated calls into JS fail, and node-addon-api
+// would turn that failure into a fatal error. An exception thrown by a JS
+// callback stays pending and Node reports it as uncaught.
+//
 // Lifetime: a handle owns a Handle (shared with every worker using it), so a
 // store is freed only once JS dropped the handle and no work is queued. The
 // open/closing/closed state and the in-flight count live on the JS thread
@@ -41,16 +46,64 @@ struct Handle {
 
 using HandlePtr = std::shared_ptr<Handle>;
 
-Napi::Object MakeError(Napi::Env env, const StoreError& e) {
-  Napi::Object err = Napi::Error::New(env, e.message).Value();
-  err.Set("code", e.code);
-  if (e.os_errno != 0) {
-    err.Set("errno", e.os_errno);
-    err.Set("syscall", e.syscall);
+bool SetString(napi_env env, napi_value obj, const char* key,
+               const std::string& value) {
+  napi_value v;
+  return napi_create_string_utf8(env, value.data(), value.size(), &v) ==
+             napi_ok &&
+         napi_set_named_property(env, obj, key, v) == napi_ok;
+}
+
+bool SetNumber(napi_env env, napi_value obj, const char* key, double value) {
+  napi_value v;
+  return napi_create_double(env, value, &v) == napi_ok &&
+         napi_set_named_property(env, obj, key, v) == napi_ok;
+}
+
+// An Error with code/errno/syscall/path/block; nullptr if JS is unavailable.
+napi_value MakeError(napi_env env, const StoreError& e) {
+  napi_value code;
+  napi_value msg;
+  napi_value err;
+  if (napi_create_string_utf8(env, e.code.data(), e.code.size(), &code) !=
+          napi_ok ||
+      napi_create_string_utf8(env, e.message.data(), e.message.size(),
+                              &msg) != napi_ok ||
+      napi_create_error(env, code, msg, &err) != napi_ok) {
+    return nullptr;
   }
-  if (!e.path.empty()) err.Set("path", e.path);
-  if (e.block >= 0) err.Set("block", static_cast<double>(e.block));
-  return err;
+  bool ok = true;
+  if (e.os_errno != 0) {
+    ok = ok && SetNumber(env, err, "errno", e.os_errno);
+    ok = ok && SetString(env, err, "syscall", e.syscall);
+  }
+  if (!e.path.empty()) ok = ok && SetString(env, err, "path", e.path);
+  if (e.block >= 0) {
+    ok = ok && SetNumber(env, err, "block", static_cast<double>(e.block));
+  }
+  return ok ? err : nullptr;
+}
+
+napi_value Null(napi_env env) {
+  napi_value v = nullptr;
+  napi_get_null(env, &v);
+  return v;
+}
+
+// Calls cb(args...); does nothing if any argument could not be made.
+void Deliver(napi_env env, const Napi::FunctionReference& cb,
+             const std::vector<napi_value>& args) {
+  for (napi_value a : args) {
+    if (a == nullptr) return;
+  }
+  napi_value fn;
+  napi_value recv;
+  napi_value result;
+  if (napi_get_reference_value(env, cb, &fn) != napi_ok || fn == nullptr ||
+      napi_get_undefined(env, &recv) != napi_ok) {
+    return;
+  }
+  napi_call_function(env, recv, fn, args.size(), args.data(), &result);
 }
 
 StoreError ClosedError(const Handle& h) {
@@ -95,8 +148,8 @@ class StoreWorker : public Napi::AsyncWorker {
       : Napi::AsyncWorker(cb, name), handle_(std::move(handle)) {}
 
   virtual void Run(BlockStore& store) = 0;
-  // Appends results after the null error.
-  virtual void Results(Napi::Env, std::vector<napi_value>&) {}
+  // Appends results after the null error (nullptr if one could not be made).
+  virtual void Results(napi_env, std::vector<napi_value>&) {}
 
   void Execute() override {
     if (!counted_) return;
@@ -104,7 +157,7 @@ class StoreWorker : public Napi::AsyncWorker {
   }
 
   void OnOK() override {
-    Napi::Env env = Env();
+    napi_env env = Env();
     if (counted_) Done();
     std::vector<napi_value> args;
     if (!counted_) {
@@ -112,10 +165,10 @@ class StoreWorker : public Napi::AsyncWorker {
     } else if (!ok_) {
       args.push_back(MakeError(env, error_));
     } else {
-      args.push_back(env.Null());
+      args.push_back(Null(env));
       Results(env, args);
     }
-    Callback().Call(args);
+    Deliver(env, Callback(), args);
   }
 
  private:
@@ -206,13 +259,27 @@ class AllocatedWorker : public StoreWorker {
  protected:
   void Run(BlockStore& store) override { ranges_ = store.Allocated(); }
 
-  void Results(Napi::Env env, std::vector<napi_value>& args) override {
-    Napi::Array out = Napi::Array::New(env, ranges_.size());
+  void Results(napi_env env, std::vector<napi_value>& args) override {
+    napi_value out;
+    if (napi_create_array_with_length(env, ranges_.size(), &out) != napi_ok) {
+      args.push_back(nullptr);
+      return;
+    }
     for (uint32_t i = 0; i < ranges_.size(); i++) {
-      Napi::Array pair = Napi::Array::New(env, 2);
-      pair.Set(0u, static_cast<double>(ranges_[i].first));
-      pair.Set(1u, static_cast<double>(ranges_[i].second));
-      out.Set(i, pair);
+      napi_value pair;
+      napi_value offset;
+      napi_value length;
+      if (napi_create_array_with_length(env, 2, &pair) != napi_ok ||
+          napi_create_double(env, static_cast<double>(ranges_[i].first),
+                             &offset) != napi_ok ||
+          napi_create_double(env, static_cast<double>(ranges_[i].second),
+                             &length) != napi_ok ||
+          napi_set_element(env, pair, 0, offset) != napi_ok ||
+          napi_set_element(env, pair, 1, length) != napi_ok ||
+          napi_set_element(env, out, i, pair) != napi_ok) {
+        args.push_back(nullptr);
+        return;
+      }
     }
     args.push_back(out);
   }
@@ -235,17 +302,13 @@ class CloseWorker : public Napi::AsyncWorker {
   }
 
   void OnOK() override {
-    Napi::Env env = Env();
+    napi_env env = Env();
     if (closes_) {
       handle_->state = Handle::State::kClosed;
       for (Napi::AsyncWorker* w : handle_->after_close) w->Queue();
       handle_->after_close.clear();
     }
-    if (closes_ && !ok_) {
-      Callback().Call({MakeError(env, error_)});
-    } else {
-      Callback().Call({env.Null()});
-    }
+    Deliver(env, Callback(), {ok_ ? Null(env) : MakeError(env, error_)});
   }
 
  private:
@@ -276,18 +339,26 @@ class OpenWorker : public Napi::AsyncWorker {
   }
 
   void OnOK() override {
-    Napi::Env env = Env();
+    napi_env env = Env();
     if (!ok_) {
-      Callback().Call({MakeError(env, error_)});
+      Deliver(env, Callback(), {MakeError(env, error_)});
       return;
     }
     auto handle = std::make_shared<Handle>();
     handle->store = std::move(store_);
-    auto ext = Napi::External<HandlePtr>::New(
-        env, new HandlePtr(std::move(handle)),
-        [](Napi::Env, HandlePtr* p) { delete p; });
-    ext.TypeTag(&kStoreTag);
-    Callback().Call({env.Null(), ext});
+    auto* owned = new HandlePtr(std::move(handle));
+    napi_value ext;
+    if (napi_create_external(
+            env, owned,
+            [](napi_env, void* data, void*) {
+              delete static_cast<HandlePtr*>(data);
+            },
+            nullptr, &ext) != napi_ok) {
+      delete owned;  // closes the files
+      return;
+    }
+    if (napi_type_tag_object(env, ext, &kStoreTag) != napi_ok) return;
+    Deliver(env, Callback(), {Null(env), ext});
   }
 
  private:
@@ -473,8 +544,9 @@ Napi::Value JsStoreInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   HandlePtr h = ArgHandle(info, 0);
   if (h->state != Handle::State::kOpen) {
-    Napi::Error err = Napi::Error(env, MakeError(env, ClosedError(*h)));
-    throw err;
+    napi_value err = MakeError(env, ClosedError(*h));
+    if (err == nullptr) throw Napi::Error::New(env, "block store is closed");
+    throw Napi::Error(env, err);
   }
   Napi::Object out = Napi::Object::New(env);
   out.Set("size", static_cast<double>(h->store->size()));

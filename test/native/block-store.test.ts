@@ -558,6 +558,7 @@ test('close twice, or while closing, is harmless and answers in order', async (t
 test.serial('a 64 MiB burst of 1 MiB writes and reads does not block the event loop', async (t) => {
   const { h } = await fresh(t, 64 * MiB)
   const chunks = Array.from({ length: 64 }, (_, i) => Buffer.alloc(MiB, i + 1))
+  const back = Array.from({ length: 64 }, () => Buffer.alloc(MiB)) // allocated up front: mmap stalls are not the point
   let ticks = 0
   let last = performance.now()
   let maxGap = 0
@@ -570,7 +571,6 @@ test.serial('a 64 MiB burst of 1 MiB writes and reads does not block the event l
   const started = performance.now()
   try {
     await Promise.all(chunks.map((c, i) => write(h, i * MiB, c)))
-    const back = Array.from({ length: 64 }, () => Buffer.alloc(MiB))
     await Promise.all(back.map((b, i) => read(h, i * MiB, b)))
     back.forEach((b, i) => sameBytes(t, b, chunks[i]!, `chunk ${i}`))
   } finally {
@@ -578,8 +578,10 @@ test.serial('a 64 MiB burst of 1 MiB writes and reads does not block the event l
   }
   const elapsed = performance.now() - started
   t.log(`burst took ${elapsed.toFixed(0)} ms; ${ticks} ticks, longest gap ${maxGap.toFixed(1)} ms`)
-  t.true(ticks >= 2, `only ${ticks} ticks in ${elapsed.toFixed(0)} ms`)
-  t.true(maxGap < Math.max(100, elapsed / 4), `the loop stalled for ${maxGap.toFixed(0)} ms`)
+  // Blocking I/O on the loop would stall it for about the whole burst; the
+  // bound is loose because other test processes compete for the 2 cores.
+  t.true(ticks >= 5, `only ${ticks} ticks in ${elapsed.toFixed(0)} ms`)
+  t.true(maxGap < elapsed / 2, `the loop stalled for ${maxGap.toFixed(0)} of ${elapsed.toFixed(0)} ms`)
 })
 
 test('works from worker threads, and a terminated worker does not take the process down', async (t) => {
@@ -597,7 +599,15 @@ test('works from worker threads, and a terminated worker does not take the proce
       const back = Buffer.alloc(buf.length)
       await p((cb) => native.storeRead(h, 4095, back, cb))
       if (workerData.hang) {
-        for (let i = 0; i < 64; i++) native.storeWrite(h, 0, Buffer.alloc(1 << 20, 1), () => {})
+        // Leave every kind of callback pending (successes, errors, results).
+        for (let i = 0; i < 16; i++) {
+          native.storeWrite(h, 0, Buffer.alloc(1 << 20, 1), () => {})
+          native.storeRead(h, 100, Buffer.alloc(5000), () => {})
+          native.storeRead(h, 1 << 30, Buffer.alloc(1), () => {})
+          native.storeAllocated(h, () => {})
+        }
+        if (workerData.fill % 2 === 0) native.storeClose(h, () => {})
+        native.storeOpen(workerData.data + '2', workerData.crc + '2', 1 << 20, 4096, true, () => {})
         parentPort.postMessage('busy')
         return
       }
@@ -612,13 +622,16 @@ test('works from worker threads, and a terminated worker does not take the proce
     })
     return new Promise<string>((resolve, reject) => {
       worker.once('message', (m: string) => {
-        if (hang) void worker.terminate()
-        resolve(m)
+        if (hang) setTimeout(() => void worker.terminate().then(() => resolve(m), reject), fill % 5)
+        else resolve(m)
       })
       worker.once('error', reject)
     })
   }
-  t.deepEqual(await Promise.all([run('a', 1), run('b', 2), run('c', 3, true)]), ['ok', 'ok', 'busy'])
+  t.deepEqual(await Promise.all([run('a', 1), run('b', 2)]), ['ok', 'ok'])
+  // Terminating a worker while its callbacks are pending once killed the
+  // process (node-addon-api turned the failed calls into a fatal error).
+  for (let i = 0; i < 20; i++) t.is(await run(`t${i}`, i, true), 'busy')
   // The main thread's addon instance is unaffected.
   const { h } = await fresh(t)
   await write(h, 0, Buffer.alloc(BS, 7))
