@@ -103,6 +103,8 @@ export async function startDockerEngine(opts: DockerEngineOptions): Promise<Dock
   const socket = join(dir, 'docker.sock')
   const logFile = join(dir, 'dockerd.log')
   const configFile = join(dir, 'daemon.json')
+  const tmpDir = join(dir, 'docker-tmp')
+  mkdirSync(tmpDir, { recursive: true })
   const cgroupParent = opts.cgroupParent ?? `pxd-test-${process.pid}-${Date.now()}`
   mkdirSync(join(dir, 'docker-cli-config'), { recursive: true })
   // A config file of our own keeps /etc/docker/daemon.json of the host out of the test, and
@@ -126,7 +128,12 @@ export async function startDockerEngine(opts: DockerEngineOptions): Promise<Dock
   const out = openSync(logFile, 'a')
   let child: ChildProcess
   try {
-    child = spawn(command[0] as string, command.slice(1), { stdio: ['ignore', out, out], env: cliEnv(dir) })
+    // TMPDIR: containerd writes goroutine dumps (containerd.<pid>.stacks.log, on SIGUSR1)
+    // there; keep them in the test's dir rather than the host's /tmp.
+    child = spawn(command[0] as string, command.slice(1), {
+      stdio: ['ignore', out, out],
+      env: { ...cliEnv(dir), TMPDIR: tmpDir },
+    })
   } finally {
     closeSync(out)
   }

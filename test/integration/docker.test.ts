@@ -239,6 +239,10 @@ async function teardown(
       const how = await engine.stop(20_000)
       t.log(`dockerd (pid ${engine.pid}): ${how}`)
       logsToShow.push(`--- dockerd log (tail) ---\n${engine.logTail(60)}`)
+      // containerd dumps its goroutines into TMPDIR on SIGUSR1; seen now and then here, from a
+      // sender not identified. Harmless, but worth a line in the log.
+      const dumps = readdirSync(join(dir, 'docker-tmp')).filter((f) => f.endsWith('.stacks.log'))
+      if (dumps.length > 0) t.log(`note: containerd wrote goroutine dumps ${dumps.join(', ')} (it got a SIGUSR1)`)
       if (!how.startsWith('exited') && !how.startsWith('already')) problems.push(`dockerd: ${how}`)
     })
   }
