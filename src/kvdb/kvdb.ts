@@ -30,8 +30,26 @@ export interface Kvdb {
   txn(txn: KvTxn): Promise<boolean>
   put(key: string, value: unknown): Promise<void>
   delete(key: string): Promise<void>
+  /**
+   * Put a key that lives only as long as this process keeps renewing it (an etcd lease
+   * of `ttlSeconds`): a node's liveness. If the lease is lost (the store was unreachable
+   * for longer than the TTL) the key is gone; the store keeps trying to grant a new lease
+   * and puts the latest value again when it succeeds.
+   */
+  putLeased(key: string, value: unknown, ttlSeconds: number): Promise<LeasedKey>
+  /** Where the store is, for messages and status: "embedded" or "etcd://host:port,...". */
+  readonly description: string
   /** Idempotent. After close every call fails with KVDB_UNAVAILABLE. */
   close(): Promise<void>
+}
+
+export interface LeasedKey {
+  /** Replace the value, keeping it under the lease. */
+  update(value: unknown): Promise<void>
+  /** Called when the lease is lost, and again (with `undefined`) when a new one holds the key. */
+  onChange(listener: (lost: Error | undefined) => void): void
+  /** Delete the key and revoke the lease. Idempotent. */
+  revoke(): Promise<void>
 }
 
 /** Key layout, in one place, so both stores and every caller agree. */
@@ -40,6 +58,10 @@ export const keys = {
   volumes: () => 'volumes/',
   attachment: (name: string) => `attachments/${name}`,
   attachments: () => 'attachments/',
-  node: (id: string) => `nodes/${id}`,
-  nodes: () => 'nodes/',
+  /** A node's durable membership record (address, first seen). */
+  member: (id: string) => `members/${id}`,
+  members: () => 'members/',
+  /** A node's liveness and capacity, under its lease: absent means offline. */
+  alive: (id: string) => `alive/${id}`,
+  alives: () => 'alive/',
 } as const
