@@ -1,0 +1,182 @@
+/**
+ * The peer wire format: one msgpack map per WebSocket binary message, a discriminated
+ * union on `t`. Data travels as msgpack bin and decodes as a Buffer that shares the
+ * received message (no copy).
+ *
+ * Every frame is checked field by field against the schema table below before anyone
+ * sees it; a frame with a missing, extra or ill-typed field is refused. Adding a request
+ * kind (resync, checksum map) means adding its interface, its schema row and, if it
+ * carries bulk data, its payload size in `payloadBytes`: the transport passes every
+ * frame whose kind is in `REQUEST_TYPES` to the request handler without knowing it.
+ */
+import { Packr, Unpackr } from 'msgpackr'
+import { replicationError } from './errors'
+
+export const PROTOCOL_VERSION = 1
+/** Largest write payload or read result. */
+export const MAX_DATA_BYTES = 1024 * 1024
+/** Largest WebSocket message: the data plus room for the other fields. */
+export const MAX_FRAME_BYTES = MAX_DATA_BYTES + 8 * 1024
+/** Largest message accepted before the handshake completes (handshake frames are ~150 bytes). */
+export const MAX_HANDSHAKE_FRAME_BYTES = 1024
+export const NONCE_BYTES = 32
+export const PROOF_BYTES = 32
+export const MAX_MESSAGE_CHARS = 4096
+
+const VOLUME_RE = /^[A-Za-z0-9_.-]{1,128}$/
+const NODE_ID_RE = /^[A-Za-z0-9_.:@-]{1,128}$/
+const CODE_RE = /^[A-Z][A-Z0-9_]{0,63}$/
+
+// Handshake
+export interface HelloFrame { t: 'hello'; v: number; nodeId: string; clusterId: string; nonce: Uint8Array }
+export interface ChallengeFrame { t: 'challenge'; v: number; nodeId: string; nonce: Uint8Array; proof: Uint8Array }
+export interface AuthFrame { t: 'auth'; proof: Uint8Array }
+export interface ReadyFrame { t: 'ready' }
+
+// Requests (client -> server, after ready)
+export interface OpenFrame { t: 'open'; id: number; vol: string; epoch: number; size: number }
+export interface WriteFrame { t: 'write'; id: number; vol: string; epoch: number; seq: number; offset: number; data: Uint8Array }
+export interface ReadFrame { t: 'read'; id: number; vol: string; epoch: number; offset: number; length: number }
+export interface FlushFrame { t: 'flush'; id: number; vol: string; epoch: number }
+export interface CloseFrame { t: 'close'; id: number; vol: string; epoch: number }
+export interface DropFrame { t: 'drop'; id: number; vol: string }
+
+// Replies and link control
+export interface AckOkFrame { t: 'ack'; id: number; ok: true; data?: Uint8Array }
+export interface AckErrorFrame { t: 'ack'; id: number; ok: false; code: string; message: string }
+export interface ErrorFrame { t: 'error'; code: string; message: string }
+export interface PingFrame { t: 'ping'; id: number; sent: number }
+export interface PongFrame { t: 'pong'; id: number; sent: number }
+
+export type HandshakeFrame = HelloFrame | ChallengeFrame | AuthFrame | ReadyFrame
+export type RequestFrame = OpenFrame | WriteFrame | ReadFrame | FlushFrame | CloseFrame | DropFrame
+export type AckFrame = AckOkFrame | AckErrorFrame
+export type Frame = HandshakeFrame | RequestFrame | AckFrame | ErrorFrame | PingFrame | PongFrame
+export type FrameType = Frame['t']
+export type RequestType = RequestFrame['t']
+
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never
+/** A request as a caller gives it to a link: the link assigns the id. */
+export type OutgoingRequest = DistributiveOmit<RequestFrame, 'id'>
+
+type Check = (value: unknown) => boolean
+interface FieldSpec { readonly name: string; readonly check: Check; readonly expect: string; readonly optional?: true }
+
+const isPositiveId: Check = (v) => Number.isSafeInteger(v) && (v as number) > 0
+const isUint: Check = (v) => Number.isSafeInteger(v) && (v as number) >= 0
+const isVolume: Check = (v) => typeof v === 'string' && VOLUME_RE.test(v)
+const isNodeId: Check = (v) => typeof v === 'string' && NODE_ID_RE.test(v)
+const isBytes32: Check = (v) => v instanceof Uint8Array && v.length === 32
+const isData: Check = (v) => v instanceof Uint8Array && v.length <= MAX_DATA_BYTES
+const isLength: Check = (v) => isUint(v) && (v as number) <= MAX_DATA_BYTES
+const isCode: Check = (v) => typeof v === 'string' && CODE_RE.test(v)
+const isMessage: Check = (v) => typeof v === 'string' && v.length <= MAX_MESSAGE_CHARS
+const isTime: Check = (v) => typeof v === 'number' && Number.isFinite(v) && v >= 0
+const isTrue: Check = (v) => v === true
+const isFalse: Check = (v) => v === false
+const isVersion: Check = (v) => v === PROTOCOL_VERSION
+
+const f = (name: string, check: Check, expect: string, optional?: true): FieldSpec =>
+  optional ? { name, check, expect, optional } : { name, check, expect }
+
+const ID = f('id', isPositiveId, 'a positive safe integer')
+const VOL = f('vol', isVolume, 'a volume id of 1-128 characters [A-Za-z0-9_.-]')
+const EPOCH = f('epoch', isUint, 'a non-negative safe integer')
+const OFFSET = f('offset', isUint, 'a non-negative safe integer')
+const VERSION = f('v', isVersion, `protocol version ${PROTOCOL_VERSION}`)
+const NODE_ID = f('nodeId', isNodeId, 'a node id of 1-128 characters [A-Za-z0-9_.:@-]')
+const NONCE = f('nonce', isBytes32, `${NONCE_BYTES} bytes`)
+const PROOF = f('proof', isBytes32, `${PROOF_BYTES} bytes`)
+const CODE = f('code', isCode, 'an error code [A-Z][A-Z0-9_]{0,63}')
+const MESSAGE = f('message', isMessage, `a string of at most ${MAX_MESSAGE_CHARS} characters`)
+const SENT = f('sent', isTime, 'a non-negative finite number')
+
+const REQUEST_SCHEMAS = {
+  open: [ID, VOL, EPOCH, f('size', isUint, 'a non-negative safe integer')],
+  write: [ID, VOL, EPOCH, f('seq', isUint, 'a non-negative safe integer'), OFFSET, f('data', isData, `bytes, at most ${MAX_DATA_BYTES}`)],
+  read: [ID, VOL, EPOCH, OFFSET, f('length', isLength, `a non-negative safe integer of at most ${MAX_DATA_BYTES}`)],
+  flush: [ID, VOL, EPOCH],
+  close: [ID, VOL, EPOCH],
+  drop: [ID, VOL],
+} as const satisfies Record<RequestType, readonly FieldSpec[]>
+
+const ACK_OK = [ID, f('ok', isTrue, 'true'), f('data', isData, `bytes, at most ${MAX_DATA_BYTES}`, true)]
+const ACK_ERROR = [ID, f('ok', isFalse, 'false'), CODE, MESSAGE]
+
+const SCHEMAS: Record<Exclude<FrameType, 'ack'>, readonly FieldSpec[]> = {
+  hello: [VERSION, NODE_ID, f('clusterId', isNodeId, 'a cluster id of 1-128 characters [A-Za-z0-9_.:@-]'), NONCE],
+  challenge: [VERSION, NODE_ID, NONCE, PROOF],
+  auth: [PROOF],
+  ready: [],
+  ...REQUEST_SCHEMAS,
+  error: [CODE, MESSAGE],
+  ping: [ID, SENT],
+  pong: [ID, SENT],
+}
+
+/** Frame kinds the server hands to its request handler. */
+export const REQUEST_TYPES: ReadonlySet<string> = new Set(Object.keys(REQUEST_SCHEMAS))
+
+export function isRequest(frame: Frame): frame is RequestFrame {
+  return REQUEST_TYPES.has(frame.t)
+}
+
+/** Bytes a request makes the two ends hold until its ack: the data written or read. */
+export function payloadBytes(req: RequestFrame | OutgoingRequest): number {
+  switch (req.t) {
+    case 'write': return req.data.length
+    case 'read': return req.length
+    default: return 0
+  }
+}
+
+const badFrame = (message: string) => replicationError('BAD_FRAME', message)
+
+/** Checks that a value is a frame of the protocol; throws BAD_FRAME / UNSUPPORTED_VERSION. */
+export function validateFrame(value: unknown): Frame {
+  if (typeof value !== 'object' || value === null || Object.getPrototypeOf(value) !== Object.prototype) {
+    throw badFrame('frame is not a map')
+  }
+  const o = value as Record<string, unknown>
+  const t = o['t']
+  if (typeof t !== 'string') throw badFrame('frame has no type')
+  let schema: readonly FieldSpec[] | undefined
+  if (t === 'ack') schema = o['ok'] === false ? ACK_ERROR : ACK_OK
+  else if (Object.prototype.hasOwnProperty.call(SCHEMAS, t)) schema = SCHEMAS[t as keyof typeof SCHEMAS]
+  if (schema === undefined) throw badFrame(`unknown frame type ${JSON.stringify(t.slice(0, 32))}`)
+  // A newer peer's handshake is refused as such, whatever its other fields look like.
+  if ('v' in o && o['v'] !== PROTOCOL_VERSION && schema[0] === VERSION) {
+    throw replicationError('UNSUPPORTED_VERSION', `${t} frame of protocol version ${String(o['v']).slice(0, 16)}, this node speaks ${PROTOCOL_VERSION}`)
+  }
+  let present = 1
+  for (const spec of schema) {
+    const v = o[spec.name]
+    if (v === undefined && spec.optional) continue
+    if (!spec.check(v)) throw badFrame(`${t} frame: ${spec.name} must be ${spec.expect}`)
+    present++
+  }
+  let keys = 0
+  for (const _ in o) keys++
+  if (keys !== present) throw badFrame(`${t} frame has ${keys - present} unexpected field(s)`)
+  return o as unknown as Frame
+}
+
+const packr = new Packr({ useRecords: false, moreTypes: false })
+const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, structuredClone: false })
+
+/** One frame as one message. Bin fields are copied once, into msgpackr's output buffer. */
+export function encodeFrame(frame: Frame): Buffer {
+  return packr.pack(frame)
+}
+
+/** Decodes and validates one message. Bin fields of the result share `buf`. */
+export function decodeFrame(buf: Uint8Array): Frame {
+  if (buf.length > MAX_FRAME_BYTES) throw replicationError('FRAME_TOO_LARGE', `frame of ${buf.length} bytes, the limit is ${MAX_FRAME_BYTES}`)
+  let value: unknown
+  try {
+    value = unpackr.unpack(buf)
+  } catch (err) {
+    throw replicationError('BAD_FRAME', `frame does not decode as msgpack: ${err instanceof Error ? err.message : String(err)}`, err)
+  }
+  return validateFrame(value)
+}

@@ -1,0 +1,173 @@
+import { randomBytes } from 'node:crypto'
+import test from 'ava'
+import { pack } from 'msgpackr'
+import { isReplicationError } from '../../src/replication/errors'
+import {
+  decodeFrame, encodeFrame, isRequest, payloadBytes, MAX_DATA_BYTES, MAX_FRAME_BYTES, REQUEST_TYPES, type Frame,
+} from '../../src/replication/frames'
+
+const n32 = () => randomBytes(32)
+
+const samples: Frame[] = [
+  { t: 'hello', v: 1, nodeId: 'node-1', clusterId: 'c1', nonce: n32() },
+  { t: 'challenge', v: 1, nodeId: 'node-2', nonce: n32(), proof: n32() },
+  { t: 'auth', proof: n32() },
+  { t: 'ready' },
+  { t: 'open', id: 1, vol: 'vol-1', epoch: 3, size: 1024 ** 3 },
+  { t: 'write', id: 2, vol: 'v.a_b-c', epoch: 3, seq: 17, offset: 4096, data: randomBytes(128 * 1024) },
+  { t: 'write', id: 3, vol: 'v', epoch: 0, seq: 0, offset: 0, data: Buffer.alloc(0) },
+  { t: 'write', id: 4, vol: 'v', epoch: 0, seq: 0, offset: Number.MAX_SAFE_INTEGER, data: randomBytes(MAX_DATA_BYTES) },
+  { t: 'read', id: 5, vol: 'vol-1', epoch: 3, offset: 8192, length: MAX_DATA_BYTES },
+  { t: 'flush', id: 6, vol: 'vol-1', epoch: 3 },
+  { t: 'close', id: 7, vol: 'vol-1', epoch: 3 },
+  { t: 'drop', id: Number.MAX_SAFE_INTEGER, vol: 'vol-1' },
+  { t: 'ack', id: 8, ok: true },
+  { t: 'ack', id: 9, ok: true, data: randomBytes(4096) },
+  { t: 'ack', id: 10, ok: false, code: 'STALE_EPOCH', message: 'epoch 2 < 3' },
+  { t: 'error', code: 'AUTH_FAILED', message: 'no' },
+  { t: 'ping', id: 11, sent: 1234.5678 },
+  { t: 'pong', id: 11, sent: 0 },
+]
+
+const badFrame = (t: import('ava').ExecutionContext, input: Uint8Array, code = 'BAD_FRAME') => {
+  const err = t.throws(() => decodeFrame(input))
+  t.true(isReplicationError(err, code as never), `expected ${code}, got ${String(err)}`)
+}
+
+test('every frame type round-trips', (t) => {
+  for (const frame of samples) {
+    const decoded = decodeFrame(encodeFrame(frame))
+    t.deepEqual(decoded, frame, frame.t)
+  }
+})
+
+test('decoded data shares the received buffer (zero-copy)', (t) => {
+  const data = randomBytes(64 * 1024)
+  const buf = encodeFrame({ t: 'write', id: 1, vol: 'v', epoch: 1, seq: 1, offset: 0, data })
+  const frame = decodeFrame(buf)
+  if (frame.t !== 'write') return t.fail()
+  t.true(Buffer.isBuffer(frame.data))
+  t.is(frame.data.buffer, buf.buffer)
+  t.true(data.equals(frame.data))
+})
+
+test('request kinds and payload sizes', (t) => {
+  t.deepEqual([...REQUEST_TYPES].sort(), ['close', 'drop', 'flush', 'open', 'read', 'write'])
+  for (const frame of samples) t.is(isRequest(frame), REQUEST_TYPES.has(frame.t), frame.t)
+  t.is(payloadBytes({ t: 'write', id: 1, vol: 'v', epoch: 1, seq: 1, offset: 0, data: Buffer.alloc(100) }), 100)
+  t.is(payloadBytes({ t: 'read', id: 1, vol: 'v', epoch: 1, offset: 0, length: 300 }), 300)
+  t.is(payloadBytes({ t: 'flush', id: 1, vol: 'v', epoch: 1 }), 0)
+})
+
+test('random bytes never decode as a valid frame and only throw coded errors', (t) => {
+  let accepted = 0
+  for (let i = 0; i < 5000; i++) {
+    const buf = randomBytes(1 + (i % 200))
+    try {
+      decodeFrame(buf)
+      accepted++
+    } catch (err) {
+      if (!isReplicationError(err, 'BAD_FRAME') && !isReplicationError(err, 'UNSUPPORTED_VERSION')) t.fail(`uncoded error: ${String(err)}`)
+    }
+  }
+  t.is(accepted, 0)
+})
+
+test('random bytes with a frame-like prefix are refused too', (t) => {
+  const prefix = encodeFrame({ t: 'write', id: 1, vol: 'v', epoch: 1, seq: 1, offset: 0, data: Buffer.alloc(8) }).subarray(0, 12)
+  for (let i = 0; i < 2000; i++) {
+    const buf = Buffer.concat([prefix, randomBytes(i % 64)])
+    const err = t.throws(() => decodeFrame(buf))
+    t.true(isReplicationError(err), String(err))
+  }
+})
+
+test('every truncation of a valid frame is refused', (t) => {
+  for (const frame of samples.filter((f) => f.t !== 'write' || f.data.length < 100_000)) {
+    const buf = encodeFrame(frame)
+    for (let len = 0; len < buf.length; len++) badFrame(t, buf.subarray(0, len))
+  }
+})
+
+test('trailing bytes after a frame are refused', (t) => {
+  badFrame(t, Buffer.concat([encodeFrame({ t: 'ready' }), Buffer.from([0])]))
+})
+
+test('unknown types, non-maps and missing types are refused', (t) => {
+  badFrame(t, pack({ t: 'resync', id: 1, vol: 'v' }))
+  badFrame(t, pack({ t: 'constructor', id: 1 }))
+  badFrame(t, pack({ t: '__proto__', id: 1 }))
+  badFrame(t, pack({ id: 1, vol: 'v', epoch: 1 }))
+  badFrame(t, pack([1, 2, 3]))
+  badFrame(t, pack('write'))
+  badFrame(t, pack(null))
+  badFrame(t, pack({ t: 5 }))
+})
+
+test('wrong field types are refused', (t) => {
+  const base = { t: 'write', id: 1, vol: 'v', epoch: 1, seq: 1, offset: 0, data: Buffer.alloc(4) }
+  badFrame(t, pack({ ...base, data: 'abcd' }))
+  badFrame(t, pack({ ...base, data: [1, 2, 3, 4] }))
+  badFrame(t, pack({ ...base, id: '1' }))
+  badFrame(t, pack({ ...base, epoch: true }))
+  badFrame(t, pack({ ...base, offset: 1.5 }))
+  badFrame(t, pack({ ...base, vol: 42 }))
+  badFrame(t, pack({ ...base, vol: '' }))
+  badFrame(t, pack({ ...base, vol: 'a/b' }))
+  badFrame(t, pack({ ...base, vol: 'x'.repeat(129) }))
+  badFrame(t, pack({ t: 'ack', id: 1, ok: 'yes' }))
+  badFrame(t, pack({ t: 'ack', id: 1, ok: false, code: 'lower', message: 'm' }))
+  badFrame(t, pack({ t: 'ack', id: 1, ok: false, code: 'X' }))
+  badFrame(t, pack({ t: 'ack', id: 1, ok: false, code: 'X', message: 'm', data: Buffer.alloc(1) }))
+  badFrame(t, pack({ t: 'ping', id: 1, sent: -1 }))
+  badFrame(t, pack({ t: 'ping', id: 1, sent: Infinity }))
+  badFrame(t, pack({ t: 'error', code: 'X', message: 'm'.repeat(5000) }))
+  const { data: _data, ...noData } = base
+  badFrame(t, pack(noData))
+})
+
+test('negative, zero and unsafe numbers are refused', (t) => {
+  const base = { t: 'read', id: 1, vol: 'v', epoch: 1, offset: 0, length: 10 }
+  badFrame(t, pack({ ...base, id: 0 }))
+  badFrame(t, pack({ ...base, id: -1 }))
+  badFrame(t, pack({ ...base, epoch: -1 }))
+  badFrame(t, pack({ ...base, offset: -4096 }))
+  badFrame(t, pack({ ...base, offset: 2 ** 53 }))
+  badFrame(t, pack({ ...base, offset: Number.NaN }))
+  badFrame(t, Buffer.concat([pack({ ...base }).subarray(0, 1), encodeFieldsWithUint64()]))
+  badFrame(t, pack({ ...base, length: MAX_DATA_BYTES + 1 }))
+})
+
+/** A map whose `id` is a msgpack uint64 beyond 2^53 (decodes as a BigInt). */
+function encodeFieldsWithUint64(): Buffer {
+  const rest = pack({ t: 'read', vol: 'v', epoch: 1, offset: 0, length: 10 }).subarray(1)
+  const id = Buffer.concat([pack('id'), Buffer.from([0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])])
+  return Buffer.concat([id, rest])
+}
+
+test('oversized data and extra fields are refused', (t) => {
+  const base = { t: 'write', id: 1, vol: 'v', epoch: 1, seq: 1, offset: 0 }
+  badFrame(t, pack({ ...base, data: Buffer.alloc(MAX_DATA_BYTES + 1) }))
+  badFrame(t, pack({ ...base, data: Buffer.alloc(4), junk: Buffer.alloc(500_000) }))
+  badFrame(t, pack({ t: 'ready', extra: 1 }))
+  badFrame(t, pack({ t: 'ack', id: 1, ok: true, data: Buffer.alloc(MAX_DATA_BYTES + 1) }))
+  badFrame(t, Buffer.alloc(MAX_FRAME_BYTES + 1), 'FRAME_TOO_LARGE')
+})
+
+test('a handshake of another version is refused as such; nonces and proofs must be 32 bytes', (t) => {
+  badFrame(t, pack({ t: 'hello', v: 2, nodeId: 'n', clusterId: 'c', nonce: n32() }), 'UNSUPPORTED_VERSION')
+  badFrame(t, pack({ t: 'hello', v: 2, somethingNew: true }), 'UNSUPPORTED_VERSION')
+  badFrame(t, pack({ t: 'challenge', v: 0, nodeId: 'n', nonce: n32(), proof: n32() }), 'UNSUPPORTED_VERSION')
+  badFrame(t, pack({ t: 'hello', nodeId: 'n', clusterId: 'c', nonce: n32() }))
+  badFrame(t, pack({ t: 'hello', v: 1, nodeId: 'n', clusterId: 'c', nonce: randomBytes(31) }))
+  badFrame(t, pack({ t: 'hello', v: 1, nodeId: 'n', clusterId: 'c', nonce: randomBytes(33) }))
+  badFrame(t, pack({ t: 'hello', v: 1, nodeId: 'n', clusterId: 'c', nonce: n32().toString('hex') }))
+  badFrame(t, pack({ t: 'auth', proof: randomBytes(16) }))
+  badFrame(t, pack({ t: 'hello', v: 1, nodeId: 'has space', clusterId: 'c', nonce: n32() }))
+})
+
+test('msgpack extensions (dates, sets, errors) do not pass as fields', (t) => {
+  badFrame(t, pack({ t: 'ping', id: 1, sent: new Date() }))
+  badFrame(t, pack({ t: 'write', id: 1, vol: 'v', epoch: 1, seq: 1, offset: 0, data: new Set([1]) }))
+  badFrame(t, pack({ t: 'ping', id: 1, sent: new Error('x') }))
+})
