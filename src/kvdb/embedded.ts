@@ -2,24 +2,31 @@
  * Embedded single-node metadata store: the whole map lives in memory and is written
  * to one JSON file on every change (write a temp file, fsync, rename, fsync the dir),
  * so a crash leaves either the old or the new state, never a torn one.
+ *
+ * Leased keys are an in-process lease: the process that holds them is the only one
+ * that uses this file, so they live until `revoke()` or until the process is gone.
+ * They are marked in the file and dropped when it is opened again.
  */
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import { pxdError } from '../errors'
 import { Mutex } from '../util/mutex'
-import type { Kvdb, KvEntry, KvTxn } from './kvdb'
+import type { Kvdb, KvEntry, KvTxn, LeasedKey } from './kvdb'
 
 const FORMAT_VERSION = 1
 
-interface Stored { value: unknown; modRevision: number }
+/** `lease` marks a leased key with the in-process lease that holds it. */
+interface Stored { value: unknown; modRevision: number; lease?: number }
 interface FileFormat { version: number; revision: number; entries: Record<string, Stored> }
 
 export class EmbeddedKvdb implements Kvdb {
+  readonly description = 'embedded'
   readonly #file: string
   readonly #mutex = new Mutex()
   #entries = new Map<string, Stored>()
   #revision = 0
   #closed = false
+  #leases = 0
 
   private constructor(file: string) {
     this.#file = file
@@ -43,7 +50,7 @@ export class EmbeddedKvdb implements Kvdb {
       }
       if (parsed.version !== FORMAT_VERSION) throw pxdError('KVDB_UNAVAILABLE', `metadata file ${file} has unknown version ${parsed.version}`)
       db.#revision = parsed.revision
-      db.#entries = new Map(Object.entries(parsed.entries))
+      db.#entries = new Map(Object.entries(parsed.entries).filter(([, stored]) => stored.lease === undefined))
     }
     return db
   }
@@ -51,33 +58,20 @@ export class EmbeddedKvdb implements Kvdb {
   async get<T>(key: string): Promise<KvEntry<T> | undefined> {
     this.#checkOpen()
     const stored = this.#entries.get(key)
-    return stored ? { key, value: structuredClone(stored.value) as T, modRevision: stored.modRevision } : undefined
+    return stored ? { key, value: JSON.parse(JSON.stringify(stored.value)) as T, modRevision: stored.modRevision } : undefined
   }
 
   async list<T>(prefix: string): Promise<Array<KvEntry<T>>> {
     this.#checkOpen()
     const out: Array<KvEntry<T>> = []
     for (const [key, stored] of this.#entries) {
-      if (key.startsWith(prefix)) out.push({ key, value: structuredClone(stored.value) as T, modRevision: stored.modRevision })
+      if (key.startsWith(prefix)) out.push({ key, value: JSON.parse(JSON.stringify(stored.value)) as T, modRevision: stored.modRevision })
     }
     return out.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0))
   }
 
-  txn(txn: KvTxn): Promise<boolean> {
-    return this.#mutex.run(async () => {
-      this.#checkOpen()
-      for (const c of txn.compares ?? []) {
-        if ((this.#entries.get(c.key)?.modRevision ?? 0) !== c.modRevision) return false
-      }
-      const next = new Map(this.#entries)
-      const revision = this.#revision + 1
-      for (const { key, value } of txn.puts ?? []) next.set(key, { value: structuredClone(value), modRevision: revision })
-      for (const key of txn.deletes ?? []) next.delete(key)
-      await this.#persist(next, revision)
-      this.#entries = next
-      this.#revision = revision
-      return true
-    })
+  async txn(txn: KvTxn): Promise<boolean> {
+    return this.#apply(txn)
   }
 
   async put(key: string, value: unknown): Promise<void> {
@@ -88,10 +82,54 @@ export class EmbeddedKvdb implements Kvdb {
     await this.txn({ deletes: [key] })
   }
 
+  async putLeased(key: string, value: unknown, ttlSeconds: number): Promise<LeasedKey> {
+    checkTtl(ttlSeconds)
+    const lease = ++this.#leases
+    await this.#apply({ puts: [{ key, value }] }, lease)
+    let revoked = false
+    return {
+      update: async (next) => {
+        if (revoked) throw pxdError('INVALID_ARGUMENT', `leased key ${key} was revoked`)
+        await this.#apply({ puts: [{ key, value: next }] }, lease)
+      },
+      onChange: () => {},
+      revoke: () => this.#mutex.run(async () => {
+        if (revoked || this.#closed) return
+        revoked = true
+        // Like an etcd lease: the key goes only if this lease still holds it.
+        if (this.#entries.get(key)?.lease === lease) await this.#commit([], [key], undefined)
+      }),
+    }
+  }
+
   async close(): Promise<void> {
     await this.#mutex.run(async () => {
       this.#closed = true
     })
+  }
+
+  async #apply(txn: KvTxn, lease?: number): Promise<boolean> {
+    checkTxn(txn)
+    const puts = (txn.puts ?? []).map(({ key, value }) => ({ key, value: JSON.parse(toJson(key, value)) as unknown }))
+    return this.#mutex.run(async () => {
+      this.#checkOpen()
+      for (const c of txn.compares ?? []) {
+        if ((this.#entries.get(c.key)?.modRevision ?? 0) !== c.modRevision) return false
+      }
+      await this.#commit(puts, txn.deletes ?? [], lease)
+      return true
+    })
+  }
+
+  /** Under the mutex: build the next state, persist it, then make it current. */
+  async #commit(puts: Array<{ key: string; value: unknown }>, deletes: string[], lease: number | undefined): Promise<void> {
+    const next = new Map(this.#entries)
+    const revision = this.#revision + 1
+    for (const { key, value } of puts) next.set(key, lease === undefined ? { value, modRevision: revision } : { value, modRevision: revision, lease })
+    for (const key of deletes) next.delete(key)
+    await this.#persist(next, revision)
+    this.#entries = next
+    this.#revision = revision
   }
 
   async #persist(entries: Map<string, Stored>, revision: number): Promise<void> {
@@ -116,4 +154,45 @@ export class EmbeddedKvdb implements Kvdb {
   #checkOpen(): void {
     if (this.#closed) throw pxdError('KVDB_UNAVAILABLE', 'metadata store is closed')
   }
+}
+
+/**
+ * Checks both stores make the same way, so a caller sees one behaviour whichever store
+ * it runs on (etcd itself refuses a key written twice in one transaction).
+ */
+export function checkTxn(txn: KvTxn): void {
+  for (const c of txn.compares ?? []) {
+    checkKey(c.key)
+    if (!Number.isSafeInteger(c.modRevision) || c.modRevision < 0) {
+      throw pxdError('INVALID_ARGUMENT', `compare on ${c.key}: modRevision must be a non-negative integer, got ${String(c.modRevision)}`)
+    }
+  }
+  const written = new Set<string>()
+  for (const key of [...(txn.puts ?? []).map((p) => p.key), ...(txn.deletes ?? [])]) {
+    checkKey(key)
+    if (written.has(key)) throw pxdError('INVALID_ARGUMENT', `key ${key} is written more than once in one transaction`)
+    written.add(key)
+  }
+}
+
+export function checkKey(key: unknown): void {
+  if (typeof key !== 'string' || key === '') throw pxdError('INVALID_ARGUMENT', `a kvdb key must be a non-empty string, got ${JSON.stringify(key)}`)
+}
+
+export function checkTtl(ttlSeconds: number): void {
+  if (!Number.isSafeInteger(ttlSeconds) || ttlSeconds < 1) {
+    throw pxdError('INVALID_ARGUMENT', `a lease TTL must be a whole number of seconds >= 1, got ${String(ttlSeconds)}`)
+  }
+}
+
+/** A value as JSON text: what etcd stores, and the one shape both stores agree on. */
+export function toJson(key: string, value: unknown): string {
+  let text: string | undefined
+  try {
+    text = JSON.stringify(value)
+  } catch (err) {
+    throw pxdError('INVALID_ARGUMENT', `value for ${key} cannot be stored as JSON: ${(err as Error).message}`, err)
+  }
+  if (text === undefined) throw pxdError('INVALID_ARGUMENT', `value for ${key} is not JSON (undefined or a function); delete the key instead`)
+  return text
 }
