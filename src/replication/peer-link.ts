@@ -1,0 +1,553 @@
+/**
+ * The connecting end of peer links: a pool with one link per peer node, each carrying the
+ * requests of every volume to that node over one WebSocket.
+ *
+ * A link connects when a request needs it, runs the handshake (auth.ts, checking that the
+ * server is the node expected), numbers requests and matches acks to them. It knows
+ * nothing of what a request means, and never retries one: that is the caller's policy.
+ *
+ * - Timeouts: each request has its own deadline, counted from the call (time spent waiting
+ *   for the connection or for room counts too).
+ * - Flow control: at most `maxBytesInFlight` payload bytes (write data, read lengths) and
+ *   `maxRequestsInFlight` requests await acks per link; a request beyond that waits in a
+ *   FIFO until acks free room. A request that timed out or was aborted after being sent
+ *   keeps its bytes counted until its ack arrives or the link drops, because the peer may
+ *   still hold them. Nothing is ever buffered beyond the window.
+ * - Loss: when the link drops, every request sent or waiting on it fails at once with
+ *   PEER_UNAVAILABLE. The next request reconnects at once; a failed attempt makes requests
+ *   fail fast (PEER_UNAVAILABLE) for `retryAfterMs` before the next attempt.
+ * - Liveness: a ping every `pingIntervalMs` measures the round trip; a link that hears
+ *   nothing for `deadAfterMs` is dropped.
+ */
+import { performance } from 'node:perf_hooks'
+import type { Logger } from 'pino'
+import { WebSocket, type RawData } from 'ws'
+import { messageOf } from '../errors'
+import { checkSecret, computeProof, newNonce, verifyProof, type HandshakeParties } from './auth'
+import { isReplicationError, PeerRequestError, ReplicationError, replicationError, type ReplicationCode } from './errors'
+import {
+  decodeFrame, encodeFrame, isRequest, payloadBytes, validateFrame, MAX_DATA_BYTES, MAX_FRAME_BYTES, PROTOCOL_VERSION,
+  type Frame, type OutgoingRequest, type RequestFrame,
+} from './frames'
+import { PEER_PATH } from './peer-server'
+
+export const DEFAULT_REQUEST_TIMEOUT_MS = 8000
+export const DEFAULT_MAX_BYTES_IN_FLIGHT = 64 * 1024 * 1024
+export const DEFAULT_MAX_REQUESTS_IN_FLIGHT = 4096
+export const DEFAULT_CONNECT_TIMEOUT_MS = 5000
+export const DEFAULT_RETRY_AFTER_MS = 1000
+export const DEFAULT_PING_INTERVAL_MS = 2000
+export const DEFAULT_DEAD_AFTER_MS = 10_000
+const CLOSE_GRACE_MS = 1000
+const TCP_KEEPALIVE_MS = 10_000
+
+export type LinkState = 'connecting' | 'ready' | 'down'
+
+export interface RequestOptions {
+  timeoutMs?: number
+  signal?: AbortSignal
+}
+
+export interface PeerLinksOptions {
+  nodeId: string
+  clusterId: string
+  secret: Uint8Array
+  log: Logger
+  requestTimeoutMs?: number
+  maxBytesInFlight?: number
+  maxRequestsInFlight?: number
+  connectTimeoutMs?: number
+  retryAfterMs?: number
+  pingIntervalMs?: number
+  deadAfterMs?: number
+}
+
+interface LinkConfig {
+  nodeId: string
+  clusterId: string
+  secret: Uint8Array
+  requestTimeoutMs: number
+  maxBytes: number
+  maxRequests: number
+  connectTimeoutMs: number
+  retryAfterMs: number
+  pingIntervalMs: number
+  deadAfterMs: number
+}
+
+/** One link per peer node, made on first use. */
+export class PeerLinks {
+  readonly #config: LinkConfig
+  readonly #log: Logger
+  readonly #links = new Map<string, PeerLink>()
+  #closing: Promise<void> | undefined
+
+  constructor(o: PeerLinksOptions) {
+    checkSecret(o.secret)
+    this.#config = {
+      nodeId: o.nodeId,
+      clusterId: o.clusterId,
+      secret: o.secret,
+      requestTimeoutMs: o.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS,
+      maxBytes: o.maxBytesInFlight ?? DEFAULT_MAX_BYTES_IN_FLIGHT,
+      maxRequests: o.maxRequestsInFlight ?? DEFAULT_MAX_REQUESTS_IN_FLIGHT,
+      connectTimeoutMs: o.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
+      retryAfterMs: o.retryAfterMs ?? DEFAULT_RETRY_AFTER_MS,
+      pingIntervalMs: o.pingIntervalMs ?? DEFAULT_PING_INTERVAL_MS,
+      deadAfterMs: o.deadAfterMs ?? DEFAULT_DEAD_AFTER_MS,
+    }
+    this.#log = o.log.child({ component: 'peer-link' })
+  }
+
+  /** The link to a peer; a new address takes effect at the next connection. */
+  link(peerNodeId: string, address: string): PeerLink {
+    if (this.#closing) throw replicationError('LINK_CLOSED', 'the peer links are closed')
+    let link = this.#links.get(peerNodeId)
+    if (link === undefined) {
+      link = new PeerLink(peerNodeId, address, this.#config, this.#log.child({ peer: peerNodeId }))
+      this.#links.set(peerNodeId, link)
+    } else {
+      link.address = address
+    }
+    return link
+  }
+
+  get(peerNodeId: string): PeerLink | undefined {
+    return this.#links.get(peerNodeId)
+  }
+
+  /** Fails every pending request with LINK_CLOSED and closes every connection. Idempotent. */
+  close(): Promise<void> {
+    this.#closing ??= Promise.all([...this.#links.values()].map((l) => l.close())).then(() => undefined)
+    return this.#closing
+  }
+}
+
+const enum CallState { Waiting, Sent, Done }
+
+type Expire = (call: Call, code: 'PEER_TIMEOUT' | 'ABORTED') => void
+
+class Call {
+  readonly id: number
+  readonly bytes: number
+  readonly promise: Promise<Buffer | undefined>
+  frame: RequestFrame | undefined
+  state = CallState.Waiting
+  timer: NodeJS.Timeout | undefined = undefined
+  signal: AbortSignal | undefined = undefined
+  timeoutMs: number
+  resolve!: (data: Buffer | undefined) => void
+  reject!: (err: Error) => void
+  readonly #expire: Expire
+
+  constructor(frame: RequestFrame, timeoutMs: number, expire: Expire) {
+    this.id = frame.id
+    this.frame = frame
+    this.bytes = payloadBytes(frame)
+    this.timeoutMs = timeoutMs
+    this.#expire = expire
+    this.promise = new Promise((resolve, reject) => {
+      this.resolve = resolve
+      this.reject = reject
+    })
+  }
+
+  /** AbortSignal listener. */
+  handleEvent(): void {
+    this.#expire(this, 'ABORTED')
+  }
+}
+
+const onCallTimeout = (call: Call, expire: Expire) => expire(call, 'PEER_TIMEOUT')
+/** The link is node to node, never through a browser's proxies: a zero mask lets ws skip the XOR pass. */
+const zeroMask = (mask: Buffer) => { mask.fill(0) }
+
+const enum Phase { None, Challenge, Ready, Up }
+
+export class PeerLink {
+  readonly peerNodeId: string
+  #address: string
+  readonly #config: LinkConfig
+  readonly #log: Logger
+  readonly #expire: Expire = (call, code) => this.#expireCall(call, code)
+  #state: LinkState = 'down'
+  #closed = false
+  #ws: WebSocket | undefined
+  #phase = Phase.None
+  #parties: HandshakeParties | undefined
+  #connectTimer: NodeJS.Timeout | undefined
+  #pingTimer: NodeJS.Timeout | undefined
+  #lastHeard = 0
+  #retryAt = 0
+  #lastError: Error | undefined
+  #failedAttempts = 0
+  #rttMs: number | undefined
+  #nextId = 1
+  readonly #pending = new Map<number, Call>()
+  #bytesInFlight = 0
+  #requestsInFlight = 0
+  #queue: (Call | undefined)[] = []
+  #queueHead = 0
+  #waiting = 0
+
+  constructor(peerNodeId: string, address: string, config: LinkConfig, log: Logger) {
+    this.peerNodeId = peerNodeId
+    this.#address = address
+    this.#config = config
+    this.#log = log
+  }
+
+  /** host:port of the peer's server ([v6]:port for IPv6). */
+  get address(): string {
+    return this.#address
+  }
+
+  /** A new address is used from the next connection on; the current one, if up, is kept. */
+  set address(address: string) {
+    if (address === this.#address) return
+    this.#address = address
+    this.#retryAt = 0
+    this.#failedAttempts = 0
+  }
+
+  get state(): LinkState {
+    return this.#state
+  }
+
+  /** Round trip of the last ping, in milliseconds; undefined until one is answered on this connection. */
+  get rttMs(): number | undefined {
+    return this.#rttMs
+  }
+
+  /** Payload bytes sent and not yet acknowledged. */
+  get bytesInFlight(): number {
+    return this.#bytesInFlight
+  }
+
+  get requestsInFlight(): number {
+    return this.#requestsInFlight
+  }
+
+  /** Requests waiting for the connection or for room in the window. */
+  get waiting(): number {
+    return this.#waiting
+  }
+
+  /**
+   * Sends one request and resolves with the data of its ack (a Buffer sharing the received
+   * message), or undefined. The request's data is not copied before it is encoded.
+   */
+  request(req: OutgoingRequest, opts?: RequestOptions): Promise<Buffer | undefined> {
+    if (this.#closed) return Promise.reject(replicationError('LINK_CLOSED', `the link to node ${this.peerNodeId} is closed`))
+    const size = req.t === 'write' ? (req.data as Uint8Array | undefined)?.length : req.t === 'read' ? req.length : 0
+    if (typeof size === 'number' && size > MAX_DATA_BYTES) {
+      return Promise.reject(replicationError('FRAME_TOO_LARGE', `${req.t} of ${size} bytes exceeds the ${MAX_DATA_BYTES}-byte limit`))
+    }
+    const frame = { ...req, id: this.#nextId++ } as RequestFrame
+    try {
+      validateFrame(frame)
+      if (!isRequest(frame)) throw replicationError('BAD_FRAME', `${(frame as Frame).t} is not a request`)
+    } catch (err) {
+      return Promise.reject(err)
+    }
+    const signal = opts?.signal
+    if (signal?.aborted) return Promise.reject(replicationError('ABORTED', `${frame.t} to node ${this.peerNodeId} aborted`, signal.reason))
+    if (this.#state === 'down' && performance.now() < this.#retryAt) {
+      return Promise.reject(replicationError('PEER_UNAVAILABLE',
+        `node ${this.peerNodeId} at ${this.address} is unreachable: ${this.#lastError?.message ?? 'down'}`, this.#lastError))
+    }
+    const call = new Call(frame, opts?.timeoutMs ?? this.#config.requestTimeoutMs, this.#expire)
+    call.timer = setTimeout(onCallTimeout, call.timeoutMs, call, this.#expire)
+    if (signal) {
+      call.signal = signal
+      signal.addEventListener('abort', call, { once: true })
+    }
+    if (this.#state === 'ready' && this.#waiting === 0 && this.#fits(call.bytes)) {
+      this.#send(call)
+    } else {
+      this.#queue.push(call)
+      this.#waiting++
+      if (this.#state === 'down') this.#connect()
+    }
+    return call.promise
+  }
+
+  /** Drops the connection now: requests on it fail with PEER_UNAVAILABLE; the next request reconnects. */
+  disconnect(reason = 'disconnected by this node'): void {
+    if (this.#ws) this.#drop(this.#ws, replicationError('PEER_UNAVAILABLE', `link to node ${this.peerNodeId}: ${reason}`), false)
+  }
+
+  /** Fails every request with LINK_CLOSED and closes the connection. Idempotent. */
+  async close(): Promise<void> {
+    this.#closed = true
+    const ws = this.#ws
+    const err = replicationError('LINK_CLOSED', `the link to node ${this.peerNodeId} is closed`)
+    if (ws) this.#drop(ws, err, false)
+    else this.#failWaiting(err)
+    if (ws && ws.readyState !== WebSocket.CLOSED) await new Promise<void>((resolve) => ws.once('close', () => resolve()))
+  }
+
+  #fits(bytes: number): boolean {
+    return this.#requestsInFlight < this.#config.maxRequests &&
+      (this.#bytesInFlight + bytes <= this.#config.maxBytes || this.#bytesInFlight === 0)
+  }
+
+  #send(call: Call): void {
+    this.#pending.set(call.id, call)
+    this.#bytesInFlight += call.bytes
+    this.#requestsInFlight++
+    call.state = CallState.Sent
+    this.#ws!.send(encodeFrame(call.frame!))
+  }
+
+  /** Sends waiting requests, in order, while the window has room. */
+  #pump(): void {
+    const queue = this.#queue
+    while (this.#queueHead < queue.length) {
+      const call = queue[this.#queueHead]!
+      if (call.state === CallState.Waiting) {
+        if (!this.#fits(call.bytes)) return
+        this.#waiting--
+        this.#send(call)
+      }
+      queue[this.#queueHead++] = undefined
+    }
+    queue.length = 0
+    this.#queueHead = 0
+  }
+
+  #expireCall(call: Call, code: 'PEER_TIMEOUT' | 'ABORTED'): void {
+    if (call.state === CallState.Done) return
+    if (call.state === CallState.Waiting) this.#waiting--
+    call.state = CallState.Done
+    clearTimeout(call.timer)
+    call.signal?.removeEventListener('abort', call)
+    const what = `${call.frame!.t} #${call.id} to node ${this.peerNodeId}`
+    call.frame = undefined
+    call.reject(code === 'ABORTED'
+      ? replicationError('ABORTED', `${what} aborted`, call.signal?.reason)
+      : replicationError('PEER_TIMEOUT', `${what} not acknowledged within ${call.timeoutMs} ms`))
+  }
+
+  #finish(call: Call): void {
+    call.state = CallState.Done
+    clearTimeout(call.timer)
+    if (call.signal) call.signal.removeEventListener('abort', call)
+    call.frame = undefined
+  }
+
+  #connect(): void {
+    this.#state = 'connecting'
+    this.#phase = Phase.None
+    let ws: WebSocket
+    try {
+      ws = new WebSocket(`ws://${this.address}${PEER_PATH}`, {
+        perMessageDeflate: false,
+        maxPayload: MAX_FRAME_BYTES,
+        handshakeTimeout: this.#config.connectTimeoutMs,
+        followRedirects: false,
+        skipUTF8Validation: true,
+        generateMask: zeroMask,
+      })
+    } catch (err) {
+      this.#ws = undefined
+      this.#afterFailure(replicationError('PEER_UNAVAILABLE', `bad address ${JSON.stringify(this.address)} for node ${this.peerNodeId}: ${messageOf(err)}`, err), false)
+      return
+    }
+    this.#ws = ws
+    this.#connectTimer = setTimeout(() => {
+      this.#drop(ws, replicationError('PEER_UNAVAILABLE', `no link to node ${this.peerNodeId} at ${this.address} within ${this.#config.connectTimeoutMs} ms`), false)
+    }, this.#config.connectTimeoutMs)
+    ws.on('upgrade', (res) => {
+      res.socket.setNoDelay(true)
+      res.socket.setKeepAlive(true, TCP_KEEPALIVE_MS)
+    })
+    ws.on('open', () => this.#onOpen(ws))
+    ws.on('message', (data, isBinary) => this.#onMessage(ws, data, isBinary))
+    ws.on('error', (err) => {
+      if (ws === this.#ws) this.#drop(ws, replicationError('PEER_UNAVAILABLE', `link to node ${this.peerNodeId} at ${this.address}: ${err.message}`, err), false)
+    })
+    ws.on('close', (code, reason) => {
+      if (ws === this.#ws) {
+        const why = reason.length > 0 ? `${code} ${reason.toString('utf8')}` : String(code)
+        this.#drop(ws, replicationError('PEER_UNAVAILABLE', `link to node ${this.peerNodeId} at ${this.address} closed (${why})`), false)
+      }
+    })
+  }
+
+  #onOpen(ws: WebSocket): void {
+    if (ws !== this.#ws) return
+    this.#parties = {
+      clusterId: this.#config.clusterId,
+      clientNodeId: this.#config.nodeId,
+      serverNodeId: this.peerNodeId,
+      clientNonce: newNonce(),
+      serverNonce: Buffer.alloc(0),
+    }
+    this.#phase = Phase.Challenge
+    ws.send(encodeFrame({
+      t: 'hello', v: PROTOCOL_VERSION, nodeId: this.#config.nodeId, clusterId: this.#config.clusterId, nonce: this.#parties.clientNonce,
+    }))
+  }
+
+  #onMessage(ws: WebSocket, data: RawData, isBinary: boolean): void {
+    if (ws !== this.#ws) return
+    let frame: Frame
+    try {
+      if (!isBinary || !Buffer.isBuffer(data)) throw replicationError('BAD_FRAME', 'text message on a peer link')
+      frame = decodeFrame(data)
+    } catch (err) {
+      const code = isReplicationError(err) ? err.code : 'BAD_FRAME'
+      this.#protocolError(ws, code, messageOf(err))
+      return
+    }
+    this.#lastHeard = performance.now()
+    if (this.#phase === Phase.Up) {
+      if (frame.t === 'ack') {
+        const call = this.#pending.get(frame.id)
+        if (call === undefined) return
+        this.#pending.delete(frame.id)
+        this.#bytesInFlight -= call.bytes
+        this.#requestsInFlight--
+        if (call.state === CallState.Sent) {
+          this.#finish(call)
+          if (frame.ok) call.resolve(frame.data as Buffer | undefined)
+          else call.reject(new PeerRequestError(this.peerNodeId, frame.code, frame.message))
+        }
+        if (this.#waiting > 0) this.#pump()
+      } else if (frame.t === 'pong') {
+        this.#rttMs = performance.now() - frame.sent
+      } else if (frame.t === 'error') {
+        this.#drop(ws, replicationError('PEER_UNAVAILABLE', `node ${this.peerNodeId} closed the link: ${frame.code}: ${frame.message}`), false)
+      } else {
+        this.#protocolError(ws, 'BAD_FRAME', `unexpected ${frame.t} frame from a server`)
+      }
+      return
+    }
+    this.#onHandshake(ws, frame)
+  }
+
+  #onHandshake(ws: WebSocket, frame: Frame): void {
+    if (frame.t === 'error') {
+      const code: ReplicationCode = frame.code === 'AUTH_FAILED' || frame.code === 'UNSUPPORTED_VERSION' ? frame.code : 'PEER_UNAVAILABLE'
+      this.#drop(ws, replicationError(code, `node ${this.peerNodeId} refused the link: ${frame.code}: ${frame.message}`), false)
+      return
+    }
+    const parties = this.#parties!
+    if (this.#phase === Phase.Challenge && frame.t === 'challenge') {
+      if (frame.nodeId !== this.peerNodeId) {
+        this.#protocolError(ws, 'PEER_MISMATCH', `${this.address} answered as node ${frame.nodeId}, not ${this.peerNodeId}`)
+        return
+      }
+      parties.serverNonce = frame.nonce
+      if (!verifyProof(this.#config.secret, 'server', parties, frame.proof)) {
+        this.#protocolError(ws, 'AUTH_FAILED', `node ${this.peerNodeId} at ${this.address} did not prove it holds the cluster secret`)
+        return
+      }
+      this.#phase = Phase.Ready
+      ws.send(encodeFrame({ t: 'auth', proof: computeProof(this.#config.secret, 'client', parties) }))
+      return
+    }
+    if (this.#phase === Phase.Ready && frame.t === 'ready') {
+      this.#onReady(ws)
+      return
+    }
+    this.#protocolError(ws, 'BAD_FRAME', `unexpected ${frame.t} frame during the handshake`)
+  }
+
+  #onReady(ws: WebSocket): void {
+    clearTimeout(this.#connectTimer)
+    this.#connectTimer = undefined
+    this.#parties = undefined
+    this.#phase = Phase.Up
+    this.#state = 'ready'
+    this.#failedAttempts = 0
+    this.#lastError = undefined
+    this.#log.info({ address: this.address }, 'peer link up')
+    this.#ping(ws)
+    this.#pingTimer = setInterval(() => this.#ping(ws), this.#config.pingIntervalMs)
+    this.#pingTimer.unref()
+    this.#pump()
+  }
+
+  #ping(ws: WebSocket): void {
+    if (ws !== this.#ws) return
+    if (performance.now() - this.#lastHeard > this.#config.deadAfterMs) {
+      this.#drop(ws, replicationError('PEER_UNAVAILABLE', `node ${this.peerNodeId} silent for ${this.#config.deadAfterMs} ms`), false)
+      return
+    }
+    ws.send(encodeFrame({ t: 'ping', id: this.#nextId++, sent: performance.now() }))
+  }
+
+  /** The server broke the protocol or failed the handshake: tell it, then drop the link. */
+  #protocolError(ws: WebSocket, code: ReplicationCode, message: string): void {
+    const handshaking = this.#phase !== Phase.Up
+    const err = handshaking ? replicationError(code, message) : replicationError('PEER_UNAVAILABLE', `${code}: ${message}`)
+    this.#drop(ws, err, true)
+  }
+
+  /**
+   * The end of a connection: every request sent or waiting on it fails with `err`. Only a
+   * connection that never became ready makes the next requests fail fast for a while.
+   */
+  #drop(ws: WebSocket, err: ReplicationError, notify: boolean): void {
+    if (ws !== this.#ws) return
+    const wasUp = this.#phase === Phase.Up
+    this.#ws = undefined
+    this.#phase = Phase.None
+    this.#parties = undefined
+    this.#rttMs = undefined
+    clearTimeout(this.#connectTimer)
+    clearInterval(this.#pingTimer)
+    this.#connectTimer = this.#pingTimer = undefined
+    if (notify && ws.readyState === WebSocket.OPEN) {
+      ws.send(encodeFrame({ t: 'error', code: err.code, message: err.message }))
+      ws.close(1008)
+      setTimeout(() => ws.terminate(), CLOSE_GRACE_MS).unref()
+    } else if (err.code === 'LINK_CLOSED' && ws.readyState === WebSocket.OPEN) {
+      ws.close(1000)
+      setTimeout(() => ws.terminate(), CLOSE_GRACE_MS).unref()
+    } else {
+      ws.terminate()
+    }
+    const pending = [...this.#pending.values()]
+    this.#pending.clear()
+    this.#bytesInFlight = 0
+    this.#requestsInFlight = 0
+    for (const call of pending) {
+      if (call.state !== CallState.Sent) continue
+      this.#finish(call)
+      call.reject(err)
+    }
+    this.#afterFailure(err, wasUp)
+  }
+
+  #afterFailure(err: ReplicationError, wasUp: boolean): void {
+    this.#state = 'down'
+    this.#lastError = err
+    if (wasUp) {
+      this.#retryAt = 0
+      this.#failedAttempts = 0
+      if (err.code !== 'LINK_CLOSED') this.#log.warn({ code: err.code, reason: err.message }, 'peer link down')
+    } else {
+      this.#retryAt = performance.now() + this.#config.retryAfterMs
+      const loud = this.#failedAttempts++ === 0 || err.code === 'AUTH_FAILED' || err.code === 'PEER_MISMATCH'
+      if (err.code !== 'LINK_CLOSED') this.#log[loud ? 'warn' : 'debug']({ code: err.code, reason: err.message, address: this.address }, 'cannot link to peer')
+    }
+    this.#failWaiting(err)
+  }
+
+  #failWaiting(err: Error): void {
+    const queue = this.#queue
+    this.#queue = []
+    const head = this.#queueHead
+    this.#queueHead = 0
+    this.#waiting = 0
+    for (let i = head; i < queue.length; i++) {
+      const call = queue[i]
+      if (call === undefined || call.state !== CallState.Waiting) continue
+      this.#finish(call)
+      call.reject(err)
+    }
+  }
+}

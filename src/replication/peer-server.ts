@@ -1,0 +1,382 @@
+/**
+ * The accepting end of peer links. One WebSocket per peer carries every volume; each link
+ * first runs the handshake (auth.ts), then hands every request frame to the handler and
+ * answers with its ack. Requests reach the handler in arrival order.
+ *
+ * Memory is bounded per link: at most `maxConcurrentRequests` handler calls and about
+ * `maxBytesInFlight` payload bytes (written data, requested read lengths, unsent replies)
+ * at once. Over the cap the link stops reading its socket, so TCP pushes back on the peer;
+ * the few frames ws had already parsed wait in a queue (bounded by one socket read).
+ *
+ * A link that breaks the protocol (undecodable or oversized frame, a request before the
+ * handshake) gets an `error` frame and is closed, which costs only that link.
+ */
+import { createServer, type IncomingMessage, type Server } from 'node:http'
+import type { Socket } from 'node:net'
+import type { Logger } from 'pino'
+import { WebSocket, WebSocketServer, type RawData } from 'ws'
+import { messageOf, pxdError } from '../errors'
+import { checkSecret, computeProof, HANDSHAKE_TIMEOUT_MS, newNonce, verifyProof, type HandshakeParties } from './auth'
+import { codeOf, isReplicationError, type ReplicationCode } from './errors'
+import {
+  decodeFrame, encodeFrame, isRequest, payloadBytes, MAX_DATA_BYTES, MAX_FRAME_BYTES, MAX_HANDSHAKE_FRAME_BYTES,
+  MAX_MESSAGE_CHARS, PROTOCOL_VERSION, type AckFrame, type Frame, type RequestFrame,
+} from './frames'
+
+export const PEER_PATH = '/pxd/peer'
+export const DEFAULT_SERVER_MAX_CONCURRENT = 256
+export const DEFAULT_SERVER_MAX_BYTES = 64 * 1024 * 1024
+/** How long a closing link may take to finish the WebSocket close handshake. */
+const CLOSE_GRACE_MS = 1000
+const TCP_KEEPALIVE_MS = 10_000
+const CODE_RE = /^[A-Z][A-Z0-9_]{0,63}$/
+
+/** Serves the requests of an authenticated peer. Resolve: ack ok (with the bytes); reject: ack with the error's code. */
+export interface RequestHandler {
+  handle(peerNodeId: string, req: RequestFrame): Promise<Uint8Array | void>
+}
+
+export interface PeerServerOptions {
+  nodeId: string
+  clusterId: string
+  secret: Uint8Array
+  handler: RequestHandler
+  log: Logger
+  /** Handler calls one link may have running at once. */
+  maxConcurrentRequests?: number
+  /** Payload bytes one link may hold at once before the server stops reading it. */
+  maxBytesInFlight?: number
+  handshakeTimeoutMs?: number
+}
+
+interface Limits { maxCalls: number; maxBytes: number; handshakeTimeoutMs: number }
+
+export class PeerServer {
+  readonly nodeId: string
+  readonly clusterId: string
+  readonly #secret: Uint8Array
+  readonly #handler: RequestHandler
+  readonly #log: Logger
+  readonly #limits: Limits
+  readonly #links = new Set<ServerLink>()
+  #http: Server | undefined
+  #wss: WebSocketServer | undefined
+  #closing: Promise<void> | undefined
+
+  constructor(o: PeerServerOptions) {
+    checkSecret(o.secret)
+    this.nodeId = o.nodeId
+    this.clusterId = o.clusterId
+    this.#secret = o.secret
+    this.#handler = o.handler
+    this.#log = o.log.child({ component: 'peer-server' })
+    this.#limits = {
+      maxCalls: o.maxConcurrentRequests ?? DEFAULT_SERVER_MAX_CONCURRENT,
+      maxBytes: o.maxBytesInFlight ?? DEFAULT_SERVER_MAX_BYTES,
+      handshakeTimeoutMs: o.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS,
+    }
+  }
+
+  /** Links currently open (handshaking or ready). */
+  get linkCount(): number {
+    return this.#links.size
+  }
+
+  listen(host: string, port: number): Promise<{ host: string; port: number }> {
+    if (this.#closing) return Promise.reject(pxdError('DAEMON_STOPPING', 'the peer server is closed'))
+    if (this.#http) return Promise.reject(pxdError('INVALID_ARGUMENT', 'the peer server is already listening'))
+    const http = createServer((_req, res) => {
+      res.writeHead(426, { 'content-type': 'text/plain' }).end('pxd peer links speak WebSocket\n')
+    })
+    const wss = new WebSocketServer({
+      server: http,
+      path: PEER_PATH,
+      maxPayload: MAX_FRAME_BYTES,
+      perMessageDeflate: false,
+      clientTracking: false,
+      skipUTF8Validation: true,
+    })
+    wss.on('connection', (ws, req) => this.#accept(ws, req))
+    wss.on('error', (err) => this.#log.error({ err }, 'peer server error'))
+    this.#http = http
+    this.#wss = wss
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error) => reject(pxdError('PRECONDITION', `cannot listen for peers on ${host}:${port}: ${err.message}`, err))
+      http.once('error', onError)
+      http.listen(port, host, () => {
+        http.off('error', onError)
+        http.on('error', (err) => this.#log.error({ err }, 'peer server error'))
+        const addr = http.address()
+        const bound = typeof addr === 'object' && addr ? { host: addr.address, port: addr.port } : { host, port }
+        this.#log.info(bound, 'listening for peers')
+        resolve(bound)
+      })
+    })
+  }
+
+  /** Stops accepting, closes every link, waits for the handler calls in flight. Idempotent. */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      const http = this.#http
+      const stopped = http?.listening ? new Promise<void>((resolve) => http.close(() => resolve())) : Promise.resolve()
+      this.#wss?.close()
+      await Promise.all([...this.#links].map((link) => link.shutdown()))
+      http?.closeAllConnections()
+      await stopped
+    })()
+    return this.#closing
+  }
+
+  #accept(ws: WebSocket, req: IncomingMessage): void {
+    const remote = `${req.socket.remoteAddress ?? '?'}:${req.socket.remotePort ?? '?'}`
+    if (this.#closing) {
+      ws.terminate()
+      return
+    }
+    const link = new ServerLink(ws, req.socket, this, this.#secret, this.#handler, this.#log.child({ remote }), this.#limits)
+    this.#links.add(link)
+    void link.closed.then(() => this.#links.delete(link))
+  }
+}
+
+const enum Phase { Hello, Auth, Ready, Closed }
+
+class ServerLink {
+  readonly closed: Promise<void>
+  readonly #ws: WebSocket
+  readonly #socket: Socket
+  readonly #server: PeerServer
+  readonly #secret: Uint8Array
+  readonly #handler: RequestHandler
+  readonly #limits: Limits
+  #log: Logger
+  #phase = Phase.Hello
+  #peer = ''
+  #parties: HandshakeParties | undefined
+  #handshakeTimer: NodeJS.Timeout | undefined
+  #closeTimer: NodeJS.Timeout | undefined
+  #calls = 0
+  #bytes = 0
+  #paused = false
+  #queue: RequestFrame[] = []
+  #queueHead = 0
+  #socketClosed = false
+  #idle: (() => void) | undefined
+  #onClosed!: () => void
+
+  constructor(ws: WebSocket, socket: Socket, server: PeerServer, secret: Uint8Array,
+    handler: RequestHandler, log: Logger, limits: Limits) {
+    this.#ws = ws
+    this.#socket = socket
+    this.#server = server
+    this.#secret = secret
+    this.#handler = handler
+    this.#log = log
+    this.#limits = limits
+    this.closed = new Promise((resolve) => { this.#onClosed = resolve })
+    socket.setNoDelay(true)
+    socket.setKeepAlive(true, TCP_KEEPALIVE_MS)
+    socket.on('drain', () => this.#pump())
+    ws.on('message', (data, isBinary) => this.#onMessage(data, isBinary))
+    ws.on('error', (err) => this.#onWsError(err))
+    ws.on('close', () => this.#onSocketClose())
+    this.#handshakeTimer = setTimeout(() => {
+      this.#fail('HANDSHAKE_TIMEOUT', `handshake not completed within ${limits.handshakeTimeoutMs} ms`)
+    }, limits.handshakeTimeoutMs)
+    log.debug('peer connection accepted')
+  }
+
+  /** Server shutdown: tell the peer, close, then wait for handler calls already running. */
+  async shutdown(): Promise<void> {
+    if (this.#phase !== Phase.Closed) this.#fail('SHUTTING_DOWN', `node ${this.#server.nodeId} is shutting down`, 'info')
+    await this.closed
+  }
+
+  #onMessage(data: RawData, isBinary: boolean): void {
+    if (this.#phase === Phase.Closed) return
+    if (!isBinary || !Buffer.isBuffer(data)) {
+      this.#fail('BAD_FRAME', 'text message on a peer link')
+      return
+    }
+    if (this.#phase !== Phase.Ready && data.length > MAX_HANDSHAKE_FRAME_BYTES) {
+      this.#fail('AUTH_REQUIRED', `a ${data.length}-byte frame before the handshake completed`)
+      return
+    }
+    let frame: Frame
+    try {
+      frame = decodeFrame(data)
+    } catch (err) {
+      const code = isReplicationError(err) ? err.code : 'BAD_FRAME'
+      this.#fail(this.#phase === Phase.Ready ? code : code === 'UNSUPPORTED_VERSION' ? code : 'AUTH_REQUIRED', messageOf(err))
+      return
+    }
+    switch (this.#phase) {
+      case Phase.Ready: return this.#onReadyFrame(frame)
+      case Phase.Hello: return this.#onHello(frame)
+      case Phase.Auth: return this.#onAuth(frame)
+    }
+  }
+
+  #onHello(frame: Frame): void {
+    if (frame.t !== 'hello') return this.#fail('AUTH_REQUIRED', `${frame.t} frame before the handshake`)
+    if (frame.clusterId !== this.#server.clusterId) {
+      return this.#fail('AUTH_FAILED', `node ${frame.nodeId} belongs to cluster ${frame.clusterId}, not ${this.#server.clusterId}`)
+    }
+    const parties: HandshakeParties = {
+      clusterId: frame.clusterId,
+      clientNodeId: frame.nodeId,
+      serverNodeId: this.#server.nodeId,
+      clientNonce: frame.nonce,
+      serverNonce: newNonce(),
+    }
+    this.#parties = parties
+    this.#peer = frame.nodeId
+    this.#phase = Phase.Auth
+    this.#send({
+      t: 'challenge', v: PROTOCOL_VERSION, nodeId: this.#server.nodeId, nonce: parties.serverNonce,
+      proof: computeProof(this.#secret, 'server', parties),
+    })
+  }
+
+  #onAuth(frame: Frame): void {
+    if (frame.t !== 'auth') return this.#fail('AUTH_REQUIRED', `${frame.t} frame before the handshake completed`)
+    if (!verifyProof(this.#secret, 'client', this.#parties!, frame.proof)) {
+      return this.#fail('AUTH_FAILED', `node ${this.#peer} did not prove it holds the cluster secret`)
+    }
+    clearTimeout(this.#handshakeTimer)
+    this.#handshakeTimer = undefined
+    this.#parties = undefined
+    this.#phase = Phase.Ready
+    this.#log = this.#log.child({ peer: this.#peer })
+    this.#send({ t: 'ready' })
+    this.#log.info('peer link up')
+  }
+
+  #onReadyFrame(frame: Frame): void {
+    if (isRequest(frame)) {
+      if (this.#queueHead === this.#queue.length && this.#hasRoom()) void this.#run(frame)
+      else this.#queue.push(frame)
+      if (!this.#paused && !this.#hasRoom()) this.#pause()
+      return
+    }
+    if (frame.t === 'ping') {
+      this.#send({ t: 'pong', id: frame.id, sent: frame.sent })
+      return
+    }
+    if (frame.t === 'error') {
+      this.#log.warn({ code: frame.code, reason: frame.message }, 'peer closed the link with an error')
+      this.#close(1000)
+      return
+    }
+    this.#fail('BAD_FRAME', `unexpected ${frame.t} frame from a client`)
+  }
+
+  #hasRoom(): boolean {
+    return this.#calls < this.#limits.maxCalls && this.#bytes < this.#limits.maxBytes &&
+      this.#ws.bufferedAmount < this.#limits.maxBytes
+  }
+
+  #pause(): void {
+    this.#paused = true
+    this.#ws.pause()
+  }
+
+  /** Starts queued requests while there is room; reads the socket again once the queue is empty. */
+  #pump(): void {
+    if (this.#phase !== Phase.Ready) return
+    while (this.#queueHead < this.#queue.length && this.#hasRoom()) {
+      const req = this.#queue[this.#queueHead]!
+      this.#queue[this.#queueHead++] = undefined as unknown as RequestFrame
+      void this.#run(req)
+    }
+    if (this.#queueHead === this.#queue.length) {
+      this.#queue.length = 0
+      this.#queueHead = 0
+      if (this.#paused && this.#hasRoom()) {
+        this.#paused = false
+        this.#ws.resume()
+      }
+    }
+  }
+
+  async #run(req: RequestFrame): Promise<void> {
+    const bytes = payloadBytes(req)
+    this.#calls++
+    this.#bytes += bytes
+    let ack: AckFrame
+    try {
+      const data = await this.#handler.handle(this.#peer, req)
+      if (data === undefined) ack = { t: 'ack', id: req.id, ok: true }
+      else if (!(data instanceof Uint8Array)) throw new TypeError('request handler resolved with something other than bytes')
+      else if (data.length > MAX_DATA_BYTES) ack = this.#errorAck(req, 'FRAME_TOO_LARGE', `reply of ${data.length} bytes exceeds ${MAX_DATA_BYTES}`)
+      else ack = { t: 'ack', id: req.id, ok: true, data }
+    } catch (err) {
+      const code = codeOf(err)
+      if (code === undefined || !CODE_RE.test(code)) {
+        this.#log.error({ err, req: req.t, vol: 'vol' in req ? req.vol : undefined }, 'request handler failed')
+        ack = this.#errorAck(req, 'INTERNAL', messageOf(err))
+      } else {
+        ack = this.#errorAck(req, code, messageOf(err))
+      }
+    }
+    this.#calls--
+    this.#bytes -= bytes
+    if (this.#phase === Phase.Ready) this.#send(ack)
+    if (this.#calls === 0 && this.#idle) this.#idle()
+    this.#pump()
+  }
+
+  #errorAck(req: RequestFrame, code: string, message: string): AckFrame {
+    return { t: 'ack', id: req.id, ok: false, code, message: message.slice(0, MAX_MESSAGE_CHARS) }
+  }
+
+  #send(frame: Frame): void {
+    if (this.#ws.readyState === WebSocket.OPEN) this.#ws.send(encodeFrame(frame))
+  }
+
+  /** Protocol failure or shutdown: an `error` frame, then close. */
+  #fail(code: ReplicationCode, message: string, level: 'warn' | 'info' = 'warn'): void {
+    if (this.#phase === Phase.Closed) return
+    this.#log[level]({ code, reason: message, peer: this.#peer || undefined }, 'closing peer link')
+    this.#send({ t: 'error', code, message: message.slice(0, MAX_MESSAGE_CHARS) })
+    this.#close(code === 'SHUTTING_DOWN' ? 1001 : 1008)
+  }
+
+  #close(wsCode: number): void {
+    this.#phase = Phase.Closed
+    this.#queue = []
+    this.#queueHead = 0
+    clearTimeout(this.#handshakeTimer)
+    if (this.#ws.readyState === WebSocket.OPEN) this.#ws.close(wsCode)
+    // Read the peer's close reply even if flow control had paused the socket.
+    if (this.#paused) this.#ws.resume()
+    this.#closeTimer = setTimeout(() => this.#ws.terminate(), CLOSE_GRACE_MS)
+  }
+
+  #onWsError(err: Error): void {
+    // ws has already answered with a close frame (1009 for an oversized message, 1002 for a
+    // malformed WebSocket frame); the link is gone, the server keeps serving the others.
+    const wsCode = (err as { code?: string }).code
+    const code: ReplicationCode = wsCode === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH' ? 'FRAME_TOO_LARGE' : 'BAD_FRAME'
+    if (this.#phase !== Phase.Closed) this.#log.warn({ code, reason: err.message, peer: this.#peer || undefined }, 'closing peer link')
+    this.#phase = Phase.Closed
+    this.#queue = []
+    this.#queueHead = 0
+    clearTimeout(this.#handshakeTimer)
+    this.#closeTimer ??= setTimeout(() => this.#ws.terminate(), CLOSE_GRACE_MS)
+  }
+
+  #onSocketClose(): void {
+    if (this.#socketClosed) return
+    this.#socketClosed = true
+    if (this.#phase !== Phase.Closed) this.#log.info({ peer: this.#peer || undefined }, 'peer link closed by the peer')
+    this.#phase = Phase.Closed
+    this.#queue = []
+    this.#queueHead = 0
+    clearTimeout(this.#handshakeTimer)
+    clearTimeout(this.#closeTimer)
+    this.#socket.removeAllListeners('drain')
+    if (this.#calls === 0) this.#onClosed()
+    else this.#idle = () => this.#onClosed()
+  }
+}
