@@ -29,7 +29,7 @@ import { Etcd3, isRecoverableError, type IOptions, type Lease, type Namespace } 
 import type { Logger } from 'pino'
 import { isPxdError, messageOf, pxdError, type PxdError } from '../errors'
 import { Mutex } from '../util/mutex'
-import { checkKey, checkTtl, checkTxn, toJson } from './embedded'
+import { checkKey, checkTtl, checkTxn, toJson } from './validate'
 import type { KvEntry, Kvdb, KvTxn, LeasedKey } from './kvdb'
 
 export const CALL_DEADLINE_MS = 5_000
