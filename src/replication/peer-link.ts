@@ -23,6 +23,7 @@ import { performance } from 'node:perf_hooks'
 import type { Logger } from 'pino'
 import { WebSocket, type RawData } from 'ws'
 import { messageOf } from '../errors'
+import { WriteBatch } from './batch'
 import { checkSecret, computeProof, newNonce, verifyProof, type HandshakeParties } from './auth'
 import { isReplicationError, PeerRequestError, ReplicationError, replicationError, type ReplicationCode } from './errors'
 import {
@@ -173,6 +174,7 @@ export class PeerLink {
   #state: LinkState = 'down'
   #closed = false
   #ws: WebSocket | undefined
+  #batch: WriteBatch | undefined
   #phase = Phase.None
   #parties: HandshakeParties | undefined
   #connectTimer: NodeJS.Timeout | undefined
@@ -297,6 +299,7 @@ export class PeerLink {
     this.#bytesInFlight += call.bytes
     this.#requestsInFlight++
     call.state = CallState.Sent
+    this.#batch?.hold()
     this.#ws!.send(encodeFrame(call.frame!))
   }
 
@@ -361,6 +364,7 @@ export class PeerLink {
     ws.on('upgrade', (res) => {
       res.socket.setNoDelay(true)
       res.socket.setKeepAlive(true, TCP_KEEPALIVE_MS)
+      if (ws === this.#ws) this.#batch = new WriteBatch(res.socket)
     })
     ws.on('open', () => this.#onOpen(ws))
     ws.on('message', (data, isBinary) => this.#onMessage(ws, data, isBinary))
@@ -494,6 +498,7 @@ export class PeerLink {
     if (ws !== this.#ws) return
     const wasUp = this.#phase === Phase.Up
     this.#ws = undefined
+    this.#batch = undefined
     this.#phase = Phase.None
     this.#parties = undefined
     this.#rttMs = undefined

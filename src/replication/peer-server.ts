@@ -16,6 +16,7 @@ import type { Socket } from 'node:net'
 import type { Logger } from 'pino'
 import { WebSocket, WebSocketServer, type RawData } from 'ws'
 import { messageOf, pxdError } from '../errors'
+import { WriteBatch } from './batch'
 import { checkSecret, computeProof, HANDSHAKE_TIMEOUT_MS, newNonce, verifyProof, type HandshakeParties } from './auth'
 import { codeOf, isReplicationError, type ReplicationCode } from './errors'
 import {
@@ -145,6 +146,7 @@ class ServerLink {
   readonly closed: Promise<void>
   readonly #ws: WebSocket
   readonly #socket: Socket
+  readonly #batch: WriteBatch
   readonly #server: PeerServer
   readonly #secret: Uint8Array
   readonly #handler: RequestHandler
@@ -168,6 +170,7 @@ class ServerLink {
     handler: RequestHandler, log: Logger, limits: Limits) {
     this.#ws = ws
     this.#socket = socket
+    this.#batch = new WriteBatch(socket)
     this.#server = server
     this.#secret = secret
     this.#handler = handler
@@ -331,7 +334,9 @@ class ServerLink {
   }
 
   #send(frame: Frame): void {
-    if (this.#ws.readyState === WebSocket.OPEN) this.#ws.send(encodeFrame(frame))
+    if (this.#ws.readyState !== WebSocket.OPEN) return
+    this.#batch.hold()
+    this.#ws.send(encodeFrame(frame))
   }
 
   /** Protocol failure or shutdown: an `error` frame, then close. */

@@ -1,0 +1,10 @@
+/** Peer transport: frames, handshake, the server end and the link pool. No replication policy. */
+export { PeerServer, PEER_PATH, type PeerServerOptions, type RequestHandler } from './peer-server'
+export { PeerLinks, PeerLink, type PeerLinksOptions, type LinkState, type RequestOptions } from './peer-link'
+export {
+  ReplicationCodes, ReplicationError, PeerRequestError, isReplicationError, type ReplicationCode,
+} from './errors'
+export {
+  MAX_DATA_BYTES, MAX_FRAME_BYTES, PROTOCOL_VERSION, REQUEST_TYPES, decodeFrame, encodeFrame, isRequest, payloadBytes,
+  type Frame, type FrameType, type OutgoingRequest, type RequestFrame, type RequestType,
+} from './frames'
