@@ -277,6 +277,7 @@ export class PeerLink {
   /** Drops the connection now: requests on it fail with PEER_UNAVAILABLE; the next request reconnects. */
   disconnect(reason = 'disconnected by this node'): void {
     if (this.#ws) this.#drop(this.#ws, replicationError('PEER_UNAVAILABLE', `link to node ${this.peerNodeId}: ${reason}`), false)
+    this.#retryAt = 0
   }
 
   /** Fails every request with LINK_CLOSED and closes the connection. Idempotent. */

@@ -27,6 +27,8 @@ import {
 export const PEER_PATH = '/pxd/peer'
 export const DEFAULT_SERVER_MAX_CONCURRENT = 256
 export const DEFAULT_SERVER_MAX_BYTES = 64 * 1024 * 1024
+/** Connections allowed to be in the handshake at once (each may hold one frame of up to MAX_FRAME_BYTES). */
+export const DEFAULT_MAX_HANDSHAKES = 64
 /** How long a closing link may take to finish the WebSocket close handshake. */
 const CLOSE_GRACE_MS = 1000
 const TCP_KEEPALIVE_MS = 10_000
@@ -48,9 +50,10 @@ export interface PeerServerOptions {
   /** Payload bytes one link may hold at once before the server stops reading it. */
   maxBytesInFlight?: number
   handshakeTimeoutMs?: number
+  maxHandshakes?: number
 }
 
-interface Limits { maxCalls: number; maxBytes: number; handshakeTimeoutMs: number }
+interface Limits { maxCalls: number; maxBytes: number; handshakeTimeoutMs: number; maxHandshakes: number }
 
 export class PeerServer {
   readonly nodeId: string
@@ -75,6 +78,7 @@ export class PeerServer {
       maxCalls: o.maxConcurrentRequests ?? DEFAULT_SERVER_MAX_CONCURRENT,
       maxBytes: o.maxBytesInFlight ?? DEFAULT_SERVER_MAX_BYTES,
       handshakeTimeoutMs: o.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS,
+      maxHandshakes: o.maxHandshakes ?? DEFAULT_MAX_HANDSHAKES,
     }
   }
 
@@ -134,6 +138,13 @@ export class PeerServer {
       ws.terminate()
       return
     }
+    let handshaking = 0
+    for (const link of this.#links) if (link.handshaking) handshaking++
+    if (handshaking >= this.#limits.maxHandshakes) {
+      this.#log.warn({ remote, handshaking }, 'too many peer handshakes at once: connection refused')
+      ws.terminate()
+      return
+    }
     const link = new ServerLink(ws, req.socket, this, this.#secret, this.#handler, this.#log.child({ remote }), this.#limits)
     this.#links.add(link)
     void link.closed.then(() => this.#links.delete(link))
@@ -187,6 +198,10 @@ class ServerLink {
       this.#fail('HANDSHAKE_TIMEOUT', `handshake not completed within ${limits.handshakeTimeoutMs} ms`)
     }, limits.handshakeTimeoutMs)
     log.debug('peer connection accepted')
+  }
+
+  get handshaking(): boolean {
+    return this.#phase === Phase.Hello || this.#phase === Phase.Auth
   }
 
   /** Server shutdown: tell the peer, close, then wait for handler calls already running. */

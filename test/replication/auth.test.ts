@@ -190,3 +190,19 @@ test('a handshake that does not complete in time closes the connection', async (
   await until(() => server.linkCount === 0)
   t.pass()
 })
+
+test('connections beyond the handshake cap are refused; authenticated links do not count', async (t) => {
+  const { server, address } = await startServer(echo(), { maxHandshakes: 2 })
+  const links = makeLinks()
+  t.teardown(() => Promise.all([links.close(), server.close()]))
+  const link = links.link('server-1', address)
+  await link.request(flush)
+  const idle = [new RawClient(address), new RawClient(address)]
+  await Promise.all(idle.map((c) => c.opened()))
+  await until(() => server.linkCount === 3)
+  const third = new RawClient(address)
+  const { code } = await third.closed
+  t.is(code, 1006)
+  for (const c of idle) c.close()
+  t.is((await link.request(flush))?.toString(), 'ok')
+})
