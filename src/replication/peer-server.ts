@@ -34,6 +34,19 @@ const CLOSE_GRACE_MS = 1000
 const TCP_KEEPALIVE_MS = 10_000
 const CODE_RE = /^[A-Z][A-Z0-9_]{0,63}$/
 
+/**
+ * ws answers an oversized message by closing with 1009 before any listener runs; this
+ * subclass puts an `error` frame in front of that close so the peer learns why.
+ */
+class PeerSocket extends WebSocket {
+  override close(code?: number, data?: string | Buffer): void {
+    if (code === 1009 && this.readyState === WebSocket.OPEN) {
+      this.send(encodeFrame({ t: 'error', code: 'FRAME_TOO_LARGE', message: `a frame exceeded ${MAX_FRAME_BYTES} bytes` }))
+    }
+    super.close(code, data)
+  }
+}
+
 /** Serves the requests of an authenticated peer. Resolve: ack ok (with the bytes); reject: ack with the error's code. */
 export interface RequestHandler {
   handle(peerNodeId: string, req: RequestFrame): Promise<Uint8Array | void>
@@ -93,7 +106,8 @@ export class PeerServer {
     const http = createServer((_req, res) => {
       res.writeHead(426, { 'content-type': 'text/plain' }).end('pxd peer links speak WebSocket\n')
     })
-    const wss = new WebSocketServer({
+    const wss = new WebSocketServer<typeof PeerSocket>({
+      WebSocket: PeerSocket,
       server: http,
       path: PEER_PATH,
       maxPayload: MAX_FRAME_BYTES,
@@ -374,8 +388,8 @@ class ServerLink {
   }
 
   #onWsError(err: Error): void {
-    // ws has already answered with a close frame (1009 for an oversized message, 1002 for a
-    // malformed WebSocket frame); the link is gone, the server keeps serving the others.
+    // ws has already closed the link (1009 for an oversized message, after PeerSocket's error
+    // frame; 1002 for a malformed WebSocket frame); the server keeps serving the others.
     const wsCode = (err as { code?: string }).code
     const code: ReplicationCode = wsCode === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH' ? 'FRAME_TOO_LARGE' : 'BAD_FRAME'
     if (this.#phase !== Phase.Closed) this.#log.warn({ code, reason: err.message, peer: this.#peer || undefined }, 'closing peer link')

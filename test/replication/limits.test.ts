@@ -5,7 +5,7 @@ import { captureLog, deferred, handlerOf, makeLinks, RawClient, sleep, startServ
 const KiB = 1024
 const MiB = 1024 * 1024
 
-test('an oversized frame closes that link (1009) and is logged; the server still serves new links', async (t) => {
+test('an oversized frame gets an error frame, closes that link (1009) and is logged; the server still serves new links', async (t) => {
   const handler = handlerOf(async () => undefined)
   const { log, records } = captureLog()
   const { server, address } = await startServer(handler, { log })
@@ -14,6 +14,7 @@ test('an oversized frame closes that link (1009) and is logged; the server still
   await raw.handshake()
   await raw.next('ready')
   raw.send(Buffer.alloc(MAX_FRAME_BYTES + 1))
+  t.like(await raw.next('error'), { code: 'FRAME_TOO_LARGE' })
   const { code } = await raw.closed
   t.is(code, 1009)
   t.is(handler.calls, 0)
