@@ -190,6 +190,7 @@ class ServerLink {
   #socketClosed = false
   #idle: (() => void) | undefined
   #onClosed!: () => void
+  readonly #onDrain = () => this.#pump()
 
   constructor(ws: WebSocket, socket: Socket, server: PeerServer, secret: Uint8Array,
     handler: RequestHandler, log: Logger, limits: Limits) {
@@ -204,7 +205,7 @@ class ServerLink {
     this.closed = new Promise((resolve) => { this.#onClosed = resolve })
     socket.setNoDelay(true)
     socket.setKeepAlive(true, TCP_KEEPALIVE_MS)
-    socket.on('drain', () => this.#pump())
+    socket.on('drain', this.#onDrain)
     ws.on('message', (data, isBinary) => this.#onMessage(data, isBinary))
     ws.on('error', (err) => this.#onWsError(err))
     ws.on('close', () => this.#onSocketClose())
@@ -409,7 +410,7 @@ class ServerLink {
     this.#queueHead = 0
     clearTimeout(this.#handshakeTimer)
     clearTimeout(this.#closeTimer)
-    this.#socket.removeAllListeners('drain')
+    this.#socket.off('drain', this.#onDrain)
     if (this.#calls === 0) this.#onClosed()
     else this.#idle = () => this.#onClosed()
   }
