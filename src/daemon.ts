@@ -1,19 +1,27 @@
 /**
  * Wires one pxd node together and takes it apart again. Start order: metadata store,
- * frontend (cleanup of a crashed run, FUSE mount), volume manager, plugin socket, API.
- * Stop runs in reverse, so no request arrives at a part that is already gone.
+ * replica host, peer server and links, membership, frontend (cleanup of a crashed run,
+ * FUSE mount), volume manager, plugin socket, API. Stop runs in reverse, so no request
+ * arrives at a part that is already gone.
  */
 import { promises as fs, constants as fsConstants } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import type { Logger } from 'pino'
-import { ApiServer } from './api/server'
+import { ApiServer, parseHostPort } from './api/server'
+import { Membership, type MemberRecord } from './cluster/membership'
+import { capacityOf } from './util/capacity'
+import { ReplicaHost } from './engine/replica-host'
+import { ReplicaService } from './engine/replica-service'
+import type { PeerChannel } from './engine/remote-replica'
 import { pxdError } from './errors'
 import { Frontend } from './frontend/frontend'
-import { EmbeddedKvdb } from './kvdb/embedded'
-import type { Kvdb } from './kvdb/kvdb'
+import { keys, type Kvdb } from './kvdb/kvdb'
+import { openKvdb } from './kvdb/open'
 import { PluginServer } from './plugin/server'
-import { VolumeManager } from './volumes/manager'
+import { PeerLinks, PeerServer } from './replication'
+import { VolumeManager, type PeerDirectory } from './volumes/manager'
+import type { VolumeRecord } from './volumes/types'
 
 export interface DaemonConfig {
   dataDir: string
@@ -22,6 +30,16 @@ export interface DaemonConfig {
   apiListen: string
   nodeId?: string
   version: string
+  /** Undefined: the embedded single-node store; else etcd://host:port[,...]. */
+  kvdb?: string
+  clusterId: string
+  /** HOST:PORT the peer server listens on (needed with etcd). */
+  peerListen?: string
+  /** HOST:PORT other nodes reach this one at (default: peerListen). */
+  advertise?: string
+  secretFile?: string
+  /** Seconds without a lease renewal after which a node counts as offline. */
+  nodeTtl: number
 }
 
 export class Daemon {
@@ -39,21 +57,67 @@ export class Daemon {
 
   async start(): Promise<void> {
     const c = this.#config
+    const clustered = Boolean(c.kvdb)
+    if (clustered && !c.peerListen) throw pxdError('INVALID_ARGUMENT', 'a cluster node (--kvdb etcd://...) needs --peer-listen HOST:PORT')
+    if (clustered && !c.secretFile) throw pxdError('INVALID_ARGUMENT', 'a cluster node (--kvdb etcd://...) needs --cluster-secret-file FILE')
     await checkPreconditions()
+    const secret = c.secretFile ? await readSecret(c.secretFile, this.#log) : undefined
     await fs.mkdir(c.dataDir, { recursive: true, mode: 0o700 })
     await fs.chmod(c.dataDir, 0o700)
     await fs.mkdir(c.runDir, { recursive: true, mode: 0o755 })
     this.nodeId = await resolveNodeId(c.dataDir, c.nodeId)
     const log = this.#log.child({ node: this.nodeId })
 
-    const kvdb: Kvdb = await EmbeddedKvdb.open(path.join(c.dataDir, 'kvdb.json'))
+    const kvdb: Kvdb = await openKvdb(c.kvdb, { dataDir: c.dataDir, clusterId: c.clusterId, log: log.child({ component: 'kvdb' }) })
     this.#onStop('metadata store', () => kvdb.close())
 
+    const host = new ReplicaHost(c.dataDir, log.child({ component: 'replicas' }))
+    this.#onStop('replicas', () => host.close())
+
+    let peerAddress: string | null = null
+    let links: PeerLinks | undefined
+    if (secret && c.peerListen) {
+      const lookup = async (volumeId: string) => {
+        const records = await kvdb.list<VolumeRecord>(keys.volumes())
+        const r = records.find((e) => e.value.id === volumeId)?.value
+        return r ? { size: r.spec.size, replicas: r.replicas.map((p) => p.nodeId) } : undefined
+      }
+      const service = new ReplicaService(this.nodeId, host, lookup, log.child({ component: 'replica-service' }))
+      const server = new PeerServer({ nodeId: this.nodeId, clusterId: c.clusterId, secret, handler: service, log: log.child({ component: 'peer-server' }) })
+      this.#onStop('peer server', () => server.close())
+      const listen = parseHostPort(c.peerListen)
+      const bound = await server.listen(listen.host, listen.port)
+      peerAddress = c.advertise ?? `${bound.host}:${bound.port}`
+      links = new PeerLinks({ nodeId: this.nodeId, clusterId: c.clusterId, secret, log: log.child({ component: 'peer-links' }) })
+      const pool = links
+      this.#onStop('peer links', () => pool.close())
+    }
+    const peers: PeerDirectory = {
+      channel: async (nodeId: string): Promise<PeerChannel> => {
+        const member = await kvdb.get<MemberRecord>(keys.member(nodeId))
+        const address = member?.value.peerAddress
+        if (!links || !address) throw pxdError('PEER_UNAVAILABLE', `node ${nodeId} has no known peer address`)
+        return links.link(nodeId, address)
+      },
+    }
+
+    const membership = new Membership({
+      kvdb,
+      self: { nodeId: this.nodeId, peerAddress, apiUrl: '', version: c.version },
+      ttlSeconds: c.nodeTtl,
+      capacity: () => capacityOf(c.dataDir),
+      log: log.child({ component: 'membership' }),
+    })
+    this.#onStop('membership', () => membership.stop())
+    await membership.start()
+
     const frontend = new Frontend(c.runDir, log.child({ component: 'frontend' }))
+    const manager = new VolumeManager({
+      nodeId: this.nodeId, dataDir: c.dataDir, kvdb, frontend, host, membership, peers, log: log.child({ component: 'volumes' }),
+    })
     this.#onStop('frontend', () => frontend.stop())
     await frontend.start()
 
-    const manager = new VolumeManager({ nodeId: this.nodeId, dataDir: c.dataDir, kvdb, frontend, log: log.child({ component: 'volumes' }) })
     this.#onStop('volumes', () => manager.stop())
     await manager.start()
 
@@ -61,10 +125,10 @@ export class Daemon {
     this.#onStop('plugin socket', () => plugin.close())
     await plugin.listen()
 
-    const api = new ApiServer(manager, { nodeId: this.nodeId, version: c.version, kvdb: 'embedded', startedAt: new Date() }, log.child({ component: 'api' }))
+    const api = new ApiServer(manager, { nodeId: this.nodeId, version: c.version, kvdb: kvdb.description, startedAt: new Date() }, log.child({ component: 'api' }))
     this.#onStop('API', () => api.close())
     this.apiUrl = await api.listen(c.apiListen)
-    log.info({ dataDir: c.dataDir, runDir: c.runDir, pluginSocket: c.pluginSocket, api: this.apiUrl }, 'pxd ready')
+    log.info({ dataDir: c.dataDir, runDir: c.runDir, pluginSocket: c.pluginSocket, api: this.apiUrl, kvdb: kvdb.description, peer: peerAddress }, 'pxd ready')
   }
 
   /** Idempotent: every started part is stopped once, in reverse order, even when one fails. */
@@ -94,6 +158,21 @@ async function checkPreconditions(): Promise<void> {
   } catch {
     throw pxdError('PRECONDITION', '/dev/fuse is missing: load the fuse module (modprobe fuse) or pass --device /dev/fuse to the container')
   }
+}
+
+/** The cluster secret: at least 16 bytes; a file others can read is a warning, not a secret. */
+async function readSecret(file: string, log: Logger): Promise<Buffer> {
+  let text: string
+  try {
+    text = await fs.readFile(file, 'utf8')
+    const st = await fs.stat(file)
+    if (st.mode & 0o004) log.warn({ file }, 'the cluster secret file is world-readable; chmod 600 it')
+  } catch (err) {
+    throw pxdError('INVALID_ARGUMENT', `cannot read the cluster secret file ${file}: ${(err as Error).message}`, err)
+  }
+  const secret = Buffer.from(text.trim(), 'utf8')
+  if (secret.length < 16) throw pxdError('INVALID_ARGUMENT', `the cluster secret in ${file} is shorter than 16 bytes`)
+  return secret
 }
 
 /** The node id: the flag, else the one this data dir was first started with, else the host name. */

@@ -21,6 +21,22 @@ export const ErrorCodes = {
   KVDB_UNAVAILABLE: 'the metadata store cannot be reached',
   CONFLICT: 'a compare-and-swap lost against a concurrent change',
   PRECONDITION: 'the environment lacks something pxd needs (root, /dev/fuse, a tool)',
+  UNKNOWN_VOLUME: 'a peer named a volume this node holds no replica of',
+  STALE_EPOCH: 'a frame carried an older attach epoch than the replica has accepted',
+  FENCED: 'this node no longer coordinates the volume: another node attached it with a newer epoch',
+  PEER_UNAVAILABLE: 'the link to a peer node is down',
+  PEER_TIMEOUT: 'a peer did not answer a request in time',
+  AUTH_FAILED: 'a peer failed the cluster-secret handshake',
+  BAD_FRAME: 'a peer sent a frame that does not decode or validate',
+  PEER_MISMATCH: 'the node answering at a peer address is not the node expected there',
+  AUTH_REQUIRED: 'a peer sent a request before completing the handshake',
+  HANDSHAKE_TIMEOUT: 'a peer did not complete the handshake in time',
+  UNSUPPORTED_VERSION: 'a peer speaks another protocol version',
+  FRAME_TOO_LARGE: 'a peer frame exceeded the size cap',
+  LINK_CLOSED: 'the peer link was closed by this node',
+  ABORTED: 'the caller gave up on the request',
+  SHUTTING_DOWN: 'the peer is shutting down',
+  INTERNAL: 'a peer failed without saying why (a bug): see its log',
 } as const
 
 export type ErrorCode = keyof typeof ErrorCodes

@@ -20,6 +20,15 @@ Options (each also settable through the environment variable shown):
   --api-listen H:P      HTTP API for pxctl             PXD_API_LISTEN     (default 127.0.0.1:9001)
   --node-id ID          this node's id                 PXD_NODE_ID        (default: the id stored in the data dir, else the host name)
   --log-level LEVEL     trace|debug|info|warn|error    PXD_LOG_LEVEL      (default info)
+
+Cluster (several nodes; without --kvdb pxd is a single node with an embedded store):
+  --kvdb etcd://H:P[,H:P]      etcd endpoints          PXD_KVDB
+  --cluster-id ID              cluster name in etcd    PXD_CLUSTER_ID           (default default)
+  --peer-listen H:P            peer replication port   PXD_PEER_LISTEN
+  --advertise H:P              address peers dial      PXD_ADVERTISE            (default: --peer-listen)
+  --cluster-secret-file FILE   shared secret (>=16 B)  PXD_CLUSTER_SECRET_FILE
+  --node-ttl SECONDS           lease; a node silent    PXD_NODE_TTL             (default 5)
+                               this long is offline
   -h, --help            show this help
   -v, --version         print the version
 
@@ -34,6 +43,12 @@ const OPTIONS = {
   'api-listen': { type: 'string', env: 'PXD_API_LISTEN', default: '127.0.0.1:9001' },
   'node-id': { type: 'string', env: 'PXD_NODE_ID', default: undefined },
   'log-level': { type: 'string', env: 'PXD_LOG_LEVEL', default: 'info' },
+  kvdb: { type: 'string', env: 'PXD_KVDB', default: undefined },
+  'cluster-id': { type: 'string', env: 'PXD_CLUSTER_ID', default: 'default' },
+  'peer-listen': { type: 'string', env: 'PXD_PEER_LISTEN', default: undefined },
+  advertise: { type: 'string', env: 'PXD_ADVERTISE', default: undefined },
+  'cluster-secret-file': { type: 'string', env: 'PXD_CLUSTER_SECRET_FILE', default: undefined },
+  'node-ttl': { type: 'string', env: 'PXD_NODE_TTL', default: '5' },
 } as const
 
 async function main(argv: string[]): Promise<number> {
@@ -73,14 +88,28 @@ async function main(argv: string[]): Promise<number> {
     return 2
   }
   const log = pino({ level, base: { pid: process.pid } })
-  const nodeId = setting('node-id')
+  const nodeTtl = Number(setting('node-ttl'))
+  if (!Number.isInteger(nodeTtl) || nodeTtl < 1 || nodeTtl > 300) {
+    process.stderr.write(`pxd: invalid --node-ttl "${setting('node-ttl')}": whole seconds from 1 to 300\n`)
+    return 2
+  }
+  const optional = (name: keyof typeof OPTIONS, key: string) => {
+    const v = setting(name)
+    return v ? { [key]: v } : {}
+  }
   const config: DaemonConfig = {
     dataDir: setting('data-dir')!,
     runDir: setting('run-dir')!,
     pluginSocket: setting('plugin-socket')!,
     apiListen: setting('api-listen')!,
     version: packageVersion(),
-    ...(nodeId ? { nodeId } : {}),
+    clusterId: setting('cluster-id')!,
+    nodeTtl,
+    ...optional('node-id', 'nodeId'),
+    ...optional('kvdb', 'kvdb'),
+    ...optional('peer-listen', 'peerListen'),
+    ...optional('advertise', 'advertise'),
+    ...optional('cluster-secret-file', 'secretFile'),
   }
 
   const daemon = new Daemon(config, log)

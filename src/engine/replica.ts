@@ -1,40 +1,69 @@
-import type { ReplicaStore } from '../store/replica-store'
+import type { ReplicaHost } from './replica-host'
 
 /**
- * What the engine needs of one copy of a volume, wherever it lives. The local copy is a
- * ReplicaStore; remote copies (over peer links) implement the same interface.
+ * What the engine needs of one copy of a volume, wherever it lives. The local copy goes
+ * through this node's ReplicaHost; remote copies go over a peer link. Both carry the
+ * coordinator's epoch, so a fenced coordinator's requests are refused the same way.
  */
 export interface Replica {
   /** The node that holds this copy. */
   readonly nodeId: string
-  write(offset: number, data: Uint8Array): Promise<void>
+  /** Open the copy at the coordinator's epoch (fences older coordinators). */
+  open(): Promise<void>
+  write(offset: number, data: Uint8Array, seq: number): Promise<void>
   read(offset: number, into: Uint8Array): Promise<void>
   flush(): Promise<void>
+  /** Flush and let go; the copy itself stays on its node. */
   close(): Promise<void>
 }
 
 export class LocalReplica implements Replica {
   readonly nodeId: string
-  readonly #store: ReplicaStore
+  readonly #host: ReplicaHost
+  readonly #volumeId: string
+  readonly #size: number
+  readonly #epoch: number
 
-  constructor(nodeId: string, store: ReplicaStore) {
+  constructor(nodeId: string, host: ReplicaHost, volumeId: string, size: number, epoch: number) {
     this.nodeId = nodeId
-    this.#store = store
+    this.#host = host
+    this.#volumeId = volumeId
+    this.#size = size
+    this.#epoch = epoch
+  }
+
+  async open(): Promise<void> {
+    await this.#host.open(this.#volumeId, this.#size, this.#epoch)
   }
 
   write(offset: number, data: Uint8Array): Promise<void> {
-    return this.#store.write(offset, data)
+    try {
+      return this.#host.storeFor(this.#volumeId, this.#epoch).write(offset, data)
+    } catch (err) {
+      return Promise.reject(err)
+    }
   }
 
   read(offset: number, into: Uint8Array): Promise<void> {
-    return this.#store.read(offset, into)
+    try {
+      return this.#host.storeFor(this.#volumeId, this.#epoch).read(offset, into)
+    } catch (err) {
+      return Promise.reject(err)
+    }
   }
 
   flush(): Promise<void> {
-    return this.#store.flush()
+    try {
+      return this.#host.storeFor(this.#volumeId, this.#epoch).flush()
+    } catch (err) {
+      return Promise.reject(err)
+    }
   }
 
-  close(): Promise<void> {
-    return this.#store.close()
+  async close(): Promise<void> {
+    await this.flush().catch((err: { code?: string }) => {
+      // A newer coordinator owns the replica now; nothing of ours is left to flush.
+      if (err.code !== 'STALE_EPOCH' && err.code !== 'UNKNOWN_VOLUME') throw err
+    })
   }
 }

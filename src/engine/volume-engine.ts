@@ -1,12 +1,18 @@
 /**
  * One attached volume. The engine numbers every write, sends it to all in-sync replicas
- * at once and resolves only when every one of them has it: a write the file system sees
- * acknowledged is on every in-sync copy. Reads come from the first in-sync replica (the
- * local one when there is one). Flush is a flush on every replica.
- * The data path allocates nothing it can avoid: one replica is called directly, and the
- * write payload is passed down as the caller's buffer, never copied.
+ * at once and resolves only when every one of them has it, or when the ones that failed
+ * have been taken out of the in-sync set (in the kvdb, by the `demote` callback) first:
+ * a write the file system sees acknowledged is on every replica that may serve later.
+ * Reads come from the first in-sync replica (the local one when there is one) and fall
+ * back to the next. Flush is a flush on every in-sync replica.
+ *
+ * A replica that refuses a request with STALE_EPOCH means another node attached the
+ * volume: this engine is fenced, and every request fails from then on.
+ *
+ * The data path allocates little: with one replica the call goes straight through, and
+ * the write payload is the caller's buffer, never copied.
  */
-import { pxdError } from '../errors'
+import { isPxdError, pxdError, PxdError } from '../errors'
 import type { Replica } from './replica'
 
 export interface EngineOptions {
@@ -14,64 +20,155 @@ export interface EngineOptions {
   size: number
   /** In-sync replicas, local first. */
   replicas: Replica[]
+  /**
+   * Take failed replicas out of the in-sync set durably. Resolves once the kvdb says so;
+   * rejects when that cannot be recorded (then the write must not be acknowledged).
+   */
+  demote?: (failed: Array<{ nodeId: string; error: unknown }>) => Promise<void>
+  /** Told once when the engine learns it has been fenced. */
+  onFenced?: (error: PxdError) => void
 }
 
 export class VolumeEngine {
   readonly volumeId: string
   readonly size: number
-  readonly #replicas: Replica[]
+  #replicas: Replica[]
+  readonly #demote: EngineOptions['demote']
+  readonly #onFenced: EngineOptions['onFenced']
   #nextSeq = 1
   #inflight = 0
   #drained: (() => void) | undefined
   #closing: Promise<void> | undefined
+  #fenced: PxdError | undefined
+  #demoting: Promise<void> = Promise.resolve()
 
   constructor(options: EngineOptions) {
     if (options.replicas.length === 0) throw pxdError('UNSATISFIABLE', `volume ${options.volumeId} has no in-sync replica`)
     this.volumeId = options.volumeId
     this.size = options.size
     this.#replicas = options.replicas
+    this.#demote = options.demote
+    this.#onFenced = options.onFenced
   }
 
-  /** Writes numbered so far; replication uses the number to order and deduplicate. */
+  /** Writes numbered so far. */
   get lastSequence(): number {
     return this.#nextSeq - 1
   }
 
+  /** Node ids of the replicas this engine still writes to. */
+  get inSync(): string[] {
+    return this.#replicas.map((r) => r.nodeId)
+  }
+
+  /** Open every replica at this engine's epoch; replicas that fail are demoted. */
+  async open(): Promise<void> {
+    await this.#each((r) => r.open())
+  }
+
   write(offset: number, data: Uint8Array): Promise<void> {
-    this.#checkRange(offset, data.length)
-    this.#nextSeq++
-    return this.#track(this.#fanOut((r) => r.write(offset, data)))
+    const refused = this.#check(offset, data.length)
+    if (refused) return Promise.reject(refused)
+    const seq = this.#nextSeq++
+    const replicas = this.#replicas
+    if (replicas.length === 1) return this.#track(replicas[0]!.write(offset, data, seq).catch((err) => this.#fail(err)))
+    return this.#track(this.#each((r) => r.write(offset, data, seq)))
   }
 
   read(offset: number, into: Uint8Array): Promise<void> {
-    this.#checkRange(offset, into.length)
-    return this.#track(this.#replicas[0]!.read(offset, into))
+    const refused = this.#check(offset, into.length)
+    if (refused) return Promise.reject(refused)
+    return this.#track(this.#readFrom(0, offset, into))
   }
 
   flush(): Promise<void> {
     if (this.#closing) return Promise.reject(pxdError('ENGINE_CLOSED', `volume ${this.volumeId} is closed`))
-    return this.#track(this.#fanOut((r) => r.flush()))
+    if (this.#fenced) return Promise.reject(this.#fenced)
+    return this.#track(this.#each((r) => r.flush()))
   }
 
-  /** Waits for in-flight requests, flushes and closes every replica. Idempotent. */
+  /** Waits for in-flight requests, then flushes and lets go of every replica. Idempotent. */
   close(): Promise<void> {
     this.#closing ??= (async () => {
       if (this.#inflight > 0) await new Promise<void>((resolve) => { this.#drained = resolve })
-      await Promise.all(this.#replicas.map((r) => r.close()))
+      const results = await Promise.allSettled(this.#replicas.map((r) => r.close()))
+      const failed = results.find((r) => r.status === 'rejected')
+      if (failed && !this.#fenced) throw (failed as PromiseRejectedResult).reason
     })()
     return this.#closing
   }
 
-  #fanOut(op: (r: Replica) => Promise<void>): Promise<void> {
-    if (this.#replicas.length === 1) return op(this.#replicas[0]!)
-    return Promise.all(this.#replicas.map(op)).then(() => undefined)
+  async #readFrom(index: number, offset: number, into: Uint8Array): Promise<void> {
+    const replica = this.#replicas[index]
+    if (!replica) throw pxdError('IO_ERROR', `volume ${this.volumeId}: no replica could serve the read at ${offset}`)
+    try {
+      await replica.read(offset, into)
+    } catch (err) {
+      if (isPxdError(err, 'STALE_EPOCH')) return this.#fail(err)
+      if (index + 1 >= this.#replicas.length) throw err
+      await this.#readFrom(index + 1, offset, into)
+    }
   }
 
-  #checkRange(offset: number, length: number): void {
-    if (this.#closing) throw pxdError('ENGINE_CLOSED', `volume ${this.volumeId} is closed`)
-    if (offset < 0 || length < 0 || offset + length > this.size) {
-      throw pxdError('INVALID_ARGUMENT', `I/O at ${offset}+${length} is outside volume ${this.volumeId} of ${this.size} bytes`)
+  /**
+   * Run one operation on every in-sync replica in parallel. All succeeded: done. Some
+   * failed: demote them (durably) and carry on with the rest. All failed, or the
+   * demotion could not be recorded: the operation fails.
+   */
+  async #each(op: (r: Replica) => Promise<void>): Promise<void> {
+    const replicas = this.#replicas
+    const results = await Promise.allSettled(replicas.map(op))
+    let failed: Array<{ nodeId: string; error: unknown }> | undefined
+    for (let i = 0; i < results.length; i++) {
+      const r = results[i]!
+      if (r.status === 'fulfilled') continue
+      if (isPxdError(r.reason, 'STALE_EPOCH')) return this.#fail(r.reason)
+      ;(failed ??= []).push({ nodeId: replicas[i]!.nodeId, error: r.reason })
     }
+    if (!failed) return
+    if (failed.length === replicas.length || !this.#demote) throw failed[0]!.error
+    await this.#demoteOnce(failed)
+  }
+
+  /** Demotions run one at a time; a replica already gone is not demoted twice. */
+  #demoteOnce(failed: Array<{ nodeId: string; error: unknown }>): Promise<void> {
+    const run = this.#demoting.then(async () => {
+      const still = failed.filter((f) => this.#replicas.some((r) => r.nodeId === f.nodeId))
+      if (still.length === 0) return
+      try {
+        await this.#demote!(still)
+      } catch (err) {
+        if (isPxdError(err, 'FENCED')) return this.#fail(err)
+        throw err
+      }
+      const gone = new Set(still.map((f) => f.nodeId))
+      const removed = this.#replicas.filter((r) => gone.has(r.nodeId))
+      this.#replicas = this.#replicas.filter((r) => !gone.has(r.nodeId))
+      for (const r of removed) void r.close().catch(() => undefined)
+    })
+    this.#demoting = run.catch(() => undefined)
+    return run
+  }
+
+  #fail(err: unknown): never {
+    if (isPxdError(err, 'STALE_EPOCH') || isPxdError(err, 'FENCED')) {
+      if (!this.#fenced) {
+        this.#fenced = pxdError('FENCED', `volume ${this.volumeId} was attached elsewhere with a newer epoch; this node can no longer write it`, err)
+        this.#onFenced?.(this.#fenced)
+      }
+      throw this.#fenced
+    }
+    throw err
+  }
+
+  /** Why a request cannot start, or undefined. Returned, not thrown: callers get a rejected promise. */
+  #check(offset: number, length: number): PxdError | undefined {
+    if (this.#closing) return pxdError('ENGINE_CLOSED', `volume ${this.volumeId} is closed`)
+    if (this.#fenced) return this.#fenced
+    if (offset < 0 || length < 0 || offset + length > this.size) {
+      return pxdError('INVALID_ARGUMENT', `I/O at ${offset}+${length} is outside volume ${this.volumeId} of ${this.size} bytes`)
+    }
+    return undefined
   }
 
   #track(p: Promise<void>): Promise<void> {

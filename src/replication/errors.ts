@@ -1,34 +1,20 @@
 /**
- * Error codes of the peer transport. Until the daemon's catalogue (src/errors.ts) carries
- * them, the transport throws its own error type with the same shape: a string `code`,
- * a message for people, a `cause`. Callers match on `code` only.
+ * Errors of the peer transport: the daemon's one error type (PxdError), restricted to the
+ * codes a link or the peer server raises on this node. Callers match on `code` only.
  */
-export const ReplicationCodes = {
-  PEER_UNAVAILABLE: 'the link to the peer is down, could not be set up, or was lost with the request pending',
-  PEER_TIMEOUT: 'the peer did not acknowledge the request in time',
-  PEER_MISMATCH: 'the address answered as another node than the one expected',
-  AUTH_FAILED: 'a side of the link failed the cluster-secret handshake (wrong secret, wrong cluster, bad proof)',
-  AUTH_REQUIRED: 'a frame other than the expected handshake frame arrived before the handshake completed',
-  HANDSHAKE_TIMEOUT: 'the handshake did not complete in time',
-  BAD_FRAME: 'a frame that does not decode or validate, or that the protocol does not allow at that point',
-  UNSUPPORTED_VERSION: 'the peer speaks another protocol version',
-  FRAME_TOO_LARGE: 'a frame or its data exceeds the size limit',
-  LINK_CLOSED: 'the link pool or server was closed by this node',
-  ABORTED: 'the caller aborted the request',
-  SHUTTING_DOWN: 'the peer is shutting down',
-  INTERNAL: 'a request handler failed without a code',
-} as const
+import { PxdError, type ErrorCode } from '../errors'
 
-export type ReplicationCode = keyof typeof ReplicationCodes
+export type ReplicationCode = Extract<ErrorCode,
+  | 'PEER_UNAVAILABLE' | 'PEER_TIMEOUT' | 'PEER_MISMATCH' | 'AUTH_FAILED' | 'AUTH_REQUIRED' | 'HANDSHAKE_TIMEOUT'
+  | 'BAD_FRAME' | 'UNSUPPORTED_VERSION' | 'FRAME_TOO_LARGE' | 'LINK_CLOSED' | 'ABORTED' | 'SHUTTING_DOWN' | 'INTERNAL'>
 
 /** A failure of the transport itself, raised on this node. */
-export class ReplicationError extends Error {
-  readonly code: ReplicationCode
+export class ReplicationError extends PxdError {
+  declare readonly code: ReplicationCode
 
   constructor(code: ReplicationCode, message: string, cause?: unknown) {
-    super(message, cause === undefined ? undefined : { cause })
+    super(code, message, cause === undefined ? undefined : { cause })
     this.name = 'ReplicationError'
-    this.code = code
   }
 }
 

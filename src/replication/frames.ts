@@ -34,6 +34,7 @@ export interface AuthFrame { t: 'auth'; proof: Uint8Array }
 export interface ReadyFrame { t: 'ready' }
 
 // Requests (client -> server, after ready)
+export interface CreateFrame { t: 'create'; id: number; vol: string; size: number }
 export interface OpenFrame { t: 'open'; id: number; vol: string; epoch: number; size: number }
 export interface WriteFrame { t: 'write'; id: number; vol: string; epoch: number; seq: number; offset: number; data: Uint8Array }
 export interface ReadFrame { t: 'read'; id: number; vol: string; epoch: number; offset: number; length: number }
@@ -49,7 +50,7 @@ export interface PingFrame { t: 'ping'; id: number; sent: number }
 export interface PongFrame { t: 'pong'; id: number; sent: number }
 
 export type HandshakeFrame = HelloFrame | ChallengeFrame | AuthFrame | ReadyFrame
-export type RequestFrame = OpenFrame | WriteFrame | ReadFrame | FlushFrame | CloseFrame | DropFrame
+export type RequestFrame = CreateFrame | OpenFrame | WriteFrame | ReadFrame | FlushFrame | CloseFrame | DropFrame
 export type AckFrame = AckOkFrame | AckErrorFrame
 export type Frame = HandshakeFrame | RequestFrame | AckFrame | ErrorFrame | PingFrame | PongFrame
 export type FrameType = Frame['t']
@@ -92,6 +93,7 @@ const MESSAGE = f('message', isMessage, `a string of at most ${MAX_MESSAGE_CHARS
 const SENT = f('sent', isTime, 'a non-negative finite number')
 
 const REQUEST_SCHEMAS = {
+  create: [ID, VOL, f('size', isUint, 'a non-negative safe integer')],
   open: [ID, VOL, EPOCH, f('size', isUint, 'a non-negative safe integer')],
   write: [ID, VOL, EPOCH, f('seq', isUint, 'a non-negative safe integer'), OFFSET, f('data', isData, `bytes, at most ${MAX_DATA_BYTES}`)],
   read: [ID, VOL, EPOCH, OFFSET, f('length', isLength, `a non-negative safe integer of at most ${MAX_DATA_BYTES}`)],

@@ -2,7 +2,7 @@
 export { PeerServer, PEER_PATH, type PeerServerOptions, type RequestHandler } from './peer-server'
 export { PeerLinks, PeerLink, type PeerLinksOptions, type LinkState, type RequestOptions } from './peer-link'
 export {
-  ReplicationCodes, ReplicationError, PeerRequestError, isReplicationError, type ReplicationCode,
+  ReplicationError, PeerRequestError, isReplicationError, type ReplicationCode,
 } from './errors'
 export {
   MAX_DATA_BYTES, MAX_FRAME_BYTES, PROTOCOL_VERSION, REQUEST_TYPES, decodeFrame, encodeFrame, isRequest, payloadBytes,

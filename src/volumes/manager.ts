@@ -1,32 +1,47 @@
 /**
- * The volume manager: create, mount, unmount and remove volumes over the kvdb. Every
- * state change of a volume runs under that volume's mutex. Mount and unmount keep a
- * reference count per volume (Docker sends a random ID per mount; Mesos sends none and
- * counts itself): the first mount attaches, the last unmount detaches, and repeated or
- * unknown IDs change nothing.
+ * The volume manager: create, mount, unmount and remove volumes over the kvdb, for this
+ * node. Every state change of a volume runs under that volume's mutex (one node's view;
+ * across nodes the kvdb's compare-and-swap decides).
+ *
+ * Mount and unmount keep a reference count per volume (Docker sends a random ID per
+ * mount; Mesos sends none and counts itself): the first mount attaches, the last unmount
+ * detaches, and repeated or unknown IDs change nothing.
+ *
+ * Attach is a compare-and-swap on the volume's attachment that bumps its epoch; the
+ * engine then opens every in-sync replica at that epoch, which fences any older
+ * coordinator. A replica that fails is taken out of the in-sync set here, with a
+ * transaction that also checks this node still holds the attachment.
  */
 import { randomBytes } from 'node:crypto'
-import { promises as fs } from 'node:fs'
-import path from 'node:path'
 import type { Logger } from 'pino'
+import type { Membership, NodeInfo } from '../cluster/membership'
+import { LocalReplica, type Replica } from '../engine/replica'
+import type { ReplicaHost } from '../engine/replica-host'
+import { RemoteReplica, type PeerChannel } from '../engine/remote-replica'
 import { VolumeEngine } from '../engine/volume-engine'
-import { LocalReplica } from '../engine/replica'
+import { messageOf, pxdError, type PxdError } from '../errors'
 import type { Frontend } from '../frontend/frontend'
 import { keys, type Kvdb } from '../kvdb/kvdb'
-import { pxdError } from '../errors'
-import { ReplicaStore } from '../store/replica-store'
+import { capacityOf } from '../util/capacity'
 import { KeyedMutex } from '../util/mutex'
-import { formatSize } from '../util/size'
 import { buildSpec, flattenOptions, mergeOptions, parseVolumeRef, specConflicts } from './options'
+import { placeReplicas } from './placement'
 import type { AttachmentRecord, VolumeInfo, VolumeRecord } from './types'
 
 /** The mount ID used for a Mount without one (dvdcli, the Mesos isolator). */
 const ANONYMOUS_MOUNT = ''
+const CAS_RETRIES = 10
 
 interface LocalAttachment {
   engine: VolumeEngine
   mountpoint: string
   mountIds: Set<string>
+  epoch: number
+}
+
+/** How the manager reaches another node's replicas. */
+export interface PeerDirectory {
+  channel(nodeId: string): Promise<PeerChannel>
 }
 
 export interface ManagerOptions {
@@ -34,6 +49,9 @@ export interface ManagerOptions {
   dataDir: string
   kvdb: Kvdb
   frontend: Frontend
+  host: ReplicaHost
+  membership: Membership
+  peers: PeerDirectory
   log: Logger
 }
 
@@ -42,20 +60,29 @@ export class VolumeManager {
   readonly #dataDir: string
   readonly #kvdb: Kvdb
   readonly #frontend: Frontend
+  readonly #host: ReplicaHost
+  readonly #membership: Membership
+  readonly #peers: PeerDirectory
   readonly #log: Logger
   readonly #locks = new KeyedMutex()
   readonly #attached = new Map<string, LocalAttachment>()
   #stopping = false
 
-  constructor(options: ManagerOptions) {
-    this.#nodeId = options.nodeId
-    this.#dataDir = options.dataDir
-    this.#kvdb = options.kvdb
-    this.#frontend = options.frontend
-    this.#log = options.log
+  constructor(o: ManagerOptions) {
+    this.#nodeId = o.nodeId
+    this.#dataDir = o.dataDir
+    this.#kvdb = o.kvdb
+    this.#frontend = o.frontend
+    this.#host = o.host
+    this.#membership = o.membership
+    this.#peers = o.peers
+    this.#log = o.log
   }
 
-  /** After a restart nothing is attached here any more: say so in the kvdb. */
+  /**
+   * After a restart nothing is attached here any more: say so in the kvdb. Replicas on
+   * disk whose volume is gone (removed while this node was away) are deleted.
+   */
   async start(): Promise<void> {
     for (const entry of await this.#kvdb.list<AttachmentRecord>(keys.attachments())) {
       if (entry.value.nodeId !== this.#nodeId) continue
@@ -64,6 +91,12 @@ export class VolumeManager {
         puts: [{ key: entry.key, value: { nodeId: null, epoch: entry.value.epoch } satisfies AttachmentRecord }],
       })
       if (ok) this.#log.info({ volume: entry.key.slice(keys.attachments().length) }, 'marked detached after restart')
+    }
+    const mine = new Set((await this.#records()).filter((r) => r.replicas.some((p) => p.nodeId === this.#nodeId)).map((r) => r.id))
+    for (const id of await this.#host.list()) {
+      if (mine.has(id)) continue
+      this.#log.warn({ volumeId: id }, 'deleting a replica whose volume no longer exists')
+      await this.#host.drop(id)
     }
   }
 
@@ -82,31 +115,32 @@ export class VolumeManager {
         }
         return this.#info(existing.value)
       }
-      if (spec.repl > 1) {
-        throw pxdError('UNSATISFIABLE', `repl=${spec.repl} needs ${spec.repl} nodes, but this is a single-node pxd (1 node online); use repl=1 or join more nodes with --kvdb etcd://...`)
-      }
-      const free = await this.freeBytes()
-      if (spec.size > free) {
-        throw pxdError('NO_SPACE', `size ${formatSize(spec.size)} is more than the ${formatSize(free)} free in ${this.#dataDir}`)
-      }
+      const [nodes, records] = await Promise.all([this.#membership.nodes(), this.#records()])
+      const allocated = new Map<string, number>()
+      for (const r of records) for (const p of r.replicas) allocated.set(p.nodeId, (allocated.get(p.nodeId) ?? 0) + r.spec.size)
+      const placed = placeReplicas({ repl: spec.repl, size: spec.size, nodes, allocated })
       const record: VolumeRecord = {
         id: randomBytes(8).toString('hex'),
         name: ref.name,
         spec,
         createdAt: new Date().toISOString(),
-        replicas: [{ nodeId: this.#nodeId }],
+        replicas: placed.map((nodeId) => ({ nodeId })),
+        inSync: placed,
       }
-      const store = await ReplicaStore.create(this.#replicaDir(record.id), record.id, spec.size)
-      await store.close()
+      // The record goes first: a node creates a replica only for a volume that names it.
       const created = await this.#kvdb.txn({
         compares: [{ key: keys.volume(ref.name), modRevision: 0 }],
         puts: [{ key: keys.volume(ref.name), value: record }],
       })
-      if (!created) {
-        await ReplicaStore.destroy(this.#replicaDir(record.id))
-        throw pxdError('CONFLICT', `volume ${ref.name} was created concurrently; retry`)
+      if (!created) throw pxdError('CONFLICT', `volume ${ref.name} was created concurrently; retry`)
+      const results = await Promise.allSettled(placed.map((nodeId) => this.#createReplica(nodeId, record)))
+      const failed = results.flatMap((r, i) => (r.status === 'rejected' ? [`${placed[i]}: ${messageOf(r.reason)}`] : []))
+      if (failed.length > 0) {
+        await this.#kvdb.txn({ deletes: [keys.volume(ref.name)] }).catch(() => undefined)
+        await this.#dropReplicas(record)
+        throw pxdError('UNSATISFIABLE', `could not create the replicas of ${ref.name}: ${failed.join('; ')}`)
       }
-      this.#log.info({ volume: ref.name, id: record.id, spec }, 'volume created')
+      this.#log.info({ volume: ref.name, id: record.id, spec, replicas: placed }, 'volume created')
       return this.#info(record)
     })
   }
@@ -120,11 +154,14 @@ export class VolumeManager {
       const attachment = await this.#kvdb.get<AttachmentRecord>(keys.attachment(name))
       if (attachment?.value.nodeId) throw pxdError('IN_USE', `volume ${name} is attached on node ${attachment.value.nodeId}`)
       const ok = await this.#kvdb.txn({
-        compares: [{ key: keys.volume(name), modRevision: entry.modRevision }],
+        compares: [
+          { key: keys.volume(name), modRevision: entry.modRevision },
+          { key: keys.attachment(name), modRevision: attachment?.modRevision ?? 0 },
+        ],
         deletes: [keys.volume(name), keys.attachment(name)],
       })
       if (!ok) throw pxdError('CONFLICT', `volume ${name} changed while it was being removed; retry`)
-      await ReplicaStore.destroy(this.#replicaDir(entry.value.id))
+      await this.#dropReplicas(entry.value)
       this.#log.info({ volume: name, id: entry.value.id }, 'volume removed')
     })
   }
@@ -140,18 +177,17 @@ export class VolumeManager {
         return local.mountpoint
       }
       const { value: record } = await this.#requireRecord(name)
+      if (record.inSync.length === 0) throw pxdError('UNSATISFIABLE', `volume ${name} has no in-sync replica left`)
       const epoch = await this.#claimAttachment(name)
-      const store = await ReplicaStore.open(this.#replicaDir(record.id))
       let engine: VolumeEngine | undefined
       try {
-        await store.setEpoch(epoch)
-        engine = new VolumeEngine({ volumeId: record.id, size: record.spec.size, replicas: [new LocalReplica(this.#nodeId, store)] })
+        engine = await this.#openEngine(name, record, epoch)
         const mountpoint = await this.#frontend.attach({ id: record.id, name, fs: record.spec.fs, blockSize: record.spec.blockSize, device: engine })
-        this.#attached.set(name, { engine, mountpoint, mountIds: new Set([id]) })
+        this.#attached.set(name, { engine, mountpoint, mountIds: new Set([id]), epoch })
         return mountpoint
       } catch (err) {
-        await (engine ? engine.close() : store.close()).catch((e) => this.#log.error({ err: e, volume: name }, 'close after failed attach'))
-        await this.#releaseAttachment(name).catch((e) => this.#log.error({ err: e, volume: name }, 'release after failed attach'))
+        await engine?.close().catch((e) => this.#log.error({ err: e, volume: name }, 'close after failed attach'))
+        await this.#releaseAttachment(name, epoch).catch((e) => this.#log.error({ err: e, volume: name }, 'release after failed attach'))
         throw err
       }
     })
@@ -180,23 +216,18 @@ export class VolumeManager {
   }
 
   async list(): Promise<VolumeInfo[]> {
-    const entries = await this.#kvdb.list<VolumeRecord>(keys.volumes())
-    return Promise.all(entries.map((e) => this.#info(e.value)))
+    const [records, nodes] = await Promise.all([this.#records(), this.#membership.nodes()])
+    return Promise.all(records.map((r) => this.#info(r, nodes)))
   }
 
-  /** Bytes free for new volumes in the data dir's file system. */
-  async freeBytes(): Promise<number> {
-    const s = await fs.statfs(this.#dataDir)
-    return s.bavail * s.bsize
+  /** This node's data-dir file system. */
+  capacity(): Promise<{ total: number; free: number }> {
+    return capacityOf(this.#dataDir)
   }
 
-  async capacity(): Promise<{ total: number; free: number }> {
-    const s = await fs.statfs(this.#dataDir)
-    return { total: s.blocks * s.bsize, free: s.bavail * s.bsize }
-  }
-
-  get attachedCount(): number {
-    return this.#attached.size
+  /** Every node of the cluster, online or not. */
+  nodes(): Promise<NodeInfo[]> {
+    return this.#membership.nodes()
   }
 
   /** Detach every volume (the daemon is stopping). New requests are refused from now on. */
@@ -207,19 +238,102 @@ export class VolumeManager {
     }
   }
 
+  async #openEngine(name: string, record: VolumeRecord, epoch: number): Promise<VolumeEngine> {
+    const ordered = [...record.inSync].sort((a, b) => (a === this.#nodeId ? -1 : b === this.#nodeId ? 1 : 0))
+    const replicas: Replica[] = []
+    for (const nodeId of ordered) {
+      replicas.push(nodeId === this.#nodeId
+        ? new LocalReplica(nodeId, this.#host, record.id, record.spec.size, epoch)
+        : new RemoteReplica(nodeId, await this.#peers.channel(nodeId), record.id, record.spec.size, epoch))
+    }
+    const log = this.#log.child({ volume: name, volumeId: record.id, epoch })
+    const engine: VolumeEngine = new VolumeEngine({
+      volumeId: record.id,
+      size: record.spec.size,
+      replicas,
+      demote: (failed) => this.#demote(name, epoch, failed, log),
+      onFenced: (err) => this.#fenced(name, engine, err, log),
+    })
+    await engine.open()
+    log.info({ inSync: engine.inSync }, 'volume engine open')
+    return engine
+  }
+
+  /** Take failed replicas out of the in-sync set, only while this node still holds the attachment at `epoch`. */
+  async #demote(name: string, epoch: number, failed: Array<{ nodeId: string; error: unknown }>, log: Logger): Promise<void> {
+    const gone = new Set(failed.map((f) => f.nodeId))
+    for (let attempt = 0; attempt < CAS_RETRIES; attempt++) {
+      const [vol, att] = await Promise.all([
+        this.#kvdb.get<VolumeRecord>(keys.volume(name)),
+        this.#kvdb.get<AttachmentRecord>(keys.attachment(name)),
+      ])
+      if (!vol || !att || att.value.nodeId !== this.#nodeId || att.value.epoch !== epoch) {
+        throw pxdError('FENCED', `volume ${name} is no longer attached here at epoch ${epoch}`)
+      }
+      const inSync = vol.value.inSync.filter((n) => !gone.has(n))
+      if (inSync.length === 0) throw pxdError('IO_ERROR', `volume ${name}: every in-sync replica failed`)
+      const ok = await this.#kvdb.txn({
+        compares: [{ key: vol.key, modRevision: vol.modRevision }, { key: att.key, modRevision: att.modRevision }],
+        puts: [{ key: vol.key, value: { ...vol.value, inSync } satisfies VolumeRecord }],
+      })
+      if (ok) {
+        for (const f of failed) log.warn({ replica: f.nodeId, err: f.error }, 'replica taken out of the in-sync set: volume degraded')
+        return
+      }
+    }
+    throw pxdError('CONFLICT', `volume ${name}: could not record the failed replicas (too many concurrent changes)`)
+  }
+
+  /** Another node attached the volume: tear down the local chain, and leave the attachment to its new holder. */
+  #fenced(name: string, engine: VolumeEngine, err: PxdError, log: Logger): void {
+    log.error({ err }, 'fenced: another node attached this volume with a newer epoch; tearing down the local mount')
+    void this.#locks.run(name, async () => {
+      const local = this.#attached.get(name)
+      if (!local || local.engine !== engine) return
+      this.#attached.delete(name)
+      await this.#frontend.detach(name, true).catch((e) => log.error({ err: e }, 'teardown of a fenced volume failed'))
+      await engine.close().catch(() => undefined)
+    })
+  }
+
   async #detach(name: string, local: LocalAttachment, lazy: boolean): Promise<void> {
     await this.#frontend.detach(name, lazy)
     this.#attached.delete(name)
-    await local.engine.close()
-    await this.#releaseAttachment(name)
+    try {
+      await local.engine.close()
+    } finally {
+      await this.#releaseAttachment(name, local.epoch)
+    }
   }
 
-  /** Attach is a compare-and-swap that bumps the epoch, so only one node holds a volume. */
+  async #createReplica(nodeId: string, record: VolumeRecord): Promise<void> {
+    if (nodeId === this.#nodeId) return this.#host.create(record.id, record.spec.size)
+    await (await this.#peers.channel(nodeId)).request({ t: 'create', vol: record.id, size: record.spec.size })
+  }
+
+  /** Best effort: a node that is away deletes the replica itself when it starts. */
+  async #dropReplicas(record: VolumeRecord): Promise<void> {
+    await Promise.all(record.replicas.map(async ({ nodeId }) => {
+      try {
+        if (nodeId === this.#nodeId) await this.#host.drop(record.id)
+        else await (await this.#peers.channel(nodeId)).request({ t: 'drop', vol: record.id })
+      } catch (err) {
+        this.#log.warn({ err, volumeId: record.id, replica: nodeId }, 'could not drop a replica now; its node will when it starts')
+      }
+    }))
+  }
+
+  /**
+   * Attach is a compare-and-swap that bumps the epoch, so only one node holds a volume.
+   * A holder that is offline (its lease expired) loses the volume to the new attach.
+   */
   async #claimAttachment(name: string): Promise<number> {
     const key = keys.attachment(name)
     const current = await this.#kvdb.get<AttachmentRecord>(key)
-    if (current?.value.nodeId && current.value.nodeId !== this.#nodeId) {
-      throw pxdError('IN_USE', `volume ${name} is attached on node ${current.value.nodeId}`)
+    const holder = current?.value.nodeId
+    if (holder && holder !== this.#nodeId) {
+      if (await this.#membership.isOnline(holder)) throw pxdError('IN_USE', `volume ${name} is attached on node ${holder}`)
+      this.#log.warn({ volume: name, from: holder }, 'taking over a volume from an offline node')
     }
     const epoch = (current?.value.epoch ?? 0) + 1
     const ok = await this.#kvdb.txn({
@@ -230,14 +344,18 @@ export class VolumeManager {
     return epoch
   }
 
-  async #releaseAttachment(name: string): Promise<void> {
+  async #releaseAttachment(name: string, epoch: number): Promise<void> {
     const key = keys.attachment(name)
     const current = await this.#kvdb.get<AttachmentRecord>(key)
-    if (!current || current.value.nodeId !== this.#nodeId) return
+    if (!current || current.value.nodeId !== this.#nodeId || current.value.epoch !== epoch) return
     await this.#kvdb.txn({
       compares: [{ key, modRevision: current.modRevision }],
-      puts: [{ key, value: { nodeId: null, epoch: current.value.epoch } satisfies AttachmentRecord }],
+      puts: [{ key, value: { nodeId: null, epoch } satisfies AttachmentRecord }],
     })
+  }
+
+  async #records(): Promise<VolumeRecord[]> {
+    return (await this.#kvdb.list<VolumeRecord>(keys.volumes())).map((e) => e.value)
   }
 
   async #requireRecord(name: string) {
@@ -246,9 +364,14 @@ export class VolumeManager {
     return entry
   }
 
-  async #info(record: VolumeRecord): Promise<VolumeInfo> {
-    const attachment = (await this.#kvdb.get<AttachmentRecord>(keys.attachment(record.name)))?.value
+  async #info(record: VolumeRecord, nodes?: NodeInfo[]): Promise<VolumeInfo> {
+    const [attachment, known] = await Promise.all([
+      this.#kvdb.get<AttachmentRecord>(keys.attachment(record.name)),
+      nodes ?? this.#membership.nodes(),
+    ])
+    const online = new Set(known.filter((n) => n.online).map((n) => n.nodeId))
     const local = this.#attached.get(record.name)
+    const att = attachment?.value
     return {
       name: record.name,
       id: record.id,
@@ -258,18 +381,15 @@ export class VolumeManager {
       blockSize: record.spec.blockSize,
       shared: record.spec.shared,
       options: record.spec.extra,
-      state: attachment?.nodeId ? 'attached' : 'detached',
-      attachedOn: attachment?.nodeId ?? null,
-      epoch: attachment?.epoch ?? 0,
+      state: att?.nodeId ? 'attached' : 'detached',
+      degraded: record.inSync.length < record.spec.repl,
+      attachedOn: att?.nodeId ?? null,
+      epoch: att?.epoch ?? 0,
       mountpoint: local?.mountpoint ?? null,
       mounts: local?.mountIds.size ?? 0,
-      replicas: record.replicas,
+      replicas: record.replicas.map(({ nodeId }) => ({ nodeId, inSync: record.inSync.includes(nodeId), online: online.has(nodeId) })),
       createdAt: record.createdAt,
     }
-  }
-
-  #replicaDir(id: string): string {
-    return path.join(this.#dataDir, 'replicas', id)
   }
 
   #checkRunning(): void {

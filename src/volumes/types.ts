@@ -8,6 +8,12 @@ export interface VolumeRecord {
   createdAt: string
   /** Nodes holding a full copy. */
   replicas: Array<{ nodeId: string }>
+  /**
+   * Replicas known to hold every acknowledged write. Only these may serve reads or be the
+   * source after a failover; a replica that misses a write leaves this set before the
+   * write is acknowledged.
+   */
+  inSync: string[]
 }
 
 /** Where a volume is attached; the epoch only ever grows (attach bumps it). */
@@ -17,6 +23,12 @@ export interface AttachmentRecord {
 }
 
 export type VolumeState = 'detached' | 'attached'
+
+export interface ReplicaInfo {
+  nodeId: string
+  inSync: boolean
+  online: boolean
+}
 
 /** What inspect and list show; JSON output uses it as is (sizes in bytes). */
 export interface VolumeInfo {
@@ -29,10 +41,12 @@ export interface VolumeInfo {
   shared: boolean
   options: Record<string, string>
   state: VolumeState
+  /** Fewer in-sync replicas than repl. */
+  degraded: boolean
   attachedOn: string | null
   epoch: number
   mountpoint: string | null
   mounts: number
-  replicas: Array<{ nodeId: string }>
+  replicas: ReplicaInfo[]
   createdAt: string
 }

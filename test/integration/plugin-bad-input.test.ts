@@ -32,7 +32,7 @@ const cases: Array<[string, string, unknown, RegExp, string?]> = [
   ['malformed value', '/VolumeDriver.Create', { Name: 'v1', Opts: { repl: 'two' } }, /invalid value "two" for option "repl"/],
   ['size zero', '/VolumeDriver.Create', { Name: 'v1', Opts: { size: '0' } }, /greater than zero/],
   ['size beyond free space', '/VolumeDriver.Create', { Name: 'v1', Opts: { size: '4000T' } }, /free/],
-  ['repl beyond one node', '/VolumeDriver.Create', { Name: 'v1', Opts: { repl: '3' } }, /repl=3 needs 3 nodes.*single-node/],
+  ['repl beyond one node', '/VolumeDriver.Create', { Name: 'v1', Opts: { repl: '3' } }, /repl=3 needs 3 online nodes.*single-node/],
   ['name with a slash', '/VolumeDriver.Create', { Name: 'a/b' }, /must not contain "\/"/],
   ['name with ..', '/VolumeDriver.Create', { Name: '..' }, /must not contain "\.\."/],
   ['traversal inside an inline name', '/VolumeDriver.Create', { Name: 'name=../../etc,size=1G' }, /must not contain/],

@@ -13,6 +13,7 @@ const samples: Frame[] = [
   { t: 'challenge', v: 1, nodeId: 'node-2', nonce: n32(), proof: n32() },
   { t: 'auth', proof: n32() },
   { t: 'ready' },
+  { t: 'create', id: 12, vol: 'vol-1', size: 1024 ** 3 },
   { t: 'open', id: 1, vol: 'vol-1', epoch: 3, size: 1024 ** 3 },
   { t: 'write', id: 2, vol: 'v.a_b-c', epoch: 3, seq: 17, offset: 4096, data: randomBytes(128 * 1024) },
   { t: 'write', id: 3, vol: 'v', epoch: 0, seq: 0, offset: 0, data: Buffer.alloc(0) },
@@ -52,7 +53,7 @@ test('decoded data shares the received buffer (zero-copy)', (t) => {
 })
 
 test('request kinds and payload sizes', (t) => {
-  t.deepEqual([...REQUEST_TYPES].sort(), ['close', 'drop', 'flush', 'open', 'read', 'write'])
+  t.deepEqual([...REQUEST_TYPES].sort(), ['close', 'create', 'drop', 'flush', 'open', 'read', 'write'])
   for (const frame of samples) t.is(isRequest(frame), REQUEST_TYPES.has(frame.t), frame.t)
   t.is(payloadBytes({ t: 'write', id: 1, vol: 'v', epoch: 1, seq: 1, offset: 0, data: Buffer.alloc(100) }), 100)
   t.is(payloadBytes({ t: 'read', id: 1, vol: 'v', epoch: 1, offset: 0, length: 300 }), 300)

@@ -1,0 +1,114 @@
+/**
+ * The replicas this node holds, for whichever coordinator uses them: the local engine
+ * (when the volume is attached here) and remote engines (through peer frames) reach the
+ * same ReplicaStore instance, so there is one owner of each replica's files.
+ *
+ * Epochs fence coordinators: `open` at a newer epoch is recorded durably in the replica's
+ * superblock before it returns, and from then on any request carrying an older epoch is
+ * refused with STALE_EPOCH. A coordinator that was cut off and comes back cannot write.
+ */
+import { promises as fs } from 'node:fs'
+import path from 'node:path'
+import type { Logger } from 'pino'
+import { pxdError } from '../errors'
+import { ReplicaStore } from '../store/replica-store'
+import { KeyedMutex } from '../util/mutex'
+
+export class ReplicaHost {
+  readonly #dir: string
+  readonly #log: Logger
+  readonly #open = new Map<string, ReplicaStore>()
+  readonly #locks = new KeyedMutex()
+  #closed = false
+
+  constructor(dataDir: string, log: Logger) {
+    this.#dir = path.join(dataDir, 'replicas')
+    this.#log = log
+  }
+
+  dirOf(volumeId: string): string {
+    return path.join(this.#dir, volumeId)
+  }
+
+  async exists(volumeId: string): Promise<boolean> {
+    try {
+      await fs.access(path.join(this.dirOf(volumeId), 'super.json'))
+      return true
+    } catch {
+      return false
+    }
+  }
+
+  /** Create this node's (empty) replica of a volume, unless it exists. */
+  async create(volumeId: string, size: number): Promise<void> {
+    await this.#locks.run(volumeId, async () => {
+      if (this.#open.has(volumeId) || (await this.exists(volumeId))) return
+      const store = await ReplicaStore.create(this.dirOf(volumeId), volumeId, size)
+      this.#open.set(volumeId, store)
+      this.#log.info({ volumeId, size }, 'replica created')
+    })
+  }
+
+  /**
+   * Open the replica for a coordinator at `epoch`. Refuses epochs older than the replica
+   * has seen. A replica that is not on disk is never made up here: an empty file standing
+   * in for lost data would serve zeros as if they were the volume's contents.
+   */
+  open(volumeId: string, size: number, epoch: number): Promise<ReplicaStore> {
+    return this.#locks.run(volumeId, async () => {
+      if (this.#closed) throw pxdError('DAEMON_STOPPING', 'replica host is closed')
+      let store = this.#open.get(volumeId)
+      if (!store) {
+        if (!(await this.exists(volumeId))) throw pxdError('UNKNOWN_VOLUME', `this node holds no replica of volume ${volumeId}`)
+        store = await ReplicaStore.open(this.dirOf(volumeId))
+        this.#open.set(volumeId, store)
+      }
+      if (store.size !== size) throw pxdError('CONFLICT', `replica ${volumeId} is ${store.size} bytes here, the coordinator says ${size}`)
+      if (epoch < store.superblock.epoch) {
+        throw pxdError('STALE_EPOCH', `replica ${volumeId} is at epoch ${store.superblock.epoch}; refusing epoch ${epoch}`)
+      }
+      await store.setEpoch(epoch)
+      return store
+    })
+  }
+
+  /** The open replica for a request at `epoch`; the request's epoch must be the current one. */
+  storeFor(volumeId: string, epoch: number): ReplicaStore {
+    const store = this.#open.get(volumeId)
+    if (!store) throw pxdError('UNKNOWN_VOLUME', `no open replica of volume ${volumeId} on this node`)
+    const current = store.superblock.epoch
+    if (epoch < current) throw pxdError('STALE_EPOCH', `replica ${volumeId} is at epoch ${current}; refusing epoch ${epoch}`)
+    if (epoch > current) throw pxdError('STALE_EPOCH', `replica ${volumeId} was not opened at epoch ${epoch} (it is at ${current})`)
+    return store
+  }
+
+  /** Close and delete a replica (its volume was removed, or this node no longer holds it). */
+  async drop(volumeId: string): Promise<void> {
+    await this.#locks.run(volumeId, async () => {
+      const store = this.#open.get(volumeId)
+      this.#open.delete(volumeId)
+      await store?.close()
+      await ReplicaStore.destroy(this.dirOf(volumeId))
+      this.#log.info({ volumeId }, 'replica dropped')
+    })
+  }
+
+  /** Replica ids present on disk. */
+  async list(): Promise<string[]> {
+    try {
+      return (await fs.readdir(this.#dir)).filter((n) => /^[0-9a-f]{16}$/.test(n))
+    } catch {
+      return []
+    }
+  }
+
+  /** Flush and close every open replica. */
+  async close(): Promise<void> {
+    this.#closed = true
+    const stores = [...this.#open.entries()]
+    this.#open.clear()
+    for (const [volumeId, store] of stores) {
+      await store.close().catch((err) => this.#log.error({ err, volumeId }, 'closing a replica failed'))
+    }
+  }
+}
