@@ -1,5 +1,6 @@
 /** The HTTP API as pxctl (and tests) call it. Errors come back as PxdError with the server's code. */
 import { PxdError, pxdError, type ErrorCode, ErrorCodes } from '../errors'
+import type { NodeInfo } from '../cluster/membership'
 import type { VolumeInfo } from '../volumes/types'
 
 export interface NodeStatus {
@@ -8,7 +9,8 @@ export interface NodeStatus {
   kvdb: string
   uptimeSeconds: number
   capacity: { total: number; free: number; used: number }
-  volumes: { total: number; attached: number }
+  cluster: { nodes: number; online: number }
+  volumes: { total: number; attached: number; degraded: number }
 }
 
 export class ApiClient {
@@ -20,6 +22,10 @@ export class ApiClient {
 
   status(): Promise<NodeStatus> {
     return this.#call('GET', '/v1/status')
+  }
+
+  listNodes(): Promise<NodeInfo[]> {
+    return this.#call('GET', '/v1/cluster/nodes')
   }
 
   listVolumes(): Promise<VolumeInfo[]> {

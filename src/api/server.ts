@@ -98,6 +98,7 @@ export class ApiServer {
     const m = this.#manager
     return [
       ['GET', /^\/v1\/status$/, async () => [200, await this.#statusBody()]],
+      ['GET', /^\/v1\/cluster\/nodes$/, async () => [200, await m.nodes()]],
       ['GET', /^\/v1\/volumes$/, async () => [200, await m.list()]],
       ['POST', /^\/v1\/volumes$/, async (req) => {
         const body = await readJsonObject(req)
@@ -122,15 +123,19 @@ export class ApiServer {
   }
 
   async #statusBody() {
-    const volumes = await this.#manager.list()
-    const capacity = await this.#manager.capacity()
+    const [volumes, capacity, nodes] = await Promise.all([this.#manager.list(), this.#manager.capacity(), this.#manager.nodes()])
     return {
       nodeId: this.#status.nodeId,
       version: this.#status.version,
       kvdb: this.#status.kvdb,
       uptimeSeconds: Math.round((Date.now() - this.#status.startedAt.getTime()) / 1000),
       capacity: { total: capacity.total, free: capacity.free, used: capacity.total - capacity.free },
-      volumes: { total: volumes.length, attached: volumes.filter((v) => v.state === 'attached').length },
+      cluster: { nodes: nodes.length, online: nodes.filter((n) => n.online).length },
+      volumes: {
+        total: volumes.length,
+        attached: volumes.filter((v) => v.state === 'attached').length,
+        degraded: volumes.filter((v) => v.degraded).length,
+      },
     }
   }
 }

@@ -12,7 +12,8 @@ const HELP = `pxctl: manage a pxd node
 Usage: pxctl [--api URL] [--json] COMMAND
 
 Commands:
-  status                              this node: id, capacity, volumes
+  status                              this node: id, capacity, cluster, volumes
+  cluster list                        every node: state, peer address, capacity
   volume create NAME [--size 10G] [--repl 1] [--fs ext4] [--opt KEY=VALUE ...]
                                       create a volume (NAME may be an inline spec: name=v,size=10G)
   volume list                         all volumes
@@ -66,8 +67,16 @@ async function main(argv: string[]): Promise<number> {
       ['Metadata', s.kvdb],
       ['Uptime', `${s.uptimeSeconds}s`],
       ['Capacity', `${formatSize(s.capacity.used)} used of ${formatSize(s.capacity.total)} (${formatSize(s.capacity.free)} free)`],
-      ['Volumes', `${s.volumes.total} (${s.volumes.attached} attached)`],
+      ['Cluster', `${s.cluster.online} of ${s.cluster.nodes} nodes online`],
+      ['Volumes', `${s.volumes.total} (${s.volumes.attached} attached, ${s.volumes.degraded} degraded)`],
     ]))
+    return 0
+  }
+  if (cmd === 'cluster' && sub === 'list' && name === undefined) {
+    const nodes = await client.listNodes()
+    out(nodes, () => renderTable(['NODE', 'STATE', 'PEER ADDRESS', 'USED', 'FREE', 'VERSION'],
+      nodes.map((n) => [n.nodeId, n.online ? 'online' : 'offline', n.peerAddress ?? '-',
+        n.capacity ? formatSize(n.capacity.total - n.capacity.free) : '-', n.capacity ? formatSize(n.capacity.free) : '-', n.version])))
     return 0
   }
   if (cmd === 'volume' || cmd === 'v') {
@@ -94,8 +103,8 @@ async function main(argv: string[]): Promise<number> {
       case 'ls': {
         if (name) throw new UsageError('pxctl volume list takes no NAME')
         const vols = await client.listVolumes()
-        out(vols, () => renderTable(['NAME', 'ID', 'SIZE', 'REPL', 'FS', 'STATE', 'ATTACHED ON', 'MOUNTPOINT'],
-          vols.map((v) => [v.name, v.id, formatSize(v.size), String(v.repl), v.fs, v.state, v.attachedOn ?? '-', v.mountpoint ?? '-'])))
+        out(vols, () => renderTable(['NAME', 'ID', 'SIZE', 'REPL', 'FS', 'STATE', 'HEALTH', 'ATTACHED ON', 'MOUNTPOINT'],
+          vols.map((v) => [v.name, v.id, formatSize(v.size), String(v.repl), v.fs, v.state, v.degraded ? 'degraded' : 'healthy', v.attachedOn ?? '-', v.mountpoint ?? '-'])))
         return 0
       }
       case 'inspect': {
@@ -131,7 +140,8 @@ function renderInspect(v: VolumeInfo): string {
     ['Epoch', String(v.epoch)],
     ['Mountpoint', v.mountpoint ?? '-'],
     ['Mounts', String(v.mounts)],
-    ['Replicas', v.replicas.map((r) => r.nodeId).join(', ')],
+    ['Health', v.degraded ? `degraded (${v.replicas.filter((r) => r.inSync).length} of ${v.repl} replicas in sync)` : 'healthy'],
+    ['Replicas', v.replicas.map((r) => `${r.nodeId} (${r.inSync ? 'in sync' : 'out of sync'}, ${r.online ? 'online' : 'offline'})`).join(', ')],
     ['Options', opts || '-'],
     ['Created', v.createdAt],
   ])
