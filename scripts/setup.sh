@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 profile=${1:-run}
 run_pkgs=(libfuse2 fuse e2fsprogs util-linux mount)
-test_pkgs=(xfsprogs fio docker.io busybox-static iproute2 procps)
+test_pkgs=(xfsprogs fio docker.io busybox-static iproute2 procps etcd-server)
 case "$profile" in
   run) pkgs=("${run_pkgs[@]}") ;;
   test) pkgs=("${run_pkgs[@]}" "${test_pkgs[@]}") ;;

@@ -31,6 +31,7 @@ import type { AttachmentRecord, VolumeInfo, VolumeRecord } from './types'
 /** The mount ID used for a Mount without one (dvdcli, the Mesos isolator). */
 const ANONYMOUS_MOUNT = ''
 const CAS_RETRIES = 10
+const RELEASE_RETRY_MS = 2_000
 
 interface LocalAttachment {
   engine: VolumeEngine
@@ -302,8 +303,23 @@ export class VolumeManager {
     try {
       await local.engine.close()
     } finally {
-      await this.#releaseAttachment(name, local.epoch)
+      await this.#releaseAttachment(name, local.epoch).catch((err) => {
+        // The volume is unmounted here whatever the kvdb says; record that once it is back.
+        this.#log.warn({ err, volume: name }, 'could not record the detach now; retrying in the background')
+        this.#retryRelease(name, local.epoch)
+      })
     }
+  }
+
+  #retryRelease(name: string, epoch: number): void {
+    const timer = setTimeout(() => {
+      if (this.#stopping) return
+      void this.#locks.run(name, () => this.#releaseAttachment(name, epoch)).then(
+        () => this.#log.info({ volume: name }, 'detach recorded'),
+        () => this.#retryRelease(name, epoch),
+      )
+    }, RELEASE_RETRY_MS)
+    timer.unref()
   }
 
   async #createReplica(nodeId: string, record: VolumeRecord): Promise<void> {
