@@ -11,6 +11,7 @@ import path from 'node:path'
 import { pluginCall } from './plugin-client'
 import { PXD_BIN } from './paths'
 import { stopChild } from './mount-namespace'
+import { guardProcess, releaseProcess } from './exit-guard'
 
 export interface DaemonOptions {
   dir?: string
@@ -72,6 +73,8 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
   ]
   const command = [...(opts.commandPrefix ?? []), process.execPath, ...args]
   const child = spawn(command[0]!, command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } })
+  guardProcess(child.pid!)
+  child.once('exit', () => releaseProcess(child.pid!))
   let output = ''
   child.stdout!.setEncoding('utf8').on('data', (d: string) => { output += d })
   child.stderr!.setEncoding('utf8').on('data', (d: string) => { output += d })

@@ -2,6 +2,7 @@
 // (data root, exec root, socket, pid file, config file, trust key) under a temp dir,
 // no iptables and no bridge, optionally started inside a mount namespace. Plus a local
 // busybox image built without pulling anything.
+import { guardProcess, releaseProcess } from './exit-guard'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { closeSync, existsSync, readdirSync, rmdirSync, mkdirSync, openSync, readFileSync, symlinkSync, writeFileSync, copyFileSync, chmodSync } from 'node:fs'
 import { join } from 'node:path'
@@ -136,6 +137,11 @@ export async function startDockerEngine(opts: DockerEngineOptions): Promise<Dock
     })
   } finally {
     closeSync(out)
+  }
+  const started = child
+  if (started.pid !== undefined) {
+    guardProcess(started.pid)
+    started.once('exit', () => releaseProcess(started.pid!))
   }
   const spawnError = await new Promise<Error | undefined>((resolve) => {
     child.once('spawn', () => resolve(undefined))

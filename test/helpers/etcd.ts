@@ -5,6 +5,7 @@
  * test can take the metadata store away and give it back. Only the pid started here
  * is ever signalled.
  */
+import { guardProcess, releaseProcess } from './exit-guard'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import http from 'node:http'
@@ -81,6 +82,8 @@ export async function startEtcd(opts: { dir?: string } = {}): Promise<EtcdServer
     appendFileSync(logFile, `--- etcd ${args.join(' ')}\n`)
     const proc = spawn(ETCD_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env })
     child = proc
+    guardProcess(proc.pid!, 'SIGKILL')
+    proc.once('exit', () => releaseProcess(proc.pid!))
     running.add(proc)
     let exitInfo: string | undefined
     exited = new Promise<void>((resolve) => {

@@ -8,6 +8,7 @@
 // (a tmpfs over /run, pxd's FUSE files, loop-backed ext4, dockerd's layers) are invisible to
 // the host and vanish with the namespace once its last process is gone.
 import { spawn, type ChildProcess } from 'node:child_process'
+import { guardProcess, releaseProcess } from './exit-guard'
 import { readFileSync, readdirSync, readlinkSync } from 'node:fs'
 
 export interface RunOptions {
@@ -196,6 +197,10 @@ export async function createMountNamespace(opts: { timeoutMs?: number } = {}): P
   const holder = spawn(UNSHARE, ['--mount', '--propagation', 'private', 'sleep', 'infinity'], {
     stdio: ['ignore', 'ignore', 'pipe'],
   })
+  if (holder.pid !== undefined) {
+    guardProcess(holder.pid, 'SIGKILL')
+    holder.once('exit', () => releaseProcess(holder.pid!))
+  }
   let holderStderr = ''
   holder.stderr?.setEncoding('utf8').on('data', (d: string) => { holderStderr += d })
   const spawned = await new Promise<Error | undefined>((resolve) => {
