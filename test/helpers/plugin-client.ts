@@ -18,6 +18,9 @@ export function pluginCall(socketPath: string, endpoint: string, body?: unknown,
       // Docker sends no Content-Type, only this Accept header.
       headers: { Accept: 'application/vnd.docker.plugins.v1.2+json', 'Content-Length': Buffer.byteLength(payload) },
       timeout: 180_000,
+      // One connection per call, as Docker makes them: no keep-alive socket that the
+      // server may close while it sits idle in a pool.
+      agent: false,
     }, (res) => {
       let raw = ''
       res.setEncoding('utf8')
