@@ -29,7 +29,7 @@ export interface Cluster {
   stop(): Promise<void>
 }
 
-export async function startCluster(nodeIds: string[]): Promise<Cluster> {
+export async function startCluster(nodeIds: string[], options: { env?: Record<string, string>; nodeArgs?: string[] } = {}): Promise<Cluster> {
   const dir = makeTempDir('pxd-cluster-')
   const etcd = await startEtcd({ dir: path.join(dir, 'etcd') })
   const secret = randomBytes(32)
@@ -49,6 +49,8 @@ export async function startCluster(nodeIds: string[]): Promise<Cluster> {
       dir: path.join(dir, nodeId),
       nodeId,
       apiPort: p.api,
+      ...(options.env ? { env: options.env } : {}),
+      ...(options.nodeArgs ? { nodeArgs: options.nodeArgs } : {}),
       extraArgs: [
         '--kvdb', `etcd://${etcd.endpoint}`,
         '--cluster-id', clusterId,

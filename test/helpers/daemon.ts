@@ -19,6 +19,8 @@ export interface DaemonOptions {
   commandPrefix?: string[]
   extraArgs?: string[]
   env?: Record<string, string>
+  /** Flags for node itself (e.g. --cpu-prof when profiling the daemon). */
+  nodeArgs?: string[]
   nodeId?: string
   apiPort?: number
 }
@@ -71,7 +73,7 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
     '--node-id', opts.nodeId ?? 'node-a',
     ...(opts.extraArgs ?? []),
   ]
-  const command = [...(opts.commandPrefix ?? []), process.execPath, ...args]
+  const command = [...(opts.commandPrefix ?? []), process.execPath, ...(opts.nodeArgs ?? []), ...args]
   const child = spawn(command[0]!, command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } })
   guardProcess(child.pid!)
   child.once('exit', () => releaseProcess(child.pid!))
