@@ -245,7 +245,10 @@ BlockStore::BlockStore(std::string data_path, std::string crc_path,
       size_(size),
       block_size_(block_size),
       block_shift_(static_cast<uint32_t>(__builtin_ctz(block_size))),
-      stripes_(new std::shared_mutex[kStripes]) {}
+      stripes_(new std::shared_mutex[kStripes]) {
+  std::vector<uint8_t> zeros(block_size_, 0);
+  zero_block_crc_ = Crc32c(zeros.data(), block_size_);
+}
 
 BlockStore::~BlockStore() {
   if (data_fd_ >= 0) ::close(data_fd_);
@@ -350,6 +353,13 @@ void BlockStore::CheckRange(int64_t offset, uint64_t len,
   }
 }
 
+uint32_t BlockStore::BlockCrc(const uint8_t* data) const {
+  const uint32_t c = Crc32c(data, block_size_);
+  // Only a block whose crc equals that of zeros can be all zero: test just those.
+  if (c == zero_block_crc_ && AllZero(data, block_size_)) return 0;
+  return c;
+}
+
 void BlockStore::VerifyBlock(uint64_t block, const uint8_t* data,
                              uint32_t stored) const {
   // crc 0 with all-zero data is a block never written (or discarded).
@@ -441,18 +451,18 @@ void BlockStore::Write(int64_t offset, const uint8_t* data, size_t len) {
   uint64_t mid_end = tail ? last : last + 1;  // exclusive
   if (head) {
     iov[cnt++] = {head.get(), bs};
-    crcs[0] = htole32(Crc32c(head.get(), bs));
+    crcs[0] = htole32(BlockCrc(head.get()));
   }
   if (mid_end > mid_first) {
     const uint8_t* p = data + (mid_first * bs - off);
     iov[cnt++] = {const_cast<uint8_t*>(p), (mid_end - mid_first) * bs};
     for (uint64_t b = mid_first; b < mid_end; b++, p += bs) {
-      crcs[b - first] = htole32(Crc32c(p, bs));
+      crcs[b - first] = htole32(BlockCrc(p));
     }
   }
   if (tail) {
     iov[cnt++] = {tail.get(), bs};
-    crcs[count - 1] = htole32(Crc32c(tail.get(), bs));
+    crcs[count - 1] = htole32(BlockCrc(tail.get()));
   }
   FullPwritev(data_fd_, iov, cnt, first * bs, data_path_);
   WriteCrcs(first, count, crcs.data());

@@ -62,6 +62,9 @@ class BlockStore {
 
   void CheckRange(int64_t offset, uint64_t len, const char* op) const;
   void VerifyBlock(uint64_t block, const uint8_t* data, uint32_t stored) const;
+  // The crc entry to store for a block: 0 for an all-zero block, so a block written as
+  // zeros and one never written look the same (replicas compare crc files in resync).
+  uint32_t BlockCrc(const uint8_t* data) const;
   void ReadCrcs(uint64_t first, uint64_t count, uint32_t* out) const;
   void WriteCrcs(uint64_t first, uint64_t count, const uint32_t* crcs) const;
   void ZeroCrcs(uint64_t first, uint64_t count) const;
@@ -73,6 +76,7 @@ class BlockStore {
   const uint64_t size_;
   const uint32_t block_size_;
   const uint32_t block_shift_;
+  uint32_t zero_block_crc_ = 0;
   std::unique_ptr<std::shared_mutex[]> stripes_;
 };
 

@@ -1,12 +1,19 @@
 /**
  * The daemon's HTTP JSON API, which pxctl speaks. Errors are
  * {"error": {"code": "...", "message": "..."}} with an HTTP status that fits the code.
+ *
+ * Beside /v1, for supervisors and monitoring on the same listener:
+ *   GET /healthz  200 "ok" while the process serves HTTP
+ *   GET /readyz   200 when every readiness check passes, else 503; JSON naming the checks
+ *   GET /metrics  Prometheus text exposition of the node's own registry
  */
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import type { Logger } from 'pino'
 import { isPxdError, messageOf, pxdError, type ErrorCode } from '../errors'
 import { applyServerTimeouts, readJsonObject, requiredString, sendJson } from '../util/http'
+import { Metrics } from '../metrics/metrics'
+import { readinessOf, type Readiness, type ReadinessReport } from '../metrics/readiness'
 import type { VolumeManager } from '../volumes/manager'
 
 export const API_VERSION = 'v1'
@@ -32,19 +39,41 @@ export interface StatusSource {
   startedAt: Date
 }
 
-type Route = (req: IncomingMessage, params: string[]) => Promise<[number, unknown]>
+export interface ApiServerOptions {
+  /**
+   * The node's metrics. Providers it lacks for volumes and capacity are taken from the
+   * manager. Default: a Metrics of this server's own (process metrics and volume state,
+   * no I/O counters, since nothing on the data path records into it).
+   */
+  metrics?: Metrics
+  /** What /readyz and status report. Default: only whether the metadata store answers. */
+  readiness?: Readiness
+}
+
+/** A reply that is not JSON (/healthz, /metrics). */
+class TextReply {
+  constructor(readonly status: number, readonly text: string, readonly contentType: string) {}
+}
+
+type Route = (req: IncomingMessage, params: string[]) => Promise<[number, unknown] | TextReply>
 
 export class ApiServer {
   readonly #manager: VolumeManager
   readonly #log: Logger
   readonly #status: StatusSource
+  readonly #metrics: Metrics
+  readonly #readiness: Readiness
   readonly #server: http.Server
   readonly #routes: Array<[string, RegExp, Route]>
 
-  constructor(manager: VolumeManager, status: StatusSource, log: Logger) {
+  constructor(manager: VolumeManager, status: StatusSource, log: Logger, options: ApiServerOptions = {}) {
     this.#manager = manager
     this.#status = status
     this.#log = log
+    this.#metrics = options.metrics ?? new Metrics({ log })
+    this.#metrics.provideMissing({ volumes: () => manager.list(), capacity: () => manager.capacity() })
+    this.#metrics.setInfo({ node: status.nodeId, version: status.version, kvdb: status.kvdb })
+    this.#readiness = options.readiness ?? readinessOf({ kvdb: () => manager.nodes() })
     this.#routes = this.#makeRoutes()
     this.#server = http.createServer((req, res) => void this.#handle(req, res))
     applyServerTimeouts(this.#server)
@@ -80,8 +109,9 @@ export class ApiServer {
         const m = pattern.exec(url)
         if (!m) continue
         if (req.method !== method) continue
-        const [status, body] = await route(req, m.slice(1).map((s) => decodeURIComponent(s)))
-        return sendJson(res, status, body)
+        const reply = await route(req, m.slice(1).map((s) => decodeURIComponent(s)))
+        if (reply instanceof TextReply) return sendText(res, reply)
+        return sendJson(res, reply[0], reply[1])
       }
       req.resume()
       sendJson(res, 404, { error: { code: 'NOT_FOUND', message: `no API endpoint ${req.method} ${url}` } })
@@ -97,6 +127,12 @@ export class ApiServer {
   #makeRoutes(): Array<[string, RegExp, Route]> {
     const m = this.#manager
     return [
+      ['GET', /^\/healthz$/, async () => new TextReply(200, 'ok\n', 'text/plain; charset=utf-8')],
+      ['GET', /^\/readyz$/, async () => {
+        const report = await this.#readiness()
+        return [report.ready ? 200 : 503, report]
+      }],
+      ['GET', /^\/metrics$/, async () => new TextReply(200, await this.#metrics.text(), this.#metrics.contentType)],
       ['GET', /^\/v1\/status$/, async () => [200, await this.#statusBody()]],
       ['GET', /^\/v1\/cluster\/nodes$/, async () => [200, await m.nodes()]],
       ['GET', /^\/v1\/volumes$/, async () => [200, await m.list()]],
@@ -122,22 +158,62 @@ export class ApiServer {
     ]
   }
 
-  async #statusBody() {
-    const [volumes, capacity, nodes] = await Promise.all([this.#manager.list(), this.#manager.capacity(), this.#manager.nodes()])
+  /**
+   * This node at a glance. Capacity is local and always there; what needs the metadata
+   * store (cluster, volumes) is null when it cannot be read, with the reason in `errors`,
+   * so that status still answers when things are broken.
+   */
+  async #statusBody(): Promise<StatusBody> {
+    const [volumes, capacity, nodes, health] = await Promise.allSettled([
+      this.#manager.list(), this.#manager.capacity(), this.#manager.nodes(), this.#readiness(),
+    ])
+    const errors: string[] = []
+    const value = <T>(r: PromiseSettledResult<T>, what: string): T | null => {
+      if (r.status === 'fulfilled') return r.value
+      errors.push(`${what}: ${messageOf(r.reason)}`)
+      return null
+    }
+    const vols = value(volumes, 'volumes')
+    const cap = value(capacity, 'capacity')
+    const known = value(nodes, 'cluster')
+    const ready = value(health, 'readiness')
+    const degraded = vols?.filter((v) => v.degraded).length ?? 0
     return {
       nodeId: this.#status.nodeId,
       version: this.#status.version,
       kvdb: this.#status.kvdb,
       uptimeSeconds: Math.round((Date.now() - this.#status.startedAt.getTime()) / 1000),
-      capacity: { total: capacity.total, free: capacity.free, used: capacity.total - capacity.free },
-      cluster: { nodes: nodes.length, online: nodes.filter((n) => n.online).length },
-      volumes: {
-        total: volumes.length,
-        attached: volumes.filter((v) => v.state === 'attached').length,
-        degraded: volumes.filter((v) => v.degraded).length,
+      health: ready ?? { ready: false, notReady: ['readiness'], checks: {} },
+      capacity: cap && { total: cap.total, free: cap.free, used: cap.total - cap.free },
+      cluster: known && { nodes: known.length, online: known.filter((n) => n.online).length },
+      volumes: vols && {
+        total: vols.length,
+        attached: vols.filter((v) => v.state === 'attached').length,
+        degraded,
+        healthy: vols.length - degraded,
       },
+      ...(errors.length > 0 ? { errors } : {}),
     }
   }
+}
+
+/** GET /v1/status. Sizes in bytes. */
+export interface StatusBody {
+  nodeId: string
+  version: string
+  kvdb: string
+  uptimeSeconds: number
+  health: ReadinessReport
+  capacity: { total: number; free: number; used: number } | null
+  cluster: { nodes: number; online: number } | null
+  volumes: { total: number; attached: number; degraded: number; healthy: number } | null
+  /** What could not be read, when something could not. */
+  errors?: string[]
+}
+
+function sendText(res: ServerResponse, reply: TextReply): void {
+  res.writeHead(reply.status, { 'Content-Type': reply.contentType, 'Content-Length': Buffer.byteLength(reply.text) })
+  res.end(reply.text)
 }
 
 export function parseHostPort(text: string): { host: string; port: number } {

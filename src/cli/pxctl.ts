@@ -1,10 +1,12 @@
 /** `pxctl`: the operator's CLI, a client of the daemon's HTTP API. */
 import { parseArgs } from 'node:util'
 import { ApiClient } from '../api/client'
-import { messageOf } from '../errors'
+import type { StatusBody } from '../api/server'
+import type { NodeInfo } from '../cluster/membership'
+import { isPxdError, messageOf } from '../errors'
 import { formatSize } from '../util/size'
 import type { VolumeInfo } from '../volumes/types'
-import { renderFields, renderTable } from './table'
+import { formatDuration, formatPercent, plural, renderFields, renderTable } from './table'
 import { packageVersion } from './version'
 
 const HELP = `pxctl: manage a pxd node
@@ -12,7 +14,8 @@ const HELP = `pxctl: manage a pxd node
 Usage: pxctl [--api URL] [--json] COMMAND
 
 Commands:
-  status                              this node: id, capacity, cluster, volumes
+  status                              one-screen summary: readiness, node, cluster, peers,
+                                      capacity, volumes
   cluster list                        every node: state, peer address, capacity
   volume create NAME [--size 10G] [--repl 1] [--fs ext4] [--opt KEY=VALUE ...]
                                       create a volume (NAME may be an inline spec: name=v,size=10G)
@@ -22,7 +25,7 @@ Commands:
 
 Global options:
   --api URL     the daemon's API (default http://127.0.0.1:9001, or PXD_API)
-  --json        machine-readable JSON output (sizes in bytes)
+  --json        machine-readable JSON output (sizes in bytes), also for errors (on stderr)
   -h, --help    show this help
   -v, --version print the version
 `
@@ -60,16 +63,13 @@ async function main(argv: string[]): Promise<number> {
   if (extra.length > 0) throw new UsageError(`unexpected arguments: ${extra.join(' ')}`)
 
   if (cmd === 'status' && sub === undefined) {
-    const s = await client.status()
-    out(s, () => renderFields([
-      ['Node', s.nodeId],
-      ['Version', s.version],
-      ['Metadata', s.kvdb],
-      ['Uptime', `${s.uptimeSeconds}s`],
-      ['Capacity', `${formatSize(s.capacity.used)} used of ${formatSize(s.capacity.total)} (${formatSize(s.capacity.free)} free)`],
-      ['Cluster', `${s.cluster.online} of ${s.cluster.nodes} nodes online`],
-      ['Volumes', `${s.volumes.total} (${s.volumes.attached} attached, ${s.volumes.degraded} degraded)`],
-    ]))
+    // The server answers with StatusBody; client.ts's NodeStatus is the older subset of it.
+    const [s, nodes] = await Promise.all([
+      client.status() as unknown as Promise<StatusBody>,
+      client.listNodes().catch(() => null),
+    ])
+    const peers = nodes && peerSummary(nodes, s.nodeId)
+    out({ ...s, peers }, () => renderStatus(s, peers))
     return 0
   }
   if (cmd === 'cluster' && sub === 'list' && name === undefined) {
@@ -126,6 +126,43 @@ async function main(argv: string[]): Promise<number> {
   throw new UsageError(`unknown command "${positionals.join(' ')}"`)
 }
 
+interface PeerSummary {
+  total: number
+  up: number
+  down: number
+  /** Node ids of the peers that are down. */
+  downNodes: string[]
+}
+
+/** The other nodes of the cluster: up means holding a live lease. */
+function peerSummary(nodes: NodeInfo[], self: string): PeerSummary {
+  const peers = nodes.filter((n) => n.nodeId !== self)
+  const downNodes = peers.filter((n) => !n.online).map((n) => n.nodeId).sort()
+  return { total: peers.length, up: peers.length - downNodes.length, down: downNodes.length, downNodes }
+}
+
+const UNKNOWN = 'unknown (the metadata store did not answer)'
+
+function renderStatus(s: StatusBody, peers: PeerSummary | null): string {
+  const h = s.health
+  const failed = h.notReady.map((name) => `${name} (${h.checks[name]?.error ?? 'failed'})`)
+  const c = s.capacity
+  const v = s.volumes
+  const fields: Array<[string, string]> = [
+    ['Status', h.ready ? 'ready' : `NOT READY: ${failed.join('; ')}`],
+    ['Node', s.nodeId],
+    ['Version', `${s.version}, up ${formatDuration(s.uptimeSeconds)}`],
+    ['Metadata', s.kvdb],
+    ['Cluster', s.cluster ? `${s.cluster.online} of ${plural(s.cluster.nodes, 'node')} online` : UNKNOWN],
+    ['Peers', !peers ? UNKNOWN : peers.total === 0 ? 'none (single node)'
+      : `${peers.up} up, ${peers.down} down${peers.down > 0 ? ` (${peers.downNodes.join(', ')})` : ''}`],
+    ['Capacity', c ? `${formatSize(c.used)} used of ${formatSize(c.total)} (${formatPercent(c.used, c.total)}), ${formatSize(c.free)} free` : 'unknown'],
+    ['Volumes', v ? `${v.total}: ${v.healthy} healthy, ${v.degraded} degraded; ${v.attached} attached` : UNKNOWN],
+  ]
+  for (const e of s.errors ?? []) fields.push(['Error', e])
+  return renderFields(fields)
+}
+
 function renderInspect(v: VolumeInfo): string {
   const opts = Object.entries(v.options).map(([k, val]) => `${k}=${val}`).join(', ')
   return renderFields([
@@ -149,6 +186,11 @@ function renderInspect(v: VolumeInfo): string {
 
 main(process.argv.slice(2)).then((code) => process.exit(code), (err) => {
   const usage = err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')
-  process.stderr.write(`pxctl: ${messageOf(err)}\n${usage ? 'Run "pxctl --help" for usage.\n' : ''}`)
+  if (process.argv.includes('--json')) {
+    const code = usage ? 'USAGE' : isPxdError(err) ? err.code : 'IO_ERROR'
+    process.stderr.write(JSON.stringify({ error: { code, message: messageOf(err) } }) + '\n')
+  } else {
+    process.stderr.write(`pxctl: ${messageOf(err)}\n${usage ? 'Run "pxctl --help" for usage.\n' : ''}`)
+  }
   process.exit(usage ? 2 : 1)
 })

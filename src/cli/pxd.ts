@@ -1,10 +1,14 @@
 /**
  * `pxd`: the daemon. Flags override PXD_* environment variables, which override defaults.
- * Logs are JSON lines on stdout (pino). SIGTERM/SIGINT stop it cleanly: volumes unmounted,
- * loop devices detached, FUSE unmounted, stores flushed.
+ * Logs go to stdout through one pino root: JSON lines, or readable lines (pino-pretty)
+ * when stdout is a terminal or with --log-pretty. pino-pretty runs as a synchronous stream
+ * in this thread, not as a worker transport, so nothing logged before exit is lost.
+ * SIGTERM/SIGINT stop it cleanly: volumes unmounted, loop devices detached, FUSE
+ * unmounted, stores flushed.
  */
 import { parseArgs } from 'node:util'
-import pino from 'pino'
+import pino, { type Logger } from 'pino'
+import pretty from 'pino-pretty'
 import { Daemon, type DaemonConfig } from '../daemon'
 import { messageOf } from '../errors'
 import { packageVersion } from './version'
@@ -20,6 +24,8 @@ Options (each also settable through the environment variable shown):
   --api-listen H:P      HTTP API for pxctl             PXD_API_LISTEN     (default 127.0.0.1:9001)
   --node-id ID          this node's id                 PXD_NODE_ID        (default: the id stored in the data dir, else the host name)
   --log-level LEVEL     trace|debug|info|warn|error    PXD_LOG_LEVEL      (default info)
+  --log-pretty          readable log lines, not JSON   PXD_LOG_PRETTY=1   (default: only when stdout
+                                                       is a terminal; PXD_LOG_PRETTY=0 forces JSON)
 
 Cluster (several nodes; without --kvdb pxd is a single node with an embedded store):
   --kvdb etcd://H:P[,H:P]      etcd endpoints          PXD_KVDB
@@ -58,6 +64,7 @@ async function main(argv: string[]): Promise<number> {
       args: argv,
       options: {
         ...Object.fromEntries(Object.keys(OPTIONS).map((k) => [k, { type: 'string' as const }])),
+        'log-pretty': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean', short: 'v' },
       },
@@ -87,7 +94,15 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`pxd: invalid log level "${level}"\n`)
     return 2
   }
-  const log = pino({ level, base: { pid: process.pid } })
+  const prettyEnv = process.env.PXD_LOG_PRETTY
+  if (prettyEnv !== undefined && !['', '0', '1', 'true', 'false'].includes(prettyEnv)) {
+    process.stderr.write(`pxd: invalid PXD_LOG_PRETTY "${prettyEnv}": 1 or 0\n`)
+    return 2
+  }
+  const logPretty = values['log-pretty'] === true
+    || (prettyEnv === '1' || prettyEnv === 'true')
+    || ((prettyEnv === undefined || prettyEnv === '') && process.stdout.isTTY === true)
+  const log = rootLogger(level, logPretty)
   const nodeTtl = Number(setting('node-ttl'))
   if (!Number.isInteger(nodeTtl) || nodeTtl < 1 || nodeTtl > 300) {
     process.stderr.write(`pxd: invalid --node-ttl "${setting('node-ttl')}": whole seconds from 1 to 300\n`)
@@ -132,6 +147,18 @@ async function main(argv: string[]): Promise<number> {
     return 1
   }
   return -1
+}
+
+function rootLogger(level: string, readable: boolean): Logger {
+  const options = { level, base: { pid: process.pid } }
+  if (!readable) return pino(options)
+  return pino(options, pretty({
+    destination: 1,
+    sync: true,
+    colorize: process.stdout.isTTY === true,
+    translateTime: 'SYS:yyyy-mm-dd HH:MM:ss.l',
+    ignore: 'pid,hostname',
+  }))
 }
 
 main(process.argv.slice(2)).then((code) => {

@@ -42,6 +42,10 @@ export class RemoteReplica implements Replica {
     into.set(data)
   }
 
+  async digest(offset: number, length: number): Promise<Uint8Array> {
+    return (await this.#call({ t: 'digest', vol: this.#vol, epoch: this.#epoch, offset, length })) ?? new Uint8Array(0)
+  }
+
   async flush(): Promise<void> {
     await this.#call({ t: 'flush', vol: this.#vol, epoch: this.#epoch })
   }

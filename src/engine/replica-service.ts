@@ -35,6 +35,8 @@ export class ReplicaService implements RequestHandler {
         await this.#host.storeFor(req.vol, req.epoch).read(req.offset, into)
         return into
       }
+      case 'digest':
+        return this.#host.storeFor(req.vol, req.epoch).readChecksums(req.offset, req.length)
       case 'flush':
         return this.#host.storeFor(req.vol, req.epoch).flush()
       case 'close':

@@ -13,6 +13,8 @@ export interface Replica {
   write(offset: number, data: Uint8Array, seq: number): Promise<void>
   read(offset: number, into: Uint8Array): Promise<void>
   flush(): Promise<void>
+  /** Stored crc32c of each 4 KiB block in the range (resync compares them). */
+  digest(offset: number, length: number): Promise<Uint8Array>
   /** Flush and let go; the copy itself stays on its node. */
   close(): Promise<void>
 }
@@ -58,6 +60,10 @@ export class LocalReplica implements Replica {
     } catch (err) {
       return Promise.reject(err)
     }
+  }
+
+  async digest(offset: number, length: number): Promise<Uint8Array> {
+    return this.#host.storeFor(this.#volumeId, this.#epoch).readChecksums(offset, length)
   }
 
   async close(): Promise<void> {

@@ -9,11 +9,29 @@
  * A replica that refuses a request with STALE_EPOCH means another node attached the
  * volume: this engine is fenced, and every request fails from then on.
  *
+ * Resync brings a replica that missed writes back: it joins as a learner (new writes go
+ * to it too, but its failures only abort the resync), then every region whose block
+ * checksums differ from the source's is copied under a region lock that holds back
+ * overlapping writes, and finally the manager records it as in sync again.
+ *
  * The data path allocates little: with one replica the call goes straight through, and
  * the write payload is the caller's buffer, never copied.
  */
 import { isPxdError, pxdError, PxdError } from '../errors'
 import type { Replica } from './replica'
+
+/** One digest request covers this much of the volume (its reply is 4 bytes per block). */
+export const RESYNC_SCAN_BYTES = 64 * 1024 * 1024
+/** Unit of copying: a region with any differing block is copied whole. */
+export const RESYNC_REGION_BYTES = 128 * 1024
+const BLOCK = 4096
+
+export interface ResyncProgress {
+  nodeId: string
+  totalBytes: number
+  scannedBytes: number
+  copiedBytes: number
+}
 
 export interface EngineOptions {
   volumeId: string
@@ -41,6 +59,12 @@ export class VolumeEngine {
   #closing: Promise<void> | undefined
   #fenced: PxdError | undefined
   #demoting: Promise<void> = Promise.resolve()
+  /** Replicas being resynced: they get every new write, but never serve reads. */
+  #learners: Replica[] = []
+  readonly #learnerErrors = new Map<Replica, unknown>()
+  /** Writes in flight, so a copy can wait for the ones that overlap it to land. */
+  readonly #writes = new Set<Promise<void>>()
+  #copyLock: { start: number; end: number; done: Promise<void> } | undefined
 
   constructor(options: EngineOptions) {
     if (options.replicas.length === 0) throw pxdError('UNSATISFIABLE', `volume ${options.volumeId} has no in-sync replica`)
@@ -69,10 +93,102 @@ export class VolumeEngine {
   write(offset: number, data: Uint8Array): Promise<void> {
     const refused = this.#check(offset, data.length)
     if (refused) return Promise.reject(refused)
+    return this.#track(this.#write(offset, data))
+  }
+
+  #write(offset: number, data: Uint8Array): Promise<void> {
+    const lock = this.#copyLock
+    if (lock !== undefined && offset < lock.end && offset + data.length > lock.start) {
+      return lock.done.then(() => this.#write(offset, data))
+    }
     const seq = this.#nextSeq++
     const replicas = this.#replicas
-    if (replicas.length === 1) return this.#track(replicas[0]!.write(offset, data, seq).catch((err) => this.#fail(err)))
-    return this.#track(this.#each((r) => r.write(offset, data, seq)))
+    let p: Promise<void>
+    if (replicas.length === 1 && this.#learners.length === 0) p = replicas[0]!.write(offset, data, seq).catch((err) => this.#fail(err))
+    else {
+      p = this.#each((r) => r.write(offset, data, seq))
+      for (const learner of this.#learners) {
+        p = Promise.all([p, learner.write(offset, data, seq).catch((err) => this.#learnerFailed(learner, err))]).then(() => undefined)
+      }
+    }
+    this.#writes.add(p)
+    const forget = () => { this.#writes.delete(p) }
+    p.then(forget, forget)
+    return p
+  }
+
+  /**
+   * Bring `target` (a replica that missed writes) back in sync while the volume is in use.
+   * `commit` records it as in sync (in the kvdb); only then does it take part as a full
+   * replica. Returns how much was compared and copied.
+   */
+  async resync(target: Replica, commit: () => Promise<void>, onProgress?: (p: ResyncProgress) => void): Promise<ResyncProgress> {
+    const progress: ResyncProgress = { nodeId: target.nodeId, totalBytes: this.size, scannedBytes: 0, copiedBytes: 0 }
+    await target.open()
+    this.#learners.push(target)
+    try {
+      // Writes that started before the target joined did not go to it: let them land first.
+      await Promise.allSettled([...this.#writes])
+      for (let offset = 0; offset < this.size; offset += RESYNC_SCAN_BYTES) {
+        const length = Math.min(RESYNC_SCAN_BYTES, this.size - offset)
+        const source = this.#replicas[0]
+        if (!source) throw pxdError('IO_ERROR', `volume ${this.volumeId}: no in-sync replica to resync from`)
+        const [want, have] = await Promise.all([source.digest(offset, length), target.digest(offset, length)])
+        this.#checkLearner(target)
+        let regionEnd = -1
+        for (let block = 0; block < length / BLOCK; block++) {
+          const at = offset + block * BLOCK
+          if (at < regionEnd || sameEntry(want, have, block)) continue
+          const start = at - (at % RESYNC_REGION_BYTES)
+          regionEnd = Math.min(start + RESYNC_REGION_BYTES, this.size)
+          await this.#copyRegion(source, target, start, regionEnd - start)
+          progress.copiedBytes += regionEnd - start
+        }
+        progress.scannedBytes = offset + length
+        onProgress?.({ ...progress })
+      }
+      await target.flush()
+      this.#checkLearner(target)
+      await commit()
+      this.#replicas = [...this.#replicas, target]
+      return progress
+    } finally {
+      this.#learners = this.#learners.filter((l) => l !== target)
+      this.#learnerErrors.delete(target)
+    }
+  }
+
+  /** Copy one region with overlapping writes held back and in-flight ones landed first. */
+  async #copyRegion(source: Replica, target: Replica, start: number, length: number): Promise<void> {
+    let release!: () => void
+    const done = new Promise<void>((resolve) => { release = resolve })
+    this.#copyLock = { start, end: start + length, done }
+    try {
+      await Promise.allSettled([...this.#writes])
+      const buf = Buffer.allocUnsafe(length)
+      await source.read(start, buf)
+      await target.write(start, buf, 0)
+    } finally {
+      this.#copyLock = undefined
+      release()
+    }
+    this.#checkLearner(target)
+  }
+
+  #learnerFailed(learner: Replica, err: unknown): void {
+    if (isPxdError(err, 'STALE_EPOCH')) this.#fail(err)
+    if (!this.#learnerErrors.has(learner)) this.#learnerErrors.set(learner, err)
+  }
+
+  #checkLearner(target: Replica): void {
+    if (this.#fenced) throw this.#fenced
+    const err = this.#learnerErrors.get(target)
+    if (err !== undefined) throw err
+  }
+
+  /** Replicas being resynced. */
+  get resyncing(): string[] {
+    return this.#learners.map((r) => r.nodeId)
   }
 
   read(offset: number, into: Uint8Array): Promise<void> {
@@ -91,7 +207,7 @@ export class VolumeEngine {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       if (this.#inflight > 0) await new Promise<void>((resolve) => { this.#drained = resolve })
-      const results = await Promise.allSettled(this.#replicas.map((r) => r.close()))
+      const results = await Promise.allSettled([...this.#replicas, ...this.#learners].map((r) => r.close()))
       const failed = results.find((r) => r.status === 'rejected')
       if (failed && !this.#fenced) throw (failed as PromiseRejectedResult).reason
     })()
@@ -177,4 +293,9 @@ export class VolumeEngine {
       if (--this.#inflight === 0 && this.#drained) this.#drained()
     })
   }
+}
+
+function sameEntry(a: Uint8Array, b: Uint8Array, block: number): boolean {
+  const i = block * 4
+  return a[i] === b[i] && a[i + 1] === b[i + 1] && a[i + 2] === b[i + 2] && a[i + 3] === b[i + 3]
 }

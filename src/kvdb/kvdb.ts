@@ -58,6 +58,8 @@ export const keys = {
   volumes: () => 'volumes/',
   attachment: (name: string) => `attachments/${name}`,
   attachments: () => 'attachments/',
+  /** The latest resync of a volume and its progress. */
+  resync: (name: string) => `resync/${name}`,
   /** A node's durable membership record (address, first seen). */
   member: (id: string) => `members/${id}`,
   members: () => 'members/',

@@ -38,6 +38,8 @@ export interface CreateFrame { t: 'create'; id: number; vol: string; size: numbe
 export interface OpenFrame { t: 'open'; id: number; vol: string; epoch: number; size: number }
 export interface WriteFrame { t: 'write'; id: number; vol: string; epoch: number; seq: number; offset: number; data: Uint8Array }
 export interface ReadFrame { t: 'read'; id: number; vol: string; epoch: number; offset: number; length: number }
+/** The crc32c of every 4 KiB block in [offset, offset+length): resync compares them. */
+export interface DigestFrame { t: 'digest'; id: number; vol: string; epoch: number; offset: number; length: number }
 export interface FlushFrame { t: 'flush'; id: number; vol: string; epoch: number }
 export interface CloseFrame { t: 'close'; id: number; vol: string; epoch: number }
 export interface DropFrame { t: 'drop'; id: number; vol: string }
@@ -50,7 +52,7 @@ export interface PingFrame { t: 'ping'; id: number; sent: number }
 export interface PongFrame { t: 'pong'; id: number; sent: number }
 
 export type HandshakeFrame = HelloFrame | ChallengeFrame | AuthFrame | ReadyFrame
-export type RequestFrame = CreateFrame | OpenFrame | WriteFrame | ReadFrame | FlushFrame | CloseFrame | DropFrame
+export type RequestFrame = CreateFrame | OpenFrame | DigestFrame | WriteFrame | ReadFrame | FlushFrame | CloseFrame | DropFrame
 export type AckFrame = AckOkFrame | AckErrorFrame
 export type Frame = HandshakeFrame | RequestFrame | AckFrame | ErrorFrame | PingFrame | PongFrame
 export type FrameType = Frame['t']
@@ -70,6 +72,10 @@ const isNodeId: Check = (v) => typeof v === 'string' && NODE_ID_RE.test(v)
 const isBytes32: Check = (v) => v instanceof Uint8Array && v.length === 32
 const isData: Check = (v) => v instanceof Uint8Array && v.length <= MAX_DATA_BYTES
 const isLength: Check = (v) => isUint(v) && (v as number) <= MAX_DATA_BYTES
+/** Checksums are 4 bytes per 4 KiB block, so one reply covers at most 1 GiB of volume. */
+export const DIGEST_BLOCK = 4096
+export const MAX_DIGEST_RANGE = (MAX_DATA_BYTES / 4) * DIGEST_BLOCK
+const isDigestLength: Check = (v) => isUint(v) && (v as number) % DIGEST_BLOCK === 0 && (v as number) <= MAX_DIGEST_RANGE
 const isCode: Check = (v) => typeof v === 'string' && CODE_RE.test(v)
 const isMessage: Check = (v) => typeof v === 'string' && v.length <= MAX_MESSAGE_CHARS
 const isTime: Check = (v) => typeof v === 'number' && Number.isFinite(v) && v >= 0
@@ -97,6 +103,7 @@ const REQUEST_SCHEMAS = {
   open: [ID, VOL, EPOCH, f('size', isUint, 'a non-negative safe integer')],
   write: [ID, VOL, EPOCH, f('seq', isUint, 'a non-negative safe integer'), OFFSET, f('data', isData, `bytes, at most ${MAX_DATA_BYTES}`)],
   read: [ID, VOL, EPOCH, OFFSET, f('length', isLength, `a non-negative safe integer of at most ${MAX_DATA_BYTES}`)],
+  digest: [ID, VOL, EPOCH, OFFSET, f('length', isDigestLength, `a multiple of ${DIGEST_BLOCK} of at most ${MAX_DIGEST_RANGE}`)],
   flush: [ID, VOL, EPOCH],
   close: [ID, VOL, EPOCH],
   drop: [ID, VOL],
@@ -128,6 +135,7 @@ export function payloadBytes(req: RequestFrame | OutgoingRequest): number {
   switch (req.t) {
     case 'write': return req.data.length
     case 'read': return req.length
+    case 'digest': return req.length / DIGEST_BLOCK * 4
     default: return 0
   }
 }

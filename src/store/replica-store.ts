@@ -113,6 +113,25 @@ export class ReplicaStore {
     })
   }
 
+  /**
+   * The stored crc32c (4 bytes, little-endian) of each block in [offset, offset+length):
+   * what resync compares between replicas to find the blocks that differ. An unwritten
+   * block reads as 0.
+   */
+  async readChecksums(offset: number, length: number): Promise<Buffer> {
+    if (offset % STORE_BLOCK_SIZE !== 0 || length % STORE_BLOCK_SIZE !== 0 || offset + length > this.size) {
+      throw pxdError('INVALID_ARGUMENT', `checksum range ${offset}+${length} is not block-aligned inside ${this.size} bytes`)
+    }
+    const out = Buffer.alloc((length / STORE_BLOCK_SIZE) * 4)
+    const handle = await fs.open(files(this.dir).crc, 'r')
+    try {
+      await handle.read(out, 0, out.length, (offset / STORE_BLOCK_SIZE) * 4)
+    } finally {
+      await handle.close()
+    }
+    return out
+  }
+
   /** Record a newer attach epoch durably before any frame of it is accepted. */
   async setEpoch(epoch: number): Promise<void> {
     if (epoch < this.#superblock.epoch) {

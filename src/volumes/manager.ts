@@ -18,7 +18,7 @@ import type { Membership, NodeInfo } from '../cluster/membership'
 import { LocalReplica, type Replica } from '../engine/replica'
 import type { ReplicaHost } from '../engine/replica-host'
 import { RemoteReplica, type PeerChannel } from '../engine/remote-replica'
-import { VolumeEngine } from '../engine/volume-engine'
+import { VolumeEngine, type ResyncProgress } from '../engine/volume-engine'
 import { messageOf, pxdError, type PxdError } from '../errors'
 import type { Frontend } from '../frontend/frontend'
 import { keys, type Kvdb } from '../kvdb/kvdb'
@@ -26,18 +26,23 @@ import { capacityOf } from '../util/capacity'
 import { KeyedMutex } from '../util/mutex'
 import { buildSpec, flattenOptions, mergeOptions, parseVolumeRef, specConflicts } from './options'
 import { placeReplicas } from './placement'
-import type { AttachmentRecord, VolumeInfo, VolumeRecord } from './types'
+import type { AttachmentRecord, ReplicaInfo, ResyncRecord, VolumeInfo, VolumeRecord } from './types'
 
 /** The mount ID used for a Mount without one (dvdcli, the Mesos isolator). */
 const ANONYMOUS_MOUNT = ''
 const CAS_RETRIES = 10
 const RELEASE_RETRY_MS = 2_000
+/** How often a coordinator looks for replicas that are back and out of sync. */
+const RESYNC_CHECK_MS = 2_000
+const RESYNC_PUBLISH_MS = 500
 
 interface LocalAttachment {
   engine: VolumeEngine
   mountpoint: string
   mountIds: Set<string>
   epoch: number
+  volumeId: string
+  size: number
 }
 
 /** How the manager reaches another node's replicas. */
@@ -68,6 +73,7 @@ export class VolumeManager {
   readonly #locks = new KeyedMutex()
   readonly #attached = new Map<string, LocalAttachment>()
   #stopping = false
+  #resyncTimer: NodeJS.Timeout | undefined
 
   constructor(o: ManagerOptions) {
     this.#nodeId = o.nodeId
@@ -93,6 +99,10 @@ export class VolumeManager {
       })
       if (ok) this.#log.info({ volume: entry.key.slice(keys.attachments().length) }, 'marked detached after restart')
     }
+    this.#resyncTimer = setInterval(() => {
+      for (const name of this.#attached.keys()) void this.#startResyncs(name)
+    }, RESYNC_CHECK_MS)
+    this.#resyncTimer.unref()
     const mine = new Set((await this.#records()).filter((r) => r.replicas.some((p) => p.nodeId === this.#nodeId)).map((r) => r.id))
     for (const id of await this.#host.list()) {
       if (mine.has(id)) continue
@@ -159,7 +169,7 @@ export class VolumeManager {
           { key: keys.volume(name), modRevision: entry.modRevision },
           { key: keys.attachment(name), modRevision: attachment?.modRevision ?? 0 },
         ],
-        deletes: [keys.volume(name), keys.attachment(name)],
+        deletes: [keys.volume(name), keys.attachment(name), keys.resync(name)],
       })
       if (!ok) throw pxdError('CONFLICT', `volume ${name} changed while it was being removed; retry`)
       await this.#dropReplicas(entry.value)
@@ -184,7 +194,8 @@ export class VolumeManager {
       try {
         engine = await this.#openEngine(name, record, epoch)
         const mountpoint = await this.#frontend.attach({ id: record.id, name, fs: record.spec.fs, blockSize: record.spec.blockSize, device: engine })
-        this.#attached.set(name, { engine, mountpoint, mountIds: new Set([id]), epoch })
+        this.#attached.set(name, { engine, mountpoint, mountIds: new Set([id]), epoch, volumeId: record.id, size: record.spec.size })
+        void this.#startResyncs(name)
         return mountpoint
       } catch (err) {
         await engine?.close().catch((e) => this.#log.error({ err: e, volume: name }, 'close after failed attach'))
@@ -234,6 +245,7 @@ export class VolumeManager {
   /** Detach every volume (the daemon is stopping). New requests are refused from now on. */
   async stop(): Promise<void> {
     this.#stopping = true
+    if (this.#resyncTimer) clearInterval(this.#resyncTimer)
     for (const [name, local] of [...this.#attached]) {
       await this.#locks.run(name, () => this.#detach(name, local, true)).catch((err) => this.#log.error({ err, volume: name }, 'detach at shutdown failed'))
     }
@@ -258,6 +270,76 @@ export class VolumeManager {
     await engine.open()
     log.info({ inSync: engine.inSync }, 'volume engine open')
     return engine
+  }
+
+  /**
+   * Start resyncing every replica of an attached volume that is online but not in sync.
+   * Progress goes to the kvdb (resync/<name>) so that inspect on any node shows it.
+   */
+  async #startResyncs(name: string): Promise<void> {
+    const local = this.#attached.get(name)
+    if (!local || this.#stopping) return
+    let record: VolumeRecord | undefined
+    let online: Set<string>
+    try {
+      record = (await this.#kvdb.get<VolumeRecord>(keys.volume(name)))?.value
+      online = new Set((await this.#membership.nodes()).filter((n) => n.online).map((n) => n.nodeId))
+    } catch {
+      return
+    }
+    if (!record || this.#attached.get(name) !== local) return
+    const busy = new Set(local.engine.resyncing)
+    for (const { nodeId } of record.replicas) {
+      if (record.inSync.includes(nodeId) || busy.has(nodeId) || !online.has(nodeId)) continue
+      void this.#resync(name, local, nodeId)
+    }
+  }
+
+  async #resync(name: string, local: LocalAttachment, nodeId: string): Promise<void> {
+    const log = this.#log.child({ volume: name, volumeId: local.volumeId, replica: nodeId, epoch: local.epoch })
+    const key = keys.resync(name)
+    const startedAt = new Date().toISOString()
+    let lastPublished = 0
+    const publish = (p: ResyncProgress, state: 'running' | 'done' | 'failed', error?: string) =>
+      this.#kvdb.put(key, { ...p, state, startedAt, updatedAt: new Date().toISOString(), epoch: local.epoch, ...(error ? { error } : {}) } satisfies ResyncRecord)
+        .catch((err) => log.debug({ err }, 'could not publish resync progress'))
+    try {
+      const target = nodeId === this.#nodeId
+        ? new LocalReplica(nodeId, this.#host, local.volumeId, local.size, local.epoch)
+        : new RemoteReplica(nodeId, await this.#peers.channel(nodeId), local.volumeId, local.size, local.epoch)
+      log.info('resync started')
+      const started = Date.now()
+      const result = await local.engine.resync(target, () => this.#promote(name, local.epoch, nodeId), (p) => {
+        if (Date.now() - lastPublished < RESYNC_PUBLISH_MS) return
+        lastPublished = Date.now()
+        void publish(p, 'running')
+      })
+      await publish(result, 'done')
+      log.info({ copiedBytes: result.copiedBytes, comparedBytes: result.scannedBytes, seconds: (Date.now() - started) / 1000 }, 'resync done: replica back in sync')
+    } catch (err) {
+      log.warn({ err }, 'resync did not finish; it is retried while the replica is online')
+      await publish({ nodeId, totalBytes: local.size, scannedBytes: 0, copiedBytes: 0 }, 'failed', messageOf(err))
+    }
+  }
+
+  /** Put a resynced replica back into the in-sync set, only while this node still holds the attachment at `epoch`. */
+  async #promote(name: string, epoch: number, nodeId: string): Promise<void> {
+    for (let attempt = 0; attempt < CAS_RETRIES; attempt++) {
+      const [vol, att] = await Promise.all([
+        this.#kvdb.get<VolumeRecord>(keys.volume(name)),
+        this.#kvdb.get<AttachmentRecord>(keys.attachment(name)),
+      ])
+      if (!vol || !att || att.value.nodeId !== this.#nodeId || att.value.epoch !== epoch) {
+        throw pxdError('FENCED', `volume ${name} is no longer attached here at epoch ${epoch}`)
+      }
+      if (vol.value.inSync.includes(nodeId)) return
+      const ok = await this.#kvdb.txn({
+        compares: [{ key: vol.key, modRevision: vol.modRevision }, { key: att.key, modRevision: att.modRevision }],
+        puts: [{ key: vol.key, value: { ...vol.value, inSync: [...vol.value.inSync, nodeId] } satisfies VolumeRecord }],
+      })
+      if (ok) return
+    }
+    throw pxdError('CONFLICT', `volume ${name}: could not record replica ${nodeId} as in sync (too many concurrent changes)`)
   }
 
   /** Take failed replicas out of the in-sync set, only while this node still holds the attachment at `epoch`. */
@@ -381,9 +463,10 @@ export class VolumeManager {
   }
 
   async #info(record: VolumeRecord, nodes?: NodeInfo[]): Promise<VolumeInfo> {
-    const [attachment, known] = await Promise.all([
+    const [attachment, known, resync] = await Promise.all([
       this.#kvdb.get<AttachmentRecord>(keys.attachment(record.name)),
       nodes ?? this.#membership.nodes(),
+      this.#kvdb.get<ResyncRecord>(keys.resync(record.name)),
     ])
     const online = new Set(known.filter((n) => n.online).map((n) => n.nodeId))
     const local = this.#attached.get(record.name)
@@ -403,7 +486,8 @@ export class VolumeManager {
       epoch: att?.epoch ?? 0,
       mountpoint: local?.mountpoint ?? null,
       mounts: local?.mountIds.size ?? 0,
-      replicas: record.replicas.map(({ nodeId }) => ({ nodeId, inSync: record.inSync.includes(nodeId), online: online.has(nodeId) })),
+      replicas: record.replicas.map(({ nodeId }) => replicaInfo(nodeId, record, online.has(nodeId), resync?.value)),
+      lastResync: resync?.value ?? null,
       createdAt: record.createdAt,
     }
   }
@@ -411,4 +495,27 @@ export class VolumeManager {
   #checkRunning(): void {
     if (this.#stopping) throw pxdError('DAEMON_STOPPING', 'pxd is shutting down')
   }
+}
+
+function replicaInfo(nodeId: string, record: VolumeRecord, online: boolean, resync: ResyncRecord | undefined): ReplicaInfo {
+  const inSync = record.inSync.includes(nodeId)
+  const base = { nodeId, inSync, online }
+  if (inSync) return { ...base, state: 'in-sync' }
+  if (!online) return { ...base, state: 'offline' }
+  if (resync?.nodeId === nodeId && resync.state === 'running') {
+    const elapsed = (Date.now() - Date.parse(resync.startedAt)) / 1000
+    const rate = elapsed > 0 ? resync.scannedBytes / elapsed : 0
+    const toGo = resync.totalBytes - resync.scannedBytes
+    return {
+      ...base,
+      state: 'resyncing',
+      resync: {
+        percent: Math.floor((100 * resync.scannedBytes) / resync.totalBytes),
+        bytesToGo: toGo,
+        copiedBytes: resync.copiedBytes,
+        etaSeconds: rate > 0 ? Math.ceil(toGo / rate) : null,
+      },
+    }
+  }
+  return { ...base, state: 'out-of-sync' }
 }

@@ -24,10 +24,25 @@ export interface AttachmentRecord {
 
 export type VolumeState = 'detached' | 'attached'
 
+/** Progress of the latest resync of a volume, as its coordinator publishes it. */
+export interface ResyncRecord {
+  nodeId: string
+  totalBytes: number
+  scannedBytes: number
+  copiedBytes: number
+  state: 'running' | 'done' | 'failed'
+  startedAt: string
+  updatedAt: string
+  epoch: number
+  error?: string
+}
+
 export interface ReplicaInfo {
   nodeId: string
   inSync: boolean
   online: boolean
+  state: 'in-sync' | 'resyncing' | 'out-of-sync' | 'offline'
+  resync?: { percent: number; bytesToGo: number; copiedBytes: number; etaSeconds: number | null }
 }
 
 /** What inspect and list show; JSON output uses it as is (sizes in bytes). */
@@ -48,5 +63,7 @@ export interface VolumeInfo {
   mountpoint: string | null
   mounts: number
   replicas: ReplicaInfo[]
+  /** The latest resync (running or finished) with the bytes it compared and copied. */
+  lastResync: ResyncRecord | null
   createdAt: string
 }

@@ -666,3 +666,16 @@ test('a handle dropped without close() is freed by GC, files closed', async (t) 
   }
   t.is(fdsInDir(), 0)
 })
+
+test('a block written as zeros stores crc 0, like a block never written', async (t) => {
+  const f = await fresh(t)
+  const data = Buffer.alloc(3 * BS)
+  data.fill(7, BS, 2 * BS)
+  await write(f.h, 0, data)
+  await flush(f.h)
+  const crcs = fs.readFileSync(f.crc)
+  t.is(crcs.readUInt32LE(0), 0, 'zero block')
+  t.is(crcs.readUInt32LE(4), native.crc32c(data.subarray(BS, 2 * BS)), 'data block')
+  t.is(crcs.readUInt32LE(8), 0, 'zero block')
+  sameBytes(t, await readAll(f.h, 0, 3 * BS), data, 'reads back')
+})
