@@ -4,9 +4,11 @@
  * unit test globs run this folder.)
  */
 import test from 'ava'
+import os from 'node:os'
 import { register as globalRegistry } from 'prom-client'
-import { METRIC, MeteredDevice, Metrics, LATENCY_BUCKETS, peerStates, readinessOf, type VolumeState } from '../../src/metrics'
+import { METRIC, MeteredDevice, Metrics, LATENCY_BUCKETS, nodeReadiness, peerStates, readinessOf, type VolumeState } from '../../src/metrics'
 import type { NodeInfo } from '../../src/cluster/membership'
+import type { Kvdb } from '../../src/kvdb/kvdb'
 import { parseExposition, sampleValue } from './exposition'
 
 const scrape = async (m: Metrics) => parseExposition(await m.text())
@@ -245,4 +247,20 @@ test('readinessOf: every check reported, failures named, hung checks time out', 
 
   const sync = readinessOf({ x: () => { throw new Error('sync throw') } })
   t.deepEqual((await sync()).checks.x, { ok: false, error: 'sync throw' })
+})
+
+test('nodeReadinessChecks: a data dir that is not there, a store that fails, a dir that is not a FUSE mount', async (t) => {
+  const kvdb = { get: async () => { throw Object.assign(new Error('etcd unreachable'), { code: 'KVDB_UNAVAILABLE' }) } } as unknown as Kvdb
+  const report = await nodeReadiness({ nodeId: 'n', kvdb, dataDir: '/nonexistent/pxd-data', fuseMountpoint: '/' })()
+  t.false(report.ready)
+  t.deepEqual(report.notReady, ['store', 'kvdb', 'fuse'])
+  t.regex(report.checks.store!.error!, /data dir \/nonexistent\/pxd-data is not writable/)
+  t.is(report.checks.kvdb!.error, 'etcd unreachable')
+  t.regex(report.checks.fuse!.error!, /FUSE device directory \/ is not mounted/)
+
+  const ok = { get: async () => undefined } as unknown as Kvdb
+  const partly = await nodeReadiness({ nodeId: 'n', kvdb: ok, dataDir: os.tmpdir(), fuseMountpoint: '/nonexistent/dev' })()
+  t.deepEqual(partly.notReady, ['fuse'])
+  t.deepEqual(partly.checks.store, { ok: true })
+  t.deepEqual(partly.checks.kvdb, { ok: true })
 })
