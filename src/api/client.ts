@@ -40,6 +40,10 @@ export class ApiClient {
     return this.#call('POST', '/v1/volumes', { name, options })
   }
 
+  haUpdate(name: string, repl: number): Promise<VolumeInfo> {
+    return this.#call('POST', `/v1/volumes/${encodeURIComponent(name)}/ha`, { repl })
+  }
+
   deleteVolume(name: string): Promise<void> {
     return this.#call('DELETE', `/v1/volumes/${encodeURIComponent(name)}`)
   }

@@ -151,6 +151,12 @@ export class ApiServer {
         return [201, await m.create(name, merged)]
       }],
       ['GET', /^\/v1\/volumes\/([^/]+)$/, async (_req, [name]) => [200, await m.inspect(name!)]],
+      ['POST', /^\/v1\/volumes\/([^/]+)\/ha$/, async (req, [name]) => {
+        const body = await readJsonObject(req)
+        const repl = body.repl
+        if (typeof repl !== 'number' && typeof repl !== 'string') throw pxdError('MALFORMED_REQUEST', 'field "repl" is required (a number from 1 to 3)')
+        return [200, await m.haUpdate(name!, Number(repl))]
+      }],
       ['DELETE', /^\/v1\/volumes\/([^/]+)$/, async (_req, [name]) => {
         await m.remove(name!)
         return [200, { removed: name }]

@@ -20,7 +20,8 @@ Commands:
   volume create NAME [--size 10G] [--repl 1] [--fs ext4] [--opt KEY=VALUE ...]
                                       create a volume (NAME may be an inline spec: name=v,size=10G)
   volume list                         all volumes
-  volume inspect NAME                 one volume in detail
+  volume inspect NAME [--watch]       one volume in detail; --watch follows resync progress
+  volume ha-update NAME --repl N      raise or lower the replication of a live volume
   volume delete NAME                  remove a volume (it must not be mounted)
 
 Global options:
@@ -44,6 +45,7 @@ async function main(argv: string[]): Promise<number> {
       repl: { type: 'string' },
       fs: { type: 'string' },
       opt: { type: 'string', multiple: true },
+      watch: { type: 'boolean' },
     },
     allowPositionals: true,
     strict: true,
@@ -108,8 +110,15 @@ async function main(argv: string[]): Promise<number> {
         return 0
       }
       case 'inspect': {
+        if (values.watch) return watchVolume(client, needName(), json)
         const v = await client.inspectVolume(needName())
         out(v, () => renderInspect(v))
+        return 0
+      }
+      case 'ha-update': {
+        if (values.repl === undefined) throw new UsageError('pxctl volume ha-update needs --repl N')
+        const v = await client.haUpdate(needName(), Number(values.repl))
+        out(v, () => `Volume ${v.name}: repl ${v.repl}, replicas ${v.replicas.map((r) => r.nodeId).join(', ')} (new ones join once resynced; watch with: pxctl volume inspect ${v.name} --watch)\n`)
         return 0
       }
       case 'delete':
@@ -120,7 +129,7 @@ async function main(argv: string[]): Promise<number> {
         return 0
       }
       default:
-        throw new UsageError(sub ? `unknown volume command "${sub}"` : 'pxctl volume needs a command: create, list, inspect, delete')
+        throw new UsageError(sub ? `unknown volume command "${sub}"` : 'pxctl volume needs a command: create, list, inspect, ha-update, delete')
     }
   }
   throw new UsageError(`unknown command "${positionals.join(' ')}"`)
@@ -163,6 +172,40 @@ function renderStatus(s: StatusBody, peers: PeerSummary | null): string {
   return renderFields(fields)
 }
 
+function replicaLine(r: VolumeInfo['replicas'][number]): string {
+  if (r.state !== 'resyncing' || !r.resync) return `${r.nodeId}: ${r.state.replace(/-/g, ' ')}`
+  const eta = r.resync.etaSeconds === null ? '' : `, about ${r.resync.etaSeconds}s left`
+  return `${r.nodeId}: resyncing ${r.resync.percent}% (${formatSize(r.resync.bytesToGo)} to scan, ${formatSize(r.resync.copiedBytes)} copied${eta})`
+}
+
+/**
+ * Follow a volume until every replica is in sync: a progress bar redrawn in place on a
+ * terminal, one plain line per second otherwise (logs, pipes). Ctrl-C stops watching.
+ */
+async function watchVolume(client: ApiClient, name: string, json: boolean): Promise<number> {
+  const tty = process.stdout.isTTY && !json
+  for (;;) {
+    const v = await client.inspectVolume(name)
+    const pending = v.replicas.filter((r) => !r.inSync)
+    if (json) process.stdout.write(JSON.stringify({ time: new Date().toISOString(), replicas: v.replicas }) + '\n')
+    else {
+      const parts = v.replicas.map((r) => r.state === 'resyncing' && r.resync ? `${r.nodeId} ${bar(r.resync.percent)} ${r.resync.percent}%` : `${r.nodeId} ${r.state}`)
+      const line = `${name}: ${parts.join('  ')}`
+      process.stdout.write(tty ? `\r\x1b[K${line}` : `${new Date().toISOString()} ${line}\n`)
+    }
+    if (pending.length === 0 || pending.every((r) => !r.online)) {
+      if (tty) process.stdout.write('\n')
+      return pending.length === 0 ? 0 : 1
+    }
+    await new Promise((resolve) => setTimeout(resolve, 1000))
+  }
+}
+
+function bar(percent: number, width = 20): string {
+  const full = Math.round((percent / 100) * width)
+  return `[${'#'.repeat(full)}${'.'.repeat(width - full)}]`
+}
+
 function renderInspect(v: VolumeInfo): string {
   const opts = Object.entries(v.options).map(([k, val]) => `${k}=${val}`).join(', ')
   return renderFields([
@@ -178,7 +221,7 @@ function renderInspect(v: VolumeInfo): string {
     ['Mountpoint', v.mountpoint ?? '-'],
     ['Mounts', String(v.mounts)],
     ['Health', v.degraded ? `degraded (${v.replicas.filter((r) => r.inSync).length} of ${v.repl} replicas in sync)` : 'healthy'],
-    ['Replicas', v.replicas.map((r) => `${r.nodeId} (${r.inSync ? 'in sync' : 'out of sync'}, ${r.online ? 'online' : 'offline'})`).join(', ')],
+    ['Replicas', v.replicas.map(replicaLine).join('\n' + ' '.repeat(14))],
     ['Options', opts || '-'],
     ['Created', v.createdAt],
   ])

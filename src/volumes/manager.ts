@@ -24,7 +24,7 @@ import type { Frontend } from '../frontend/frontend'
 import { keys, type Kvdb } from '../kvdb/kvdb'
 import { capacityOf } from '../util/capacity'
 import { KeyedMutex } from '../util/mutex'
-import { buildSpec, flattenOptions, mergeOptions, parseVolumeRef, specConflicts } from './options'
+import { buildSpec, flattenOptions, MAX_REPL, mergeOptions, parseVolumeRef, specConflicts } from './options'
 import { placeReplicas } from './placement'
 import type { AttachmentRecord, ReplicaInfo, ResyncRecord, VolumeInfo, VolumeRecord } from './types'
 
@@ -153,6 +153,50 @@ export class VolumeManager {
       }
       this.#log.info({ volume: ref.name, id: record.id, spec, replicas: placed }, 'volume created')
       return this.#info(record)
+    })
+  }
+
+  /**
+   * Change the replication of a live volume. Raising places new replicas (empty) that the
+   * coordinator then resyncs and adds to the in-sync set; lowering drops replicas, the ones
+   * out of sync first and never the coordinator's own while another will do.
+   */
+  async haUpdate(requestedName: string, repl: number): Promise<VolumeInfo> {
+    const { name } = parseVolumeRef(requestedName)
+    if (!Number.isInteger(repl) || repl < 1 || repl > MAX_REPL) throw pxdError('INVALID_ARGUMENT', `repl must be a whole number from 1 to ${MAX_REPL}`)
+    return this.#locks.run(name, async () => {
+      this.#checkRunning()
+      const entry = await this.#requireRecord(name)
+      const record = entry.value
+      const current = record.replicas.map((r) => r.nodeId)
+      if (repl === current.length && repl === record.spec.repl) return this.#info(record)
+      let next: VolumeRecord
+      let added: string[] = []
+      let removed: string[] = []
+      if (repl > current.length) {
+        const [nodes, records] = await Promise.all([this.#membership.nodes(), this.#records()])
+        const allocated = new Map<string, number>()
+        for (const r of records) for (const p of r.replicas) allocated.set(p.nodeId, (allocated.get(p.nodeId) ?? 0) + r.spec.size)
+        added = placeReplicas({ repl: repl - current.length, size: record.spec.size, nodes: nodes.filter((n) => !current.includes(n.nodeId)), allocated })
+        next = { ...record, spec: { ...record.spec, repl }, replicas: [...record.replicas, ...added.map((nodeId) => ({ nodeId }))] }
+      } else {
+        const attachedOn = (await this.#kvdb.get<AttachmentRecord>(keys.attachment(name)))?.value.nodeId
+        const order = [...current].sort((x, y) => dropRank(x, record, attachedOn) - dropRank(y, record, attachedOn))
+        removed = order.slice(0, current.length - repl)
+        const keep = current.filter((n) => !removed.includes(n))
+        const inSync = record.inSync.filter((n) => keep.includes(n))
+        if (inSync.length === 0) throw pxdError('UNSATISFIABLE', `lowering ${name} to repl=${repl} would leave no in-sync replica`)
+        next = { ...record, spec: { ...record.spec, repl }, replicas: keep.map((nodeId) => ({ nodeId })), inSync }
+      }
+      const ok = await this.#kvdb.txn({ compares: [{ key: entry.key, modRevision: entry.modRevision }], puts: [{ key: entry.key, value: next }] })
+      if (!ok) throw pxdError('CONFLICT', `volume ${name} changed during ha-update; retry`)
+      const created = await Promise.allSettled(added.map((nodeId) => this.#createReplica(nodeId, next)))
+      const failed = created.flatMap((r, i) => (r.status === 'rejected' ? [`${added[i]}: ${messageOf(r.reason)}`] : []))
+      if (failed.length > 0) this.#log.warn({ volume: name, failed }, 'some new replicas could not be created yet; they stay out of sync')
+      if (removed.length > 0) await this.#dropReplicas({ ...record, replicas: removed.map((nodeId) => ({ nodeId })) })
+      this.#log.info({ volume: name, repl, added, removed }, 'replication changed')
+      if (this.#attached.has(name)) void this.#startResyncs(name)
+      return this.#info(next)
     })
   }
 
@@ -518,4 +562,10 @@ function replicaInfo(nodeId: string, record: VolumeRecord, online: boolean, resy
     }
   }
   return { ...base, state: 'out-of-sync' }
+}
+
+/** Which replica to drop first: out of sync, then not the coordinator's, then by name. */
+function dropRank(nodeId: string, record: VolumeRecord, attachedOn: string | null | undefined): number {
+  if (!record.inSync.includes(nodeId)) return 0
+  return nodeId === attachedOn ? 2 : 1
 }

@@ -56,7 +56,7 @@ function fio(args: string[]): Promise<{ code: number; out: string }> {
     })
   })
 }
-const fioJob = (file: string) => ['--name=job', `--filename=${file}`, '--rw=write', '--bs=64k', '--size=4M', '--ioengine=psync', '--verify=crc32c']
+const fioJob = (file: string) => ['--name=job', `--filename=${file}`, '--rw=write', '--bs=64k', '--size=4M', '--ioengine=psync', '--verify=crc32c', '--verify_state_save=0']
 
 const inSyncOf = async (n: ClusterNode, name: string) => (await new ApiClient(n.apiUrl).inspectVolume(name)).replicas.filter((r) => r.inSync).map((r) => r.nodeId).sort()
 
@@ -139,4 +139,55 @@ test('kill -9 of the coordinator during fio: the next node takes over, every fsy
   await waitFor('the old coordinator to be back in sync', async () => (await inSyncOf(survivor!, 'fo')).length === 2, 60_000, 250)
   await call(survivor!, '/VolumeDriver.Unmount', { Name: 'fo', ID: 's' })
   t.is(await replicaDigest(survivor!, info.id), await replicaDigest(victim!, info.id), 'replicas identical after rejoin')
+})
+
+test('ha-update 1 -> 2 -> 3 -> 2 while a writer runs; data intact at each step', async (t) => {
+  const a = cluster.node('node-a')
+  await call(a, '/VolumeDriver.Create', { Name: 'ha', Opts: { size: '128M', repl: '1' } })
+  const holder = cluster.node((await new ApiClient(a.apiUrl).inspectVolume('ha')).replicas[0]!.nodeId)
+  const mp = (await call(holder, '/VolumeDriver.Mount', { Name: 'ha', ID: 'w' })).Mountpoint as string
+  const api = new ApiClient(holder.apiUrl)
+  const written = new Map<string, string>()
+  let stop = false
+  let writerError: unknown
+  const writer = (async () => {
+    for (let i = 0; !stop; i++) {
+      const data = randomBytes(256 * 1024)
+      await writeSynced(path.join(mp, `w${i}`), data)
+      written.set(`w${i}`, sha(data))
+    }
+  })().catch((err) => { writerError = err })
+  const checkData = async (step: string) => {
+    for (const [file, digest] of written) t.is(sha(await fs.readFile(path.join(mp, file))), digest, `${file} after ${step}`)
+  }
+
+  for (const repl of [2, 3]) {
+    const v = await api.haUpdate('ha', repl)
+    t.is(v.replicas.length, repl)
+    await waitFor(`repl=${repl} in sync`, async () => (await inSyncOf(holder, 'ha')).length === repl, 60_000, 250)
+    await checkData(`raising to ${repl}`)
+  }
+  const lowered = await api.haUpdate('ha', 2)
+  t.is(lowered.replicas.length, 2)
+  t.true(lowered.replicas.some((r) => r.nodeId === holder.nodeId), 'the coordinator keeps its own replica')
+  await new Promise((r) => setTimeout(r, 1000))
+  stop = true
+  await writer
+  t.is(writerError, undefined, 'the writer never saw an error')
+  t.true(written.size > 3, `${written.size} files written during the changes`)
+  await checkData('lowering to 2')
+  const final = await api.inspectVolume('ha')
+  t.false(final.degraded)
+  await call(holder, '/VolumeDriver.Unmount', { Name: 'ha', ID: 'w' })
+  const digests = await Promise.all(final.replicas.map((r) => replicaDigest(cluster.node(r.nodeId), final.id)))
+  t.is(new Set(digests).size, 1, 'the remaining replicas are identical')
+  const dropped = cluster.nodes.find((n) => !final.replicas.some((r) => r.nodeId === n.nodeId))!
+  await waitFor('the dropped replica to be deleted', async () => {
+    try {
+      await fs.access(path.join(dropped.dataDir, 'replicas', final.id))
+      return false
+    } catch {
+      return true
+    }
+  }, 10_000)
 })
