@@ -5,6 +5,7 @@
  */
 import { PxdError, type ErrorCode, ErrorCodes } from '../errors'
 import type { Replica } from './replica'
+import { decodeEpoch } from './replica-service'
 
 /** The part of a peer link the engine uses: one request, one acknowledgement. */
 export interface PeerChannel {
@@ -26,8 +27,8 @@ export class RemoteReplica implements Replica {
     this.#epoch = epoch
   }
 
-  async open(): Promise<void> {
-    await this.#call({ t: 'open', vol: this.#vol, epoch: this.#epoch, size: this.#size })
+  async open(): Promise<number> {
+    return decodeEpoch(await this.#call({ t: 'open', vol: this.#vol, epoch: this.#epoch, size: this.#size }))
   }
 
   async write(offset: number, data: Uint8Array, seq: number): Promise<void> {

@@ -53,8 +53,10 @@ export class ReplicaHost {
    * Open the replica for a coordinator at `epoch`. Refuses epochs older than the replica
    * has seen. A replica that is not on disk is never made up here: an empty file standing
    * in for lost data would serve zeros as if they were the volume's contents.
+   * Returns the epoch the replica was at before: resync uses it to know whether anyone
+   * else opened (and so may have written) the replica since it fell out of sync.
    */
-  open(volumeId: string, size: number, epoch: number): Promise<ReplicaStore> {
+  open(volumeId: string, size: number, epoch: number): Promise<number> {
     return this.#locks.run(volumeId, async () => {
       if (this.#closed) throw pxdError('DAEMON_STOPPING', 'replica host is closed')
       let store = this.#open.get(volumeId)
@@ -67,8 +69,9 @@ export class ReplicaHost {
       if (epoch < store.superblock.epoch) {
         throw pxdError('STALE_EPOCH', `replica ${volumeId} is at epoch ${store.superblock.epoch}; refusing epoch ${epoch}`)
       }
+      const previous = store.superblock.epoch
       await store.setEpoch(epoch)
-      return store
+      return previous
     })
   }
 

@@ -45,8 +45,7 @@ export class ReplicaService implements RequestHandler {
       case 'open': {
         await this.#requirePlacedHere(req.vol)
         this.#log.info({ volumeId: req.vol, epoch: req.epoch, peer }, 'replica opened by a coordinator')
-        await this.#host.open(req.vol, req.size, req.epoch)
-        return
+        return encodeEpoch(await this.#host.open(req.vol, req.size, req.epoch))
       }
       case 'create': {
         const volume = await this.#requirePlacedHere(req.vol)
@@ -71,4 +70,16 @@ export class ReplicaService implements RequestHandler {
     }
     return volume
   }
+}
+
+/** The previous epoch, as the `open` ack carries it: 8 bytes, big-endian. */
+export function encodeEpoch(epoch: number): Buffer {
+  const b = Buffer.alloc(8)
+  b.writeBigUInt64BE(BigInt(epoch))
+  return b
+}
+
+export function decodeEpoch(data: Uint8Array | undefined): number {
+  if (!data || data.length !== 8) return -1
+  return Number(Buffer.from(data.buffer, data.byteOffset, 8).readBigUInt64BE())
 }

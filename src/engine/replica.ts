@@ -8,8 +8,8 @@ import type { ReplicaHost } from './replica-host'
 export interface Replica {
   /** The node that holds this copy. */
   readonly nodeId: string
-  /** Open the copy at the coordinator's epoch (fences older coordinators). */
-  open(): Promise<void>
+  /** Open the copy at the coordinator's epoch (fences older coordinators); resolves to the epoch it was at before. */
+  open(): Promise<number>
   write(offset: number, data: Uint8Array, seq: number): Promise<void>
   read(offset: number, into: Uint8Array): Promise<void>
   flush(): Promise<void>
@@ -34,8 +34,8 @@ export class LocalReplica implements Replica {
     this.#epoch = epoch
   }
 
-  async open(): Promise<void> {
-    await this.#host.open(this.#volumeId, this.#size, this.#epoch)
+  open(): Promise<number> {
+    return this.#host.open(this.#volumeId, this.#size, this.#epoch)
   }
 
   write(offset: number, data: Uint8Array): Promise<void> {

@@ -18,6 +18,7 @@
  * the write payload is the caller's buffer, never copied.
  */
 import { isPxdError, pxdError, PxdError } from '../errors'
+import { DIRTY_REGION_BYTES, DirtyMap } from './dirty-map'
 import type { Replica } from './replica'
 
 /** One digest request covers this much of the volume (its reply is 4 bytes per block). */
@@ -28,6 +29,8 @@ const BLOCK = 4096
 
 export interface ResyncProgress {
   nodeId: string
+  /** 'dirty-map': only the regions written while the replica was away; 'checksum-scan': every block. */
+  method: 'dirty-map' | 'checksum-scan'
   totalBytes: number
   scannedBytes: number
   copiedBytes: number
@@ -45,6 +48,12 @@ export interface EngineOptions {
   demote?: (failed: Array<{ nodeId: string; error: unknown }>) => Promise<void>
   /** Told once when the engine learns it has been fenced. */
   onFenced?: (error: PxdError) => void
+  /** The attach epoch this engine writes at. */
+  epoch?: number
+  /** Where dirty-region maps of out-of-sync replicas are kept (none: resync always scans). */
+  dirtyDir?: string
+  /** Replicas already out of sync at attach, whose maps an earlier attach may have left. */
+  outOfSync?: string[]
 }
 
 export class VolumeEngine {
@@ -65,6 +74,11 @@ export class VolumeEngine {
   /** Writes in flight, so a copy can wait for the ones that overlap it to land. */
   readonly #writes = new Set<Promise<void>>()
   #copyLock: { start: number; end: number; done: Promise<void> } | undefined
+  readonly #epoch: number
+  readonly #dirtyDir: string | undefined
+  readonly #outOfSync: string[]
+  /** Write-intent maps of replicas that fell out of sync under this node's coordination. */
+  readonly #dirty = new Map<string, DirtyMap>()
 
   constructor(options: EngineOptions) {
     if (options.replicas.length === 0) throw pxdError('UNSATISFIABLE', `volume ${options.volumeId} has no in-sync replica`)
@@ -73,6 +87,9 @@ export class VolumeEngine {
     this.#replicas = options.replicas
     this.#demote = options.demote
     this.#onFenced = options.onFenced
+    this.#epoch = options.epoch ?? 0
+    this.#dirtyDir = options.dirtyDir
+    this.#outOfSync = options.outOfSync ?? []
   }
 
   /** Writes numbered so far. */
@@ -85,9 +102,18 @@ export class VolumeEngine {
     return this.#replicas.map((r) => r.nodeId)
   }
 
-  /** Open every replica at this engine's epoch; replicas that fail are demoted. */
+  /**
+   * Open every replica at this engine's epoch; replicas that fail are demoted. Dirty maps
+   * an earlier attach of this node left are picked up first, so no write goes unrecorded.
+   */
   async open(): Promise<void> {
-    await this.#each((r) => r.open())
+    if (this.#dirtyDir) {
+      for (const nodeId of this.#outOfSync) {
+        const map = await DirtyMap.resume(this.#dirtyDir, this.volumeId, nodeId, this.#epoch)
+        if (map) this.#dirty.set(nodeId, map)
+      }
+    }
+    await this.#each(async (r) => { await r.open() })
   }
 
   write(offset: number, data: Uint8Array): Promise<void> {
@@ -106,10 +132,18 @@ export class VolumeEngine {
     let p: Promise<void>
     if (replicas.length === 1 && this.#learners.length === 0) p = replicas[0]!.write(offset, data, seq).catch((err) => this.#fail(err))
     else {
-      p = this.#each((r) => r.write(offset, data, seq))
+      p = this.#each((r) => r.write(offset, data, seq), [offset, data.length])
       for (const learner of this.#learners) {
         p = Promise.all([p, learner.write(offset, data, seq).catch((err) => this.#learnerFailed(learner, err))]).then(() => undefined)
       }
+    }
+    if (this.#dirty.size > 0) {
+      const marks: Array<Promise<void>> = []
+      for (const map of this.#dirty.values()) {
+        const m = map.mark(offset, data.length)
+        if (m) marks.push(m)
+      }
+      if (marks.length > 0) p = Promise.all([p, ...marks]).then(() => undefined)
     }
     this.#writes.add(p)
     const forget = () => { this.#writes.delete(p) }
@@ -123,39 +157,61 @@ export class VolumeEngine {
    * replica. Returns how much was compared and copied.
    */
   async resync(target: Replica, commit: () => Promise<void>, onProgress?: (p: ResyncProgress) => void): Promise<ResyncProgress> {
-    const progress: ResyncProgress = { nodeId: target.nodeId, totalBytes: this.size, scannedBytes: 0, copiedBytes: 0 }
-    await target.open()
+    const previousEpoch = await target.open()
+    const map = this.#dirty.get(target.nodeId)
+    // The map covers every missed write only if nobody opened the replica since it began.
+    const trusted = map !== undefined && map.sinceEpoch === previousEpoch && map.lastEpoch === this.#epoch
     this.#learners.push(target)
     try {
       // Writes that started before the target joined did not go to it: let them land first.
       await Promise.allSettled([...this.#writes])
-      for (let offset = 0; offset < this.size; offset += RESYNC_SCAN_BYTES) {
-        const length = Math.min(RESYNC_SCAN_BYTES, this.size - offset)
-        const source = this.#replicas[0]
-        if (!source) throw pxdError('IO_ERROR', `volume ${this.volumeId}: no in-sync replica to resync from`)
-        const [want, have] = await Promise.all([source.digest(offset, length), target.digest(offset, length)])
-        this.#checkLearner(target)
-        let regionEnd = -1
-        for (let block = 0; block < length / BLOCK; block++) {
-          const at = offset + block * BLOCK
-          if (at < regionEnd || sameEntry(want, have, block)) continue
-          const start = at - (at % RESYNC_REGION_BYTES)
-          regionEnd = Math.min(start + RESYNC_REGION_BYTES, this.size)
-          await this.#copyRegion(source, target, start, regionEnd - start)
-          progress.copiedBytes += regionEnd - start
-        }
-        progress.scannedBytes = offset + length
+      const ranges: Array<[number, number]> = trusted
+        ? map.regions.map((r) => [r * DIRTY_REGION_BYTES, Math.min(DIRTY_REGION_BYTES, this.size - r * DIRTY_REGION_BYTES)])
+        : chunks(this.size, RESYNC_SCAN_BYTES)
+      const progress: ResyncProgress = {
+        nodeId: target.nodeId,
+        method: trusted ? 'dirty-map' : 'checksum-scan',
+        totalBytes: ranges.reduce((n, [, len]) => n + len, 0),
+        scannedBytes: 0,
+        copiedBytes: 0,
+      }
+      for (const [offset, length] of ranges) {
+        progress.copiedBytes += await this.#syncRange(target, offset, length)
+        progress.scannedBytes += length
         onProgress?.({ ...progress })
       }
       await target.flush()
       this.#checkLearner(target)
       await commit()
       this.#replicas = [...this.#replicas, target]
+      if (map) {
+        this.#dirty.delete(target.nodeId)
+        await map.discard()
+      }
       return progress
     } finally {
       this.#learners = this.#learners.filter((l) => l !== target)
       this.#learnerErrors.delete(target)
     }
+  }
+
+  /** Compare one range's block checksums and copy the regions that differ; returns bytes copied. */
+  async #syncRange(target: Replica, offset: number, length: number): Promise<number> {
+    const source = this.#replicas[0]
+    if (!source) throw pxdError('IO_ERROR', `volume ${this.volumeId}: no in-sync replica to resync from`)
+    const [want, have] = await Promise.all([source.digest(offset, length), target.digest(offset, length)])
+    this.#checkLearner(target)
+    let copied = 0
+    let regionEnd = -1
+    for (let block = 0; block < length / BLOCK; block++) {
+      const at = offset + block * BLOCK
+      if (at < regionEnd || sameEntry(want, have, block)) continue
+      const start = at - (at % RESYNC_REGION_BYTES)
+      regionEnd = Math.min(start + RESYNC_REGION_BYTES, this.size)
+      await this.#copyRegion(source, target, start, regionEnd - start)
+      copied += regionEnd - start
+    }
+    return copied
   }
 
   /** Copy one region with overlapping writes held back and in-flight ones landed first. */
@@ -231,7 +287,7 @@ export class VolumeEngine {
    * failed: demote them (durably) and carry on with the rest. All failed, or the
    * demotion could not be recorded: the operation fails.
    */
-  async #each(op: (r: Replica) => Promise<void>): Promise<void> {
+  async #each(op: (r: Replica) => Promise<void>, range?: [number, number]): Promise<void> {
     const replicas = this.#replicas
     const results = await Promise.allSettled(replicas.map(op))
     let failed: Array<{ nodeId: string; error: unknown }> | undefined
@@ -243,19 +299,33 @@ export class VolumeEngine {
     }
     if (!failed) return
     if (failed.length === replicas.length || !this.#demote) throw failed[0]!.error
-    await this.#demoteOnce(failed)
+    await this.#demoteOnce(failed, range)
   }
 
   /** Demotions run one at a time; a replica already gone is not demoted twice. */
-  #demoteOnce(failed: Array<{ nodeId: string; error: unknown }>): Promise<void> {
+  #demoteOnce(failed: Array<{ nodeId: string; error: unknown }>, range?: [number, number]): Promise<void> {
     const run = this.#demoting.then(async () => {
       const still = failed.filter((f) => this.#replicas.some((r) => r.nodeId === f.nodeId))
+      // A failed write to a replica demoted meanwhile: its map must still hold the range.
+      if (range) {
+        for (const f of failed) {
+          if (still.includes(f)) continue
+          await this.#dirty.get(f.nodeId)?.mark(range[0], range[1])
+        }
+      }
       if (still.length === 0) return
       try {
         await this.#demote!(still)
       } catch (err) {
         if (isPxdError(err, 'FENCED')) return this.#fail(err)
         throw err
+      }
+      if (this.#dirtyDir) {
+        for (const f of still) {
+          const map = await DirtyMap.create(this.#dirtyDir, this.volumeId, f.nodeId, this.#epoch)
+          if (range) await map.mark(range[0], range[1])
+          this.#dirty.set(f.nodeId, map)
+        }
       }
       const gone = new Set(still.map((f) => f.nodeId))
       const removed = this.#replicas.filter((r) => gone.has(r.nodeId))
@@ -298,4 +368,10 @@ export class VolumeEngine {
 function sameEntry(a: Uint8Array, b: Uint8Array, block: number): boolean {
   const i = block * 4
   return a[i] === b[i] && a[i + 1] === b[i + 1] && a[i + 2] === b[i + 2] && a[i + 3] === b[i + 3]
+}
+
+function chunks(size: number, step: number): Array<[number, number]> {
+  const out: Array<[number, number]> = []
+  for (let offset = 0; offset < size; offset += step) out.push([offset, Math.min(step, size - offset)])
+  return out
 }

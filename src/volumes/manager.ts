@@ -13,6 +13,8 @@
  * transaction that also checks this node still holds the attachment.
  */
 import { randomBytes } from 'node:crypto'
+import { promises as fs } from 'node:fs'
+import path from 'node:path'
 import type { Logger } from 'pino'
 import type { Membership, NodeInfo } from '../cluster/membership'
 import { LocalReplica, type Replica } from '../engine/replica'
@@ -217,6 +219,7 @@ export class VolumeManager {
       })
       if (!ok) throw pxdError('CONFLICT', `volume ${name} changed while it was being removed; retry`)
       await this.#dropReplicas(entry.value)
+      await this.#forgetDirtyMaps(entry.value.id)
       this.#log.info({ volume: name, id: entry.value.id }, 'volume removed')
     })
   }
@@ -308,6 +311,9 @@ export class VolumeManager {
       volumeId: record.id,
       size: record.spec.size,
       replicas,
+      epoch,
+      dirtyDir: path.join(this.#dataDir, 'dirty'),
+      outOfSync: record.replicas.map((r) => r.nodeId).filter((n) => !record.inSync.includes(n)),
       demote: (failed) => this.#demote(name, epoch, failed, log),
       onFenced: (err) => this.#fenced(name, engine, err, log),
     })
@@ -359,10 +365,10 @@ export class VolumeManager {
         void publish(p, 'running')
       })
       await publish(result, 'done')
-      log.info({ copiedBytes: result.copiedBytes, comparedBytes: result.scannedBytes, seconds: (Date.now() - started) / 1000 }, 'resync done: replica back in sync')
+      log.info({ method: result.method, copiedBytes: result.copiedBytes, comparedBytes: result.scannedBytes, seconds: (Date.now() - started) / 1000 }, 'resync done: replica back in sync')
     } catch (err) {
       log.warn({ err }, 'resync did not finish; it is retried while the replica is online')
-      await publish({ nodeId, totalBytes: local.size, scannedBytes: 0, copiedBytes: 0 }, 'failed', messageOf(err))
+      await publish({ nodeId, method: 'checksum-scan', totalBytes: local.size, scannedBytes: 0, copiedBytes: 0 }, 'failed', messageOf(err))
     }
   }
 
@@ -451,6 +457,12 @@ export class VolumeManager {
   async #createReplica(nodeId: string, record: VolumeRecord): Promise<void> {
     if (nodeId === this.#nodeId) return this.#host.create(record.id, record.spec.size)
     await (await this.#peers.channel(nodeId)).request({ t: 'create', vol: record.id, size: record.spec.size })
+  }
+
+  async #forgetDirtyMaps(volumeId: string): Promise<void> {
+    const dir = path.join(this.#dataDir, 'dirty')
+    const names = await fs.readdir(dir).catch(() => [] as string[])
+    await Promise.all(names.filter((n) => n.startsWith(`${volumeId}.`)).map((n) => fs.rm(path.join(dir, n), { force: true })))
   }
 
   /** Best effort: a node that is away deletes the replica itself when it starts. */

@@ -27,6 +27,7 @@ export type VolumeState = 'detached' | 'attached'
 /** Progress of the latest resync of a volume, as its coordinator publishes it. */
 export interface ResyncRecord {
   nodeId: string
+  method: 'dirty-map' | 'checksum-scan'
   totalBytes: number
   scannedBytes: number
   copiedBytes: number

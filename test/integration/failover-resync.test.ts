@@ -86,6 +86,8 @@ test('a replica that was away is resynced by copying only what changed meanwhile
   // ext4 also rewrote its journal, bitmaps and inode table while the replica was away.
   t.true(copied <= meanwhile.length + 8 * MiB, `copied ${copied} bytes for ${meanwhile.length} written`)
   t.true(copied < done.size / 4, 'far less than the whole volume')
+  t.is(done.lastResync!.method, 'dirty-map', 'the coordinator did not change: its dirty-region map was used')
+  t.true(done.lastResync!.scannedBytes <= meanwhile.length + 16 * MiB, 'only the dirty regions were compared')
 
   await call(coordinator!, '/VolumeDriver.Unmount', { Name: 'rs', ID: 'w' })
   t.is(await replicaDigest(coordinator!, info.id), await replicaDigest(away!, info.id), 'replicas identical after resync')
@@ -137,6 +139,9 @@ test('kill -9 of the coordinator during fio: the next node takes over, every fsy
   // The killed node restarts, cleans up its stale mount, and is resynced from the survivor.
   await cluster.start(victim!.nodeId)
   await waitFor('the old coordinator to be back in sync', async () => (await inSyncOf(survivor!, 'fo')).length === 2, 60_000, 250)
+  const rejoined = await new ApiClient(survivor!.apiUrl).inspectVolume('fo')
+  t.is(rejoined.lastResync?.method, 'checksum-scan', 'a replica the old coordinator held is compared block by block')
+  t.log(`rejoin resync: compared ${rejoined.lastResync?.scannedBytes} bytes, copied ${rejoined.lastResync?.copiedBytes}`)
   await call(survivor!, '/VolumeDriver.Unmount', { Name: 'fo', ID: 's' })
   t.is(await replicaDigest(survivor!, info.id), await replicaDigest(victim!, info.id), 'replicas identical after rejoin')
 })
@@ -190,4 +195,27 @@ test('ha-update 1 -> 2 -> 3 -> 2 while a writer runs; data intact at each step',
       return true
     }
   }, 10_000)
+})
+
+test('the dirty-region map survives a restart of the coordinator', async (t) => {
+  const a = cluster.node('node-a')
+  await call(a, '/VolumeDriver.Create', { Name: 'dm', Opts: { size: '256M', repl: '2' } })
+  const info = await new ApiClient(a.apiUrl).inspectVolume('dm')
+  const [coordinator, away] = info.replicas.map((r) => cluster.node(r.nodeId))
+  let mp = (await call(coordinator!, '/VolumeDriver.Mount', { Name: 'dm', ID: 'w' })).Mountpoint as string
+  await away!.stop()
+  await writeSynced(path.join(mp, 'before-restart.bin'), randomBytes(6 * MiB))
+  // The coordinator restarts (its volumes are unmounted at shutdown) and attaches again.
+  await coordinator!.stop()
+  const restarted = await cluster.start(coordinator!.nodeId)
+  mp = (await call(restarted, '/VolumeDriver.Mount', { Name: 'dm', ID: 'w2' })).Mountpoint as string
+  await writeSynced(path.join(mp, 'after-restart.bin'), randomBytes(6 * MiB))
+  await cluster.start(away!.nodeId)
+  await waitFor('the replica to be in sync', async () => (await inSyncOf(restarted, 'dm')).length === 2, 60_000, 250)
+  const done = await new ApiClient(restarted.apiUrl).inspectVolume('dm')
+  t.is(done.lastResync?.method, 'dirty-map')
+  t.log(`resync after a coordinator restart: compared ${done.lastResync!.scannedBytes}, copied ${done.lastResync!.copiedBytes} for 12 MiB written`)
+  t.true(done.lastResync!.scannedBytes < 64 * MiB)
+  await call(restarted, '/VolumeDriver.Unmount', { Name: 'dm', ID: 'w2' })
+  t.is(await replicaDigest(restarted, info.id), await replicaDigest(away!, info.id))
 })
