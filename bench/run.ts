@@ -40,6 +40,8 @@ interface Machine {
   node: string
   date: string
   hostname: string
+  /** 1/5/15-minute load averages when the run started and when it ended: other work on the machine shows here. */
+  loadAverage: { start: number[]; end?: number[] }
   fio: string
   pxdCommit: string
   /** The file system under node-a's data dir (host target and every replica). */
@@ -101,6 +103,11 @@ async function main(): Promise<number> {
   }
 
   installSignalHandlers()
+  const [load1 = 0] = results.machine.loadAverage.start
+  if (load1 > 1) {
+    results.warnings.push(`the machine was busy when the run started (load average ${load1.toFixed(2)} over the last minute): other work skews the figures`)
+    progress(`warning: ${results.warnings.at(-1)!}`)
+  }
 
   if (!opts.crcOnly) {
     const missing = preconditions()
@@ -138,6 +145,7 @@ async function main(): Promise<number> {
   }
 
   results.finishedAt = new Date().toISOString()
+  results.machine.loadAverage.end = os.loadavg()
   results.summary = summarize(results.runs)
   const file = path.join(RESULTS_DIR, `${stamp}.json`)
   mkdirSync(RESULTS_DIR, { recursive: true })
@@ -255,6 +263,7 @@ function machine(now: Date): Machine {
     node: process.version,
     date: now.toISOString(),
     hostname: os.hostname(),
+    loadAverage: { start: os.loadavg() },
     fio: tryText('fio', ['--version']) ?? 'not installed',
     pxdCommit: tryText('git', ['-C', REPO_ROOT, 'describe', '--always', '--dirty']) ?? 'unknown',
   }
