@@ -15,9 +15,9 @@ import { ReplicaHost } from './engine/replica-host'
 import { ReplicaService } from './engine/replica-service'
 import type { PeerChannel } from './engine/remote-replica'
 import { pxdError } from './errors'
-import { Frontend } from './frontend/frontend'
 import { keys, type Kvdb } from './kvdb/kvdb'
 import { openKvdb } from './kvdb/open'
+import { MeteredFrontend, Metrics, nodeReadiness, peerStates } from './metrics'
 import { PluginServer } from './plugin/server'
 import { PeerLinks, PeerServer } from './replication'
 import { VolumeManager, type PeerDirectory } from './volumes/manager'
@@ -111,9 +111,11 @@ export class Daemon {
     this.#onStop('membership', () => membership.stop())
     await membership.start()
 
-    const frontend = new Frontend(c.runDir, log.child({ component: 'frontend' }))
+    const metrics = new Metrics({ log: log.child({ component: 'metrics' }) })
+    const frontend = new MeteredFrontend(c.runDir, log.child({ component: 'frontend' }), metrics)
     const manager = new VolumeManager({
       nodeId: this.nodeId, dataDir: c.dataDir, kvdb, frontend, host, membership, peers, log: log.child({ component: 'volumes' }),
+      engineEvents: (name) => metrics.volume(name),
     })
     this.#onStop('frontend', () => frontend.stop())
     await frontend.start()
@@ -125,7 +127,10 @@ export class Daemon {
     this.#onStop('plugin socket', () => plugin.close())
     await plugin.listen()
 
-    const api = new ApiServer(manager, { nodeId: this.nodeId, version: c.version, kvdb: kvdb.description, startedAt: new Date() }, log.child({ component: 'api' }))
+    const peerLinks = links
+    metrics.provide({ peers: peerStates({ nodeId: this.nodeId, nodes: () => membership.nodes(), link: (peer) => peerLinks?.get(peer) }) })
+    const readiness = nodeReadiness({ nodeId: this.nodeId, kvdb, dataDir: c.dataDir, fuseMountpoint: path.join(c.runDir, 'dev') })
+    const api = new ApiServer(manager, { nodeId: this.nodeId, version: c.version, kvdb: kvdb.description, startedAt: new Date() }, log.child({ component: 'api' }), { metrics, readiness })
     this.#onStop('API', () => api.close())
     this.apiUrl = await api.listen(c.apiListen)
     log.info({ dataDir: c.dataDir, runDir: c.runDir, pluginSocket: c.pluginSocket, api: this.apiUrl, kvdb: kvdb.description, peer: peerAddress }, 'pxd ready')

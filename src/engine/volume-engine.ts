@@ -54,6 +54,13 @@ export interface EngineOptions {
   dirtyDir?: string
   /** Replicas already out of sync at attach, whose maps an earlier attach may have left. */
   outOfSync?: string[]
+  /** What operators count (metrics); called on the data path, so it must be cheap. */
+  events?: EngineEvents
+}
+
+export interface EngineEvents {
+  checksumFailure(): void
+  repaired(): void
 }
 
 export class VolumeEngine {
@@ -77,6 +84,7 @@ export class VolumeEngine {
   readonly #epoch: number
   readonly #dirtyDir: string | undefined
   readonly #outOfSync: string[]
+  readonly #events: EngineEvents | undefined
   /** Write-intent maps of replicas that fell out of sync under this node's coordination. */
   readonly #dirty = new Map<string, DirtyMap>()
 
@@ -90,6 +98,7 @@ export class VolumeEngine {
     this.#epoch = options.epoch ?? 0
     this.#dirtyDir = options.dirtyDir
     this.#outOfSync = options.outOfSync ?? []
+    this.#events = options.events
   }
 
   /** Writes numbered so far. */
@@ -277,6 +286,7 @@ export class VolumeEngine {
       await replica.read(offset, into)
     } catch (err) {
       if (isPxdError(err, 'STALE_EPOCH')) return this.#fail(err)
+      if (isPxdError(err, 'CHECKSUM_MISMATCH')) this.#events?.checksumFailure()
       if (index + 1 >= this.#replicas.length) throw err
       await this.#readFrom(index + 1, offset, into)
     }

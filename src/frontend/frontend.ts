@@ -20,6 +20,10 @@ export interface AttachRequest {
   fs: Filesystem
   blockSize: number
   device: BlockDevice
+  /** The volume got its file system on an earlier attach: never run mkfs on it again. */
+  formatted: boolean
+  /** Told once mkfs made the file system, before it is mounted. */
+  onFormatted?: () => Promise<void>
 }
 
 interface Attached { id: string; name: string; loop: string; mountpoint: string }
@@ -83,8 +87,14 @@ export class Frontend {
       undo.push(() => detachLoop(loop))
       const existing = await probeFilesystem(loop)
       if (existing === undefined) {
-        this.#log.info({ volume: req.name, fs: req.fs, loop }, 'making a file system on first use')
+        // blkid also finds nothing when it cannot read the device: only a volume that
+        // was never formatted may get mkfs, or a damaged one would be formatted over.
+        if (req.formatted) {
+          throw pxdError('IO_ERROR', `volume ${req.name} was formatted before, but no file system can be read on it; refusing to run mkfs over its data`)
+        }
+        this.#log.info({ volume: req.name, volumeId: req.id, fs: req.fs, loop }, 'making a file system on first use')
         await makeFilesystem(loop, req.fs, req.blockSize, req.name)
+        await req.onFormatted?.()
       } else if (existing !== req.fs) {
         throw pxdError('CONFLICT', `volume ${req.name} holds a ${existing} file system, not ${req.fs}`)
       }

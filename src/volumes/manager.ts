@@ -20,7 +20,7 @@ import type { Membership, NodeInfo } from '../cluster/membership'
 import { LocalReplica, type Replica } from '../engine/replica'
 import type { ReplicaHost } from '../engine/replica-host'
 import { RemoteReplica, type PeerChannel } from '../engine/remote-replica'
-import { VolumeEngine, type ResyncProgress } from '../engine/volume-engine'
+import { VolumeEngine, type EngineEvents, type ResyncProgress } from '../engine/volume-engine'
 import { messageOf, pxdError, type PxdError } from '../errors'
 import type { Frontend } from '../frontend/frontend'
 import { keys, type Kvdb } from '../kvdb/kvdb'
@@ -61,6 +61,8 @@ export interface ManagerOptions {
   membership: Membership
   peers: PeerDirectory
   log: Logger
+  /** Per-volume event sink for metrics. */
+  engineEvents?: (volumeName: string) => EngineEvents
 }
 
 export class VolumeManager {
@@ -72,6 +74,7 @@ export class VolumeManager {
   readonly #membership: Membership
   readonly #peers: PeerDirectory
   readonly #log: Logger
+  readonly #engineEvents: ManagerOptions['engineEvents']
   readonly #locks = new KeyedMutex()
   readonly #attached = new Map<string, LocalAttachment>()
   #stopping = false
@@ -86,6 +89,7 @@ export class VolumeManager {
     this.#membership = o.membership
     this.#peers = o.peers
     this.#log = o.log
+    this.#engineEvents = o.engineEvents
   }
 
   /**
@@ -240,7 +244,11 @@ export class VolumeManager {
       let engine: VolumeEngine | undefined
       try {
         engine = await this.#openEngine(name, record, epoch)
-        const mountpoint = await this.#frontend.attach({ id: record.id, name, fs: record.spec.fs, blockSize: record.spec.blockSize, device: engine })
+        const mountpoint = await this.#frontend.attach({
+          id: record.id, name, fs: record.spec.fs, blockSize: record.spec.blockSize, device: engine,
+          formatted: record.formatted === true,
+          onFormatted: () => this.#markFormatted(name),
+        })
         this.#attached.set(name, { engine, mountpoint, mountIds: new Set([id]), epoch, volumeId: record.id, size: record.spec.size })
         void this.#startResyncs(name)
         return mountpoint
@@ -314,6 +322,7 @@ export class VolumeManager {
       epoch,
       dirtyDir: path.join(this.#dataDir, 'dirty'),
       outOfSync: record.replicas.map((r) => r.nodeId).filter((n) => !record.inSync.includes(n)),
+      ...(this.#engineEvents ? { events: this.#engineEvents(name) } : {}),
       demote: (failed) => this.#demote(name, epoch, failed, log),
       onFenced: (err) => this.#fenced(name, engine, err, log),
     })
@@ -390,6 +399,16 @@ export class VolumeManager {
       if (ok) return
     }
     throw pxdError('CONFLICT', `volume ${name}: could not record replica ${nodeId} as in sync (too many concurrent changes)`)
+  }
+
+  async #markFormatted(name: string): Promise<void> {
+    for (let attempt = 0; attempt < CAS_RETRIES; attempt++) {
+      const vol = await this.#requireRecord(name)
+      if (vol.value.formatted) return
+      const ok = await this.#kvdb.txn({ compares: [{ key: vol.key, modRevision: vol.modRevision }], puts: [{ key: vol.key, value: { ...vol.value, formatted: true } satisfies VolumeRecord }] })
+      if (ok) return
+    }
+    throw pxdError('CONFLICT', `volume ${name}: could not record that it was formatted`)
   }
 
   /** Take failed replicas out of the in-sync set, only while this node still holds the attachment at `epoch`. */

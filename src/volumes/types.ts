@@ -14,6 +14,8 @@ export interface VolumeRecord {
    * write is acknowledged.
    */
   inSync: string[]
+  /** mkfs ran on the first attach; from then on a missing file system is damage, not a new volume. */
+  formatted?: boolean
 }
 
 /** Where a volume is attached; the epoch only ever grows (attach bumps it). */

@@ -53,7 +53,7 @@ test('decoded data shares the received buffer (zero-copy)', (t) => {
 })
 
 test('request kinds and payload sizes', (t) => {
-  t.deepEqual([...REQUEST_TYPES].sort(), ['close', 'create', 'drop', 'flush', 'open', 'read', 'write'])
+  t.deepEqual([...REQUEST_TYPES].sort(), ['close', 'create', 'digest', 'drop', 'flush', 'open', 'read', 'write'])
   for (const frame of samples) t.is(isRequest(frame), REQUEST_TYPES.has(frame.t), frame.t)
   t.is(payloadBytes({ t: 'write', id: 1, vol: 'v', epoch: 1, seq: 1, offset: 0, data: Buffer.alloc(100) }), 100)
   t.is(payloadBytes({ t: 'read', id: 1, vol: 'v', epoch: 1, offset: 0, length: 300 }), 300)
