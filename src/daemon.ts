@@ -40,6 +40,8 @@ export interface DaemonConfig {
   secretFile?: string
   /** Seconds without a lease renewal after which a node counts as offline. */
   nodeTtl: number
+  /** File holding the API token; required when the API listens beyond loopback. */
+  apiTokenFile?: string
 }
 
 export class Daemon {
@@ -60,7 +62,13 @@ export class Daemon {
     const clustered = Boolean(c.kvdb)
     if (clustered && !c.peerListen) throw pxdError('INVALID_ARGUMENT', 'a cluster node (--kvdb etcd://...) needs --peer-listen HOST:PORT')
     if (clustered && !c.secretFile) throw pxdError('INVALID_ARGUMENT', 'a cluster node (--kvdb etcd://...) needs --cluster-secret-file FILE')
+    const apiHost = parseHostPort(c.apiListen).host
+    const loopbackApi = /^(127\.|localhost$|::1$)/.test(apiHost)
+    if (!loopbackApi && !c.apiTokenFile) {
+      throw pxdError('INVALID_ARGUMENT', `the API would listen on ${c.apiListen}, beyond loopback: give it a token with --api-token-file FILE`)
+    }
     await checkPreconditions()
+    const apiToken = c.apiTokenFile ? (await readSecret(c.apiTokenFile, this.#log)).toString('utf8') : undefined
     const secret = c.secretFile ? await readSecret(c.secretFile, this.#log) : undefined
     await fs.mkdir(c.dataDir, { recursive: true, mode: 0o700 })
     await fs.chmod(c.dataDir, 0o700)
@@ -130,7 +138,7 @@ export class Daemon {
     const peerLinks = links
     metrics.provide({ peers: peerStates({ nodeId: this.nodeId, nodes: () => membership.nodes(), link: (peer) => peerLinks?.get(peer) }) })
     const readiness = nodeReadiness({ nodeId: this.nodeId, kvdb, dataDir: c.dataDir, fuseMountpoint: path.join(c.runDir, 'dev') })
-    const api = new ApiServer(manager, { nodeId: this.nodeId, version: c.version, kvdb: kvdb.description, startedAt: new Date() }, log.child({ component: 'api' }), { metrics, readiness })
+    const api = new ApiServer(manager, { nodeId: this.nodeId, version: c.version, kvdb: kvdb.description, startedAt: new Date() }, log.child({ component: 'api' }), { metrics, readiness, ...(apiToken ? { token: apiToken } : {}) })
     this.#onStop('API', () => api.close())
     this.apiUrl = await api.listen(c.apiListen)
     log.info({ dataDir: c.dataDir, runDir: c.runDir, pluginSocket: c.pluginSocket, api: this.apiUrl, kvdb: kvdb.description, peer: peerAddress }, 'pxd ready')
@@ -165,18 +173,18 @@ async function checkPreconditions(): Promise<void> {
   }
 }
 
-/** The cluster secret: at least 16 bytes; a file others can read is a warning, not a secret. */
+/** A secret from a file (cluster secret, API token): at least 16 bytes; a file others can read is a warning. */
 async function readSecret(file: string, log: Logger): Promise<Buffer> {
   let text: string
   try {
     text = await fs.readFile(file, 'utf8')
     const st = await fs.stat(file)
-    if (st.mode & 0o004) log.warn({ file }, 'the cluster secret file is world-readable; chmod 600 it')
+    if (st.mode & 0o004) log.warn({ file }, 'the secret file is world-readable; chmod 600 it')
   } catch (err) {
-    throw pxdError('INVALID_ARGUMENT', `cannot read the cluster secret file ${file}: ${(err as Error).message}`, err)
+    throw pxdError('INVALID_ARGUMENT', `cannot read the secret file ${file}: ${(err as Error).message}`, err)
   }
   const secret = Buffer.from(text.trim(), 'utf8')
-  if (secret.length < 16) throw pxdError('INVALID_ARGUMENT', `the cluster secret in ${file} is shorter than 16 bytes`)
+  if (secret.length < 16) throw pxdError('INVALID_ARGUMENT', `the secret in ${file} is shorter than 16 bytes`)
   return secret
 }
 

@@ -15,9 +15,11 @@ export interface NodeStatus {
 
 export class ApiClient {
   readonly #base: string
+  readonly #token: string | undefined
 
-  constructor(baseUrl: string) {
+  constructor(baseUrl: string, token?: string) {
     this.#base = baseUrl.replace(/\/+$/, '')
+    this.#token = token
   }
 
   status(): Promise<NodeStatus> {
@@ -53,7 +55,10 @@ export class ApiClient {
     try {
       res = await fetch(this.#base + path, {
         method,
-        headers: body === undefined ? {} : { 'Content-Type': 'application/json' },
+        headers: {
+          ...(body === undefined ? {} : { 'Content-Type': 'application/json' }),
+          ...(this.#token ? { Authorization: `Bearer ${this.#token}` } : {}),
+        },
         ...(body === undefined ? {} : { body: JSON.stringify(body) }),
         signal: AbortSignal.timeout(120_000),
       })

@@ -7,6 +7,7 @@
  *   GET /readyz   200 when every readiness check passes, else 503; JSON naming the checks
  *   GET /metrics  Prometheus text exposition of the node's own registry
  */
+import { timingSafeEqual } from 'node:crypto'
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import type { Logger } from 'pino'
@@ -21,6 +22,7 @@ export const API_VERSION = 'v1'
 const STATUS_OF: Partial<Record<ErrorCode, number>> = {
   INVALID_ARGUMENT: 400,
   MALFORMED_REQUEST: 400,
+  UNAUTHORIZED: 401,
   NOT_FOUND: 404,
   ALREADY_EXISTS: 409,
   IN_USE: 409,
@@ -48,6 +50,12 @@ export interface ApiServerOptions {
   metrics?: Metrics
   /** What /readyz and status report. Default: only whether the metadata store answers. */
   readiness?: Readiness
+  /**
+   * When set, every call that changes something (not GET) must carry
+   * `Authorization: Bearer <token>`; the daemon requires one when the API listens
+   * beyond loopback.
+   */
+  token?: string
 }
 
 /** A reply that is not JSON (/healthz, /metrics). */
@@ -64,6 +72,7 @@ export class ApiServer {
   readonly #metrics: Metrics
   readonly #readiness: Readiness
   readonly #server: http.Server
+  readonly #token: Buffer | undefined
   readonly #routes: Array<[string, RegExp, Route]>
 
   constructor(manager: VolumeManager, status: StatusSource, log: Logger, options: ApiServerOptions = {}) {
@@ -74,6 +83,7 @@ export class ApiServer {
     this.#metrics.provideMissing({ volumes: () => manager.list(), capacity: () => manager.capacity() })
     this.#metrics.setInfo({ node: status.nodeId, version: status.version, kvdb: status.kvdb })
     this.#readiness = options.readiness ?? readinessOf({ kvdb: () => manager.nodes() })
+    this.#token = options.token === undefined ? undefined : Buffer.from(options.token)
     this.#routes = this.#makeRoutes()
     this.#server = http.createServer((req, res) => void this.#handle(req, res))
     applyServerTimeouts(this.#server)
@@ -105,6 +115,10 @@ export class ApiServer {
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = (req.url ?? '/').split('?')[0] ?? '/'
     try {
+      if (this.#token && req.method !== 'GET' && !this.#authorized(req)) {
+        req.resume()
+        throw pxdError('UNAUTHORIZED', 'this call changes state and needs the API token (Authorization: Bearer ...; pxctl --api-token-file)')
+      }
       for (const [method, pattern, route] of this.#routes) {
         const m = pattern.exec(url)
         if (!m) continue
@@ -122,6 +136,13 @@ export class ApiServer {
       if (!res.headersSent) sendJson(res, status, { error: { code, message: messageOf(err) } })
       if (status === 413) req.destroy()
     }
+  }
+
+  #authorized(req: IncomingMessage): boolean {
+    const m = /^Bearer (.+)$/.exec(req.headers.authorization ?? '')
+    if (!m || !this.#token) return false
+    const given = Buffer.from(m[1]!)
+    return given.length === this.#token.length && timingSafeEqual(given, this.#token)
   }
 
   #makeRoutes(): Array<[string, RegExp, Route]> {

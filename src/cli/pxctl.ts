@@ -1,4 +1,5 @@
 /** `pxctl`: the operator's CLI, a client of the daemon's HTTP API. */
+import { readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { ApiClient } from '../api/client'
 import type { StatusBody } from '../api/server'
@@ -26,6 +27,7 @@ Commands:
 
 Global options:
   --api URL     the daemon's API (default http://127.0.0.1:9001, or PXD_API)
+  --api-token-file FILE  the API token, when the daemon has one (or PXD_API_TOKEN_FILE)
   --json        machine-readable JSON output (sizes in bytes), also for errors (on stderr)
   -h, --help    show this help
   -v, --version print the version
@@ -38,6 +40,7 @@ async function main(argv: string[]): Promise<number> {
     args: argv,
     options: {
       api: { type: 'string' },
+      'api-token-file': { type: 'string' },
       json: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
       version: { type: 'boolean', short: 'v' },
@@ -58,7 +61,9 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(`${packageVersion()}\n`)
     return 0
   }
-  const client = new ApiClient(values.api ?? process.env.PXD_API ?? 'http://127.0.0.1:9001')
+  const tokenFile = values['api-token-file'] ?? process.env.PXD_API_TOKEN_FILE
+  const token = tokenFile ? readFileSync(tokenFile, 'utf8').trim() : undefined
+  const client = new ApiClient(values.api ?? process.env.PXD_API ?? 'http://127.0.0.1:9001', token)
   const json = values.json === true
   const out = (data: unknown, human: () => string) => process.stdout.write(json ? JSON.stringify(data, null, 2) + '\n' : human())
   const [cmd, sub, name, ...extra] = positionals

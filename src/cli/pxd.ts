@@ -22,6 +22,7 @@ Options (each also settable through the environment variable shown):
   --run-dir DIR         FUSE device dir and mounts     PXD_RUN_DIR        (default /run/pxd)
   --plugin-socket PATH  Docker plugin socket           PXD_PLUGIN_SOCKET  (default /run/docker/plugins/pxd.sock)
   --api-listen H:P      HTTP API for pxctl             PXD_API_LISTEN     (default 127.0.0.1:9001)
+  --api-token-file FILE token for changing API calls PXD_API_TOKEN_FILE (required beyond loopback)
   --node-id ID          this node's id                 PXD_NODE_ID        (default: the id stored in the data dir, else the host name)
   --log-level LEVEL     trace|debug|info|warn|error    PXD_LOG_LEVEL      (default info)
   --log-pretty          readable log lines, not JSON   PXD_LOG_PRETTY=1   (default: only when stdout
@@ -47,6 +48,7 @@ const OPTIONS = {
   'run-dir': { type: 'string', env: 'PXD_RUN_DIR', default: '/run/pxd' },
   'plugin-socket': { type: 'string', env: 'PXD_PLUGIN_SOCKET', default: '/run/docker/plugins/pxd.sock' },
   'api-listen': { type: 'string', env: 'PXD_API_LISTEN', default: '127.0.0.1:9001' },
+  'api-token-file': { type: 'string', env: 'PXD_API_TOKEN_FILE', default: undefined },
   'node-id': { type: 'string', env: 'PXD_NODE_ID', default: undefined },
   'log-level': { type: 'string', env: 'PXD_LOG_LEVEL', default: 'info' },
   kvdb: { type: 'string', env: 'PXD_KVDB', default: undefined },
@@ -125,6 +127,7 @@ async function main(argv: string[]): Promise<number> {
     ...optional('peer-listen', 'peerListen'),
     ...optional('advertise', 'advertise'),
     ...optional('cluster-secret-file', 'secretFile'),
+    ...optional('api-token-file', 'apiTokenFile'),
   }
 
   const daemon = new Daemon(config, log)

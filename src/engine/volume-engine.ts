@@ -56,6 +56,8 @@ export interface EngineOptions {
   outOfSync?: string[]
   /** What operators count (metrics); called on the data path, so it must be cheap. */
   events?: EngineEvents
+  /** Told of every block range rewritten by read repair (for the log). */
+  onRepair?: (nodeId: string, offset: number, length: number, error?: unknown) => void
 }
 
 export interface EngineEvents {
@@ -85,6 +87,7 @@ export class VolumeEngine {
   readonly #dirtyDir: string | undefined
   readonly #outOfSync: string[]
   readonly #events: EngineEvents | undefined
+  readonly #onRepair: EngineOptions['onRepair']
   /** Write-intent maps of replicas that fell out of sync under this node's coordination. */
   readonly #dirty = new Map<string, DirtyMap>()
 
@@ -99,6 +102,7 @@ export class VolumeEngine {
     this.#dirtyDir = options.dirtyDir
     this.#outOfSync = options.outOfSync ?? []
     this.#events = options.events
+    this.#onRepair = options.onRepair
   }
 
   /** Writes numbered so far. */
@@ -225,19 +229,27 @@ export class VolumeEngine {
 
   /** Copy one region with overlapping writes held back and in-flight ones landed first. */
   async #copyRegion(source: Replica, target: Replica, start: number, length: number): Promise<void> {
+    await this.#withCopyLock(start, length, async () => {
+      const buf = Buffer.allocUnsafe(length)
+      await source.read(start, buf)
+      await target.write(start, buf, 0)
+    })
+    this.#checkLearner(target)
+  }
+
+  /** One region at a time: overlapping writes wait, writes already in flight land first. */
+  async #withCopyLock(start: number, length: number, fn: () => Promise<void>): Promise<void> {
+    while (this.#copyLock) await this.#copyLock.done
     let release!: () => void
     const done = new Promise<void>((resolve) => { release = resolve })
     this.#copyLock = { start, end: start + length, done }
     try {
       await Promise.allSettled([...this.#writes])
-      const buf = Buffer.allocUnsafe(length)
-      await source.read(start, buf)
-      await target.write(start, buf, 0)
+      await fn()
     } finally {
       this.#copyLock = undefined
       release()
     }
-    this.#checkLearner(target)
   }
 
   #learnerFailed(learner: Replica, err: unknown): void {
@@ -279,6 +291,11 @@ export class VolumeEngine {
     return this.#closing
   }
 
+  /**
+   * Read from the first in-sync replica that can serve. A block that fails its checksum is
+   * served from the next replica and then rewritten on the bad one (read repair); with no
+   * other replica the read fails, naming the block, and never returns wrong bytes.
+   */
   async #readFrom(index: number, offset: number, into: Uint8Array): Promise<void> {
     const replica = this.#replicas[index]
     if (!replica) throw pxdError('IO_ERROR', `volume ${this.volumeId}: no replica could serve the read at ${offset}`)
@@ -286,9 +303,30 @@ export class VolumeEngine {
       await replica.read(offset, into)
     } catch (err) {
       if (isPxdError(err, 'STALE_EPOCH')) return this.#fail(err)
-      if (isPxdError(err, 'CHECKSUM_MISMATCH')) this.#events?.checksumFailure()
+      const corrupt = isPxdError(err, 'CHECKSUM_MISMATCH')
+      if (corrupt) this.#events?.checksumFailure()
       if (index + 1 >= this.#replicas.length) throw err
       await this.#readFrom(index + 1, offset, into)
+      if (corrupt) await this.#repair(replica, offset, into.length)
+    }
+  }
+
+  /** Rewrite whole blocks of a bad replica from a good one, with overlapping writes held back. */
+  async #repair(bad: Replica, offset: number, length: number): Promise<void> {
+    const start = offset - (offset % BLOCK)
+    const end = Math.min(Math.ceil((offset + length) / BLOCK) * BLOCK, this.size)
+    try {
+      await this.#withCopyLock(start, end - start, async () => {
+        const source = this.#replicas.find((r) => r !== bad)
+        if (!source) throw pxdError('IO_ERROR', 'no good replica left to repair from')
+        const buf = Buffer.allocUnsafe(end - start)
+        await source.read(start, buf)
+        await bad.write(start, buf, 0)
+      })
+      this.#events?.repaired()
+      this.#onRepair?.(bad.nodeId, start, end - start)
+    } catch (err) {
+      this.#onRepair?.(bad.nodeId, start, end - start, err)
     }
   }
 

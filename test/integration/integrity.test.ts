@@ -1,0 +1,106 @@
+/**
+ * Every block read is checked against its crc32c. A corrupted block on one replica is
+ * served from another and rewritten (read repair); on a lone replica the read fails with
+ * EIO and the log names the block: wrong bytes are never returned.
+ */
+import test from 'ava'
+import { createHash, randomBytes } from 'node:crypto'
+import { promises as fs, openSync, writeSync, readSync, closeSync } from 'node:fs'
+import { execFileSync } from 'node:child_process'
+import path from 'node:path'
+import { ApiClient } from '../../src/api/client'
+import { assertIntegrationPreconditions } from '../helpers/preflight'
+import { startCluster, type Cluster, type ClusterNode } from '../helpers/cluster'
+import { pluginCall } from '../helpers/plugin-client'
+
+assertIntegrationPreconditions()
+
+let cluster: Cluster
+const MiB = 1024 * 1024
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
+
+test.before(async () => {
+  cluster = await startCluster(['node-a', 'node-b'])
+})
+
+test.after.always(async () => {
+  await cluster?.stop()
+})
+
+async function call(n: ClusterNode, endpoint: string, body: unknown) {
+  const reply = await pluginCall(n.pluginSocket, endpoint, body)
+  if (reply.body.Err) throw new Error(`${endpoint} on ${n.nodeId}: ${String(reply.body.Err)}`)
+  return reply.body
+}
+
+async function writeSynced(file: string, data: Buffer) {
+  const h = await fs.open(file, 'w')
+  try {
+    await h.writeFile(data)
+    await h.sync()
+  } finally {
+    await h.close()
+  }
+}
+
+/** Flip one byte in the middle of the replica's written data; returns the block index. */
+function corruptOneBlock(n: ClusterNode, volumeId: string): number {
+  const dir = path.join(n.dataDir, 'replicas', volumeId)
+  const crcs = execFileSync('cat', [path.join(dir, 'crc')])
+  const written: number[] = []
+  for (let b = 0; b < crcs.length / 4; b++) if (crcs.readUInt32LE(b * 4) !== 0) written.push(b)
+  // The last written blocks belong to the file written last (ext4 allocates it after its metadata).
+  const block = written[written.length - 64]!
+  const fd = openSync(path.join(dir, 'data'), 'r+')
+  try {
+    const byte = Buffer.alloc(1)
+    readSync(fd, byte, 0, 1, block * 4096 + 100)
+    byte[0] = byte[0]! ^ 0xff
+    writeSync(fd, byte, 0, 1, block * 4096 + 100)
+  } finally {
+    closeSync(fd)
+  }
+  return block
+}
+
+const dropCaches = () => execFileSync('sh', ['-c', 'sync; echo 3 > /proc/sys/vm/drop_caches'])
+
+test('a corrupted block is served from the other replica and repaired', async (t) => {
+  const a = cluster.node('node-a')
+  await call(a, '/VolumeDriver.Create', { Name: 'rr', Opts: { size: '64M', repl: '2' } })
+  const info = await new ApiClient(a.apiUrl).inspectVolume('rr')
+  let mp = (await call(a, '/VolumeDriver.Mount', { Name: 'rr', ID: '1' })).Mountpoint as string
+  const payload = randomBytes(4 * MiB)
+  await writeSynced(path.join(mp, 'payload.bin'), payload)
+  await call(a, '/VolumeDriver.Unmount', { Name: 'rr', ID: '1' })
+
+  const block = corruptOneBlock(a, info.id)
+  mp = (await call(a, '/VolumeDriver.Mount', { Name: 'rr', ID: '2' })).Mountpoint as string
+  dropCaches()
+  t.is(sha(await fs.readFile(path.join(mp, 'payload.bin'))), sha(payload), 'the right bytes, from the good replica')
+  t.regex(a.logs(), new RegExp(`"block":${block}[,}].*read repair: checksum mismatch served from another replica and rewritten`))
+  await call(a, '/VolumeDriver.Unmount', { Name: 'rr', ID: '2' })
+  const digest = async (n: ClusterNode) => {
+    const dir = path.join(n.dataDir, 'replicas', info.id)
+    return sha(Buffer.concat([await fs.readFile(path.join(dir, 'data')), await fs.readFile(path.join(dir, 'crc'))]))
+  }
+  t.is(await digest(a), await digest(cluster.node('node-b')), 'the bad replica was rewritten')
+})
+
+test('on a lone replica a corrupted block fails the read with EIO, naming the block', async (t) => {
+  const a = cluster.node('node-a')
+  await call(a, '/VolumeDriver.Create', { Name: 'lone', Opts: { size: '64M', repl: '1' } })
+  const info = await new ApiClient(a.apiUrl).inspectVolume('lone')
+  const holder = cluster.node(info.replicas[0]!.nodeId)
+  let mp = (await call(holder, '/VolumeDriver.Mount', { Name: 'lone', ID: '1' })).Mountpoint as string
+  await writeSynced(path.join(mp, 'payload.bin'), randomBytes(4 * MiB))
+  await call(holder, '/VolumeDriver.Unmount', { Name: 'lone', ID: '1' })
+
+  const block = corruptOneBlock(holder, info.id)
+  mp = (await call(holder, '/VolumeDriver.Mount', { Name: 'lone', ID: '2' })).Mountpoint as string
+  dropCaches()
+  const err = await t.throwsAsync(fs.readFile(path.join(mp, 'payload.bin')))
+  t.is((err as NodeJS.ErrnoException).code, 'EIO')
+  t.regex(holder.logs(), new RegExp(`checksum mismatch in block ${block} of `))
+  await call(holder, '/VolumeDriver.Unmount', { Name: 'lone', ID: '2' })
+})
