@@ -42,6 +42,9 @@ export interface DaemonConfig {
   nodeTtl: number
   /** File holding the API token; required when the API listens beyond loopback. */
   apiTokenFile?: string
+  /** Background scrub of attached volumes every this many seconds (0: off), at this many bytes/s. */
+  scrubInterval?: number
+  scrubRate?: number
 }
 
 export class Daemon {
@@ -124,6 +127,8 @@ export class Daemon {
     const manager = new VolumeManager({
       nodeId: this.nodeId, dataDir: c.dataDir, kvdb, frontend, host, membership, peers, log: log.child({ component: 'volumes' }),
       engineEvents: (name) => metrics.volume(name),
+      ...(c.scrubInterval ? { scrubIntervalSeconds: c.scrubInterval } : {}),
+      ...(c.scrubRate ? { scrubBytesPerSecond: c.scrubRate } : {}),
     })
     this.#onStop('frontend', () => frontend.stop())
     await frontend.start()

@@ -42,6 +42,10 @@ export class ApiClient {
     return this.#call('POST', '/v1/volumes', { name, options })
   }
 
+  scrub(name: string): Promise<{ volume: string; checkedBlocks: number; badBlocks: number; repairedBlocks: number; unrecoverableBlocks: number }> {
+    return this.#call('POST', `/v1/volumes/${encodeURIComponent(name)}/scrub`, {})
+  }
+
   haUpdate(name: string, repl: number): Promise<VolumeInfo> {
     return this.#call('POST', `/v1/volumes/${encodeURIComponent(name)}/ha`, { repl })
   }

@@ -172,6 +172,10 @@ export class ApiServer {
         return [201, await m.create(name, merged)]
       }],
       ['GET', /^\/v1\/volumes\/([^/]+)$/, async (_req, [name]) => [200, await m.inspect(name!)]],
+      ['POST', /^\/v1\/volumes\/([^/]+)\/scrub$/, async (req, [name]) => {
+        req.resume()
+        return [200, await m.scrub(name!)]
+      }],
       ['POST', /^\/v1\/volumes\/([^/]+)\/ha$/, async (req, [name]) => {
         const body = await readJsonObject(req)
         const repl = body.repl

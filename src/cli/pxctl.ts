@@ -23,6 +23,7 @@ Commands:
   volume list                         all volumes
   volume inspect NAME [--watch]       one volume in detail; --watch follows resync progress
   volume ha-update NAME --repl N      raise or lower the replication of a live volume
+  volume scrub NAME                   verify every block of every replica, repair from a good one
   volume delete NAME                  remove a volume (it must not be mounted)
 
 Global options:
@@ -120,6 +121,17 @@ async function main(argv: string[]): Promise<number> {
         out(v, () => renderInspect(v))
         return 0
       }
+      case 'scrub': {
+        const r = await client.scrub(needName())
+        out(r, () => renderFields([
+          ['Volume', r.volume],
+          ['Blocks checked', String(r.checkedBlocks)],
+          ['Bad blocks', String(r.badBlocks)],
+          ['Repaired', String(r.repairedBlocks)],
+          ['Unrecoverable', String(r.unrecoverableBlocks)],
+        ]))
+        return r.unrecoverableBlocks > 0 ? 1 : 0
+      }
       case 'ha-update': {
         if (values.repl === undefined) throw new UsageError('pxctl volume ha-update needs --repl N')
         const v = await client.haUpdate(needName(), Number(values.repl))
@@ -134,7 +146,7 @@ async function main(argv: string[]): Promise<number> {
         return 0
       }
       default:
-        throw new UsageError(sub ? `unknown volume command "${sub}"` : 'pxctl volume needs a command: create, list, inspect, ha-update, delete')
+        throw new UsageError(sub ? `unknown volume command "${sub}"` : 'pxctl volume needs a command: create, list, inspect, ha-update, scrub, delete')
     }
   }
   throw new UsageError(`unknown command "${positionals.join(' ')}"`)

@@ -12,6 +12,7 @@ import pretty from 'pino-pretty'
 import { Daemon, type DaemonConfig } from '../daemon'
 import { messageOf } from '../errors'
 import { packageVersion } from './version'
+import { parseSize } from '../util/size'
 
 const HELP = `pxd: storage node for container hosts (Docker volume plugin "pxd")
 
@@ -23,6 +24,9 @@ Options (each also settable through the environment variable shown):
   --plugin-socket PATH  Docker plugin socket           PXD_PLUGIN_SOCKET  (default /run/docker/plugins/pxd.sock)
   --api-listen H:P      HTTP API for pxctl             PXD_API_LISTEN     (default 127.0.0.1:9001)
   --api-token-file FILE token for changing API calls PXD_API_TOKEN_FILE (required beyond loopback)
+  --scrub-interval SEC  background scrub of attached  PXD_SCRUB_INTERVAL (default 0: off)
+                        volumes every SEC seconds
+  --scrub-rate SIZE     scrub pace per second         PXD_SCRUB_RATE     (default 50M)
   --node-id ID          this node's id                 PXD_NODE_ID        (default: the id stored in the data dir, else the host name)
   --log-level LEVEL     trace|debug|info|warn|error    PXD_LOG_LEVEL      (default info)
   --log-pretty          readable log lines, not JSON   PXD_LOG_PRETTY=1   (default: only when stdout
@@ -49,6 +53,8 @@ const OPTIONS = {
   'plugin-socket': { type: 'string', env: 'PXD_PLUGIN_SOCKET', default: '/run/docker/plugins/pxd.sock' },
   'api-listen': { type: 'string', env: 'PXD_API_LISTEN', default: '127.0.0.1:9001' },
   'api-token-file': { type: 'string', env: 'PXD_API_TOKEN_FILE', default: undefined },
+  'scrub-interval': { type: 'string', env: 'PXD_SCRUB_INTERVAL', default: '0' },
+  'scrub-rate': { type: 'string', env: 'PXD_SCRUB_RATE', default: '50M' },
   'node-id': { type: 'string', env: 'PXD_NODE_ID', default: undefined },
   'log-level': { type: 'string', env: 'PXD_LOG_LEVEL', default: 'info' },
   kvdb: { type: 'string', env: 'PXD_KVDB', default: undefined },
@@ -110,6 +116,17 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`pxd: invalid --node-ttl "${setting('node-ttl')}": whole seconds from 1 to 300\n`)
     return 2
   }
+  const scrubInterval = Number(setting('scrub-interval'))
+  let scrubRate: number
+  try {
+    scrubRate = parseSize(setting('scrub-rate')!)
+  } catch {
+    scrubRate = NaN
+  }
+  if (!Number.isInteger(scrubInterval) || scrubInterval < 0 || !(scrubRate > 0)) {
+    process.stderr.write('pxd: --scrub-interval takes whole seconds (0: off) and --scrub-rate a size per second such as 50M\n')
+    return 2
+  }
   const optional = (name: keyof typeof OPTIONS, key: string) => {
     const v = setting(name)
     return v ? { [key]: v } : {}
@@ -122,6 +139,8 @@ async function main(argv: string[]): Promise<number> {
     version: packageVersion(),
     clusterId: setting('cluster-id')!,
     nodeTtl,
+    scrubInterval,
+    scrubRate,
     ...optional('node-id', 'nodeId'),
     ...optional('kvdb', 'kvdb'),
     ...optional('peer-listen', 'peerListen'),

@@ -27,6 +27,16 @@ export const RESYNC_SCAN_BYTES = 64 * 1024 * 1024
 export const RESYNC_REGION_BYTES = 128 * 1024
 const BLOCK = 4096
 
+/** Scrub reads this much of a replica at a time. */
+export const SCRUB_CHUNK_BYTES = 1024 * 1024
+
+export interface ScrubResult {
+  checkedBlocks: number
+  badBlocks: number
+  repairedBlocks: number
+  unrecoverableBlocks: number
+}
+
 export interface ResyncProgress {
   nodeId: string
   /** 'dirty-map': only the regions written while the replica was away; 'checksum-scan': every block. */
@@ -231,7 +241,20 @@ export class VolumeEngine {
   async #copyRegion(source: Replica, target: Replica, start: number, length: number): Promise<void> {
     await this.#withCopyLock(start, length, async () => {
       const buf = Buffer.allocUnsafe(length)
-      await source.read(start, buf)
+      try {
+        await source.read(start, buf)
+      } catch (err) {
+        // A torn or rotten block on the source: take the region from another replica
+        // (it may be the target itself) and mend the source on the way.
+        if (!isPxdError(err, 'CHECKSUM_MISMATCH')) throw err
+        this.#events?.checksumFailure()
+        const other = this.#replicas.find((r) => r !== source)
+        if (!other) throw err
+        await other.read(start, buf)
+        await source.write(start, buf, 0)
+        this.#events?.repaired()
+        this.#onRepair?.(source.nodeId, start, length)
+      }
       await target.write(start, buf, 0)
     })
     this.#checkLearner(target)
@@ -261,6 +284,80 @@ export class VolumeEngine {
     if (this.#fenced) throw this.#fenced
     const err = this.#learnerErrors.get(target)
     if (err !== undefined) throw err
+  }
+
+  /**
+   * After a coordinator died, its last writes (never acknowledged) may have reached some
+   * replicas and not others. Before the volume is used again, make every in-sync replica
+   * equal to the first one (the local one when there is one): compare block checksums and
+   * copy the regions that differ. Returns the bytes copied.
+   */
+  async reconcile(): Promise<number> {
+    let copied = 0
+    for (const target of this.#replicas.slice(1)) {
+      for (const [offset, length] of chunks(this.size, RESYNC_SCAN_BYTES)) copied += await this.#syncRange(target, offset, length)
+    }
+    return copied
+  }
+
+  /**
+   * Read every written block of every in-sync replica and check it against its crc32c;
+   * a bad block is rewritten from a replica where it is good. Blocks whose stored crc is
+   * 0 were never written (or hold zeros) and are skipped. `bytesPerSecond` paces it.
+   */
+  async scrub(options: { bytesPerSecond?: number; signal?: AbortSignal } = {}): Promise<ScrubResult> {
+    const result: ScrubResult = { checkedBlocks: 0, badBlocks: 0, repairedBlocks: 0, unrecoverableBlocks: 0 }
+    const started = Date.now()
+    let bytes = 0
+    for (const replica of [...this.#replicas]) {
+      for (let offset = 0; offset < this.size; offset += SCRUB_CHUNK_BYTES) {
+        if (options.signal?.aborted || this.#closing) return result
+        const length = Math.min(SCRUB_CHUNK_BYTES, this.size - offset)
+        const digest = await replica.digest(offset, length)
+        if (digest.every((b) => b === 0)) continue
+        const written = countWritten(digest)
+        const buf = Buffer.allocUnsafe(length)
+        try {
+          await replica.read(offset, buf)
+          result.checkedBlocks += written
+        } catch (err) {
+          if (!isPxdError(err, 'CHECKSUM_MISMATCH')) throw err
+          await this.#scrubBlocks(replica, offset, length, digest, result)
+        }
+        bytes += length
+        if (options.bytesPerSecond) {
+          const due = started + (bytes / options.bytesPerSecond) * 1000
+          if (due > Date.now()) await new Promise((r) => setTimeout(r, due - Date.now()))
+        }
+      }
+    }
+    return result
+  }
+
+  /** Block by block through a chunk that failed: find each bad block and repair it if another replica has it right. */
+  async #scrubBlocks(replica: Replica, offset: number, length: number, digest: Uint8Array, result: ScrubResult): Promise<void> {
+    const one = Buffer.allocUnsafe(BLOCK)
+    for (let block = 0; block < length / BLOCK; block++) {
+      if (digest[block * 4] === 0 && digest[block * 4 + 1] === 0 && digest[block * 4 + 2] === 0 && digest[block * 4 + 3] === 0) continue
+      const at = offset + block * BLOCK
+      result.checkedBlocks++
+      try {
+        await replica.read(at, one)
+        continue
+      } catch (err) {
+        if (!isPxdError(err, 'CHECKSUM_MISMATCH')) throw err
+      }
+      result.badBlocks++
+      this.#events?.checksumFailure()
+      if (this.#replicas.length < 2) {
+        result.unrecoverableBlocks++
+        this.#onRepair?.(replica.nodeId, at, BLOCK, pxdError('CHECKSUM_MISMATCH', 'no other replica to repair from'))
+        continue
+      }
+      const before = result.repairedBlocks
+      await this.#repair(replica, at, BLOCK, () => { result.repairedBlocks++ })
+      if (result.repairedBlocks === before) result.unrecoverableBlocks++
+    }
   }
 
   /** Replicas being resynced. */
@@ -312,7 +409,7 @@ export class VolumeEngine {
   }
 
   /** Rewrite whole blocks of a bad replica from a good one, with overlapping writes held back. */
-  async #repair(bad: Replica, offset: number, length: number): Promise<void> {
+  async #repair(bad: Replica, offset: number, length: number, onDone?: () => void): Promise<void> {
     const start = offset - (offset % BLOCK)
     const end = Math.min(Math.ceil((offset + length) / BLOCK) * BLOCK, this.size)
     try {
@@ -324,6 +421,7 @@ export class VolumeEngine {
         await bad.write(start, buf, 0)
       })
       this.#events?.repaired()
+      onDone?.()
       this.#onRepair?.(bad.nodeId, start, end - start)
     } catch (err) {
       this.#onRepair?.(bad.nodeId, start, end - start, err)
@@ -422,4 +520,10 @@ function chunks(size: number, step: number): Array<[number, number]> {
   const out: Array<[number, number]> = []
   for (let offset = 0; offset < size; offset += step) out.push([offset, Math.min(step, size - offset)])
   return out
+}
+
+function countWritten(digest: Uint8Array): number {
+  let n = 0
+  for (let i = 0; i < digest.length; i += 4) if (digest[i] !== 0 || digest[i + 1] !== 0 || digest[i + 2] !== 0 || digest[i + 3] !== 0) n++
+  return n
 }

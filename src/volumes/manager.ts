@@ -20,7 +20,7 @@ import type { Membership, NodeInfo } from '../cluster/membership'
 import { LocalReplica, type Replica } from '../engine/replica'
 import type { ReplicaHost } from '../engine/replica-host'
 import { RemoteReplica, type PeerChannel } from '../engine/remote-replica'
-import { VolumeEngine, type EngineEvents, type ResyncProgress } from '../engine/volume-engine'
+import { VolumeEngine, type EngineEvents, type ResyncProgress, type ScrubResult } from '../engine/volume-engine'
 import { messageOf, pxdError, type PxdError } from '../errors'
 import type { Frontend } from '../frontend/frontend'
 import { keys, type Kvdb } from '../kvdb/kvdb'
@@ -63,6 +63,9 @@ export interface ManagerOptions {
   log: Logger
   /** Per-volume event sink for metrics. */
   engineEvents?: (volumeName: string) => EngineEvents
+  /** Background scrub of the volumes attached here: every this many seconds (0: never), at this rate. */
+  scrubIntervalSeconds?: number
+  scrubBytesPerSecond?: number
 }
 
 export class VolumeManager {
@@ -75,6 +78,10 @@ export class VolumeManager {
   readonly #peers: PeerDirectory
   readonly #log: Logger
   readonly #engineEvents: ManagerOptions['engineEvents']
+  readonly #scrubEvery: number
+  readonly #scrubRate: number
+  #scrubTimer: NodeJS.Timeout | undefined
+  readonly #scrubAbort = new AbortController()
   readonly #locks = new KeyedMutex()
   readonly #attached = new Map<string, LocalAttachment>()
   #stopping = false
@@ -90,6 +97,8 @@ export class VolumeManager {
     this.#peers = o.peers
     this.#log = o.log
     this.#engineEvents = o.engineEvents
+    this.#scrubEvery = o.scrubIntervalSeconds ?? 0
+    this.#scrubRate = o.scrubBytesPerSecond ?? 50 * 1024 * 1024
   }
 
   /**
@@ -101,7 +110,7 @@ export class VolumeManager {
       if (entry.value.nodeId !== this.#nodeId) continue
       const ok = await this.#kvdb.txn({
         compares: [{ key: entry.key, modRevision: entry.modRevision }],
-        puts: [{ key: entry.key, value: { nodeId: null, epoch: entry.value.epoch } satisfies AttachmentRecord }],
+        puts: [{ key: entry.key, value: { nodeId: null, epoch: entry.value.epoch, unclean: true } satisfies AttachmentRecord }],
       })
       if (ok) this.#log.info({ volume: entry.key.slice(keys.attachments().length) }, 'marked detached after restart')
     }
@@ -109,6 +118,10 @@ export class VolumeManager {
       for (const name of this.#attached.keys()) void this.#startResyncs(name)
     }, RESYNC_CHECK_MS)
     this.#resyncTimer.unref()
+    if (this.#scrubEvery > 0) {
+      this.#scrubTimer = setInterval(() => void this.#backgroundScrub(), this.#scrubEvery * 1000)
+      this.#scrubTimer.unref()
+    }
     const mine = new Set((await this.#records()).filter((r) => r.replicas.some((p) => p.nodeId === this.#nodeId)).map((r) => r.id))
     for (const id of await this.#host.list()) {
       if (mine.has(id)) continue
@@ -206,6 +219,43 @@ export class VolumeManager {
     })
   }
 
+  /**
+   * Verify every written block of every in-sync replica and repair what another replica
+   * has right. A volume attached here is scrubbed live; a detached one is attached for the
+   * scrub (no mount); one attached on another node must be scrubbed there.
+   */
+  async scrub(requestedName: string): Promise<ScrubResult & { volume: string }> {
+    const { name } = parseVolumeRef(requestedName)
+    const local = this.#attached.get(name)
+    if (local) return { volume: name, ...(await local.engine.scrub({ signal: this.#scrubAbort.signal })) }
+    return this.#locks.run(name, async () => {
+      this.#checkRunning()
+      const { value: record } = await this.#requireRecord(name)
+      const epoch = await this.#claimAttachment(name)
+      let engine: VolumeEngine | undefined
+      try {
+        engine = await this.#openEngine(name, record, epoch)
+        const result = await engine.scrub({ signal: this.#scrubAbort.signal })
+        this.#log.info({ volume: name, volumeId: record.id, ...result }, 'scrub done')
+        return { volume: name, ...result }
+      } finally {
+        await engine?.close().catch((err) => this.#log.error({ err, volume: name }, 'close after scrub failed'))
+        await this.#releaseAttachment(name, epoch).catch((err) => this.#log.error({ err, volume: name }, 'release after scrub failed'))
+      }
+    })
+  }
+
+  async #backgroundScrub(): Promise<void> {
+    for (const [name, local] of [...this.#attached]) {
+      try {
+        const result = await local.engine.scrub({ bytesPerSecond: this.#scrubRate, signal: this.#scrubAbort.signal })
+        this.#log.info({ volume: name, volumeId: local.volumeId, ...result }, 'background scrub done')
+      } catch (err) {
+        this.#log.warn({ err, volume: name, volumeId: local.volumeId }, 'background scrub stopped')
+      }
+    }
+  }
+
   async remove(requestedName: string): Promise<void> {
     const { name } = parseVolumeRef(requestedName)
     await this.#locks.run(name, async () => {
@@ -240,10 +290,15 @@ export class VolumeManager {
       }
       const { value: record } = await this.#requireRecord(name)
       if (record.inSync.length === 0) throw pxdError('UNSATISFIABLE', `volume ${name} has no in-sync replica left`)
-      const epoch = await this.#claimAttachment(name)
+      const { epoch, unclean } = await this.#claim(name)
       let engine: VolumeEngine | undefined
       try {
         engine = await this.#openEngine(name, record, epoch)
+        if (unclean) {
+          const copied = await engine.reconcile()
+          await this.#markClean(name, epoch)
+          this.#log.info({ volume: name, volumeId: record.id, copiedBytes: copied }, 'replicas reconciled after an unclean detach')
+        }
         const mountpoint = await this.#frontend.attach({
           id: record.id, name, fs: record.spec.fs, blockSize: record.spec.blockSize, device: engine,
           formatted: record.formatted === true,
@@ -301,6 +356,8 @@ export class VolumeManager {
   async stop(): Promise<void> {
     this.#stopping = true
     if (this.#resyncTimer) clearInterval(this.#resyncTimer)
+    if (this.#scrubTimer) clearInterval(this.#scrubTimer)
+    this.#scrubAbort.abort()
     for (const [name, local] of [...this.#attached]) {
       await this.#locks.run(name, () => this.#detach(name, local, true)).catch((err) => this.#log.error({ err, volume: name }, 'detach at shutdown failed'))
     }
@@ -505,6 +562,10 @@ export class VolumeManager {
    * A holder that is offline (its lease expired) loses the volume to the new attach.
    */
   async #claimAttachment(name: string): Promise<number> {
+    return (await this.#claim(name)).epoch
+  }
+
+  async #claim(name: string): Promise<{ epoch: number; unclean: boolean }> {
     const key = keys.attachment(name)
     const current = await this.#kvdb.get<AttachmentRecord>(key)
     const holder = current?.value.nodeId
@@ -513,12 +574,22 @@ export class VolumeManager {
       this.#log.warn({ volume: name, from: holder }, 'taking over a volume from an offline node')
     }
     const epoch = (current?.value.epoch ?? 0) + 1
+    // Taking over from a holder that died keeps the volume marked unclean until reconciled.
+    const unclean = Boolean(holder) || current?.value.unclean === true
     const ok = await this.#kvdb.txn({
       compares: [{ key, modRevision: current?.modRevision ?? 0 }],
-      puts: [{ key, value: { nodeId: this.#nodeId, epoch } satisfies AttachmentRecord }],
+      puts: [{ key, value: { nodeId: this.#nodeId, epoch, ...(unclean ? { unclean } : {}) } satisfies AttachmentRecord }],
     })
     if (!ok) throw pxdError('CONFLICT', `volume ${name} was attached concurrently; retry`)
-    return epoch
+    return { epoch, unclean }
+  }
+
+  /** Replicas were made equal after an unclean detach: clear the mark (only while still ours at `epoch`). */
+  async #markClean(name: string, epoch: number): Promise<void> {
+    const key = keys.attachment(name)
+    const current = await this.#kvdb.get<AttachmentRecord>(key)
+    if (!current || current.value.nodeId !== this.#nodeId || current.value.epoch !== epoch) throw pxdError('FENCED', `volume ${name} is no longer attached here at epoch ${epoch}`)
+    await this.#kvdb.txn({ compares: [{ key, modRevision: current.modRevision }], puts: [{ key, value: { nodeId: this.#nodeId, epoch } satisfies AttachmentRecord }] })
   }
 
   async #releaseAttachment(name: string, epoch: number): Promise<void> {

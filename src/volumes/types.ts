@@ -22,6 +22,8 @@ export interface VolumeRecord {
 export interface AttachmentRecord {
   nodeId: string | null
   epoch: number
+  /** The last holder died or was cut off while attached: replicas may differ in unacknowledged writes. */
+  unclean?: boolean
 }
 
 export type VolumeState = 'detached' | 'attached'
