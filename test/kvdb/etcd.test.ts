@@ -105,9 +105,10 @@ test('etcd: close revokes the leases it holds', async (t) => {
 test('etcd: a lease outlives its TTL while its holder runs', async (t) => {
   const db = await openOn(t, etcd!)
   const changes: Array<Error | undefined> = []
-  const leased = await db.putLeased('alive/n1', 'up', 2)
+  // TTL 4 s held for 9 s: more than two TTLs, with keepalives every few seconds even on a busy machine.
+  const leased = await db.putLeased('alive/n1', 'up', 4)
   leased.onChange((lost) => changes.push(lost))
-  await new Promise((resolve) => setTimeout(resolve, 5000))
+  await new Promise((resolve) => setTimeout(resolve, 9000))
   t.is((await db.get('alive/n1'))?.value, 'up')
   t.deepEqual(changes, [])
   await leased.revoke()
