@@ -23,7 +23,8 @@ export const NONCE_BYTES = 32
 export const PROOF_BYTES = 32
 export const MAX_MESSAGE_CHARS = 4096
 
-const VOLUME_RE = /^[A-Za-z0-9_.-]{1,128}$/
+/** A volume id names a directory on the peer: "." and ".." would name its parents. */
+const VOLUME_RE = /^(?!\.{1,2}$)[A-Za-z0-9_.-]{1,128}$/
 const NODE_ID_RE = /^[A-Za-z0-9_.:@-]{1,128}$/
 const CODE_RE = /^[A-Z][A-Z0-9_]{0,63}$/
 
@@ -87,7 +88,7 @@ const f = (name: string, check: Check, expect: string, optional?: true): FieldSp
   optional ? { name, check, expect, optional } : { name, check, expect }
 
 const ID = f('id', isPositiveId, 'a positive safe integer')
-const VOL = f('vol', isVolume, 'a volume id of 1-128 characters [A-Za-z0-9_.-]')
+const VOL = f('vol', isVolume, 'a volume id of 1-128 characters [A-Za-z0-9_.-], not "." or ".."')
 const EPOCH = f('epoch', isUint, 'a non-negative safe integer')
 const OFFSET = f('offset', isUint, 'a non-negative safe integer')
 const VERSION = f('v', isVersion, `protocol version ${PROTOCOL_VERSION}`)

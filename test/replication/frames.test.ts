@@ -115,6 +115,12 @@ test('wrong field types are refused', (t) => {
   badFrame(t, pack({ ...base, vol: 42 }))
   badFrame(t, pack({ ...base, vol: '' }))
   badFrame(t, pack({ ...base, vol: 'a/b' }))
+  // The peer joins vol to its replicas dir: "." and ".." would name the dir itself and the data dir.
+  for (const vol of ['.', '..']) {
+    badFrame(t, pack({ ...base, vol }))
+    badFrame(t, pack({ t: 'drop', id: 1, vol }))
+  }
+  t.is(decodeFrame(pack({ t: 'drop', id: 1, vol: '...' })).t, 'drop')
   badFrame(t, pack({ ...base, vol: 'x'.repeat(129) }))
   badFrame(t, pack({ t: 'ack', id: 1, ok: 'yes' }))
   badFrame(t, pack({ t: 'ack', id: 1, ok: false, code: 'lower', message: 'm' }))
