@@ -13,6 +13,7 @@ import { ApiClient } from '../../src/api/client'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { startCluster, waitFor, TEST_NODE_TTL, type Cluster, type ClusterNode } from '../helpers/cluster'
 import { pluginCall } from '../helpers/plugin-client'
+import { PXCTL_BIN } from '../helpers/paths'
 
 assertIntegrationPreconditions()
 
@@ -76,6 +77,15 @@ test('a replica that was away is resynced by copying only what changed meanwhile
   t.deepEqual(degraded.replicas.filter((r) => r.inSync).map((r) => r.nodeId), [coordinator!.nodeId])
 
   await cluster.start(away!.nodeId)
+  // Not a terminal: plain timestamped lines, and it ends once every replica is in sync.
+  const watch = await new Promise<{ code: number; out: string }>((resolve) => {
+    execFile(process.execPath, [PXCTL_BIN, '--api', coordinator!.apiUrl, 'volume', 'inspect', 'rs', '--watch'], { timeout: 60_000 }, (err, stdout) => {
+      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, out: stdout })
+    })
+  })
+  t.is(watch.code, 0, watch.out)
+  t.regex(watch.out, /^\d{4}-\d\d-\d\dT[\d:.]+Z rs: /m)
+  t.regex(watch.out.trim().split('\n').pop()!, new RegExp(`${away!.nodeId} in-sync`))
   await waitFor('the returning replica to be in sync', async () => (await inSyncOf(coordinator!, 'rs')).length === 2, 60_000, 250)
   const done = await new ApiClient(coordinator!.apiUrl).inspectVolume('rs')
   t.false(done.degraded)
