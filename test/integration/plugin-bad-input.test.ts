@@ -92,3 +92,25 @@ test('the daemon still serves after all of the above', async (t) => {
   t.is(reply.body.Err, '')
   t.deepEqual((await volumeNames()).sort(), ['after', 'keep'])
 })
+
+test('the same volume created many times at once: one volume, one spec', async (t) => {
+  const sizes = ['32M', '48M', '64M', '32M', '48M', '64M']
+  const replies = await Promise.all(sizes.map((size) => pluginCall(daemon.pluginSocket, '/VolumeDriver.Create', { Name: 'racy', Opts: { size } })))
+  const ok = replies.filter((r) => r.body.Err === '')
+  t.true(ok.length >= 1)
+  for (const r of replies.filter((x) => x.body.Err !== '')) t.regex(String(r.body.Err), /already exists with a different spec/)
+  const got = await pluginCall(daemon.pluginSocket, '/VolumeDriver.Get', { Name: 'racy' })
+  const size = (got.body.Volume as { Status: { size: number } }).Status.size
+  const winner = `${size / 1024 / 1024}M`
+  t.is(ok.length, sizes.filter((s) => s === winner).length, 'exactly the creates that asked for the winning spec succeeded')
+  t.is((await volumeNames()).filter((n) => n === 'racy').length, 1)
+  t.is((await pluginCall(daemon.pluginSocket, '/VolumeDriver.Remove', { Name: 'racy' })).body.Err, '')
+})
+
+test('refused: values that overflow', async (t) => {
+  for (const opts of [{ repl: '99999999999999999999' }, { size: '9999999999999999999999999T' }, { snap_interval: '1e400' }, { block_size: '18446744073709551617' }]) {
+    const reply = await pluginCall(daemon.pluginSocket, '/VolumeDriver.Create', { Name: 'big', Opts: opts })
+    t.regex(String(reply.body.Err), /invalid value/, JSON.stringify(opts))
+  }
+  t.false((await volumeNames()).includes('big'))
+})
