@@ -14,7 +14,7 @@
  * bad flags. Whatever it started is stopped on every one of those paths.
  */
 import { execFileSync } from 'node:child_process'
-import { mkdirSync, statfsSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, statfsSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { REPO_ROOT } from '../test/helpers/paths'
@@ -31,6 +31,9 @@ const HANG_MARGIN_S = 120
 /** Seconds the one-off layout write may take. */
 const LAYOUT_TIMEOUT_S = 900
 
+/** Share of CPU time busy before the run above which the run is flagged. */
+const BUSY_WARNING = 0.25
+
 const progress = (line: string) => process.stderr.write(`[bench] ${line}\n`)
 
 interface Machine {
@@ -40,8 +43,10 @@ interface Machine {
   node: string
   date: string
   hostname: string
-  /** 1/5/15-minute load averages when the run started and when it ended: other work on the machine shows here. */
+  /** 1/5/15-minute load averages when the run started and when it ended. */
   loadAverage: { start: number[]; end?: number[] }
+  /** Share of all cores busy during 2 s before the run (0-1): other work on the machine. */
+  busyBefore?: number
   fio: string
   pxdCommit: string
   /** The file system under node-a's data dir (host target and every replica). */
@@ -103,9 +108,12 @@ async function main(): Promise<number> {
   }
 
   installSignalHandlers()
-  const [load1 = 0] = results.machine.loadAverage.start
-  if (load1 > 1) {
-    results.warnings.push(`the machine was busy when the run started (load average ${load1.toFixed(2)} over the last minute): other work skews the figures`)
+  // The load average would still count the build that `npm run bench` just did; what
+  // the CPUs do right now says whether something else is running.
+  const busy = await cpuBusy(2000)
+  results.machine.busyBefore = busy
+  if (busy > BUSY_WARNING) {
+    results.warnings.push(`the machine was ${Math.round(busy * 100)}% busy in the 2 s before the run: other work skews the figures`)
     progress(`warning: ${results.warnings.at(-1)!}`)
   }
 
@@ -272,6 +280,21 @@ function machine(now: Date): Machine {
 function fileSystemOf(dir: string): { source: string; fstype: string; dir: string } {
   const [source = '?', fstype = '?'] = (tryText('findmnt', ['-n', '-o', 'SOURCE,FSTYPE', '--target', dir]) ?? '').split(/\s+/)
   return { source, fstype, dir }
+}
+
+/** Share (0-1) of all CPUs' time spent not idle (nor waiting for I/O) over `ms`, from /proc/stat. */
+async function cpuBusy(ms: number): Promise<number> {
+  const sample = () => {
+    const fields = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1, 9).map(Number)
+    const total = fields.reduce((a, b) => a + b, 0)
+    const idle = (fields[3] ?? 0) + (fields[4] ?? 0)
+    return { total, idle }
+  }
+  const a = sample()
+  await new Promise((resolve) => setTimeout(resolve, ms))
+  const b = sample()
+  const total = b.total - a.total
+  return total > 0 ? 1 - (b.idle - a.idle) / total : 0
 }
 
 function tryText(cmd: string, args: string[]): string | undefined {
