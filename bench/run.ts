@@ -69,6 +69,8 @@ interface BenchResults {
   crc?: CrcResults & { goalGBps: number; met: boolean | null }
   /** Volume state after the fio jobs: a repl=2 volume that went degraded ran as repl=1. */
   volumesAfter: Record<string, { degraded: boolean; replicas: Array<{ nodeId: string; inSync: boolean; online: boolean }> }>
+  /** Per daemon: how many warn / error lines it logged during the run, and the first error lines. */
+  daemonLogs: Record<string, { warnings: number; errors: number; firstErrors: string[] }>
   warnings: string[]
   /** Where daemon logs were saved when the run failed. */
   logs?: string[]
@@ -104,6 +106,7 @@ async function main(): Promise<number> {
     runs: [],
     summary: [],
     volumesAfter: {},
+    daemonLogs: {},
     warnings: [],
   }
 
@@ -228,7 +231,34 @@ async function runFio(opts: BenchOptions, env: BenchEnvironment, results: BenchR
   for (const t of env.targets) {
     if (t.id !== 'host' && t.nodeId !== env.local.nodeId) results.warnings.push(`${t.label} was mounted on ${t.nodeId}, not ${env.local.nodeId}`)
   }
+  for (const n of env.cluster?.nodes ?? []) {
+    const counts = logLevels(n.logs())
+    results.daemonLogs[n.nodeId] = counts
+    if (counts.errors > 0) results.warnings.push(`pxd ${n.nodeId} logged ${counts.errors} error line(s) during the run (first in the JSON's daemonLogs)`)
+  }
   for (const w of results.warnings) progress(`warning: ${w}`)
+}
+
+/** Count pino's warn (40) and error/fatal (50+) lines in a daemon's output. */
+function logLevels(text: string): { warnings: number; errors: number; firstErrors: string[] } {
+  let warnings = 0
+  let errors = 0
+  const firstErrors: string[] = []
+  for (const line of text.split('\n')) {
+    if (!line.startsWith('{')) continue
+    let level: unknown
+    try {
+      level = (JSON.parse(line) as { level?: unknown }).level
+    } catch {
+      continue
+    }
+    if (typeof level !== 'number') continue
+    if (level >= 50) {
+      errors++
+      if (firstErrors.length < 5) firstErrors.push(line.slice(0, 2000))
+    } else if (level >= 40) warnings++
+  }
+  return { warnings, errors, firstErrors }
 }
 
 /** A daemon that died mid-run makes every later figure meaningless: stop with its log. */
