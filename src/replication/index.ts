@@ -8,3 +8,4 @@ export {
   MAX_DATA_BYTES, MAX_FRAME_BYTES, PROTOCOL_VERSION, REQUEST_TYPES, decodeFrame, encodeFrame, isRequest, payloadBytes,
   type Frame, type FrameType, type OutgoingRequest, type RequestFrame, type RequestType,
 } from './frames'
+export { loadPeerTls, checkPeerTls, type PeerTls, type PeerTlsFiles } from './tls'

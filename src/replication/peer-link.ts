@@ -18,10 +18,12 @@
  *   fail fast (PEER_UNAVAILABLE) for `retryAfterMs` before the next attempt.
  * - Liveness: a ping every `pingIntervalMs` measures the round trip; a link that hears
  *   nothing for `deadAfterMs` is dropped.
+ * - TLS: with `tls` a link dials `wss://`, presents this node's certificate and accepts only
+ *   a server whose certificate the cluster CA signed for the node it meant to reach (tls.ts).
  */
 import { performance } from 'node:perf_hooks'
 import type { Logger } from 'pino'
-import { WebSocket, type RawData } from 'ws'
+import { WebSocket, type ClientOptions, type RawData } from 'ws'
 import { messageOf } from '../errors'
 import { WriteBatch } from './batch'
 import { checkSecret, computeProof, newNonce, verifyProof, type HandshakeParties } from './auth'
@@ -31,6 +33,7 @@ import {
   type Frame, type OutgoingRequest, type RequestFrame,
 } from './frames'
 import { PEER_PATH } from './peer-server'
+import { clientTlsFailure, clientTlsOptions, type PeerTls, type TlsAttempt } from './tls'
 
 export const DEFAULT_REQUEST_TIMEOUT_MS = 8000
 export const DEFAULT_MAX_BYTES_IN_FLIGHT = 64 * 1024 * 1024
@@ -61,6 +64,8 @@ export interface PeerLinksOptions {
   retryAfterMs?: number
   pingIntervalMs?: number
   deadAfterMs?: number
+  /** Mutual TLS (wss): this node's certificate and key, and the cluster CA. */
+  tls?: PeerTls
 }
 
 interface LinkConfig {
@@ -74,6 +79,7 @@ interface LinkConfig {
   retryAfterMs: number
   pingIntervalMs: number
   deadAfterMs: number
+  tls: PeerTls | undefined
 }
 
 /** One link per peer node, made on first use. */
@@ -85,6 +91,9 @@ export class PeerLinks {
 
   constructor(o: PeerLinksOptions) {
     checkSecret(o.secret)
+    if (o.tls && o.tls.nodeId !== o.nodeId) {
+      throw replicationError('AUTH_FAILED', `the peer TLS certificate is issued to ${o.tls.nodeId}, not to this node (${o.nodeId})`)
+    }
     this.#config = {
       nodeId: o.nodeId,
       clusterId: o.clusterId,
@@ -96,6 +105,7 @@ export class PeerLinks {
       retryAfterMs: o.retryAfterMs ?? DEFAULT_RETRY_AFTER_MS,
       pingIntervalMs: o.pingIntervalMs ?? DEFAULT_PING_INTERVAL_MS,
       deadAfterMs: o.deadAfterMs ?? DEFAULT_DEAD_AFTER_MS,
+      tls: o.tls,
     }
     this.#log = o.log.child({ component: 'peer-link' })
   }
@@ -343,9 +353,13 @@ export class PeerLink {
   #connect(): void {
     this.#state = 'connecting'
     this.#phase = Phase.None
+    const tls = this.#config.tls
+    const attempt: TlsAttempt = { secured: false }
     let ws: WebSocket
     try {
-      ws = new WebSocket(`ws://${this.address}${PEER_PATH}`, {
+      ws = new WebSocket(`${tls ? 'wss' : 'ws'}://${this.address}${PEER_PATH}`, {
+        // ws hands these to tls.connect; its typings give checkServerIdentity tls.connect's older signature.
+        ...(tls ? clientTlsOptions(tls, this.peerNodeId, attempt) as unknown as ClientOptions : {}),
         perMessageDeflate: false,
         maxPayload: MAX_FRAME_BYTES,
         handshakeTimeout: this.#config.connectTimeoutMs,
@@ -370,7 +384,7 @@ export class PeerLink {
     ws.on('open', () => this.#onOpen(ws))
     ws.on('message', (data, isBinary) => this.#onMessage(ws, data, isBinary))
     ws.on('error', (err) => {
-      if (ws === this.#ws) this.#drop(ws, replicationError('PEER_UNAVAILABLE', `link to node ${this.peerNodeId} at ${this.address}: ${err.message}`, err), false)
+      if (ws === this.#ws) this.#drop(ws, this.#connectionError(err, attempt), false)
     })
     ws.on('close', (code, reason) => {
       if (ws === this.#ws) {
@@ -378,6 +392,20 @@ export class PeerLink {
         this.#drop(ws, replicationError('PEER_UNAVAILABLE', `link to node ${this.peerNodeId} at ${this.address} closed (${why})`), false)
       }
     })
+  }
+
+  /** A socket error, named as precisely as the phase allows: TLS failures only happen before open. */
+  #connectionError(err: Error, attempt: TlsAttempt): ReplicationError {
+    const opening = this.#phase === Phase.None
+    if (opening && this.#config.tls) {
+      const named = clientTlsFailure(err, this.peerNodeId, this.address, attempt)
+      if (named) return named
+    }
+    const code = (err as { code?: unknown }).code
+    const hint = opening && !this.#config.tls && code === 'ECONNRESET'
+      ? ' (if that node uses --peer-tls-*, this node needs them too)'
+      : ''
+    return replicationError('PEER_UNAVAILABLE', `link to node ${this.peerNodeId} at ${this.address}: ${err.message}${hint}`, err)
   }
 
   #onOpen(ws: WebSocket): void {
@@ -468,7 +496,7 @@ export class PeerLink {
     this.#state = 'ready'
     this.#failedAttempts = 0
     this.#lastError = undefined
-    this.#log.info({ address: this.address }, 'peer link up')
+    this.#log.info({ address: this.address, tls: this.#config.tls !== undefined }, 'peer link up')
     this.#ping(ws)
     this.#pingTimer = setInterval(() => this.#ping(ws), this.#config.pingIntervalMs)
     this.#pingTimer.unref()

@@ -10,9 +10,15 @@
  *
  * A link that breaks the protocol (undecodable or oversized frame, a request before the
  * handshake) gets an `error` frame and is closed, which costs only that link.
+ *
+ * With `tls` (tls.ts) the server speaks https and admits only clients whose certificate the
+ * cluster CA signed; a `hello` must then come from the node that certificate names.
  */
-import { createServer, type IncomingMessage, type Server } from 'node:http'
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { createServer as createTlsServer } from 'node:https'
+import type { Duplex } from 'node:stream'
 import type { Socket } from 'node:net'
+import type { TLSSocket } from 'node:tls'
 import type { Logger } from 'pino'
 import { WebSocket, WebSocketServer, type RawData } from 'ws'
 import { messageOf, pxdError } from '../errors'
@@ -23,6 +29,7 @@ import {
   decodeFrame, encodeFrame, isRequest, payloadBytes, MAX_DATA_BYTES, MAX_FRAME_BYTES, MAX_HANDSHAKE_FRAME_BYTES,
   MAX_MESSAGE_CHARS, PROTOCOL_VERSION, type AckFrame, type Frame, type RequestFrame,
 } from './frames'
+import { certificateNodeId, RemoteAddresses, serverTlsFailure, serverTlsOptions, type PeerTls } from './tls'
 
 export const PEER_PATH = '/pxd/peer'
 export const DEFAULT_SERVER_MAX_CONCURRENT = 256
@@ -33,6 +40,9 @@ export const DEFAULT_MAX_HANDSHAKES = 64
 const CLOSE_GRACE_MS = 1000
 const TCP_KEEPALIVE_MS = 10_000
 const CODE_RE = /^[A-Z][A-Z0-9_]{0,63}$/
+/** The first byte of a TLS handshake record: a ClientHello sent to a plain port starts with it. */
+const TLS_HANDSHAKE_RECORD = 0x16
+const BAD_REQUEST = 'HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n'
 
 /**
  * ws answers an oversized message by closing with 1009 before any listener runs; this
@@ -64,6 +74,8 @@ export interface PeerServerOptions {
   maxBytesInFlight?: number
   handshakeTimeoutMs?: number
   maxHandshakes?: number
+  /** Mutual TLS (wss): this node's certificate and key, and the cluster CA. */
+  tls?: PeerTls
 }
 
 interface Limits { maxCalls: number; maxBytes: number; handshakeTimeoutMs: number; maxHandshakes: number }
@@ -75,7 +87,9 @@ export class PeerServer {
   readonly #handler: RequestHandler
   readonly #log: Logger
   readonly #limits: Limits
+  readonly #tls: PeerTls | undefined
   readonly #links = new Set<ServerLink>()
+  readonly #remotes = new RemoteAddresses()
   #http: Server | undefined
   #wss: WebSocketServer | undefined
   #closing: Promise<void> | undefined
@@ -87,12 +101,21 @@ export class PeerServer {
     this.#secret = o.secret
     this.#handler = o.handler
     this.#log = o.log.child({ component: 'peer-server' })
+    this.#tls = o.tls
+    if (o.tls && o.tls.nodeId !== o.nodeId) {
+      throw pxdError('INVALID_ARGUMENT', `the peer TLS certificate is issued to ${o.tls.nodeId}, not to this node (${o.nodeId})`)
+    }
     this.#limits = {
       maxCalls: o.maxConcurrentRequests ?? DEFAULT_SERVER_MAX_CONCURRENT,
       maxBytes: o.maxBytesInFlight ?? DEFAULT_SERVER_MAX_BYTES,
       handshakeTimeoutMs: o.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS,
       maxHandshakes: o.maxHandshakes ?? DEFAULT_MAX_HANDSHAKES,
     }
+  }
+
+  /** Whether the server speaks TLS (wss). */
+  get tls(): boolean {
+    return this.#tls !== undefined
   }
 
   /** Links currently open (handshaking or ready). */
@@ -103,9 +126,13 @@ export class PeerServer {
   listen(host: string, port: number): Promise<{ host: string; port: number }> {
     if (this.#closing) return Promise.reject(pxdError('DAEMON_STOPPING', 'the peer server is closed'))
     if (this.#http) return Promise.reject(pxdError('INVALID_ARGUMENT', 'the peer server is already listening'))
-    const http = createServer((_req, res) => {
+    const onRequest = (_req: IncomingMessage, res: ServerResponse) => {
       res.writeHead(426, { 'content-type': 'text/plain' }).end('pxd peer links speak WebSocket\n')
-    })
+    }
+    const http: Server = this.#tls ? createTlsServer(serverTlsOptions(this.#tls), onRequest) : createServer(onRequest)
+    http.on('connection', (raw: Socket) => this.#remotes.note(raw))
+    http.on('clientError', (err, socket) => this.#onClientError(err, socket))
+    if (this.#tls) http.on('tlsClientError', (err, socket) => this.#onTlsClientError(err, socket))
     const wss = new WebSocketServer<typeof PeerSocket>({
       WebSocket: PeerSocket,
       server: http,
@@ -127,7 +154,7 @@ export class PeerServer {
         http.on('error', (err) => this.#log.error({ err }, 'peer server error'))
         const addr = http.address()
         const bound = typeof addr === 'object' && addr ? { host: addr.address, port: addr.port } : { host, port }
-        this.#log.info(bound, 'listening for peers')
+        this.#log.info({ ...bound, tls: this.#tls !== undefined }, 'listening for peers')
         resolve(bound)
       })
     })
@@ -146,8 +173,31 @@ export class PeerServer {
     return this.#closing
   }
 
+  /** Bytes that are not HTTP (or, with TLS, not HTTP inside TLS): answer 400 and close. */
+  #onClientError(err: Error & { rawPacket?: Buffer }, socket: Duplex): void {
+    const s = socket as Socket & Partial<TLSSocket>
+    if (this.#tls && s.authorized !== true) {
+      // A failed TLS handshake: #onTlsClientError logs it.
+      socket.destroy()
+      return
+    }
+    const remote = this.#remotes.of(s)
+    if (!this.#tls && err.rawPacket?.[0] === TLS_HANDSHAKE_RECORD) {
+      this.#log.warn({ remote, code: 'AUTH_FAILED', reason: 'a TLS client reached this plain peer port: that node uses --peer-tls-*, this one does not' }, 'peer connection refused')
+    } else {
+      this.#log.debug({ remote, reason: err.message }, 'peer connection sent bytes that are not HTTP')
+    }
+    if (socket.writable && (err as { code?: string }).code !== 'ECONNRESET') socket.end(BAD_REQUEST)
+    else socket.destroy()
+  }
+
+  #onTlsClientError(err: Error, socket: TLSSocket): void {
+    const failure = serverTlsFailure(err, socket)
+    this.#log.warn({ remote: this.#remotes.of(socket), code: 'AUTH_FAILED', ...failure }, 'peer connection refused')
+  }
+
   #accept(ws: WebSocket, req: IncomingMessage): void {
-    const remote = `${req.socket.remoteAddress ?? '?'}:${req.socket.remotePort ?? '?'}`
+    const remote = this.#remotes.of(req.socket)
     if (this.#closing) {
       ws.terminate()
       return
@@ -159,7 +209,9 @@ export class PeerServer {
       ws.terminate()
       return
     }
-    const link = new ServerLink(ws, req.socket, this, this.#secret, this.#handler, this.#log.child({ remote }), this.#limits)
+    // With TLS only a client the CA vouches for gets here; the node its certificate names must be the one that says hello.
+    const certNode = this.#tls ? certificateNodeId((req.socket as TLSSocket).getPeerCertificate()) ?? '' : undefined
+    const link = new ServerLink(ws, req.socket, this, this.#secret, this.#handler, this.#log.child({ remote }), this.#limits, certNode)
     this.#links.add(link)
     void link.closed.then(() => this.#links.delete(link))
   }
@@ -176,6 +228,7 @@ class ServerLink {
   readonly #secret: Uint8Array
   readonly #handler: RequestHandler
   readonly #limits: Limits
+  readonly #certNode: string | undefined
   #log: Logger
   #phase = Phase.Hello
   #peer = ''
@@ -193,8 +246,9 @@ class ServerLink {
   readonly #onDrain = () => this.#pump()
 
   constructor(ws: WebSocket, socket: Socket, server: PeerServer, secret: Uint8Array,
-    handler: RequestHandler, log: Logger, limits: Limits) {
+    handler: RequestHandler, log: Logger, limits: Limits, certNode: string | undefined) {
     this.#ws = ws
+    this.#certNode = certNode
     this.#socket = socket
     this.#batch = new WriteBatch(socket)
     this.#server = server
@@ -254,6 +308,10 @@ class ServerLink {
     if (frame.t !== 'hello') return this.#fail('AUTH_REQUIRED', `${frame.t} frame before the handshake`)
     if (frame.clusterId !== this.#server.clusterId) {
       return this.#fail('AUTH_FAILED', `node ${frame.nodeId} belongs to cluster ${frame.clusterId}, not ${this.#server.clusterId}`)
+    }
+    if (this.#certNode !== undefined && frame.nodeId !== this.#certNode) {
+      const named = this.#certNode === '' ? 'a certificate that names no node (no subject CN)' : `the TLS certificate of node ${this.#certNode}`
+      return this.#fail('AUTH_FAILED', `node ${frame.nodeId} presented ${named}`)
     }
     const parties: HandshakeParties = {
       clusterId: frame.clusterId,

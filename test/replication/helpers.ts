@@ -1,6 +1,6 @@
 import { Writable } from 'node:stream'
 import pino, { type Logger } from 'pino'
-import { WebSocket } from 'ws'
+import { WebSocket, type ClientOptions } from 'ws'
 import { computeProof, newNonce, type HandshakeParties } from '../../src/replication/auth'
 import { decodeFrame, encodeFrame, PROTOCOL_VERSION, type Frame, type RequestFrame } from '../../src/replication/frames'
 import { PeerLinks, type PeerLinksOptions } from '../../src/replication/peer-link'
@@ -70,8 +70,9 @@ export class RawClient {
   readonly closed: Promise<{ code: number; reason: string }>
   #waiters: Array<() => void> = []
 
-  constructor(address: string) {
-    this.ws = new WebSocket(`ws://${address}${PEER_PATH}`, { perMessageDeflate: false })
+  /** `tls`: dial wss:// with these options (certificate, key, CA, checkServerIdentity). */
+  constructor(address: string, tls?: ClientOptions) {
+    this.ws = new WebSocket(`${tls ? 'wss' : 'ws'}://${address}${PEER_PATH}`, { perMessageDeflate: false, ...tls })
     this.ws.on('message', (data: Buffer) => {
       this.frames.push(decodeFrame(data))
       for (const w of this.#waiters.splice(0)) w()
