@@ -19,7 +19,7 @@ import { keys, type Kvdb } from './kvdb/kvdb'
 import { openKvdb } from './kvdb/open'
 import { MeteredFrontend, Metrics, nodeReadiness, peerStates } from './metrics'
 import { PluginServer } from './plugin/server'
-import { PeerLinks, PeerServer } from './replication'
+import { loadPeerTls, PeerLinks, PeerServer, type PeerTlsFiles } from './replication'
 import { VolumeManager, type PeerDirectory } from './volumes/manager'
 import type { VolumeRecord } from './volumes/types'
 
@@ -38,6 +38,8 @@ export interface DaemonConfig {
   /** HOST:PORT other nodes reach this one at (default: peerListen). */
   advertise?: string
   secretFile?: string
+  /** Mutual TLS for peer links: this node's certificate and key and the cluster CA, all three or none. */
+  peerTls?: PeerTlsFiles
   /** Seconds without a lease renewal after which a node counts as offline. */
   nodeTtl: number
   /** File holding the API token; required when the API listens beyond loopback. */
@@ -87,6 +89,8 @@ export class Daemon {
 
     let peerAddress: string | null = null
     let links: PeerLinks | undefined
+    const tls = await loadPeerTls(c.peerTls ?? {}, this.nodeId, log)
+    if (tls && !(secret && c.peerListen)) throw pxdError('INVALID_ARGUMENT', '--peer-tls-* secure peer links: they need a cluster node (--kvdb, --peer-listen, --cluster-secret-file)')
     if (secret && c.peerListen) {
       const lookup = async (volumeId: string) => {
         const records = await kvdb.list<VolumeRecord>(keys.volumes())
@@ -94,12 +98,12 @@ export class Daemon {
         return r ? { size: r.spec.size, replicas: r.replicas.map((p) => p.nodeId) } : undefined
       }
       const service = new ReplicaService(this.nodeId, host, lookup, log.child({ component: 'replica-service' }))
-      const server = new PeerServer({ nodeId: this.nodeId, clusterId: c.clusterId, secret, handler: service, log: log.child({ component: 'peer-server' }) })
+      const server = new PeerServer({ nodeId: this.nodeId, clusterId: c.clusterId, secret, handler: service, log: log.child({ component: 'peer-server' }), ...(tls ? { tls } : {}) })
       this.#onStop('peer server', () => server.close())
       const listen = parseHostPort(c.peerListen)
       const bound = await server.listen(listen.host, listen.port)
       peerAddress = c.advertise ?? `${bound.host}:${bound.port}`
-      links = new PeerLinks({ nodeId: this.nodeId, clusterId: c.clusterId, secret, log: log.child({ component: 'peer-links' }) })
+      links = new PeerLinks({ nodeId: this.nodeId, clusterId: c.clusterId, secret, log: log.child({ component: 'peer-links' }), ...(tls ? { tls } : {}) })
       const pool = links
       this.#onStop('peer links', () => pool.close())
     }

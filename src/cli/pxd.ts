@@ -40,6 +40,9 @@ Cluster (several nodes; without --kvdb pxd is a single node with an embedded sto
   --cluster-secret-file FILE   shared secret (>=16 B)  PXD_CLUSTER_SECRET_FILE
   --node-ttl SECONDS           lease; a node silent    PXD_NODE_TTL             (default 5)
                                this long is offline
+  --peer-tls-cert FILE         node certificate (PEM)  PXD_PEER_TLS_CERT        mutual TLS for peer links:
+  --peer-tls-key FILE          its private key (PEM)   PXD_PEER_TLS_KEY         all three or none; peers check
+  --peer-tls-ca FILE           cluster CA (PEM)        PXD_PEER_TLS_CA          the CA chain and CN = node id
   -h, --help            show this help
   -v, --version         print the version
 
@@ -63,6 +66,9 @@ const OPTIONS = {
   advertise: { type: 'string', env: 'PXD_ADVERTISE', default: undefined },
   'cluster-secret-file': { type: 'string', env: 'PXD_CLUSTER_SECRET_FILE', default: undefined },
   'node-ttl': { type: 'string', env: 'PXD_NODE_TTL', default: '5' },
+  'peer-tls-cert': { type: 'string', env: 'PXD_PEER_TLS_CERT', default: undefined },
+  'peer-tls-key': { type: 'string', env: 'PXD_PEER_TLS_KEY', default: undefined },
+  'peer-tls-ca': { type: 'string', env: 'PXD_PEER_TLS_CA', default: undefined },
 } as const
 
 async function main(argv: string[]): Promise<number> {
@@ -147,6 +153,7 @@ async function main(argv: string[]): Promise<number> {
     ...optional('advertise', 'advertise'),
     ...optional('cluster-secret-file', 'secretFile'),
     ...optional('api-token-file', 'apiTokenFile'),
+    peerTls: { cert: setting('peer-tls-cert'), key: setting('peer-tls-key'), ca: setting('peer-tls-ca') },
   }
 
   const daemon = new Daemon(config, log)

@@ -29,7 +29,14 @@ export interface Cluster {
   stop(): Promise<void>
 }
 
-export async function startCluster(nodeIds: string[], options: { env?: Record<string, string>; nodeArgs?: string[] } = {}): Promise<Cluster> {
+export interface ClusterOptions {
+  env?: Record<string, string>
+  nodeArgs?: string[]
+  /** More pxd flags for every node, or per node (e.g. its own TLS certificate). */
+  extraArgs?: string[] | ((nodeId: string) => string[])
+}
+
+export async function startCluster(nodeIds: string[], options: ClusterOptions = {}): Promise<Cluster> {
   const dir = makeTempDir('pxd-cluster-')
   const etcd = await startEtcd({ dir: path.join(dir, 'etcd') })
   const secret = randomBytes(32)
@@ -57,6 +64,7 @@ export async function startCluster(nodeIds: string[], options: { env?: Record<st
         '--peer-listen', `127.0.0.1:${p.peer}`,
         '--cluster-secret-file', secretFile,
         '--node-ttl', String(TEST_NODE_TTL),
+        ...(typeof options.extraArgs === 'function' ? options.extraArgs(nodeId) : options.extraArgs ?? []),
       ],
     })
     const node: ClusterNode = Object.assign(daemon, { nodeId, peerPort: p.peer })
