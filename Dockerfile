@@ -1,21 +1,28 @@
-# pxd as a privileged container. Build: docker build -t pxd .
-# Run (see README "Running pxd in a container"):
+# pxd as a privileged container (README, "Running pxd in a container", says why each flag):
+#   docker build -t pxd .
 #   docker run -d --name pxd --privileged --network host \
 #     -v /dev:/dev -v /run/docker/plugins:/run/docker/plugins \
-#     -v /var/lib/pxd:/var/lib/pxd -v /run/pxd:/run/pxd:rshared pxd
+#     -v /var/lib/pxd:/var/lib/pxd -v /run/pxd:/run/pxd:rshared pxd [pxd flags]
+# The build context is only what .dockerignore lets through (an allow-list);
+# test/integration/dockerfile.test.ts checks that it holds everything COPY names.
 
+# Build: npm dependencies, the C++ addon, the TypeScript (src/ only: no tests, no bench).
+# node:20-bookworm has python3, make and g++ for node-gyp, and Node's headers under
+# /usr/local, which --nodedir points node-gyp at instead of downloading them.
 FROM node:20-bookworm AS build
 WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund --ignore-scripts
-COPY binding.gyp tsconfig.json ./
+COPY binding.gyp ./
 COPY native ./native
-RUN npx node-gyp rebuild
+RUN npx --no-install node-gyp rebuild --nodedir=/usr/local
+COPY tsconfig.json ./
 COPY src ./src
-COPY test ./test
-COPY bench ./bench
-RUN npx tsc -p tsconfig.json && npm prune --omit=dev --no-audit --no-fund
+RUN npx --no-install tsc -p tsconfig.json && npm prune --omit=dev --no-audit --no-fund
 
+# Run: Node, pxd, and the tools pxd runs: fusermount (fuse) and libfuse.so.2 (libfuse2) for
+# fuse-native, mkfs.ext4 (e2fsprogs), mkfs.xfs (xfsprogs), blkid (util-linux),
+# losetup, mount, umount (mount).
 FROM node:20-bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libfuse2 fuse e2fsprogs xfsprogs util-linux mount \
