@@ -138,7 +138,7 @@ async function main(): Promise<number> {
   if (!opts.crcOnly) {
     env = new BenchEnvironment(progress)
     try {
-      await runFio(opts, env, results)
+      await runFioJobs(opts, env, results)
       results.completed = true
     } catch (err) {
       if (signalled) return await never()
@@ -173,7 +173,7 @@ async function main(): Promise<number> {
   return results.completed ? 0 : 1
 }
 
-async function runFio(opts: BenchOptions, env: BenchEnvironment, results: BenchResults): Promise<void> {
+async function runFioJobs(opts: BenchOptions, env: BenchEnvironment, results: BenchResults): Promise<void> {
   const perJob = opts.runtime + opts.ramp + 1.5
   const estimate = opts.repeat * WORKLOADS.length * 3 * perJob
   progress(`fio: ${opts.repeat} round(s) x ${WORKLOADS.length} jobs x 3 targets, ${opts.runtime} s + ${opts.ramp} s ramp each: about ${Math.ceil(estimate / 60)} min, plus setup`)
