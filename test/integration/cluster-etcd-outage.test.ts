@@ -4,18 +4,18 @@
  * back, with nothing corrupted.
  */
 import test from 'ava'
-import { createHash, randomBytes } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import { ApiClient } from '../../src/api/client'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { startCluster, waitFor, type Cluster } from '../helpers/cluster'
 import { pluginCall } from '../helpers/plugin-client'
+import { sha, writeSynced } from '../helpers/volume-io'
 
 assertIntegrationPreconditions()
 
 let cluster: Cluster
-const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
 
 test.before(async () => {
   cluster = await startCluster(['node-a', 'node-b'])
@@ -25,15 +25,6 @@ test.after.always(async () => {
   await cluster?.stop()
 })
 
-async function writeSynced(file: string, data: Buffer) {
-  const h = await fs.open(file, 'w')
-  try {
-    await h.writeFile(data)
-    await h.sync()
-  } finally {
-    await h.close()
-  }
-}
 
 test('control calls fail clearly while etcd is down; the data path and the data survive', async (t) => {
   const [a, b] = [cluster.node('node-a'), cluster.node('node-b')]

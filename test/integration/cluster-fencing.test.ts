@@ -5,18 +5,17 @@
  * the replicas refuse them, and it tears its mount down and says why.
  */
 import test from 'ava'
-import { createHash, randomBytes } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import { ApiClient } from '../../src/api/client'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { startCluster, waitFor, TEST_NODE_TTL, type Cluster, type ClusterNode } from '../helpers/cluster'
 import { pluginCall } from '../helpers/plugin-client'
+import { MiB, replicaDigest, writeSynced } from '../helpers/volume-io'
 
 assertIntegrationPreconditions()
 
-const MiB = 1024 * 1024
-const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
 let cluster: Cluster
 let frozen: ClusterNode | undefined
 
@@ -29,15 +28,6 @@ test.after.always(async () => {
   await cluster?.stop()
 })
 
-async function writeSynced(file: string, data: Buffer) {
-  const h = await fs.open(file, 'w')
-  try {
-    await h.writeFile(data)
-    await h.sync()
-  } finally {
-    await h.close()
-  }
-}
 
 test('a cut-off coordinator cannot get a write acknowledged after another node took the volume', async (t) => {
   const [p, q] = [cluster.node('node-a'), cluster.node('node-b')]
@@ -81,9 +71,5 @@ test('a cut-off coordinator cannot get a write acknowledged after another node t
   // The old coordinator's replica took a write nobody acknowledged; resync repairs it.
   await waitFor('node-a to be resynced', async () => (await new ApiClient(q.apiUrl).inspectVolume('fence')).replicas.every((r) => r.inSync), 60_000, 250)
   t.is((await pluginCall(q.pluginSocket, '/VolumeDriver.Unmount', { Name: 'fence', ID: 'q' })).body.Err, '')
-  const digest = async (n: ClusterNode) => {
-    const dir = path.join(n.dataDir, 'replicas', taken.id)
-    return sha(Buffer.concat([await fs.readFile(path.join(dir, 'data')), await fs.readFile(path.join(dir, 'crc'))]))
-  }
-  t.is(await digest(p), await digest(q), 'the fenced node\'s replica is identical again')
+  t.is(await replicaDigest(p, taken.id), await replicaDigest(q, taken.id), 'the fenced node\'s replica is identical again')
 })

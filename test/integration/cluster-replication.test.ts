@@ -4,13 +4,14 @@
  * on every replica, and readable from any node, also one that holds no replica.
  */
 import test from 'ava'
-import { createHash, randomBytes } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import { ApiClient } from '../../src/api/client'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { startCluster, waitFor, type Cluster, type ClusterNode, TEST_NODE_TTL } from '../helpers/cluster'
 import { pluginCall } from '../helpers/plugin-client'
+import { pluginOk, sha, writeSynced } from '../helpers/volume-io'
 
 assertIntegrationPreconditions()
 
@@ -24,24 +25,9 @@ test.after.always(async () => {
   await cluster?.stop()
 })
 
-const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
 const api = (n: ClusterNode) => new ApiClient(n.apiUrl)
 
-async function call(n: ClusterNode, endpoint: string, body: unknown) {
-  const reply = await pluginCall(n.pluginSocket, endpoint, body)
-  if (reply.body.Err !== '' && reply.body.Err !== undefined) throw new Error(`${endpoint} on ${n.nodeId}: ${String(reply.body.Err)}`)
-  return reply.body
-}
 
-async function writeSynced(file: string, data: Buffer) {
-  const h = await fs.open(file, 'w')
-  try {
-    await h.writeFile(data)
-    await h.sync()
-  } finally {
-    await h.close()
-  }
-}
 
 /** The replica files of a volume on one node. */
 async function replicaFiles(n: ClusterNode, volumeId: string) {
@@ -62,21 +48,21 @@ test('every node sees the whole cluster online', async (t) => {
 
 test('repl=2: written on A, identical on both replicas, read back on every node', async (t) => {
   const a = cluster.node('node-a')
-  await call(a, '/VolumeDriver.Create', { Name: 'r2', Opts: { size: '64M', repl: '2' } })
+  await pluginOk(a, '/VolumeDriver.Create', { Name: 'r2', Opts: { size: '64M', repl: '2' } })
   const info = await api(a).inspectVolume('r2')
   t.is(info.repl, 2)
   t.is(info.replicas.length, 2)
   t.is(new Set(info.replicas.map((r) => r.nodeId)).size, 2, 'replicas on distinct nodes')
   t.true(info.replicas.every((r) => r.inSync && r.online))
 
-  const mp = (await call(a, '/VolumeDriver.Mount', { Name: 'r2', ID: 'w' })).Mountpoint as string
+  const mp = (await pluginOk(a, '/VolumeDriver.Mount', { Name: 'r2', ID: 'w' })).Mountpoint as string
   const payload = randomBytes(6 * 1024 * 1024)
   await writeSynced(path.join(mp, 'payload.bin'), payload)
   await writeSynced(path.join(mp, 'note.txt'), Buffer.from('replicated\n'))
   const attached = await api(cluster.node('node-b')).inspectVolume('r2')
   t.is(attached.attachedOn, 'node-a')
   t.true(attached.epoch >= 1)
-  await call(a, '/VolumeDriver.Unmount', { Name: 'r2', ID: 'w' })
+  await pluginOk(a, '/VolumeDriver.Unmount', { Name: 'r2', ID: 'w' })
 
   const holders = info.replicas.map((r) => cluster.node(r.nodeId))
   const [first, second] = await Promise.all(holders.map((n) => replicaFiles(n, info.id)))
@@ -86,10 +72,10 @@ test('repl=2: written on A, identical on both replicas, read back on every node'
 
   // Every node reads the same bytes: the one without a replica does all its I/O remotely.
   for (const n of cluster.nodes) {
-    const m = (await call(n, '/VolumeDriver.Mount', { Name: 'r2', ID: `r-${n.nodeId}` })).Mountpoint as string
+    const m = (await pluginOk(n, '/VolumeDriver.Mount', { Name: 'r2', ID: `r-${n.nodeId}` })).Mountpoint as string
     t.is(sha(await fs.readFile(path.join(m, 'payload.bin'))), sha(payload), `payload read on ${n.nodeId}`)
     t.is(await fs.readFile(path.join(m, 'note.txt'), 'utf8'), 'replicated\n')
-    await call(n, '/VolumeDriver.Unmount', { Name: 'r2', ID: `r-${n.nodeId}` })
+    await pluginOk(n, '/VolumeDriver.Unmount', { Name: 'r2', ID: `r-${n.nodeId}` })
   }
   const after = await api(a).inspectVolume('r2')
   t.is(after.epoch, attached.epoch + 3, 'each attach bumped the epoch')
@@ -98,22 +84,22 @@ test('repl=2: written on A, identical on both replicas, read back on every node'
 
 test('a volume attached on one node cannot be mounted on another', async (t) => {
   const [a, b] = [cluster.node('node-a'), cluster.node('node-b')]
-  await call(a, '/VolumeDriver.Create', { Name: 'busy', Opts: { size: '32M', repl: '2' } })
-  await call(a, '/VolumeDriver.Mount', { Name: 'busy', ID: '1' })
+  await pluginOk(a, '/VolumeDriver.Create', { Name: 'busy', Opts: { size: '32M', repl: '2' } })
+  await pluginOk(a, '/VolumeDriver.Mount', { Name: 'busy', ID: '1' })
   const refused = await pluginCall(b.pluginSocket, '/VolumeDriver.Mount', { Name: 'busy', ID: '2' })
   t.regex(String(refused.body.Err), /attached on node node-a/)
-  await call(a, '/VolumeDriver.Unmount', { Name: 'busy', ID: '1' })
-  await call(b, '/VolumeDriver.Remove', { Name: 'busy' })
+  await pluginOk(a, '/VolumeDriver.Unmount', { Name: 'busy', ID: '1' })
+  await pluginOk(b, '/VolumeDriver.Remove', { Name: 'busy' })
 })
 
 test('repl=3 on three nodes; with a node down repl=3 fails clearly', async (t) => {
   const b = cluster.node('node-b')
-  await call(b, '/VolumeDriver.Create', { Name: 'r3', Opts: { size: '48M', repl: '3' } })
+  await pluginOk(b, '/VolumeDriver.Create', { Name: 'r3', Opts: { size: '48M', repl: '3' } })
   const info = await api(b).inspectVolume('r3')
   t.deepEqual(info.replicas.map((r) => r.nodeId).sort(), ['node-a', 'node-b', 'node-c'])
-  const mp = (await call(b, '/VolumeDriver.Mount', { Name: 'r3', ID: 'x' })).Mountpoint as string
+  const mp = (await pluginOk(b, '/VolumeDriver.Mount', { Name: 'r3', ID: 'x' })).Mountpoint as string
   await writeSynced(path.join(mp, 'three.bin'), randomBytes(2 * 1024 * 1024))
-  await call(b, '/VolumeDriver.Unmount', { Name: 'r3', ID: 'x' })
+  await pluginOk(b, '/VolumeDriver.Unmount', { Name: 'r3', ID: 'x' })
   const files = await Promise.all(cluster.nodes.map((n) => replicaFiles(n, info.id)))
   t.is(new Set(files.map((f) => sha(f.crc))).size, 1, 'three identical checksum files')
   t.is(new Set(files.map((f) => sha(f.data))).size, 1, 'three identical data files')

@@ -4,12 +4,13 @@
  * fsynced before the crash must read back intact.
  */
 import test from 'ava'
-import { createHash, randomBytes } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { leftoversUnder, makeTempDir, removeDir, startDaemon, type Daemon } from '../helpers/daemon'
 import { pluginCall } from '../helpers/plugin-client'
+import { sha } from '../helpers/volume-io'
 
 assertIntegrationPreconditions()
 
@@ -21,7 +22,6 @@ test.after.always(async () => {
   removeDir(dir)
 })
 
-const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
 
 test('kill -9 while mounted: restart cleans up and fsynced data survives', async (t) => {
   daemon = await startDaemon({ dir })

@@ -5,7 +5,7 @@
  * node that takes over); the killed node rejoins and ends byte-identical.
  */
 import test from 'ava'
-import { createHash, randomBytes } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import { execFile } from 'node:child_process'
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
@@ -14,12 +14,11 @@ import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { startCluster, waitFor, TEST_NODE_TTL, type Cluster, type ClusterNode } from '../helpers/cluster'
 import { pluginCall } from '../helpers/plugin-client'
 import { PXCTL_BIN } from '../helpers/paths'
+import { MiB, pluginOk, replicaDigest, sha, writeSynced } from '../helpers/volume-io'
 
 assertIntegrationPreconditions()
 
 let cluster: Cluster
-const MiB = 1024 * 1024
-const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
 
 test.before(async () => {
   cluster = await startCluster(['node-a', 'node-b', 'node-c'])
@@ -29,26 +28,8 @@ test.after.always(async () => {
   await cluster?.stop()
 })
 
-async function call(n: ClusterNode, endpoint: string, body: unknown) {
-  const reply = await pluginCall(n.pluginSocket, endpoint, body)
-  if (reply.body.Err) throw new Error(`${endpoint} on ${n.nodeId}: ${String(reply.body.Err)}`)
-  return reply.body
-}
 
-async function writeSynced(file: string, data: Buffer) {
-  const h = await fs.open(file, 'w')
-  try {
-    await h.writeFile(data)
-    await h.sync()
-  } finally {
-    await h.close()
-  }
-}
 
-async function replicaDigest(n: ClusterNode, volumeId: string) {
-  const dir = path.join(n.dataDir, 'replicas', volumeId)
-  return `${sha(await fs.readFile(path.join(dir, 'data')))}/${sha(await fs.readFile(path.join(dir, 'crc')))}`
-}
 
 function fio(args: string[]): Promise<{ code: number; out: string }> {
   return new Promise((resolve) => {
@@ -63,10 +44,10 @@ const inSyncOf = async (n: ClusterNode, name: string) => (await new ApiClient(n.
 
 test('a replica that was away is resynced by copying only what changed meanwhile', async (t) => {
   const a = cluster.node('node-a')
-  await call(a, '/VolumeDriver.Create', { Name: 'rs', Opts: { size: '256M', repl: '2' } })
+  await pluginOk(a, '/VolumeDriver.Create', { Name: 'rs', Opts: { size: '256M', repl: '2' } })
   const info = await new ApiClient(a.apiUrl).inspectVolume('rs')
   const [coordinator, away] = info.replicas.map((r) => cluster.node(r.nodeId))
-  const mp = (await call(coordinator!, '/VolumeDriver.Mount', { Name: 'rs', ID: 'w' })).Mountpoint as string
+  const mp = (await pluginOk(coordinator!, '/VolumeDriver.Mount', { Name: 'rs', ID: 'w' })).Mountpoint as string
   await writeSynced(path.join(mp, 'first.bin'), randomBytes(8 * MiB))
 
   await away!.stop()
@@ -99,16 +80,16 @@ test('a replica that was away is resynced by copying only what changed meanwhile
   t.is(done.lastResync!.method, 'dirty-map', 'the coordinator did not change: its dirty-region map was used')
   t.true(done.lastResync!.scannedBytes <= meanwhile.length + 16 * MiB, 'only the dirty regions were compared')
 
-  await call(coordinator!, '/VolumeDriver.Unmount', { Name: 'rs', ID: 'w' })
+  await pluginOk(coordinator!, '/VolumeDriver.Unmount', { Name: 'rs', ID: 'w' })
   t.is(await replicaDigest(coordinator!, info.id), await replicaDigest(away!, info.id), 'replicas identical after resync')
 })
 
 test('kill -9 of the coordinator during fio: the next node takes over, every fsynced file verifies, the old node rejoins', async (t) => {
   const a = cluster.node('node-a')
-  await call(a, '/VolumeDriver.Create', { Name: 'fo', Opts: { size: '256M', repl: '2' } })
+  await pluginOk(a, '/VolumeDriver.Create', { Name: 'fo', Opts: { size: '256M', repl: '2' } })
   const info = await new ApiClient(a.apiUrl).inspectVolume('fo')
   const [victim, survivor] = info.replicas.map((r) => cluster.node(r.nodeId))
-  const mp = (await call(victim!, '/VolumeDriver.Mount', { Name: 'fo', ID: 'v' })).Mountpoint as string
+  const mp = (await pluginOk(victim!, '/VolumeDriver.Mount', { Name: 'fo', ID: 'v' })).Mountpoint as string
 
   // Each fio run writes one file with verify headers and fsyncs it at the end: a file whose
   // run exited 0 was acknowledged as durable.
@@ -152,15 +133,15 @@ test('kill -9 of the coordinator during fio: the next node takes over, every fsy
   const rejoined = await new ApiClient(survivor!.apiUrl).inspectVolume('fo')
   t.is(rejoined.lastResync?.method, 'checksum-scan', 'a replica the old coordinator held is compared block by block')
   t.log(`rejoin resync: compared ${rejoined.lastResync?.scannedBytes} bytes, copied ${rejoined.lastResync?.copiedBytes}`)
-  await call(survivor!, '/VolumeDriver.Unmount', { Name: 'fo', ID: 's' })
+  await pluginOk(survivor!, '/VolumeDriver.Unmount', { Name: 'fo', ID: 's' })
   t.is(await replicaDigest(survivor!, info.id), await replicaDigest(victim!, info.id), 'replicas identical after rejoin')
 })
 
 test('ha-update 1 -> 2 -> 3 -> 2 while a writer runs; data intact at each step', async (t) => {
   const a = cluster.node('node-a')
-  await call(a, '/VolumeDriver.Create', { Name: 'ha', Opts: { size: '128M', repl: '1' } })
+  await pluginOk(a, '/VolumeDriver.Create', { Name: 'ha', Opts: { size: '128M', repl: '1' } })
   const holder = cluster.node((await new ApiClient(a.apiUrl).inspectVolume('ha')).replicas[0]!.nodeId)
-  const mp = (await call(holder, '/VolumeDriver.Mount', { Name: 'ha', ID: 'w' })).Mountpoint as string
+  const mp = (await pluginOk(holder, '/VolumeDriver.Mount', { Name: 'ha', ID: 'w' })).Mountpoint as string
   const api = new ApiClient(holder.apiUrl)
   const written = new Map<string, string>()
   let stop = false
@@ -193,7 +174,7 @@ test('ha-update 1 -> 2 -> 3 -> 2 while a writer runs; data intact at each step',
   await checkData('lowering to 2')
   const final = await api.inspectVolume('ha')
   t.false(final.degraded)
-  await call(holder, '/VolumeDriver.Unmount', { Name: 'ha', ID: 'w' })
+  await pluginOk(holder, '/VolumeDriver.Unmount', { Name: 'ha', ID: 'w' })
   const digests = await Promise.all(final.replicas.map((r) => replicaDigest(cluster.node(r.nodeId), final.id)))
   t.is(new Set(digests).size, 1, 'the remaining replicas are identical')
   const dropped = cluster.nodes.find((n) => !final.replicas.some((r) => r.nodeId === n.nodeId))!
@@ -209,16 +190,16 @@ test('ha-update 1 -> 2 -> 3 -> 2 while a writer runs; data intact at each step',
 
 test('the dirty-region map survives a restart of the coordinator', async (t) => {
   const a = cluster.node('node-a')
-  await call(a, '/VolumeDriver.Create', { Name: 'dm', Opts: { size: '256M', repl: '2' } })
+  await pluginOk(a, '/VolumeDriver.Create', { Name: 'dm', Opts: { size: '256M', repl: '2' } })
   const info = await new ApiClient(a.apiUrl).inspectVolume('dm')
   const [coordinator, away] = info.replicas.map((r) => cluster.node(r.nodeId))
-  let mp = (await call(coordinator!, '/VolumeDriver.Mount', { Name: 'dm', ID: 'w' })).Mountpoint as string
+  let mp = (await pluginOk(coordinator!, '/VolumeDriver.Mount', { Name: 'dm', ID: 'w' })).Mountpoint as string
   await away!.stop()
   await writeSynced(path.join(mp, 'before-restart.bin'), randomBytes(6 * MiB))
   // The coordinator restarts (its volumes are unmounted at shutdown) and attaches again.
   await coordinator!.stop()
   const restarted = await cluster.start(coordinator!.nodeId)
-  mp = (await call(restarted, '/VolumeDriver.Mount', { Name: 'dm', ID: 'w2' })).Mountpoint as string
+  mp = (await pluginOk(restarted, '/VolumeDriver.Mount', { Name: 'dm', ID: 'w2' })).Mountpoint as string
   await writeSynced(path.join(mp, 'after-restart.bin'), randomBytes(6 * MiB))
   await cluster.start(away!.nodeId)
   await waitFor('the replica to be in sync', async () => (await inSyncOf(restarted, 'dm')).length === 2, 60_000, 250)
@@ -226,6 +207,6 @@ test('the dirty-region map survives a restart of the coordinator', async (t) => 
   t.is(done.lastResync?.method, 'dirty-map')
   t.log(`resync after a coordinator restart: compared ${done.lastResync!.scannedBytes}, copied ${done.lastResync!.copiedBytes} for 12 MiB written`)
   t.true(done.lastResync!.scannedBytes < 64 * MiB)
-  await call(restarted, '/VolumeDriver.Unmount', { Name: 'dm', ID: 'w2' })
+  await pluginOk(restarted, '/VolumeDriver.Unmount', { Name: 'dm', ID: 'w2' })
   t.is(await replicaDigest(restarted, info.id), await replicaDigest(away!, info.id))
 })

@@ -4,20 +4,18 @@
  * EIO and the log names the block: wrong bytes are never returned.
  */
 import test from 'ava'
-import { createHash, randomBytes } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import { promises as fs, openSync, writeSync, readSync, closeSync } from 'node:fs'
 import { execFileSync } from 'node:child_process'
 import path from 'node:path'
 import { ApiClient } from '../../src/api/client'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { startCluster, type Cluster, type ClusterNode } from '../helpers/cluster'
-import { pluginCall } from '../helpers/plugin-client'
+import { MiB, pluginOk, replicaDigest, sha, writeSynced } from '../helpers/volume-io'
 
 assertIntegrationPreconditions()
 
 let cluster: Cluster
-const MiB = 1024 * 1024
-const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
 
 test.before(async () => {
   cluster = await startCluster(['node-a', 'node-b'])
@@ -27,21 +25,7 @@ test.after.always(async () => {
   await cluster?.stop()
 })
 
-async function call(n: ClusterNode, endpoint: string, body: unknown) {
-  const reply = await pluginCall(n.pluginSocket, endpoint, body)
-  if (reply.body.Err) throw new Error(`${endpoint} on ${n.nodeId}: ${String(reply.body.Err)}`)
-  return reply.body
-}
 
-async function writeSynced(file: string, data: Buffer) {
-  const h = await fs.open(file, 'w')
-  try {
-    await h.writeFile(data)
-    await h.sync()
-  } finally {
-    await h.close()
-  }
-}
 
 /** Flip one byte in the middle of the replica's written data; returns the block index. */
 function corruptOneBlock(n: ClusterNode, volumeId: string): number {
@@ -67,40 +51,36 @@ const dropCaches = () => execFileSync('sh', ['-c', 'sync; echo 3 > /proc/sys/vm/
 
 test('a corrupted block is served from the other replica and repaired', async (t) => {
   const a = cluster.node('node-a')
-  await call(a, '/VolumeDriver.Create', { Name: 'rr', Opts: { size: '64M', repl: '2' } })
+  await pluginOk(a, '/VolumeDriver.Create', { Name: 'rr', Opts: { size: '64M', repl: '2' } })
   const info = await new ApiClient(a.apiUrl).inspectVolume('rr')
-  let mp = (await call(a, '/VolumeDriver.Mount', { Name: 'rr', ID: '1' })).Mountpoint as string
+  let mp = (await pluginOk(a, '/VolumeDriver.Mount', { Name: 'rr', ID: '1' })).Mountpoint as string
   const payload = randomBytes(4 * MiB)
   await writeSynced(path.join(mp, 'payload.bin'), payload)
-  await call(a, '/VolumeDriver.Unmount', { Name: 'rr', ID: '1' })
+  await pluginOk(a, '/VolumeDriver.Unmount', { Name: 'rr', ID: '1' })
 
   const block = corruptOneBlock(a, info.id)
-  mp = (await call(a, '/VolumeDriver.Mount', { Name: 'rr', ID: '2' })).Mountpoint as string
+  mp = (await pluginOk(a, '/VolumeDriver.Mount', { Name: 'rr', ID: '2' })).Mountpoint as string
   dropCaches()
   t.is(sha(await fs.readFile(path.join(mp, 'payload.bin'))), sha(payload), 'the right bytes, from the good replica')
   t.regex(a.logs(), new RegExp(`"block":${block}[,}].*read repair: checksum mismatch served from another replica and rewritten`))
-  await call(a, '/VolumeDriver.Unmount', { Name: 'rr', ID: '2' })
-  const digest = async (n: ClusterNode) => {
-    const dir = path.join(n.dataDir, 'replicas', info.id)
-    return sha(Buffer.concat([await fs.readFile(path.join(dir, 'data')), await fs.readFile(path.join(dir, 'crc'))]))
-  }
-  t.is(await digest(a), await digest(cluster.node('node-b')), 'the bad replica was rewritten')
+  await pluginOk(a, '/VolumeDriver.Unmount', { Name: 'rr', ID: '2' })
+  t.is(await replicaDigest(a, info.id), await replicaDigest(cluster.node('node-b'), info.id), 'the bad replica was rewritten')
 })
 
 test('on a lone replica a corrupted block fails the read with EIO, naming the block', async (t) => {
   const a = cluster.node('node-a')
-  await call(a, '/VolumeDriver.Create', { Name: 'lone', Opts: { size: '64M', repl: '1' } })
+  await pluginOk(a, '/VolumeDriver.Create', { Name: 'lone', Opts: { size: '64M', repl: '1' } })
   const info = await new ApiClient(a.apiUrl).inspectVolume('lone')
   const holder = cluster.node(info.replicas[0]!.nodeId)
-  let mp = (await call(holder, '/VolumeDriver.Mount', { Name: 'lone', ID: '1' })).Mountpoint as string
+  let mp = (await pluginOk(holder, '/VolumeDriver.Mount', { Name: 'lone', ID: '1' })).Mountpoint as string
   await writeSynced(path.join(mp, 'payload.bin'), randomBytes(4 * MiB))
-  await call(holder, '/VolumeDriver.Unmount', { Name: 'lone', ID: '1' })
+  await pluginOk(holder, '/VolumeDriver.Unmount', { Name: 'lone', ID: '1' })
 
   const block = corruptOneBlock(holder, info.id)
-  mp = (await call(holder, '/VolumeDriver.Mount', { Name: 'lone', ID: '2' })).Mountpoint as string
+  mp = (await pluginOk(holder, '/VolumeDriver.Mount', { Name: 'lone', ID: '2' })).Mountpoint as string
   dropCaches()
   const err = await t.throwsAsync(fs.readFile(path.join(mp, 'payload.bin')))
   t.is((err as NodeJS.ErrnoException).code, 'EIO')
   t.regex(holder.logs(), new RegExp(`checksum mismatch in block ${block} of `))
-  await call(holder, '/VolumeDriver.Unmount', { Name: 'lone', ID: '2' })
+  await pluginOk(holder, '/VolumeDriver.Unmount', { Name: 'lone', ID: '2' })
 })

@@ -4,13 +4,14 @@
  * mount), unmount, restart the daemon, mount again and read the same bytes.
  */
 import test from 'ava'
-import { createHash, randomBytes } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import { promises as fs } from 'node:fs'
 import { execFileSync } from 'node:child_process'
 import path from 'node:path'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { leftoversUnder, makeTempDir, removeDir, startDaemon, type Daemon } from '../helpers/daemon'
 import { pluginCall } from '../helpers/plugin-client'
+import { sha, writeSynced } from '../helpers/volume-io'
 
 assertIntegrationPreconditions()
 
@@ -34,17 +35,7 @@ function loopBackingFile(device: string): string {
   return execFileSync('losetup', ['--list', '--noheadings', '--output', 'BACK-FILE', device], { encoding: 'utf8' }).trim()
 }
 
-async function writeSynced(file: string, data: Buffer) {
-  const h = await fs.open(file, 'w')
-  try {
-    await h.writeFile(data)
-    await h.sync()
-  } finally {
-    await h.close()
-  }
-}
 
-const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
 
 test('create, mount, write with fsync, unmount, restart, mount again, read back, remove', async (t) => {
   daemon = await startDaemon({ dir })
