@@ -26,7 +26,7 @@
  * replica files changed by a byte.
  */
 import test from 'ava'
-import { createHash, randomBytes, randomInt } from 'node:crypto'
+import { randomBytes, randomInt } from 'node:crypto'
 import { promises as fs } from 'node:fs'
 import net from 'node:net'
 import path from 'node:path'
@@ -41,8 +41,8 @@ import {
 } from '../../src/replication/frames'
 import { PEER_PATH, PeerLinks } from '../../src/replication'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
-import { startCluster, type Cluster, type ClusterNode } from '../helpers/cluster'
-import { pluginCall } from '../helpers/plugin-client'
+import { startCluster, type Cluster } from '../helpers/cluster'
+import { pluginOk as call, replicaDigest, sha, writeSynced } from '../helpers/volume-io'
 
 assertIntegrationPreconditions()
 
@@ -133,22 +133,11 @@ let fileSha = ''
 let replicasBefore: Record<string, string> = {}
 
 const log = pino({ level: 'silent' })
-const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
 const target = () => cluster.node('node-b')
 
+/** sha256 of each node's replica files (data/crc). */
 async function replicaDigests(): Promise<Record<string, string>> {
-  const out: Record<string, string> = {}
-  for (const id of ['node-a', 'node-b']) {
-    const dir = path.join(cluster.node(id).dataDir, 'replicas', volumeId)
-    for (const f of ['data', 'crc']) out[`${id}/${f}`] = sha(await fs.readFile(path.join(dir, f)))
-  }
-  return out
-}
-
-async function call(n: ClusterNode, endpoint: string, body: unknown) {
-  const reply = await pluginCall(n.pluginSocket, endpoint, body)
-  if (reply.body.Err !== '' && reply.body.Err !== undefined) throw new Error(`${endpoint} on ${n.nodeId}: ${String(reply.body.Err)}`)
-  return reply.body
+  return { 'node-a': await replicaDigest(cluster.node('node-a'), volumeId), 'node-b': await replicaDigest(cluster.node('node-b'), volumeId) }
 }
 
 // ---------------------------------------------------------------- tallies
@@ -708,10 +697,7 @@ test.before(async () => {
   const mp = (await call(a, '/VolumeDriver.Mount', { Name: 'fuzzed', ID: 'w' })).Mountpoint as string
   const data = randomBytes(FILE_BYTES)
   fileSha = sha(data)
-  const h = await fs.open(path.join(mp, 'f'), 'w')
-  await h.writeFile(data)
-  await h.sync()
-  await h.close()
+  await writeSynced(path.join(mp, 'f'), data)
   await call(a, '/VolumeDriver.Unmount', { Name: 'fuzzed', ID: 'w' })
   volumeId = (await new ApiClient(a.apiUrl).inspectVolume('fuzzed')).id
   const superblock = JSON.parse(await fs.readFile(path.join(target().dataDir, 'replicas', volumeId, 'super.json'), 'utf8')) as { epoch: number; size: number }

@@ -6,7 +6,7 @@
  * gets a frame in, and no replica changes.
  */
 import test from 'ava'
-import { createHash, randomBytes } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import { promises as fs, readFileSync } from 'node:fs'
 import path from 'node:path'
 import pino from 'pino'
@@ -14,10 +14,11 @@ import WebSocket from 'ws'
 import { ApiClient } from '../../src/api/client'
 import { PEER_PATH, PeerLinks, type PeerTls } from '../../src/replication'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
-import { startCluster, waitFor, type Cluster, type ClusterNode } from '../helpers/cluster'
+import { startCluster, waitFor, type Cluster } from '../helpers/cluster'
 import { makeTempDir, removeDir } from '../helpers/daemon'
 import { pluginCall } from '../helpers/plugin-client'
 import { issueCert, makeCa, tlsArgs, type NodeCert } from '../helpers/tls'
+import { pluginOk as call, replicaDigest, sha, writeSynced } from '../helpers/volume-io'
 
 assertIntegrationPreconditions()
 
@@ -30,34 +31,12 @@ let before = ''
 const payload = randomBytes(3 * 1024 * 1024)
 
 const log = pino({ level: 'silent' })
-const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
 const material = (c: NodeCert, nodeId: string, ca = c.caFile): PeerTls =>
   ({ cert: readFileSync(c.certFile), key: readFileSync(c.keyFile), ca: readFileSync(ca), nodeId })
 
-async function call(n: ClusterNode, endpoint: string, body: unknown) {
-  const reply = await pluginCall(n.pluginSocket, endpoint, body)
-  if (reply.body.Err !== '' && reply.body.Err !== undefined) throw new Error(`${endpoint} on ${n.nodeId}: ${String(reply.body.Err)}`)
-  return reply.body
-}
-
-async function writeSynced(file: string, data: Buffer) {
-  const h = await fs.open(file, 'w')
-  try {
-    await h.writeFile(data)
-    await h.sync()
-  } finally {
-    await h.close()
-  }
-}
-
 /** sha256 of both replicas' data and checksum files. */
 async function replicaDigests(): Promise<string> {
-  const out: string[] = []
-  for (const id of ['node-a', 'node-b']) {
-    const dir = path.join(cluster.node(id).dataDir, 'replicas', volumeId)
-    for (const f of ['data', 'crc']) out.push(`${id}/${f}=${sha(await fs.readFile(path.join(dir, f)))}`)
-  }
-  return out.join(' ')
+  return `node-a=${await replicaDigest(cluster.node('node-a'), volumeId)} node-b=${await replicaDigest(cluster.node('node-b'), volumeId)}`
 }
 
 test.before(async () => {
