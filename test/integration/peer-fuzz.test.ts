@@ -20,7 +20,8 @@
  *
  * Each case draws from its own PRNG, seeded from the run's seed and the case number, so a
  * seed names the same cases whatever the timing: PXD_FUZZ_SEED=<seed> replays a run
- * (PXD_FUZZ_MS and PXD_FUZZ_CASES bound it). Oracles while fuzzing: no ack before the
+ * (PXD_FUZZ_MS and PXD_FUZZ_CASES bound it). Only bytes derived from the volume id, which
+ * each new cluster draws afresh, can differ: a bit flip in it may or may not leave a valid id. Oracles while fuzzing: no ack before the
  * handshake, every valid request acknowledged, no write acknowledged as done, every
  * protocol break answered by a close. Afterwards: the daemon serves, and neither node's
  * replica files changed by a byte.
