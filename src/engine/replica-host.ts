@@ -14,6 +14,8 @@ import { pxdError } from '../errors'
 import { ReplicaStore } from '../store/replica-store'
 import { KeyedMutex } from '../util/mutex'
 
+const VOLUME_ID = /^[0-9a-f]{16}$/
+
 export class ReplicaHost {
   readonly #dir: string
   readonly #log: Logger
@@ -26,7 +28,9 @@ export class ReplicaHost {
     this.#log = log
   }
 
+  /** A replica's directory; anything but a volume id (16 hex digits) is refused, never joined into a path. */
   dirOf(volumeId: string): string {
+    if (!VOLUME_ID.test(volumeId)) throw pxdError('UNKNOWN_VOLUME', `"${volumeId.slice(0, 64)}" is not a volume id`)
     return path.join(this.#dir, volumeId)
   }
 
@@ -99,7 +103,7 @@ export class ReplicaHost {
   /** Replica ids present on disk. */
   async list(): Promise<string[]> {
     try {
-      return (await fs.readdir(this.#dir)).filter((n) => /^[0-9a-f]{16}$/.test(n))
+      return (await fs.readdir(this.#dir)).filter((n) => VOLUME_ID.test(n))
     } catch {
       return []
     }
