@@ -3,6 +3,9 @@
 #   docker run -d --name pxd --privileged --network host \
 #     -v /dev:/dev -v /run/docker/plugins:/run/docker/plugins \
 #     -v /var/lib/pxd:/var/lib/pxd -v /run/pxd:/run/pxd:rshared pxd [pxd flags]
+# Instead of --privileged, exactly what pxd needs: mount(2), /dev/fuse, /dev/loop-control and
+# the loop devices (and --security-opt apparmor=unconfined where AppArmor is on):
+#     --cap-add SYS_ADMIN --device-cgroup-rule 'c 10:229 rwm' --device-cgroup-rule 'c 10:237 rwm' --device-cgroup-rule 'b 7:* rwm'
 # The build context is only what .dockerignore lets through (an allow-list);
 # test/integration/dockerfile.test.ts checks that it holds everything COPY names.
 

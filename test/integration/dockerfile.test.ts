@@ -22,12 +22,14 @@
 // node:20-bookworm-slim are stood in for by a Debian bookworm root file system made with
 // mmdebstrap from the Debian mirror plus this machine's Node 20 (cached as a tarball under
 // PXD_TEST_DOCKER_BUILD_CACHE, default /var/cache/pxd-test); dockerd runs in a private mount
-// namespace as in docker.test.ts. The image is then run with --help, and with the documented
-// `docker run` flags as a daemon that serves a volume to a busybox container.
+// namespace as in docker.test.ts; the stand-in also trusts this machine's extra CA
+// certificates (a TLS proxy in front of the npm registry). The image is then run with --help,
+// and with the documented `docker run` flags (--privileged, and the capability flags that can
+// replace it) as a daemon that serves a volume to a busybox container.
 import test from 'ava'
 import { execFileSync, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, realpathSync, renameSync, rmSync, statSync, symlinkSync } from 'node:fs'
+import { copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, realpathSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
 import http from 'node:http'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
@@ -380,6 +382,28 @@ function documentedRunLine(): string[] {
   return text.trim().split(/\s+/)
 }
 
+/** The flags the Dockerfile header documents instead of --privileged (single quotes group words). */
+function documentedCapabilityFlags(): string[] {
+  const line = readFileSync(DOCKERFILE, 'utf8').split('\n').find((l) => /^#\s+--cap-add /.test(l))
+  if (line === undefined) throw new Error('the Dockerfile header has no "#     --cap-add ..." line (the flags instead of --privileged)')
+  return [...line.replace(/^#\s+/, '').matchAll(/'([^']*)'|(\S+)/g)].map((m) => m[1] ?? m[2]!)
+}
+
+const CAPABILITY_NAMES = ['CHOWN', 'DAC_OVERRIDE', 'DAC_READ_SEARCH', 'FOWNER', 'FSETID', 'KILL', 'SETGID', 'SETUID', 'SETPCAP',
+  'LINUX_IMMUTABLE', 'NET_BIND_SERVICE', 'NET_BROADCAST', 'NET_ADMIN', 'NET_RAW', 'IPC_LOCK', 'IPC_OWNER', 'SYS_MODULE', 'SYS_RAWIO',
+  'SYS_CHROOT', 'SYS_PTRACE', 'SYS_PACCT', 'SYS_ADMIN', 'SYS_BOOT', 'SYS_NICE', 'SYS_RESOURCE', 'SYS_TIME', 'SYS_TTY_CONFIG', 'MKNOD',
+  'LEASE', 'AUDIT_WRITE', 'AUDIT_CONTROL', 'SETFCAP', 'MAC_OVERRIDE', 'MAC_ADMIN', 'SYSLOG', 'WAKE_ALARM', 'BLOCK_SUSPEND', 'AUDIT_READ',
+  'PERFMON', 'BPF', 'CHECKPOINT_RESTORE']
+
+/** Capabilities the kernel knows that this process's bounding set lacks (a --privileged container would need them). */
+function missingCapabilities(): string[] {
+  const last = Number(readFileSync('/proc/sys/kernel/cap_last_cap', 'utf8'))
+  const bounding = BigInt('0x' + (/^CapBnd:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))?.[1] ?? '0'))
+  const missing: string[] = []
+  for (let bit = 0; bit <= last; bit++) if ((bounding & (1n << BigInt(bit))) === 0n) missing.push(`CAP_${CAPABILITY_NAMES[bit] ?? bit}`)
+  return missing
+}
+
 /** The `docker run` command of README's "Running pxd in a container" section, as arguments. */
 function readmeRunLine(): string[] {
   const readme = readFileSync(path.join(REPO_ROOT, 'README.md'), 'utf8')
@@ -563,6 +587,10 @@ test('the documented docker run line (Dockerfile header and README) mounts what 
     t.true(run?.opts.includes('rshared') ?? false, `${where}: ${defaults['run-dir']} with rshared propagation, so the host's Docker sees the mounts`)
   }
   t.deepEqual(lines.README, lines.Dockerfile.filter((a) => !['[pxd', 'flags]'].includes(a)), 'README and the Dockerfile header give the same docker run line')
+  const caps = documentedCapabilityFlags()
+  t.true(caps.includes('SYS_ADMIN'), `the flags instead of --privileged add CAP_SYS_ADMIN (mount): ${caps.join(' ')}`)
+  const readme = readFileSync(path.join(REPO_ROOT, 'README.md'), 'utf8').replace(/\s+/g, ' ')
+  t.true(readme.includes(caps.map((a) => (a.includes(' ') ? `'${a}'` : a)).join(' ')), `README gives the same flags instead of --privileged: ${caps.join(' ')}`)
 })
 
 function runtimeWorkdir(stage: Stage): string {
@@ -672,6 +700,7 @@ function registerDockerBuildTests(): void {
   const BUSYBOX_IMAGE = 'pxd-test-busybox:latest'
   // What the official images hold that the build needs: g++/make/python3 for node-gyp (node:20-bookworm).
   const BASE_PACKAGES = ['ca-certificates', 'python3', 'make', 'g++']
+  const LOCAL_CA_DIR = '/usr/local/share/ca-certificates'
   const state: { dir?: string; ns?: MountNamespace; engine?: DockerEngine; built?: boolean; container?: string | undefined } = {}
 
   test.serial('docker build (opt-in): local stand-ins for node:20-bookworm and node:20-bookworm-slim, nothing pulled', async (t) => {
@@ -688,14 +717,18 @@ function registerDockerBuildTests(): void {
     const npmDir = path.join(prefix, 'lib', 'node_modules', 'npm')
     const headers = path.join(prefix, 'include', 'node')
     for (const p of [npmDir, headers]) if (!existsSync(p)) return t.fail(`${p} is missing: the stand-in image copies this machine's Node, npm and Node headers`)
+    // Everything from here runs in a private mount namespace: mmdebstrap's chroot mounts, then
+    // dockerd. Whatever happens, those mounts go with the namespace, never onto the host.
+    state.dir = mkdtempSync(path.join(tmpdir(), 'pxd-image-build-'))
+    state.ns = await createMountNamespace()
     mkdirSync(CACHE, { recursive: true })
     const base = path.join(CACHE, `bookworm-node-${process.versions.node}.tar`)
     if (existsSync(base)) t.log(`base root file system from the cache: ${base}`)
     else {
       const started = Date.now()
-      const partial = `${base}.partial-${process.pid}`
-      const r = await runCommand([
-        'mmdebstrap', '--variant=minbase', `--include=${BASE_PACKAGES.join(',')}`,
+      const partial = path.join(CACHE, `bookworm-node-${process.versions.node}.${process.pid}.partial.tar`)
+      const r = await state.ns.run([
+        'mmdebstrap', '--variant=minbase', '--format=tar', `--include=${BASE_PACKAGES.join(',')}`,
         '--customize-hook=mkdir -p "$1/usr/local/lib/node_modules" "$1/usr/local/include"',
         `--customize-hook=copy-in ${nodeBin} /usr/local/bin`,
         `--customize-hook=copy-in ${npmDir} /usr/local/lib/node_modules`,
@@ -705,15 +738,13 @@ function registerDockerBuildTests(): void {
         'bookworm', partial, MIRROR,
       ], { timeoutMs: 12 * 60_000 })
       if (r.code !== 0) {
-        rmSync(partial, { force: true })
+        rmSync(partial, { recursive: true, force: true })
         return t.fail(`mmdebstrap failed (it needs the Debian mirror ${MIRROR}):\n${describeResult(r).slice(-4000)}`)
       }
       renameSync(partial, base)
-      t.log(`mmdebstrap made ${base} in ${((Date.now() - started) / 1000).toFixed(0)} s`)
+      t.log(`mmdebstrap made ${base} (${(statSync(base).size / 1024 ** 2).toFixed(0)} MiB) in ${((Date.now() - started) / 1000).toFixed(0)} s`)
     }
 
-    state.dir = mkdtempSync(path.join(tmpdir(), 'pxd-image-build-'))
-    state.ns = await createMountNamespace()
     // /run of our own, shared inside the namespace, so that -v /run/pxd:/run/pxd:rshared works
     // as on a systemd host; /run/docker/plugins holds only the socket of the pxd under test.
     await state.ns.mountTmpfs('/run')
@@ -723,7 +754,26 @@ function registerDockerBuildTests(): void {
     const engineLog = (line: string) => t.log(line.length > 2000 ? `${line.slice(0, 1000)}\n...\n${line.slice(-1000)}` : line)
     state.engine = await startDockerEngine({ dir: state.dir, commandPrefix: state.ns.prefix, storageDriver: 'overlay2', log: engineLog })
     const env = 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
-    await state.engine.dockerOk(['import', '--change', env, base, 'node:20-bookworm'], { timeoutMs: 5 * 60_000 })
+    await state.engine.dockerOk(['import', '--change', env, base, 'pxd-test-base:latest'], { timeoutMs: 5 * 60_000 })
+    // The stand-in trusts what this machine trusts: a network that reaches registry.npmjs.org
+    // through a TLS proxy has its CA in /usr/local/share/ca-certificates, and npm ci in the
+    // build stage needs it too. (This is the test's network, not something the Dockerfile
+    // should know about.)
+    const extraCa = existsSync(LOCAL_CA_DIR) ? readdirSync(LOCAL_CA_DIR).filter((f) => f.endsWith('.crt')) : []
+    if (extraCa.length > 0) {
+      const ctx = path.join(state.dir, 'base-ca')
+      mkdirSync(ctx)
+      for (const f of extraCa) copyFileSync(path.join(LOCAL_CA_DIR, f), path.join(ctx, f))
+      writeFileSync(path.join(ctx, 'Dockerfile'), [
+        'FROM pxd-test-base:latest',
+        'COPY *.crt /usr/local/share/ca-certificates/',
+        'RUN update-ca-certificates',
+        'ENV NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt',
+        '',
+      ].join('\n'))
+      await state.engine.dockerOk(['build', '--network', 'none', '-t', 'node:20-bookworm', ctx], { timeoutMs: 2 * 60_000 })
+      t.log(`the stand-in base trusts this machine's extra CA certificates: ${extraCa.join(', ')}`)
+    } else await state.engine.dockerOk(['tag', 'pxd-test-base:latest', 'node:20-bookworm'])
     await state.engine.dockerOk(['tag', 'node:20-bookworm', 'node:20-bookworm-slim'])
     const v = await state.engine.dockerOk(['run', '--rm', '--network', 'none', 'node:20-bookworm', 'node', '--version'])
     t.is(v.trim(), process.version, 'the stand-in base runs this machine\'s Node')
@@ -754,56 +804,71 @@ function registerDockerBuildTests(): void {
   })
 
   test.serial('docker run (opt-in): with the documented flags pxd serves a volume to another container', async (t) => {
-    t.timeout(5 * 60_000)
+    t.timeout(8 * 60_000)
     const { engine, ns, dir } = state
     if (!engine || !ns || !dir || !state.built) return t.fail('no image (a previous step failed)')
     await importBusyboxImage(engine, BUSYBOX_IMAGE, dir)
-    const port = await freePort()
-    const dataDir = path.join(dir, 'pxd-data')
-    mkdirSync(dataDir)
-    // The documented line, with a temp data dir for /var/lib/pxd, this image, and a free API port.
+    // The documented line, with a temp data dir for /var/lib/pxd, this image, and a free API
+    // port; once with --privileged, once with the documented capabilities instead.
     const documented = documentedRunLine()
-    const args = documented.slice(documented.indexOf('run') + 1).filter((a) => !['[pxd', 'flags]'].includes(a))
-    const name = args[args.indexOf('--name') + 1]!
-    args.pop() // the image name
-    const runArgs = args.map((a) => (a === '/var/lib/pxd:/var/lib/pxd' ? `${dataDir}:/var/lib/pxd` : a))
-    t.true(runArgs.includes(`${dataDir}:/var/lib/pxd`), `the documented line binds /var/lib/pxd: ${documented.join(' ')}`)
-    await engine.dockerOk(['run', ...runArgs, IMAGE, '--api-listen', `127.0.0.1:${port}`, '--node-id', 'image-test'])
-    state.container = name
-    const logs = async () => (await engine.docker(['logs', '--tail', '60', name])).stdout
-
-    const deadline = Date.now() + 60_000
-    let ready: { status: number; body: string } = { status: 0, body: '' }
-    while (Date.now() < deadline) {
-      ready = await httpGet(`http://127.0.0.1:${port}/readyz`).catch((err: Error) => ({ status: 0, body: err.message }))
-      if (ready.status === 200) break
-      await new Promise((resolve) => setTimeout(resolve, 500))
+    const base = documented.slice(documented.indexOf('run') + 1).filter((a) => !['[pxd', 'flags]'].includes(a))
+    base.pop() // the image name
+    const variants: Array<[string, string[]]> = [
+      ['--privileged', base],
+      ['capabilities', base.flatMap((a) => (a === '--privileged' ? documentedCapabilityFlags() : [a]))],
+    ]
+    const missing = missingCapabilities()
+    if (missing.length > 0) {
+      // runc cannot give a container capabilities the host itself lacks; a normal host has them all.
+      t.log(`this machine's capability bounding set lacks ${missing.join(', ')}, so no --privileged container can start here; checking the documented capability flags only`)
+      variants.shift()
     }
-    t.is(ready.status, 200, `/readyz of pxd in the container: ${ready.body}\n--- docker logs ---\n${await logs()}`)
-    if (ready.status !== 200) return
+    for (const [variant, args] of variants) {
+      const name = `pxd-${variant.replace(/^-+/, '')}`
+      const dataDir = path.join(dir, `data-${name}`)
+      mkdirSync(dataDir)
+      const runArgs = args.map((a) => (a === '/var/lib/pxd:/var/lib/pxd' ? `${dataDir}:/var/lib/pxd` : a))
+      runArgs[runArgs.indexOf('--name') + 1] = name
+      t.true(runArgs.includes(`${dataDir}:/var/lib/pxd`), `the documented line binds /var/lib/pxd: ${documented.join(' ')}`)
+      const port = await freePort()
+      await engine.dockerOk(['run', ...runArgs, IMAGE, '--api-listen', `127.0.0.1:${port}`, '--node-id', 'image-test'])
+      state.container = name
+      const logs = async () => (await engine.docker(['logs', '--tail', '60', name])).stdout
 
-    const volume = `img-${randomBytes(3).toString('hex')}`
-    const payload = randomBytes(12).toString('hex')
-    t.is((await engine.dockerOk(['volume', 'create', '-d', 'pxd', '--opt', 'size=64M', '--opt', 'repl=1', volume])).trim(), volume)
-    const out = await engine.dockerOk(['run', '--rm', '--network', 'none', '-v', `${volume}:/data`, BUSYBOX_IMAGE, 'sh', '-c', `echo ${payload} > /data/f && sync && cat /data/f && grep ' /data ' /proc/mounts`], { timeoutMs: 60_000 })
-    t.true(out.includes(payload), `the container wrote and read the volume:\n${out}`)
-    t.regex(out, / \/data ext4 /, 'the container\'s /data is pxd\'s ext4, mounted by pxd inside its container and seen by Docker through /run/pxd (rshared)')
-    const inspected = JSON.parse(await engine.dockerOk(['exec', name, 'pxctl', '--api', `http://127.0.0.1:${port}`, '--json', 'volume', 'inspect', volume])) as { name: string; id: string; repl: number }
-    t.is(inspected.name, volume)
-    t.is(inspected.repl, 1)
-    t.is((await engine.dockerOk(['volume', 'rm', volume])).trim(), volume)
+      const deadline = Date.now() + 60_000
+      let ready: { status: number; body: string } = { status: 0, body: '' }
+      while (Date.now() < deadline) {
+        ready = await httpGet(`http://127.0.0.1:${port}/readyz`).catch((err: Error) => ({ status: 0, body: err.message }))
+        if (ready.status === 200) break
+        await new Promise((resolve) => setTimeout(resolve, 500))
+      }
+      t.is(ready.status, 200, `${variant}: /readyz of pxd in the container: ${ready.body}\n--- docker logs ---\n${await logs()}`)
+      if (ready.status !== 200) return
 
-    await engine.dockerOk(['stop', '-t', '60', name], { timeoutMs: 90_000 })
-    const exit = (await engine.dockerOk(['inspect', name, '--format', '{{.State.ExitCode}}'])).trim()
-    const tail = await logs()
-    t.is(exit, '0', `pxd exits 0 on docker stop:\n${tail}`)
-    t.true(tail.includes('pxd stopped'), 'pxd logged that it stopped cleanly')
-    const left = ns.mounts().filter((m) => m.mountPoint.startsWith('/run/pxd/'))
-    t.deepEqual(left.map((m) => `${m.mountPoint} (${m.fsType})`), [], 'nothing of pxd is left mounted under /run/pxd')
-    const loops = await ns.run(['losetup', '-a'])
-    t.false(loops.stdout.includes(inspected.id), `no loop device left on the volume's file:\n${loops.stdout}`)
-    await engine.dockerOk(['rm', name])
-    state.container = undefined
+      const volume = `img-${randomBytes(3).toString('hex')}`
+      const payload = randomBytes(12).toString('hex')
+      t.is((await engine.dockerOk(['volume', 'create', '-d', 'pxd', '--opt', 'size=64M', '--opt', 'repl=1', volume])).trim(), volume)
+      const out = await engine.dockerOk(['run', '--rm', '--network', 'none', '-v', `${volume}:/data`, BUSYBOX_IMAGE, 'sh', '-c', `echo ${payload} > /data/f && sync && cat /data/f && grep ' /data ' /proc/mounts`], { timeoutMs: 60_000 })
+      t.true(out.includes(payload), `${variant}: the container wrote and read the volume:\n${out}`)
+      t.regex(out, / \/data ext4 /, `${variant}: the container's /data is pxd's ext4, mounted by pxd inside its container and seen by Docker through /run/pxd (rshared)`)
+      const inspected = JSON.parse(await engine.dockerOk(['exec', name, 'pxctl', '--api', `http://127.0.0.1:${port}`, '--json', 'volume', 'inspect', volume])) as { name: string; id: string; repl: number }
+      t.is(inspected.name, volume)
+      t.is(inspected.repl, 1)
+      t.is((await engine.dockerOk(['volume', 'rm', volume])).trim(), volume)
+
+      await engine.dockerOk(['stop', '-t', '60', name], { timeoutMs: 90_000 })
+      const exit = (await engine.dockerOk(['inspect', name, '--format', '{{.State.ExitCode}}'])).trim()
+      const tail = await logs()
+      t.is(exit, '0', `${variant}: pxd exits 0 on docker stop:\n${tail}`)
+      t.true(tail.includes('pxd stopped'), `${variant}: pxd logged that it stopped cleanly`)
+      const left = ns.mounts().filter((m) => m.mountPoint.startsWith('/run/pxd/'))
+      t.deepEqual(left.map((m) => `${m.mountPoint} (${m.fsType})`), [], `${variant}: nothing of pxd is left mounted under /run/pxd`)
+      const loops = await ns.run(['losetup', '-a'])
+      t.false(loops.stdout.includes(inspected.id), `${variant}: no loop device left on the volume's file:\n${loops.stdout}`)
+      await engine.dockerOk(['rm', name])
+      state.container = undefined
+      t.log(`${variant}: pxd in the container served ${volume} to a busybox container and stopped cleanly`)
+    }
   })
 
   test.after.always('docker build (opt-in): stop dockerd and the namespace, remove the temp dir', async (t) => {
