@@ -66,6 +66,9 @@ export class Daemon {
     const c = this.#config
     const clustered = Boolean(c.kvdb)
     if (clustered && !c.peerListen) throw pxdError('INVALID_ARGUMENT', 'a cluster node (--kvdb etcd://...) needs --peer-listen HOST:PORT')
+    if (c.peerListen && !c.advertise && /^(0\.0\.0\.0|::|\[::\]|):/.test(c.peerListen)) {
+      throw pxdError('INVALID_ARGUMENT', `--peer-listen ${c.peerListen} listens on every address; say which one other nodes should dial with --advertise HOST:PORT`)
+    }
     if (clustered && !c.secretFile) throw pxdError('INVALID_ARGUMENT', 'a cluster node (--kvdb etcd://...) needs --cluster-secret-file FILE')
     const apiHost = parseHostPort(c.apiListen).host
     const loopbackApi = /^(127\.|localhost$|::1$)/.test(apiHost)

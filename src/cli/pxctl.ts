@@ -54,13 +54,13 @@ async function main(argv: string[]): Promise<number> {
     allowPositionals: true,
     strict: true,
   })
-  if (values.help || positionals.length === 0) {
-    process.stdout.write(HELP)
-    return values.help ? 0 : 2
-  }
   if (values.version) {
     process.stdout.write(`${packageVersion()}\n`)
     return 0
+  }
+  if (values.help || positionals.length === 0) {
+    process.stdout.write(HELP)
+    return values.help ? 0 : 2
   }
   const tokenFile = values['api-token-file'] ?? process.env.PXD_API_TOKEN_FILE
   const token = tokenFile ? readFileSync(tokenFile, 'utf8').trim() : undefined
