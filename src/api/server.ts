@@ -12,7 +12,7 @@ import http, { type IncomingMessage, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import type { Logger } from 'pino'
 import { isPxdError, messageOf, pxdError, type ErrorCode } from '../errors'
-import { applyServerTimeouts, readJsonObject, requiredString, sendJson } from '../util/http'
+import { createBoundedServer, readJsonObject, requiredString, sendJson } from '../util/http'
 import { Metrics } from '../metrics/metrics'
 import { readinessOf, type Readiness, type ReadinessReport } from '../metrics/readiness'
 import type { VolumeManager } from '../volumes/manager'
@@ -85,8 +85,7 @@ export class ApiServer {
     this.#readiness = options.readiness ?? readinessOf({ kvdb: () => manager.nodes() })
     this.#token = options.token === undefined ? undefined : Buffer.from(options.token)
     this.#routes = this.#makeRoutes()
-    this.#server = http.createServer((req, res) => void this.#handle(req, res))
-    applyServerTimeouts(this.#server)
+    this.#server = createBoundedServer((req, res) => void this.#handle(req, res))
   }
 
   async listen(hostPort: string): Promise<string> {

@@ -11,7 +11,7 @@ import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import type { Logger } from 'pino'
 import { isPxdError, messageOf, pxdError } from '../errors'
-import { applyServerTimeouts, optionalString, readJsonObject, requiredString, sendJson } from '../util/http'
+import { createBoundedServer, optionalString, readJsonObject, requiredString, sendJson } from '../util/http'
 import type { VolumeManager } from '../volumes/manager'
 import type { VolumeInfo } from '../volumes/types'
 
@@ -31,8 +31,7 @@ export class PluginServer {
     this.#manager = manager
     this.#log = log
     this.#routes = this.#makeRoutes()
-    this.#server = http.createServer((req, res) => void this.#handle(req, res))
-    applyServerTimeouts(this.#server)
+    this.#server = createBoundedServer((req, res) => void this.#handle(req, res))
   }
 
   async listen(): Promise<void> {

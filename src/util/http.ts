@@ -1,10 +1,23 @@
 /** Small HTTP helpers shared by the plugin socket and the API: capped JSON bodies, replies. */
-import type { IncomingMessage, Server, ServerResponse } from 'node:http'
+import http, { type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { pxdError } from '../errors'
 
 export const MAX_BODY_BYTES = 1024 * 1024
 /** A client that has not sent its whole request by then is cut off. */
 export const REQUEST_TIMEOUT_MS = 30_000
+/** Headers come first and are small: a client still sending them after this is cut off. */
+export const HEADERS_TIMEOUT_MS = 10_000
+/** How often Node looks for clients past those limits (its default, 30 s, lets one linger a minute). */
+const TIMEOUT_CHECK_MS = 1_000
+
+/** An HTTP server with the timeouts above; slow or stalled clients cannot hold connections. */
+export function createBoundedServer(handler: (req: IncomingMessage, res: ServerResponse) => void): Server {
+  const server = http.createServer({ connectionsCheckingInterval: TIMEOUT_CHECK_MS }, handler)
+  server.requestTimeout = REQUEST_TIMEOUT_MS
+  server.headersTimeout = HEADERS_TIMEOUT_MS
+  server.keepAliveTimeout = 5_000
+  return server
+}
 
 export function readBody(req: IncomingMessage, maxBytes = MAX_BODY_BYTES): Promise<Buffer> {
   return new Promise((resolve, reject) => {
@@ -56,12 +69,6 @@ export function sendJson(res: ServerResponse, status: number, body: unknown, con
 }
 
 /** Bound how long a slow client may hold a connection. */
-export function applyServerTimeouts(server: Server): void {
-  server.requestTimeout = REQUEST_TIMEOUT_MS
-  server.headersTimeout = REQUEST_TIMEOUT_MS
-  server.keepAliveTimeout = 5_000
-}
-
 /** A string field, or undefined when absent; any other type is a MALFORMED_REQUEST. */
 export function optionalString(body: Record<string, unknown>, field: string): string | undefined {
   const value = body[field]

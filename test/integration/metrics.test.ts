@@ -67,7 +67,7 @@ test('concurrent scrapes both answer', async (t) => {
 // NEEDS THE DAEMON WIRING (src/daemon.ts constructs MeteredFrontend and passes its Metrics
 // to ApiServer): until then nothing on the data path records into the registry served at
 // /metrics, and this test fails at its first assertion.
-test('[needs daemon.ts wiring] I/O counters move after a write through the mounted volume', async (t) => {
+test('I/O counters move after a write through the mounted volume', async (t) => {
   const volume = 'mio'
   const v = { volume }
   t.is((await pluginCall(daemon.pluginSocket, '/VolumeDriver.Create', { Name: volume, Opts: { size: '64M' } })).body.Err, '')

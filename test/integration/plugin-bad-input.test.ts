@@ -4,6 +4,7 @@
  */
 import test from 'ava'
 import http from 'node:http'
+import net from 'node:net'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { makeTempDir, removeDir, startDaemon, type Daemon } from '../helpers/daemon'
 import { pluginCall } from '../helpers/plugin-client'
@@ -113,4 +114,20 @@ test('refused: values that overflow', async (t) => {
     t.regex(String(reply.body.Err), /invalid value/, JSON.stringify(opts))
   }
   t.false((await volumeNames()).includes('big'))
+})
+
+test('refused: a client that stalls in its headers is cut off, and others are served meanwhile', async (t) => {
+  const started = Date.now()
+  const closed = new Promise<string>((resolve) => {
+    const sock = net.connect(daemon.pluginSocket, () => sock.write('POST /VolumeDriver.List HTTP/1.1\r\nHost: plugin\r\n'))
+    let got = ''
+    sock.on('data', (d) => { got += d.toString() })
+    sock.on('close', () => resolve(got))
+    sock.on('error', () => undefined)
+  })
+  t.deepEqual((await volumeNames()).includes('keep'), true, 'served while the slow client waits')
+  const reply = await closed
+  const waited = Date.now() - started
+  t.true(waited < 20_000, `cut off after ${waited} ms`)
+  t.regex(reply, /^$|408/)
 })
