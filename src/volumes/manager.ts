@@ -443,23 +443,8 @@ export class VolumeManager {
   }
 
   /** Put a resynced replica back into the in-sync set, only while this node still holds the attachment at `epoch`. */
-  async #promote(name: string, epoch: number, nodeId: string): Promise<void> {
-    for (let attempt = 0; attempt < CAS_RETRIES; attempt++) {
-      const [vol, att] = await Promise.all([
-        this.#kvdb.get<VolumeRecord>(keys.volume(name)),
-        this.#kvdb.get<AttachmentRecord>(keys.attachment(name)),
-      ])
-      if (!vol || !att || att.value.nodeId !== this.#nodeId || att.value.epoch !== epoch) {
-        throw pxdError('FENCED', `volume ${name} is no longer attached here at epoch ${epoch}`)
-      }
-      if (vol.value.inSync.includes(nodeId)) return
-      const ok = await this.#kvdb.txn({
-        compares: [{ key: vol.key, modRevision: vol.modRevision }, { key: att.key, modRevision: att.modRevision }],
-        puts: [{ key: vol.key, value: { ...vol.value, inSync: [...vol.value.inSync, nodeId] } satisfies VolumeRecord }],
-      })
-      if (ok) return
-    }
-    throw pxdError('CONFLICT', `volume ${name}: could not record replica ${nodeId} as in sync (too many concurrent changes)`)
+  #promote(name: string, epoch: number, nodeId: string): Promise<void> {
+    return this.#changeInSync(name, epoch, (inSync) => (inSync.includes(nodeId) ? undefined : [...inSync, nodeId]))
   }
 
   async #markFormatted(name: string): Promise<void> {
@@ -475,6 +460,20 @@ export class VolumeManager {
   /** Take failed replicas out of the in-sync set, only while this node still holds the attachment at `epoch`. */
   async #demote(name: string, epoch: number, failed: Array<{ nodeId: string; error: unknown }>, log: Logger): Promise<void> {
     const gone = new Set(failed.map((f) => f.nodeId))
+    await this.#changeInSync(name, epoch, (inSync) => {
+      const left = inSync.filter((n) => !gone.has(n))
+      if (left.length === 0) throw pxdError('IO_ERROR', `volume ${name}: every in-sync replica failed`)
+      return left
+    })
+    for (const f of failed) log.warn({ replica: f.nodeId, err: f.error }, 'replica taken out of the in-sync set: volume degraded')
+  }
+
+  /**
+   * Change a volume's in-sync set with a transaction that also checks this node still holds
+   * the attachment at `epoch`: a coordinator that lost the volume cannot rewrite the set.
+   * `change` returns the new set, or undefined when nothing needs to change.
+   */
+  async #changeInSync(name: string, epoch: number, change: (inSync: string[]) => string[] | undefined): Promise<void> {
     for (let attempt = 0; attempt < CAS_RETRIES; attempt++) {
       const [vol, att] = await Promise.all([
         this.#kvdb.get<VolumeRecord>(keys.volume(name)),
@@ -483,18 +482,15 @@ export class VolumeManager {
       if (!vol || !att || att.value.nodeId !== this.#nodeId || att.value.epoch !== epoch) {
         throw pxdError('FENCED', `volume ${name} is no longer attached here at epoch ${epoch}`)
       }
-      const inSync = vol.value.inSync.filter((n) => !gone.has(n))
-      if (inSync.length === 0) throw pxdError('IO_ERROR', `volume ${name}: every in-sync replica failed`)
+      const inSync = change(vol.value.inSync)
+      if (!inSync) return
       const ok = await this.#kvdb.txn({
         compares: [{ key: vol.key, modRevision: vol.modRevision }, { key: att.key, modRevision: att.modRevision }],
         puts: [{ key: vol.key, value: { ...vol.value, inSync } satisfies VolumeRecord }],
       })
-      if (ok) {
-        for (const f of failed) log.warn({ replica: f.nodeId, err: f.error }, 'replica taken out of the in-sync set: volume degraded')
-        return
-      }
+      if (ok) return
     }
-    throw pxdError('CONFLICT', `volume ${name}: could not record the failed replicas (too many concurrent changes)`)
+    throw pxdError('CONFLICT', `volume ${name}: could not change its in-sync set (too many concurrent changes)`)
   }
 
   /** Another node attached the volume: tear down the local chain, and leave the attachment to its new holder. */
