@@ -101,10 +101,10 @@ export class Frontend {
       const mountpoint = this.mountpointOf(req.name)
       await mountFilesystem(loop, mountpoint, req.fs)
       this.#attached.set(req.name, { id: req.id, name: req.name, loop, mountpoint })
-      this.#log.info({ volume: req.name, id: req.id, loop, mountpoint }, 'volume attached')
+      this.#log.info({ volume: req.name, volumeId: req.id, loop, mountpoint }, 'volume attached')
       return mountpoint
     } catch (err) {
-      for (const step of undo.reverse()) await step().catch((e) => this.#log.error({ err: e, volume: req.name }, 'rollback step failed'))
+      for (const step of undo.reverse()) await step().catch((e) => this.#log.error({ err: e, volume: req.name, volumeId: req.id }, 'rollback step failed'))
       throw err
     }
   }
@@ -118,7 +118,7 @@ export class Frontend {
     await detachLoop(a.loop)
     this.#devices.remove(a.id)
     await fs.rmdir(a.mountpoint).catch(() => undefined)
-    this.#log.info({ volume: name, id: a.id }, 'volume detached')
+    this.#log.info({ volume: name, volumeId: a.id }, 'volume detached')
   }
 
   async stop(): Promise<void> {

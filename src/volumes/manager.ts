@@ -170,7 +170,7 @@ export class VolumeManager {
         await this.#dropReplicas(record)
         throw pxdError('UNSATISFIABLE', `could not create the replicas of ${ref.name}: ${failed.join('; ')}`)
       }
-      this.#log.info({ volume: ref.name, id: record.id, spec, replicas: placed }, 'volume created')
+      this.#log.info({ volume: ref.name, volumeId: record.id, spec, replicas: placed }, 'volume created')
       return this.#info(record)
     })
   }
@@ -211,9 +211,9 @@ export class VolumeManager {
       if (!ok) throw pxdError('CONFLICT', `volume ${name} changed during ha-update; retry`)
       const created = await Promise.allSettled(added.map((nodeId) => this.#createReplica(nodeId, next)))
       const failed = created.flatMap((r, i) => (r.status === 'rejected' ? [`${added[i]}: ${messageOf(r.reason)}`] : []))
-      if (failed.length > 0) this.#log.warn({ volume: name, failed }, 'some new replicas could not be created yet; they stay out of sync')
+      if (failed.length > 0) this.#log.warn({ volume: name, volumeId: record.id, failed }, 'some new replicas could not be created yet; they stay out of sync')
       if (removed.length > 0) await this.#dropReplicas({ ...record, replicas: removed.map((nodeId) => ({ nodeId })) })
-      this.#log.info({ volume: name, repl, added, removed }, 'replication changed')
+      this.#log.info({ volume: name, volumeId: record.id, repl, added, removed }, 'replication changed')
       if (this.#attached.has(name)) void this.#startResyncs(name)
       return this.#info(next)
     })
@@ -239,8 +239,8 @@ export class VolumeManager {
         this.#log.info({ volume: name, volumeId: record.id, ...result }, 'scrub done')
         return { volume: name, ...result }
       } finally {
-        await engine?.close().catch((err) => this.#log.error({ err, volume: name }, 'close after scrub failed'))
-        await this.#releaseAttachment(name, epoch).catch((err) => this.#log.error({ err, volume: name }, 'release after scrub failed'))
+        await engine?.close().catch((err) => this.#log.error({ err, volume: name, volumeId: record.id }, 'close after scrub failed'))
+        await this.#releaseAttachment(name, epoch).catch((err) => this.#log.error({ err, volume: name, volumeId: record.id }, 'release after scrub failed'))
       }
     })
   }
@@ -274,7 +274,7 @@ export class VolumeManager {
       if (!ok) throw pxdError('CONFLICT', `volume ${name} changed while it was being removed; retry`)
       await this.#dropReplicas(entry.value)
       await this.#forgetDirtyMaps(entry.value.id)
-      this.#log.info({ volume: name, id: entry.value.id }, 'volume removed')
+      this.#log.info({ volume: name, volumeId: entry.value.id }, 'volume removed')
     })
   }
 
@@ -308,8 +308,8 @@ export class VolumeManager {
         void this.#startResyncs(name)
         return mountpoint
       } catch (err) {
-        await engine?.close().catch((e) => this.#log.error({ err: e, volume: name }, 'close after failed attach'))
-        await this.#releaseAttachment(name, epoch).catch((e) => this.#log.error({ err: e, volume: name }, 'release after failed attach'))
+        await engine?.close().catch((e) => this.#log.error({ err: e, volume: name, volumeId: record.id }, 'close after failed attach'))
+        await this.#releaseAttachment(name, epoch).catch((e) => this.#log.error({ err: e, volume: name, volumeId: record.id }, 'release after failed attach'))
         throw err
       }
     })
@@ -359,7 +359,7 @@ export class VolumeManager {
     if (this.#scrubTimer) clearInterval(this.#scrubTimer)
     this.#scrubAbort.abort()
     for (const [name, local] of [...this.#attached]) {
-      await this.#locks.run(name, () => this.#detach(name, local, true)).catch((err) => this.#log.error({ err, volume: name }, 'detach at shutdown failed'))
+      await this.#locks.run(name, () => this.#detach(name, local, true)).catch((err) => this.#log.error({ err, volume: name, volumeId: local.volumeId }, 'detach at shutdown failed'))
     }
   }
 
@@ -513,7 +513,7 @@ export class VolumeManager {
     } finally {
       await this.#releaseAttachment(name, local.epoch).catch((err) => {
         // The volume is unmounted here whatever the kvdb says; record that once it is back.
-        this.#log.warn({ err, volume: name }, 'could not record the detach now; retrying in the background')
+        this.#log.warn({ err, volume: name, volumeId: local.volumeId }, 'could not record the detach now; retrying in the background')
         this.#retryRelease(name, local.epoch)
       })
     }

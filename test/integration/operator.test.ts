@@ -111,7 +111,7 @@ test('logs are JSON lines by default, each volume line with the volume\'s name',
   t.is(ready!.node, 'node-a')
   const created = records.find((r) => r.msg === 'volume created')
   t.is(created?.volume, 'opvol')
-  t.regex(String(created?.id), /^[0-9a-f]{16}$/)
+  t.regex(String(created?.volumeId), /^[0-9a-f]{16}$/, 'and its id, under one key: volumeId')
 })
 
 test('pxd --log-pretty prints readable lines, not JSON, and flushes them at shutdown', async (t) => {
