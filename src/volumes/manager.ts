@@ -231,16 +231,13 @@ export class VolumeManager {
     return this.#locks.run(name, async () => {
       this.#checkRunning()
       const { value: record } = await this.#requireRecord(name)
-      const epoch = await this.#claimAttachment(name)
-      let engine: VolumeEngine | undefined
+      const { engine, epoch } = await this.#attachEngine(name, record)
       try {
-        engine = await this.#openEngine(name, record, epoch)
         const result = await engine.scrub({ signal: this.#scrubAbort.signal })
         this.#log.info({ volume: name, volumeId: record.id, ...result }, 'scrub done')
         return { volume: name, ...result }
       } finally {
-        await engine?.close().catch((err) => this.#log.error({ err, volume: name, volumeId: record.id }, 'close after scrub failed'))
-        await this.#releaseAttachment(name, epoch).catch((err) => this.#log.error({ err, volume: name, volumeId: record.id }, 'release after scrub failed'))
+        await this.#detachEngine(name, record.id, engine, epoch)
       }
     })
   }
@@ -290,15 +287,8 @@ export class VolumeManager {
       }
       const { value: record } = await this.#requireRecord(name)
       if (record.inSync.length === 0) throw pxdError('UNSATISFIABLE', `volume ${name} has no in-sync replica left`)
-      const { epoch, unclean } = await this.#claim(name)
-      let engine: VolumeEngine | undefined
+      const { engine, epoch } = await this.#attachEngine(name, record)
       try {
-        engine = await this.#openEngine(name, record, epoch)
-        if (unclean) {
-          const copied = await engine.reconcile()
-          await this.#markClean(name, epoch)
-          this.#log.info({ volume: name, volumeId: record.id, copiedBytes: copied }, 'replicas reconciled after an unclean detach')
-        }
         const mountpoint = await this.#frontend.attach({
           id: record.id, name, fs: record.spec.fs, blockSize: record.spec.blockSize, device: engine,
           formatted: record.formatted === true,
@@ -308,8 +298,7 @@ export class VolumeManager {
         void this.#startResyncs(name)
         return mountpoint
       } catch (err) {
-        await engine?.close().catch((e) => this.#log.error({ err: e, volume: name, volumeId: record.id }, 'close after failed attach'))
-        await this.#releaseAttachment(name, epoch).catch((e) => this.#log.error({ err: e, volume: name, volumeId: record.id }, 'release after failed attach'))
+        await this.#detachEngine(name, record.id, engine, epoch)
         throw err
       }
     })
@@ -361,6 +350,34 @@ export class VolumeManager {
     for (const [name, local] of [...this.#attached]) {
       await this.#locks.run(name, () => this.#detach(name, local, true)).catch((err) => this.#log.error({ err, volume: name, volumeId: local.volumeId }, 'detach at shutdown failed'))
     }
+  }
+
+  /**
+   * Claim the attachment (bumping the epoch), open the engine on the in-sync replicas and,
+   * when the last holder died, make them equal before anything reads them. On failure
+   * nothing stays claimed; the unclean mark stays for the next attach.
+   */
+  async #attachEngine(name: string, record: VolumeRecord): Promise<{ engine: VolumeEngine; epoch: number }> {
+    const { epoch, unclean } = await this.#claim(name)
+    let engine: VolumeEngine | undefined
+    try {
+      engine = await this.#openEngine(name, record, epoch)
+      if (unclean) {
+        const copied = await engine.reconcile()
+        await this.#markClean(name, epoch)
+        this.#log.info({ volume: name, volumeId: record.id, copiedBytes: copied }, 'replicas reconciled after an unclean detach')
+      }
+      return { engine, epoch }
+    } catch (err) {
+      await this.#detachEngine(name, record.id, engine, epoch)
+      throw err
+    }
+  }
+
+  /** Close an engine that is not (or no longer) mounted and give the attachment back. Never throws. */
+  async #detachEngine(name: string, volumeId: string, engine: VolumeEngine | undefined, epoch: number): Promise<void> {
+    await engine?.close().catch((err) => this.#log.error({ err, volume: name, volumeId }, 'closing the volume engine failed'))
+    await this.#releaseAttachment(name, epoch).catch((err) => this.#log.error({ err, volume: name, volumeId }, 'giving the attachment back failed'))
   }
 
   async #openEngine(name: string, record: VolumeRecord, epoch: number): Promise<VolumeEngine> {
@@ -557,10 +574,6 @@ export class VolumeManager {
    * Attach is a compare-and-swap that bumps the epoch, so only one node holds a volume.
    * A holder that is offline (its lease expired) loses the volume to the new attach.
    */
-  async #claimAttachment(name: string): Promise<number> {
-    return (await this.#claim(name)).epoch
-  }
-
   async #claim(name: string): Promise<{ epoch: number; unclean: boolean }> {
     const key = keys.attachment(name)
     const current = await this.#kvdb.get<AttachmentRecord>(key)
@@ -592,9 +605,11 @@ export class VolumeManager {
     const key = keys.attachment(name)
     const current = await this.#kvdb.get<AttachmentRecord>(key)
     if (!current || current.value.nodeId !== this.#nodeId || current.value.epoch !== epoch) return
+    // An unclean mark stays until a reconcile clears it, whatever happened in between.
+    const unclean = current.value.unclean === true
     await this.#kvdb.txn({
       compares: [{ key, modRevision: current.modRevision }],
-      puts: [{ key, value: { nodeId: null, epoch } satisfies AttachmentRecord }],
+      puts: [{ key, value: { nodeId: null, epoch, ...(unclean ? { unclean } : {}) } satisfies AttachmentRecord }],
     })
   }
 
