@@ -410,17 +410,29 @@ void BlockStore::ZeroCrcs(uint64_t first, uint64_t count) const {
   write_zeros(begin, end);
 }
 
+BlockStore::Span BlockStore::SpanOf(int64_t offset, size_t len) const {
+  // Which blocks [offset, offset+len) touches, and whether its first and last block
+  // are only partly covered (those go through bounce buffers in Read and Write).
+  const uint64_t bs = block_size_;
+  Span sp;
+  sp.off = static_cast<uint64_t>(offset);
+  sp.end = sp.off + len;
+  sp.first = sp.off >> block_shift_;
+  sp.last = (sp.end - 1) >> block_shift_;
+  sp.count = sp.last - sp.first + 1;
+  sp.head_partial = (sp.off & (bs - 1)) != 0 || sp.end < (sp.first + 1) * bs;
+  sp.tail_partial = sp.last != sp.first && (sp.end & (bs - 1)) != 0;
+  return sp;
+}
+
 void BlockStore::Write(int64_t offset, const uint8_t* data, size_t len) {
   CheckRange(offset, len, "write");
   if (len == 0) return;
   const uint64_t bs = block_size_;
-  const uint64_t off = static_cast<uint64_t>(offset);
-  const uint64_t end = off + len;
-  const uint64_t first = off >> block_shift_;
-  const uint64_t last = (end - 1) >> block_shift_;
-  const uint64_t count = last - first + 1;
-  const bool head_partial = (off & (bs - 1)) != 0 || end < (first + 1) * bs;
-  const bool tail_partial = last != first && (end & (bs - 1)) != 0;
+  const Span sp = SpanOf(offset, len);
+  const uint64_t off = sp.off, end = sp.end, first = sp.first, last = sp.last, count = sp.count;
+  const bool head_partial = sp.head_partial;
+  const bool tail_partial = sp.tail_partial;
 
   std::vector<uint32_t> crcs(count);
   std::unique_ptr<uint8_t[]> head;
@@ -472,13 +484,10 @@ void BlockStore::Read(int64_t offset, uint8_t* data, size_t len) {
   CheckRange(offset, len, "read");
   if (len == 0) return;
   const uint64_t bs = block_size_;
-  const uint64_t off = static_cast<uint64_t>(offset);
-  const uint64_t end = off + len;
-  const uint64_t first = off >> block_shift_;
-  const uint64_t last = (end - 1) >> block_shift_;
-  const uint64_t count = last - first + 1;
-  const bool head_partial = (off & (bs - 1)) != 0 || end < (first + 1) * bs;
-  const bool tail_partial = last != first && (end & (bs - 1)) != 0;
+  const Span sp = SpanOf(offset, len);
+  const uint64_t off = sp.off, end = sp.end, first = sp.first, last = sp.last, count = sp.count;
+  const bool head_partial = sp.head_partial;
+  const bool tail_partial = sp.tail_partial;
 
   // Partial blocks go through bounce buffers so that only verified bytes
   // ever reach the caller's buffer.

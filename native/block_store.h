@@ -61,6 +61,11 @@ class BlockStore {
   class StripeLock;
 
   void CheckRange(int64_t offset, uint64_t len, const char* op) const;
+  struct Span {
+    uint64_t off, end, first, last, count;
+    bool head_partial, tail_partial;
+  };
+  Span SpanOf(int64_t offset, size_t len) const;
   void VerifyBlock(uint64_t block, const uint8_t* data, uint32_t stored) const;
   // The crc entry to store for a block: 0 for an all-zero block, so a block written as
   // zeros and one never written look the same (replicas compare crc files in resync).
