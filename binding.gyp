@@ -5,7 +5,9 @@
       "sources": [
         "native/addon.cc",
         "native/block_store.cc",
-        "native/crc32c.cc"
+        "native/crc32c.cc",
+        "native/fuse_server.cc",
+        "native/fuse_binding.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED", "NAPI_CPP_EXCEPTIONS"],

@@ -1,4 +1,5 @@
 /** Command-line flags of `npm run bench -- [flags]`. */
+import { FUSE_SERVERS, type FuseServerKind } from '../src/frontend/device-directory'
 import { formatSize, parseSize } from '../src/util/size'
 
 export interface BenchOptions {
@@ -17,6 +18,8 @@ export interface BenchOptions {
   /** Only the in-process crc32c / memcpy figures: no cluster, no fio. */
   crcOnly: boolean
   quick: boolean
+  /** Who serves the daemons' FUSE device directories (pxd --fuse-server). */
+  fuseServer: FuseServerKind
 }
 
 export const USAGE = `usage: npm run bench -- [flags]
@@ -35,6 +38,7 @@ Markdown table and writes bench/results/<timestamp>.json.
   --volume-size SIZE  size of each pxd volume                 (default 4G, at least 2 x --size)
   --crc-runs N        runs per crc32c / memcpy figure         (default 7)
   --crc-only          only the crc32c / memcpy figures (no cluster, no fio)
+  --fuse-server NAME  pxd's FUSE server: addon or fuse-native (default addon)
   -h, --help          this text
 `
 
@@ -48,6 +52,7 @@ const DEFAULTS: Omit<BenchOptions, 'volumeSize'> & { volumeSize?: number } = {
   crcRuns: 7,
   crcOnly: false,
   quick: false,
+  fuseServer: 'addon',
 }
 
 const QUICK: Partial<BenchOptions> = {
@@ -98,6 +103,12 @@ export function parseArgs(argv: string[]): BenchOptions | null {
       case '--size':
         explicit.fileSize = size(flag, value())
         break
+      case '--fuse-server': {
+        const v = value()
+        if (!(FUSE_SERVERS as readonly string[]).includes(v)) throw new UsageError(`--fuse-server wants ${FUSE_SERVERS.join(' or ')}, got "${v}"`)
+        explicit.fuseServer = v as FuseServerKind
+        break
+      }
       case '--volume-size':
         explicit.volumeSize = size(flag, value())
         break

@@ -9,6 +9,7 @@ import { existsSync, rmSync } from 'node:fs'
 import path from 'node:path'
 import { ApiClient } from '../src/api/client'
 import type { VolumeInfo } from '../src/volumes/types'
+import type { FuseServerKind } from '../src/frontend/device-directory'
 import { startCluster, waitFor, type Cluster, type ClusterNode } from '../test/helpers/cluster'
 import { leftoversUnder } from '../test/helpers/daemon'
 import { pluginCall } from '../test/helpers/plugin-client'
@@ -52,9 +53,9 @@ export class BenchEnvironment {
   }
 
   /** Start the cluster and create, place and mount the volumes. */
-  async setUp(volumeSize: number): Promise<void> {
-    this.log(`starting etcd and pxd ${NODE_IDS.join(', ')} on loopback`)
-    this.#starting = startCluster(NODE_IDS)
+  async setUp(volumeSize: number, fuseServer: FuseServerKind): Promise<void> {
+    this.log(`starting etcd and pxd ${NODE_IDS.join(', ')} on loopback (--fuse-server ${fuseServer})`)
+    this.#starting = startCluster(NODE_IDS, { env: { PXD_FUSE_SERVER: fuseServer } })
     this.cluster = await this.#starting
     if (this.#teardown) throw new Error('interrupted while the cluster started')
     const a = this.local

@@ -24,6 +24,7 @@
 
 #include "block_store.h"
 #include "crc32c.h"
+#include "fuse_binding.h"
 
 namespace pxd {
 namespace {
@@ -168,8 +169,12 @@ class StoreWorker : public Napi::AsyncWorker {
       args.push_back(Null(env));
       Results(env, args);
     }
-    Deliver(env, Callback(), args);
+    if (Answer(env, counted_ && ok_, args)) Deliver(env, Callback(), args);
   }
+
+  // Last say over the callback's arguments; false: this worker does not call back.
+  virtual bool Answer(napi_env, bool, std::vector<napi_value>&) { return true; }
+  const StoreError& error() const { return error_; }
 
  private:
   void Done() {
@@ -226,13 +231,55 @@ class ReadWorker : public StoreWorker {
   size_t len_;
 };
 
+// A flush syncs the data file and the crc file on two pool threads at once
+// (two fdatasyncs in sequence cost twice the latency); the part that finishes
+// second calls back. A flush with no write since the last full one does
+// nothing (kSkip): each fdatasync still costs a disk cache flush.
+struct FlushJoin {
+  uint64_t seq = 0;
+  int pending = 2;
+  bool failed = false;
+  StoreError error;
+};
+
 class FlushWorker : public StoreWorker {
  public:
-  FlushWorker(const Napi::Function& cb, HandlePtr h)
-      : StoreWorker(cb, "pxd:storeFlush", std::move(h)) {}
+  enum class Part { kSkip, kData, kCrc };
+
+  FlushWorker(const Napi::Function& cb, HandlePtr h, Part part,
+              std::shared_ptr<FlushJoin> join)
+      : StoreWorker(cb, "pxd:storeFlush", std::move(h)),
+        part_(part),
+        join_(std::move(join)) {}
 
  protected:
-  void Run(BlockStore& store) override { store.Flush(); }
+  void Run(BlockStore& store) override {
+    if (part_ == Part::kData) store.SyncData();
+    if (part_ == Part::kCrc) store.SyncCrc();
+    store_ = &store;
+  }
+
+  bool Answer(napi_env env, bool ok, std::vector<napi_value>& args) override {
+    if (part_ == Part::kSkip) return true;
+    if (ok && join_->failed) {
+      args.assign(1, MakeError(env, join_->error));
+      ok = false;
+    }
+    if (--join_->pending > 0) {
+      if (!ok && !join_->failed && !args.empty() && args[0] != nullptr) {
+        join_->failed = true;
+        join_->error = error();
+      }
+      return false;
+    }
+    if (ok && store_ != nullptr) store_->MarkFlushed(join_->seq);
+    return true;
+  }
+
+ private:
+  Part part_;
+  std::shared_ptr<FlushJoin> join_;
+  BlockStore* store_ = nullptr;
 };
 
 class DiscardWorker : public StoreWorker {
@@ -495,7 +542,19 @@ Napi::Value JsStoreRead(const Napi::CallbackInfo& info) {
 Napi::Value JsStoreFlush(const Napi::CallbackInfo& info) {
   HandlePtr h = ArgHandle(info, 0);
   Napi::Function cb = ArgCallback(info, 1);
-  (new FlushWorker(cb, std::move(h)))->Start();
+  auto join = std::make_shared<FlushJoin>();
+  if (h->state != Handle::State::kOpen) {
+    (new FlushWorker(cb, std::move(h), FlushWorker::Part::kSkip, join))->Start();
+    return info.Env().Undefined();
+  }
+  // Writes answered before this flush was asked for have all been counted.
+  join->seq = h->store->WriteSeq();
+  if (h->store->IsFlushed(join->seq)) {
+    (new FlushWorker(cb, std::move(h), FlushWorker::Part::kSkip, join))->Start();
+    return info.Env().Undefined();
+  }
+  (new FlushWorker(cb, h, FlushWorker::Part::kData, join))->Start();
+  (new FlushWorker(cb, std::move(h), FlushWorker::Part::kCrc, join))->Start();
   return info.Env().Undefined();
 }
 
@@ -554,6 +613,18 @@ Napi::Value JsStoreInfo(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// Detaches an ArrayBuffer, so its memory goes back now instead of at a major
+// GC: large received messages otherwise get promoted while a write holds
+// them, and their bytes then force frequent full collections.
+Napi::Value JsReleaseArrayBuffer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsArrayBuffer()) ThrowType(env, "argument 1 must be an ArrayBuffer");
+  if (napi_detach_arraybuffer(env, info[0]) != napi_ok) {
+    throw Napi::Error::New(env, "the ArrayBuffer cannot be detached");
+  }
+  return env.Undefined();
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("crc32c", Napi::Function::New<JsCrc<Crc32c>>(env, "crc32c"));
   exports.Set("crc32cHardware",
@@ -575,6 +646,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("storeClose",
               Napi::Function::New<JsStoreClose>(env, "storeClose"));
   exports.Set("storeInfo", Napi::Function::New<JsStoreInfo>(env, "storeInfo"));
+  exports.Set("releaseArrayBuffer", Napi::Function::New<JsReleaseArrayBuffer>(env, "releaseArrayBuffer"));
+  InitFuse(env, exports);
   return exports;
 }
 

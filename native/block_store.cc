@@ -26,6 +26,14 @@
 namespace pxd {
 namespace {
 
+// Counts a write or discard as done when it leaves, failed or not: either way
+// it may have left dirty pages that the next flush must sync.
+struct CountWrite {
+  explicit CountWrite(std::atomic<uint64_t>& seq) : seq_(seq) {}
+  ~CountWrite() { seq_.fetch_add(1, std::memory_order_release); }
+  std::atomic<uint64_t>& seq_;
+};
+
 constexpr uint32_t kMinBlockSize = 512;
 constexpr uint32_t kMaxBlockSize = 65536;
 constexpr uint32_t kRegionShift = 5;  // 32 blocks per region
@@ -428,6 +436,7 @@ BlockStore::Span BlockStore::SpanOf(int64_t offset, size_t len) const {
 void BlockStore::Write(int64_t offset, const uint8_t* data, size_t len) {
   CheckRange(offset, len, "write");
   if (len == 0) return;
+  CountWrite counted(write_seq_);
   const uint64_t bs = block_size_;
   const Span sp = SpanOf(offset, len);
   const uint64_t off = sp.off, end = sp.end, first = sp.first, last = sp.last, count = sp.count;
@@ -525,16 +534,31 @@ void BlockStore::Read(int64_t offset, uint8_t* data, size_t len) {
   }
 }
 
-void BlockStore::Flush() {
-  if (::fdatasync(data_fd_) != 0) {
-    throw OsFailure("fdatasync", data_path_, errno);
-  }
-  if (::fdatasync(crc_fd_) != 0) {
-    throw OsFailure("fdatasync", crc_path_, errno);
+void BlockStore::SyncData() {
+  if (::fdatasync(data_fd_) != 0) throw OsFailure("fdatasync", data_path_, errno);
+}
+
+void BlockStore::SyncCrc() {
+  if (::fdatasync(crc_fd_) != 0) throw OsFailure("fdatasync", crc_path_, errno);
+}
+
+void BlockStore::MarkFlushed(uint64_t seq) {
+  uint64_t cur = flushed_seq_.load(std::memory_order_relaxed);
+  while (cur < seq && !flushed_seq_.compare_exchange_weak(cur, seq, std::memory_order_acq_rel)) {
   }
 }
 
+void BlockStore::Flush() {
+  // Only writes that completed before the flush began must be covered.
+  const uint64_t seq = WriteSeq();
+  if (IsFlushed(seq)) return;
+  SyncData();
+  SyncCrc();
+  MarkFlushed(seq);
+}
+
 void BlockStore::Discard(int64_t offset, int64_t len) {
+  CountWrite counted(write_seq_);
   const int64_t bs = block_size_;
   if (len < 0 || offset % bs != 0 || len % bs != 0) {
     throw Failure("EINVAL", "discard of " + std::to_string(len) +

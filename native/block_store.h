@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <atomic>
 #include <memory>
 #include <shared_mutex>
 #include <string>
@@ -49,7 +50,16 @@ class BlockStore {
 
   void Write(int64_t offset, const uint8_t* data, size_t len);
   void Read(int64_t offset, uint8_t* data, size_t len);
+  // fdatasync of both files, skipped when nothing was written since the last
+  // one that covered every write. SyncData/SyncCrc are its halves, for callers
+  // that run them in parallel: take WriteSeq() first, skip if IsFlushed(seq),
+  // else run both and then MarkFlushed(seq).
   void Flush();
+  uint64_t WriteSeq() const { return write_seq_.load(std::memory_order_acquire); }
+  bool IsFlushed(uint64_t seq) const { return flushed_seq_.load(std::memory_order_acquire) >= seq; }
+  void MarkFlushed(uint64_t seq);
+  void SyncData();
+  void SyncCrc();
   void Discard(int64_t offset, int64_t len);
   std::vector<std::pair<uint64_t, uint64_t>> Allocated();
   void Close();
@@ -83,6 +93,10 @@ class BlockStore {
   const uint32_t block_shift_;
   uint32_t zero_block_crc_ = 0;
   std::unique_ptr<std::shared_mutex[]> stripes_;
+  // Writes and discards that completed, and the count a finished flush covered.
+  // Starts unflushed: pages an earlier process left dirty must be synced too.
+  std::atomic<uint64_t> write_seq_{1};
+  std::atomic<uint64_t> flushed_seq_{0};
 };
 
 }  // namespace pxd

@@ -15,6 +15,7 @@ import { ReplicaHost } from './engine/replica-host'
 import { ReplicaService } from './engine/replica-service'
 import type { PeerChannel } from './engine/remote-replica'
 import { pxdError } from './errors'
+import type { FuseServerKind } from './frontend/device-directory'
 import { keys, type Kvdb } from './kvdb/kvdb'
 import { openKvdb } from './kvdb/open'
 import { MeteredFrontend, Metrics, nodeReadiness, peerStates } from './metrics'
@@ -47,6 +48,8 @@ export interface DaemonConfig {
   /** Background scrub of attached volumes every this many seconds (0: off), at this many bytes/s. */
   scrubInterval?: number
   scrubRate?: number
+  /** Who serves the FUSE device directory (default addon). */
+  fuseServer?: FuseServerKind
 }
 
 export class Daemon {
@@ -130,7 +133,7 @@ export class Daemon {
     await membership.start()
 
     const metrics = new Metrics({ log: log.child({ component: 'metrics' }) })
-    const frontend = new MeteredFrontend(c.runDir, log.child({ component: 'frontend' }), metrics)
+    const frontend = new MeteredFrontend(c.runDir, log.child({ component: 'frontend' }), metrics, c.fuseServer)
     const manager = new VolumeManager({
       nodeId: this.nodeId, dataDir: c.dataDir, kvdb, frontend, host, membership, peers, log: log.child({ component: 'volumes' }),
       engineEvents: (name) => metrics.volume(name),

@@ -11,6 +11,7 @@ import pino, { type Logger } from 'pino'
 import pretty from 'pino-pretty'
 import { Daemon, type DaemonConfig } from '../daemon'
 import { messageOf } from '../errors'
+import { FUSE_SERVERS, type FuseServerKind } from '../frontend/device-directory'
 import { packageVersion } from './version'
 import { parseSize } from '../util/size'
 
@@ -28,6 +29,9 @@ Options (each also settable through the environment variable shown):
                         volumes every SEC seconds
   --scrub-rate SIZE     scrub pace per second         PXD_SCRUB_RATE     (default 50M)
   --node-id ID          this node's id                 PXD_NODE_ID        (default: the id stored in the data dir, else the host name)
+  --fuse-server NAME    who serves the FUSE device    PXD_FUSE_SERVER    (default addon)
+                        dir: addon (C++, async direct I/O, 1 MiB requests)
+                        or fuse-native (libfuse 2: one 128 KiB request at a time)
   --log-level LEVEL     trace|debug|info|warn|error    PXD_LOG_LEVEL      (default info)
   --log-pretty          readable log lines, not JSON   PXD_LOG_PRETTY=1   (default: only when stdout
                                                        is a terminal; PXD_LOG_PRETTY=0 forces JSON)
@@ -59,6 +63,7 @@ const OPTIONS = {
   'scrub-interval': { type: 'string', env: 'PXD_SCRUB_INTERVAL', default: '0' },
   'scrub-rate': { type: 'string', env: 'PXD_SCRUB_RATE', default: '50M' },
   'node-id': { type: 'string', env: 'PXD_NODE_ID', default: undefined },
+  'fuse-server': { type: 'string', env: 'PXD_FUSE_SERVER', default: 'addon' },
   'log-level': { type: 'string', env: 'PXD_LOG_LEVEL', default: 'info' },
   kvdb: { type: 'string', env: 'PXD_KVDB', default: undefined },
   'cluster-id': { type: 'string', env: 'PXD_CLUSTER_ID', default: 'default' },
@@ -133,6 +138,11 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write('pxd: --scrub-interval takes whole seconds (0: off) and --scrub-rate a size per second such as 50M\n')
     return 2
   }
+  const fuseServer = setting('fuse-server')!
+  if (!(FUSE_SERVERS as readonly string[]).includes(fuseServer)) {
+    process.stderr.write(`pxd: invalid --fuse-server "${fuseServer}": ${FUSE_SERVERS.join(' or ')}\n`)
+    return 2
+  }
   const optional = (name: keyof typeof OPTIONS, key: string) => {
     const v = setting(name)
     return v ? { [key]: v } : {}
@@ -147,6 +157,7 @@ async function main(argv: string[]): Promise<number> {
     nodeTtl,
     scrubInterval,
     scrubRate,
+    fuseServer: fuseServer as FuseServerKind,
     ...optional('node-id', 'nodeId'),
     ...optional('kvdb', 'kvdb'),
     ...optional('peer-listen', 'peerListen'),

@@ -10,7 +10,9 @@ import type { Logger } from 'pino'
 import { pxdError } from '../errors'
 import type { Filesystem } from '../volumes/options'
 import { hasMkfs, listMounts, makeFilesystem, mountFilesystem, probeFilesystem, unmountFilesystem } from './filesystem'
-import { FuseDevices, type BlockDevice } from './fuse-devices'
+import { AddonFuseDevices } from './addon-fuse-devices'
+import type { BlockDevice, DeviceDirectory, FuseServerKind } from './device-directory'
+import { FuseNativeDevices } from './fuse-native-devices'
 import { attachLoop, detachLoop, listLoops } from './loop'
 import { run } from '../util/exec'
 
@@ -31,13 +33,14 @@ interface Attached { id: string; name: string; loop: string; mountpoint: string 
 export class Frontend {
   readonly runDir: string
   readonly #log: Logger
-  readonly #devices: FuseDevices
+  readonly #devices: DeviceDirectory
   readonly #attached = new Map<string, Attached>()
 
-  constructor(runDir: string, log: Logger) {
+  constructor(runDir: string, log: Logger, fuseServer: FuseServerKind = 'addon') {
     this.runDir = runDir
     this.#log = log
-    this.#devices = new FuseDevices(path.join(runDir, 'dev'), log)
+    const devDir = path.join(runDir, 'dev')
+    this.#devices = fuseServer === 'addon' ? new AddonFuseDevices(devDir, log) : new FuseNativeDevices(devDir, log)
   }
 
   get mountsDir(): string {
@@ -125,6 +128,6 @@ export class Frontend {
     for (const name of [...this.#attached.keys()]) {
       await this.detach(name, true).catch((err) => this.#log.error({ err, volume: name }, 'detach at shutdown failed'))
     }
-    await this.#devices.unmount()
+    await this.#devices.unmount(true)
   }
 }

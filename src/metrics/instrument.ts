@@ -10,7 +10,7 @@
 import { performance } from 'node:perf_hooks'
 import type { Logger } from 'pino'
 import { Frontend, type AttachRequest } from '../frontend/frontend'
-import type { BlockDevice } from '../frontend/fuse-devices'
+import type { BlockDevice, FuseServerKind } from '../frontend/device-directory'
 import type { IoOp, Metrics, VolumeIo } from './metrics'
 
 export class MeteredDevice implements BlockDevice {
@@ -92,8 +92,8 @@ export class MeteredFrontend extends Frontend {
   readonly #metrics: Metrics
   readonly #using = new Map<string, VolumeIo>()
 
-  constructor(runDir: string, log: Logger, metrics: Metrics) {
-    super(runDir, log)
+  constructor(runDir: string, log: Logger, metrics: Metrics, fuseServer?: FuseServerKind) {
+    super(runDir, log, fuseServer)
     this.#metrics = metrics
   }
 

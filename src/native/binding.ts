@@ -84,6 +84,59 @@ export interface NativeBinding {
   storeClose(handle: StoreHandle, cb: Callback): void
   /** Throws ECLOSED once the store is closing or closed. */
   storeInfo(handle: StoreHandle): StoreInfo
+  /**
+   * Detaches `buf` and frees its memory now rather than at a later GC. Every view of it
+   * reads as empty afterwards: only for memory nothing else uses any more.
+   */
+  releaseArrayBuffer(buf: ArrayBuffer): void
+}
+
+declare const fuseHandleBrand: unique symbol
+
+/** A mounted FUSE server of the addon; opaque. */
+export type FuseHandle = { readonly [fuseHandleBrand]: true }
+
+/** What a FUSE request asks; the numbers of FuseKind in native/fuse_server.h. */
+export const enum FuseKind {
+  /** The server stopped on its own (unmounted from outside, or failed): `length` is the errno, 0 if none. */
+  Stopped = 0,
+  Read = 1,
+  Write = 2,
+  /** FLUSH (a handle closed) or FSYNC. */
+  Flush = 3,
+}
+
+/**
+ * Called on the JS thread for each request that needs the volume: read `length` bytes at
+ * `offset` into the slot's data area, write the `length` bytes found there, or flush.
+ * Answer with fuseReply(handle, slot, bytes or -errno), exactly once.
+ */
+export type FuseRequestHandler = (kind: FuseKind, slot: number, key: number, offset: number, length: number) => void
+
+export interface FuseLayout {
+  /** Every slot; slot i's data area starts at i * slotBytes + dataOffset (page-aligned). */
+  memory: ArrayBuffer
+  slots: number
+  slotBytes: number
+  dataOffset: number
+  maxRequestBytes: number
+}
+
+export interface FuseBinding {
+  /**
+   * Opens /dev/fuse, mounts it at `mountpoint` (an existing directory) and serves it on a
+   * thread of the addon. Throws an Error with code (EBUSY, ENOENT, EPERM, EIO, EINVAL).
+   * maxRequestBytes: a multiple of 4096 in [32 KiB, 1 MiB]; slots: requests in flight, [2, 1024].
+   */
+  fuseMount(mountpoint: string, maxRequestBytes: number, slots: number, onRequest: FuseRequestHandler): FuseHandle
+  fuseLayout(handle: FuseHandle): FuseLayout
+  /** Answers a request: bytes read or written (0 for a flush), or -errno. */
+  fuseReply(handle: FuseHandle, slot: number, result: number): void
+  /** A regular file of `size` bytes in the root directory; its requests carry `key`. */
+  fuseAddFile(handle: FuseHandle, name: string, size: number, key: number): void
+  fuseRemoveFile(handle: FuseHandle, name: string): void
+  /** Without lazy, throws code EBUSY while the mount is in use (and keeps serving). Idempotent. */
+  fuseUnmount(handle: FuseHandle, lazy?: boolean): void
 }
 
 /** The folder holding package.json, found by walking up from this file. */
@@ -97,16 +150,16 @@ function packageRoot(): string {
   }
 }
 
-function load(): NativeBinding {
+function load(): NativeBinding & FuseBinding {
   const file = path.join(packageRoot(), 'build', 'Release', 'pxd_native.node')
   if (!existsSync(file)) {
     throw pxdError('PRECONDITION', `the native addon ${file} is missing: run \`npm run build\``)
   }
   try {
-    return require(file) as NativeBinding
+    return require(file) as NativeBinding & FuseBinding
   } catch (err) {
     throw pxdError('PRECONDITION', `cannot load the native addon ${file} (run \`npm run build\`): ${String(err)}`, err)
   }
 }
 
-export const native: NativeBinding = load()
+export const native: NativeBinding & FuseBinding = load()

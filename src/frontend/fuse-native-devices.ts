@@ -1,22 +1,15 @@
 /**
- * The one adapter around fuse-native: a single FUSE mount per node (<run-dir>/dev)
- * that exposes every attached volume as a regular file of the volume's size, named by
- * volume id. A loop device sits on each file.
- *
- * fuse-native hands every request to the JS thread, so handlers only hand the kernel's
- * buffer to the block device (which runs its I/O on the addon's worker threads) and
- * return; the buffer is libfuse's own memory, valid until we answer, so no copy is made.
+ * The device directory served by libfuse 2 through fuse-native (`--fuse-server fuse-native`).
+ * fuse-native hands every request to the JS thread, and libfuse 2 caps requests at 128 KiB
+ * and never negotiates asynchronous direct I/O: the kernel sends one request at a time.
  * fuse-native does not ask libfuse 2 for big writes; its fsname option is passed through
  * verbatim, which is how big_writes and max_write reach the kernel (128 KiB requests
  * instead of 4 KiB ones).
- *
- * Nothing in this process may touch files under the mount synchronously (or through the
- * libuv pool): the request would wait for the very thread that must answer it.
  */
 import { constants } from 'node:os'
 import Fuse from 'fuse-native'
 import type { Logger } from 'pino'
-import { isPxdError } from '../errors'
+import { errnoOf, type BlockDevice, type DeviceDirectory } from './device-directory'
 
 /** Largest request libfuse 2 can pass (its buffer is 128 KiB + header). */
 export const MAX_REQUEST_BYTES = 128 * 1024
@@ -25,14 +18,7 @@ const FUSE_OPTIONS = `pxd,big_writes,max_write=${MAX_REQUEST_BYTES},max_read=${M
 const E = constants.errno
 const OK = 0
 
-export interface BlockDevice {
-  readonly size: number
-  read(offset: number, into: Uint8Array): Promise<void>
-  write(offset: number, data: Uint8Array): Promise<void>
-  flush(): Promise<void>
-}
-
-export class FuseDevices {
+export class FuseNativeDevices implements DeviceDirectory {
   readonly mountpoint: string
   readonly #log: Logger
   readonly #devices = new Map<string, BlockDevice>()
@@ -53,7 +39,7 @@ export class FuseDevices {
     this.#log.info({ mountpoint: this.mountpoint }, 'FUSE device directory mounted')
   }
 
-  async unmount(): Promise<void> {
+  async unmount(_lazy?: boolean): Promise<void> {
     const fuse = this.#fuse
     if (!fuse) return
     this.#fuse = undefined
@@ -61,7 +47,6 @@ export class FuseDevices {
     this.#log.info({ mountpoint: this.mountpoint }, 'FUSE device directory unmounted')
   }
 
-  /** The path of a device file; valid once `add` has run. */
   pathOf(name: string): string {
     return `${this.mountpoint}/${name}`
   }
@@ -81,10 +66,7 @@ export class FuseDevices {
     const handles = this.#handles
     const log = this.#log
     const mtime = new Date(this.#mountedAt)
-    const fail = (op: string, err: unknown): number => {
-      log.error({ err, op }, 'block I/O failed')
-      return isPxdError(err, 'INVALID_ARGUMENT') ? -E.EINVAL : -E.EIO
-    }
+    const fail = (op: string, err: unknown): number => -errnoOf(log, op, err)
     const stat = (mode: number, size: number): Fuse.Stat => ({ mtime, atime: mtime, ctime: mtime, size, mode, uid: 0, gid: 0, nlink: 1 })
 
     return {

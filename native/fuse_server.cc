@@ -1,0 +1,482 @@
+#include "fuse_server.h"
+
+#include <fcntl.h>
+#include <linux/fuse.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+
+namespace pxd {
+namespace {
+
+constexpr uint64_t kRootId = FUSE_ROOT_ID;
+constexpr uint32_t kPage = 4096;
+// The kernel header this is built with may predate these; the values are ABI.
+constexpr uint32_t kFopenParallelDirectWrites = 1u << 6;
+// Entries and attributes are cached briefly: files only come and go with
+// attach and detach, and their size never changes while they exist.
+constexpr uint64_t kValidSeconds = 1;
+
+FuseError SysError(const char* what, const std::string& detail) {
+  int e = errno;
+  return FuseError(e == EBUSY ? "EBUSY" : e == ENOENT ? "ENOENT" : e == EPERM ? "EPERM" : "EIO", e,
+                   std::string(what) + " " + detail + ": " + std::strerror(e));
+}
+
+}  // namespace
+
+SlotPool::SlotPool(size_t slots, size_t slot_bytes) : bytes_(slots * slot_bytes) {
+  void* p = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw FuseError("ENOMEM", errno, "cannot allocate FUSE request buffers");
+  base_ = static_cast<uint8_t*>(p);
+}
+
+SlotPool::~SlotPool() { munmap(base_, bytes_); }
+
+FuseServer::FuseServer(const Options& o, FuseSink* sink)
+    : mountpoint_(o.mountpoint),
+      max_request_bytes_(o.max_request_bytes),
+      max_background_(o.max_background),
+      slot_bytes_(kDataOffset + o.max_request_bytes),
+      sink_(sink),
+      mounted_at_(static_cast<int64_t>(std::time(nullptr))) {
+  if (o.max_request_bytes < 32 * 1024 || o.max_request_bytes > (1u << 20) ||
+      o.max_request_bytes % kPage != 0) {
+    throw FuseError("EINVAL", 0, "max request bytes must be a multiple of 4096 in [32 KiB, 1 MiB]");
+  }
+  if (o.slots < 2 || o.slots > 1024) throw FuseError("EINVAL", 0, "slots must be in [2, 1024]");
+  pool_ = std::make_shared<SlotPool>(o.slots, slot_bytes_);
+  requests_.resize(o.slots);
+  for (uint32_t i = o.slots; i-- > 0;) free_slots_.push_back(i);
+
+  fd_ = open("/dev/fuse", O_RDWR | O_CLOEXEC | O_NONBLOCK);
+  if (fd_ < 0) throw SysError("open", "/dev/fuse");
+  stop_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (stop_fd_ < 0) {
+    FuseError e = SysError("eventfd", "");
+    close(fd_);
+    throw e;
+  }
+  std::string opts = "fd=" + std::to_string(fd_) + ",rootmode=40000,user_id=0,group_id=0,max_read=" +
+                     std::to_string(max_request_bytes_);
+  if (mount("pxd", mountpoint_.c_str(), "fuse.pxd", MS_NOSUID | MS_NODEV | MS_NOEXEC, opts.c_str()) != 0) {
+    FuseError e = SysError("mount", mountpoint_);
+    close(fd_);
+    close(stop_fd_);
+    throw e;
+  }
+  mounted_ = true;
+  reader_ = std::thread([this] { Serve(); });
+}
+
+FuseServer::~FuseServer() {
+  if (mounted_) umount2(mountpoint_.c_str(), MNT_DETACH);
+  Stop();
+}
+
+void FuseServer::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(slots_mu_);
+    stopping_ = true;
+  }
+  slots_cv_.notify_all();
+  if (stop_fd_ >= 0) {
+    uint64_t one = 1;
+    (void)!write(stop_fd_, &one, sizeof one);
+  }
+  if (reader_.joinable()) reader_.join();
+  if (fd_ >= 0) close(fd_);
+  if (stop_fd_ >= 0) close(stop_fd_);
+  fd_ = stop_fd_ = -1;
+}
+
+void FuseServer::Unmount(bool lazy) {
+  if (mounted_) {
+    if (umount2(mountpoint_.c_str(), UMOUNT_NOFOLLOW | (lazy ? MNT_DETACH : 0)) != 0 && errno != EINVAL) {
+      throw SysError("umount", mountpoint_);
+    }
+    mounted_ = false;
+  }
+  Stop();
+}
+
+void FuseServer::AddFile(const std::string& name, uint64_t size, uint32_t key) {
+  std::lock_guard<std::mutex> lock(files_mu_);
+  auto it = nodeids_.find(name);
+  uint64_t id = it != nodeids_.end() ? it->second : next_nodeid_++;
+  nodeids_[name] = id;
+  File& f = files_[id];
+  f.name = name;
+  f.size = size;
+  f.key = key;
+  f.present = true;
+}
+
+void FuseServer::RemoveFile(const std::string& name) {
+  std::lock_guard<std::mutex> lock(files_mu_);
+  auto it = nodeids_.find(name);
+  if (it != nodeids_.end()) files_[it->second].present = false;
+}
+
+bool FuseServer::AcquireSlot(uint32_t* slot) {
+  std::unique_lock<std::mutex> lock(slots_mu_);
+  slots_cv_.wait(lock, [this] { return stopping_ || !free_slots_.empty(); });
+  if (stopping_) return false;
+  *slot = free_slots_.back();
+  free_slots_.pop_back();
+  return true;
+}
+
+void FuseServer::ReleaseSlot(uint32_t slot) {
+  {
+    std::lock_guard<std::mutex> lock(slots_mu_);
+    free_slots_.push_back(slot);
+  }
+  slots_cv_.notify_one();
+}
+
+void FuseServer::Serve() {
+  // A WRITE's two headers (80 bytes) end exactly at kDataOffset.
+  const size_t headroom = kDataOffset - sizeof(fuse_in_header) - sizeof(fuse_write_in);
+  const size_t read_len = slot_bytes_ - headroom;
+  int stop_errno = 0;
+  bool stop = false;
+  uint32_t slot;
+  while (!stop && AcquireSlot(&slot)) {
+    uint8_t* msg = pool_->base() + slot * slot_bytes_ + headroom;
+    ssize_t n = -1;
+    while (!stop) {
+      n = read(fd_, msg, read_len);
+      if (n >= 0) break;
+      if (errno == EAGAIN) {
+        pollfd fds[2] = {{fd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+        if (poll(fds, 2, -1) < 0 && errno != EINTR) {
+          stop_errno = errno;
+          stop = true;
+        } else if (fds[1].revents != 0) {
+          stop = true;  // told to stop
+        }
+      } else if (errno != EINTR && errno != ENOENT) {
+        // ENODEV: the file system was unmounted; anything else is a failure.
+        if (errno != ENODEV) stop_errno = errno;
+        stop = true;
+      }
+    }
+    if (stop) {
+      ReleaseSlot(slot);
+      break;
+    }
+    Handle(slot, msg, static_cast<size_t>(n));
+  }
+  bool told;
+  {
+    std::lock_guard<std::mutex> lock(slots_mu_);
+    told = stopping_;
+  }
+  if (!told) sink_->Stopped(stop_errno);
+}
+
+void FuseServer::ReplyBytes(uint64_t unique, int error, const void* data, size_t len) {
+  fuse_out_header out;
+  out.len = static_cast<uint32_t>(sizeof out + (error == 0 ? len : 0));
+  out.error = -error;
+  out.unique = unique;
+  iovec iov[2] = {{&out, sizeof out}, {const_cast<void*>(data), error == 0 ? len : 0}};
+  // ENOENT: the request was interrupted and is gone; nothing else to do.
+  // Other failures mean the connection is going; the kernel fails the request.
+  (void)!writev(fd_, iov, iov[1].iov_len > 0 ? 2 : 1);
+}
+
+void FuseServer::Reply(uint32_t slot, int64_t result) {
+  if (slot >= requests_.size()) return;
+  const FuseRequest& r = requests_[slot];
+  if (fd_ >= 0) {
+    if (result < 0) {
+      ReplyBytes(r.unique, static_cast<int>(-result), nullptr, 0);
+    } else if (r.kind == FuseKind::kRead) {
+      size_t n = std::min<uint64_t>(static_cast<uint64_t>(result), r.length);
+      ReplyBytes(r.unique, 0, pool_->base() + slot * slot_bytes_ + kDataOffset, n);
+    } else if (r.kind == FuseKind::kWrite) {
+      fuse_write_out out{};
+      out.size = static_cast<uint32_t>(std::min<uint64_t>(static_cast<uint64_t>(result), r.length));
+      ReplyBytes(r.unique, 0, &out, sizeof out);
+    } else {
+      ReplyBytes(r.unique, 0, nullptr, 0);
+    }
+  }
+  ReleaseSlot(slot);
+}
+
+void FuseServer::Handle(uint32_t slot, uint8_t* msg, size_t len) {
+  if (len < sizeof(fuse_in_header)) return ReleaseSlot(slot);
+  fuse_in_header h;
+  std::memcpy(&h, msg, sizeof h);
+  const uint8_t* in = msg + sizeof h;
+  size_t in_len = std::min<size_t>(len, h.len) - sizeof h;
+  bool kept = false;
+  switch (h.opcode) {
+    case FUSE_INIT:
+      OnInit(h.unique, in, in_len);
+      break;
+    case FUSE_LOOKUP:
+      OnLookup(h.unique, h.nodeid, reinterpret_cast<const char*>(in), in_len);
+      break;
+    case FUSE_FORGET:
+    case FUSE_BATCH_FORGET:
+    case FUSE_INTERRUPT:  // nothing here can be cancelled; the answer comes when it comes
+      break;
+    case FUSE_GETATTR:
+      OnGetattr(h.unique, h.nodeid);
+      break;
+    case FUSE_SETATTR:
+      OnSetattr(h.unique, h.nodeid, in, in_len);
+      break;
+    case FUSE_OPEN:
+      OnOpen(h.unique, h.nodeid);
+      break;
+    case FUSE_OPENDIR:
+      if (h.nodeid != kRootId) {
+        ReplyBytes(h.unique, ENOTDIR, nullptr, 0);
+      } else {
+        fuse_open_out out{};
+        ReplyBytes(h.unique, 0, &out, sizeof out);
+      }
+      break;
+    case FUSE_READDIR:
+      OnReaddir(h.unique, h.nodeid, in, in_len);
+      break;
+    case FUSE_READ:
+    case FUSE_WRITE:
+    case FUSE_FLUSH:
+    case FUSE_FSYNC:
+      kept = OnData(slot, h.unique, h.opcode, h.nodeid, in, in_len);
+      break;
+    case FUSE_RELEASE:
+    case FUSE_RELEASEDIR:
+    case FUSE_FSYNCDIR:
+    case FUSE_ACCESS:
+    case FUSE_DESTROY:
+      ReplyBytes(h.unique, 0, nullptr, 0);
+      break;
+    case FUSE_STATFS: {
+      fuse_statfs_out out{};
+      out.st.bsize = kPage;
+      out.st.frsize = kPage;
+      out.st.namelen = 255;
+      ReplyBytes(h.unique, 0, &out, sizeof out);
+      break;
+    }
+    case FUSE_MKNOD:
+    case FUSE_MKDIR:
+    case FUSE_CREATE:
+    case FUSE_UNLINK:
+    case FUSE_RMDIR:
+    case FUSE_RENAME:
+    case FUSE_RENAME2:
+    case FUSE_LINK:
+    case FUSE_SYMLINK:
+      // Files appear and go only with attach and detach.
+      ReplyBytes(h.unique, EPERM, nullptr, 0);
+      break;
+    default:
+      // xattrs, locks, fallocate, ioctl, ...: the kernel remembers ENOSYS.
+      ReplyBytes(h.unique, ENOSYS, nullptr, 0);
+  }
+  if (!kept) ReleaseSlot(slot);
+}
+
+void FuseServer::OnInit(uint64_t unique, const uint8_t* in, size_t in_len) {
+  fuse_init_in arg{};
+  std::memcpy(&arg, in, std::min(in_len, sizeof arg));
+  fuse_init_out out{};
+  out.major = FUSE_KERNEL_VERSION;
+  out.minor = std::min<uint32_t>(arg.minor, FUSE_KERNEL_MINOR_VERSION);
+  if (arg.major != FUSE_KERNEL_VERSION) {
+    // A newer major: answer with ours and the kernel asks again; older: refuse.
+    if (arg.major < FUSE_KERNEL_VERSION) return ReplyBytes(unique, EPROTO, nullptr, 0);
+    return ReplyBytes(unique, 0, &out, 8);
+  }
+  out.max_readahead = arg.max_readahead;
+  uint32_t want = FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_ASYNC_DIO | FUSE_MAX_PAGES;
+  out.flags = arg.flags & want;
+  out.max_background = max_background_;
+  out.congestion_threshold = static_cast<uint16_t>(max_background_ * 3 / 4);
+  out.max_write = max_request_bytes_;
+  out.time_gran = 1;
+  out.max_pages = static_cast<uint16_t>(max_request_bytes_ / kPage);
+  // Before 7.23 the reply was 24 bytes; the kernel checks the size it gets.
+  ReplyBytes(unique, 0, &out, out.minor < 23 ? 24 : sizeof out);
+}
+
+void FuseServer::FillAttr(void* attr_out, uint64_t nodeid, const File* file) const {
+  fuse_attr& a = *static_cast<fuse_attr*>(attr_out);
+  std::memset(&a, 0, sizeof a);
+  a.ino = nodeid;
+  a.atime = a.mtime = a.ctime = static_cast<uint64_t>(mounted_at_);
+  a.blksize = kPage;
+  if (file == nullptr) {
+    a.mode = S_IFDIR | 0700;
+    a.nlink = 2;
+    a.size = kPage;
+  } else {
+    a.mode = S_IFREG | 0600;
+    a.nlink = 1;
+    a.size = file->size;
+    a.blocks = file->size / 512;
+  }
+}
+
+void FuseServer::OnLookup(uint64_t unique, uint64_t parent, const char* name, size_t len) {
+  if (parent != kRootId) return ReplyBytes(unique, ENOTDIR, nullptr, 0);
+  std::string key(name, strnlen(name, len));
+  fuse_entry_out out{};
+  {
+    std::lock_guard<std::mutex> lock(files_mu_);
+    auto it = nodeids_.find(key);
+    const File* f = it == nodeids_.end() ? nullptr : &files_.at(it->second);
+    if (f == nullptr || !f->present) return ReplyBytes(unique, ENOENT, nullptr, 0);
+    out.nodeid = it->second;
+    FillAttr(&out.attr, it->second, f);
+  }
+  out.entry_valid = out.attr_valid = kValidSeconds;
+  ReplyBytes(unique, 0, &out, sizeof out);
+}
+
+void FuseServer::OnGetattr(uint64_t unique, uint64_t nodeid) {
+  fuse_attr_out out{};
+  out.attr_valid = kValidSeconds;
+  if (nodeid == kRootId) {
+    FillAttr(&out.attr, nodeid, nullptr);
+  } else {
+    std::lock_guard<std::mutex> lock(files_mu_);
+    auto it = files_.find(nodeid);
+    if (it == files_.end() || !it->second.present) return ReplyBytes(unique, ENOENT, nullptr, 0);
+    FillAttr(&out.attr, nodeid, &it->second);
+  }
+  ReplyBytes(unique, 0, &out, sizeof out);
+}
+
+void FuseServer::OnSetattr(uint64_t unique, uint64_t nodeid, const uint8_t* in, size_t in_len) {
+  fuse_setattr_in arg{};
+  std::memcpy(&arg, in, std::min(in_len, sizeof arg));
+  fuse_attr_out out{};
+  out.attr_valid = kValidSeconds;
+  if (nodeid == kRootId) return ReplyBytes(unique, EPERM, nullptr, 0);
+  {
+    std::lock_guard<std::mutex> lock(files_mu_);
+    auto it = files_.find(nodeid);
+    if (it == files_.end() || !it->second.present) return ReplyBytes(unique, ENOENT, nullptr, 0);
+    // A volume's size is fixed while attached; a no-op truncate (O_TRUNC of
+    // an opener, a tool setting times) is allowed.
+    if ((arg.valid & FATTR_SIZE) != 0 && arg.size != it->second.size) {
+      return ReplyBytes(unique, EPERM, nullptr, 0);
+    }
+    FillAttr(&out.attr, nodeid, &it->second);
+  }
+  ReplyBytes(unique, 0, &out, sizeof out);
+}
+
+void FuseServer::OnOpen(uint64_t unique, uint64_t nodeid) {
+  if (nodeid == kRootId) return ReplyBytes(unique, EISDIR, nullptr, 0);
+  {
+    std::lock_guard<std::mutex> lock(files_mu_);
+    auto it = files_.find(nodeid);
+    if (it == files_.end() || !it->second.present) return ReplyBytes(unique, ENOENT, nullptr, 0);
+  }
+  fuse_open_out out{};
+  out.fh = nodeid;
+  // No page cache for device files: another node may have written the volume
+  // since this one last had it. Direct writes of one file may run in parallel.
+  out.open_flags = FOPEN_DIRECT_IO | kFopenParallelDirectWrites;
+  ReplyBytes(unique, 0, &out, sizeof out);
+}
+
+void FuseServer::OnReaddir(uint64_t unique, uint64_t nodeid, const uint8_t* in, size_t in_len) {
+  if (nodeid != kRootId) return ReplyBytes(unique, ENOTDIR, nullptr, 0);
+  fuse_read_in arg{};
+  std::memcpy(&arg, in, std::min(in_len, sizeof arg));
+  struct Entry {
+    uint64_t ino;
+    std::string name;
+    uint32_t type;
+  };
+  std::vector<Entry> entries = {{kRootId, ".", S_IFDIR >> 12}, {kRootId, "..", S_IFDIR >> 12}};
+  {
+    std::lock_guard<std::mutex> lock(files_mu_);
+    for (const auto& [name, id] : nodeids_) {
+      if (files_.at(id).present) entries.push_back({id, name, S_IFREG >> 12});
+    }
+  }
+  std::vector<uint8_t> out;
+  size_t limit = std::min<size_t>(arg.size, 64 * 1024);
+  for (size_t i = arg.offset; i < entries.size(); i++) {
+    const Entry& e = entries[i];
+    size_t rec = FUSE_DIRENT_ALIGN(FUSE_NAME_OFFSET + e.name.size());
+    if (out.size() + rec > limit) break;
+    size_t at = out.size();
+    out.resize(at + rec, 0);
+    fuse_dirent d{};
+    d.ino = e.ino;
+    d.off = i + 1;
+    d.namelen = static_cast<uint32_t>(e.name.size());
+    d.type = e.type;
+    std::memcpy(out.data() + at, &d, FUSE_NAME_OFFSET);
+    std::memcpy(out.data() + at + FUSE_NAME_OFFSET, e.name.data(), e.name.size());
+  }
+  ReplyBytes(unique, 0, out.data(), out.size());
+}
+
+bool FuseServer::OnData(uint32_t slot, uint64_t unique, uint32_t opcode, uint64_t nodeid,
+                        const uint8_t* in, size_t in_len) {
+  FuseRequest& r = requests_[slot];
+  r.unique = unique;
+  r.offset = 0;
+  r.length = 0;
+  uint64_t size;
+  {
+    std::lock_guard<std::mutex> lock(files_mu_);
+    auto it = files_.find(nodeid);
+    if (it == files_.end() || !it->second.present) {
+      // The volume was detached under an open handle; flushing nothing is fine.
+      ReplyBytes(unique, opcode == FUSE_FLUSH ? 0 : EIO, nullptr, 0);
+      return false;
+    }
+    r.key = it->second.key;
+    size = it->second.size;
+  }
+  if (opcode == FUSE_FLUSH || opcode == FUSE_FSYNC) {
+    r.kind = FuseKind::kFlush;
+  } else if (opcode == FUSE_READ) {
+    fuse_read_in arg{};
+    if (in_len < sizeof arg) return ReplyBytes(unique, EINVAL, nullptr, 0), false;
+    std::memcpy(&arg, in, sizeof arg);
+    if (arg.offset >= size || arg.size == 0) return ReplyBytes(unique, 0, nullptr, 0), false;
+    r.kind = FuseKind::kRead;
+    r.offset = arg.offset;
+    r.length = static_cast<uint32_t>(std::min<uint64_t>({arg.size, size - arg.offset, max_request_bytes_}));
+  } else {
+    fuse_write_in arg{};
+    if (in_len < sizeof arg) return ReplyBytes(unique, EINVAL, nullptr, 0), false;
+    std::memcpy(&arg, in, sizeof arg);
+    if (arg.size > in_len - sizeof arg || arg.size > max_request_bytes_) {
+      return ReplyBytes(unique, EINVAL, nullptr, 0), false;
+    }
+    if (arg.offset > size || arg.size > size - arg.offset) return ReplyBytes(unique, ENOSPC, nullptr, 0), false;
+    r.kind = FuseKind::kWrite;
+    r.offset = arg.offset;
+    r.length = arg.size;
+  }
+  sink_->Dispatch(slot);
+  return true;
+}
+
+}  // namespace pxd

@@ -1,0 +1,179 @@
+// A FUSE file server for the node's device directory, speaking the kernel
+// protocol on /dev/fuse directly (no libfuse).
+//
+// Why not libfuse 2 (fuse-native): it never negotiates FUSE_ASYNC_DIO, so the
+// loop device's direct I/O reaches the daemon one request at a time, and it
+// caps requests at 128 KiB. Here the kernel is asked for asynchronous direct
+// I/O and up to 1 MiB per request, so a loop device keeps many requests in
+// flight and the engine's replicas work on them in parallel.
+//
+// The directory is flat and small: one regular file per attached volume. The
+// server's reader thread answers every metadata request (lookup, getattr,
+// readdir, open, statfs, ...) from its own table; only READ, WRITE, FLUSH and
+// FSYNC go to the sink (JavaScript), which answers them with Reply().
+//
+// Memory: requests are read into a fixed pool of slots, allocated once. A
+// request handed to the sink owns its slot until Reply(); the payload of a
+// WRITE lands page-aligned at slot + kDataOffset, and READ data is put there.
+// No copy is made between the kernel and the block store or the peer socket.
+#ifndef PXD_NATIVE_FUSE_SERVER_H_
+#define PXD_NATIVE_FUSE_SERVER_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+namespace pxd {
+
+struct FuseError : std::runtime_error {
+  FuseError(const std::string& code, int os_errno, const std::string& message)
+      : std::runtime_error(message), code(code), os_errno(os_errno) {}
+  std::string code;
+  int os_errno;
+};
+
+// The slot memory; shared with JS views of it, so it outlives the server
+// until both let go.
+class SlotPool {
+ public:
+  SlotPool(size_t slots, size_t slot_bytes);
+  ~SlotPool();
+  SlotPool(const SlotPool&) = delete;
+  SlotPool& operator=(const SlotPool&) = delete;
+  uint8_t* base() const { return base_; }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  uint8_t* base_;
+  size_t bytes_;
+};
+
+enum class FuseKind : uint32_t {
+  kStopped = 0,  // the server stopped on its own; length carries the errno
+  kRead = 1,
+  kWrite = 2,
+  kFlush = 3,  // FLUSH (a handle closed) and FSYNC alike
+};
+
+// What the sink is told about a request; lives in the slot's table entry.
+struct FuseRequest {
+  uint64_t unique = 0;
+  FuseKind kind = FuseKind::kRead;
+  uint32_t key = 0;  // the file's key, given by AddFile
+  uint64_t offset = 0;
+  uint32_t length = 0;
+};
+
+class FuseSink {
+ public:
+  virtual ~FuseSink() = default;
+  // Called on the reader thread; must only queue the slot for later.
+  virtual void Dispatch(uint32_t slot) = 0;
+  virtual void Stopped(int os_errno) = 0;
+};
+
+class FuseServer {
+ public:
+  // Page-aligned payloads: a WRITE's 80 bytes of headers end here.
+  static constexpr size_t kDataOffset = 4096;
+
+  struct Options {
+    std::string mountpoint;
+    uint32_t max_request_bytes = 1 << 20;  // a multiple of 4096, <= 1 MiB
+    uint32_t slots = 32;
+    uint16_t max_background = 16;
+  };
+
+  // Opens /dev/fuse, mounts it at options.mountpoint and starts serving.
+  FuseServer(const Options& options, FuseSink* sink);
+  ~FuseServer();
+  FuseServer(const FuseServer&) = delete;
+  FuseServer& operator=(const FuseServer&) = delete;
+
+  void AddFile(const std::string& name, uint64_t size, uint32_t key);
+  // Later requests for the file fail with EIO; lookups no longer find it.
+  void RemoveFile(const std::string& name);
+
+  // Answers the request in `slot` (result: bytes, or -errno) and frees the
+  // slot. For a READ, the data is the first `result` bytes at the slot's
+  // data area.
+  void Reply(uint32_t slot, int64_t result);
+
+  // Unmounts and stops the reader thread. Without `lazy` it fails with EBUSY
+  // while a loop device holds a file (and keeps serving); with it the mount
+  // is detached and the kernel fails whatever still uses it. Requests still
+  // with the sink are answered by nobody: the kernel fails them when the
+  // connection goes.
+  void Unmount(bool lazy);
+
+  const FuseRequest& request(uint32_t slot) const { return requests_[slot]; }
+  const std::shared_ptr<SlotPool>& pool() const { return pool_; }
+  size_t slot_bytes() const { return slot_bytes_; }
+  uint32_t slots() const { return static_cast<uint32_t>(requests_.size()); }
+  uint32_t max_request_bytes() const { return max_request_bytes_; }
+
+ private:
+  struct File {
+    std::string name;
+    uint64_t size = 0;
+    uint32_t key = 0;
+    bool present = false;
+  };
+
+  void Serve();
+  bool AcquireSlot(uint32_t* slot);
+  void ReleaseSlot(uint32_t slot);
+  void Handle(uint32_t slot, uint8_t* msg, size_t len);
+  void ReplyBytes(uint64_t unique, int error, const void* data, size_t len);
+  void Stop();
+
+  // Handlers answer from the reader thread, except Read/Write/Flush which
+  // return true when the slot went to the sink.
+  void OnInit(uint64_t unique, const uint8_t* in, size_t in_len);
+  void OnLookup(uint64_t unique, uint64_t parent, const char* name, size_t len);
+  void OnGetattr(uint64_t unique, uint64_t nodeid);
+  void OnSetattr(uint64_t unique, uint64_t nodeid, const uint8_t* in, size_t in_len);
+  void OnOpen(uint64_t unique, uint64_t nodeid);
+  void OnReaddir(uint64_t unique, uint64_t nodeid, const uint8_t* in, size_t in_len);
+  bool OnData(uint32_t slot, uint64_t unique, uint32_t opcode, uint64_t nodeid,
+              const uint8_t* in, size_t in_len);
+  void FillAttr(void* attr, uint64_t nodeid, const File* file) const;
+
+  const std::string mountpoint_;
+  const uint32_t max_request_bytes_;
+  const uint16_t max_background_;
+  const size_t slot_bytes_;
+  FuseSink* const sink_;
+  std::shared_ptr<SlotPool> pool_;
+  std::vector<FuseRequest> requests_;
+
+  int fd_ = -1;
+  int stop_fd_ = -1;
+  bool mounted_ = false;
+  std::thread reader_;
+  int64_t mounted_at_;
+
+  std::mutex slots_mu_;
+  std::condition_variable slots_cv_;
+  std::vector<uint32_t> free_slots_;
+  bool stopping_ = false;
+
+  // nodeid -> file; a name keeps its nodeid for the server's lifetime, so a
+  // kernel that cached an entry never reaches another file by it.
+  mutable std::mutex files_mu_;
+  std::map<std::string, uint64_t> nodeids_;
+  std::unordered_map<uint64_t, File> files_;
+  uint64_t next_nodeid_ = 2;  // 1 is the root directory
+};
+
+}  // namespace pxd
+
+#endif  // PXD_NATIVE_FUSE_SERVER_H_

@@ -1,0 +1,119 @@
+/**
+ * The device directory served by the addon's own FUSE server (`--fuse-server addon`,
+ * native/fuse_server.h). Its thread answers lookups, attributes, directory listings and
+ * opens by itself; reads, writes and flushes come here with the number of the slot that
+ * holds them, and are answered with fuseReply once the volume's BlockDevice settles.
+ *
+ * A slot's data area is a view made once at mount: a WRITE's payload already sits there
+ * (page-aligned), and READ data is put there, so the bytes pass between the kernel, the
+ * block store and the peer socket without a copy in this process.
+ */
+import { promises as fs } from 'node:fs'
+import { constants } from 'node:os'
+import type { Logger } from 'pino'
+import { FuseKind, native, type FuseHandle } from '../native/binding'
+import { pxdError } from '../errors'
+import { errnoOf, type BlockDevice, type DeviceDirectory } from './device-directory'
+
+/**
+ * Largest request the kernel may send. 1 MiB halves the per-request work of 512 KiB for
+ * sequential I/O; the kernel still splits a loop device's 1 MiB request along its bio
+ * boundaries and sends the parts in parallel.
+ */
+export const MAX_REQUEST_BYTES = 1024 * 1024
+/** Requests in flight at once (one slot of MAX_REQUEST_BYTES + 4 KiB each). */
+const SLOTS = 32
+
+export class AddonFuseDevices implements DeviceDirectory {
+  readonly mountpoint: string
+  readonly #log: Logger
+  readonly #maxRequestBytes: number
+  readonly #byKey = new Map<number, BlockDevice>()
+  readonly #keyOf = new Map<string, number>()
+  #nextKey = 1
+  #handle: FuseHandle | undefined
+  /** Slot i's whole data area. */
+  #views: Uint8Array[] = []
+
+  constructor(mountpoint: string, log: Logger, maxRequestBytes = MAX_REQUEST_BYTES) {
+    this.mountpoint = mountpoint
+    this.#log = log
+    this.#maxRequestBytes = maxRequestBytes
+  }
+
+  async mount(): Promise<void> {
+    await fs.mkdir(this.mountpoint, { recursive: true, mode: 0o700 })
+    let handle: FuseHandle
+    try {
+      handle = native.fuseMount(this.mountpoint, this.#maxRequestBytes, SLOTS, this.#onRequest)
+    } catch (err) {
+      throw pxdError('PRECONDITION', `cannot mount the FUSE device directory at ${this.mountpoint}: ${(err as Error).message}`, err)
+    }
+    const layout = native.fuseLayout(handle)
+    this.#views = Array.from({ length: layout.slots }, (_, i) => new Uint8Array(layout.memory, i * layout.slotBytes + layout.dataOffset, layout.maxRequestBytes))
+    this.#handle = handle
+    this.#log.info({ mountpoint: this.mountpoint, server: 'addon', maxRequestBytes: layout.maxRequestBytes }, 'FUSE device directory mounted')
+  }
+
+  async unmount(lazy = false): Promise<void> {
+    const handle = this.#handle
+    if (!handle) return
+    try {
+      native.fuseUnmount(handle, lazy)
+    } catch (err) {
+      throw pxdError('IN_USE', `cannot unmount the FUSE device directory ${this.mountpoint}: ${(err as Error).message}`, err)
+    }
+    this.#handle = undefined
+    this.#views = []
+    this.#log.info({ mountpoint: this.mountpoint }, 'FUSE device directory unmounted')
+  }
+
+  pathOf(name: string): string {
+    return `${this.mountpoint}/${name}`
+  }
+
+  add(name: string, device: BlockDevice): void {
+    if (!this.#handle) throw pxdError('PRECONDITION', 'the FUSE device directory is not mounted')
+    const key = this.#nextKey++
+    this.#byKey.set(key, device)
+    this.#keyOf.set(name, key)
+    native.fuseAddFile(this.#handle, name, device.size, key)
+  }
+
+  remove(name: string): void {
+    const key = this.#keyOf.get(name)
+    if (key === undefined) return
+    if (this.#handle) native.fuseRemoveFile(this.#handle, name)
+    this.#keyOf.delete(name)
+    this.#byKey.delete(key)
+  }
+
+  // An arrow function: the addon calls it with no receiver.
+  readonly #onRequest = (kind: FuseKind, slot: number, key: number, offset: number, length: number): void => {
+    const handle = this.#handle
+    if (kind === FuseKind.Stopped) {
+      this.#log.error({ mountpoint: this.mountpoint, errno: length }, 'the FUSE device directory stopped serving (unmounted from outside?)')
+      return
+    }
+    if (!handle) return
+    const device = this.#byKey.get(key)
+    if (!device) return native.fuseReply(handle, slot, -constants.errno.EIO)
+    const view = this.#views[slot]!
+    const data = length === view.length ? view : view.subarray(0, length)
+    const fail = (err: unknown): void => {
+      if (this.#handle === handle) native.fuseReply(handle, slot, -errnoOf(this.#log, OP_NAMES[kind], err))
+    }
+    const done = (): void => {
+      if (this.#handle === handle) native.fuseReply(handle, slot, length)
+    }
+    let settled: Promise<void>
+    try {
+      settled = kind === FuseKind.Read ? device.read(offset, data) : kind === FuseKind.Write ? device.write(offset, data) : device.flush()
+    } catch (err) {
+      return fail(err)
+    }
+    settled.then(done, fail)
+  }
+}
+
+const OP_NAMES = ['stopped', 'read', 'write', 'flush'] as const
