@@ -13,12 +13,16 @@ export async function probeFilesystem(device: string): Promise<string | undefine
 
 /**
  * A new volume reads as zeros everywhere (unwritten blocks of a replica are zero), so
- * mkfs may skip zeroing inode tables and the journal, and must not discard.
+ * mkfs may skip zeroing inode tables, and must not discard. The journal is written out
+ * all the same: replica files are sparse, and every first write to a journal block would
+ * otherwise allocate in the replica file, making each fsync in the volume commit the
+ * host file system's journal too (measured, repl=1, fio 4 KiB write+fsync: fsync p50
+ * 4.1 ms with a sparse journal, 0.7 ms with a written one).
  */
 export async function makeFilesystem(device: string, type: Filesystem, blockSize: number, label: string): Promise<void> {
   if (type === 'ext4') {
     await run('mkfs.ext4', ['-q', '-F', '-b', String(blockSize), '-L', label.slice(0, 16),
-      '-E', 'nodiscard,lazy_itable_init=1,lazy_journal_init=1', device])
+      '-E', 'nodiscard,lazy_itable_init=1,lazy_journal_init=0', device])
   } else {
     await run('mkfs.xfs', ['-q', '-f', '-K', '-b', `size=${blockSize}`, '-L', label.slice(0, 12), device])
   }
