@@ -175,10 +175,56 @@ export function validateFrame(value: unknown): Frame {
 const packr = new Packr({ useRecords: false, moreTypes: false })
 const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, structuredClone: false })
 
-/** One frame as one message. Bin fields are copied once, into msgpackr's output buffer. */
+/** One frame as one message, bin fields copied into msgpackr's output buffer: for small frames. */
 export function encodeFrame(frame: Frame): Buffer {
   return packr.pack(frame)
 }
+
+/** Payloads at least this large are sent where they lie instead of being packed. */
+const SPLIT_BYTES = 4096
+const EMPTY = new Uint8Array(0)
+
+/**
+ * The same bytes as encodeFrame, in two parts when the frame carries a large `data`: the
+ * msgpack of every other field with `data` last, ending in the bin header, then the
+ * payload itself, which is not copied (the caller sends both parts as one message).
+ */
+export function encodeFrameParts(frame: Frame): [Buffer] | [Buffer, Uint8Array] {
+  const data = (frame as { data?: Uint8Array }).data
+  if (data === undefined || data.length < SPLIT_BYTES) return [packr.pack(frame)]
+  const rest: Record<string, unknown> = { ...frame }
+  delete rest.data
+  rest.data = EMPTY // now the last key: the encoding ends with its bin8 of length 0
+  const packed = packr.pack(rest)
+  const n = packed.length - 2
+  if (packed[n] !== 0xc4 || packed[n + 1] !== 0) throw new Error('msgpack encoder did not put data last')
+  // The bin header msgpack itself would use (data.length >= SPLIT_BYTES > 255).
+  const wide = data.length > 0xffff
+  const head = Buffer.allocUnsafe(n + (wide ? 5 : 3))
+  packed.copy(head, 0, 0, n)
+  if (wide) {
+    head[n] = 0xc6 // bin32
+    head.writeUInt32BE(data.length, n + 1)
+  } else {
+    head[n] = 0xc5 // bin16
+    head.writeUInt16BE(data.length, n + 1)
+  }
+  return [head, data]
+}
+
+/** What sendFrame needs of a WebSocket (ws): fragments of one message, sent in order. */
+export interface FrameSocket { send(data: Uint8Array, options: { binary: boolean; fin: boolean }): void }
+
+/** Sends one frame as one WebSocket message; a large payload goes as its own fragment, uncopied. */
+export function sendFrame(ws: FrameSocket, frame: Frame): void {
+  const parts = encodeFrameParts(frame)
+  if (parts.length === 1) return ws.send(parts[0], WHOLE)
+  ws.send(parts[0], FIRST)
+  ws.send(parts[1], WHOLE)
+}
+
+const WHOLE = { binary: true, fin: true }
+const FIRST = { binary: true, fin: false }
 
 /** Decodes and validates one message. Bin fields of the result share `buf`. */
 export function decodeFrame(buf: Uint8Array): Frame {

@@ -5,7 +5,7 @@ export {
   ReplicationError, PeerRequestError, isReplicationError, type ReplicationCode,
 } from './errors'
 export {
-  MAX_DATA_BYTES, MAX_FRAME_BYTES, PROTOCOL_VERSION, REQUEST_TYPES, decodeFrame, encodeFrame, isRequest, payloadBytes,
+  MAX_DATA_BYTES, MAX_FRAME_BYTES, PROTOCOL_VERSION, REQUEST_TYPES, decodeFrame, encodeFrame, encodeFrameParts, isRequest, payloadBytes, sendFrame,
   type Frame, type FrameType, type OutgoingRequest, type RequestFrame, type RequestType,
 } from './frames'
 export { loadPeerTls, checkPeerTls, type PeerTls, type PeerTlsFiles } from './tls'

@@ -29,7 +29,7 @@ import { WriteBatch } from './batch'
 import { checkSecret, computeProof, newNonce, verifyProof, type HandshakeParties } from './auth'
 import { isReplicationError, PeerRequestError, ReplicationError, replicationError, type ReplicationCode } from './errors'
 import {
-  decodeFrame, encodeFrame, isRequest, payloadBytes, validateFrame, MAX_DATA_BYTES, MAX_FRAME_BYTES, PROTOCOL_VERSION,
+  decodeFrame, encodeFrame, isRequest, sendFrame, payloadBytes, validateFrame, MAX_DATA_BYTES, MAX_FRAME_BYTES, PROTOCOL_VERSION,
   type Frame, type OutgoingRequest, type RequestFrame,
 } from './frames'
 import { PEER_PATH } from './peer-server'
@@ -311,7 +311,7 @@ export class PeerLink {
     this.#requestsInFlight++
     call.state = CallState.Sent
     this.#batch?.hold()
-    this.#ws!.send(encodeFrame(call.frame!))
+    sendFrame(this.#ws!, call.frame!)
   }
 
   /** Sends waiting requests, in order, while the window has room. */
@@ -333,6 +333,11 @@ export class PeerLink {
   #expireCall(call: Call, code: 'PEER_TIMEOUT' | 'ABORTED'): void {
     if (call.state === CallState.Done) return
     if (call.state === CallState.Waiting) this.#waiting--
+    // A payload is sent from the caller's memory, uncopied, and the caller may reuse that
+    // memory once this call fails: while anything is still queued on the socket (it may be
+    // this payload), the link goes, queue and all, rather than let other bytes reach the
+    // peer under this write.
+    if (call.state === CallState.Sent && 'data' in call.frame! && this.#ws && this.#ws.bufferedAmount > 0) this.#ws.terminate()
     call.state = CallState.Done
     clearTimeout(call.timer)
     call.signal?.removeEventListener('abort', call)

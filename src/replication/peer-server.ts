@@ -22,11 +22,12 @@ import type { TLSSocket } from 'node:tls'
 import type { Logger } from 'pino'
 import { WebSocket, WebSocketServer, type RawData } from 'ws'
 import { messageOf, pxdError } from '../errors'
+import { native } from '../native/binding'
 import { WriteBatch } from './batch'
 import { checkSecret, computeProof, HANDSHAKE_TIMEOUT_MS, newNonce, verifyProof, type HandshakeParties } from './auth'
 import { codeOf, isReplicationError, type ReplicationCode } from './errors'
 import {
-  decodeFrame, encodeFrame, isRequest, payloadBytes, MAX_DATA_BYTES, MAX_FRAME_BYTES, MAX_HANDSHAKE_FRAME_BYTES,
+  decodeFrame, encodeFrame, isRequest, sendFrame, payloadBytes, MAX_DATA_BYTES, MAX_FRAME_BYTES, MAX_HANDSHAKE_FRAME_BYTES,
   MAX_MESSAGE_CHARS, PROTOCOL_VERSION, type AckFrame, type Frame, type RequestFrame,
 } from './frames'
 import { certificateNodeId, RemoteAddresses, serverTlsFailure, serverTlsOptions, type PeerTls } from './tls'
@@ -57,7 +58,11 @@ class PeerSocket extends WebSocket {
   }
 }
 
-/** Serves the requests of an authenticated peer. Resolve: ack ok (with the bytes); reject: ack with the error's code. */
+/**
+ * Serves the requests of an authenticated peer. Resolve: ack ok (with the bytes); reject:
+ * ack with the error's code. A write's `data` is valid until the returned promise settles:
+ * its memory is released then, and later reads of it see an empty view.
+ */
 export interface RequestHandler {
   handle(peerNodeId: string, req: RequestFrame): Promise<Uint8Array | void>
 }
@@ -240,6 +245,8 @@ class ServerLink {
   #paused = false
   #queue: RequestFrame[] = []
   #queueHead = 0
+  /** Writes whose message buffer is theirs alone, to release when they are done. */
+  readonly #owned = new Map<RequestFrame, ArrayBuffer>()
   #socketClosed = false
   #idle: (() => void) | undefined
   #onClosed!: () => void
@@ -296,6 +303,11 @@ class ServerLink {
       const code = isReplicationError(err) ? err.code : 'BAD_FRAME'
       this.#fail(this.#phase === Phase.Ready ? code : code === 'UNSUPPORTED_VERSION' ? code : 'AUTH_REQUIRED', messageOf(err))
       return
+    }
+    // A write that arrived as its own buffer (ws joined its fragments into one) owns it:
+    // it is released as soon as the write is done (see #run).
+    if (frame.t === 'write' && data.byteOffset === 0 && data.length === data.buffer.byteLength && data.buffer instanceof ArrayBuffer) {
+      this.#owned.set(frame, data.buffer)
     }
     switch (this.#phase) {
       case Phase.Ready: return this.#onReadyFrame(frame)
@@ -410,6 +422,11 @@ class ServerLink {
         ack = this.#errorAck(req, code, messageOf(err))
       }
     }
+    const owned = this.#owned.get(req)
+    if (owned) {
+      this.#owned.delete(req)
+      native.releaseArrayBuffer(owned)
+    }
     this.#calls--
     this.#bytes -= bytes
     if (this.#phase === Phase.Ready) this.#send(ack)
@@ -424,7 +441,7 @@ class ServerLink {
   #send(frame: Frame): void {
     if (this.#ws.readyState !== WebSocket.OPEN) return
     this.#batch.hold()
-    this.#ws.send(encodeFrame(frame))
+    sendFrame(this.#ws, frame)
   }
 
   /** Protocol failure or shutdown: an `error` frame, then close. */

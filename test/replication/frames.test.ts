@@ -3,7 +3,7 @@ import test from 'ava'
 import { pack } from 'msgpackr'
 import { isReplicationError } from '../../src/replication/errors'
 import {
-  decodeFrame, encodeFrame, isRequest, payloadBytes, MAX_DATA_BYTES, MAX_FRAME_BYTES, REQUEST_TYPES, type Frame,
+  decodeFrame, encodeFrame, encodeFrameParts, isRequest, payloadBytes, sendFrame, MAX_DATA_BYTES, MAX_FRAME_BYTES, REQUEST_TYPES, type Frame,
 } from '../../src/replication/frames'
 
 const n32 = () => randomBytes(32)
@@ -177,4 +177,24 @@ test('msgpack extensions (dates, sets, errors) do not pass as fields', (t) => {
   badFrame(t, pack({ t: 'ping', id: 1, sent: new Date() }))
   badFrame(t, pack({ t: 'write', id: 1, vol: 'v', epoch: 1, seq: 1, offset: 0, data: new Set([1]) }))
   badFrame(t, pack({ t: 'ping', id: 1, sent: new Error('x') }))
+})
+
+test('a large payload is sent as its own fragment, uncopied, and the message is the same bytes', (t) => {
+  for (const size of [0, 4095, 4096, 128 * 1024, MAX_DATA_BYTES]) {
+    const data = randomBytes(size)
+    for (const frame of [
+      { t: 'write', id: 2, vol: 'v', epoch: 3, seq: 17, offset: 4096, data } as Frame,
+      { t: 'ack', id: 9, ok: true, data } as Frame,
+    ]) {
+      const whole = encodeFrame(frame)
+      const parts = encodeFrameParts(frame)
+      t.is(parts.length, size >= 4096 ? 2 : 1, `${frame.t} with ${size} bytes`)
+      if (parts.length === 2) t.is(parts[1], data, 'the payload part is the caller\'s buffer itself')
+      t.true(Buffer.concat(parts).equals(whole), `${frame.t} with ${size} bytes: parts join to encodeFrame's bytes`)
+      const sent: Array<{ bytes: Uint8Array; fin: boolean }> = []
+      sendFrame({ send: (bytes, o) => sent.push({ bytes, fin: o.fin }) }, frame)
+      t.deepEqual(sent.map((s) => s.fin), parts.length === 2 ? [false, true] : [true], 'one message: only the last fragment is final')
+      t.deepEqual(decodeFrame(Buffer.concat(sent.map((s) => s.bytes))), decodeFrame(whole))
+    }
+  }
 })

@@ -65,6 +65,27 @@ test('writes deliver exactly the bytes sent; reads return the handler bytes', as
   }
 })
 
+test('a large write frees its message memory once handled; small writes sharing a buffer are left alone', async (t) => {
+  const kept: Uint8Array[] = []
+  const copies: Buffer[] = []
+  const handler = handlerOf(async (_peer, req: RequestFrame) => {
+    if (req.t !== 'write') return
+    kept.push(req.data)
+    copies.push(Buffer.from(req.data))
+  })
+  const { server, address } = await startServer(handler)
+  const links = makeLinks()
+  t.teardown(() => Promise.all([links.close(), server.close()]))
+  const link = links.link('server-1', address)
+  const big = randomBytes(1024 * 1024)
+  const small = randomBytes(100)
+  await link.request({ t: 'write', vol: 'v', epoch: 1, seq: 1, offset: 0, data: big })
+  await Promise.all([1, 2, 3].map((i) => link.request({ t: 'write', vol: 'v', epoch: 1, seq: 1 + i, offset: i * 4096, data: small })))
+  t.true(copies[0]!.equals(big), 'the handler saw the whole payload')
+  t.is(kept[0]!.length, 0, 'the 1 MiB message was released after its write')
+  for (let i = 1; i < 4; i++) t.true(Buffer.from(kept[i]!).equals(small), `small write ${i} still reads its bytes`)
+})
+
 test('a request without an ack in time fails with PEER_TIMEOUT; others keep flowing', async (t) => {
   const stuck = deferred()
   const handler = handlerOf(async (_peer, req) => {
