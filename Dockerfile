@@ -38,4 +38,4 @@ COPY --from=build /src/dist/src ./dist/src
 COPY bin ./bin
 ENV PATH=/opt/pxd/bin:$PATH
 VOLUME ["/var/lib/pxd"]
-ENTRYPOINT ["node", "/opt/pxd/bin/pxd"]
+ENTRYPOINT ["node", "--initial-old-space-size=128", "/opt/pxd/bin/pxd"]

@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh run >&2
-exec node bin/pxd "$@"
+# Node flags: see src/cli/node-flags.ts.
+exec node --initial-old-space-size=128 bin/pxd "$@"

@@ -12,6 +12,7 @@ import pretty from 'pino-pretty'
 import { Daemon, type DaemonConfig } from '../daemon'
 import { messageOf } from '../errors'
 import { FUSE_SERVERS, type FuseServerKind } from '../frontend/device-directory'
+import { missingNodeFlags } from './node-flags'
 import { packageVersion } from './version'
 import { parseSize } from '../util/size'
 
@@ -167,6 +168,10 @@ async function main(argv: string[]): Promise<number> {
     peerTls: { cert: setting('peer-tls-cert'), key: setting('peer-tls-key'), ca: setting('peer-tls-ca') },
   }
 
+  const missing = missingNodeFlags()
+  if (missing.length > 0) {
+    log.warn({ missing }, `node was started without ${missing.join(' ')}: large replicated writes will cost frequent full GCs (start pxd through bin/pxd or scripts/start.sh)`)
+  }
   const daemon = new Daemon(config, log)
   let signalled = false
   const stopOn = (signal: NodeJS.Signals) => {

@@ -9,6 +9,7 @@ import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { pluginCall } from './plugin-client'
+import { DAEMON_NODE_FLAGS } from '../../src/cli/node-flags'
 import { PXD_BIN } from './paths'
 import { stopChild } from './mount-namespace'
 import { guardProcess, releaseProcess } from './exit-guard'
@@ -73,7 +74,7 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
     '--node-id', opts.nodeId ?? 'node-a',
     ...(opts.extraArgs ?? []),
   ]
-  const command = [...(opts.commandPrefix ?? []), process.execPath, ...(opts.nodeArgs ?? []), ...args]
+  const command = [...(opts.commandPrefix ?? []), process.execPath, ...DAEMON_NODE_FLAGS, ...(opts.nodeArgs ?? []), ...args]
   const child = spawn(command[0]!, command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } })
   guardProcess(child.pid!)
   child.once('exit', () => releaseProcess(child.pid!))
