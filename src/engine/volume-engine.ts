@@ -66,8 +66,11 @@ export interface EngineOptions {
   outOfSync?: string[]
   /** What operators count (metrics); called on the data path, so it must be cheap. */
   events?: EngineEvents
-  /** Told of every block range rewritten by read repair (for the log). */
-  onRepair?: (nodeId: string, offset: number, length: number, error?: unknown) => void
+  /**
+   * Told of every block range rewritten by read repair (for the log), with the first block
+   * that failed its checksum when the replica named it.
+   */
+  onRepair?: (nodeId: string, offset: number, length: number, error?: unknown, badBlock?: number) => void
 }
 
 export interface EngineEvents {
@@ -404,12 +407,12 @@ export class VolumeEngine {
       if (corrupt) this.#events?.checksumFailure()
       if (index + 1 >= this.#replicas.length) throw err
       await this.#readFrom(index + 1, offset, into)
-      if (corrupt) await this.#repair(replica, offset, into.length)
+      if (corrupt) await this.#repair(replica, offset, into.length, undefined, badBlockOf(err))
     }
   }
 
   /** Rewrite whole blocks of a bad replica from a good one, with overlapping writes held back. */
-  async #repair(bad: Replica, offset: number, length: number, onDone?: () => void): Promise<void> {
+  async #repair(bad: Replica, offset: number, length: number, onDone?: () => void, badBlock?: number): Promise<void> {
     const start = offset - (offset % BLOCK)
     const end = Math.min(Math.ceil((offset + length) / BLOCK) * BLOCK, this.size)
     try {
@@ -422,9 +425,9 @@ export class VolumeEngine {
       })
       this.#events?.repaired()
       onDone?.()
-      this.#onRepair?.(bad.nodeId, start, end - start)
+      this.#onRepair?.(bad.nodeId, start, end - start, undefined, badBlock)
     } catch (err) {
-      this.#onRepair?.(bad.nodeId, start, end - start, err)
+      this.#onRepair?.(bad.nodeId, start, end - start, err, badBlock)
     }
   }
 
@@ -509,6 +512,17 @@ export class VolumeEngine {
       if (--this.#inflight === 0 && this.#drained) this.#drained()
     })
   }
+}
+
+/**
+ * The block a checksum failure names: the addon's error (a local replica) carries it, a
+ * peer's comes as text ("checksum mismatch in block N of ...").
+ */
+function badBlockOf(err: unknown): number | undefined {
+  const cause = (err as { cause?: { block?: unknown } }).cause
+  if (typeof cause?.block === 'number') return cause.block
+  const m = /checksum mismatch in block (\d+)/.exec(err instanceof Error ? err.message : '')
+  return m ? Number(m[1]) : undefined
 }
 
 function sameEntry(a: Uint8Array, b: Uint8Array, block: number): boolean {

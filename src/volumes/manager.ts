@@ -397,9 +397,11 @@ export class VolumeManager {
       dirtyDir: path.join(this.#dataDir, 'dirty'),
       outOfSync: record.replicas.map((r) => r.nodeId).filter((n) => !record.inSync.includes(n)),
       ...(this.#engineEvents ? { events: this.#engineEvents(name) } : {}),
-      onRepair: (replica, offset, length, err) => {
-        if (err) log.error({ replica, block: offset / 4096, blocks: length / 4096, err }, 'read repair failed: the replica keeps a bad block')
-        else log.warn({ replica, block: offset / 4096, blocks: length / 4096 }, 'read repair: checksum mismatch served from another replica and rewritten')
+      // block: the bad block when the replica named it, else the first of the range.
+      onRepair: (replica, offset, length, err, badBlock) => {
+        const where = { replica, block: badBlock ?? offset / 4096, rangeBlock: offset / 4096, blocks: length / 4096 }
+        if (err) log.error({ ...where, err }, 'read repair failed: the replica keeps a bad block')
+        else log.warn(where, 'read repair: checksum mismatch served from another replica and rewritten')
       },
       demote: (failed) => this.#demote(name, epoch, failed, log),
       onFenced: (err) => this.#fenced(name, engine, err, log),
