@@ -227,12 +227,22 @@ function percentile(stat: FioLatency, p: number): number {
 
 /** Drop the page cache (after a sync), as root. Affects every target alike. */
 export async function dropCaches(): Promise<void> {
+  await syncAll()
+  writeFileSync('/proc/sys/vm/drop_caches', '3')
+}
+
+/**
+ * Writes out every dirty page of the machine. Run before each job: pxd's replica files are
+ * written through the page cache and made durable by the flushes the volume's file system
+ * asks for, so a job would otherwise start with the writeback a previous job left behind
+ * (a rand-write job leaves hundreds of MB dirty), paid for by whichever job runs next.
+ */
+export async function syncAll(): Promise<void> {
   await new Promise<void>((resolve, reject) => {
     const child = spawn('sync', [], { stdio: 'ignore' })
     child.once('error', reject)
     child.once('close', () => resolve())
   })
-  writeFileSync('/proc/sys/vm/drop_caches', '3')
 }
 
 /** The parts of fio's JSON output (fio 3.x) that this benchmark reads. */

@@ -21,7 +21,7 @@ import { REPO_ROOT } from '../test/helpers/paths'
 import { formatSize } from '../src/util/size'
 import { parseArgs, USAGE, UsageError, type BenchOptions } from './args'
 import { measureCrc, type CrcResults } from './crc'
-import { dropCaches, FioError, layOut, runWorkload, stopRunningFio, WORKLOADS } from './fio'
+import { dropCaches, FioError, layOut, runWorkload, stopRunningFio, syncAll, WORKLOADS } from './fio'
 import { CRC_GOAL_GBPS, renderMarkdown, summarize, type RunRecord, type SummaryRow } from './report'
 import { BenchEnvironment, type Target, type TargetId } from './targets'
 
@@ -199,7 +199,7 @@ async function runFioJobs(opts: BenchOptions, env: BenchEnvironment, results: Be
   for (let round = 1; round <= opts.repeat; round++) {
     for (const w of WORKLOADS) {
       for (const t of env.targets) {
-        if (w.dropCaches) await dropCaches()
+        await (w.dropCaches ? dropCaches() : syncAll())
         bail()
         const startedAt = new Date().toISOString()
         const result = await runWorkload(w, {
