@@ -73,6 +73,10 @@ export const WORKLOADS: Workload[] = [
 export interface FioRunOptions {
   file: string
   fileSize: number
+  /** Where the job's region starts in the file (default 0). */
+  offset?: number
+  /** Through the page cache instead of direct I/O (default false). */
+  buffered?: boolean
   runtime: number
   ramp: number
   /** Give up (and call it a hang) after this many seconds. */
@@ -174,7 +178,7 @@ export async function layOut(file: string, fileSize: number, timeoutSeconds: num
 
 export async function runWorkload(w: Workload, opts: FioRunOptions): Promise<FioResult> {
   const json = await runFio(w.id, [
-    `--filename=${opts.file}`, `--size=${opts.fileSize}`, '--direct=1', '--fallocate=none',
+    `--filename=${opts.file}`, `--size=${opts.fileSize}`, `--offset=${opts.offset ?? 0}`, `--direct=${opts.buffered ? 0 : 1}`, '--fallocate=none',
     '--time_based', `--runtime=${opts.runtime}`, `--ramp_time=${opts.ramp}`,
     ...w.args,
   ], opts.timeoutSeconds)

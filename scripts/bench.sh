@@ -4,4 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh test
+# `bench.sh layers|link [flags]`: the smaller benchmarks (bench/layers.ts, bench/link.ts).
+case "${1:-}" in
+  layers|link) script="$1"; shift; exec node dist/bench/"$script".js "$@" ;;
+esac
 exec node dist/bench/run.js "$@"
