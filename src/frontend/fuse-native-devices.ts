@@ -7,7 +7,7 @@
  * instead of 4 KiB ones).
  */
 import { constants } from 'node:os'
-import Fuse from 'fuse-native'
+import type Fuse from 'fuse-native'
 import type { Logger } from 'pino'
 import { errnoOf, type BlockDevice, type DeviceDirectory } from './device-directory'
 
@@ -33,10 +33,12 @@ export class FuseNativeDevices implements DeviceDirectory {
   }
 
   async mount(): Promise<void> {
-    const fuse = new Fuse(this.mountpoint, this.#ops(), { fsname: FUSE_OPTIONS, timeout: false, mkdir: true })
+    // Loaded only when chosen: it needs libfuse.so.2, which the addon's server does not.
+    const FuseNative = (await import('fuse-native')).default
+    const fuse = new FuseNative(this.mountpoint, this.#ops(), { fsname: FUSE_OPTIONS, timeout: false, mkdir: true })
     await new Promise<void>((resolve, reject) => fuse.mount((err) => (err ? reject(err) : resolve())))
     this.#fuse = fuse
-    this.#log.info({ mountpoint: this.mountpoint }, 'FUSE device directory mounted')
+    this.#log.info({ mountpoint: this.mountpoint, server: 'fuse-native', maxRequestBytes: MAX_REQUEST_BYTES }, 'FUSE device directory mounted')
   }
 
   async unmount(_lazy?: boolean): Promise<void> {
