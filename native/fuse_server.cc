@@ -201,7 +201,9 @@ void FuseServer::Reply(uint32_t slot, int64_t result) {
   const FuseRequest& r = requests_[slot];
   if (fd_ >= 0) {
     if (result < 0) {
-      ReplyBytes(r.unique, static_cast<int>(-result), nullptr, 0);
+      // The kernel refuses an error outside (-512, 0) and would leave the request
+      // pending for ever: anything out of range is an I/O error.
+      ReplyBytes(r.unique, result > -512 ? static_cast<int>(-result) : EIO, nullptr, 0);
     } else if (r.kind == FuseKind::kRead) {
       size_t n = std::min<uint64_t>(static_cast<uint64_t>(result), r.length);
       ReplyBytes(r.unique, 0, pool_->base() + slot * slot_bytes_ + kDataOffset, n);

@@ -13,6 +13,7 @@ import { execFile } from 'node:child_process'
 import { readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import pino from 'pino'
+import { pxdError } from '../../src/errors'
 import { AddonFuseDevices } from '../../src/frontend/addon-fuse-devices'
 import type { BlockDevice } from '../../src/frontend/device-directory'
 import { attachLoop, detachLoop } from '../../src/frontend/loop'
@@ -34,7 +35,7 @@ class MemoryDevice implements BlockDevice {
   largest = 0
   writes = 0
   flushes = 0
-  fail: Error | undefined
+  fail: unknown
 
   constructor(size: number) {
     this.size = size
@@ -138,6 +139,9 @@ test.serial('a loop device with direct I/O gets large requests, several at once,
   const failed = await sh(`dd if=${loop} of=/dev/null bs=1M count=1 iflag=direct status=none`)
   t.not(failed.code, 0, 'a failing device fails the read')
   t.regex(failed.out, /Input\/output error/)
+  dev.fail = pxdError('INVALID_ARGUMENT', 'the engine refused the range')
+  const refused = await sh(`dd if=${loop} of=/dev/null bs=1M count=1 iflag=direct status=none`)
+  t.regex(refused.out, /Invalid argument/, 'a refused range is EINVAL, not EIO')
   dev.fail = undefined
 
   await detachLoop(loop)
