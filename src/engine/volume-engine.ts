@@ -95,6 +95,8 @@ export class VolumeEngine {
   readonly #learnerErrors = new Map<Replica, unknown>()
   /** Writes in flight, so a copy can wait for the ones that overlap it to land. */
   readonly #writes = new Set<Promise<void>>()
+  /** The byte ranges of the writes in flight; `settled` resolves either way. */
+  readonly #writeRanges = new Set<{ start: number; end: number; settled: Promise<void> }>()
   #copyLock: { start: number; end: number; done: Promise<void> } | undefined
   readonly #epoch: number
   readonly #dirtyDir: string | undefined
@@ -153,6 +155,13 @@ export class VolumeEngine {
     if (lock !== undefined && offset < lock.end && offset + data.length > lock.start) {
       return lock.done.then(() => this.#write(offset, data))
     }
+    // Several writes are in flight at once, and each replica may apply two of them in
+    // either order: a write that overlaps one still in flight waits for it, so that every
+    // replica ends with the same bytes (the later write's).
+    const end = offset + data.length
+    for (const w of this.#writeRanges) {
+      if (offset < w.end && end > w.start) return w.settled.then(() => this.#write(offset, data))
+    }
     const seq = this.#nextSeq++
     const replicas = this.#replicas
     let p: Promise<void>
@@ -172,7 +181,12 @@ export class VolumeEngine {
       if (marks.length > 0) p = Promise.all([p, ...marks]).then(() => undefined)
     }
     this.#writes.add(p)
-    const forget = () => { this.#writes.delete(p) }
+    const range = { start: offset, end, settled: p.then(noop, noop) }
+    this.#writeRanges.add(range)
+    const forget = () => {
+      this.#writes.delete(p)
+      this.#writeRanges.delete(range)
+    }
     p.then(forget, forget)
     return p
   }
@@ -524,6 +538,8 @@ function badBlockOf(err: unknown): number | undefined {
   const m = /checksum mismatch in block (\d+)/.exec(err instanceof Error ? err.message : '')
   return m ? Number(m[1]) : undefined
 }
+
+function noop(): void {}
 
 function sameEntry(a: Uint8Array, b: Uint8Array, block: number): boolean {
   const i = block * 4
