@@ -232,8 +232,9 @@ class ReadWorker : public StoreWorker {
 };
 
 // A flush syncs the data file and the crc file on two pool threads at once
-// (two fdatasyncs in sequence cost twice the latency); the part that finishes
-// second calls back. A flush with no write since the last full one does
+// (measured: flush p50 0.69-0.72 ms this way, 0.96-0.98 ms one after the
+// other, 4 KiB write+flush on a device file); the part that finishes second
+// calls back. A flush with no write since the last full one does
 // nothing (kSkip): each fdatasync still costs a disk cache flush.
 struct FlushJoin {
   uint64_t seq = 0;
