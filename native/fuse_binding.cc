@@ -75,10 +75,9 @@ void CallJs(napi_env env, napi_value fn, void* context, void* data) {
 
 void FinalizeTsfn(napi_env, void* context, void*) { delete static_cast<JsFusePtr*>(context); }
 
-// Unmounts and stops the server; safe to call twice.
-void Shutdown(napi_env env, JsFuse& f, bool lazy) {
-  if (f.unmounted) return;
-  f.server->Unmount(lazy);
+// Lets go of the JS side: no request reaches JS any more, and the slot memory
+// is left to the ArrayBuffer's views.
+void Release(napi_env env, JsFuse& f) {
   f.unmounted = true;
   napi_release_threadsafe_function(f.tsfn, napi_tsfn_release);
   if (f.memory != nullptr) {
@@ -87,15 +86,21 @@ void Shutdown(napi_env env, JsFuse& f, bool lazy) {
   }
 }
 
+// Unmounts and stops the server; safe to call twice.
+void Shutdown(napi_env env, JsFuse& f, bool lazy) {
+  if (f.unmounted) return;
+  f.server->Unmount(lazy);
+  Release(env, f);
+}
+
 void FinalizeHandle(napi_env env, void* data, void*) {
   auto* p = static_cast<JsFusePtr*>(data);
   JsFuse& f = **p;
   if (!f.unmounted) {
-    // Dropped while mounted: detach lazily rather than leave a dead mount.
+    // Dropped while mounted: the server's destructor detaches lazily rather than
+    // leave a dead mount (it cannot fail, unlike an unmount that reports errors).
     f.server.reset();
-    f.unmounted = true;
-    napi_release_threadsafe_function(f.tsfn, napi_tsfn_release);
-    if (f.memory != nullptr) napi_delete_reference(env, f.memory);
+    Release(env, f);
   }
   delete p;
 }
@@ -152,8 +157,7 @@ Napi::Value JsFuseMount(const Napi::CallbackInfo& info) {
   try {
     self->server = std::make_unique<FuseServer>(o, self.get());
   } catch (const FuseError& e) {
-    self->unmounted = true;
-    napi_release_threadsafe_function(self->tsfn, napi_tsfn_release);
+    Release(env, *self);
     ThrowFuseError(env, e);
   }
   auto* pool = new std::shared_ptr<SlotPool>(self->server->pool());

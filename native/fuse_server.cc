@@ -127,6 +127,11 @@ void FuseServer::RemoveFile(const std::string& name) {
   if (it != nodeids_.end()) files_[it->second].present = false;
 }
 
+const FuseServer::File* FuseServer::PresentFile(uint64_t nodeid) const {
+  auto it = files_.find(nodeid);
+  return it == files_.end() || !it->second.present ? nullptr : &it->second;
+}
+
 bool FuseServer::AcquireSlot(uint32_t* slot) {
   std::unique_lock<std::mutex> lock(slots_mu_);
   slots_cv_.wait(lock, [this] { return stopping_ || !free_slots_.empty(); });
@@ -344,8 +349,8 @@ void FuseServer::OnLookup(uint64_t unique, uint64_t parent, const char* name, si
   {
     std::lock_guard<std::mutex> lock(files_mu_);
     auto it = nodeids_.find(key);
-    const File* f = it == nodeids_.end() ? nullptr : &files_.at(it->second);
-    if (f == nullptr || !f->present) return ReplyBytes(unique, ENOENT, nullptr, 0);
+    const File* f = it == nodeids_.end() ? nullptr : PresentFile(it->second);
+    if (f == nullptr) return ReplyBytes(unique, ENOENT, nullptr, 0);
     out.nodeid = it->second;
     FillAttr(&out.attr, it->second, f);
   }
@@ -360,9 +365,9 @@ void FuseServer::OnGetattr(uint64_t unique, uint64_t nodeid) {
     FillAttr(&out.attr, nodeid, nullptr);
   } else {
     std::lock_guard<std::mutex> lock(files_mu_);
-    auto it = files_.find(nodeid);
-    if (it == files_.end() || !it->second.present) return ReplyBytes(unique, ENOENT, nullptr, 0);
-    FillAttr(&out.attr, nodeid, &it->second);
+    const File* f = PresentFile(nodeid);
+    if (f == nullptr) return ReplyBytes(unique, ENOENT, nullptr, 0);
+    FillAttr(&out.attr, nodeid, f);
   }
   ReplyBytes(unique, 0, &out, sizeof out);
 }
@@ -375,14 +380,14 @@ void FuseServer::OnSetattr(uint64_t unique, uint64_t nodeid, const uint8_t* in, 
   if (nodeid == kRootId) return ReplyBytes(unique, EPERM, nullptr, 0);
   {
     std::lock_guard<std::mutex> lock(files_mu_);
-    auto it = files_.find(nodeid);
-    if (it == files_.end() || !it->second.present) return ReplyBytes(unique, ENOENT, nullptr, 0);
+    const File* f = PresentFile(nodeid);
+    if (f == nullptr) return ReplyBytes(unique, ENOENT, nullptr, 0);
     // A volume's size is fixed while attached; a no-op truncate (O_TRUNC of
     // an opener, a tool setting times) is allowed.
-    if ((arg.valid & FATTR_SIZE) != 0 && arg.size != it->second.size) {
+    if ((arg.valid & FATTR_SIZE) != 0 && arg.size != f->size) {
       return ReplyBytes(unique, EPERM, nullptr, 0);
     }
-    FillAttr(&out.attr, nodeid, &it->second);
+    FillAttr(&out.attr, nodeid, f);
   }
   ReplyBytes(unique, 0, &out, sizeof out);
 }
@@ -391,8 +396,7 @@ void FuseServer::OnOpen(uint64_t unique, uint64_t nodeid) {
   if (nodeid == kRootId) return ReplyBytes(unique, EISDIR, nullptr, 0);
   {
     std::lock_guard<std::mutex> lock(files_mu_);
-    auto it = files_.find(nodeid);
-    if (it == files_.end() || !it->second.present) return ReplyBytes(unique, ENOENT, nullptr, 0);
+    if (PresentFile(nodeid) == nullptr) return ReplyBytes(unique, ENOENT, nullptr, 0);
   }
   fuse_open_out out{};
   out.fh = nodeid;
@@ -446,14 +450,14 @@ bool FuseServer::OnData(uint32_t slot, uint64_t unique, uint32_t opcode, uint64_
   uint64_t size;
   {
     std::lock_guard<std::mutex> lock(files_mu_);
-    auto it = files_.find(nodeid);
-    if (it == files_.end() || !it->second.present) {
+    const File* f = PresentFile(nodeid);
+    if (f == nullptr) {
       // The volume was detached under an open handle; flushing nothing is fine.
       ReplyBytes(unique, opcode == FUSE_FLUSH ? 0 : EIO, nullptr, 0);
       return false;
     }
-    r.key = it->second.key;
-    size = it->second.size;
+    r.key = f->key;
+    size = f->size;
   }
   if (opcode == FUSE_FLUSH || opcode == FUSE_FSYNC) {
     r.kind = FuseKind::kFlush;

@@ -146,6 +146,8 @@ class FuseServer {
   bool OnData(uint32_t slot, uint64_t unique, uint32_t opcode, uint64_t nodeid,
               const uint8_t* in, size_t in_len);
   void FillAttr(void* attr, uint64_t nodeid, const File* file) const;
+  // The attached file behind a nodeid, or nullptr (unknown or removed). Hold files_mu_.
+  const File* PresentFile(uint64_t nodeid) const;
 
   const std::string mountpoint_;
   const uint32_t max_request_bytes_;
