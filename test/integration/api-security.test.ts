@@ -4,13 +4,13 @@
  * the data dir are not world-readable.
  */
 import test from 'ava'
-import { execFile } from 'node:child_process'
 import { promises as fs, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { freePort, makeTempDir, removeDir, startDaemon, type Daemon } from '../helpers/daemon'
 import { pluginCall } from '../helpers/plugin-client'
 import { PXCTL_BIN } from '../helpers/paths'
+import { runCommand } from '../helpers/run'
 
 assertIntegrationPreconditions()
 
@@ -22,13 +22,7 @@ test.after.always(async () => {
   removeDir(dir)
 })
 
-function pxctl(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [PXCTL_BIN, ...args], { timeout: 60_000 }, (err, stdout, stderr) => {
-      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr })
-    })
-  })
-}
+const pxctl = (args: string[]) => runCommand(process.execPath, [PXCTL_BIN, ...args], 60_000)
 
 test('an API beyond loopback without a token is refused at start', async (t) => {
   const err = await t.throwsAsync(startDaemon({ dir: path.join(dir, 'open'), extraArgs: ['--api-listen', `0.0.0.0:${await freePort()}`] }))

@@ -4,12 +4,12 @@
  * file fio had fsynced verifies, and a scrub finds nothing it cannot repair.
  */
 import test from 'ava'
-import { execFile } from 'node:child_process'
 import path from 'node:path'
 import { ApiClient } from '../../src/api/client'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { startCluster, waitFor, type Cluster, type ClusterNode } from '../helpers/cluster'
 import { pluginCall } from '../helpers/plugin-client'
+import { runFio } from '../helpers/run'
 
 assertIntegrationPreconditions()
 
@@ -25,13 +25,6 @@ test.after.always(async () => {
   await cluster?.stop()
 })
 
-function fio(args: string[]): Promise<{ code: number; out: string }> {
-  return new Promise((resolve) => {
-    execFile('fio', args, { timeout: 120_000 }, (err, stdout, stderr) => {
-      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, out: stdout + stderr })
-    })
-  })
-}
 const job = (file: string) => ['--name=job', `--filename=${file}`, '--rw=write', '--bs=64k', `--size=${FILE_BYTES}`, '--ioengine=psync', '--verify=crc32c', '--verify_state_save=0']
 
 async function mount(n: ClusterNode, id: string): Promise<string> {
@@ -55,7 +48,7 @@ test(`kill -9 of the coordinator ${ITERATIONS} times during fio: nothing fsynced
     const writer = (async () => {
       for (let k = 0; !stop && k < 100; k++) {
         const name = `i${i}-f${k}`
-        const r = await fio([...job(path.join(mp, name)), '--do_verify=0', '--end_fsync=1'])
+        const r = await runFio([...job(path.join(mp, name)), '--do_verify=0', '--end_fsync=1'])
         if (r.code !== 0) break
         synced.push(name)
       }
@@ -69,7 +62,7 @@ test(`kill -9 of the coordinator ${ITERATIONS} times during fio: nothing fsynced
     coordinator = await cluster.start('node-a')
     mp = await mount(coordinator, `v${i}`)
     for (const name of synced) {
-      const r = await fio([...job(path.join(mp, name)), '--verify_only'])
+      const r = await runFio([...job(path.join(mp, name)), '--verify_only'])
       t.is(r.code, 0, `iteration ${i}: fio verify of ${name}: ${r.out.slice(-300)}`)
       verifiedBytes += FILE_BYTES
     }

@@ -6,7 +6,6 @@
  */
 import test from 'ava'
 import { randomBytes } from 'node:crypto'
-import { execFile } from 'node:child_process'
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import { ApiClient } from '../../src/api/client'
@@ -15,6 +14,7 @@ import { startCluster, waitFor, TEST_NODE_TTL, type Cluster, type ClusterNode } 
 import { pluginCall } from '../helpers/plugin-client'
 import { PXCTL_BIN } from '../helpers/paths'
 import { MiB, pluginOk, replicaDigest, sha, writeSynced } from '../helpers/volume-io'
+import { runCommand, runFio } from '../helpers/run'
 
 assertIntegrationPreconditions()
 
@@ -31,13 +31,6 @@ test.after.always(async () => {
 
 
 
-function fio(args: string[]): Promise<{ code: number; out: string }> {
-  return new Promise((resolve) => {
-    execFile('fio', args, { timeout: 120_000 }, (err, stdout, stderr) => {
-      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, out: stdout + stderr })
-    })
-  })
-}
 const fioJob = (file: string) => ['--name=job', `--filename=${file}`, '--rw=write', '--bs=64k', '--size=4M', '--ioengine=psync', '--verify=crc32c', '--verify_state_save=0']
 
 const inSyncOf = async (n: ClusterNode, name: string) => (await new ApiClient(n.apiUrl).inspectVolume(name)).replicas.filter((r) => r.inSync).map((r) => r.nodeId).sort()
@@ -59,14 +52,10 @@ test('a replica that was away is resynced by copying only what changed meanwhile
 
   await cluster.start(away!.nodeId)
   // Not a terminal: plain timestamped lines, and it ends once every replica is in sync.
-  const watch = await new Promise<{ code: number; out: string }>((resolve) => {
-    execFile(process.execPath, [PXCTL_BIN, '--api', coordinator!.apiUrl, 'volume', 'inspect', 'rs', '--watch'], { timeout: 60_000 }, (err, stdout) => {
-      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, out: stdout })
-    })
-  })
-  t.is(watch.code, 0, watch.out)
-  t.regex(watch.out, /^\d{4}-\d\d-\d\dT[\d:.]+Z rs: /m)
-  t.regex(watch.out.trim().split('\n').pop()!, new RegExp(`${away!.nodeId} in-sync`))
+  const watch = await runCommand(process.execPath, [PXCTL_BIN, '--api', coordinator!.apiUrl, 'volume', 'inspect', 'rs', '--watch'], 60_000)
+  t.is(watch.code, 0, watch.stdout)
+  t.regex(watch.stdout, /^\d{4}-\d\d-\d\dT[\d:.]+Z rs: /m)
+  t.regex(watch.stdout.trim().split('\n').pop()!, new RegExp(`${away!.nodeId} in-sync`))
   await waitFor('the returning replica to be in sync', async () => (await inSyncOf(coordinator!, 'rs')).length === 2, 60_000, 250)
   const done = await new ApiClient(coordinator!.apiUrl).inspectVolume('rs')
   t.false(done.degraded)
@@ -98,7 +87,7 @@ test('kill -9 of the coordinator during fio: the next node takes over, every fsy
   const writer = (async () => {
     for (let i = 0; !stop && i < 200; i++) {
       const name = `f${i}`
-      const r = await fio([...fioJob(path.join(mp, name)), '--do_verify=0', '--end_fsync=1'])
+      const r = await runFio([...fioJob(path.join(mp, name)), '--do_verify=0', '--end_fsync=1'])
       if (r.code !== 0) break
       completed.push(name)
     }
@@ -123,7 +112,7 @@ test('kill -9 of the coordinator during fio: the next node takes over, every fsy
   t.log(`failover: ${failoverMs} ms from kill -9 to the first fsynced write on ${survivor!.nodeId} (node ttl ${TEST_NODE_TTL} s)`)
 
   for (const name of completed) {
-    const r = await fio([...fioJob(path.join(m, name)), '--verify_only'])
+    const r = await runFio([...fioJob(path.join(m, name)), '--verify_only'])
     t.is(r.code, 0, `fio verify of ${name}: ${r.out.slice(-400)}`)
   }
 

@@ -9,7 +9,6 @@
  */
 import test from 'ava'
 import { randomBytes } from 'node:crypto'
-import { execFile } from 'node:child_process'
 import { readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import pino from 'pino'
@@ -19,6 +18,7 @@ import type { BlockDevice } from '../../src/frontend/device-directory'
 import { attachLoop, detachLoop } from '../../src/frontend/loop'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { leftoversUnder, makeTempDir, removeDir } from '../helpers/daemon'
+import { runCommand } from '../helpers/run'
 
 assertIntegrationPreconditions()
 
@@ -68,15 +68,8 @@ class MemoryDevice implements BlockDevice {
   }
 }
 
-/** Runs a command in a child process; resolves with its exit code and output, never rejects. */
-function sh(script: string): Promise<{ code: number; out: string }> {
-  return new Promise((resolve) => {
-    execFile('sh', ['-c', script], { encoding: 'utf8', timeout: 60_000 }, (err, stdout, stderr) => {
-      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1) : 0
-      resolve({ code, out: stdout + stderr })
-    })
-  })
-}
+/** A shell command in a child process, started asynchronously (see above). */
+const sh = (script: string) => runCommand('sh', ['-c', script], 60_000)
 
 let devices: AddonFuseDevices | undefined
 const loops: string[] = []

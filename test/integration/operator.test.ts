@@ -3,11 +3,11 @@
  * one-screen `pxctl status` (for people and as JSON), and the daemon's log formats.
  */
 import test from 'ava'
-import { execFile } from 'node:child_process'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { makeTempDir, removeDir, startDaemon, type Daemon } from '../helpers/daemon'
 import { pluginCall } from '../helpers/plugin-client'
 import { PXCTL_BIN } from '../helpers/paths'
+import { runCommand } from '../helpers/run'
 
 assertIntegrationPreconditions()
 
@@ -25,15 +25,7 @@ test.after.always(async () => {
   removeDir(dir)
 })
 
-interface Run { code: number; stdout: string; stderr: string }
-
-function pxctl(...args: string[]): Promise<Run> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [PXCTL_BIN, '--api', daemon.apiUrl, ...args], { timeout: 60_000 }, (err, stdout, stderr) => {
-      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr })
-    })
-  })
-}
+const pxctl = (...args: string[]) => runCommand(process.execPath, [PXCTL_BIN, '--api', daemon.apiUrl, ...args], 60_000)
 
 test('GET /healthz answers ok', async (t) => {
   const res = await fetch(`${daemon.apiUrl}/healthz`)

@@ -1,10 +1,10 @@
 /** pxctl against a real daemon: tables for people, --json for programs, errors on stderr. */
 import test from 'ava'
-import { execFile } from 'node:child_process'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { makeTempDir, removeDir, startDaemon, type Daemon } from '../helpers/daemon'
 import { pluginCall } from '../helpers/plugin-client'
 import { PXCTL_BIN, PXD_BIN } from '../helpers/paths'
+import { runCommand } from '../helpers/run'
 
 assertIntegrationPreconditions()
 
@@ -20,15 +20,7 @@ test.after.always(async () => {
   removeDir(dir)
 })
 
-interface Run { code: number; stdout: string; stderr: string }
-
-function run(bin: string, args: string[]): Promise<Run> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [bin, ...args], { timeout: 120_000 }, (err, stdout, stderr) => {
-      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr })
-    })
-  })
-}
+const run = (bin: string, args: string[]) => runCommand(process.execPath, [bin, ...args], 120_000)
 const pxctl = (...args: string[]) => run(PXCTL_BIN, ['--api', daemon.apiUrl, ...args])
 
 test('--help of both executables', async (t) => {
