@@ -76,6 +76,15 @@ export async function startEtcd(opts: { dir?: string } = {}): Promise<EtcdServer
   let child: ChildProcess | undefined
   let exited: Promise<void> = Promise.resolve()
   const logs = () => (existsSync(logFile) ? readFileSync(logFile, 'utf8') : '')
+  // Output can still arrive after 'exit' (the pipes drain later), when a stopped
+  // cluster may have removed the directory: what comes then has nowhere to go.
+  const appendLog = (chunk: Buffer) => {
+    try {
+      appendFileSync(logFile, chunk)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+    }
+  }
   const tail = () => logs().slice(-LOG_TAIL_CHARS)
 
   const launch = async () => {
@@ -98,7 +107,7 @@ export async function startEtcd(opts: { dir?: string } = {}): Promise<EtcdServer
         resolve()
       })
     })
-    for (const stream of [proc.stdout!, proc.stderr!]) stream.on('data', (d: Buffer) => appendFileSync(logFile, d))
+    for (const stream of [proc.stdout!, proc.stderr!]) stream.on('data', appendLog)
     const deadline = Date.now() + READY_TIMEOUT_MS
     while (!(await healthy(url))) {
       if (exitInfo !== undefined) throw new Error(`etcd ${exitInfo} before it answered; its log:\n${tail()}`)
