@@ -9,20 +9,19 @@ import os from 'node:os'
 import path from 'node:path'
 import type { Logger } from 'pino'
 import { ApiServer, parseHostPort } from './api/server'
-import { Membership, type MemberRecord } from './cluster/membership'
+import { Membership } from './cluster/membership'
 import { capacityOf } from './util/capacity'
-import { ReplicaHost } from './engine/replica-host'
-import { ReplicaService } from './engine/replica-service'
-import type { PeerChannel } from './engine/remote-replica'
+import { ReplicaDirectory } from './replicas/directory'
+import { ReplicaHost } from './replicas/replica-host'
+import { ReplicaService } from './replicas/replica-service'
 import { pxdError } from './errors'
 import type { FuseServerKind } from './frontend/device-directory'
-import { keys, type Kvdb } from './kvdb/kvdb'
+import type { Kvdb } from './kvdb/kvdb'
 import { openKvdb } from './kvdb/open'
 import { MeteredFrontend, Metrics, nodeReadiness, peerStates } from './metrics'
 import { PluginServer } from './plugin/server'
 import { loadPeerTls, PeerLinks, PeerServer, type PeerTlsFiles } from './replication'
-import { VolumeManager, type PeerDirectory } from './volumes/manager'
-import type { VolumeRecord } from './volumes/types'
+import { VolumeManager } from './volumes/manager'
 
 export interface DaemonConfig {
   dataDir: string
@@ -97,12 +96,9 @@ export class Daemon {
     let links: PeerLinks | undefined
     const tls = await loadPeerTls(c.peerTls ?? {}, this.nodeId, log)
     if (tls && !(secret && c.peerListen)) throw pxdError('INVALID_ARGUMENT', '--peer-tls-* secure peer links: they need a cluster node (--kvdb, --peer-listen, --cluster-secret-file)')
+    let replicas = new ReplicaDirectory({ nodeId: this.nodeId, host, kvdb })
     if (secret && c.peerListen) {
-      const lookup = async (volumeId: string) => {
-        const records = await kvdb.list<VolumeRecord>(keys.volumes())
-        const r = records.find((e) => e.value.id === volumeId)?.value
-        return r ? { size: r.spec.size, replicas: r.replicas.map((p) => p.nodeId) } : undefined
-      }
+      const lookup = (volumeId: string) => replicas.volumeById(volumeId)
       const service = new ReplicaService(this.nodeId, host, lookup, log.child({ component: 'replica-service' }))
       const server = new PeerServer({ nodeId: this.nodeId, clusterId: c.clusterId, secret, handler: service, log: log.child({ component: 'peer-server' }), ...(tls ? { tls } : {}) })
       this.#onStop('peer server', () => server.close())
@@ -112,14 +108,7 @@ export class Daemon {
       links = new PeerLinks({ nodeId: this.nodeId, clusterId: c.clusterId, secret, log: log.child({ component: 'peer-links' }), ...(tls ? { tls } : {}) })
       const pool = links
       this.#onStop('peer links', () => pool.close())
-    }
-    const peers: PeerDirectory = {
-      channel: async (nodeId: string): Promise<PeerChannel> => {
-        const member = await kvdb.get<MemberRecord>(keys.member(nodeId))
-        const address = member?.value.peerAddress
-        if (!links || !address) throw pxdError('PEER_UNAVAILABLE', `node ${nodeId} has no known peer address`)
-        return links.link(nodeId, address)
-      },
+      replicas = new ReplicaDirectory({ nodeId: this.nodeId, host, kvdb, peers: pool })
     }
 
     const membership = new Membership({
@@ -135,7 +124,7 @@ export class Daemon {
     const metrics = new Metrics({ log: log.child({ component: 'metrics' }) })
     const frontend = new MeteredFrontend(c.runDir, log.child({ component: 'frontend' }), metrics, c.fuseServer)
     const manager = new VolumeManager({
-      nodeId: this.nodeId, dataDir: c.dataDir, kvdb, frontend, host, membership, peers, log: log.child({ component: 'volumes' }),
+      nodeId: this.nodeId, dataDir: c.dataDir, kvdb, frontend, host, membership, replicas, log: log.child({ component: 'volumes' }),
       engineEvents: (name) => metrics.volume(name),
       ...(c.scrubInterval ? { scrubIntervalSeconds: c.scrubInterval } : {}),
       ...(c.scrubRate ? { scrubBytesPerSecond: c.scrubRate } : {}),

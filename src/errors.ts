@@ -42,13 +42,26 @@ export const ErrorCodes = {
 
 export type ErrorCode = keyof typeof ErrorCodes
 
+/** Facts an error carries as data, so that no caller reads them out of the message. */
+export interface ErrorDetails {
+  cause?: unknown
+  /** CHECKSUM_MISMATCH: the first block (4 KiB, counted from the start of the volume) that failed. */
+  block?: number
+  /** The node that raised it, when it came from a peer. */
+  peer?: string
+}
+
 export class PxdError extends Error {
   readonly code: ErrorCode
+  readonly block?: number
+  readonly peer?: string
 
-  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options)
+  constructor(code: ErrorCode, message: string, details?: ErrorDetails) {
+    super(message, details?.cause === undefined ? undefined : { cause: details.cause })
     this.name = 'PxdError'
     this.code = code
+    if (details?.block !== undefined) this.block = details.block
+    if (details?.peer !== undefined) this.peer = details.peer
   }
 }
 
@@ -58,6 +71,20 @@ export function pxdError(code: ErrorCode, message: string, cause?: unknown): Pxd
 
 export function isPxdError(err: unknown, code?: ErrorCode): err is PxdError {
   return err instanceof PxdError && (code === undefined || err.code === code)
+}
+
+/** Whether a string (from a peer, from JSON) is a code of this catalogue. */
+export function isErrorCode(code: unknown): code is ErrorCode {
+  return typeof code === 'string' && Object.prototype.hasOwnProperty.call(ErrorCodes, code)
+}
+
+/** The code of any thrown value, if it carries a string one (ours, an errno name, ...). */
+export function codeOf(err: unknown): string | undefined {
+  if (typeof err === 'object' && err !== null) {
+    const code = (err as { code?: unknown }).code
+    if (typeof code === 'string') return code
+  }
+  return undefined
 }
 
 /** The message of any thrown value, for logs and protocol replies. */

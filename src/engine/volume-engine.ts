@@ -19,7 +19,7 @@
  */
 import { isPxdError, pxdError, PxdError } from '../errors'
 import { DIRTY_REGION_BYTES, DirtyMap } from './dirty-map'
-import type { Replica } from './replica'
+import type { Replica } from '../replicas/replica'
 
 /** One digest request covers this much of the volume (its reply is 4 bytes per block). */
 export const RESYNC_SCAN_BYTES = 64 * 1024 * 1024

@@ -17,9 +17,9 @@ import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import type { Logger } from 'pino'
 import type { Membership, NodeInfo } from '../cluster/membership'
-import { LocalReplica, type Replica } from '../engine/replica'
-import type { ReplicaHost } from '../engine/replica-host'
-import { RemoteReplica, type PeerChannel } from '../engine/remote-replica'
+import type { Replica } from '../replicas/replica'
+import type { ReplicaHost } from '../replicas/replica-host'
+import type { ReplicaDirectory } from '../replicas/directory'
 import { VolumeEngine, type EngineEvents, type ResyncProgress, type ScrubResult } from '../engine/volume-engine'
 import { messageOf, pxdError, type PxdError } from '../errors'
 import type { Frontend } from '../frontend/frontend'
@@ -47,11 +47,6 @@ interface LocalAttachment {
   size: number
 }
 
-/** How the manager reaches another node's replicas. */
-export interface PeerDirectory {
-  channel(nodeId: string): Promise<PeerChannel>
-}
-
 export interface ManagerOptions {
   nodeId: string
   dataDir: string
@@ -59,7 +54,7 @@ export interface ManagerOptions {
   frontend: Frontend
   host: ReplicaHost
   membership: Membership
-  peers: PeerDirectory
+  replicas: ReplicaDirectory
   log: Logger
   /** Per-volume event sink for metrics. */
   engineEvents?: (volumeName: string) => EngineEvents
@@ -75,7 +70,7 @@ export class VolumeManager {
   readonly #frontend: Frontend
   readonly #host: ReplicaHost
   readonly #membership: Membership
-  readonly #peers: PeerDirectory
+  readonly #replicas: ReplicaDirectory
   readonly #log: Logger
   readonly #engineEvents: ManagerOptions['engineEvents']
   readonly #scrubEvery: number
@@ -94,7 +89,7 @@ export class VolumeManager {
     this.#frontend = o.frontend
     this.#host = o.host
     this.#membership = o.membership
-    this.#peers = o.peers
+    this.#replicas = o.replicas
     this.#log = o.log
     this.#engineEvents = o.engineEvents
     this.#scrubEvery = o.scrubIntervalSeconds ?? 0
@@ -384,9 +379,7 @@ export class VolumeManager {
     const ordered = [...record.inSync].sort((a, b) => (a === this.#nodeId ? -1 : b === this.#nodeId ? 1 : 0))
     const replicas: Replica[] = []
     for (const nodeId of ordered) {
-      replicas.push(nodeId === this.#nodeId
-        ? new LocalReplica(nodeId, this.#host, record.id, record.spec.size, epoch)
-        : new RemoteReplica(nodeId, await this.#peers.channel(nodeId), record.id, record.spec.size, epoch))
+      replicas.push(await this.#replicas.replica(nodeId, record.id, record.spec.size, epoch))
     }
     const log = this.#log.child({ volume: name, volumeId: record.id, epoch })
     const engine: VolumeEngine = new VolumeEngine({
@@ -443,9 +436,7 @@ export class VolumeManager {
       this.#kvdb.put(key, { ...p, state, startedAt, updatedAt: new Date().toISOString(), epoch: local.epoch, ...(error ? { error } : {}) } satisfies ResyncRecord)
         .catch((err) => log.debug({ err }, 'could not publish resync progress'))
     try {
-      const target = nodeId === this.#nodeId
-        ? new LocalReplica(nodeId, this.#host, local.volumeId, local.size, local.epoch)
-        : new RemoteReplica(nodeId, await this.#peers.channel(nodeId), local.volumeId, local.size, local.epoch)
+      const target = await this.#replicas.replica(nodeId, local.volumeId, local.size, local.epoch)
       log.info('resync started')
       const started = Date.now()
       const result = await local.engine.resync(target, () => this.#promote(name, local.epoch, nodeId), (p) => {
@@ -550,8 +541,7 @@ export class VolumeManager {
   }
 
   async #createReplica(nodeId: string, record: VolumeRecord): Promise<void> {
-    if (nodeId === this.#nodeId) return this.#host.create(record.id, record.spec.size)
-    await (await this.#peers.channel(nodeId)).request({ t: 'create', vol: record.id, size: record.spec.size })
+    await this.#replicas.create(nodeId, record.id, record.spec.size)
   }
 
   async #forgetDirtyMaps(volumeId: string): Promise<void> {
@@ -564,8 +554,7 @@ export class VolumeManager {
   async #dropReplicas(record: VolumeRecord): Promise<void> {
     await Promise.all(record.replicas.map(async ({ nodeId }) => {
       try {
-        if (nodeId === this.#nodeId) await this.#host.drop(record.id)
-        else await (await this.#peers.channel(nodeId)).request({ t: 'drop', vol: record.id })
+        await this.#replicas.drop(nodeId, record.id)
       } catch (err) {
         this.#log.warn({ err, volumeId: record.id, replica: nodeId }, 'could not drop a replica now; its node will when it starts')
       }

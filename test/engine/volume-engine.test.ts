@@ -1,6 +1,6 @@
 import test from 'ava'
 import { VolumeEngine } from '../../src/engine/volume-engine'
-import type { Replica } from '../../src/engine/replica'
+import type { Replica } from '../../src/replicas/replica'
 
 /** A replica in memory whose writes take as long as `delayOf` says. */
 class SlowReplica implements Replica {

@@ -6,6 +6,7 @@
 import type { Logger } from 'pino'
 import { pxdError } from '../errors'
 import type { RequestFrame, RequestHandler } from '../replication'
+import { encodeEpoch } from './protocol'
 import type { ReplicaHost } from './replica-host'
 
 /** What the kvdb says of a volume, as far as a replica needs to know. */
@@ -70,16 +71,4 @@ export class ReplicaService implements RequestHandler {
     }
     return volume
   }
-}
-
-/** The previous epoch, as the `open` ack carries it: 8 bytes, big-endian. */
-export function encodeEpoch(epoch: number): Buffer {
-  const b = Buffer.alloc(8)
-  b.writeBigUInt64BE(BigInt(epoch))
-  return b
-}
-
-export function decodeEpoch(data: Uint8Array | undefined): number {
-  if (!data || data.length !== 8) return -1
-  return Number(Buffer.from(data.buffer, data.byteOffset, 8).readBigUInt64BE())
 }

@@ -10,11 +10,10 @@
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import type { Logger } from 'pino'
+import { VOLUME_ID_PATTERN } from '../constants'
 import { pxdError } from '../errors'
 import { ReplicaStore } from '../store/replica-store'
 import { KeyedMutex } from '../util/mutex'
-
-const VOLUME_ID = /^[0-9a-f]{16}$/
 
 export class ReplicaHost {
   readonly #dir: string
@@ -30,7 +29,7 @@ export class ReplicaHost {
 
   /** A replica's directory; anything but a volume id (16 hex digits) is refused, never joined into a path. */
   dirOf(volumeId: string): string {
-    if (!VOLUME_ID.test(volumeId)) throw pxdError('UNKNOWN_VOLUME', `"${volumeId.slice(0, 64)}" is not a volume id`)
+    if (!VOLUME_ID_PATTERN.test(volumeId)) throw pxdError('UNKNOWN_VOLUME', `"${volumeId.slice(0, 64)}" is not a volume id`)
     return path.join(this.#dir, volumeId)
   }
 
@@ -103,7 +102,7 @@ export class ReplicaHost {
   /** Replica ids present on disk. */
   async list(): Promise<string[]> {
     try {
-      return (await fs.readdir(this.#dir)).filter((n) => VOLUME_ID.test(n))
+      return (await fs.readdir(this.#dir)).filter((n) => VOLUME_ID_PATTERN.test(n))
     } catch {
       return []
     }

@@ -1,23 +1,7 @@
+/** This node's copy of a volume, for a coordinator on this node: the ReplicaHost's store, at the coordinator's epoch. */
+import { isPxdError } from '../errors'
+import type { Replica } from './replica'
 import type { ReplicaHost } from './replica-host'
-
-/**
- * What the engine needs of one copy of a volume, wherever it lives. The local copy goes
- * through this node's ReplicaHost; remote copies go over a peer link. Both carry the
- * coordinator's epoch, so a fenced coordinator's requests are refused the same way.
- */
-export interface Replica {
-  /** The node that holds this copy. */
-  readonly nodeId: string
-  /** Open the copy at the coordinator's epoch (fences older coordinators); resolves to the epoch it was at before. */
-  open(): Promise<number>
-  write(offset: number, data: Uint8Array, seq: number): Promise<void>
-  read(offset: number, into: Uint8Array): Promise<void>
-  flush(): Promise<void>
-  /** Stored crc32c of each 4 KiB block in the range (resync compares them). */
-  digest(offset: number, length: number): Promise<Uint8Array>
-  /** Flush and let go; the copy itself stays on its node. */
-  close(): Promise<void>
-}
 
 export class LocalReplica implements Replica {
   readonly nodeId: string
@@ -67,9 +51,9 @@ export class LocalReplica implements Replica {
   }
 
   async close(): Promise<void> {
-    await this.flush().catch((err: { code?: string }) => {
+    await this.flush().catch((err: unknown) => {
       // A newer coordinator owns the replica now; nothing of ours is left to flush.
-      if (err.code !== 'STALE_EPOCH' && err.code !== 'UNKNOWN_VOLUME') throw err
+      if (!isPxdError(err, 'STALE_EPOCH') && !isPxdError(err, 'UNKNOWN_VOLUME')) throw err
     })
   }
 }

@@ -3,7 +3,7 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import pino from 'pino'
-import { ReplicaHost } from '../../src/engine/replica-host'
+import { ReplicaHost } from '../../src/replicas/replica-host'
 import { isPxdError } from '../../src/errors'
 
 test('a volume id that is not 16 hex digits never reaches a path: drop("..") deletes nothing', async (t) => {

@@ -1,0 +1,68 @@
+/**
+ * The replica protocol, spoken between a coordinator (ReplicaClient) and the node that
+ * holds a copy (ReplicaService). The frames themselves are the transport's
+ * (src/replication/frames.ts: their shapes and validation); this file is the only place
+ * that builds replica requests, decodes replica replies and turns a peer's refusal into
+ * this node's error type.
+ *
+ * Requests and what their ack carries:
+ *   create {vol, size}                 -> nothing      make an empty replica (the kvdb must list this node)
+ *   open   {vol, epoch, size}          -> epoch (8 B)  accept a coordinator; replies the epoch it was at before
+ *   write  {vol, epoch, seq, offset, data} -> nothing
+ *   read   {vol, epoch, offset, length} -> the bytes
+ *   digest {vol, epoch, offset, length} -> one crc32c per block
+ *   flush  {vol, epoch}                -> nothing
+ *   close  {vol, epoch}                -> nothing      the coordinator lets go (a flush)
+ *   drop   {vol}                       -> nothing      delete a replica the kvdb no longer lists here
+ */
+import { isErrorCode, isPxdError, PxdError, type ErrorCode } from '../errors'
+import type { OutgoingRequest, RequestOptions } from '../replication'
+
+/** What a replica client needs of a peer link: one request, one acknowledgement. */
+export interface PeerChannel {
+  request(req: OutgoingRequest, opts?: RequestOptions): Promise<Uint8Array | undefined>
+}
+
+/** The requests of one volume at one epoch, as frames. */
+export const requests = {
+  create: (vol: string, size: number): OutgoingRequest => ({ t: 'create', vol, size }),
+  open: (vol: string, epoch: number, size: number): OutgoingRequest => ({ t: 'open', vol, epoch, size }),
+  write: (vol: string, epoch: number, seq: number, offset: number, data: Uint8Array): OutgoingRequest => ({ t: 'write', vol, epoch, seq, offset, data }),
+  read: (vol: string, epoch: number, offset: number, length: number): OutgoingRequest => ({ t: 'read', vol, epoch, offset, length }),
+  digest: (vol: string, epoch: number, offset: number, length: number): OutgoingRequest => ({ t: 'digest', vol, epoch, offset, length }),
+  flush: (vol: string, epoch: number): OutgoingRequest => ({ t: 'flush', vol, epoch }),
+  close: (vol: string, epoch: number): OutgoingRequest => ({ t: 'close', vol, epoch }),
+  drop: (vol: string): OutgoingRequest => ({ t: 'drop', vol }),
+} as const
+
+const EPOCH_BYTES = 8
+
+/** The previous epoch, as the `open` ack carries it: 8 bytes, big-endian. */
+export function encodeEpoch(epoch: number): Buffer {
+  const b = Buffer.alloc(EPOCH_BYTES)
+  b.writeBigUInt64BE(BigInt(epoch))
+  return b
+}
+
+/** -1 when the ack carries no epoch. */
+export function decodeEpoch(data: Uint8Array | undefined): number {
+  if (!data || data.length !== EPOCH_BYTES) return -1
+  return Number(Buffer.from(data.buffer, data.byteOffset, EPOCH_BYTES).readBigUInt64BE())
+}
+
+/**
+ * A failed replica request, as the coordinator sees it. The peer's own code is kept when
+ * it is one of ours (STALE_EPOCH must stay STALE_EPOCH, CHECKSUM_MISMATCH keeps its
+ * block); anything else means the replica cannot be reached.
+ */
+export function replicaRequestError(nodeId: string, what: string, err: unknown): PxdError {
+  const code: ErrorCode = isPxdError(err) || isErrorCode((err as { code?: unknown }).code)
+    ? ((err as { code: ErrorCode }).code)
+    : 'PEER_UNAVAILABLE'
+  const block = (err as { block?: unknown }).block
+  return new PxdError(code, `replica on node ${nodeId}: ${what} failed: ${err instanceof Error ? err.message : String(err)}`, {
+    cause: err,
+    peer: nodeId,
+    ...(typeof block === 'number' ? { block } : {}),
+  })
+}

@@ -1,0 +1,19 @@
+/**
+ * What the engine needs of one copy of a volume, wherever it lives: `LocalReplica` (this
+ * node's ReplicaHost) and `ReplicaClient` (another node's, over the peer link) both are
+ * one. Every request carries the coordinator's epoch, so a fenced coordinator's requests
+ * are refused the same way by both.
+ */
+export interface Replica {
+  /** The node that holds this copy. */
+  readonly nodeId: string
+  /** Open the copy at the coordinator's epoch (fences older coordinators); resolves to the epoch it was at before. */
+  open(): Promise<number>
+  write(offset: number, data: Uint8Array, seq: number): Promise<void>
+  read(offset: number, into: Uint8Array): Promise<void>
+  flush(): Promise<void>
+  /** Stored crc32c of each block in the range (resync compares them); see src/constants.ts. */
+  digest(offset: number, length: number): Promise<Uint8Array>
+  /** Flush and let go; the copy itself stays on its node. */
+  close(): Promise<void>
+}
