@@ -23,8 +23,8 @@ COPY tsconfig.json ./
 COPY src ./src
 RUN npx --no-install tsc -p tsconfig.json && npm prune --omit=dev --no-audit --no-fund
 
-# Run: Node, pxd, and the tools pxd runs: fusermount (fuse) and libfuse.so.2 (libfuse2) for
-# fuse-native, mkfs.ext4 (e2fsprogs), mkfs.xfs (xfsprogs), blkid (util-linux),
+# Run: Node, pxd, and the tools pxd runs: libfuse.so.2 (libfuse2) for fuse-native,
+# fusermount (fuse) for operators who clean up by hand, mkfs.ext4 (e2fsprogs), mkfs.xfs (xfsprogs), blkid (util-linux),
 # losetup, mount, umount (mount).
 FROM node:20-bookworm-slim
 RUN apt-get update \

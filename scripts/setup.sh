@@ -4,11 +4,15 @@
 # runs only when its result is missing or stale, so calling this every time is cheap.
 #   scripts/setup.sh run    what the daemon needs
 #   scripts/setup.sh test   that, plus what the test suite needs (docker.io, busybox, ...)
+# It installs only what is missing and never removes a package (apt-get --no-remove): FUSE
+# tools come from `fuse` (2.x) or `fuse3`, whichever the host has; they conflict, so `fuse`
+# is installed only when neither is. PXD_SETUP_DRY_RUN=1 prints the packages it would
+# install and stops there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 profile=${1:-run}
-run_pkgs=(libfuse2 fuse e2fsprogs util-linux mount)
+run_pkgs=(libfuse2 e2fsprogs util-linux mount)
 test_pkgs=(xfsprogs fio docker.io busybox-static iproute2 procps etcd-server)
 case "$profile" in
   run) pkgs=("${run_pkgs[@]}") ;;
@@ -17,11 +21,19 @@ case "$profile" in
 esac
 
 say() { printf '[setup] %s\n' "$*"; }
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
 missing=()
 for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  installed "$p" || missing+=("$p")
 done
+# FUSE tools (fusermount or fusermount3): pxd mounts and unmounts as root on its own, they are
+# for whoever cleans up by hand.
+installed fuse || installed fuse3 || missing+=(fuse)
+if [ "${PXD_SETUP_DRY_RUN:-0}" = 1 ]; then
+  echo "would install: ${missing[*]}"
+  exit 0
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "[setup] missing Debian packages: ${missing[*]}; run as root or install them" >&2
@@ -30,7 +42,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get install -y -qq --no-install-recommends --no-remove "${missing[@]}" >/dev/null
 fi
 
 # npm dependencies: reinstall when the lock file changed since the last install.

@@ -14,12 +14,17 @@ export function missingForIntegration(): string[] {
     missing.push('/dev/fuse (load the fuse module)')
   }
   if (!existsSync('/dev/loop-control')) missing.push('/dev/loop-control (load the loop module)')
-  for (const tool of ['losetup', 'mkfs.ext4', 'blkid', 'mount', 'umount', 'fusermount']) {
-    try {
-      execFileSync('sh', ['-c', 'command -v "$1"', 'sh', tool], { stdio: 'ignore' })
-    } catch {
-      missing.push(`${tool} (run scripts/setup.sh)`)
-    }
+  // FUSE tools come from `fuse` (fusermount) or `fuse3` (fusermount3), whichever the host has.
+  for (const tools of [['losetup'], ['mkfs.ext4'], ['blkid'], ['mount'], ['umount'], ['fusermount', 'fusermount3']]) {
+    const found = tools.some((tool) => {
+      try {
+        execFileSync('sh', ['-c', 'command -v "$1"', 'sh', tool], { stdio: 'ignore' })
+        return true
+      } catch {
+        return false
+      }
+    })
+    if (!found) missing.push(`${tools.join(' or ')} (run scripts/setup.sh)`)
   }
   try {
     execFileSync('sh', ['-c', 'ldconfig -p | grep -q libfuse.so.2'], { stdio: 'ignore' })
