@@ -149,8 +149,6 @@ class StoreWorker : public Napi::AsyncWorker {
       : Napi::AsyncWorker(cb, name), handle_(std::move(handle)) {}
 
   virtual void Run(BlockStore& store) = 0;
-  // Appends results after the null error (nullptr if one could not be made).
-  virtual void Results(napi_env, std::vector<napi_value>&) {}
 
   void Execute() override {
     if (!counted_) return;
@@ -167,7 +165,6 @@ class StoreWorker : public Napi::AsyncWorker {
       args.push_back(MakeError(env, error_));
     } else {
       args.push_back(Null(env));
-      Results(env, args);
     }
     if (Answer(env, counted_ && ok_, args)) Deliver(env, Callback(), args);
   }
@@ -281,59 +278,6 @@ class FlushWorker : public StoreWorker {
   Part part_;
   std::shared_ptr<FlushJoin> join_;
   BlockStore* store_ = nullptr;
-};
-
-class DiscardWorker : public StoreWorker {
- public:
-  DiscardWorker(const Napi::Function& cb, HandlePtr h, int64_t offset,
-                int64_t len)
-      : StoreWorker(cb, "pxd:storeDiscard", std::move(h)),
-        offset_(offset),
-        len_(len) {}
-
- protected:
-  void Run(BlockStore& store) override { store.Discard(offset_, len_); }
-
- private:
-  int64_t offset_;
-  int64_t len_;
-};
-
-class AllocatedWorker : public StoreWorker {
- public:
-  AllocatedWorker(const Napi::Function& cb, HandlePtr h)
-      : StoreWorker(cb, "pxd:storeAllocated", std::move(h)) {}
-
- protected:
-  void Run(BlockStore& store) override { ranges_ = store.Allocated(); }
-
-  void Results(napi_env env, std::vector<napi_value>& args) override {
-    napi_value out;
-    if (napi_create_array_with_length(env, ranges_.size(), &out) != napi_ok) {
-      args.push_back(nullptr);
-      return;
-    }
-    for (uint32_t i = 0; i < ranges_.size(); i++) {
-      napi_value pair;
-      napi_value offset;
-      napi_value length;
-      if (napi_create_array_with_length(env, 2, &pair) != napi_ok ||
-          napi_create_double(env, static_cast<double>(ranges_[i].first),
-                             &offset) != napi_ok ||
-          napi_create_double(env, static_cast<double>(ranges_[i].second),
-                             &length) != napi_ok ||
-          napi_set_element(env, pair, 0, offset) != napi_ok ||
-          napi_set_element(env, pair, 1, length) != napi_ok ||
-          napi_set_element(env, out, i, pair) != napi_ok) {
-        args.push_back(nullptr);
-        return;
-      }
-    }
-    args.push_back(out);
-  }
-
- private:
-  std::vector<std::pair<uint64_t, uint64_t>> ranges_;
 };
 
 // The first close() closes the files; later ones only report completion.
@@ -559,22 +503,6 @@ Napi::Value JsStoreFlush(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-Napi::Value JsStoreDiscard(const Napi::CallbackInfo& info) {
-  HandlePtr h = ArgHandle(info, 0);
-  int64_t offset = ArgInteger(info, 1, "offset");
-  int64_t length = ArgInteger(info, 2, "length");
-  Napi::Function cb = ArgCallback(info, 3);
-  (new DiscardWorker(cb, std::move(h), offset, length))->Start();
-  return info.Env().Undefined();
-}
-
-Napi::Value JsStoreAllocated(const Napi::CallbackInfo& info) {
-  HandlePtr h = ArgHandle(info, 0);
-  Napi::Function cb = ArgCallback(info, 1);
-  (new AllocatedWorker(cb, std::move(h)))->Start();
-  return info.Env().Undefined();
-}
-
 Napi::Value JsStoreClose(const Napi::CallbackInfo& info) {
   HandlePtr h = ArgHandle(info, 0);
   Napi::Function cb = ArgCallback(info, 1);
@@ -598,20 +526,6 @@ Napi::Value JsStoreClose(const Napi::CallbackInfo& info) {
       break;
   }
   return info.Env().Undefined();
-}
-
-Napi::Value JsStoreInfo(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  HandlePtr h = ArgHandle(info, 0);
-  if (h->state != Handle::State::kOpen) {
-    napi_value err = MakeError(env, ClosedError(*h));
-    if (err == nullptr) throw Napi::Error::New(env, "block store is closed");
-    throw Napi::Error(env, err);
-  }
-  Napi::Object out = Napi::Object::New(env);
-  out.Set("size", static_cast<double>(h->store->size()));
-  out.Set("blockSize", h->store->block_size());
-  return out;
 }
 
 // Detaches an ArrayBuffer, so its memory goes back now instead of at a major
@@ -640,13 +554,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("storeRead", Napi::Function::New<JsStoreRead>(env, "storeRead"));
   exports.Set("storeFlush",
               Napi::Function::New<JsStoreFlush>(env, "storeFlush"));
-  exports.Set("storeDiscard",
-              Napi::Function::New<JsStoreDiscard>(env, "storeDiscard"));
-  exports.Set("storeAllocated",
-              Napi::Function::New<JsStoreAllocated>(env, "storeAllocated"));
   exports.Set("storeClose",
               Napi::Function::New<JsStoreClose>(env, "storeClose"));
-  exports.Set("storeInfo", Napi::Function::New<JsStoreInfo>(env, "storeInfo"));
   exports.Set("releaseArrayBuffer", Napi::Function::New<JsReleaseArrayBuffer>(env, "releaseArrayBuffer"));
   InitFuse(env, exports);
   return exports;

@@ -2,10 +2,10 @@
 //
 // Consistency: a block's data and its crc entry are written by two separate
 // system calls, so every request holds striped reader/writer locks covering
-// its blocks: reads shared, writes and discards exclusive. Blocks are grouped
-// in regions of kRegionBlocks; region r maps to stripe r % kStripes. A
-// request locks its stripes in ascending order, each once, so two requests
-// never wait on each other in a cycle.
+// its blocks: reads shared, writes exclusive. Blocks are grouped in regions
+// of kRegionBlocks; region r maps to stripe r % kStripes. A request locks its
+// stripes in ascending order, each once, so two requests never wait on each
+// other in a cycle.
 //
 // Partial-block writes read the old block back and verify it before merging,
 // so a corrupt block is reported instead of being re-checksummed.
@@ -20,13 +20,16 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "crc32c.h"
 
 namespace pxd {
 namespace {
 
-// Counts a write or discard as done when it leaves, failed or not: either way
+// Counts a write as done when it leaves, failed or not: either way
 // it may have left dirty pages that the next flush must sync.
 struct CountWrite {
   explicit CountWrite(std::atomic<uint64_t>& seq) : seq_(seq) {}
@@ -39,8 +42,6 @@ constexpr uint32_t kMaxBlockSize = 65536;
 constexpr uint32_t kRegionShift = 5;  // 32 blocks per region
 constexpr size_t kStripes = 1024;
 constexpr uint64_t kMaxSize = 1ull << 53;  // offsets arrive as JS numbers
-constexpr size_t kZeroChunk = 64 * 1024;
-constexpr uint64_t kPunchAlign = 4096;
 
 struct ErrnoName {
   int err;
@@ -370,7 +371,7 @@ uint32_t BlockStore::BlockCrc(const uint8_t* data) const {
 
 void BlockStore::VerifyBlock(uint64_t block, const uint8_t* data,
                              uint32_t stored) const {
-  // crc 0 with all-zero data is a block never written (or discarded).
+  // crc 0 with all-zero data is a block never written.
   if (stored == 0 && AllZero(data, block_size_)) return;
   if (Crc32c(data, block_size_) == stored) return;
   StoreError e = Failure("ECHECKSUM", "checksum mismatch in block " +
@@ -391,31 +392,6 @@ void BlockStore::WriteCrcs(uint64_t first, uint64_t count,
                            const uint32_t* crcs) const {
   // crcs are already little-endian.
   FullPwrite(crc_fd_, crcs, count * 4, first * 4, crc_path_);
-}
-
-void BlockStore::ZeroCrcs(uint64_t first, uint64_t count) const {
-  uint64_t begin = first * 4;
-  uint64_t end = (first + count) * 4;
-  std::vector<uint8_t> zeros(std::min<uint64_t>(end - begin, kZeroChunk));
-  auto write_zeros = [&](uint64_t a, uint64_t b) {
-    while (a < b) {
-      size_t n = static_cast<size_t>(std::min<uint64_t>(b - a, zeros.size()));
-      FullPwrite(crc_fd_, zeros.data(), n, a, crc_path_);
-      a += n;
-    }
-  };
-  // Large ranges: punch the page-aligned middle instead of writing it.
-  uint64_t inner_begin = (begin + kPunchAlign - 1) / kPunchAlign * kPunchAlign;
-  uint64_t inner_end = end / kPunchAlign * kPunchAlign;
-  if (end - begin >= kZeroChunk && inner_end > inner_begin &&
-      ::fallocate(crc_fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                  static_cast<off_t>(inner_begin),
-                  static_cast<off_t>(inner_end - inner_begin)) == 0) {
-    write_zeros(begin, inner_begin);
-    write_zeros(inner_end, end);
-    return;
-  }
-  write_zeros(begin, end);
 }
 
 BlockStore::Span BlockStore::SpanOf(int64_t offset, size_t len) const {
@@ -546,68 +522,6 @@ void BlockStore::MarkFlushed(uint64_t seq) {
   uint64_t cur = flushed_seq_.load(std::memory_order_relaxed);
   while (cur < seq && !flushed_seq_.compare_exchange_weak(cur, seq, std::memory_order_acq_rel)) {
   }
-}
-
-void BlockStore::Flush() {
-  // Only writes that completed before the flush began must be covered.
-  const uint64_t seq = WriteSeq();
-  if (IsFlushed(seq)) return;
-  SyncData();
-  SyncCrc();
-  MarkFlushed(seq);
-}
-
-void BlockStore::Discard(int64_t offset, int64_t len) {
-  CountWrite counted(write_seq_);
-  const int64_t bs = block_size_;
-  if (len < 0 || offset % bs != 0 || len % bs != 0) {
-    throw Failure("EINVAL", "discard of " + std::to_string(len) +
-                                " bytes at offset " + std::to_string(offset) +
-                                " on " + data_path_ +
-                                " is not aligned to the block size " +
-                                std::to_string(bs),
-                  data_path_);
-  }
-  CheckRange(offset, static_cast<uint64_t>(len), "discard");
-  if (len == 0) return;
-  const uint64_t first = static_cast<uint64_t>(offset) >> block_shift_;
-  const uint64_t count = static_cast<uint64_t>(len) >> block_shift_;
-  StripeLock lock(*this, first, first + count - 1, true);
-
-  if (::fallocate(data_fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                  offset, len) != 0) {
-    if (errno != EOPNOTSUPP) throw OsFailure("fallocate", data_path_, errno);
-    // No hole punching on this file system: zeros read the same.
-    std::vector<uint8_t> zeros(
-        std::min<uint64_t>(static_cast<uint64_t>(len), kZeroChunk));
-    for (uint64_t a = offset, b = offset + len; a < b;) {
-      size_t n = static_cast<size_t>(std::min<uint64_t>(b - a, zeros.size()));
-      FullPwrite(data_fd_, zeros.data(), n, a, data_path_);
-      a += n;
-    }
-  }
-  ZeroCrcs(first, count);
-}
-
-std::vector<std::pair<uint64_t, uint64_t>> BlockStore::Allocated() {
-  std::vector<std::pair<uint64_t, uint64_t>> ranges;
-  off_t pos = 0;
-  const off_t size = static_cast<off_t>(size_);
-  while (pos < size) {
-    off_t data = ::lseek(data_fd_, pos, SEEK_DATA);
-    if (data < 0) {
-      if (errno == ENXIO) break;  // no data after pos
-      throw OsFailure("lseek", data_path_, errno);
-    }
-    if (data >= size) break;
-    off_t hole = ::lseek(data_fd_, data, SEEK_HOLE);
-    if (hole < 0) throw OsFailure("lseek", data_path_, errno);
-    hole = std::min(hole, size);
-    ranges.emplace_back(static_cast<uint64_t>(data),
-                        static_cast<uint64_t>(hole - data));
-    pos = hole;
-  }
-  return ranges;
 }
 
 void BlockStore::Close() {

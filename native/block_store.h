@@ -12,8 +12,6 @@
 #include <memory>
 #include <shared_mutex>
 #include <string>
-#include <utility>
-#include <vector>
 
 namespace pxd {
 
@@ -50,18 +48,15 @@ class BlockStore {
 
   void Write(int64_t offset, const uint8_t* data, size_t len);
   void Read(int64_t offset, uint8_t* data, size_t len);
-  // fdatasync of both files, skipped when nothing was written since the last
-  // one that covered every write. SyncData/SyncCrc are its halves, for callers
-  // that run them in parallel: take WriteSeq() first, skip if IsFlushed(seq),
-  // else run both and then MarkFlushed(seq).
-  void Flush();
+  // A flush is an fdatasync of both files, skipped when nothing was written
+  // since the last one that covered every write: take WriteSeq() first, skip
+  // if IsFlushed(seq), else run SyncData and SyncCrc (they may run in
+  // parallel) and then MarkFlushed(seq).
   uint64_t WriteSeq() const { return write_seq_.load(std::memory_order_acquire); }
   bool IsFlushed(uint64_t seq) const { return flushed_seq_.load(std::memory_order_acquire) >= seq; }
   void MarkFlushed(uint64_t seq);
   void SyncData();
   void SyncCrc();
-  void Discard(int64_t offset, int64_t len);
-  std::vector<std::pair<uint64_t, uint64_t>> Allocated();
   void Close();
 
  private:
@@ -82,7 +77,6 @@ class BlockStore {
   uint32_t BlockCrc(const uint8_t* data) const;
   void ReadCrcs(uint64_t first, uint64_t count, uint32_t* out) const;
   void WriteCrcs(uint64_t first, uint64_t count, const uint32_t* crcs) const;
-  void ZeroCrcs(uint64_t first, uint64_t count) const;
 
   const std::string data_path_;
   const std::string crc_path_;
@@ -93,7 +87,7 @@ class BlockStore {
   const uint32_t block_shift_;
   uint32_t zero_block_crc_ = 0;
   std::unique_ptr<std::shared_mutex[]> stripes_;
-  // Writes and discards that completed, and the count a finished flush covered.
+  // Writes that completed, and the count a finished flush covered.
   // Starts unflushed: pages an earlier process left dirty must be synced too.
   std::atomic<uint64_t> write_seq_{1};
   std::atomic<uint64_t> flushed_seq_{0};

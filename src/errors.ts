@@ -53,15 +53,16 @@ export interface ErrorDetails {
 
 export class PxdError extends Error {
   readonly code: ErrorCode
-  readonly block?: number
-  readonly peer?: string
+  // Declared, not defined: an error without a block has no `block` property at all.
+  declare readonly block?: number
+  declare readonly peer?: string
 
   constructor(code: ErrorCode, message: string, details?: ErrorDetails) {
     super(message, details?.cause === undefined ? undefined : { cause: details.cause })
     this.name = 'PxdError'
     this.code = code
-    if (details?.block !== undefined) this.block = details.block
-    if (details?.peer !== undefined) this.peer = details.peer
+    if (details?.block !== undefined) Object.defineProperty(this, 'block', { value: details.block, enumerable: true })
+    if (details?.peer !== undefined) Object.defineProperty(this, 'peer', { value: details.peer, enumerable: true })
   }
 }
 

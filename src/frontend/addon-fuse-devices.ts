@@ -16,12 +16,12 @@ import { pxdError } from '../errors'
 import { errnoOf, type BlockDevice, type DeviceDirectory } from './device-directory'
 
 /**
- * Largest request the kernel may send. 1 MiB halves the per-request work of 512 KiB for
- * sequential I/O; the kernel still splits a loop device's 1 MiB request along its bio
- * boundaries and sends the parts in parallel.
+ * Largest request the kernel may send the addon's server. 1 MiB halves the per-request
+ * work of 512 KiB for sequential I/O; the kernel still splits a loop device's 1 MiB
+ * request along its bio boundaries and sends the parts in parallel.
  */
-export const MAX_REQUEST_BYTES = 1024 * 1024
-/** Requests in flight at once (one slot of MAX_REQUEST_BYTES + 4 KiB each). */
+export const ADDON_MAX_REQUEST_BYTES = 1024 * 1024
+/** Requests in flight at once (one slot of ADDON_MAX_REQUEST_BYTES + 4 KiB each). */
 const SLOTS = 32
 
 export class AddonFuseDevices implements DeviceDirectory {
@@ -35,7 +35,7 @@ export class AddonFuseDevices implements DeviceDirectory {
   /** Slot i's whole data area. */
   #views: Uint8Array[] = []
 
-  constructor(mountpoint: string, log: Logger, maxRequestBytes = MAX_REQUEST_BYTES) {
+  constructor(mountpoint: string, log: Logger, maxRequestBytes = ADDON_MAX_REQUEST_BYTES) {
     this.mountpoint = mountpoint
     this.#log = log
     this.#maxRequestBytes = maxRequestBytes

@@ -1,7 +1,10 @@
 /** File systems on loop devices: probe, mkfs on first use, mount, unmount. */
 import { constants as fsConstants, promises as fs } from 'node:fs'
 import { run } from '../util/exec'
-import type { Filesystem } from '../volumes/options'
+
+/** The file systems a volume can carry (its `fs` option). */
+export const FILESYSTEMS = ['ext4', 'xfs'] as const
+export type Filesystem = (typeof FILESYSTEMS)[number]
 
 /** The file system type on a device, or undefined when it holds none. */
 export async function probeFilesystem(device: string): Promise<string | undefined> {

@@ -2,14 +2,15 @@
  * How an attached volume reaches a container: device file on the node's FUSE mount ->
  * loop device -> file system (made on first use) -> <run-dir>/mounts/<volume-name>.
  * Attach builds the chain, detach takes it down in reverse, and start() first removes
- * whatever a crashed earlier run left mounted or attached under the run dir.
+ * whatever a crashed earlier run left mounted or attached under the run dir. A
+ * DeviceWrapper, if given, stands between each volume's device and the device directory
+ * (metrics time every request that way: src/metrics/instrument.ts).
  */
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import type { Logger } from 'pino'
 import { pxdError } from '../errors'
-import type { Filesystem } from '../volumes/options'
-import { hasMkfs, listMounts, makeFilesystem, mountFilesystem, probeFilesystem, unmountFilesystem } from './filesystem'
+import { hasMkfs, listMounts, makeFilesystem, mountFilesystem, probeFilesystem, unmountFilesystem, type Filesystem } from './filesystem'
 import { AddonFuseDevices } from './addon-fuse-devices'
 import type { BlockDevice, DeviceDirectory, FuseServerKind } from './device-directory'
 import { FuseNativeDevices } from './fuse-native-devices'
@@ -28,6 +29,18 @@ export interface AttachRequest {
   onFormatted?: () => Promise<void>
 }
 
+/** A device served in place of a volume's own, and what to do once the volume no longer uses it. */
+export interface WrappedDevice {
+  readonly device: BlockDevice
+  release(): void
+}
+
+/**
+ * Called as each attach begins. Its `release` runs once: when that attach fails, or after
+ * the volume's detach completes.
+ */
+export type DeviceWrapper = (name: string, device: BlockDevice) => WrappedDevice
+
 interface Attached { id: string; name: string; loop: string; mountpoint: string }
 
 export class Frontend {
@@ -35,10 +48,14 @@ export class Frontend {
   readonly #log: Logger
   readonly #devices: DeviceDirectory
   readonly #attached = new Map<string, Attached>()
+  readonly #wrapDevice: DeviceWrapper | undefined
+  /** The wrapped devices of attached volumes, by volume name. */
+  readonly #wrapped = new Map<string, WrappedDevice>()
 
-  constructor(runDir: string, log: Logger, fuseServer: FuseServerKind = 'addon') {
+  constructor(runDir: string, log: Logger, fuseServer: FuseServerKind = 'addon', wrapDevice?: DeviceWrapper) {
     this.runDir = runDir
     this.#log = log
+    this.#wrapDevice = wrapDevice
     const devDir = path.join(runDir, 'dev')
     this.#devices = fuseServer === 'addon' ? new AddonFuseDevices(devDir, log) : new FuseNativeDevices(devDir, log)
   }
@@ -78,6 +95,19 @@ export class Frontend {
 
   /** Build the chain for one volume; on any failure, undo what was done. Returns the mountpoint. */
   async attach(req: AttachRequest): Promise<string> {
+    if (this.#wrapDevice === undefined) return this.#attach(req)
+    const wrapped = this.#wrapDevice(req.name, req.device)
+    try {
+      const mountpoint = await this.#attach({ ...req, device: wrapped.device })
+      this.#wrapped.set(req.name, wrapped)
+      return mountpoint
+    } catch (err) {
+      wrapped.release()
+      throw err
+    }
+  }
+
+  async #attach(req: AttachRequest): Promise<string> {
     if (this.#attached.has(req.name)) throw pxdError('CONFLICT', `volume ${req.name} is already attached on this node`)
     if (req.fs !== 'ext4' && !(await hasMkfs(req.fs))) {
       throw pxdError('PRECONDITION', `fs=${req.fs} needs mkfs.${req.fs}, which is not installed on this node`)
@@ -114,6 +144,14 @@ export class Frontend {
 
   /** Unmount, detach the loop, drop the device file. `lazy` when shutting down: never hang on a busy mount. */
   async detach(name: string, lazy = false): Promise<void> {
+    await this.#detach(name, lazy)
+    const wrapped = this.#wrapped.get(name)
+    if (wrapped === undefined) return
+    this.#wrapped.delete(name)
+    wrapped.release()
+  }
+
+  async #detach(name: string, lazy: boolean): Promise<void> {
     const a = this.#attached.get(name)
     if (!a) return
     await unmountFilesystem(a.mountpoint, lazy)

@@ -12,8 +12,8 @@ import type { Logger } from 'pino'
 import { errnoOf, type BlockDevice, type DeviceDirectory } from './device-directory'
 
 /** Largest request libfuse 2 can pass (its buffer is 128 KiB + header). */
-export const MAX_REQUEST_BYTES = 128 * 1024
-const FUSE_OPTIONS = `pxd,big_writes,max_write=${MAX_REQUEST_BYTES},max_read=${MAX_REQUEST_BYTES}`
+export const LIBFUSE2_MAX_REQUEST_BYTES = 128 * 1024
+const FUSE_OPTIONS = `pxd,big_writes,max_write=${LIBFUSE2_MAX_REQUEST_BYTES},max_read=${LIBFUSE2_MAX_REQUEST_BYTES}`
 
 const E = constants.errno
 const OK = 0
@@ -38,7 +38,7 @@ export class FuseNativeDevices implements DeviceDirectory {
     const fuse = new FuseNative(this.mountpoint, this.#ops(), { fsname: FUSE_OPTIONS, timeout: false, mkdir: true })
     await new Promise<void>((resolve, reject) => fuse.mount((err) => (err ? reject(err) : resolve())))
     this.#fuse = fuse
-    this.#log.info({ mountpoint: this.mountpoint, server: 'fuse-native', maxRequestBytes: MAX_REQUEST_BYTES }, 'FUSE device directory mounted')
+    this.#log.info({ mountpoint: this.mountpoint, server: 'fuse-native', maxRequestBytes: LIBFUSE2_MAX_REQUEST_BYTES }, 'FUSE device directory mounted')
   }
 
   async unmount(_lazy?: boolean): Promise<void> {

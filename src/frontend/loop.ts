@@ -1,4 +1,5 @@
 /** Loop devices over device files, through util-linux losetup. */
+import { pxdError } from '../errors'
 import { run } from '../util/exec'
 
 export interface LoopDevice { device: string; backingFile: string }
@@ -10,7 +11,7 @@ export interface LoopDevice { device: string; backingFile: string }
 export async function attachLoop(file: string): Promise<string> {
   const { stdout } = await run('losetup', ['--find', '--show', '--direct-io=on', file])
   const device = stdout.trim()
-  if (!device.startsWith('/dev/loop')) throw new Error(`losetup printed an unexpected device name "${device}"`)
+  if (!device.startsWith('/dev/loop')) throw pxdError('COMMAND_FAILED', `losetup printed an unexpected device name "${device}"`)
   return device
 }
 

@@ -12,7 +12,7 @@ import path from 'node:path'
 import { pxdError } from '../errors'
 import { Mutex } from '../util/mutex'
 import type { Kvdb, KvEntry, KvTxn, LeasedKey } from './kvdb'
-import { checkKey, checkTtl, checkTxn, toJson } from './validate'
+import { checkTtl, checkTxn, toJson } from './validate'
 
 const FORMAT_VERSION = 1
 

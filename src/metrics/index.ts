@@ -1,6 +1,6 @@
 /** Metrics, health and readiness for operators; the pieces daemon.ts wires together. */
 export { Metrics, VolumeIo, METRIC, PEER_LINK_STATES, type IoOp, type MetricsOptions, type MetricsProviders, type PeerLinkState, type PeerState, type VolumeState } from './metrics'
-export { MeteredDevice, MeteredFrontend } from './instrument'
+export { MeteredDevice, meteredDevices } from './instrument'
 export { peerStates, type LinkView, type PeerStatesOptions } from './providers'
 export {
   READINESS_CHECK_TIMEOUT_MS, nodeReadiness, nodeReadinessChecks, readinessOf,

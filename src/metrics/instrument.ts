@@ -1,17 +1,18 @@
 /**
  * Per-volume I/O metrics without touching the data-path modules: the block device a
  * volume's engine offers to FUSE is wrapped in a MeteredDevice, which times each request
- * and counts it in the volume's VolumeIo and in the FUSE in-flight gauge. MeteredFrontend
- * is the Frontend with that wrapping added to attach, so the daemon only has to construct
- * it instead of a plain Frontend.
+ * and counts it in the volume's VolumeIo and in the FUSE in-flight gauge. meteredDevices
+ * is the Frontend's device wrapper that does so for every attached volume, so the daemon
+ * only has to hand it to the Frontend it constructs.
  *
  * Cost per request: two clock reads, one promise reaction (one closure) and a few additions.
  */
 import { performance } from 'node:perf_hooks'
-import type { Logger } from 'pino'
-import { Frontend, type AttachRequest } from '../frontend/frontend'
-import type { BlockDevice, FuseServerKind } from '../frontend/device-directory'
+import type { BlockDevice } from '../frontend/device-directory'
+import type { DeviceWrapper } from '../frontend/frontend'
 import type { IoOp, Metrics, VolumeIo } from './metrics'
+
+const NO_DATA = new Uint8Array(0)
 
 export class MeteredDevice implements BlockDevice {
   readonly #inner: BlockDevice
@@ -29,45 +30,15 @@ export class MeteredDevice implements BlockDevice {
   }
 
   read(offset: number, into: Uint8Array): Promise<void> {
-    const start = this.#start()
-    let p: Promise<void>
-    try {
-      p = this.#inner.read(offset, into)
-    } catch (err) {
-      p = Promise.reject(err)
-    }
-    return p.then(() => {
-      this.#metrics.fuseRequestEnded()
-      this.#io.read(into.length, seconds(start))
-    }, this.#readFailed)
+    return this.#timed('read', offset, into, this.#readFailed)
   }
 
   write(offset: number, data: Uint8Array): Promise<void> {
-    const start = this.#start()
-    let p: Promise<void>
-    try {
-      p = this.#inner.write(offset, data)
-    } catch (err) {
-      p = Promise.reject(err)
-    }
-    return p.then(() => {
-      this.#metrics.fuseRequestEnded()
-      this.#io.write(data.length, seconds(start))
-    }, this.#writeFailed)
+    return this.#timed('write', offset, data, this.#writeFailed)
   }
 
   flush(): Promise<void> {
-    const start = this.#start()
-    let p: Promise<void>
-    try {
-      p = this.#inner.flush()
-    } catch (err) {
-      p = Promise.reject(err)
-    }
-    return p.then(() => {
-      this.#metrics.fuseRequestEnded()
-      this.#io.flush(seconds(start))
-    }, this.#flushFailed)
+    return this.#timed('flush', 0, NO_DATA, this.#flushFailed)
   }
 
   // Made once per device, so a request allocates only its success reaction.
@@ -75,9 +46,24 @@ export class MeteredDevice implements BlockDevice {
   readonly #writeFailed = (err: unknown): never => this.#failed('write', err)
   readonly #flushFailed = (err: unknown): never => this.#failed('flush', err)
 
-  #start(): number {
+  #timed(op: IoOp, offset: number, buf: Uint8Array, onFailure: (err: unknown) => never): Promise<void> {
     this.#metrics.fuseRequestStarted()
-    return performance.now()
+    const start = performance.now()
+    let p: Promise<void>
+    try {
+      p = op === 'read' ? this.#inner.read(offset, buf) : op === 'write' ? this.#inner.write(offset, buf) : this.#inner.flush()
+    } catch (err) {
+      p = Promise.reject(err)
+    }
+    return p.then(() => this.#done(op, buf.length, start), onFailure)
+  }
+
+  #done(op: IoOp, bytes: number, start: number): void {
+    this.#metrics.fuseRequestEnded()
+    const elapsed = seconds(start)
+    if (op === 'read') this.#io.read(bytes, elapsed)
+    else if (op === 'write') this.#io.write(bytes, elapsed)
+    else this.#io.flush(elapsed)
   }
 
   #failed(op: IoOp, err: unknown): never {
@@ -87,35 +73,12 @@ export class MeteredDevice implements BlockDevice {
   }
 }
 
-/** The Frontend, with every attached volume's device metered. */
-export class MeteredFrontend extends Frontend {
-  readonly #metrics: Metrics
-  readonly #using = new Map<string, VolumeIo>()
-
-  constructor(runDir: string, log: Logger, metrics: Metrics, fuseServer?: FuseServerKind) {
-    super(runDir, log, fuseServer)
-    this.#metrics = metrics
-  }
-
-  override async attach(req: AttachRequest): Promise<string> {
-    const io = this.#metrics.volume(req.name)
+/** The Frontend's device wrapper: every attached volume's device metered, and counted as a user of its VolumeIo. */
+export function meteredDevices(metrics: Metrics): DeviceWrapper {
+  return (name, device) => {
+    const io = metrics.volume(name)
     io.users++
-    try {
-      const mountpoint = await super.attach({ ...req, device: new MeteredDevice(req.device, io, this.#metrics) })
-      this.#using.set(req.name, io)
-      return mountpoint
-    } catch (err) {
-      io.users--
-      throw err
-    }
-  }
-
-  override async detach(name: string, lazy = false): Promise<void> {
-    await super.detach(name, lazy)
-    const io = this.#using.get(name)
-    if (io === undefined) return
-    this.#using.delete(name)
-    io.users--
+    return { device: new MeteredDevice(device, io, metrics), release: () => { io.users-- } }
   }
 }
 

@@ -4,7 +4,7 @@
  * A check passes by resolving and fails by throwing; its message says what is wrong.
  */
 import { promises as fs, constants as fsConstants } from 'node:fs'
-import { messageOf } from '../errors'
+import { messageOf, pxdError } from '../errors'
 import { listMounts } from '../frontend/filesystem'
 import { keys, type Kvdb } from '../kvdb/kvdb'
 
@@ -46,7 +46,7 @@ export function readinessOf(checks: ReadinessChecks, timeoutMs = READINESS_CHECK
 async function runCheck(check: () => Promise<unknown>, timeoutMs: number): Promise<CheckResult> {
   let timer: NodeJS.Timeout | undefined
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs)
+    timer = setTimeout(() => reject(pxdError('PRECONDITION', `no answer within ${timeoutMs} ms`)), timeoutMs)
   })
   try {
     await Promise.race([Promise.resolve().then(check), timeout])
@@ -72,7 +72,7 @@ export interface NodeReadinessOptions {
  *          went read-only after an I/O error)
  *   kvdb   the metadata store answers a read
  *   fuse   the FUSE device directory is mounted (read from /proc/self/mounts: nothing in
- *          this process may touch the FUSE mount itself, see fuse-devices.ts)
+ *          this process may touch the FUSE mount itself, see device-directory.ts)
  */
 export function nodeReadinessChecks(o: NodeReadinessOptions): ReadinessChecks {
   return {
@@ -80,7 +80,7 @@ export function nodeReadinessChecks(o: NodeReadinessOptions): ReadinessChecks {
       try {
         await fs.access(o.dataDir, fsConstants.W_OK)
       } catch (err) {
-        throw new Error(`data dir ${o.dataDir} is not writable: ${messageOf(err)}`)
+        throw pxdError('PRECONDITION', `data dir ${o.dataDir} is not writable: ${messageOf(err)}`, err)
       }
     },
     kvdb: async () => {
@@ -88,7 +88,7 @@ export function nodeReadinessChecks(o: NodeReadinessOptions): ReadinessChecks {
     },
     fuse: async () => {
       const mounted = (await listMounts()).some((m) => m.target === o.fuseMountpoint && m.fstype.startsWith('fuse'))
-      if (!mounted) throw new Error(`the FUSE device directory ${o.fuseMountpoint} is not mounted`)
+      if (!mounted) throw pxdError('PRECONDITION', `the FUSE device directory ${o.fuseMountpoint} is not mounted`)
     },
   }
 }

@@ -44,11 +44,6 @@ export type NativeError = Error & {
 export type Callback = (err: NativeError | null) => void
 export type ResultCallback<T> = (err: NativeError | null, result?: T) => void
 
-export interface StoreInfo {
-  size: number
-  blockSize: number
-}
-
 export interface NativeBinding {
   /** CRC-32C of `buf`, continuing from `init` (a previous result; 0 to start). */
   crc32c(buf: Uint8Array, init?: number): number
@@ -76,14 +71,8 @@ export interface NativeBinding {
   storeRead(handle: StoreHandle, offset: number, buf: Uint8Array, cb: Callback): void
   /** fdatasync of the data and crc files. */
   storeFlush(handle: StoreHandle, cb: Callback): void
-  /** Block-aligned (else EINVAL); the range then reads as zeros. */
-  storeDiscard(handle: StoreHandle, offset: number, length: number, cb: Callback): void
-  /** Allocated ranges of the data file as [offset, length], ascending (file system granularity). */
-  storeAllocated(handle: StoreHandle, cb: ResultCallback<Array<[number, number]>>): void
   /** Waits for in-flight calls, then closes the files; later calls fail ECLOSED. Idempotent. */
   storeClose(handle: StoreHandle, cb: Callback): void
-  /** Throws ECLOSED once the store is closing or closed. */
-  storeInfo(handle: StoreHandle): StoreInfo
   /**
    * Detaches `buf` and frees its memory now rather than at a later GC. Every view of it
    * reads as empty afterwards: only for memory nothing else uses any more.

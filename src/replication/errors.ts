@@ -1,52 +1,25 @@
 /**
- * Errors of the peer transport: the daemon's one error type (PxdError), restricted to the
- * codes a link or the peer server raises on this node. Callers match on `code` only.
+ * Errors of the peer transport: the daemon's one error type (PxdError) with the codes a
+ * link or the peer server raises on this node. Callers match on `code` only. A peer's
+ * refusal of a request (`ack ok: false`) is a PxdError too, with the peer's code.
  */
-import { PxdError, type ErrorCode } from '../errors'
+import { isPxdError, pxdError, type ErrorCode, type PxdError } from '../errors'
 
-export type ReplicationCode = Extract<ErrorCode,
-  | 'PEER_UNAVAILABLE' | 'PEER_TIMEOUT' | 'PEER_MISMATCH' | 'AUTH_FAILED' | 'AUTH_REQUIRED' | 'HANDSHAKE_TIMEOUT'
-  | 'BAD_FRAME' | 'UNSUPPORTED_VERSION' | 'FRAME_TOO_LARGE' | 'LINK_CLOSED' | 'ABORTED' | 'SHUTTING_DOWN' | 'INTERNAL'>
+const REPLICATION_CODES = [
+  'PEER_UNAVAILABLE', 'PEER_TIMEOUT', 'PEER_MISMATCH', 'AUTH_FAILED', 'AUTH_REQUIRED', 'HANDSHAKE_TIMEOUT',
+  'BAD_FRAME', 'UNSUPPORTED_VERSION', 'FRAME_TOO_LARGE', 'LINK_CLOSED', 'ABORTED', 'SHUTTING_DOWN', 'INTERNAL',
+] as const satisfies readonly ErrorCode[]
+
+export type ReplicationCode = (typeof REPLICATION_CODES)[number]
+
+const TRANSPORT_CODES: ReadonlySet<string> = new Set(REPLICATION_CODES)
 
 /** A failure of the transport itself, raised on this node. */
-export class ReplicationError extends PxdError {
-  declare readonly code: ReplicationCode
-
-  constructor(code: ReplicationCode, message: string, cause?: unknown) {
-    super(code, message, cause === undefined ? undefined : { cause })
-    this.name = 'ReplicationError'
-  }
+export function replicationError(code: ReplicationCode, message: string, cause?: unknown): PxdError {
+  return pxdError(code, message, cause)
 }
 
-/**
- * A request the peer answered with `ack ok: false`: the code is the peer's, whatever
- * catalogue it comes from (STALE_EPOCH, UNKNOWN_VOLUME, IO_ERROR, ...).
- */
-export class PeerRequestError extends Error {
-  readonly code: string
-  readonly peer: string
-
-  constructor(peer: string, code: string, message: string) {
-    super(message)
-    this.name = 'PeerRequestError'
-    this.code = code
-    this.peer = peer
-  }
-}
-
-export function replicationError(code: ReplicationCode, message: string, cause?: unknown): ReplicationError {
-  return new ReplicationError(code, message, cause)
-}
-
-export function isReplicationError(err: unknown, code?: ReplicationCode): err is ReplicationError {
-  return err instanceof ReplicationError && (code === undefined || err.code === code)
-}
-
-/** The code of any thrown value, if it carries one. */
-export function codeOf(err: unknown): string | undefined {
-  if (typeof err === 'object' && err !== null) {
-    const code = (err as { code?: unknown }).code
-    if (typeof code === 'string') return code
-  }
-  return undefined
+/** Whether `err` is a PxdError with a transport code (that code, when given). */
+export function isReplicationError(err: unknown, code?: ReplicationCode): err is PxdError & { readonly code: ReplicationCode } {
+  return isPxdError(err) && (code === undefined ? TRANSPORT_CODES.has(err.code) : err.code === code)
 }

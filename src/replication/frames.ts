@@ -10,11 +10,15 @@
  * frame whose kind is in `REQUEST_TYPES` to the request handler without knowing it.
  */
 import { Packr, Unpackr } from 'msgpackr'
+import { BLOCK_SIZE, CHECKSUM_BYTES, MAX_IO_BYTES, NODE_ID_PATTERN } from '../constants'
+import { pxdError } from '../errors'
 import { replicationError } from './errors'
 
 export const PROTOCOL_VERSION = 1
+/** The HTTP path a peer link's WebSocket upgrade asks for. */
+export const PEER_PATH = '/pxd/peer'
 /** Largest write payload or read result. */
-export const MAX_DATA_BYTES = 1024 * 1024
+export const MAX_DATA_BYTES = MAX_IO_BYTES
 /** Largest WebSocket message: the data plus room for the other fields. */
 export const MAX_FRAME_BYTES = MAX_DATA_BYTES + 8 * 1024
 /** Largest message accepted before the handshake completes (handshake frames are ~150 bytes). */
@@ -25,8 +29,10 @@ export const MAX_MESSAGE_CHARS = 4096
 
 /** A volume id names a directory on the peer: "." and ".." would name its parents. */
 const VOLUME_RE = /^(?!\.{1,2}$)[A-Za-z0-9_.-]{1,128}$/
-const NODE_ID_RE = /^[A-Za-z0-9_.:@-]{1,128}$/
-const CODE_RE = /^[A-Z][A-Z0-9_]{0,63}$/
+/** A cluster id (it prefixes the cluster's keys in etcd): up to 128 characters, wider than a node id. */
+const CLUSTER_ID_RE = /^[A-Za-z0-9_.:@-]{1,128}$/
+/** An error code as a frame carries it: ours, or any other a peer's handler raised. */
+export const CODE_RE = /^[A-Z][A-Z0-9_]{0,63}$/
 
 // Handshake
 export interface HelloFrame { t: 'hello'; v: number; nodeId: string; clusterId: string; nonce: Uint8Array }
@@ -39,7 +45,7 @@ export interface CreateFrame { t: 'create'; id: number; vol: string; size: numbe
 export interface OpenFrame { t: 'open'; id: number; vol: string; epoch: number; size: number }
 export interface WriteFrame { t: 'write'; id: number; vol: string; epoch: number; seq: number; offset: number; data: Uint8Array }
 export interface ReadFrame { t: 'read'; id: number; vol: string; epoch: number; offset: number; length: number }
-/** The crc32c of every 4 KiB block in [offset, offset+length): resync compares them. */
+/** The crc32c of every block (BLOCK_SIZE) in [offset, offset+length): resync compares them. */
 export interface DigestFrame { t: 'digest'; id: number; vol: string; epoch: number; offset: number; length: number }
 export interface FlushFrame { t: 'flush'; id: number; vol: string; epoch: number }
 export interface CloseFrame { t: 'close'; id: number; vol: string; epoch: number }
@@ -47,7 +53,8 @@ export interface DropFrame { t: 'drop'; id: number; vol: string }
 
 // Replies and link control
 export interface AckOkFrame { t: 'ack'; id: number; ok: true; data?: Uint8Array }
-export interface AckErrorFrame { t: 'ack'; id: number; ok: false; code: string; message: string }
+/** `block`: the block (BLOCK_SIZE, from the start of the volume) the failure names, e.g. a CHECKSUM_MISMATCH's. */
+export interface AckErrorFrame { t: 'ack'; id: number; ok: false; code: string; message: string; block?: number }
 export interface ErrorFrame { t: 'error'; code: string; message: string }
 export interface PingFrame { t: 'ping'; id: number; sent: number }
 export interface PongFrame { t: 'pong'; id: number; sent: number }
@@ -69,14 +76,14 @@ interface FieldSpec { readonly name: string; readonly check: Check; readonly exp
 const isPositiveId: Check = (v) => Number.isSafeInteger(v) && (v as number) > 0
 const isUint: Check = (v) => Number.isSafeInteger(v) && (v as number) >= 0
 const isVolume: Check = (v) => typeof v === 'string' && VOLUME_RE.test(v)
-const isNodeId: Check = (v) => typeof v === 'string' && NODE_ID_RE.test(v)
+const isNodeId: Check = (v) => typeof v === 'string' && NODE_ID_PATTERN.test(v)
+const isClusterId: Check = (v) => typeof v === 'string' && CLUSTER_ID_RE.test(v)
 const isBytes32: Check = (v) => v instanceof Uint8Array && v.length === 32
 const isData: Check = (v) => v instanceof Uint8Array && v.length <= MAX_DATA_BYTES
 const isLength: Check = (v) => isUint(v) && (v as number) <= MAX_DATA_BYTES
-/** Checksums are 4 bytes per 4 KiB block, so one reply covers at most 1 GiB of volume. */
-export const DIGEST_BLOCK = 4096
-export const MAX_DIGEST_RANGE = (MAX_DATA_BYTES / 4) * DIGEST_BLOCK
-const isDigestLength: Check = (v) => isUint(v) && (v as number) % DIGEST_BLOCK === 0 && (v as number) <= MAX_DIGEST_RANGE
+/** One checksum per block, so one reply covers at most MAX_DATA_BYTES / CHECKSUM_BYTES blocks (1 GiB) of volume. */
+export const MAX_DIGEST_RANGE = (MAX_DATA_BYTES / CHECKSUM_BYTES) * BLOCK_SIZE
+const isDigestLength: Check = (v) => isUint(v) && (v as number) % BLOCK_SIZE === 0 && (v as number) <= MAX_DIGEST_RANGE
 const isCode: Check = (v) => typeof v === 'string' && CODE_RE.test(v)
 const isMessage: Check = (v) => typeof v === 'string' && v.length <= MAX_MESSAGE_CHARS
 const isTime: Check = (v) => typeof v === 'number' && Number.isFinite(v) && v >= 0
@@ -92,7 +99,7 @@ const VOL = f('vol', isVolume, 'a volume id of 1-128 characters [A-Za-z0-9_.-], 
 const EPOCH = f('epoch', isUint, 'a non-negative safe integer')
 const OFFSET = f('offset', isUint, 'a non-negative safe integer')
 const VERSION = f('v', isVersion, `protocol version ${PROTOCOL_VERSION}`)
-const NODE_ID = f('nodeId', isNodeId, 'a node id of 1-128 characters [A-Za-z0-9_.:@-]')
+const NODE_ID = f('nodeId', isNodeId, 'a node id of 1-64 characters [A-Za-z0-9_.-]')
 const NONCE = f('nonce', isBytes32, `${NONCE_BYTES} bytes`)
 const PROOF = f('proof', isBytes32, `${PROOF_BYTES} bytes`)
 const CODE = f('code', isCode, 'an error code [A-Z][A-Z0-9_]{0,63}')
@@ -104,17 +111,17 @@ const REQUEST_SCHEMAS = {
   open: [ID, VOL, EPOCH, f('size', isUint, 'a non-negative safe integer')],
   write: [ID, VOL, EPOCH, f('seq', isUint, 'a non-negative safe integer'), OFFSET, f('data', isData, `bytes, at most ${MAX_DATA_BYTES}`)],
   read: [ID, VOL, EPOCH, OFFSET, f('length', isLength, `a non-negative safe integer of at most ${MAX_DATA_BYTES}`)],
-  digest: [ID, VOL, EPOCH, OFFSET, f('length', isDigestLength, `a multiple of ${DIGEST_BLOCK} of at most ${MAX_DIGEST_RANGE}`)],
+  digest: [ID, VOL, EPOCH, OFFSET, f('length', isDigestLength, `a multiple of ${BLOCK_SIZE} of at most ${MAX_DIGEST_RANGE}`)],
   flush: [ID, VOL, EPOCH],
   close: [ID, VOL, EPOCH],
   drop: [ID, VOL],
 } as const satisfies Record<RequestType, readonly FieldSpec[]>
 
 const ACK_OK = [ID, f('ok', isTrue, 'true'), f('data', isData, `bytes, at most ${MAX_DATA_BYTES}`, true)]
-const ACK_ERROR = [ID, f('ok', isFalse, 'false'), CODE, MESSAGE]
+const ACK_ERROR = [ID, f('ok', isFalse, 'false'), CODE, MESSAGE, f('block', isUint, 'a non-negative safe integer', true)]
 
 const SCHEMAS: Record<Exclude<FrameType, 'ack'>, readonly FieldSpec[]> = {
-  hello: [VERSION, NODE_ID, f('clusterId', isNodeId, 'a cluster id of 1-128 characters [A-Za-z0-9_.:@-]'), NONCE],
+  hello: [VERSION, NODE_ID, f('clusterId', isClusterId, 'a cluster id of 1-128 characters [A-Za-z0-9_.:@-]'), NONCE],
   challenge: [VERSION, NODE_ID, NONCE, PROOF],
   auth: [PROOF],
   ready: [],
@@ -136,7 +143,7 @@ export function payloadBytes(req: RequestFrame | OutgoingRequest): number {
   switch (req.t) {
     case 'write': return req.data.length
     case 'read': return req.length
-    case 'digest': return req.length / DIGEST_BLOCK * 4
+    case 'digest': return req.length / BLOCK_SIZE * CHECKSUM_BYTES
     default: return 0
   }
 }
@@ -197,7 +204,7 @@ export function encodeFrameParts(frame: Frame): [Buffer] | [Buffer, Uint8Array] 
   rest.data = EMPTY // now the last key: the encoding ends with its bin8 of length 0
   const packed = packr.pack(rest)
   const n = packed.length - 2
-  if (packed[n] !== 0xc4 || packed[n + 1] !== 0) throw new Error('msgpack encoder did not put data last')
+  if (packed[n] !== 0xc4 || packed[n + 1] !== 0) throw pxdError('INTERNAL', 'msgpack encoder did not put data last')
   // The bin header msgpack itself would use (data.length >= SPLIT_BYTES > 255).
   const wide = data.length > 0xffff
   const head = Buffer.allocUnsafe(n + (wide ? 5 : 3))

@@ -1,11 +1,9 @@
 /** Peer transport: frames, handshake, the server end and the link pool. No replication policy. */
-export { PeerServer, PEER_PATH, type PeerServerOptions, type RequestHandler } from './peer-server'
+export { PeerServer, type PeerServerOptions, type RequestHandler } from './peer-server'
 export { PeerLinks, PeerLink, type PeerLinksOptions, type LinkState, type RequestOptions } from './peer-link'
+export { isReplicationError, replicationError, type ReplicationCode } from './errors'
 export {
-  ReplicationError, PeerRequestError, isReplicationError, type ReplicationCode,
-} from './errors'
-export {
-  MAX_DATA_BYTES, MAX_FRAME_BYTES, PROTOCOL_VERSION, REQUEST_TYPES, decodeFrame, encodeFrame, encodeFrameParts, isRequest, payloadBytes, sendFrame,
+  MAX_DATA_BYTES, MAX_FRAME_BYTES, PEER_PATH, PROTOCOL_VERSION, REQUEST_TYPES, decodeFrame, encodeFrame, encodeFrameParts, isRequest, payloadBytes, sendFrame,
   type Frame, type FrameType, type OutgoingRequest, type RequestFrame, type RequestType,
 } from './frames'
 export { loadPeerTls, checkPeerTls, type PeerTls, type PeerTlsFiles } from './tls'

@@ -24,15 +24,14 @@
 import { performance } from 'node:perf_hooks'
 import type { Logger } from 'pino'
 import { WebSocket, type ClientOptions, type RawData } from 'ws'
-import { messageOf } from '../errors'
+import { isErrorCode, messageOf, PxdError } from '../errors'
 import { WriteBatch } from './batch'
 import { checkSecret, computeProof, newNonce, verifyProof, type HandshakeParties } from './auth'
-import { isReplicationError, PeerRequestError, ReplicationError, replicationError, type ReplicationCode } from './errors'
+import { isReplicationError, replicationError, type ReplicationCode } from './errors'
 import {
-  decodeFrame, encodeFrame, isRequest, sendFrame, payloadBytes, validateFrame, MAX_DATA_BYTES, MAX_FRAME_BYTES, PROTOCOL_VERSION,
-  type Frame, type OutgoingRequest, type RequestFrame,
+  decodeFrame, encodeFrame, isRequest, sendFrame, payloadBytes, validateFrame, MAX_DATA_BYTES, MAX_FRAME_BYTES, PEER_PATH, PROTOCOL_VERSION,
+  type AckErrorFrame, type Frame, type OutgoingRequest, type RequestFrame,
 } from './frames'
-import { PEER_PATH } from './peer-server'
 import { clientTlsFailure, clientTlsOptions, type PeerTls, type TlsAttempt } from './tls'
 
 export const DEFAULT_REQUEST_TIMEOUT_MS = 8000
@@ -400,7 +399,7 @@ export class PeerLink {
   }
 
   /** A socket error, named as precisely as the phase allows: TLS failures only happen before open. */
-  #connectionError(err: Error, attempt: TlsAttempt): ReplicationError {
+  #connectionError(err: Error, attempt: TlsAttempt): PxdError {
     const opening = this.#phase === Phase.None
     if (opening && this.#config.tls) {
       const named = clientTlsFailure(err, this.peerNodeId, this.address, attempt)
@@ -450,7 +449,7 @@ export class PeerLink {
         if (call.state === CallState.Sent) {
           this.#finish(call)
           if (frame.ok) call.resolve(frame.data as Buffer | undefined)
-          else call.reject(new PeerRequestError(this.peerNodeId, frame.code, frame.message))
+          else call.reject(this.#refusal(frame))
         }
         if (this.#waiting > 0) this.#pump()
       } else if (frame.t === 'pong') {
@@ -463,6 +462,12 @@ export class PeerLink {
       return
     }
     this.#onHandshake(ws, frame)
+  }
+
+  /** A request the peer answered with `ack ok: false`: its code if it is one of ours, and the block it names. */
+  #refusal(ack: AckErrorFrame): PxdError {
+    const code = isErrorCode(ack.code) ? ack.code : 'INTERNAL'
+    return new PxdError(code, ack.message, ack.block === undefined ? { peer: this.peerNodeId } : { peer: this.peerNodeId, block: ack.block })
   }
 
   #onHandshake(ws: WebSocket, frame: Frame): void {
@@ -528,7 +533,7 @@ export class PeerLink {
    * The end of a connection: every request sent or waiting on it fails with `err`. Only a
    * connection that never became ready makes the next requests fail fast for a while.
    */
-  #drop(ws: WebSocket, err: ReplicationError, notify: boolean): void {
+  #drop(ws: WebSocket, err: PxdError, notify: boolean): void {
     if (ws !== this.#ws) return
     const wasUp = this.#phase === Phase.Up
     this.#ws = undefined
@@ -561,7 +566,7 @@ export class PeerLink {
     this.#afterFailure(err, wasUp)
   }
 
-  #afterFailure(err: ReplicationError, wasUp: boolean): void {
+  #afterFailure(err: PxdError, wasUp: boolean): void {
     this.#state = 'down'
     this.#lastError = err
     if (wasUp) {

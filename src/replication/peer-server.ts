@@ -21,18 +21,17 @@ import type { Socket } from 'node:net'
 import type { TLSSocket } from 'node:tls'
 import type { Logger } from 'pino'
 import { WebSocket, WebSocketServer, type RawData } from 'ws'
-import { messageOf, pxdError } from '../errors'
-import { native } from '../native/binding'
+import { codeOf, messageOf, pxdError } from '../errors'
 import { WriteBatch } from './batch'
 import { checkSecret, computeProof, HANDSHAKE_TIMEOUT_MS, newNonce, verifyProof, type HandshakeParties } from './auth'
-import { codeOf, isReplicationError, type ReplicationCode } from './errors'
+import { isReplicationError, type ReplicationCode } from './errors'
 import {
-  decodeFrame, encodeFrame, isRequest, sendFrame, payloadBytes, MAX_DATA_BYTES, MAX_FRAME_BYTES, MAX_HANDSHAKE_FRAME_BYTES,
-  MAX_MESSAGE_CHARS, PROTOCOL_VERSION, type AckFrame, type Frame, type RequestFrame,
+  decodeFrame, encodeFrame, isRequest, sendFrame, payloadBytes, CODE_RE, MAX_DATA_BYTES, MAX_FRAME_BYTES, MAX_HANDSHAKE_FRAME_BYTES,
+  MAX_MESSAGE_CHARS, PEER_PATH, PROTOCOL_VERSION, type AckErrorFrame, type AckFrame, type Frame, type RequestFrame,
 } from './frames'
 import { certificateNodeId, RemoteAddresses, serverTlsFailure, serverTlsOptions, type PeerTls } from './tls'
 
-export const PEER_PATH = '/pxd/peer'
+export { PEER_PATH }
 export const DEFAULT_SERVER_MAX_CONCURRENT = 256
 export const DEFAULT_SERVER_MAX_BYTES = 64 * 1024 * 1024
 /** Connections allowed to be in the handshake at once (each may hold one frame of up to MAX_FRAME_BYTES). */
@@ -40,7 +39,6 @@ export const DEFAULT_MAX_HANDSHAKES = 64
 /** How long a closing link may take to finish the WebSocket close handshake. */
 const CLOSE_GRACE_MS = 1000
 const TCP_KEEPALIVE_MS = 10_000
-const CODE_RE = /^[A-Z][A-Z0-9_]{0,63}$/
 /** The first byte of a TLS handshake record: a ClientHello sent to a plain port starts with it. */
 const TLS_HANDSHAKE_RECORD = 0x16
 const BAD_REQUEST = 'HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n'
@@ -60,8 +58,9 @@ class PeerSocket extends WebSocket {
 
 /**
  * Serves the requests of an authenticated peer. Resolve: ack ok (with the bytes); reject:
- * ack with the error's code. A write's `data` is valid until the returned promise settles:
- * its memory is released then, and later reads of it see an empty view.
+ * ack with the error's code, and the block it names (its `block`, else its cause's). A
+ * write's `data` is valid until the returned promise settles: with `releaseBuffer` its
+ * memory is released then, and later reads of it see an empty view.
  */
 export interface RequestHandler {
   handle(peerNodeId: string, req: RequestFrame): Promise<Uint8Array | void>
@@ -81,6 +80,12 @@ export interface PeerServerOptions {
   maxHandshakes?: number
   /** Mutual TLS (wss): this node's certificate and key, and the cluster CA. */
   tls?: PeerTls
+  /**
+   * Frees a received write's message buffer as soon as its handler settles, rather than at
+   * a later GC (the daemon passes the addon's releaseArrayBuffer). Without it nothing is
+   * released early.
+   */
+  releaseBuffer?: (buf: ArrayBuffer) => void
 }
 
 interface Limits { maxCalls: number; maxBytes: number; handshakeTimeoutMs: number; maxHandshakes: number }
@@ -93,6 +98,7 @@ export class PeerServer {
   readonly #log: Logger
   readonly #limits: Limits
   readonly #tls: PeerTls | undefined
+  readonly #releaseBuffer: ((buf: ArrayBuffer) => void) | undefined
   readonly #links = new Set<ServerLink>()
   readonly #remotes = new RemoteAddresses()
   #http: Server | undefined
@@ -107,6 +113,7 @@ export class PeerServer {
     this.#handler = o.handler
     this.#log = o.log.child({ component: 'peer-server' })
     this.#tls = o.tls
+    this.#releaseBuffer = o.releaseBuffer
     if (o.tls && o.tls.nodeId !== o.nodeId) {
       throw pxdError('INVALID_ARGUMENT', `the peer TLS certificate is issued to ${o.tls.nodeId}, not to this node (${o.nodeId})`)
     }
@@ -216,13 +223,23 @@ export class PeerServer {
     }
     // With TLS only a client the CA vouches for gets here; the node its certificate names must be the one that says hello.
     const certNode = this.#tls ? certificateNodeId((req.socket as TLSSocket).getPeerCertificate()) ?? '' : undefined
-    const link = new ServerLink(ws, req.socket, this, this.#secret, this.#handler, this.#log.child({ remote }), this.#limits, certNode)
+    const link = new ServerLink(ws, req.socket, this, this.#secret, this.#handler, this.#log.child({ remote }), this.#limits, certNode, this.#releaseBuffer)
     this.#links.add(link)
     void link.closed.then(() => this.#links.delete(link))
   }
 }
 
 const enum Phase { Hello, Auth, Ready, Closed }
+
+const isBlock = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0
+
+/** The block a handler's error names: its own `block` (a PxdError's), else its cause's (the addon's error). */
+function blockOf(err: unknown): number | undefined {
+  const e = err as { block?: unknown; cause?: { block?: unknown } } | null | undefined
+  if (isBlock(e?.block)) return e.block
+  const inCause = e?.cause?.block
+  return isBlock(inCause) ? inCause : undefined
+}
 
 class ServerLink {
   readonly closed: Promise<void>
@@ -234,6 +251,7 @@ class ServerLink {
   readonly #handler: RequestHandler
   readonly #limits: Limits
   readonly #certNode: string | undefined
+  readonly #releaseBuffer: ((buf: ArrayBuffer) => void) | undefined
   #log: Logger
   #phase = Phase.Hello
   #peer = ''
@@ -253,9 +271,11 @@ class ServerLink {
   readonly #onDrain = () => this.#pump()
 
   constructor(ws: WebSocket, socket: Socket, server: PeerServer, secret: Uint8Array,
-    handler: RequestHandler, log: Logger, limits: Limits, certNode: string | undefined) {
+    handler: RequestHandler, log: Logger, limits: Limits, certNode: string | undefined,
+    releaseBuffer: ((buf: ArrayBuffer) => void) | undefined) {
     this.#ws = ws
     this.#certNode = certNode
+    this.#releaseBuffer = releaseBuffer
     this.#socket = socket
     this.#batch = new WriteBatch(socket)
     this.#server = server
@@ -306,7 +326,7 @@ class ServerLink {
     }
     // A write that arrived as its own buffer (ws joined its fragments into one) owns it:
     // it is released as soon as the write is done (see #run).
-    if (frame.t === 'write' && data.byteOffset === 0 && data.length === data.buffer.byteLength && data.buffer instanceof ArrayBuffer) {
+    if (this.#releaseBuffer && frame.t === 'write' && data.byteOffset === 0 && data.length === data.buffer.byteLength && data.buffer instanceof ArrayBuffer) {
       this.#owned.set(frame, data.buffer)
     }
     switch (this.#phase) {
@@ -410,22 +430,21 @@ class ServerLink {
     try {
       const data = await this.#handler.handle(this.#peer, req)
       if (data === undefined) ack = { t: 'ack', id: req.id, ok: true }
-      else if (!(data instanceof Uint8Array)) throw new TypeError('request handler resolved with something other than bytes')
+      else if (!(data instanceof Uint8Array)) throw pxdError('INTERNAL', 'request handler resolved with something other than bytes')
       else if (data.length > MAX_DATA_BYTES) ack = this.#errorAck(req, 'FRAME_TOO_LARGE', `reply of ${data.length} bytes exceeds ${MAX_DATA_BYTES}`)
       else ack = { t: 'ack', id: req.id, ok: true, data }
     } catch (err) {
-      const code = codeOf(err)
+      let code = codeOf(err)
       if (code === undefined || !CODE_RE.test(code)) {
         this.#log.error({ err, req: req.t, vol: 'vol' in req ? req.vol : undefined }, 'request handler failed')
-        ack = this.#errorAck(req, 'INTERNAL', messageOf(err))
-      } else {
-        ack = this.#errorAck(req, code, messageOf(err))
+        code = 'INTERNAL'
       }
+      ack = this.#errorAck(req, code, messageOf(err), blockOf(err))
     }
     const owned = this.#owned.get(req)
     if (owned) {
       this.#owned.delete(req)
-      native.releaseArrayBuffer(owned)
+      this.#releaseBuffer?.(owned)
     }
     this.#calls--
     this.#bytes -= bytes
@@ -434,8 +453,10 @@ class ServerLink {
     this.#pump()
   }
 
-  #errorAck(req: RequestFrame, code: string, message: string): AckFrame {
-    return { t: 'ack', id: req.id, ok: false, code, message: message.slice(0, MAX_MESSAGE_CHARS) }
+  #errorAck(req: RequestFrame, code: string, message: string, block?: number): AckErrorFrame {
+    const ack: AckErrorFrame = { t: 'ack', id: req.id, ok: false, code, message: message.slice(0, MAX_MESSAGE_CHARS) }
+    if (block !== undefined) ack.block = block
+    return ack
   }
 
   #send(frame: Frame): void {

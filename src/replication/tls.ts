@@ -24,8 +24,8 @@ import { isIP, type Socket } from 'node:net'
 import { connect as tlsConnect, createSecureContext, type ConnectionOptions, type PeerCertificate, type TLSSocket } from 'node:tls'
 import type { ServerOptions } from 'node:https'
 import type { Logger } from 'pino'
-import { pxdError } from '../errors'
-import { replicationError, type ReplicationError } from './errors'
+import { isPxdError, pxdError, type PxdError } from '../errors'
+import { replicationError } from './errors'
 
 export const TLS_MIN_VERSION = 'TLSv1.2'
 const PEM_CERT_RE = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g
@@ -37,8 +37,6 @@ const VERIFY_CODE_RE = /^(UNABLE_TO_|CERT_|CRL_|DEPTH_ZERO_|SELF_SIGNED_|ERROR_I
 const NOT_TLS_CODES = new Set(['ERR_SSL_WRONG_VERSION_NUMBER', 'ERR_SSL_PACKET_LENGTH_TOO_LONG', 'ERR_SSL_UNKNOWN_PROTOCOL', 'ERR_SSL_RECORD_LAYER_FAILURE'])
 const NOT_TLS_RE = /wrong version number|packet length too long|unknown protocol|record layer failure/
 const ALERT_RE = /^ERR_SSL_(SSLV3|TLSV1|TLSV13)_ALERT_/
-/** The code our own identity check gives the error it hands to the TLS layer. */
-const MISMATCH_CODE = 'ERR_PXD_PEER_MISMATCH'
 
 export interface PeerTlsFiles {
   cert?: string | undefined
@@ -181,9 +179,7 @@ export function clientTlsOptions(t: PeerTls, peerNodeId: string, attempt: TlsAtt
     checkServerIdentity: (_host, cert) => {
       const named = certificateNodeId(cert)
       if (named === peerNodeId) return undefined
-      const err = new Error(`its certificate is issued to ${named === undefined ? 'no CN' : `CN=${named}`}, not ${peerNodeId}`) as Error & { code: string }
-      err.code = MISMATCH_CODE
-      return err
+      return pxdError('PEER_MISMATCH', `its certificate is issued to ${named === undefined ? 'no CN' : `CN=${named}`}, not ${peerNodeId}`)
     },
     // ws's own TLS dial, plus a note of whether the handshake completed.
     createConnection: (o: ConnectionOptions) => {
@@ -201,10 +197,11 @@ export function clientTlsOptions(t: PeerTls, peerNodeId: string, attempt: TlsAtt
  * identity, a refused client certificate, or a peer without TLS. Undefined when the
  * error is not about TLS (refused connection, timeout): the caller words those.
  */
-export function clientTlsFailure(err: Error, peer: string, address: string, attempt: TlsAttempt): ReplicationError | undefined {
+export function clientTlsFailure(err: Error, peer: string, address: string, attempt: TlsAttempt): PxdError | undefined {
   const code = (err as { code?: unknown }).code
   const at = `node ${peer} at ${address}`
-  if (code === MISMATCH_CODE) {
+  // Our own identity check (checkServerIdentity above) failed the handshake.
+  if (isPxdError(err, 'PEER_MISMATCH')) {
     return replicationError('PEER_MISMATCH', `TLS: ${at} is not that node: ${err.message}`, err)
   }
   if (typeof code !== 'string') return undefined

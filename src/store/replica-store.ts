@@ -1,17 +1,17 @@
 /**
  * One replica of a volume on this node's disk: a directory holding
  *   data      the volume's bytes (sparse)
- *   crc       one crc32c per 4 KiB block, kept and verified by the native addon
+ *   crc       one crc32c per block (BLOCK_SIZE), kept and verified by the native addon
  *   super.json the superblock: volume id, size, block size, attach epoch
  * Block I/O and checksums run in the addon's worker threads; this class adds the
  * superblock, error codes and the promise API the engine uses.
  */
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
-import { pxdError, type ErrorCode } from '../errors'
+import { BLOCK_SIZE, CHECKSUM_BYTES } from '../constants'
+import { pxdError, PxdError, type ErrorCode } from '../errors'
 import { native, type NativeError, type StoreHandle } from '../native/binding'
 
-export const STORE_BLOCK_SIZE = 4096
 const SUPERBLOCK_VERSION = 1
 
 export interface Superblock {
@@ -43,14 +43,14 @@ export class ReplicaStore {
   }
 
   static async create(dir: string, volumeId: string, size: number): Promise<ReplicaStore> {
-    if (size <= 0 || size % STORE_BLOCK_SIZE !== 0) {
-      throw pxdError('INVALID_ARGUMENT', `replica size ${size} must be a positive multiple of ${STORE_BLOCK_SIZE}`)
+    if (size <= 0 || size % BLOCK_SIZE !== 0) {
+      throw pxdError('INVALID_ARGUMENT', `replica size ${size} must be a positive multiple of ${BLOCK_SIZE}`)
     }
     await fs.mkdir(dir, { recursive: true, mode: 0o700 })
     const f = files(dir)
     const handle = await openNative(f.data, f.crc, size, true)
     const superblock: Superblock = {
-      version: SUPERBLOCK_VERSION, volumeId, size, blockSize: STORE_BLOCK_SIZE, epoch: 0, createdAt: new Date().toISOString(),
+      version: SUPERBLOCK_VERSION, volumeId, size, blockSize: BLOCK_SIZE, epoch: 0, createdAt: new Date().toISOString(),
     }
     const store = new ReplicaStore(dir, handle, superblock)
     await store.#writeSuperblock()
@@ -101,31 +101,19 @@ export class ReplicaStore {
     })
   }
 
-  discard(offset: number, length: number): Promise<void> {
-    return new Promise((resolve, reject) => {
-      native.storeDiscard(this.#handle, offset, length, (err) => (err ? reject(storeError(err, 'discard', this.dir)) : resolve()))
-    })
-  }
-
-  allocated(): Promise<Array<[number, number]>> {
-    return new Promise((resolve, reject) => {
-      native.storeAllocated(this.#handle, (err, ranges) => (err ? reject(storeError(err, 'allocated', this.dir)) : resolve(ranges ?? [])))
-    })
-  }
-
   /**
    * The stored crc32c (4 bytes, little-endian) of each block in [offset, offset+length):
    * what resync compares between replicas to find the blocks that differ. An unwritten
    * block reads as 0.
    */
   async readChecksums(offset: number, length: number): Promise<Buffer> {
-    if (offset % STORE_BLOCK_SIZE !== 0 || length % STORE_BLOCK_SIZE !== 0 || offset + length > this.size) {
+    if (offset % BLOCK_SIZE !== 0 || length % BLOCK_SIZE !== 0 || offset + length > this.size) {
       throw pxdError('INVALID_ARGUMENT', `checksum range ${offset}+${length} is not block-aligned inside ${this.size} bytes`)
     }
-    const out = Buffer.alloc((length / STORE_BLOCK_SIZE) * 4)
+    const out = Buffer.alloc((length / BLOCK_SIZE) * CHECKSUM_BYTES)
     const handle = await fs.open(files(this.dir).crc, 'r')
     try {
-      await handle.read(out, 0, out.length, (offset / STORE_BLOCK_SIZE) * 4)
+      await handle.read(out, 0, out.length, (offset / BLOCK_SIZE) * CHECKSUM_BYTES)
     } finally {
       await handle.close()
     }
@@ -174,8 +162,8 @@ export class ReplicaStore {
 
 function openNative(data: string, crc: string, size: number, create: boolean): Promise<StoreHandle> {
   return new Promise((resolve, reject) => {
-    native.storeOpen(data, crc, size, STORE_BLOCK_SIZE, create, (err, handle) => {
-      if (err || !handle) return reject(storeError(err ?? new Error('no handle'), create ? 'create' : 'open', path.dirname(data)))
+    native.storeOpen(data, crc, size, BLOCK_SIZE, create, (err, handle) => {
+      if (err || !handle) return reject(storeError(err ?? pxdError('INTERNAL', 'the addon gave no store handle'), create ? 'create' : 'open', path.dirname(data)))
       resolve(handle)
     })
   })
@@ -191,8 +179,10 @@ const CODE_MAP: Record<string, ErrorCode> = {
   ENOENT: 'NOT_FOUND',
 }
 
-function storeError(err: NativeError | Error, op: string, dir: string) {
+/** The addon's error as ours; a checksum failure keeps the block it names. */
+function storeError(err: NativeError | Error, op: string, dir: string): PxdError {
   const nativeCode = (err as NativeError).code
   const code = (nativeCode && CODE_MAP[nativeCode]) ?? 'IO_ERROR'
-  return pxdError(code, `replica ${dir}: ${op} failed: ${err.message}`, err)
+  const block = (err as NativeError).block
+  return new PxdError(code, `replica ${dir}: ${op} failed: ${err.message}`, block === undefined ? { cause: err } : { cause: err, block })
 }

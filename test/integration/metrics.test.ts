@@ -13,7 +13,7 @@ import { parseExposition, sampleValue, type Family } from '../cli/exposition'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { makeTempDir, removeDir, startDaemon, type Daemon } from '../helpers/daemon'
 import { pluginCall } from '../helpers/plugin-client'
-import { MAX_REQUEST_BYTES } from '../../src/frontend/addon-fuse-devices'
+import { ADDON_MAX_REQUEST_BYTES } from '../../src/frontend/addon-fuse-devices'
 
 assertIntegrationPreconditions()
 
@@ -65,9 +65,7 @@ test('concurrent scrapes both answer', async (t) => {
   t.is(a.size, b.size)
 })
 
-// NEEDS THE DAEMON WIRING (src/daemon.ts constructs MeteredFrontend and passes its Metrics
-// to ApiServer): until then nothing on the data path records into the registry served at
-// /metrics, and this test fails at its first assertion.
+// The daemon builds its Frontend with meteredDevices(metrics) and serves that Metrics at /metrics.
 test('I/O counters move after a write through the mounted volume', async (t) => {
   const volume = 'mio'
   const v = { volume }
@@ -89,7 +87,7 @@ test('I/O counters move after a write through the mounted volume', async (t) => 
     const after = await scrape()
     const delta = (name: string, labels: Record<string, string> = v) => (sampleValue(after, name, labels) ?? 0) - (sampleValue(before, name, labels) ?? 0)
     t.true(delta(METRIC.writeBytes) >= payload.length, `write bytes grew by ${delta(METRIC.writeBytes)}`)
-    t.true(delta(METRIC.writes) >= payload.length / MAX_REQUEST_BYTES, `writes grew by ${delta(METRIC.writes)}`)
+    t.true(delta(METRIC.writes) >= payload.length / ADDON_MAX_REQUEST_BYTES, `writes grew by ${delta(METRIC.writes)}`)
     t.true(delta(METRIC.flushes) >= 1, 'fsync reached the volume as a flush')
     t.is(delta(`${METRIC.writeSeconds}_count`), delta(METRIC.writes), 'one latency sample per write')
     t.true(delta(`${METRIC.writeSeconds}_sum`) > 0)

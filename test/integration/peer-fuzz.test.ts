@@ -35,9 +35,10 @@ import { Packr } from 'msgpackr'
 import pino from 'pino'
 import WebSocket from 'ws'
 import { ApiClient } from '../../src/api/client'
+import { BLOCK_SIZE } from '../../src/constants'
 import { computeProof, type HandshakeParties } from '../../src/replication/auth'
 import {
-  decodeFrame, encodeFrame, isRequest, DIGEST_BLOCK, MAX_DATA_BYTES, MAX_FRAME_BYTES, MAX_HANDSHAKE_FRAME_BYTES, PROTOCOL_VERSION,
+  decodeFrame, encodeFrame, isRequest, MAX_DATA_BYTES, MAX_FRAME_BYTES, MAX_HANDSHAKE_FRAME_BYTES, PROTOCOL_VERSION,
   type Frame, type RequestFrame,
 } from '../../src/replication/frames'
 import { PEER_PATH, PeerLinks } from '../../src/replication'
@@ -196,7 +197,7 @@ function request(t: (typeof REQUEST_KINDS)[number], id: number, r: Rng, f: { vol
     case 'open': return { t, id, vol, epoch: e, size: f.size ?? volumeSize }
     case 'write': return { t, id, vol, epoch: e, seq: r.int(2 ** 32), offset: f.offset ?? 0, data: f.data ?? smallData(r) }
     case 'read': return { t, id, vol, epoch: e, offset: f.offset ?? 0, length: f.length ?? 4096 }
-    case 'digest': return { t, id, vol, epoch: e, offset: f.offset ?? 0, length: f.length ?? DIGEST_BLOCK }
+    case 'digest': return { t, id, vol, epoch: e, offset: f.offset ?? 0, length: f.length ?? BLOCK_SIZE }
     case 'flush': return { t, id, vol, epoch: e }
     case 'close': return { t, id, vol, epoch: e }
     case 'drop': return { t, id, vol }
@@ -225,9 +226,9 @@ const REFUSED = {
     return request('read', id, r, { offset: r.int(volumeSize - length + 1), length })
   },
   'digest-misaligned-offset': (r: Rng, id: number) =>
-    request('digest', id, r, { offset: DIGEST_BLOCK * r.int(1000) + r.range(1, DIGEST_BLOCK - 1), length: DIGEST_BLOCK * r.range(1, 64) }),
+    request('digest', id, r, { offset: BLOCK_SIZE * r.int(1000) + r.range(1, BLOCK_SIZE - 1), length: BLOCK_SIZE * r.range(1, 64) }),
   'digest-past-end': (r: Rng, id: number) =>
-    request('digest', id, r, { offset: volumeSize - DIGEST_BLOCK * r.int(4), length: DIGEST_BLOCK * r.range(5, 256) }),
+    request('digest', id, r, { offset: volumeSize - BLOCK_SIZE * r.int(4), length: BLOCK_SIZE * r.range(5, 256) }),
   'open-conflict': (r: Rng, id: number) =>
     request('open', id, r, { epoch: r.int(epoch + 1), size: r.pick([0, 4096, volumeSize * 2, volumeSize - 4096]) }),
   'create-existing': (r: Rng, id: number) =>
@@ -509,7 +510,7 @@ async function authenticatedCase(caseNo: number, r: Rng): Promise<void> {
         bytes = pack(request('read', id, r, { length: MAX_DATA_BYTES + 1 + r.int(2 ** 52) }))
         break
       case 'digest-misaligned-length':
-        bytes = pack(request('digest', id, r, { length: DIGEST_BLOCK * r.int(64) + r.range(1, DIGEST_BLOCK - 1) }))
+        bytes = pack(request('digest', id, r, { length: BLOCK_SIZE * r.int(64) + r.range(1, BLOCK_SIZE - 1) }))
         break
       case 'unexpected-frame':
         bytes = pack(r.pick<Record<string, unknown>>([

@@ -27,12 +27,7 @@ const open = (data: string, crc: string, size: number, blockSize: number, create
 const write = (h: StoreHandle, offset: number, buf: Uint8Array) => done((cb) => native.storeWrite(h, offset, buf, cb))
 const read = (h: StoreHandle, offset: number, buf: Uint8Array) => done((cb) => native.storeRead(h, offset, buf, cb))
 const flush = (h: StoreHandle) => done((cb) => native.storeFlush(h, cb))
-const discard = (h: StoreHandle, offset: number, length: number) => done((cb) => native.storeDiscard(h, offset, length, cb))
 const close = (h: StoreHandle) => done((cb) => native.storeClose(h, cb))
-const allocated = (h: StoreHandle) =>
-  new Promise<Array<[number, number]>>((resolve, reject) =>
-    native.storeAllocated(h, (err, ranges) => (err ? reject(err) : resolve(ranges!))),
-  )
 
 async function readAll(h: StoreHandle, offset: number, length: number): Promise<Buffer> {
   const buf = Buffer.alloc(length)
@@ -101,7 +96,6 @@ function flipByte(file: string, offset: number, mask = 0x01): void {
 
 test('create, write, close, reopen and read back', async (t) => {
   const { h, data, crc } = await fresh(t, 4 * MiB)
-  t.deepEqual(native.storeInfo(h), { size: 4 * MiB, blockSize: BS })
   t.is(fs.statSync(data).size, 4 * MiB)
   t.is(fs.statSync(crc).size, (4 * MiB / BS) * 4)
   const payload = randomBytes(3 * BS + 17)
@@ -111,7 +105,6 @@ test('create, write, close, reopen and read back', async (t) => {
   const again = await open(data, crc, 4 * MiB, BS, false)
   t.teardown(() => close(again))
   sameBytes(t, await readAll(again, MiB + 5, payload.length), payload, 'reopened')
-  t.deepEqual(native.storeInfo(again), { size: 4 * MiB, blockSize: BS })
 })
 
 test('create refuses existing files with EEXIST and leaves nothing behind', async (t) => {
@@ -160,7 +153,6 @@ test('open validates size and block size (EINVAL)', async (t) => {
   }
   for (const bs of [512, 65536]) {
     const h = await attempt(MiB, bs)
-    t.is(native.storeInfo(h).blockSize, bs)
     await close(h)
   }
   t.deepEqual(fs.readdirSync(dir).sort(), ['c9', 'c10', 'd9', 'd10'].sort(), 'failed creates left no files')
@@ -182,11 +174,8 @@ test('wrong argument types throw TypeError synchronously', async (t) => {
     ['storeWrite', [h, 0, new Uint16Array(8), cb]],
     ['storeWrite', [h, 0, buf]],
     ['storeRead', [h, 0, new DataView(new ArrayBuffer(8)), cb]],
-    ['storeDiscard', [h, 0, '4096', cb]],
     ['storeFlush', [h, 'cb']],
-    ['storeAllocated', [h]],
     ['storeClose', [{}, cb]],
-    ['storeInfo', [42]],
     ['storeOpen', ['/tmp/a', '/tmp/b', MiB, BS, 'yes', cb]],
     ['storeOpen', ['/tmp/a', 7, MiB, BS, true, cb]],
     ['storeOpen', ['/tmp/a', '/tmp/b', MiB, BS, true]],
@@ -283,7 +272,6 @@ test('out-of-range writes and reads fail with ERANGE and change nothing', async 
   }
   await write(h, size, Buffer.alloc(0)) // empty at the end is fine
   sameBytes(t, await readAll(h, 0, size), Buffer.alloc(size), 'nothing written')
-  t.deepEqual(await allocated(h), [])
 })
 
 // ---- concurrency -----------------------------------------------------------
@@ -413,69 +401,7 @@ test('zeroed data under a real crc (a lost write) is detected', async (t) => {
   await t.throwsAsync(read(h, 2 * BS, Buffer.alloc(BS)), { code: 'ECHECKSUM', message: /block 2 / })
 })
 
-// ---- discard, allocated, flush --------------------------------------------
-
-test('discard makes ranges read as zeros and drops them from allocated()', async (t) => {
-  const { h } = await fresh(t)
-  const content = randomBytes(16 * BS)
-  await write(h, 0, content)
-  await discard(h, 2 * BS, 8 * BS)
-  const expected = Buffer.from(content)
-  expected.fill(0, 2 * BS, 10 * BS)
-  sameBytes(t, await readAll(h, 0, 16 * BS), expected, 'after discard')
-  const ranges = await allocated(h)
-  for (const [o, l] of ranges) t.false(o < 10 * BS && o + l > 2 * BS, `range ${o}+${l} overlaps the discarded one`)
-  t.true(ranges.some(([o, l]) => o <= 0 && o + l >= 2 * BS))
-  t.true(ranges.some(([o, l]) => o <= 10 * BS && o + l >= 16 * BS))
-
-  // A partial write into a discarded block merges with zeros.
-  await write(h, 3 * BS + 1, Buffer.from([9]))
-  expected[3 * BS + 1] = 9
-  sameBytes(t, await readAll(h, 0, 16 * BS), expected, 'written again')
-
-  await t.throwsAsync(discard(h, 100, BS), { code: 'EINVAL' })
-  await t.throwsAsync(discard(h, BS, 100), { code: 'EINVAL' })
-  await t.throwsAsync(discard(h, 0, -BS), { code: 'EINVAL' })
-  await t.throwsAsync(discard(h, MiB - BS, 2 * BS), { code: 'ERANGE' })
-  await t.throwsAsync(discard(h, -BS, BS), { code: 'ERANGE' })
-  await discard(h, 0, 0)
-  await discard(h, MiB - BS, BS) // never written: fine
-})
-
-test('discarding a large range punches the crc file and keeps the edges', async (t) => {
-  const size = 256 * MiB // 65536 blocks: 256 KiB of crc entries
-  const { h } = await fresh(t, size)
-  const blocks = size / BS
-  const keep = [2, blocks - 4]
-  const drop = [3, 1000, blocks - 5] // discarded: blocks 3 .. blocks-5
-  const payload = new Map<number, Buffer>()
-  for (const b of [...keep, ...drop]) {
-    payload.set(b, randomBytes(BS))
-    await write(h, b * BS, payload.get(b)!)
-  }
-  await discard(h, 3 * BS, (blocks - 7) * BS)
-  for (const b of keep) sameBytes(t, await readAll(h, b * BS, BS), payload.get(b)!, `kept block ${b}`)
-  for (const b of drop) sameBytes(t, await readAll(h, b * BS, BS), Buffer.alloc(BS), `dropped block ${b}`)
-  const ranges = await allocated(h)
-  t.true(ranges.every(([o, l]) => o + l <= 3 * BS || o >= (blocks - 4) * BS), JSON.stringify(ranges))
-  await write(h, 1000 * BS, payload.get(1000)!)
-  sameBytes(t, await readAll(h, 1000 * BS, BS), payload.get(1000)!, 'rewritten after discard')
-})
-
-test('allocated() lists written ranges', async (t) => {
-  const { h } = await fresh(t, 4 * MiB)
-  t.deepEqual(await allocated(h), [])
-  await write(h, MiB, randomBytes(64 * 1024))
-  await write(h, 100, Buffer.from('x')) // the whole block gets written
-  await write(h, 3 * MiB - BS, randomBytes(2 * BS))
-  const ranges = await allocated(h)
-  const covered = (o: number, l: number) => ranges.some(([ro, rl]) => ro <= o && o + l <= ro + rl)
-  t.true(covered(0, BS), JSON.stringify(ranges))
-  t.true(covered(MiB, 64 * 1024), JSON.stringify(ranges))
-  t.true(covered(3 * MiB - BS, 2 * BS), JSON.stringify(ranges))
-  t.false(ranges.some(([o, l]) => o < 2 * MiB && o + l > 2 * MiB - BS), 'a never-written region is listed')
-  for (let i = 1; i < ranges.length; i++) t.true(ranges[i]![0] > ranges[i - 1]![0] + ranges[i - 1]![1] - 1)
-})
+// ---- flush -----------------------------------------------------------------
 
 test('flush succeeds and the data survives a reopen', async (t) => {
   const { h, data, crc } = await fresh(t)
@@ -512,7 +438,6 @@ test('close waits for in-flight writes; later calls fail ECLOSED', async (t) => 
   )
   // Requested while closing: refused.
   await t.throwsAsync(write(h, 0, payload), { code: 'ECLOSED' })
-  t.throws(() => native.storeInfo(h), { code: 'ECLOSED' })
 
   const results = await Promise.all(writes)
   t.is(await closed, null)
@@ -523,13 +448,10 @@ test('close waits for in-flight writes; later calls fail ECLOSED', async (t) => 
     () => write(h, 0, payload),
     () => read(h, 0, Buffer.alloc(BS)),
     () => flush(h),
-    () => discard(h, 0, BS),
-    () => allocated(h),
   ]) {
     const err = await t.throwsAsync<NativeError>(call(), { code: 'ECLOSED' })
     t.true(err?.message.includes(data))
   }
-  t.throws(() => native.storeInfo(h), { code: 'ECLOSED' })
 
   const again = await open(data, crc, MiB, BS, false)
   t.teardown(() => close(again))
@@ -604,7 +526,6 @@ test('works from worker threads, and a terminated worker does not take the proce
           native.storeWrite(h, 0, Buffer.alloc(1 << 20, 1), () => {})
           native.storeRead(h, 100, Buffer.alloc(5000), () => {})
           native.storeRead(h, 1 << 30, Buffer.alloc(1), () => {})
-          native.storeAllocated(h, () => {})
         }
         if (workerData.fill % 2 === 0) native.storeClose(h, () => {})
         native.storeOpen(workerData.data + '2', workerData.crc + '2', 1 << 20, 4096, true, () => {})

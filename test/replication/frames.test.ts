@@ -25,6 +25,7 @@ const samples: Frame[] = [
   { t: 'ack', id: 8, ok: true },
   { t: 'ack', id: 9, ok: true, data: randomBytes(4096) },
   { t: 'ack', id: 10, ok: false, code: 'STALE_EPOCH', message: 'epoch 2 < 3' },
+  { t: 'ack', id: 13, ok: false, code: 'CHECKSUM_MISMATCH', message: 'block 5 is bad', block: 5 },
   { t: 'error', code: 'AUTH_FAILED', message: 'no' },
   { t: 'ping', id: 11, sent: 1234.5678 },
   { t: 'pong', id: 11, sent: 0 },
@@ -171,6 +172,18 @@ test('a handshake of another version is refused as such; nonces and proofs must 
   badFrame(t, pack({ t: 'hello', v: 1, nodeId: 'n', clusterId: 'c', nonce: n32().toString('hex') }))
   badFrame(t, pack({ t: 'auth', proof: randomBytes(16) }))
   badFrame(t, pack({ t: 'hello', v: 1, nodeId: 'has space', clusterId: 'c', nonce: n32() }))
+})
+
+test('a refusal may name a block: a non-negative safe integer', (t) => {
+  const refusal = { t: 'ack', id: 1, ok: false, code: 'CHECKSUM_MISMATCH', message: 'bad block' } as const
+  for (const block of [0, 1, 2 ** 40, Number.MAX_SAFE_INTEGER]) {
+    t.deepEqual(decodeFrame(encodeFrame({ ...refusal, block })), { ...refusal, block }, `block ${block}`)
+  }
+  t.false('block' in decodeFrame(encodeFrame(refusal)), 'the field is optional')
+  for (const block of [-1, 1.5, 2 ** 53, Number.NaN, Infinity, '5', null, true, [5], Buffer.from([5])]) {
+    badFrame(t, pack({ ...refusal, block }))
+  }
+  badFrame(t, pack({ t: 'ack', id: 1, ok: true, block: 5 }), 'BAD_FRAME')
 })
 
 test('msgpack extensions (dates, sets, errors) do not pass as fields', (t) => {

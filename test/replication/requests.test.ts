@@ -1,6 +1,8 @@
 import { randomBytes } from 'node:crypto'
 import test from 'ava'
-import { isReplicationError, PeerRequestError } from '../../src/replication/errors'
+import { PxdError } from '../../src/errors'
+import { native } from '../../src/native/binding'
+import { isReplicationError } from '../../src/replication/errors'
 import type { RequestFrame } from '../../src/replication/frames'
 import { deferred, handlerOf, makeLinks, sleep, startServer, until } from './helpers'
 
@@ -35,11 +37,35 @@ test('handler errors come back with their code and message; uncoded ones as INTE
   t.teardown(() => Promise.all([links.close(), server.close()]))
   const link = links.link('server-1', address)
   const stale = await t.throwsAsync(link.request({ t: 'open', vol: 'v', epoch: 1, size: 4096 }))
-  t.true(stale instanceof PeerRequestError)
+  t.true(stale instanceof PxdError)
   t.like(stale, { code: 'STALE_EPOCH', message: 'epoch 1 is older than 4', peer: 'server-1' })
   t.like(await t.throwsAsync(link.request({ t: 'close', vol: 'v', epoch: 1 })), { code: 'INTERNAL', message: 'no such replica' })
   t.like(await t.throwsAsync(link.request({ t: 'flush', vol: 'v', epoch: 1 })), { code: 'INTERNAL', message: 'boom' })
   // The link survives handler errors.
+  t.is(link.state, 'ready')
+})
+
+test('a handler error that names a block comes back with it: its own block, else its cause\'s', async (t) => {
+  const handler = handlerOf(async (_peer, req) => {
+    if (req.t === 'read') throw new PxdError('CHECKSUM_MISMATCH', 'block 7 is bad', { block: 7 })
+    if (req.t === 'digest') throw new PxdError('CHECKSUM_MISMATCH', 'a bad block', { cause: Object.assign(new Error('checksum mismatch in block 9'), { code: 'ECHECKSUM', block: 9 }) })
+    if (req.t === 'flush') throw Object.assign(new Error('odd block'), { code: 'IO_ERROR', block: -1 })
+    throw new PxdError('IO_ERROR', 'no block here')
+  })
+  const { server, address } = await startServer(handler)
+  const links = makeLinks()
+  t.teardown(() => Promise.all([links.close(), server.close()]))
+  const link = links.link('server-1', address)
+  const own = await t.throwsAsync(link.request({ t: 'read', vol: 'v', epoch: 1, offset: 0, length: 4096 }))
+  t.true(own instanceof PxdError)
+  t.like(own, { code: 'CHECKSUM_MISMATCH', message: 'block 7 is bad', peer: 'server-1', block: 7 })
+  t.like(await t.throwsAsync(link.request({ t: 'digest', vol: 'v', epoch: 1, offset: 0, length: 4096 })), { code: 'CHECKSUM_MISMATCH', block: 9 })
+  const invalid = await t.throwsAsync<PxdError>(link.request({ t: 'flush', vol: 'v', epoch: 1 }))
+  t.is(invalid?.code, 'IO_ERROR')
+  t.is(invalid?.block, undefined, 'a block that is not a non-negative integer is not sent')
+  const none = await t.throwsAsync<PxdError>(link.request({ t: 'close', vol: 'v', epoch: 1 }))
+  t.is(none?.code, 'IO_ERROR')
+  t.is(none?.block, undefined)
   t.is(link.state, 'ready')
 })
 
@@ -73,7 +99,7 @@ test('a large write frees its message memory once handled; small writes sharing 
     kept.push(req.data)
     copies.push(Buffer.from(req.data))
   })
-  const { server, address } = await startServer(handler)
+  const { server, address } = await startServer(handler, { releaseBuffer: native.releaseArrayBuffer })
   const links = makeLinks()
   t.teardown(() => Promise.all([links.close(), server.close()]))
   const link = links.link('server-1', address)
@@ -84,6 +110,18 @@ test('a large write frees its message memory once handled; small writes sharing 
   t.true(copies[0]!.equals(big), 'the handler saw the whole payload')
   t.is(kept[0]!.length, 0, 'the 1 MiB message was released after its write')
   for (let i = 1; i < 4; i++) t.true(Buffer.from(kept[i]!).equals(small), `small write ${i} still reads its bytes`)
+})
+
+test('without releaseBuffer a large write keeps its memory after it is handled', async (t) => {
+  const kept: Uint8Array[] = []
+  const { server, address } = await startServer(handlerOf(async (_peer, req: RequestFrame) => {
+    if (req.t === 'write') kept.push(req.data)
+  }))
+  const links = makeLinks()
+  t.teardown(() => Promise.all([links.close(), server.close()]))
+  const big = randomBytes(1024 * 1024)
+  await links.link('server-1', address).request({ t: 'write', vol: 'v', epoch: 1, seq: 1, offset: 0, data: big })
+  t.true(Buffer.from(kept[0]!).equals(big))
 })
 
 test('a request without an ack in time fails with PEER_TIMEOUT; others keep flowing', async (t) => {
