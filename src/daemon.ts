@@ -14,11 +14,14 @@ import { capacityOf } from './util/capacity'
 import { ReplicaDirectory } from './replicas/directory'
 import { ReplicaHost } from './replicas/replica-host'
 import { ReplicaService } from './replicas/replica-service'
+import { NODE_ID_PATTERN } from './constants'
 import { pxdError } from './errors'
 import type { FuseServerKind } from './frontend/device-directory'
+import { Frontend } from './frontend/frontend'
 import type { Kvdb } from './kvdb/kvdb'
 import { openKvdb } from './kvdb/open'
-import { MeteredFrontend, Metrics, nodeReadiness, peerStates } from './metrics'
+import { meteredDevices, Metrics, nodeReadiness, peerStates } from './metrics'
+import { native } from './native/binding'
 import { PluginServer } from './plugin/server'
 import { loadPeerTls, PeerLinks, PeerServer, type PeerTlsFiles } from './replication'
 import { VolumeManager } from './volumes/manager'
@@ -100,7 +103,10 @@ export class Daemon {
     if (secret && c.peerListen) {
       const lookup = (volumeId: string) => replicas.volumeById(volumeId)
       const service = new ReplicaService(this.nodeId, host, lookup, log.child({ component: 'replica-service' }))
-      const server = new PeerServer({ nodeId: this.nodeId, clusterId: c.clusterId, secret, handler: service, log: log.child({ component: 'peer-server' }), ...(tls ? { tls } : {}) })
+      const server = new PeerServer({
+        nodeId: this.nodeId, clusterId: c.clusterId, secret, handler: service, log: log.child({ component: 'peer-server' }),
+        releaseBuffer: native.releaseArrayBuffer, ...(tls ? { tls } : {}),
+      })
       this.#onStop('peer server', () => server.close())
       const listen = parseHostPort(c.peerListen)
       const bound = await server.listen(listen.host, listen.port)
@@ -122,7 +128,7 @@ export class Daemon {
     await membership.start()
 
     const metrics = new Metrics({ log: log.child({ component: 'metrics' }) })
-    const frontend = new MeteredFrontend(c.runDir, log.child({ component: 'frontend' }), metrics, c.fuseServer)
+    const frontend = new Frontend(c.runDir, log.child({ component: 'frontend' }), c.fuseServer, meteredDevices(metrics))
     const manager = new VolumeManager({
       nodeId: this.nodeId, dataDir: c.dataDir, kvdb, frontend, host, membership, replicas, log: log.child({ component: 'volumes' }),
       engineEvents: (name) => metrics.volume(name),
@@ -202,7 +208,7 @@ async function resolveNodeId(dataDir: string, requested: string | undefined): Pr
     stored = undefined
   }
   const nodeId = requested ?? stored ?? os.hostname()
-  if (!/^[A-Za-z0-9_.-]{1,64}$/.test(nodeId)) throw pxdError('INVALID_ARGUMENT', `invalid node id "${nodeId}": use letters, digits, "_", "." and "-"`)
+  if (!NODE_ID_PATTERN.test(nodeId)) throw pxdError('INVALID_ARGUMENT', `invalid node id "${nodeId}": use letters, digits, "_", "." and "-"`)
   if (stored !== nodeId) await fs.writeFile(file, nodeId + '\n', { mode: 0o600 })
   return nodeId
 }

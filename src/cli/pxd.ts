@@ -14,7 +14,11 @@ import { messageOf } from '../errors'
 import { FUSE_SERVERS, type FuseServerKind } from '../frontend/device-directory'
 import { missingNodeFlags } from './node-flags'
 import { packageVersion } from './version'
+import { DEFAULT_SCRUB_BYTES_PER_SECOND } from '../constants'
 import { parseSize } from '../util/size'
+
+/** The default --scrub-rate, as the flag takes it. */
+const DEFAULT_SCRUB_RATE = `${DEFAULT_SCRUB_BYTES_PER_SECOND / 1024 ** 2}M`
 
 const HELP = `pxd: storage node for container hosts (Docker volume plugin "pxd")
 
@@ -28,7 +32,7 @@ Options (each also settable through the environment variable shown):
   --api-token-file FILE token for changing API calls PXD_API_TOKEN_FILE (required beyond loopback)
   --scrub-interval SEC  background scrub of attached  PXD_SCRUB_INTERVAL (default 0: off)
                         volumes every SEC seconds
-  --scrub-rate SIZE     scrub pace per second         PXD_SCRUB_RATE     (default 50M)
+  --scrub-rate SIZE     scrub pace per second         PXD_SCRUB_RATE     (default ${DEFAULT_SCRUB_RATE})
   --node-id ID          this node's id                 PXD_NODE_ID        (default: the id stored in the data dir, else the host name)
   --fuse-server NAME    who serves the FUSE device    PXD_FUSE_SERVER    (default addon)
                         dir: addon (C++, async direct I/O, 1 MiB requests)
@@ -62,7 +66,7 @@ const OPTIONS = {
   'api-listen': { type: 'string', env: 'PXD_API_LISTEN', default: '127.0.0.1:9001' },
   'api-token-file': { type: 'string', env: 'PXD_API_TOKEN_FILE', default: undefined },
   'scrub-interval': { type: 'string', env: 'PXD_SCRUB_INTERVAL', default: '0' },
-  'scrub-rate': { type: 'string', env: 'PXD_SCRUB_RATE', default: '50M' },
+  'scrub-rate': { type: 'string', env: 'PXD_SCRUB_RATE', default: DEFAULT_SCRUB_RATE },
   'node-id': { type: 'string', env: 'PXD_NODE_ID', default: undefined },
   'fuse-server': { type: 'string', env: 'PXD_FUSE_SERVER', default: 'addon' },
   'log-level': { type: 'string', env: 'PXD_LOG_LEVEL', default: 'info' },
