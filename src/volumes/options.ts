@@ -6,17 +6,19 @@
  * Everything is validated here, before anything is created: an unknown key, a malformed
  * value or a bad name is an INVALID_ARGUMENT error that says what is wrong.
  */
+import { BLOCK_SIZE } from '../constants'
 import { pxdError } from '../errors'
+import { FILESYSTEMS, type Filesystem } from '../frontend/filesystem'
 import { parseSize } from '../util/size'
 
 export const MIN_VOLUME_SIZE = 16 * 1024 ** 2
 export const DEFAULT_VOLUME_SIZE = 1024 ** 3
 export const MAX_REPL = 3
 export const MAX_NAME_LENGTH = 128
+/** The file system's block size (mkfs -b) when block_size is not given; not the replica store's block. */
+export const DEFAULT_FS_BLOCK_SIZE = 4096
 const MAX_VALUE_LENGTH = 256
 
-export const FILESYSTEMS = ['ext4', 'xfs'] as const
-export type Filesystem = (typeof FILESYSTEMS)[number]
 
 export interface VolumeSpec {
   size: number
@@ -200,7 +202,7 @@ export function mergeOptions(...sources: Array<Record<string, string>>): Record<
 
 /** Validate options and fill defaults into a full spec. */
 export function buildSpec(options: Record<string, string>): VolumeSpec {
-  const spec: VolumeSpec = { size: DEFAULT_VOLUME_SIZE, repl: 1, fs: 'ext4', blockSize: 4096, shared: false, extra: {} }
+  const spec: VolumeSpec = { size: DEFAULT_VOLUME_SIZE, repl: 1, fs: 'ext4', blockSize: DEFAULT_FS_BLOCK_SIZE, shared: false, extra: {} }
   for (const [key, value] of Object.entries(options)) {
     if (value.length > MAX_VALUE_LENGTH) throw invalid(key, value.slice(0, 32) + '...', `values are at most ${MAX_VALUE_LENGTH} characters`)
     const active = ACTIVE_KEYS[key]
@@ -221,8 +223,8 @@ export function buildSpec(options: Record<string, string>): VolumeSpec {
     if (key === 'name') throw pxdError('INVALID_ARGUMENT', 'option "name" belongs in the volume name (name=NAME,...), not in the options')
     throw pxdError('INVALID_ARGUMENT', `unknown option "${key}"; known options: ${KNOWN_KEYS.join(', ')}`)
   }
-  // The replica store works in 4 KiB blocks: round the size up to a whole block.
-  spec.size = Math.ceil(spec.size / 4096) * 4096
+  // The replica store works in BLOCK_SIZE blocks: round the size up to a whole block.
+  spec.size = Math.ceil(spec.size / BLOCK_SIZE) * BLOCK_SIZE
   return spec
 }
 

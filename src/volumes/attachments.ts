@@ -1,0 +1,106 @@
+/**
+ * Who holds each volume: its attachment record in the kvdb, changed only by
+ * compare-and-swap. A claim bumps the epoch, so only one node holds a volume and every
+ * older coordinator is fenced; a holder that is offline (its lease expired) loses the
+ * volume to the claim, which marks it unclean until a reconcile clears the mark. Only the
+ * holder at its epoch releases or clears the mark; a release keeps the mark.
+ */
+import type { Logger } from 'pino'
+import type { Membership } from '../cluster/membership'
+import { pxdError } from '../errors'
+import { keys, type Kvdb, type KvEntry } from '../kvdb/kvdb'
+import type { KeyedMutex } from '../util/mutex'
+import type { AttachmentRecord } from './types'
+
+/** A release the kvdb refused is tried again this often, until it is recorded. */
+export const RELEASE_RETRY_MS = 2_000
+
+export interface AttachmentsOptions {
+  nodeId: string
+  kvdb: Kvdb
+  membership: Pick<Membership, 'isOnline'>
+  /** The volumes' locks: a release retried in the background runs under the volume's lock. */
+  locks: KeyedMutex
+  log: Logger
+}
+
+export class Attachments {
+  readonly #o: AttachmentsOptions
+  #stopped = false
+
+  constructor(o: AttachmentsOptions) {
+    this.#o = o
+  }
+
+  get(name: string): Promise<KvEntry<AttachmentRecord> | undefined> {
+    return this.#o.kvdb.get<AttachmentRecord>(keys.attachment(name))
+  }
+
+  /** After a restart nothing is attached here any more: say so for every volume this node held. */
+  async markDetachedAfterRestart(): Promise<void> {
+    for (const entry of await this.#o.kvdb.list<AttachmentRecord>(keys.attachments())) {
+      if (entry.value.nodeId !== this.#o.nodeId) continue
+      const ok = await this.#o.kvdb.txn({
+        compares: [{ key: entry.key, modRevision: entry.modRevision }],
+        puts: [{ key: entry.key, value: { nodeId: null, epoch: entry.value.epoch, unclean: true } satisfies AttachmentRecord }],
+      })
+      if (ok) this.#o.log.info({ volume: entry.key.slice(keys.attachments().length) }, 'marked detached after restart')
+    }
+  }
+
+  async claim(name: string): Promise<{ epoch: number; unclean: boolean }> {
+    const key = keys.attachment(name)
+    const current = await this.#o.kvdb.get<AttachmentRecord>(key)
+    const holder = current?.value.nodeId
+    if (holder && holder !== this.#o.nodeId) {
+      if (await this.#o.membership.isOnline(holder)) throw pxdError('IN_USE', `volume ${name} is attached on node ${holder}`)
+      this.#o.log.warn({ volume: name, from: holder }, 'taking over a volume from an offline node')
+    }
+    const epoch = (current?.value.epoch ?? 0) + 1
+    // Taking over from a holder that died keeps the volume marked unclean until reconciled.
+    const unclean = Boolean(holder) || current?.value.unclean === true
+    const ok = await this.#o.kvdb.txn({
+      compares: [{ key, modRevision: current?.modRevision ?? 0 }],
+      puts: [{ key, value: { nodeId: this.#o.nodeId, epoch, ...(unclean ? { unclean } : {}) } satisfies AttachmentRecord }],
+    })
+    if (!ok) throw pxdError('CONFLICT', `volume ${name} was attached concurrently; retry`)
+    return { epoch, unclean }
+  }
+
+  /** Replicas were made equal after an unclean detach: clear the mark (only while still ours at `epoch`). */
+  async markClean(name: string, epoch: number): Promise<void> {
+    const key = keys.attachment(name)
+    const current = await this.#o.kvdb.get<AttachmentRecord>(key)
+    if (!current || current.value.nodeId !== this.#o.nodeId || current.value.epoch !== epoch) throw pxdError('FENCED', `volume ${name} is no longer attached here at epoch ${epoch}`)
+    await this.#o.kvdb.txn({ compares: [{ key, modRevision: current.modRevision }], puts: [{ key, value: { nodeId: this.#o.nodeId, epoch } satisfies AttachmentRecord }] })
+  }
+
+  /** Give the attachment back; nothing changes unless this node holds it at `epoch`. */
+  async release(name: string, epoch: number): Promise<void> {
+    const key = keys.attachment(name)
+    const current = await this.#o.kvdb.get<AttachmentRecord>(key)
+    if (!current || current.value.nodeId !== this.#o.nodeId || current.value.epoch !== epoch) return
+    // An unclean mark stays until a reconcile clears it, whatever happened in between.
+    const unclean = current.value.unclean === true
+    await this.#o.kvdb.txn({
+      compares: [{ key, modRevision: current.modRevision }],
+      puts: [{ key, value: { nodeId: null, epoch, ...(unclean ? { unclean } : {}) } satisfies AttachmentRecord }],
+    })
+  }
+
+  /** Release in the background, every RELEASE_RETRY_MS until the kvdb takes it (or until stop). */
+  retryRelease(name: string, epoch: number): void {
+    const timer = setTimeout(() => {
+      if (this.#stopped) return
+      void this.#o.locks.run(name, () => this.release(name, epoch)).then(
+        () => this.#o.log.info({ volume: name }, 'detach recorded'),
+        () => this.retryRelease(name, epoch),
+      )
+    }, RELEASE_RETRY_MS)
+    timer.unref()
+  }
+
+  stop(): void {
+    this.#stopped = true
+  }
+}

@@ -1,0 +1,92 @@
+/**
+ * A volume's engine on this node, from claim to release. Attach claims the attachment
+ * (bumping the epoch), opens the engine on the in-sync replicas at that epoch (local
+ * first), which fences any older coordinator, and, when the last holder died, makes them
+ * equal before anything reads them. On failure nothing stays claimed; the unclean mark
+ * stays for the next attach. The engine's failed replicas are demoted at its epoch.
+ */
+import path from 'node:path'
+import type { Logger } from 'pino'
+import { BLOCK_SIZE } from '../constants'
+import { VolumeEngine, type EngineEvents } from '../engine/volume-engine'
+import type { PxdError } from '../errors'
+import type { ReplicaDirectory } from '../replicas/directory'
+import type { Replica } from '../replicas/replica'
+import type { Attachments } from './attachments'
+import type { InSyncSet } from './in-sync'
+import type { VolumeRecord } from './types'
+
+export interface EnginesOptions {
+  nodeId: string
+  /** The engine keeps the dirty maps of out-of-sync replicas under <dataDir>/dirty. */
+  dataDir: string
+  replicas: Pick<ReplicaDirectory, 'replica'>
+  attachments: Pick<Attachments, 'claim' | 'markClean' | 'release'>
+  inSync: Pick<InSyncSet, 'demote'>
+  engineEvents: ((volumeName: string) => EngineEvents) | undefined
+  /** The engine learnt another node attached the volume with a newer epoch. */
+  onFenced: (name: string, engine: VolumeEngine, err: PxdError, log: Logger) => void
+  log: Logger
+}
+
+export class VolumeEngines {
+  readonly #o: EnginesOptions
+
+  constructor(o: EnginesOptions) {
+    this.#o = o
+  }
+
+  async attach(name: string, record: VolumeRecord): Promise<{ engine: VolumeEngine; epoch: number }> {
+    const { epoch, unclean } = await this.#o.attachments.claim(name)
+    let engine: VolumeEngine | undefined
+    try {
+      engine = await this.#open(name, record, epoch)
+      if (unclean) {
+        const copied = await engine.reconcile()
+        await this.#o.attachments.markClean(name, epoch)
+        this.#o.log.info({ volume: name, volumeId: record.id, copiedBytes: copied }, 'replicas reconciled after an unclean detach')
+      }
+      return { engine, epoch }
+    } catch (err) {
+      await this.detach(name, record.id, engine, epoch)
+      throw err
+    }
+  }
+
+  /** Close an engine that is not (or no longer) mounted and give the attachment back. Never throws. */
+  async detach(name: string, volumeId: string, engine: VolumeEngine | undefined, epoch: number): Promise<void> {
+    const log = this.#o.log
+    await engine?.close().catch((err) => log.error({ err, volume: name, volumeId }, 'closing the volume engine failed'))
+    await this.#o.attachments.release(name, epoch).catch((err) => log.error({ err, volume: name, volumeId }, 'giving the attachment back failed'))
+  }
+
+  async #open(name: string, record: VolumeRecord, epoch: number): Promise<VolumeEngine> {
+    const { nodeId: self, engineEvents } = this.#o
+    const ordered = [...record.inSync].sort((a, b) => (a === self ? -1 : b === self ? 1 : 0))
+    const replicas: Replica[] = []
+    for (const nodeId of ordered) {
+      replicas.push(await this.#o.replicas.replica(nodeId, record.id, record.spec.size, epoch))
+    }
+    const log = this.#o.log.child({ volume: name, volumeId: record.id, epoch })
+    const engine: VolumeEngine = new VolumeEngine({
+      volumeId: record.id,
+      size: record.spec.size,
+      replicas,
+      epoch,
+      dirtyDir: path.join(this.#o.dataDir, 'dirty'),
+      outOfSync: record.replicas.map((r) => r.nodeId).filter((n) => !record.inSync.includes(n)),
+      ...(engineEvents ? { events: engineEvents(name) } : {}),
+      // block: the bad block when the replica named it, else the first of the range.
+      onRepair: (replica, offset, length, err, badBlock) => {
+        const where = { replica, block: badBlock ?? offset / BLOCK_SIZE, rangeBlock: offset / BLOCK_SIZE, blocks: length / BLOCK_SIZE }
+        if (err) log.error({ ...where, err }, 'read repair failed: the replica keeps a bad block')
+        else log.warn(where, 'read repair: checksum mismatch served from another replica and rewritten')
+      },
+      demote: (failed) => this.#o.inSync.demote(name, epoch, failed, log),
+      onFenced: (err) => this.#o.onFenced(name, engine, err, log),
+    })
+    await engine.open()
+    log.info({ inSync: engine.inSync }, 'volume engine open')
+    return engine
+  }
+}

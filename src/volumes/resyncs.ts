@@ -1,0 +1,104 @@
+/**
+ * Resyncs of the volumes attached here. Every RESYNC_CHECK_MS (and when asked, after an
+ * attach or a replication change) each replica that is online but out of the in-sync set
+ * is resynced by the volume's engine, then promoted back at the coordinator's epoch.
+ * Progress goes to the kvdb (resync/<name>) so that inspect on any node shows it.
+ */
+import type { Logger } from 'pino'
+import type { Membership } from '../cluster/membership'
+import type { ResyncProgress, VolumeEngine } from '../engine/volume-engine'
+import { messageOf } from '../errors'
+import { keys, type Kvdb } from '../kvdb/kvdb'
+import type { ReplicaDirectory } from '../replicas/directory'
+import type { InSyncSet } from './in-sync'
+import type { ResyncRecord, VolumeRecord } from './types'
+
+/** How often a coordinator looks for replicas that are back and out of sync. */
+export const RESYNC_CHECK_MS = 2_000
+/** Progress goes to the kvdb at most this often. */
+export const RESYNC_PUBLISH_MS = 500
+
+/** What resync needs of a volume attached here. */
+export interface ResyncableVolume {
+  engine: Pick<VolumeEngine, 'resync' | 'resyncing'>
+  epoch: number
+  volumeId: string
+  size: number
+}
+
+export interface ResyncsOptions {
+  kvdb: Kvdb
+  membership: Pick<Membership, 'nodes'>
+  replicas: Pick<ReplicaDirectory, 'replica'>
+  inSync: Pick<InSyncSet, 'promote'>
+  /** The volumes attached here, by name (the manager's map, read only). */
+  attached: ReadonlyMap<string, ResyncableVolume>
+  log: Logger
+}
+
+export class Resyncs {
+  readonly #o: ResyncsOptions
+  #timer: NodeJS.Timeout | undefined
+  #stopped = false
+
+  constructor(o: ResyncsOptions) {
+    this.#o = o
+  }
+
+  start(): void {
+    this.#timer = setInterval(() => {
+      for (const name of this.#o.attached.keys()) void this.check(name)
+    }, RESYNC_CHECK_MS)
+    this.#timer.unref()
+  }
+
+  stop(): void {
+    this.#stopped = true
+    if (this.#timer) clearInterval(this.#timer)
+  }
+
+  /** Start a resync of every replica of `name` that is online, out of sync and not resyncing yet. */
+  async check(name: string): Promise<void> {
+    const local = this.#o.attached.get(name)
+    if (!local || this.#stopped) return
+    let record: VolumeRecord | undefined
+    let online: Set<string>
+    try {
+      record = (await this.#o.kvdb.get<VolumeRecord>(keys.volume(name)))?.value
+      online = new Set((await this.#o.membership.nodes()).filter((n) => n.online).map((n) => n.nodeId))
+    } catch {
+      return
+    }
+    if (!record || this.#o.attached.get(name) !== local) return
+    const busy = new Set(local.engine.resyncing)
+    for (const { nodeId } of record.replicas) {
+      if (record.inSync.includes(nodeId) || busy.has(nodeId) || !online.has(nodeId)) continue
+      void this.#resync(name, local, nodeId)
+    }
+  }
+
+  async #resync(name: string, local: ResyncableVolume, nodeId: string): Promise<void> {
+    const log = this.#o.log.child({ volume: name, volumeId: local.volumeId, replica: nodeId, epoch: local.epoch })
+    const key = keys.resync(name)
+    const startedAt = new Date().toISOString()
+    let lastPublished = 0
+    const publish = (p: ResyncProgress, state: ResyncRecord['state'], error?: string) =>
+      this.#o.kvdb.put(key, { ...p, state, startedAt, updatedAt: new Date().toISOString(), epoch: local.epoch, ...(error ? { error } : {}) } satisfies ResyncRecord)
+        .catch((err) => log.debug({ err }, 'could not publish resync progress'))
+    try {
+      const target = await this.#o.replicas.replica(nodeId, local.volumeId, local.size, local.epoch)
+      log.info('resync started')
+      const started = Date.now()
+      const result = await local.engine.resync(target, () => this.#o.inSync.promote(name, local.epoch, nodeId), (p) => {
+        if (Date.now() - lastPublished < RESYNC_PUBLISH_MS) return
+        lastPublished = Date.now()
+        void publish(p, 'running')
+      })
+      await publish(result, 'done')
+      log.info({ method: result.method, copiedBytes: result.copiedBytes, comparedBytes: result.scannedBytes, seconds: (Date.now() - started) / 1000 }, 'resync done: replica back in sync')
+    } catch (err) {
+      log.warn({ err }, 'resync did not finish; it is retried while the replica is online')
+      await publish({ nodeId, method: 'checksum-scan', totalBytes: local.size, scannedBytes: 0, copiedBytes: 0 }, 'failed', messageOf(err))
+    }
+  }
+}

@@ -1,0 +1,129 @@
+import test, { type ExecutionContext } from 'ava'
+import { isPxdError, pxdError } from '../../src/errors'
+import type { Kvdb } from '../../src/kvdb/kvdb'
+import { KeyedMutex } from '../../src/util/mutex'
+import { Attachments, RELEASE_RETRY_MS } from '../../src/volumes/attachments'
+import { attachmentOf, FakeMembership, HookedKvdb, node, openKvdb, putAttachment, silent, sleep } from './fakes'
+
+const VOL = 'vol1'
+
+function attachments(kvdb: Kvdb, nodeId: string, membership: FakeMembership) {
+  return new Attachments({ nodeId, kvdb, membership, locks: new KeyedMutex(), log: silent })
+}
+
+async function setup(t: ExecutionContext) {
+  const db = await openKvdb(t)
+  const hooked = new HookedKvdb(db)
+  const membership = new FakeMembership([node('n1'), node('n2')])
+  return { db, hooked, membership, n1: attachments(hooked, 'n1', membership), n2: attachments(hooked, 'n2', membership) }
+}
+
+test('a claim on a free volume takes it at the next epoch, clean', async (t) => {
+  const { db, n1 } = await setup(t)
+  t.deepEqual(await n1.claim(VOL), { epoch: 1, unclean: false })
+  t.deepEqual(await attachmentOf(db, VOL), { nodeId: 'n1', epoch: 1 })
+  await n1.release(VOL, 1)
+  t.deepEqual(await n1.claim(VOL), { epoch: 2, unclean: false }, 'every claim bumps the epoch, even by the same node')
+  t.deepEqual(await attachmentOf(db, VOL), { nodeId: 'n1', epoch: 2 })
+})
+
+test('a claim against a holder that is online is IN_USE and changes nothing', async (t) => {
+  const { db, n1, n2 } = await setup(t)
+  await n1.claim(VOL)
+  const err = await t.throwsAsync(n2.claim(VOL))
+  t.true(isPxdError(err, 'IN_USE'), String(err))
+  t.deepEqual(await attachmentOf(db, VOL), { nodeId: 'n1', epoch: 1 })
+})
+
+test('a claim against an offline holder takes the volume over and marks it unclean', async (t) => {
+  const { db, n1, n2, membership } = await setup(t)
+  await n1.claim(VOL)
+  membership.list = [node('n1', { online: false }), node('n2')]
+  t.deepEqual(await n2.claim(VOL), { epoch: 2, unclean: true })
+  t.deepEqual(await attachmentOf(db, VOL), { nodeId: 'n2', epoch: 2, unclean: true })
+})
+
+test('a detached volume that is still unclean stays unclean through the next claim', async (t) => {
+  const { db, n1 } = await setup(t)
+  await putAttachment(db, VOL, { nodeId: null, epoch: 4, unclean: true })
+  t.deepEqual(await n1.claim(VOL), { epoch: 5, unclean: true })
+  t.deepEqual(await attachmentOf(db, VOL), { nodeId: 'n1', epoch: 5, unclean: true })
+})
+
+test('a claim loses the compare-and-swap to a concurrent claim: CONFLICT, the other claim stands', async (t) => {
+  const { db, hooked, n1 } = await setup(t)
+  hooked.onTxn = () => putAttachment(db, VOL, { nodeId: 'n2', epoch: 1 })
+  const err = await t.throwsAsync(n1.claim(VOL))
+  t.true(isPxdError(err, 'CONFLICT'), String(err))
+  t.deepEqual(await attachmentOf(db, VOL), { nodeId: 'n2', epoch: 1 })
+})
+
+test('release: only the holder at its epoch gives the volume back; the epoch stays', async (t) => {
+  const { db, n1, n2 } = await setup(t)
+  await n1.claim(VOL)
+  await n1.release(VOL, 2)
+  await n2.release(VOL, 1)
+  t.deepEqual(await attachmentOf(db, VOL), { nodeId: 'n1', epoch: 1 }, 'a stale epoch or another node releases nothing')
+  await n1.release(VOL, 1)
+  t.deepEqual(await attachmentOf(db, VOL), { nodeId: null, epoch: 1 })
+  await n1.release('never-attached', 1)
+  t.is(await attachmentOf(db, 'never-attached'), undefined)
+})
+
+test('release keeps the unclean mark', async (t) => {
+  const { db, n1, n2, membership } = await setup(t)
+  await n1.claim(VOL)
+  membership.list = [node('n1', { online: false }), node('n2')]
+  await n2.claim(VOL)
+  await n2.release(VOL, 2)
+  t.deepEqual(await attachmentOf(db, VOL), { nodeId: null, epoch: 2, unclean: true })
+})
+
+test('markClean clears the mark while the volume is ours at the epoch, and is FENCED once it moved', async (t) => {
+  const { db, n1, n2, membership } = await setup(t)
+  await putAttachment(db, VOL, { nodeId: null, epoch: 1, unclean: true })
+  await n1.claim(VOL)
+  membership.list = [node('n1', { online: false }), node('n2')]
+  await n2.claim(VOL)
+  const err = await t.throwsAsync(n1.markClean(VOL, 2))
+  t.true(isPxdError(err, 'FENCED'), String(err))
+  t.deepEqual(await attachmentOf(db, VOL), { nodeId: 'n2', epoch: 3, unclean: true }, 'the fenced node changed nothing')
+  const stale = await t.throwsAsync(n2.markClean(VOL, 2))
+  t.true(isPxdError(stale, 'FENCED'), 'the holder at an older epoch is fenced too')
+  await n2.markClean(VOL, 3)
+  t.deepEqual(await attachmentOf(db, VOL), { nodeId: 'n2', epoch: 3 })
+})
+
+test('after a restart every volume this node held is marked detached and unclean; others are left alone', async (t) => {
+  const { db, n1 } = await setup(t)
+  await putAttachment(db, 'a', { nodeId: 'n1', epoch: 3 })
+  await putAttachment(db, 'b', { nodeId: 'n2', epoch: 7 })
+  await putAttachment(db, 'c', { nodeId: null, epoch: 2 })
+  await n1.markDetachedAfterRestart()
+  t.deepEqual(await attachmentOf(db, 'a'), { nodeId: null, epoch: 3, unclean: true })
+  t.deepEqual(await attachmentOf(db, 'b'), { nodeId: 'n2', epoch: 7 })
+  t.deepEqual(await attachmentOf(db, 'c'), { nodeId: null, epoch: 2 })
+})
+
+test('a release the kvdb refused is retried in the background until it is recorded', async (t) => {
+  const { db, hooked, n1 } = await setup(t)
+  await n1.claim(VOL)
+  const down = pxdError('KVDB_UNAVAILABLE', 'etcd is unreachable')
+  hooked.onTxn = () => { throw down }
+  t.is(await t.throwsAsync(n1.release(VOL, 1)), down)
+  n1.retryRelease(VOL, 1)
+  await sleep(RELEASE_RETRY_MS + 200)
+  t.deepEqual(await attachmentOf(db, VOL), { nodeId: 'n1', epoch: 1 }, 'still refused: still attached')
+  hooked.onTxn = undefined
+  await sleep(RELEASE_RETRY_MS + 200)
+  t.deepEqual(await attachmentOf(db, VOL), { nodeId: null, epoch: 1 })
+})
+
+test('no background release runs after stop', async (t) => {
+  const { db, n1 } = await setup(t)
+  await n1.claim(VOL)
+  n1.retryRelease(VOL, 1)
+  n1.stop()
+  await sleep(RELEASE_RETRY_MS + 200)
+  t.deepEqual(await attachmentOf(db, VOL), { nodeId: 'n1', epoch: 1 })
+})

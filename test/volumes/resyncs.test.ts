@@ -1,0 +1,83 @@
+import test, { type ExecutionContext } from 'ava'
+import type { ResyncProgress } from '../../src/engine/volume-engine'
+import { pxdError } from '../../src/errors'
+import { keys } from '../../src/kvdb/kvdb'
+import type { Replica } from '../../src/replicas/replica'
+import { Resyncs, type ResyncableVolume } from '../../src/volumes/resyncs'
+import type { ResyncRecord } from '../../src/volumes/types'
+import { FakeMembership, GiB, node, openKvdb, putVolume, silent, volumeRecord, waitFor } from './fakes'
+
+const EPOCH = 7
+
+/** An engine that resyncs at once: reports progress, commits, and says what it did. */
+function fakeEngine(o: { busy?: string[]; fail?: Error } = {}) {
+  const resynced: string[] = []
+  return {
+    resynced,
+    resyncing: o.busy ?? [],
+    async resync(target: Replica, commit: () => Promise<void>, onProgress?: (p: ResyncProgress) => void): Promise<ResyncProgress> {
+      resynced.push(target.nodeId)
+      if (o.fail) throw o.fail
+      onProgress?.({ nodeId: target.nodeId, method: 'dirty-map', totalBytes: GiB, scannedBytes: GiB / 2, copiedBytes: 10 })
+      await commit()
+      return { nodeId: target.nodeId, method: 'dirty-map', totalBytes: GiB, scannedBytes: GiB, copiedBytes: 20 }
+    },
+  }
+}
+
+async function setup(t: ExecutionContext, engine: ReturnType<typeof fakeEngine>, online = ['n1', 'n2', 'n3', 'n4']) {
+  const db = await openKvdb(t)
+  await putVolume(db, volumeRecord('v', { replicas: ['n1', 'n2', 'n3', 'n4'], inSync: ['n1'] }))
+  const promoted: string[] = []
+  const opened: string[] = []
+  const attached = new Map<string, ResyncableVolume>([['v', { engine, epoch: EPOCH, volumeId: 'vid', size: GiB }]])
+  const resyncs = new Resyncs({
+    kvdb: db,
+    membership: new FakeMembership(['n1', 'n2', 'n3', 'n4'].map((id) => node(id, { online: online.includes(id) }))),
+    replicas: { replica: async (nodeId, volumeId, size, epoch) => { opened.push(`${nodeId}/${volumeId}/${size}/${epoch}`); return { nodeId } as Replica } },
+    inSync: { promote: async (name, epoch, nodeId) => { promoted.push(`${name}/${epoch}/${nodeId}`) } },
+    attached,
+    log: silent,
+  })
+  t.teardown(() => resyncs.stop())
+  return { db, promoted, opened, attached, resyncs }
+}
+
+/** The resync record once the resync has finished, one way or the other. */
+async function settledRecord(db: Awaited<ReturnType<typeof openKvdb>>): Promise<ResyncRecord | undefined> {
+  const read = async () => (await db.get<ResyncRecord>(keys.resync('v')))?.value
+  await waitFor(async () => ((await read())?.state ?? 'running') !== 'running')
+  return read()
+}
+
+test('check resyncs the replicas that are online, out of sync and not resyncing yet, and promotes them at the epoch', async (t) => {
+  const engine = fakeEngine({ busy: ['n3'] })
+  const { db, promoted, opened, resyncs } = await setup(t, engine, ['n1', 'n2', 'n3'])
+  await resyncs.check('v')
+  const record = await settledRecord(db)
+  t.deepEqual(engine.resynced, ['n2'], 'n1 is in sync, n3 busy, n4 offline')
+  t.deepEqual(opened, [`n2/vid/${GiB}/${EPOCH}`])
+  t.deepEqual(promoted, [`v/${EPOCH}/n2`])
+  t.like(record, { nodeId: 'n2', state: 'done', method: 'dirty-map', scannedBytes: GiB, copiedBytes: 20, epoch: EPOCH })
+  t.is(record?.error, undefined)
+})
+
+test('a resync that fails is published as failed, with why', async (t) => {
+  const engine = fakeEngine({ fail: pxdError('PEER_UNAVAILABLE', 'link to n2 is down') })
+  const { db, promoted, resyncs } = await setup(t, engine, ['n1', 'n2'])
+  await resyncs.check('v')
+  const record = await settledRecord(db)
+  t.like(record, { nodeId: 'n2', state: 'failed', totalBytes: GiB, scannedBytes: 0, copiedBytes: 0, epoch: EPOCH, error: 'link to n2 is down' })
+  t.deepEqual(promoted, [])
+})
+
+test('nothing starts for a volume not attached here, or after stop', async (t) => {
+  const engine = fakeEngine()
+  const { db, resyncs, attached } = await setup(t, engine)
+  await resyncs.check('other')
+  resyncs.stop()
+  await resyncs.check('v')
+  t.true(attached.has('v'))
+  t.deepEqual(engine.resynced, [])
+  t.is(await db.get(keys.resync('v')), undefined)
+})
