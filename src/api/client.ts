@@ -1,6 +1,7 @@
 /** The HTTP API as pxctl (and tests) call it. Errors come back as PxdError with the server's code. */
 import { PxdError, pxdError, type ErrorCode, ErrorCodes } from '../errors'
 import type { NodeInfo } from '../cluster/membership'
+import type { QuarantinedReplica } from '../replicas/replica-host'
 import type { VolumeInfo } from '../volumes/types'
 
 export interface NodeStatus {
@@ -52,6 +53,14 @@ export class ApiClient {
 
   deleteVolume(name: string): Promise<void> {
     return this.#call('DELETE', `/v1/volumes/${encodeURIComponent(name)}`)
+  }
+
+  listQuarantined(): Promise<QuarantinedReplica[]> {
+    return this.#call('GET', '/v1/quarantine')
+  }
+
+  purgeQuarantined(name: string): Promise<void> {
+    return this.#call('DELETE', `/v1/quarantine/${encodeURIComponent(name)}`)
   }
 
   async #call<T>(method: string, path: string, body?: unknown): Promise<T> {

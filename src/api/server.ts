@@ -181,6 +181,11 @@ export class ApiServer {
         if (typeof repl !== 'number' && typeof repl !== 'string') throw pxdError('MALFORMED_REQUEST', 'field "repl" is required (a number from 1 to 3)')
         return [200, await m.haUpdate(name!, Number(repl))]
       }],
+      ['GET', /^\/v1\/quarantine$/, async () => [200, await m.quarantined()]],
+      ['DELETE', /^\/v1\/quarantine\/([^/]+)$/, async (_req, [name]) => {
+        await m.purgeQuarantined(name!)
+        return [200, { purged: name }]
+      }],
       ['DELETE', /^\/v1\/volumes\/([^/]+)$/, async (_req, [name]) => {
         await m.remove(name!)
         return [200, { removed: name }]

@@ -25,6 +25,9 @@ Commands:
   volume ha-update NAME --repl N      raise or lower the replication of a live volume
   volume scrub NAME                   verify every block of every replica, repair from a good one
   volume delete NAME                  remove a volume (it must not be mounted)
+  quarantine list                     replicas this node set aside at start because the
+                                      metadata store did not list them (never deleted on its own)
+  quarantine purge NAME               delete one of them for good
 
 Global options:
   --api URL     the daemon's API (default http://127.0.0.1:9001, or PXD_API)
@@ -148,6 +151,21 @@ async function main(argv: string[]): Promise<number> {
       default:
         throw new UsageError(sub ? `unknown volume command "${sub}"` : 'pxctl volume needs a command: create, list, inspect, ha-update, scrub, delete')
     }
+  }
+  if (cmd === 'quarantine') {
+    if (sub === 'list' && name === undefined) {
+      const list = await client.listQuarantined()
+      out(list, () => list.length === 0 ? 'No quarantined replicas on this node\n'
+        : renderTable(['NAME', 'VOLUME ID', 'SIZE ON DISK'], list.map((q) => [q.name, q.volumeId, formatSize(q.bytes)])))
+      return 0
+    }
+    if (sub === 'purge') {
+      if (!name) throw new UsageError('pxctl quarantine purge needs the NAME that pxctl quarantine list shows')
+      await client.purgeQuarantined(name)
+      out({ purged: name }, () => `Quarantined replica ${name} deleted\n`)
+      return 0
+    }
+    throw new UsageError(sub ? `unknown quarantine command "${sub}"` : 'pxctl quarantine needs a command: list, purge')
   }
   throw new UsageError(`unknown command "${positionals.join(' ')}"`)
 }

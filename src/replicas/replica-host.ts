@@ -13,10 +13,24 @@ import type { Logger } from 'pino'
 import { VOLUME_ID_PATTERN } from '../constants'
 import { pxdError } from '../errors'
 import { ReplicaStore } from '../store/replica-store'
+import { mkdirDurably, renameDurably, syncDir } from '../util/durable'
 import { KeyedMutex } from '../util/mutex'
+
+/** A replica moved out of service (see `quarantine`). */
+export interface QuarantinedReplica {
+  /** The directory's name: the volume id, then when it was quarantined. */
+  name: string
+  volumeId: string
+  /** Bytes it takes on disk. */
+  bytes: number
+}
+
+/** A quarantined replica's directory: its volume id, then when it was quarantined. */
+const QUARANTINED = /^[0-9a-f]{16}\.[0-9TZ-]{1,40}$/
 
 export class ReplicaHost {
   readonly #dir: string
+  readonly #quarantine: string
   readonly #log: Logger
   readonly #open = new Map<string, ReplicaStore>()
   readonly #locks = new KeyedMutex()
@@ -24,6 +38,7 @@ export class ReplicaHost {
 
   constructor(dataDir: string, log: Logger) {
     this.#dir = path.join(dataDir, 'replicas')
+    this.#quarantine = path.join(dataDir, 'quarantine')
     this.#log = log
   }
 
@@ -97,6 +112,52 @@ export class ReplicaHost {
       await ReplicaStore.destroy(this.dirOf(volumeId))
       this.#log.info({ volumeId }, 'replica dropped')
     })
+  }
+
+  /**
+   * Move a replica out of service without deleting anything: to `<data-dir>/quarantine/`,
+   * named by volume id and time. Used for replicas the kvdb does not list (a wrong cluster
+   * id or a restored metadata store must never wipe a node); an operator purges them.
+   */
+  async quarantine(volumeId: string, reason: string): Promise<string> {
+    return this.#locks.run(volumeId, async () => {
+      const store = this.#open.get(volumeId)
+      this.#open.delete(volumeId)
+      await store?.close()
+      await mkdirDurably(this.#quarantine)
+      const name = `${volumeId}.${new Date().toISOString().replace(/[:.]/g, '-')}`
+      await renameDurably(this.dirOf(volumeId), path.join(this.#quarantine, name))
+      this.#log.warn({ volumeId, quarantined: name, reason }, 'replica moved to quarantine')
+      return name
+    })
+  }
+
+  /** Quarantined replicas, oldest first, with their sizes on disk. */
+  async listQuarantined(): Promise<QuarantinedReplica[]> {
+    const names = await fs.readdir(this.#quarantine).catch(() => [] as string[])
+    const out: QuarantinedReplica[] = []
+    for (const name of names.filter((n) => QUARANTINED.test(n)).sort((a, b) => a.slice(17).localeCompare(b.slice(17)))) {
+      let bytes = 0
+      for (const f of await fs.readdir(path.join(this.#quarantine, name)).catch(() => [] as string[])) {
+        bytes += (await fs.stat(path.join(this.#quarantine, name, f)).catch(() => ({ blocks: 0 }))).blocks * 512
+      }
+      out.push({ name, volumeId: name.slice(0, 16), bytes })
+    }
+    return out
+  }
+
+  /** Delete one quarantined replica for good (its name as listQuarantined gives it). */
+  async purgeQuarantined(name: string): Promise<void> {
+    if (!QUARANTINED.test(name)) throw pxdError('INVALID_ARGUMENT', `"${name.slice(0, 64)}" is not the name of a quarantined replica`)
+    const dir = path.join(this.#quarantine, name)
+    try {
+      await fs.access(dir)
+    } catch {
+      throw pxdError('NOT_FOUND', `no quarantined replica ${name}`)
+    }
+    await fs.rm(dir, { recursive: true, force: true })
+    await syncDir(this.#quarantine)
+    this.#log.info({ quarantined: name }, 'quarantined replica purged')
   }
 
   /** Replica ids present on disk. */

@@ -17,7 +17,7 @@ import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import type { Logger } from 'pino'
 import type { Membership, NodeInfo } from '../cluster/membership'
-import type { ReplicaHost } from '../replicas/replica-host'
+import type { QuarantinedReplica, ReplicaHost } from '../replicas/replica-host'
 import type { ReplicaDirectory } from '../replicas/directory'
 import type { EngineEvents, ScrubResult, VolumeEngine } from '../engine/volume-engine'
 import { pxdError, type PxdError } from '../errors'
@@ -111,11 +111,22 @@ export class VolumeManager {
     this.#resyncs.start()
     this.#scrubs.start()
     const mine = new Set((await this.#records()).filter((r) => r.replicas.some((p) => p.nodeId === this.#nodeId)).map((r) => r.id))
+    // A replica the kvdb does not list is kept aside, never deleted: a wrong --cluster-id,
+    // an empty or restored etcd or a lost embedded store must not wipe the node.
     for (const id of await this.#host.list()) {
       if (mine.has(id)) continue
-      this.#log.warn({ volumeId: id }, 'deleting a replica whose volume no longer exists')
-      await this.#host.drop(id)
+      await this.#host.quarantine(id, 'the metadata store lists no volume with a replica of this id on this node')
     }
+  }
+
+  /** Replicas set aside at start because the kvdb did not list them (this node's). */
+  quarantined(): Promise<QuarantinedReplica[]> {
+    return this.#host.listQuarantined()
+  }
+
+  /** Delete one quarantined replica of this node for good. */
+  purgeQuarantined(name: string): Promise<void> {
+    return this.#host.purgeQuarantined(name)
   }
 
   /** Create a volume, or accept an existing one when nothing requested contradicts it. */
