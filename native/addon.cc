@@ -14,8 +14,12 @@
 // itself is queued only when the last in-flight request has called back, so
 // it never holds a pool thread while waiting.
 #include <napi.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <new>
 #include <string>
@@ -540,6 +544,28 @@ Napi::Value JsReleaseArrayBuffer(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// Opens (creating) a file and takes an exclusive flock on it without waiting;
+// returns the descriptor, which holds the lock until it is closed or the process
+// ends. Throws an Error with code EAGAIN when another process holds it.
+Napi::Value JsLockFile(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsString()) ThrowType(env, "argument 1 must be a path");
+  const std::string path = info[0].As<Napi::String>();
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  int err = fd < 0 ? errno : 0;
+  if (fd >= 0 && ::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    err = errno;
+    ::close(fd);
+  }
+  if (err != 0) {
+    Napi::Error e = Napi::Error::New(env, std::string(fd < 0 ? "open " : "flock ") + path + ": " + std::strerror(err));
+    e.Set("code", Napi::String::New(env, ErrnoCode(err)));
+    e.Set("errno", Napi::Number::New(env, err));
+    throw e;
+  }
+  return Napi::Number::New(env, fd);
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("crc32c", Napi::Function::New<JsCrc<Crc32c>>(env, "crc32c"));
   exports.Set("crc32cHardware",
@@ -556,6 +582,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
               Napi::Function::New<JsStoreFlush>(env, "storeFlush"));
   exports.Set("storeClose",
               Napi::Function::New<JsStoreClose>(env, "storeClose"));
+  exports.Set("lockFile", Napi::Function::New<JsLockFile>(env, "lockFile"));
   exports.Set("releaseArrayBuffer", Napi::Function::New<JsReleaseArrayBuffer>(env, "releaseArrayBuffer"));
   InitFuse(env, exports);
   return exports;

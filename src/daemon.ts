@@ -1,5 +1,6 @@
 /**
- * Wires one pxd node together and takes it apart again. Start order: metadata store,
+ * Wires one pxd node together and takes it apart again. Start order: the locks on the data
+ * and run dirs (nothing in them is touched before), metadata store,
  * replica host, peer server and links, membership, frontend (cleanup of a crashed run,
  * FUSE mount), volume manager, plugin socket, API. Stop runs in reverse, so no request
  * arrives at a part that is already gone.
@@ -11,6 +12,7 @@ import type { Logger } from 'pino'
 import { ApiServer, parseHostPort } from './api/server'
 import { Membership } from './cluster/membership'
 import { capacityOf } from './util/capacity'
+import { lockDirs } from './util/dir-lock'
 import { ReplicaDirectory } from './replicas/directory'
 import { ReplicaHost } from './replicas/replica-host'
 import { ReplicaService } from './replicas/replica-service'
@@ -86,6 +88,9 @@ export class Daemon {
     await fs.mkdir(c.dataDir, { recursive: true, mode: 0o700 })
     await fs.chmod(c.dataDir, 0o700)
     await fs.mkdir(c.runDir, { recursive: true, mode: 0o755 })
+    // Before anything in either dir is touched: a second pxd on them stops here.
+    const locks = lockDirs([c.dataDir, c.runDir])
+    this.#onStop('dir locks', async () => locks.release())
     this.nodeId = await resolveNodeId(c.dataDir, c.nodeId)
     const log = this.#log.child({ node: this.nodeId })
 

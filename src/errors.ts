@@ -21,6 +21,7 @@ export const ErrorCodes = {
   KVDB_UNAVAILABLE: 'the metadata store cannot be reached',
   CONFLICT: 'a compare-and-swap lost against a concurrent change',
   PRECONDITION: 'the environment lacks something pxd needs (root, /dev/fuse, a tool)',
+  DIR_LOCKED: 'another pxd process holds this data dir or run dir',
   UNAUTHORIZED: 'a changing API call came without the API token',
   UNKNOWN_VOLUME: 'a peer named a volume this node holds no replica of',
   STALE_EPOCH: 'a frame carried an older attach epoch than the replica has accepted',

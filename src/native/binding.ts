@@ -78,6 +78,12 @@ export interface NativeBinding {
    * reads as empty afterwards: only for memory nothing else uses any more.
    */
   releaseArrayBuffer(buf: ArrayBuffer): void
+  /**
+   * Opens (creating, mode 0600) `path` and takes an exclusive flock on it without waiting.
+   * Returns the descriptor: the lock lasts until it is closed or the process ends. Throws
+   * code EAGAIN when another process holds the lock.
+   */
+  lockFile(path: string): number
 }
 
 declare const fuseHandleBrand: unique symbol
