@@ -13,6 +13,7 @@ import { ApiServer, parseHostPort } from './api/server'
 import { Membership } from './cluster/membership'
 import { capacityOf } from './util/capacity'
 import { lockDirs } from './util/dir-lock'
+import { writeFileDurably } from './util/durable'
 import { ReplicaDirectory } from './replicas/directory'
 import { ReplicaHost } from './replicas/replica-host'
 import { ReplicaService } from './replicas/replica-service'
@@ -214,6 +215,6 @@ async function resolveNodeId(dataDir: string, requested: string | undefined): Pr
   }
   const nodeId = requested ?? stored ?? os.hostname()
   if (!NODE_ID_PATTERN.test(nodeId)) throw pxdError('INVALID_ARGUMENT', `invalid node id "${nodeId}": use letters, digits, "_", "." and "-"`)
-  if (stored !== nodeId) await fs.writeFile(file, nodeId + '\n', { mode: 0o600 })
+  if (stored !== nodeId) await writeFileDurably(file, nodeId + '\n')
   return nodeId
 }

@@ -130,6 +130,10 @@ export class Frontend {
         await req.onFormatted?.()
       } else if (existing !== req.fs) {
         throw pxdError('CONFLICT', `volume ${req.name} holds a ${existing} file system, not ${req.fs}`)
+      } else if (!req.formatted) {
+        // mkfs ran on an earlier attach whose record of it failed: record it now, or the
+        // guard against formatting over the data would never hold.
+        await req.onFormatted?.()
       }
       const mountpoint = this.mountpointOf(req.name)
       await mountFilesystem(loop, mountpoint, req.fs)

@@ -9,6 +9,7 @@
  */
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
+import { writeFileDurably } from '../util/durable'
 import { pxdError } from '../errors'
 import { Mutex } from '../util/mutex'
 import type { Kvdb, KvEntry, KvTxn, LeasedKey } from './kvdb'
@@ -135,21 +136,7 @@ export class EmbeddedKvdb implements Kvdb {
 
   async #persist(entries: Map<string, Stored>, revision: number): Promise<void> {
     const doc: FileFormat = { version: FORMAT_VERSION, revision, entries: Object.fromEntries(entries) }
-    const tmp = `${this.#file}.tmp`
-    const handle = await fs.open(tmp, 'w', 0o600)
-    try {
-      await handle.writeFile(JSON.stringify(doc))
-      await handle.sync()
-    } finally {
-      await handle.close()
-    }
-    await fs.rename(tmp, this.#file)
-    const dir = await fs.open(path.dirname(this.#file), 'r')
-    try {
-      await dir.sync()
-    } finally {
-      await dir.close()
-    }
+    await writeFileDurably(this.#file, JSON.stringify(doc))
   }
 
   #checkOpen(): void {

@@ -11,6 +11,7 @@ import path from 'node:path'
 import { BLOCK_SIZE, CHECKSUM_BYTES } from '../constants'
 import { pxdError, PxdError, type ErrorCode } from '../errors'
 import { native, type NativeError, type StoreHandle } from '../native/binding'
+import { mkdirDurably, writeFileDurably } from '../util/durable'
 
 const SUPERBLOCK_VERSION = 1
 
@@ -46,15 +47,16 @@ export class ReplicaStore {
     if (size <= 0 || size % BLOCK_SIZE !== 0) {
       throw pxdError('INVALID_ARGUMENT', `replica size ${size} must be a positive multiple of ${BLOCK_SIZE}`)
     }
-    await fs.mkdir(dir, { recursive: true, mode: 0o700 })
+    // The directory's name and the data and crc files' names are durable once the
+    // superblock is: writing it syncs the replica's directory, mkdirDurably its parents.
+    await mkdirDurably(dir)
     const f = files(dir)
     const handle = await openNative(f.data, f.crc, size, true)
     const superblock: Superblock = {
       version: SUPERBLOCK_VERSION, volumeId, size, blockSize: BLOCK_SIZE, epoch: 0, createdAt: new Date().toISOString(),
     }
-    const store = new ReplicaStore(dir, handle, superblock)
-    await store.#writeSuperblock()
-    return store
+    await writeSuperblock(dir, superblock)
+    return new ReplicaStore(dir, handle, superblock)
   }
 
   static async open(dir: string): Promise<ReplicaStore> {
@@ -126,8 +128,10 @@ export class ReplicaStore {
       throw pxdError('CONFLICT', `replica ${this.dir} is at epoch ${this.#superblock.epoch}; refusing older epoch ${epoch}`)
     }
     if (epoch === this.#superblock.epoch) return
-    this.#superblock = { ...this.#superblock, epoch }
-    await this.#writeSuperblock()
+    // On disk first: an epoch this replica acts on is one it still knows after a power cut.
+    const next = { ...this.#superblock, epoch }
+    await writeSuperblock(this.dir, next)
+    this.#superblock = next
   }
 
   /** Flush and close; waits for in-flight I/O. Idempotent. */
@@ -145,19 +149,11 @@ export class ReplicaStore {
     })()
     return this.#closing
   }
+}
 
-  async #writeSuperblock(): Promise<void> {
-    const target = files(this.dir).superblock
-    const tmp = `${target}.tmp`
-    const handle = await fs.open(tmp, 'w', 0o600)
-    try {
-      await handle.writeFile(JSON.stringify(this.#superblock))
-      await handle.sync()
-    } finally {
-      await handle.close()
-    }
-    await fs.rename(tmp, target)
-  }
+/** The superblock in place, durably (its directory synced after the rename). */
+function writeSuperblock(dir: string, superblock: Superblock): Promise<void> {
+  return writeFileDurably(files(dir).superblock, JSON.stringify(superblock))
 }
 
 function openNative(data: string, crc: string, size: number, create: boolean): Promise<StoreHandle> {

@@ -15,6 +15,13 @@ import type { AttachmentRecord } from './types'
 /** A release the kvdb refused is tried again this often, until it is recorded. */
 export const RELEASE_RETRY_MS = 2_000
 
+/** What a claim took: the new epoch, whether the volume needs a reconcile, what the record held before. */
+export interface Claim {
+  epoch: number
+  unclean: boolean
+  previous: AttachmentRecord | undefined
+}
+
 export interface AttachmentsOptions {
   nodeId: string
   kvdb: Kvdb
@@ -48,7 +55,7 @@ export class Attachments {
     }
   }
 
-  async claim(name: string): Promise<{ epoch: number; unclean: boolean }> {
+  async claim(name: string): Promise<Claim> {
     const key = keys.attachment(name)
     const current = await this.#o.kvdb.get<AttachmentRecord>(key)
     const holder = current?.value.nodeId
@@ -64,7 +71,22 @@ export class Attachments {
       puts: [{ key, value: { nodeId: this.#o.nodeId, epoch, ...(unclean ? { unclean } : {}) } satisfies AttachmentRecord }],
     })
     if (!ok) throw pxdError('CONFLICT', `volume ${name} was attached concurrently; retry`)
-    return { epoch, unclean }
+    return { epoch, unclean, previous: current?.value }
+  }
+
+  /**
+   * Undo a claim whose attach failed: the attachment goes back to what the claim found (a
+   * retried mount that cannot open its replicas must not bump the epoch each time).
+   * Nothing changes unless this node still holds it at the claim's epoch.
+   */
+  async unclaim(name: string, claim: Claim): Promise<void> {
+    const key = keys.attachment(name)
+    const current = await this.#o.kvdb.get<AttachmentRecord>(key)
+    if (!current || current.value.nodeId !== this.#o.nodeId || current.value.epoch !== claim.epoch) return
+    await this.#o.kvdb.txn({
+      compares: [{ key, modRevision: current.modRevision }],
+      ...(claim.previous ? { puts: [{ key, value: claim.previous }] } : { deletes: [key] }),
+    })
   }
 
   /** Replicas were made equal after an unclean detach: clear the mark (only while still ours at `epoch`). */

@@ -9,7 +9,7 @@ import path from 'node:path'
 import type { Logger } from 'pino'
 import { BLOCK_SIZE } from '../constants'
 import { VolumeEngine, type EngineEvents } from '../engine/volume-engine'
-import type { PxdError } from '../errors'
+import { pxdError, type PxdError } from '../errors'
 import type { ReplicaDirectory } from '../replicas/directory'
 import type { Replica } from '../replicas/replica'
 import type { Attachments } from './attachments'
@@ -21,7 +21,9 @@ export interface EnginesOptions {
   /** The engine keeps the dirty maps of out-of-sync replicas under <dataDir>/dirty. */
   dataDir: string
   replicas: Pick<ReplicaDirectory, 'replica'>
-  attachments: Pick<Attachments, 'claim' | 'markClean' | 'release'>
+  attachments: Pick<Attachments, 'claim' | 'unclaim' | 'markClean' | 'release'>
+  /** The volume's record as the kvdb has it now. */
+  readRecord: (name: string) => Promise<VolumeRecord>
   inSync: Pick<InSyncSet, 'demote'>
   engineEvents: ((volumeName: string) => EngineEvents) | undefined
   /** The engine learnt another node attached the volume with a newer epoch. */
@@ -36,19 +38,30 @@ export class VolumeEngines {
     this.#o = o
   }
 
-  async attach(name: string, record: VolumeRecord): Promise<{ engine: VolumeEngine; epoch: number }> {
-    const { epoch, unclean } = await this.#o.attachments.claim(name)
+  /**
+   * Claim, then read the record: a demotion committed by the previous holder before the
+   * claim fenced it is in what the engine opens on. A failed attach gives the attachment
+   * back as the claim found it.
+   */
+  async attach(name: string): Promise<{ engine: VolumeEngine; epoch: number; record: VolumeRecord }> {
+    const claim = await this.#o.attachments.claim(name)
+    const { epoch } = claim
     let engine: VolumeEngine | undefined
+    let volumeId: string | undefined
     try {
+      const record = await this.#o.readRecord(name)
+      volumeId = record.id
+      if (record.inSync.length === 0) throw pxdError('UNSATISFIABLE', `volume ${name} has no in-sync replica left`)
       engine = await this.#open(name, record, epoch)
-      if (unclean) {
+      if (claim.unclean) {
         const copied = await engine.reconcile()
         await this.#o.attachments.markClean(name, epoch)
         this.#o.log.info({ volume: name, volumeId: record.id, copiedBytes: copied }, 'replicas reconciled after an unclean detach')
       }
-      return { engine, epoch }
+      return { engine, epoch, record }
     } catch (err) {
-      await this.detach(name, record.id, engine, epoch)
+      await engine?.close().catch((e) => this.#o.log.error({ err: e, volume: name, volumeId }, 'closing the volume engine failed'))
+      await this.#o.attachments.unclaim(name, claim).catch((e) => this.#o.log.error({ err: e, volume: name, volumeId }, 'giving the attachment back failed'))
       throw err
     }
   }

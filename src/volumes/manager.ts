@@ -98,13 +98,14 @@ export class VolumeManager {
     this.#view = new InfoView({ kvdb: o.kvdb, membership: o.membership, attached })
     this.#engines = new VolumeEngines({
       nodeId: o.nodeId, dataDir: o.dataDir, replicas: o.replicas, attachments: this.#attachments, inSync,
+      readRecord: async (name) => (await this.#requireRecord(name)).value,
       engineEvents: o.engineEvents, onFenced: (name, engine, err, log) => this.#fenced(name, engine, err, log), log: o.log,
     })
   }
 
   /**
    * After a restart nothing is attached here any more: say so in the kvdb. Replicas on
-   * disk whose volume is gone (removed while this node was away) are deleted.
+   * disk the kvdb does not list are quarantined.
    */
   async start(): Promise<void> {
     await this.#attachments.markDetachedAfterRestart()
@@ -220,8 +221,8 @@ export class VolumeManager {
     if (local) return { volume: name, ...(await local.engine.scrub({ signal: this.#scrubs.signal })) }
     return this.#locks.run(name, async () => {
       this.#checkRunning()
-      const { value: record } = await this.#requireRecord(name)
-      const { engine, epoch } = await this.#engines.attach(name, record)
+      await this.#requireRecord(name)
+      const { engine, epoch, record } = await this.#engines.attach(name)
       try {
         const result = await engine.scrub({ signal: this.#scrubs.signal })
         this.#log.info({ volume: name, volumeId: record.id, ...result }, 'scrub done')
@@ -264,9 +265,9 @@ export class VolumeManager {
         local.mountIds.add(id)
         return local.mountpoint
       }
-      const { value: record } = await this.#requireRecord(name)
-      if (record.inSync.length === 0) throw pxdError('UNSATISFIABLE', `volume ${name} has no in-sync replica left`)
-      const { engine, epoch } = await this.#engines.attach(name, record)
+      const { value: before } = await this.#requireRecord(name)
+      if (before.inSync.length === 0) throw pxdError('UNSATISFIABLE', `volume ${name} has no in-sync replica left`)
+      const { engine, epoch, record } = await this.#engines.attach(name)
       try {
         const mountpoint = await this.#frontend.attach({
           id: record.id, name, fs: record.spec.fs, blockSize: record.spec.blockSize, device: engine,
@@ -288,8 +289,14 @@ export class VolumeManager {
     const id = mountId ?? ANONYMOUS_MOUNT
     await this.#locks.run(name, async () => {
       const local = this.#attached.get(name)
-      if (!local || !local.mountIds.delete(id) || local.mountIds.size > 0) return
+      if (!local || !local.mountIds.has(id)) return
+      if (local.mountIds.size > 1) {
+        local.mountIds.delete(id)
+        return
+      }
+      // The ID goes only once the detach succeeded: after EBUSY, Docker's retry detaches.
       await this.#detach(name, local, false)
+      local.mountIds.delete(id)
     })
   }
 

@@ -20,10 +20,10 @@ async function setup(t: ExecutionContext) {
 
 test('a claim on a free volume takes it at the next epoch, clean', async (t) => {
   const { db, n1 } = await setup(t)
-  t.deepEqual(await n1.claim(VOL), { epoch: 1, unclean: false })
+  t.deepEqual(await n1.claim(VOL), { epoch: 1, unclean: false, previous: undefined })
   t.deepEqual(await attachmentOf(db, VOL), { nodeId: 'n1', epoch: 1 })
   await n1.release(VOL, 1)
-  t.deepEqual(await n1.claim(VOL), { epoch: 2, unclean: false }, 'every claim bumps the epoch, even by the same node')
+  t.deepEqual(await n1.claim(VOL), { epoch: 2, unclean: false, previous: { nodeId: null, epoch: 1 } }, 'every claim bumps the epoch, even by the same node')
   t.deepEqual(await attachmentOf(db, VOL), { nodeId: 'n1', epoch: 2 })
 })
 
@@ -39,14 +39,14 @@ test('a claim against an offline holder takes the volume over and marks it uncle
   const { db, n1, n2, membership } = await setup(t)
   await n1.claim(VOL)
   membership.list = [node('n1', { online: false }), node('n2')]
-  t.deepEqual(await n2.claim(VOL), { epoch: 2, unclean: true })
+  t.deepEqual(await n2.claim(VOL), { epoch: 2, unclean: true, previous: { nodeId: 'n1', epoch: 1 } })
   t.deepEqual(await attachmentOf(db, VOL), { nodeId: 'n2', epoch: 2, unclean: true })
 })
 
 test('a detached volume that is still unclean stays unclean through the next claim', async (t) => {
   const { db, n1 } = await setup(t)
   await putAttachment(db, VOL, { nodeId: null, epoch: 4, unclean: true })
-  t.deepEqual(await n1.claim(VOL), { epoch: 5, unclean: true })
+  t.deepEqual(await n1.claim(VOL), { epoch: 5, unclean: true, previous: { nodeId: null, epoch: 4, unclean: true } })
   t.deepEqual(await attachmentOf(db, VOL), { nodeId: 'n1', epoch: 5, unclean: true })
 })
 
@@ -126,4 +126,23 @@ test('no background release runs after stop', async (t) => {
   n1.stop()
   await sleep(RELEASE_RETRY_MS + 200)
   t.deepEqual(await attachmentOf(db, VOL), { nodeId: 'n1', epoch: 1 })
+})
+
+test('unclaim puts the attachment back as the claim found it, and only while this node holds it at that epoch', async (t) => {
+  const { db, n1, n2, membership } = await setup(t)
+  const first = await n1.claim(VOL)
+  await n1.unclaim(VOL, first)
+  t.is(await attachmentOf(db, VOL), undefined, 'a volume never attached before has no attachment again')
+  await putAttachment(db, VOL, { nodeId: null, epoch: 7 })
+  for (let i = 0; i < 5; i++) await n1.unclaim(VOL, await n1.claim(VOL))
+  t.deepEqual(await attachmentOf(db, VOL), { nodeId: null, epoch: 7 }, 'failed attaches retried do not bump the epoch')
+  await n1.claim(VOL)
+  membership.list = [node('n1', { online: false }), node('n2')]
+  const takeover = await n2.claim(VOL)
+  await n2.unclaim(VOL, takeover)
+  t.deepEqual(await attachmentOf(db, VOL), { nodeId: 'n1', epoch: 8 })
+  const stale = await n2.claim(VOL)
+  await putAttachment(db, VOL, { nodeId: 'n1', epoch: 10 })
+  await n2.unclaim(VOL, stale)
+  t.deepEqual(await attachmentOf(db, VOL), { nodeId: 'n1', epoch: 10 }, 'a claim that was superseded changes nothing')
 })
