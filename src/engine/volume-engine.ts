@@ -9,42 +9,25 @@
  * A replica that refuses a request with STALE_EPOCH means another node attached the
  * volume: this engine is fenced, and every request fails from then on.
  *
- * Resync brings a replica that missed writes back: it joins as a learner (new writes go
- * to it too, but its failures only abort the resync), then every region whose block
- * checksums differ from the source's is copied under a region lock that holds back
- * overlapping writes, and finally the manager records it as in sync again.
+ * Who is in sync, learning or demoted is the ReplicaSet's (src/replicas/replica-set.ts);
+ * resync and reconcile are in resync.ts, scrub in scrub.ts, repair in repair.ts, and the
+ * ordering of writes in flight against each other and against copies in inflight.ts.
  *
  * The data path allocates little: with one replica the call goes straight through, and
  * the write payload is the caller's buffer, never copied.
  */
 import { isPxdError, pxdError, PxdError } from '../errors'
-import { DIRTY_REGION_BYTES, DirtyMap } from './dirty-map'
 import type { Replica } from '../replicas/replica'
+import { ReplicaSet, type ReplicaFailure } from '../replicas/replica-set'
+import type { EngineCore, EngineEvents, RepairListener } from './core'
+import { InflightWrites } from './inflight'
+import { badBlockOf, repair } from './repair'
+import { reconcile, resync, type ResyncProgress } from './resync'
+import { scrub, type ScrubOptions, type ScrubResult } from './scrub'
 
-/** One digest request covers this much of the volume (its reply is 4 bytes per block). */
-export const RESYNC_SCAN_BYTES = 64 * 1024 * 1024
-/** Unit of copying: a region with any differing block is copied whole. */
-export const RESYNC_REGION_BYTES = 128 * 1024
-const BLOCK = 4096
-
-/** Scrub reads this much of a replica at a time. */
-export const SCRUB_CHUNK_BYTES = 1024 * 1024
-
-export interface ScrubResult {
-  checkedBlocks: number
-  badBlocks: number
-  repairedBlocks: number
-  unrecoverableBlocks: number
-}
-
-export interface ResyncProgress {
-  nodeId: string
-  /** 'dirty-map': only the regions written while the replica was away; 'checksum-scan': every block. */
-  method: 'dirty-map' | 'checksum-scan'
-  totalBytes: number
-  scannedBytes: number
-  copiedBytes: number
-}
+export type { EngineEvents } from './core'
+export { RESYNC_REGION_BYTES, RESYNC_SCAN_BYTES, type ResyncProgress } from './resync'
+export { SCRUB_CHUNK_BYTES, type ScrubOptions, type ScrubResult } from './scrub'
 
 export interface EngineOptions {
   volumeId: string
@@ -70,54 +53,51 @@ export interface EngineOptions {
    * Told of every block range rewritten by read repair (for the log), with the first block
    * that failed its checksum when the replica named it.
    */
-  onRepair?: (nodeId: string, offset: number, length: number, error?: unknown, badBlock?: number) => void
-}
-
-export interface EngineEvents {
-  checksumFailure(): void
-  repaired(): void
+  onRepair?: RepairListener
 }
 
 export class VolumeEngine {
   readonly volumeId: string
   readonly size: number
-  #replicas: Replica[]
-  readonly #demote: EngineOptions['demote']
+  readonly #members: ReplicaSet
+  readonly #writes = new InflightWrites()
+  readonly #core: EngineCore
   readonly #onFenced: EngineOptions['onFenced']
+  readonly #events: EngineEvents | undefined
   #nextSeq = 1
   #inflight = 0
   #drained: (() => void) | undefined
   #closing: Promise<void> | undefined
   #fenced: PxdError | undefined
-  #demoting: Promise<void> = Promise.resolve()
-  /** Replicas being resynced: they get every new write, but never serve reads. */
-  #learners: Replica[] = []
-  readonly #learnerErrors = new Map<Replica, unknown>()
-  /** Writes in flight, so a copy can wait for the ones that overlap it to land. */
-  readonly #writes = new Set<Promise<void>>()
-  /** The byte ranges of the writes in flight; `settled` resolves either way. */
-  readonly #writeRanges = new Set<{ start: number; end: number; settled: Promise<void> }>()
-  #copyLock: { start: number; end: number; done: Promise<void> } | undefined
-  readonly #epoch: number
-  readonly #dirtyDir: string | undefined
-  readonly #outOfSync: string[]
-  readonly #events: EngineEvents | undefined
-  readonly #onRepair: EngineOptions['onRepair']
-  /** Write-intent maps of replicas that fell out of sync under this node's coordination. */
-  readonly #dirty = new Map<string, DirtyMap>()
 
   constructor(options: EngineOptions) {
     if (options.replicas.length === 0) throw pxdError('UNSATISFIABLE', `volume ${options.volumeId} has no in-sync replica`)
     this.volumeId = options.volumeId
     this.size = options.size
-    this.#replicas = options.replicas
-    this.#demote = options.demote
     this.#onFenced = options.onFenced
-    this.#epoch = options.epoch ?? 0
-    this.#dirtyDir = options.dirtyDir
-    this.#outOfSync = options.outOfSync ?? []
     this.#events = options.events
-    this.#onRepair = options.onRepair
+    const demote = options.demote
+    const epoch = options.epoch ?? 0
+    this.#members = new ReplicaSet({
+      volumeId: options.volumeId,
+      replicas: options.replicas,
+      epoch,
+      ...(demote ? { demote: (failed: ReplicaFailure[]) => demote(failed).catch((err: unknown) => this.#fenceOn(err)) } : {}),
+      dirtyDir: options.dirtyDir,
+      outOfSync: options.outOfSync,
+    })
+    const engine = this
+    this.#core = {
+      volumeId: options.volumeId,
+      size: options.size,
+      epoch,
+      members: this.#members,
+      writes: this.#writes,
+      events: options.events,
+      onRepair: options.onRepair,
+      get closing() { return engine.#closing !== undefined },
+      checkFenced: () => { if (this.#fenced) throw this.#fenced },
+    }
   }
 
   /** Writes numbered so far. */
@@ -127,7 +107,12 @@ export class VolumeEngine {
 
   /** Node ids of the replicas this engine still writes to. */
   get inSync(): string[] {
-    return this.#replicas.map((r) => r.nodeId)
+    return this.#members.inSync.map((r) => r.nodeId)
+  }
+
+  /** Replicas being resynced. */
+  get resyncing(): string[] {
+    return this.#members.learners.map((r) => r.nodeId)
   }
 
   /**
@@ -135,12 +120,7 @@ export class VolumeEngine {
    * an earlier attach of this node left are picked up first, so no write goes unrecorded.
    */
   async open(): Promise<void> {
-    if (this.#dirtyDir) {
-      for (const nodeId of this.#outOfSync) {
-        const map = await DirtyMap.resume(this.#dirtyDir, this.volumeId, nodeId, this.#epoch)
-        if (map) this.#dirty.set(nodeId, map)
-      }
-    }
+    await this.#members.resume()
     await this.#each(async (r) => { await r.open() })
   }
 
@@ -151,43 +131,23 @@ export class VolumeEngine {
   }
 
   #write(offset: number, data: Uint8Array): Promise<void> {
-    const lock = this.#copyLock
-    if (lock !== undefined && offset < lock.end && offset + data.length > lock.start) {
-      return lock.done.then(() => this.#write(offset, data))
-    }
-    // Several writes are in flight at once, and each replica may apply two of them in
-    // either order: a write that overlaps one still in flight waits for it, so that every
-    // replica ends with the same bytes (the later write's).
     const end = offset + data.length
-    for (const w of this.#writeRanges) {
-      if (offset < w.end && end > w.start) return w.settled.then(() => this.#write(offset, data))
-    }
+    const blocker = this.#writes.blocker(offset, end)
+    if (blocker) return blocker.then(() => this.#write(offset, data))
     const seq = this.#nextSeq++
-    const replicas = this.#replicas
+    const replicas = this.#members.inSync
+    const learners = this.#members.learners
     let p: Promise<void>
-    if (replicas.length === 1 && this.#learners.length === 0) p = replicas[0]!.write(offset, data, seq).catch((err) => this.#fail(err))
+    if (replicas.length === 1 && learners.length === 0) p = replicas[0]!.write(offset, data, seq).catch((err) => this.#fail(err))
     else {
       p = this.#each((r) => r.write(offset, data, seq), [offset, data.length])
-      for (const learner of this.#learners) {
-        p = Promise.all([p, learner.write(offset, data, seq).catch((err) => this.#learnerFailed(learner, err))]).then(() => undefined)
+      for (const learner of learners) {
+        p = Promise.all([p, learner.write(offset, data, seq).catch((err) => this.#learnerFailed(learner, err))]).then(noop)
       }
     }
-    if (this.#dirty.size > 0) {
-      const marks: Array<Promise<void>> = []
-      for (const map of this.#dirty.values()) {
-        const m = map.mark(offset, data.length)
-        if (m) marks.push(m)
-      }
-      if (marks.length > 0) p = Promise.all([p, ...marks]).then(() => undefined)
-    }
-    this.#writes.add(p)
-    const range = { start: offset, end, settled: p.then(noop, noop) }
-    this.#writeRanges.add(range)
-    const forget = () => {
-      this.#writes.delete(p)
-      this.#writeRanges.delete(range)
-    }
-    p.then(forget, forget)
+    const marked = this.#members.mark(offset, data.length)
+    if (marked) p = Promise.all([p, marked]).then(noop)
+    this.#writes.add(offset, end, p)
     return p
   }
 
@@ -196,111 +156,8 @@ export class VolumeEngine {
    * `commit` records it as in sync (in the kvdb); only then does it take part as a full
    * replica. Returns how much was compared and copied.
    */
-  async resync(target: Replica, commit: () => Promise<void>, onProgress?: (p: ResyncProgress) => void): Promise<ResyncProgress> {
-    const previousEpoch = await target.open()
-    const map = this.#dirty.get(target.nodeId)
-    // The map covers every missed write only if nobody opened the replica since it began.
-    const trusted = map !== undefined && map.sinceEpoch === previousEpoch && map.lastEpoch === this.#epoch
-    this.#learners.push(target)
-    try {
-      // Writes that started before the target joined did not go to it: let them land first.
-      await Promise.allSettled([...this.#writes])
-      const ranges: Array<[number, number]> = trusted
-        ? map.regions.map((r) => [r * DIRTY_REGION_BYTES, Math.min(DIRTY_REGION_BYTES, this.size - r * DIRTY_REGION_BYTES)])
-        : chunks(this.size, RESYNC_SCAN_BYTES)
-      const progress: ResyncProgress = {
-        nodeId: target.nodeId,
-        method: trusted ? 'dirty-map' : 'checksum-scan',
-        totalBytes: ranges.reduce((n, [, len]) => n + len, 0),
-        scannedBytes: 0,
-        copiedBytes: 0,
-      }
-      for (const [offset, length] of ranges) {
-        progress.copiedBytes += await this.#syncRange(target, offset, length)
-        progress.scannedBytes += length
-        onProgress?.({ ...progress })
-      }
-      await target.flush()
-      this.#checkLearner(target)
-      await commit()
-      this.#replicas = [...this.#replicas, target]
-      if (map) {
-        this.#dirty.delete(target.nodeId)
-        await map.discard()
-      }
-      return progress
-    } finally {
-      this.#learners = this.#learners.filter((l) => l !== target)
-      this.#learnerErrors.delete(target)
-    }
-  }
-
-  /** Compare one range's block checksums and copy the regions that differ; returns bytes copied. */
-  async #syncRange(target: Replica, offset: number, length: number): Promise<number> {
-    const source = this.#replicas[0]
-    if (!source) throw pxdError('IO_ERROR', `volume ${this.volumeId}: no in-sync replica to resync from`)
-    const [want, have] = await Promise.all([source.digest(offset, length), target.digest(offset, length)])
-    this.#checkLearner(target)
-    let copied = 0
-    let regionEnd = -1
-    for (let block = 0; block < length / BLOCK; block++) {
-      const at = offset + block * BLOCK
-      if (at < regionEnd || sameEntry(want, have, block)) continue
-      const start = at - (at % RESYNC_REGION_BYTES)
-      regionEnd = Math.min(start + RESYNC_REGION_BYTES, this.size)
-      await this.#copyRegion(source, target, start, regionEnd - start)
-      copied += regionEnd - start
-    }
-    return copied
-  }
-
-  /** Copy one region with overlapping writes held back and in-flight ones landed first. */
-  async #copyRegion(source: Replica, target: Replica, start: number, length: number): Promise<void> {
-    await this.#withCopyLock(start, length, async () => {
-      const buf = Buffer.allocUnsafe(length)
-      try {
-        await source.read(start, buf)
-      } catch (err) {
-        // A torn or rotten block on the source: take the region from another replica
-        // (it may be the target itself) and mend the source on the way.
-        if (!isPxdError(err, 'CHECKSUM_MISMATCH')) throw err
-        this.#events?.checksumFailure()
-        const other = this.#replicas.find((r) => r !== source)
-        if (!other) throw err
-        await other.read(start, buf)
-        await source.write(start, buf, 0)
-        this.#events?.repaired()
-        this.#onRepair?.(source.nodeId, start, length)
-      }
-      await target.write(start, buf, 0)
-    })
-    this.#checkLearner(target)
-  }
-
-  /** One region at a time: overlapping writes wait, writes already in flight land first. */
-  async #withCopyLock(start: number, length: number, fn: () => Promise<void>): Promise<void> {
-    while (this.#copyLock) await this.#copyLock.done
-    let release!: () => void
-    const done = new Promise<void>((resolve) => { release = resolve })
-    this.#copyLock = { start, end: start + length, done }
-    try {
-      await Promise.allSettled([...this.#writes])
-      await fn()
-    } finally {
-      this.#copyLock = undefined
-      release()
-    }
-  }
-
-  #learnerFailed(learner: Replica, err: unknown): void {
-    if (isPxdError(err, 'STALE_EPOCH')) this.#fail(err)
-    if (!this.#learnerErrors.has(learner)) this.#learnerErrors.set(learner, err)
-  }
-
-  #checkLearner(target: Replica): void {
-    if (this.#fenced) throw this.#fenced
-    const err = this.#learnerErrors.get(target)
-    if (err !== undefined) throw err
+  resync(target: Replica, commit: () => Promise<void>, onProgress?: (p: ResyncProgress) => void): Promise<ResyncProgress> {
+    return resync(this.#core, target, commit, onProgress)
   }
 
   /**
@@ -309,12 +166,8 @@ export class VolumeEngine {
    * equal to the first one (the local one when there is one): compare block checksums and
    * copy the regions that differ. Returns the bytes copied.
    */
-  async reconcile(): Promise<number> {
-    let copied = 0
-    for (const target of this.#replicas.slice(1)) {
-      for (const [offset, length] of chunks(this.size, RESYNC_SCAN_BYTES)) copied += await this.#syncRange(target, offset, length)
-    }
-    return copied
+  reconcile(): Promise<number> {
+    return reconcile(this.#core)
   }
 
   /**
@@ -322,64 +175,8 @@ export class VolumeEngine {
    * a bad block is rewritten from a replica where it is good. Blocks whose stored crc is
    * 0 were never written (or hold zeros) and are skipped. `bytesPerSecond` paces it.
    */
-  async scrub(options: { bytesPerSecond?: number; signal?: AbortSignal } = {}): Promise<ScrubResult> {
-    const result: ScrubResult = { checkedBlocks: 0, badBlocks: 0, repairedBlocks: 0, unrecoverableBlocks: 0 }
-    const started = Date.now()
-    let bytes = 0
-    for (const replica of [...this.#replicas]) {
-      for (let offset = 0; offset < this.size; offset += SCRUB_CHUNK_BYTES) {
-        if (options.signal?.aborted || this.#closing) return result
-        const length = Math.min(SCRUB_CHUNK_BYTES, this.size - offset)
-        const digest = await replica.digest(offset, length)
-        if (digest.every((b) => b === 0)) continue
-        const written = countWritten(digest)
-        const buf = Buffer.allocUnsafe(length)
-        try {
-          await replica.read(offset, buf)
-          result.checkedBlocks += written
-        } catch (err) {
-          if (!isPxdError(err, 'CHECKSUM_MISMATCH')) throw err
-          await this.#scrubBlocks(replica, offset, length, digest, result)
-        }
-        bytes += length
-        if (options.bytesPerSecond) {
-          const due = started + (bytes / options.bytesPerSecond) * 1000
-          if (due > Date.now()) await new Promise((r) => setTimeout(r, due - Date.now()))
-        }
-      }
-    }
-    return result
-  }
-
-  /** Block by block through a chunk that failed: find each bad block and repair it if another replica has it right. */
-  async #scrubBlocks(replica: Replica, offset: number, length: number, digest: Uint8Array, result: ScrubResult): Promise<void> {
-    const one = Buffer.allocUnsafe(BLOCK)
-    for (let block = 0; block < length / BLOCK; block++) {
-      if (digest[block * 4] === 0 && digest[block * 4 + 1] === 0 && digest[block * 4 + 2] === 0 && digest[block * 4 + 3] === 0) continue
-      const at = offset + block * BLOCK
-      result.checkedBlocks++
-      try {
-        await replica.read(at, one)
-        continue
-      } catch (err) {
-        if (!isPxdError(err, 'CHECKSUM_MISMATCH')) throw err
-      }
-      result.badBlocks++
-      this.#events?.checksumFailure()
-      if (this.#replicas.length < 2) {
-        result.unrecoverableBlocks++
-        this.#onRepair?.(replica.nodeId, at, BLOCK, pxdError('CHECKSUM_MISMATCH', 'no other replica to repair from'))
-        continue
-      }
-      const before = result.repairedBlocks
-      await this.#repair(replica, at, BLOCK, () => { result.repairedBlocks++ })
-      if (result.repairedBlocks === before) result.unrecoverableBlocks++
-    }
-  }
-
-  /** Replicas being resynced. */
-  get resyncing(): string[] {
-    return this.#learners.map((r) => r.nodeId)
+  scrub(options: ScrubOptions = {}): Promise<ScrubResult> {
+    return scrub(this.#core, options)
   }
 
   read(offset: number, into: Uint8Array): Promise<void> {
@@ -398,7 +195,7 @@ export class VolumeEngine {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       if (this.#inflight > 0) await new Promise<void>((resolve) => { this.#drained = resolve })
-      const results = await Promise.allSettled([...this.#replicas, ...this.#learners].map((r) => r.close()))
+      const results = await Promise.allSettled([...this.#members.inSync, ...this.#members.learners].map((r) => r.close()))
       const failed = results.find((r) => r.status === 'rejected')
       if (failed && !this.#fenced) throw (failed as PromiseRejectedResult).reason
     })()
@@ -411,7 +208,7 @@ export class VolumeEngine {
    * other replica the read fails, naming the block, and never returns wrong bytes.
    */
   async #readFrom(index: number, offset: number, into: Uint8Array): Promise<void> {
-    const replica = this.#replicas[index]
+    const replica = this.#members.inSync[index]
     if (!replica) throw pxdError('IO_ERROR', `volume ${this.volumeId}: no replica could serve the read at ${offset}`)
     try {
       await replica.read(offset, into)
@@ -419,29 +216,9 @@ export class VolumeEngine {
       if (isPxdError(err, 'STALE_EPOCH')) return this.#fail(err)
       const corrupt = isPxdError(err, 'CHECKSUM_MISMATCH')
       if (corrupt) this.#events?.checksumFailure()
-      if (index + 1 >= this.#replicas.length) throw err
+      if (index + 1 >= this.#members.inSync.length) throw err
       await this.#readFrom(index + 1, offset, into)
-      if (corrupt) await this.#repair(replica, offset, into.length, undefined, badBlockOf(err))
-    }
-  }
-
-  /** Rewrite whole blocks of a bad replica from a good one, with overlapping writes held back. */
-  async #repair(bad: Replica, offset: number, length: number, onDone?: () => void, badBlock?: number): Promise<void> {
-    const start = offset - (offset % BLOCK)
-    const end = Math.min(Math.ceil((offset + length) / BLOCK) * BLOCK, this.size)
-    try {
-      await this.#withCopyLock(start, end - start, async () => {
-        const source = this.#replicas.find((r) => r !== bad)
-        if (!source) throw pxdError('IO_ERROR', 'no good replica left to repair from')
-        const buf = Buffer.allocUnsafe(end - start)
-        await source.read(start, buf)
-        await bad.write(start, buf, 0)
-      })
-      this.#events?.repaired()
-      onDone?.()
-      this.#onRepair?.(bad.nodeId, start, end - start, undefined, badBlock)
-    } catch (err) {
-      this.#onRepair?.(bad.nodeId, start, end - start, err, badBlock)
+      if (corrupt) await repair(this.#core, replica, offset, into.length, badBlockOf(err))
     }
   }
 
@@ -451,52 +228,27 @@ export class VolumeEngine {
    * demotion could not be recorded: the operation fails.
    */
   async #each(op: (r: Replica) => Promise<void>, range?: [number, number]): Promise<void> {
-    const replicas = this.#replicas
+    const replicas = this.#members.inSync
     const results = await Promise.allSettled(replicas.map(op))
-    let failed: Array<{ nodeId: string; error: unknown }> | undefined
+    let failed: ReplicaFailure[] | undefined
     for (let i = 0; i < results.length; i++) {
       const r = results[i]!
       if (r.status === 'fulfilled') continue
       if (isPxdError(r.reason, 'STALE_EPOCH')) return this.#fail(r.reason)
       ;(failed ??= []).push({ nodeId: replicas[i]!.nodeId, error: r.reason })
     }
-    if (!failed) return
-    if (failed.length === replicas.length || !this.#demote) throw failed[0]!.error
-    await this.#demoteOnce(failed, range)
+    if (failed) await this.#members.demote(failed, replicas, range)
   }
 
-  /** Demotions run one at a time; a replica already gone is not demoted twice. */
-  #demoteOnce(failed: Array<{ nodeId: string; error: unknown }>, range?: [number, number]): Promise<void> {
-    const run = this.#demoting.then(async () => {
-      const still = failed.filter((f) => this.#replicas.some((r) => r.nodeId === f.nodeId))
-      // A failed write to a replica demoted meanwhile: its map must still hold the range.
-      if (range) {
-        for (const f of failed) {
-          if (still.includes(f)) continue
-          await this.#dirty.get(f.nodeId)?.mark(range[0], range[1])
-        }
-      }
-      if (still.length === 0) return
-      try {
-        await this.#demote!(still)
-      } catch (err) {
-        if (isPxdError(err, 'FENCED')) return this.#fail(err)
-        throw err
-      }
-      if (this.#dirtyDir) {
-        for (const f of still) {
-          const map = await DirtyMap.create(this.#dirtyDir, this.volumeId, f.nodeId, this.#epoch)
-          if (range) await map.mark(range[0], range[1])
-          this.#dirty.set(f.nodeId, map)
-        }
-      }
-      const gone = new Set(still.map((f) => f.nodeId))
-      const removed = this.#replicas.filter((r) => gone.has(r.nodeId))
-      this.#replicas = this.#replicas.filter((r) => !gone.has(r.nodeId))
-      for (const r of removed) void r.close().catch(() => undefined)
-    })
-    this.#demoting = run.catch(() => undefined)
-    return run
+  #learnerFailed(learner: Replica, err: unknown): void {
+    if (isPxdError(err, 'STALE_EPOCH')) this.#fail(err)
+    this.#members.learnerFailed(learner, err)
+  }
+
+  /** A demotion the kvdb refused with FENCED fences the engine; any other failure passes through. */
+  #fenceOn(err: unknown): never {
+    if (isPxdError(err, 'FENCED')) this.#fail(err)
+    throw err
   }
 
   #fail(err: unknown): never {
@@ -528,32 +280,4 @@ export class VolumeEngine {
   }
 }
 
-/**
- * The block a checksum failure names: the addon's error (a local replica) carries it, a
- * peer's comes as text ("checksum mismatch in block N of ...").
- */
-function badBlockOf(err: unknown): number | undefined {
-  const cause = (err as { cause?: { block?: unknown } }).cause
-  if (typeof cause?.block === 'number') return cause.block
-  const m = /checksum mismatch in block (\d+)/.exec(err instanceof Error ? err.message : '')
-  return m ? Number(m[1]) : undefined
-}
-
 function noop(): void {}
-
-function sameEntry(a: Uint8Array, b: Uint8Array, block: number): boolean {
-  const i = block * 4
-  return a[i] === b[i] && a[i + 1] === b[i + 1] && a[i + 2] === b[i + 2] && a[i + 3] === b[i + 3]
-}
-
-function chunks(size: number, step: number): Array<[number, number]> {
-  const out: Array<[number, number]> = []
-  for (let offset = 0; offset < size; offset += step) out.push([offset, Math.min(step, size - offset)])
-  return out
-}
-
-function countWritten(digest: Uint8Array): number {
-  let n = 0
-  for (let i = 0; i < digest.length; i += 4) if (digest[i] !== 0 || digest[i + 1] !== 0 || digest[i + 2] !== 0 || digest[i + 3] !== 0) n++
-  return n
-}

@@ -1,0 +1,29 @@
+/**
+ * What the pieces of the engine outside the data path (resync, scrub, repair) may reach of
+ * it: the membership, the writes in flight, the hooks and whether it is fenced or closing.
+ * The engine builds one and passes it; nothing here is public API.
+ */
+import type { ReplicaSet } from '../replicas/replica-set'
+import type { InflightWrites } from './inflight'
+
+export interface EngineEvents {
+  checksumFailure(): void
+  repaired(): void
+}
+
+/** Told of a block range rewritten by repair, or of a failed repair (with `error`). */
+export type RepairListener = (nodeId: string, offset: number, length: number, error?: unknown, badBlock?: number) => void
+
+export interface EngineCore {
+  readonly volumeId: string
+  readonly size: number
+  readonly epoch: number
+  readonly members: ReplicaSet
+  readonly writes: InflightWrites
+  readonly events: EngineEvents | undefined
+  readonly onRepair: RepairListener | undefined
+  /** Whether close() has been called. */
+  readonly closing: boolean
+  /** Throws the engine's FENCED error once it has been fenced. */
+  checkFenced(): void
+}

@@ -1,0 +1,68 @@
+/**
+ * The writes in flight on one volume and the one copy lock, shared by the data path and
+ * the copies (resync, reconcile, repair):
+ *   - a write that overlaps one still in flight waits for it, since each replica may apply
+ *     two writes in flight in either order: so every replica ends with the later write's
+ *     bytes;
+ *   - a copy holds back the writes that overlap its region, and starts only after the
+ *     writes already in flight have landed, so it never copies bytes a write is changing.
+ * One copy at a time holds the lock.
+ */
+interface InflightWrite {
+  start: number
+  end: number
+  landed: Promise<void>
+  /** Resolves once the write has landed or failed. */
+  settled: Promise<void>
+}
+
+interface CopyLock {
+  start: number
+  end: number
+  done: Promise<void>
+}
+
+export class InflightWrites {
+  readonly #writes = new Set<InflightWrite>()
+  #lock: CopyLock | undefined
+
+  /** What a write of bytes [start, end) must wait for before it starts, or undefined. */
+  blocker(start: number, end: number): Promise<void> | undefined {
+    const lock = this.#lock
+    if (lock !== undefined && start < lock.end && end > lock.start) return lock.done
+    for (const w of this.#writes) {
+      if (start < w.end && end > w.start) return w.settled
+    }
+    return undefined
+  }
+
+  /** Track a write that has started; it is forgotten once it settles. */
+  add(start: number, end: number, landed: Promise<void>): void {
+    const write: InflightWrite = { start, end, landed, settled: landed.then(noop, noop) }
+    this.#writes.add(write)
+    const forget = () => { this.#writes.delete(write) }
+    landed.then(forget, forget)
+  }
+
+  /** Resolves once every write in flight now has landed or failed. */
+  landed(): Promise<unknown> {
+    return Promise.allSettled([...this.#writes].map((w) => w.landed))
+  }
+
+  /** Run `fn` on a region with overlapping writes held back and the ones in flight landed first. */
+  async withCopyLock(start: number, length: number, fn: () => Promise<void>): Promise<void> {
+    while (this.#lock) await this.#lock.done
+    let release!: () => void
+    const done = new Promise<void>((resolve) => { release = resolve })
+    this.#lock = { start, end: start + length, done }
+    try {
+      await this.landed()
+      await fn()
+    } finally {
+      this.#lock = undefined
+      release()
+    }
+  }
+}
+
+function noop(): void {}

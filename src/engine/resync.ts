@@ -1,0 +1,124 @@
+/**
+ * Resync brings a replica that missed writes back while the volume is in use: it joins as
+ * a learner (new writes go to it too, but its failures only abort the resync), then every
+ * region whose block checksums differ from the source's is copied under the copy lock,
+ * which holds back overlapping writes, and finally `commit` records it as in sync (in the
+ * kvdb); only then does it take part as a full replica. With a trusted dirty map only the
+ * regions written while it was away are compared, else the whole volume.
+ *
+ * Reconcile, after a coordinator died, makes every in-sync replica equal to the first one
+ * (its last writes, never acknowledged, may have reached some replicas and not others).
+ *
+ * The source is the first in-sync replica; a block that fails its checksum there is taken
+ * from another replica, and the source is mended on the way.
+ */
+import { BLOCK_SIZE } from '../constants'
+import { isPxdError, pxdError } from '../errors'
+import type { Replica } from '../replicas/replica'
+import type { EngineCore } from './core'
+import { blocksIn, chunks, sameEntry } from './digest'
+import { DIRTY_REGION_BYTES } from '../replicas/dirty-map'
+
+/** One digest request covers this much of the volume (its reply is 4 bytes per block). */
+export const RESYNC_SCAN_BYTES = 64 * 1024 * 1024
+/** Unit of copying: a region with any differing block is copied whole. */
+export const RESYNC_REGION_BYTES = 128 * 1024
+
+export interface ResyncProgress {
+  nodeId: string
+  /** 'dirty-map': only the regions written while the replica was away; 'checksum-scan': every block. */
+  method: 'dirty-map' | 'checksum-scan'
+  totalBytes: number
+  scannedBytes: number
+  copiedBytes: number
+}
+
+export async function resync(core: EngineCore, target: Replica, commit: () => Promise<void>, onProgress?: (p: ResyncProgress) => void): Promise<ResyncProgress> {
+  const previousEpoch = await target.open()
+  const map = core.members.dirtyMapOf(target.nodeId)
+  // The map covers every missed write only if nobody opened the replica since it began.
+  const trusted = map !== undefined && map.sinceEpoch === previousEpoch && map.lastEpoch === core.epoch
+  core.members.join(target)
+  try {
+    // Writes that started before the target joined did not go to it: let them land first.
+    await core.writes.landed()
+    const ranges: Array<[number, number]> = trusted
+      ? map.regions.map((r) => [r * DIRTY_REGION_BYTES, Math.min(DIRTY_REGION_BYTES, core.size - r * DIRTY_REGION_BYTES)])
+      : chunks(core.size, RESYNC_SCAN_BYTES)
+    const progress: ResyncProgress = {
+      nodeId: target.nodeId,
+      method: trusted ? 'dirty-map' : 'checksum-scan',
+      totalBytes: ranges.reduce((n, [, len]) => n + len, 0),
+      scannedBytes: 0,
+      copiedBytes: 0,
+    }
+    for (const [offset, length] of ranges) {
+      progress.copiedBytes += await syncRange(core, target, offset, length)
+      progress.scannedBytes += length
+      onProgress?.({ ...progress })
+    }
+    await target.flush()
+    core.checkFenced()
+    await core.members.promote(target, commit)
+    return progress
+  } finally {
+    core.members.leave(target)
+  }
+}
+
+/** Make every in-sync replica equal to the first; returns the bytes copied. */
+export async function reconcile(core: EngineCore): Promise<number> {
+  let copied = 0
+  for (const target of core.members.inSync.slice(1)) {
+    for (const [offset, length] of chunks(core.size, RESYNC_SCAN_BYTES)) copied += await syncRange(core, target, offset, length)
+  }
+  return copied
+}
+
+/** Compare one range's block checksums and copy the regions that differ; returns bytes copied. */
+async function syncRange(core: EngineCore, target: Replica, offset: number, length: number): Promise<number> {
+  const source = core.members.inSync[0]
+  if (!source) throw pxdError('IO_ERROR', `volume ${core.volumeId}: no in-sync replica to resync from`)
+  const [want, have] = await Promise.all([source.digest(offset, length), target.digest(offset, length)])
+  check(core, target)
+  let copied = 0
+  let regionEnd = -1
+  for (let block = 0; block < blocksIn(length); block++) {
+    const at = offset + block * BLOCK_SIZE
+    if (at < regionEnd || sameEntry(want, have, block)) continue
+    const start = at - (at % RESYNC_REGION_BYTES)
+    regionEnd = Math.min(start + RESYNC_REGION_BYTES, core.size)
+    await copyRegion(core, source, target, start, regionEnd - start)
+    copied += regionEnd - start
+  }
+  return copied
+}
+
+/** Copy one region with overlapping writes held back and in-flight ones landed first. */
+async function copyRegion(core: EngineCore, source: Replica, target: Replica, start: number, length: number): Promise<void> {
+  await core.writes.withCopyLock(start, length, async () => {
+    const buf = Buffer.allocUnsafe(length)
+    try {
+      await source.read(start, buf)
+    } catch (err) {
+      // A torn or rotten block on the source: take the region from another replica
+      // (it may be the target itself) and mend the source on the way.
+      if (!isPxdError(err, 'CHECKSUM_MISMATCH')) throw err
+      core.events?.checksumFailure()
+      const other = core.members.inSync.find((r) => r !== source)
+      if (!other) throw err
+      await other.read(start, buf)
+      await source.write(start, buf, 0)
+      core.events?.repaired()
+      core.onRepair?.(source.nodeId, start, length)
+    }
+    await target.write(start, buf, 0)
+  })
+  check(core, target)
+}
+
+/** The resync stops once the engine is fenced or the target (a learner) failed a write. */
+function check(core: EngineCore, target: Replica): void {
+  core.checkFenced()
+  core.members.checkLearner(target)
+}

@@ -1,0 +1,108 @@
+import { BLOCK_SIZE, CHECKSUM_BYTES } from '../../src/constants'
+import { PxdError, type ErrorDetails } from '../../src/errors'
+import { native } from '../../src/native/binding'
+import type { Replica } from '../../src/replicas/replica'
+
+/** How a checksum failure names its block: as a peer's error does, as the local store's does, or only in the text. */
+export type BlockNaming = 'field' | 'cause' | 'text'
+
+/**
+ * A replica in memory that keeps a crc32c per block the way the store does (0 for a block
+ * of zeros), verifies reads against it and serves digests of it. `corrupt` rots a block
+ * behind the crc's back; `beforeWrite` can delay or fail a write.
+ */
+export class MemReplica implements Replica {
+  readonly bytes: Buffer
+  readonly #crcs: Uint32Array
+  /** [offset, length] of every write applied, in order. */
+  readonly writes: Array<[number, number]> = []
+  beforeWrite: ((offset: number, data: Uint8Array) => Promise<void> | void) | undefined
+  naming: BlockNaming = 'field'
+  /** What open() resolves to: the epoch the copy was at before. */
+  epochBefore = 0
+  opened = 0
+  closed = 0
+
+  constructor(readonly nodeId: string, size: number) {
+    this.bytes = Buffer.alloc(size)
+    this.#crcs = new Uint32Array(size / BLOCK_SIZE)
+  }
+
+  /** Set bytes directly (not counted as a write), keeping the crcs right. */
+  fill(offset: number, length: number, byte: number): this {
+    this.bytes.fill(byte, offset, offset + length)
+    this.#updateCrcs(offset, length)
+    return this
+  }
+
+  /** Change a block's bytes but not its crc: bit rot. */
+  corrupt(block: number): void {
+    this.bytes[block * BLOCK_SIZE] = this.bytes[block * BLOCK_SIZE]! ^ 0xff
+  }
+
+  open(): Promise<number> {
+    this.opened++
+    return Promise.resolve(this.epochBefore)
+  }
+
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    const copy = Buffer.from(data)
+    await this.beforeWrite?.(offset, data)
+    copy.copy(this.bytes, offset)
+    this.#updateCrcs(offset, copy.length)
+    this.writes.push([offset, copy.length])
+  }
+
+  async read(offset: number, into: Uint8Array): Promise<void> {
+    for (let b = Math.floor(offset / BLOCK_SIZE); b * BLOCK_SIZE < offset + into.length; b++) {
+      if (crcOf(this.#block(b)) !== this.#crcs[b]) throw this.#mismatch(b)
+    }
+    into.set(this.bytes.subarray(offset, offset + into.length))
+  }
+
+  flush(): Promise<void> { return Promise.resolve() }
+
+  async digest(offset: number, length: number): Promise<Uint8Array> {
+    const out = Buffer.alloc((length / BLOCK_SIZE) * CHECKSUM_BYTES)
+    for (let i = 0; i < length / BLOCK_SIZE; i++) out.writeUInt32LE(this.#crcs[offset / BLOCK_SIZE + i]!, i * CHECKSUM_BYTES)
+    return out
+  }
+
+  close(): Promise<void> {
+    this.closed++
+    return Promise.resolve()
+  }
+
+  #block(b: number): Buffer {
+    return this.bytes.subarray(b * BLOCK_SIZE, (b + 1) * BLOCK_SIZE)
+  }
+
+  #updateCrcs(offset: number, length: number): void {
+    for (let b = Math.floor(offset / BLOCK_SIZE); b * BLOCK_SIZE < offset + length; b++) this.#crcs[b] = crcOf(this.#block(b))
+  }
+
+  #mismatch(block: number): PxdError {
+    const message = `checksum mismatch in block ${block} of ${this.nodeId}`
+    const details: ErrorDetails = this.naming === 'field' ? { block, peer: this.nodeId }
+      : this.naming === 'cause' ? { cause: Object.assign(new Error(message), { code: 'ECHECKSUM', block }) }
+        : {}
+    return new PxdError('CHECKSUM_MISMATCH', message, details)
+  }
+}
+
+function crcOf(block: Uint8Array): number {
+  return block.every((b) => b === 0) ? 0 : native.crc32c(block)
+}
+
+/** A promise with its resolve and reject in hand. */
+export function deferred<T = void>(): { promise: Promise<T>; resolve: (v: T) => void; reject: (e: unknown) => void } {
+  let resolve!: (v: T) => void
+  let reject!: (e: unknown) => void
+  const promise = new Promise<T>((res, rej) => { resolve = res; reject = rej })
+  return { promise, resolve, reject }
+}
+
+/** Let pending callbacks run. */
+export function tick(ms = 5): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms))
+}
