@@ -23,11 +23,7 @@ export class LocalReplica implements Replica {
   }
 
   write(offset: number, data: Uint8Array): Promise<void> {
-    try {
-      return this.#host.storeFor(this.#volumeId, this.#epoch).write(offset, data)
-    } catch (err) {
-      return Promise.reject(err)
-    }
+    return this.#host.write(this.#volumeId, this.#epoch, offset, data)
   }
 
   read(offset: number, into: Uint8Array): Promise<void> {

@@ -6,6 +6,9 @@
  * Epochs fence coordinators: `open` at a newer epoch is recorded durably in the replica's
  * superblock before it returns, and from then on any request carrying an older epoch is
  * refused with STALE_EPOCH. A coordinator that was cut off and comes back cannot write.
+ * An open also waits until every write that started before it has landed, so nothing of an
+ * earlier session (a fenced coordinator's write, or one whose caller timed out and gave the
+ * replica up) can land after it: the new session's reads and resync see the final bytes.
  */
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
@@ -15,6 +18,9 @@ import { pxdError } from '../errors'
 import { ReplicaStore } from '../store/replica-store'
 import { mkdirDurably, renameDurably, syncDir } from '../util/durable'
 import { KeyedMutex } from '../util/mutex'
+
+/** How long an open waits for writes of an earlier session to land. */
+const DRAIN_TIMEOUT_MS = 60_000
 
 /** A replica moved out of service (see `quarantine`). */
 export interface QuarantinedReplica {
@@ -34,6 +40,8 @@ export class ReplicaHost {
   readonly #log: Logger
   readonly #open = new Map<string, ReplicaStore>()
   readonly #locks = new KeyedMutex()
+  /** Writes in flight per volume, and the opens waiting for them to land. */
+  readonly #writes = new Map<string, { inflight: number; waiters: Array<() => void> }>()
   #closed = false
 
   constructor(dataDir: string, log: Logger) {
@@ -89,8 +97,44 @@ export class ReplicaHost {
       }
       const previous = store.superblock.epoch
       await store.setEpoch(epoch)
+      // Writes that started before (an older coordinator's, or a request of this one that
+      // timed out on its side but still runs here) land before the new session reads or
+      // resyncs anything: none can land after the open is answered.
+      await this.#drained(volumeId)
       return previous
     })
+  }
+
+  /** A write to the open replica at `epoch`, counted so that an open waits for it. */
+  async write(volumeId: string, epoch: number, offset: number, data: Uint8Array): Promise<void> {
+    const store = this.storeFor(volumeId, epoch)
+    let w = this.#writes.get(volumeId)
+    if (!w) this.#writes.set(volumeId, (w = { inflight: 0, waiters: [] }))
+    w.inflight++
+    try {
+      await store.write(offset, data)
+    } finally {
+      if (--w.inflight === 0) {
+        this.#writes.delete(volumeId)
+        for (const wake of w.waiters) wake()
+      }
+    }
+  }
+
+  async #drained(volumeId: string): Promise<void> {
+    const w = this.#writes.get(volumeId)
+    if (!w) return
+    let timer: NodeJS.Timeout | undefined
+    try {
+      await Promise.race([
+        new Promise<void>((resolve) => w.waiters.push(resolve)),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(pxdError('IO_ERROR', `replica ${volumeId}: ${w.inflight} earlier write(s) did not finish within ${DRAIN_TIMEOUT_MS / 1000} s; refusing the open`)), DRAIN_TIMEOUT_MS)
+        }),
+      ])
+    } finally {
+      clearTimeout(timer)
+    }
   }
 
   /** The open replica for a request at `epoch`; the request's epoch must be the current one. */

@@ -30,7 +30,7 @@ export class ReplicaService implements RequestHandler {
   async handle(peer: string, req: RequestFrame): Promise<Uint8Array | void> {
     switch (req.t) {
       case 'write':
-        return this.#host.storeFor(req.vol, req.epoch).write(req.offset, req.data)
+        return this.#host.write(req.vol, req.epoch, req.offset, req.data)
       case 'read': {
         const into = Buffer.allocUnsafe(req.length)
         await this.#host.storeFor(req.vol, req.epoch).read(req.offset, into)

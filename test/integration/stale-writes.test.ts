@@ -1,0 +1,47 @@
+/**
+ * No write of an earlier session lands on a replica after a newer open was answered: a
+ * write that a fenced coordinator (or one that timed out and gave the replica up) started
+ * would otherwise overwrite what a resync copied. The replica's disk is stalled with the
+ * power-loss file system so that the write is still running when the open arrives.
+ */
+import test from 'ava'
+import path from 'node:path'
+import pino from 'pino'
+import { ReplicaHost } from '../../src/replicas/replica-host'
+import { assertIntegrationPreconditions } from '../helpers/preflight'
+import { makeTempDir, removeDir } from '../helpers/daemon'
+import { startPowerLossFs, type PowerLossMount } from '../helpers/power-loss'
+
+let dir: string
+let plfs: PowerLossMount
+
+test.before(async () => {
+  assertIntegrationPreconditions()
+  dir = makeTempDir('pxd-stale-')
+  plfs = await startPowerLossFs(path.join(dir, 'disk'), path.join(dir, 'data'))
+})
+
+test.after.always(async () => {
+  await plfs?.stop()
+  if (dir) removeDir(dir)
+})
+
+test('an open is answered only after the writes already running have landed', async (t) => {
+  const host = new ReplicaHost(plfs.mountpoint, pino({ level: 'silent' }))
+  t.teardown(() => host.close())
+  const vol = '00000000000000ab'
+  await host.create(vol, 1 << 20)
+  await host.open(vol, 1 << 20, 1)
+  await plfs.stall(1500)
+  const events: string[] = []
+  const write = host.write(vol, 1, 0, Buffer.alloc(64 * 1024, 7)).then(() => events.push('old write landed'))
+  await new Promise((r) => setTimeout(r, 100))
+  // The same epoch (a resync's re-open after its write timed out): the open itself needs no
+  // disk, so only the wait for the running write orders the two.
+  const open = host.open(vol, 1 << 20, 1).then(() => events.push('new open answered'))
+  await Promise.all([write, open])
+  t.deepEqual(events, ['old write landed', 'new open answered'])
+  await host.open(vol, 1 << 20, 2)
+  const err = await t.throwsAsync(host.write(vol, 1, 0, Buffer.alloc(4096)))
+  t.is((err as { code?: string }).code, 'STALE_EPOCH', 'and the old session can write no more')
+})
