@@ -1,19 +1,25 @@
 /**
- * A real cluster for tests: one etcd and N pxd daemons as separate processes on
- * loopback, each with its own data dir, run dir, plugin socket, API port and peer port,
- * sharing a cluster secret.
+ * A real cluster for tests: one etcd and N pxd daemons as separate processes, each with
+ * its own data dir, run dir, plugin socket, API port and peer port, sharing a cluster
+ * secret. On loopback by default; with `network` every node and etcd sit in network
+ * namespaces of their own (network.ts), so single links can be cut; with `powerLoss` a
+ * node's data dir is on the power-loss file system (power-loss.ts), so it can lose power.
  */
 import { randomBytes } from 'node:crypto'
 import { writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { freePort, makeTempDir, removeDir, startDaemon, type Daemon } from './daemon'
 import { startEtcd, type EtcdServer } from './etcd'
+import { createNetwork, type Network } from './network'
+import { startPowerLossFs, type PowerLossMount } from './power-loss'
 
 export const TEST_NODE_TTL = 3
 
 export interface ClusterNode extends Daemon {
   nodeId: string
   peerPort: number
+  /** The node's disk, when its data dir is on the power-loss file system. */
+  disk?: PowerLossMount
 }
 
 export interface Cluster {
@@ -26,6 +32,15 @@ export interface Cluster {
   node(id: string): ClusterNode
   /** Start (or start again, same dirs and ports) one node. */
   start(nodeId: string): Promise<ClusterNode>
+  /**
+   * The node loses power: kill -9, then its disk drops what was not durable (every dirty
+   * page, or a random half of them with `seed`). Start it again with `start`.
+   */
+  powerLoss(nodeId: string, seed?: number): Promise<void>
+  /** The namespaces and links, with `network`. */
+  network?: Network
+  /** The API token every node asks of changing calls, with `network` (its APIs are beyond loopback). */
+  apiToken?: string
   stop(): Promise<void>
 }
 
@@ -34,14 +49,31 @@ export interface ClusterOptions {
   nodeArgs?: string[]
   /** More pxd flags for every node, or per node (e.g. its own TLS certificate). */
   extraArgs?: string[] | ((nodeId: string) => string[])
+  /** Every node and etcd in its own network namespace. */
+  network?: boolean
+  /** Data dirs on the power-loss file system: every node's, or those named. */
+  powerLoss?: boolean | string[]
 }
 
 export async function startCluster(nodeIds: string[], options: ClusterOptions = {}): Promise<Cluster> {
   const dir = makeTempDir('pxd-cluster-')
-  const etcd = await startEtcd({ dir: path.join(dir, 'etcd') })
+  const network = options.network ? createNetwork(['etcd', ...nodeIds]) : undefined
+  const disks = new Map<string, PowerLossMount>()
+  let etcd: EtcdServer
+  try {
+    etcd = await startEtcd({ dir: path.join(dir, 'etcd'), ...(network ? { host: network.ip('etcd'), commandPrefix: network.enter('etcd') } : {}) })
+  } catch (err) {
+    network?.destroy()
+    removeDir(dir)
+    throw err
+  }
   const secret = randomBytes(32)
   const secretFile = path.join(dir, 'secret')
   writeFileSync(secretFile, secret.toString('hex'), { mode: 0o600 })
+  const apiToken = network ? randomBytes(16).toString('hex') : undefined
+  const tokenFile = path.join(dir, 'api-token')
+  if (apiToken) writeFileSync(tokenFile, apiToken, { mode: 0o600 })
+  const onPowerLossFs = (nodeId: string) => options.powerLoss === true || (Array.isArray(options.powerLoss) && options.powerLoss.includes(nodeId))
   const clusterId = `test-${randomBytes(4).toString('hex')}`
   const ports = new Map<string, { api: number; peer: number }>()
   const nodes: ClusterNode[] = []
@@ -52,22 +84,31 @@ export async function startCluster(nodeIds: string[], options: ClusterOptions = 
       p = { api: await freePort(), peer: await freePort() }
       ports.set(nodeId, p)
     }
+    const nodeDir = path.join(dir, nodeId)
+    let disk = disks.get(nodeId)
+    if (!disk && onPowerLossFs(nodeId)) {
+      disk = await startPowerLossFs(path.join(nodeDir, 'disk'), path.join(nodeDir, 'data'))
+      disks.set(nodeId, disk)
+    }
+    const host = network ? network.ip(nodeId) : '127.0.0.1'
     const daemon = await startDaemon({
-      dir: path.join(dir, nodeId),
+      dir: nodeDir,
       nodeId,
       apiPort: p.api,
+      ...(network ? { apiHost: host, commandPrefix: network.enter(nodeId) } : {}),
       ...(options.env ? { env: options.env } : {}),
       ...(options.nodeArgs ? { nodeArgs: options.nodeArgs } : {}),
       extraArgs: [
         '--kvdb', `etcd://${etcd.endpoint}`,
         '--cluster-id', clusterId,
-        '--peer-listen', `127.0.0.1:${p.peer}`,
+        '--peer-listen', `${host}:${p.peer}`,
+        ...(apiToken ? ['--api-token-file', tokenFile] : []),
         '--cluster-secret-file', secretFile,
         '--node-ttl', String(TEST_NODE_TTL),
         ...(typeof options.extraArgs === 'function' ? options.extraArgs(nodeId) : options.extraArgs ?? []),
       ],
     })
-    const node: ClusterNode = Object.assign(daemon, { nodeId, peerPort: p.peer })
+    const node: ClusterNode = Object.assign(daemon, { nodeId, peerPort: p.peer }, disk ? { disk } : {})
     const i = nodes.findIndex((n) => n.nodeId === nodeId)
     if (i >= 0) nodes[i] = node
     else nodes.push(node)
@@ -76,6 +117,8 @@ export async function startCluster(nodeIds: string[], options: ClusterOptions = 
 
   const cluster: Cluster = {
     dir, etcd, clusterId, secretFile, nodes,
+    ...(network ? { network } : {}),
+    ...(apiToken ? { apiToken } : {}),
     // The peer secret is the file's text, as the daemon reads it.
     secret: Buffer.from(secret.toString('hex'), 'utf8'),
     node: (id) => {
@@ -84,9 +127,18 @@ export async function startCluster(nodeIds: string[], options: ClusterOptions = 
       return n
     },
     start,
+    powerLoss: async (nodeId, seed) => {
+      const n = cluster.node(nodeId)
+      if (!n.disk) throw new Error(`node ${nodeId} is not on a power-loss file system (startCluster's powerLoss option)`)
+      await n.kill()
+      await n.disk.cut(seed)
+    },
     stop: async () => {
+      network?.heal()
       for (const n of nodes) await n.stop().catch(() => undefined)
+      for (const d of disks.values()) await d.stop().catch(() => undefined)
       await etcd.stop().catch(() => undefined)
+      network?.destroy()
       removeDir(dir)
     },
   }

@@ -24,6 +24,8 @@ export interface DaemonOptions {
   nodeArgs?: string[]
   nodeId?: string
   apiPort?: number
+  /** The address the API listens on (default 127.0.0.1); beyond loopback it needs --api-token-file. */
+  apiHost?: string
 }
 
 export interface Daemon {
@@ -70,7 +72,7 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
     '--data-dir', dataDir,
     '--run-dir', runDir,
     '--plugin-socket', pluginSocket,
-    '--api-listen', `127.0.0.1:${apiPort}`,
+    '--api-listen', `${opts.apiHost ?? '127.0.0.1'}:${apiPort}`,
     '--node-id', opts.nodeId ?? 'node-a',
     ...(opts.extraArgs ?? []),
   ]
@@ -85,7 +87,7 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
   const daemon: Daemon = {
     pid: child.pid!,
     dir, dataDir, runDir, pluginSocket, apiPort,
-    apiUrl: `http://127.0.0.1:${apiPort}`,
+    apiUrl: `http://${opts.apiHost ?? '127.0.0.1'}:${apiPort}`,
     child,
     logs: () => output,
     stop: async () => {

@@ -43,7 +43,15 @@ const GO_ARCH: Record<string, string> = { arm64: 'arm64', arm: 'arm', ia32: '386
 const running = new Set<ChildProcess>()
 let exitHookInstalled = false
 
-export async function startEtcd(opts: { dir?: string } = {}): Promise<EtcdServer> {
+export interface EtcdOptions {
+  dir?: string
+  /** The address to listen on (default 127.0.0.1): a test network member's. */
+  host?: string
+  /** Run etcd under this (e.g. nsenter into a network namespace). */
+  commandPrefix?: string[]
+}
+
+export async function startEtcd(opts: EtcdOptions = {}): Promise<EtcdServer> {
   if (!existsSync(ETCD_BIN)) {
     throw new Error(`etcd is not installed (${ETCD_BIN} not found): apt-get install etcd-server`)
   }
@@ -54,8 +62,9 @@ export async function startEtcd(opts: { dir?: string } = {}): Promise<EtcdServer
   const logFile = path.join(dir, 'etcd.log')
   mkdirSync(dir, { recursive: true })
   const [clientPort, peerPort] = await freePorts(2)
-  const url = `http://127.0.0.1:${clientPort}`
-  const peerUrl = `http://127.0.0.1:${peerPort}`
+  const host = opts.host ?? '127.0.0.1'
+  const url = `http://${host}:${clientPort}`
+  const peerUrl = `http://${host}:${peerPort}`
   const args = [
     '--name', 'pxd-test',
     '--data-dir', dataDir,
@@ -89,7 +98,8 @@ export async function startEtcd(opts: { dir?: string } = {}): Promise<EtcdServer
 
   const launch = async () => {
     appendFileSync(logFile, `--- etcd ${args.join(' ')}\n`)
-    const proc = spawn(ETCD_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env })
+    const command = [...(opts.commandPrefix ?? []), ETCD_BIN, ...args]
+    const proc = spawn(command[0]!, command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env })
     child = proc
     guardProcess(proc.pid!, 'SIGKILL')
     proc.once('exit', () => releaseProcess(proc.pid!))
@@ -148,7 +158,7 @@ export async function startEtcd(opts: { dir?: string } = {}): Promise<EtcdServer
   }
 
   const server: EtcdServer = {
-    endpoint: `127.0.0.1:${clientPort}`,
+    endpoint: `${host}:${clientPort}`,
     url,
     get pid() { return child?.pid ?? -1 },
     dataDir,
