@@ -37,6 +37,13 @@ const BREAKER_FAILURES = 3
 const BREAKER_OPEN_MS = 1_000
 const RECONNECT_BACKOFF_MS = 500
 const MAX_RECONNECT_BACKOFF_MS = 1_000
+/**
+ * A connection whose packets vanish (a partition, not a refusal) looks alive to TCP for
+ * many minutes, and after the heal its retransmissions back off for tens of seconds: pings
+ * find it dead and let gRPC dial anew. etcd refuses pings more often than every 5 s.
+ */
+const KEEPALIVE_MS = 10_000
+const KEEPALIVE_TIMEOUT_MS = 2_000
 const REGRANT_INTERVAL_MS = 1_000
 const LEASE_WATCHDOG_MS = 200
 const CLUSTER_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/
@@ -80,6 +87,10 @@ export class EtcdKvdb implements Kvdb {
       grpcOptions: {
         'grpc.initial_reconnect_backoff_ms': RECONNECT_BACKOFF_MS,
         'grpc.max_reconnect_backoff_ms': MAX_RECONNECT_BACKOFF_MS,
+        'grpc.keepalive_time_ms': KEEPALIVE_MS,
+        'grpc.keepalive_timeout_ms': KEEPALIVE_TIMEOUT_MS,
+        'grpc.keepalive_permit_without_calls': 1,
+        'grpc.http2.max_pings_without_data': 0,
       },
       faultHandling: {
         global: retry(handleWhen((err) => notSent(err)), { maxAttempts: hosts.length - 1 }),

@@ -1,0 +1,63 @@
+/** Run the record writer (test/faults/record-writer.ts) as its own process and keep what it acknowledged. */
+import { spawn, type ChildProcess } from 'node:child_process'
+import path from 'node:path'
+import { guardProcess, releaseProcess } from './exit-guard'
+import { stopChild } from './mount-namespace'
+
+export { checkRecords } from '../faults/record-writer'
+
+const WRITER = path.join(__dirname, '..', 'faults', 'record-writer.js')
+
+export interface RecordWriter {
+  /** Records whose fdatasync returned. */
+  readonly acked: Set<number>
+  /** The error that stopped it, if one did. */
+  readonly error: string | undefined
+  /** Resolves when the writer has ended (on its own, or after stop). */
+  readonly done: Promise<void>
+  /** Wait until at least n records were acknowledged (or the writer ended). */
+  waitFor(n: number, timeoutMs?: number): Promise<void>
+  stop(): Promise<void>
+}
+
+export function startRecordWriter(file: string, o: { recordBytes?: number; count?: number; intervalMs?: number } = {}): RecordWriter {
+  const child: ChildProcess = spawn(process.execPath, [WRITER, file, String(o.recordBytes ?? 4096), String(o.count ?? 0), String(o.intervalMs ?? 0)], { stdio: ['ignore', 'pipe', 'inherit'] })
+  guardProcess(child.pid!)
+  const acked = new Set<number>()
+  let error: string | undefined
+  let buffered = ''
+  const waiters: Array<() => void> = []
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => {
+    buffered += d
+    let i: number
+    while ((i = buffered.indexOf('\n')) >= 0) {
+      const line = buffered.slice(0, i)
+      buffered = buffered.slice(i + 1)
+      if (line.startsWith('ack ')) acked.add(Number(line.slice(4)))
+      else if (line.startsWith('error ')) error = line.slice(6)
+    }
+    for (const w of waiters.splice(0)) w()
+  })
+  const done = new Promise<void>((resolve) => child.once('exit', () => {
+    releaseProcess(child.pid!)
+    for (const w of waiters.splice(0)) w()
+    resolve()
+  }))
+  const ended = () => child.exitCode !== null || child.signalCode !== null
+  return {
+    acked,
+    get error() { return error },
+    done,
+    waitFor: async (n, timeoutMs = 30_000) => {
+      const deadline = Date.now() + timeoutMs
+      while (acked.size < n && !ended()) {
+        if (Date.now() > deadline) throw new Error(`the writer acknowledged ${acked.size} of ${n} records within ${timeoutMs} ms`)
+        await new Promise<void>((resolve) => {
+          waiters.push(resolve)
+          setTimeout(resolve, 200)
+        })
+      }
+    },
+    stop: async () => { await stopChild(child, 5_000) },
+  }
+}
