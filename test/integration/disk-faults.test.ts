@@ -1,0 +1,53 @@
+/**
+ * A replica's disk that stops answering, or fails an fsync: the coordinator must not wait on
+ * it for ever, must not acknowledge a write it does not hold, and must bring it back once
+ * the disk answers again. The replica node's data dir is on the power-loss file system,
+ * which stalls and fails on command.
+ */
+import test from 'ava'
+import path from 'node:path'
+import { ApiClient } from '../../src/api/client'
+import type { VolumeInfo } from '../../src/volumes/types'
+import { assertIntegrationPreconditions } from '../helpers/preflight'
+import { startCluster, waitFor, type Cluster } from '../helpers/cluster'
+import { checkRecords, startRecordWriter } from '../helpers/records'
+import { pluginOk } from '../helpers/volume-io'
+
+assertIntegrationPreconditions()
+
+let cluster: Cluster
+const RECORD = 4096
+
+test.before(async () => {
+  cluster = await startCluster(['node-a', 'node-b'], { powerLoss: ['node-b'] })
+})
+
+test.after.always(async () => {
+  await cluster?.stop()
+})
+
+const inSync = (v: VolumeInfo) => v.replicas.filter((r) => r.inSync).map((r) => r.nodeId).sort()
+
+test.serial('a replica whose disk stalls is demoted, writes go on, and it is resynced once the disk answers', async (t) => {
+  const a = cluster.node('node-a')
+  const b = cluster.node('node-b')
+  const api = new ApiClient(a.apiUrl)
+  await pluginOk(a, '/VolumeDriver.Create', { Name: 'stall', Opts: { size: '64M', repl: '2' } })
+  const mp = (await pluginOk(a, '/VolumeDriver.Mount', { Name: 'stall', ID: 'w' })).Mountpoint as string
+  const writer = startRecordWriter(path.join(mp, 'records'), { recordBytes: RECORD })
+  await writer.waitFor(20)
+  await b.disk!.stall(20_000)
+  const stalledAt = Date.now()
+  await waitFor('the stalled replica demoted', async () => inSync(await api.inspectVolume('stall')).length === 1, 30_000, 250)
+  const before = writer.acked.size
+  await writer.waitFor(before + 20)
+  t.log(`demoted and writing again ${((Date.now() - stalledAt) / 1000).toFixed(1)} s into a 20 s stall`)
+  t.true(Date.now() - stalledAt < 20_000, 'the coordinator did not wait for the disk')
+  await waitFor('the replica back in sync', async () => inSync(await api.inspectVolume('stall')).length === 2, 90_000, 500)
+  await writer.stop()
+  t.is(writer.error, undefined)
+  await pluginOk(a, '/VolumeDriver.Unmount', { Name: 'stall', ID: 'w' })
+  const took = (await pluginOk(b, '/VolumeDriver.Mount', { Name: 'stall', ID: 'r' })).Mountpoint as string
+  t.deepEqual(checkRecords(path.join(took, 'records'), RECORD, writer.acked).lost, [], 'every acknowledged record, read from the resynced replica')
+  await pluginOk(b, '/VolumeDriver.Unmount', { Name: 'stall', ID: 'r' })
+})
