@@ -22,8 +22,16 @@ export interface EngineCore {
   readonly writes: InflightWrites
   readonly events: EngineEvents | undefined
   readonly onRepair: RepairListener | undefined
+  /** Reads the volume's in-sync set from the kvdb (a commit whose outcome is unknown is read back). */
+  readonly readInSync: (() => Promise<string[]>) | undefined
+  /** How long to wait before reading back again when a read back failed. */
+  readonly readBackRetryMs: number
   /** Whether close() has been called. */
   readonly closing: boolean
+  /** Whether the engine has been fenced. */
+  readonly fenced: boolean
+  /** A copy (resync, reconcile, repair) wrote [offset, offset + length): unflushed on the members until a flush that starts after it. */
+  copied(offset: number, length: number): void
   /** Throws the engine's FENCED error once it has been fenced. */
   checkFenced(): void
 }

@@ -6,11 +6,13 @@
  *     bytes;
  *   - a copy holds back the writes that overlap its region, and starts only after the
  *     writes already in flight have landed, so it never copies bytes a write is changing.
- * One copy at a time holds the lock.
+ * One copy at a time holds the lock. Writes are added in the order of their sequence
+ * numbers, so the first one in the set is the oldest still in flight (flush needs it).
  */
 interface InflightWrite {
   start: number
   end: number
+  seq: number
   landed: Promise<void>
   /** Resolves once the write has landed or failed. */
   settled: Promise<void>
@@ -36,12 +38,18 @@ export class InflightWrites {
     return undefined
   }
 
-  /** Track a write that has started; it is forgotten once it settles. */
-  add(start: number, end: number, landed: Promise<void>): void {
-    const write: InflightWrite = { start, end, landed, settled: landed.then(noop, noop) }
+  /** Track a write numbered `seq` (higher than any added before) that has started; it is forgotten once it settles. */
+  add(start: number, end: number, landed: Promise<void>, seq: number): void {
+    const write: InflightWrite = { start, end, seq, landed, settled: landed.then(noop, noop) }
     this.#writes.add(write)
     const forget = () => { this.#writes.delete(write) }
     landed.then(forget, forget)
+  }
+
+  /** The sequence number of the oldest write still in flight, or undefined. */
+  oldestSeq(): number | undefined {
+    for (const w of this.#writes) return w.seq
+    return undefined
   }
 
   /** Resolves once every write in flight now has landed or failed. */

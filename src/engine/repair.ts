@@ -1,6 +1,6 @@
 /**
  * Repair: rewrite whole blocks of a replica that failed their checksum from another
- * in-sync replica, with overlapping writes held back (the copy lock), so the bytes copied
+ * in-sync replica (each in turn until one serves them), with overlapping writes held back (the copy lock), so the bytes copied
  * are the ones every replica has. Read repair and scrub both use it.
  */
 import { BLOCK_SIZE } from '../constants'
@@ -14,11 +14,10 @@ export async function repair(core: EngineCore, bad: Replica, offset: number, len
   const end = Math.min(Math.ceil((offset + length) / BLOCK_SIZE) * BLOCK_SIZE, core.size)
   try {
     await core.writes.withCopyLock(start, end - start, async () => {
-      const source = core.members.inSync.find((r) => r !== bad)
-      if (!source) throw pxdError('IO_ERROR', 'no good replica left to repair from')
       const buf = Buffer.allocUnsafe(end - start)
-      await source.read(start, buf)
+      await readFromOthers(core, bad, start, buf, pxdError('IO_ERROR', 'no good replica left to repair from'))
       await bad.write(start, buf, 0)
+      core.copied(start, end - start)
     })
   } catch (err) {
     core.onRepair?.(bad.nodeId, start, end - start, err, badBlock)
@@ -27,6 +26,24 @@ export async function repair(core: EngineCore, bad: Replica, offset: number, len
   core.events?.repaired()
   core.onRepair?.(bad.nodeId, start, end - start, undefined, badBlock)
   return true
+}
+
+/**
+ * Read `into` from each readable in-sync replica but `bad` in turn, until one serves it.
+ * Throws the last one's error, or `none` when there is no other.
+ */
+export async function readFromOthers(core: EngineCore, bad: Replica, offset: number, into: Uint8Array, none: unknown): Promise<void> {
+  let last = none
+  for (const r of core.members.readable) {
+    if (r === bad) continue
+    try {
+      await r.read(offset, into)
+      return
+    } catch (err) {
+      last = err
+    }
+  }
+  throw last
 }
 
 /**

@@ -1,28 +1,36 @@
 /**
- * Resync brings a replica that missed writes back while the volume is in use: it joins as
- * a learner (new writes go to it too, but its failures only abort the resync), then every
- * region whose block checksums differ from the source's is copied under the copy lock,
- * which holds back overlapping writes, and finally `commit` records it as in sync (in the
- * kvdb); only then does it take part as a full replica. With a trusted dirty map only the
- * regions written while it was away are compared, else the whole volume.
+ * Resync brings a replica that missed writes back while the volume is in use: it reserves
+ * the node (one resync per node), opens the replica and joins as a learner (new writes go
+ * to it too, but its failures only abort the resync), then every region whose block
+ * checksums differ from the source's is copied under the copy lock, which holds back
+ * overlapping writes, and finally `commit` records it as in sync (in the kvdb); from the
+ * moment the commit starts it gets every write and flush as an in-sync replica does (see
+ * ReplicaSet). A commit whose outcome is unknown (KVDB_UNAVAILABLE, a timeout: it may have
+ * been applied) is read back, again every readBackRetryMs until the kvdb answers or the
+ * engine stops, and what the kvdb says decides. With a trusted dirty map only the regions
+ * written while it was away are compared, else the whole volume.
  *
  * Reconcile, after a coordinator died, makes every in-sync replica equal to the first one
  * (its last writes, never acknowledged, may have reached some replicas and not others).
  *
- * The source is the first in-sync replica; a block that fails its checksum there is taken
- * from another replica, and the source is mended on the way.
+ * The source is the first readable in-sync replica; a block that fails its checksum there
+ * is taken from each other one in turn, and the source is mended on the way.
  */
 import { BLOCK_SIZE } from '../constants'
 import { isPxdError, pxdError } from '../errors'
 import type { Replica } from '../replicas/replica'
+import type { CommitOutcome } from '../replicas/replica-set'
 import type { EngineCore } from './core'
 import { blocksIn, chunks, sameEntry } from './digest'
 import { DIRTY_REGION_BYTES } from '../replicas/dirty-map'
+import { readFromOthers } from './repair'
 
 /** One digest request covers this much of the volume (its reply is 4 bytes per block). */
 export const RESYNC_SCAN_BYTES = 64 * 1024 * 1024
 /** Unit of copying: a region with any differing block is copied whole. */
 export const RESYNC_REGION_BYTES = 128 * 1024
+/** A read back of a commit whose outcome is unknown that fails is tried again this often. */
+export const READ_BACK_RETRY_MS = 1_000
 
 export interface ResyncProgress {
   nodeId: string
@@ -34,12 +42,14 @@ export interface ResyncProgress {
 }
 
 export async function resync(core: EngineCore, target: Replica, commit: () => Promise<void>, onProgress?: (p: ResyncProgress) => void): Promise<ResyncProgress> {
-  const previousEpoch = await target.open()
-  const map = core.members.dirtyMapOf(target.nodeId)
-  // The map covers every missed write only if nobody opened the replica since it began.
-  const trusted = map !== undefined && map.sinceEpoch === previousEpoch && map.lastEpoch === core.epoch
+  // Before any await: a second resync of the node is refused here.
   core.members.join(target)
   try {
+    const previousEpoch = await target.open()
+    const map = core.members.dirtyMapOf(target.nodeId)
+    // The map covers every missed write only if nobody opened the replica since it began.
+    const trusted = map !== undefined && map.sinceEpoch === previousEpoch && map.lastEpoch === core.epoch
+    core.members.learn(target)
     // Writes that started before the target joined did not go to it: let them land first.
     await core.writes.landed()
     const ranges: Array<[number, number]> = trusted
@@ -59,10 +69,29 @@ export async function resync(core: EngineCore, target: Replica, commit: () => Pr
     }
     await target.flush()
     core.checkFenced()
-    await core.members.promote(target, commit)
+    await core.members.promote(target, () => commitOutcome(core, target.nodeId, commit))
     return progress
   } finally {
     core.members.leave(target)
+  }
+}
+
+/** Run the kvdb commit; an outcome it leaves unknown is read back until the kvdb answers or the engine stops. */
+async function commitOutcome(core: EngineCore, nodeId: string, commit: () => Promise<void>): Promise<CommitOutcome> {
+  try {
+    await commit()
+    return { promoted: true }
+  } catch (error) {
+    // A refusal (CONFLICT, FENCED, ...) was not applied; KVDB_UNAVAILABLE or anything else may have been.
+    if (isPxdError(error) && !isPxdError(error, 'KVDB_UNAVAILABLE')) return { promoted: false, error }
+    while (core.readInSync && !core.closing && !core.fenced) {
+      try {
+        return (await core.readInSync()).includes(nodeId) ? { promoted: true } : { promoted: false, error }
+      } catch {
+        await new Promise((resolve) => setTimeout(resolve, core.readBackRetryMs))
+      }
+    }
+    return { promoted: undefined, error }
   }
 }
 
@@ -77,7 +106,7 @@ export async function reconcile(core: EngineCore): Promise<number> {
 
 /** Compare one range's block checksums and copy the regions that differ; returns bytes copied. */
 async function syncRange(core: EngineCore, target: Replica, offset: number, length: number): Promise<number> {
-  const source = core.members.inSync[0]
+  const source = core.members.readable[0]
   if (!source) throw pxdError('IO_ERROR', `volume ${core.volumeId}: no in-sync replica to resync from`)
   const [want, have] = await Promise.all([source.digest(offset, length), target.digest(offset, length)])
   check(core, target)
@@ -101,18 +130,18 @@ async function copyRegion(core: EngineCore, source: Replica, target: Replica, st
     try {
       await source.read(start, buf)
     } catch (err) {
-      // A torn or rotten block on the source: take the region from another replica
-      // (it may be the target itself) and mend the source on the way.
+      // A torn or rotten block on the source: take the region from each other replica in
+      // turn (in a reconcile, it may be the target itself) and mend the source on the way.
       if (!isPxdError(err, 'CHECKSUM_MISMATCH')) throw err
       core.events?.checksumFailure()
-      const other = core.members.inSync.find((r) => r !== source)
-      if (!other) throw err
-      await other.read(start, buf)
+      await readFromOthers(core, source, start, buf, err)
       await source.write(start, buf, 0)
+      core.copied(start, length)
       core.events?.repaired()
       core.onRepair?.(source.nodeId, start, length)
     }
     await target.write(start, buf, 0)
+    core.copied(start, length)
   })
   check(core, target)
 }

@@ -1,9 +1,11 @@
 /**
- * Scrub reads every written block of every in-sync replica and checks it against its
- * crc32c, a chunk at a time; a chunk that fails is gone through block by block, and each
- * bad block is rewritten from a replica where it is good (see repair.ts). Blocks whose
- * stored crc is 0 were never written (or hold zeros) and are skipped. `bytesPerSecond`
- * paces it; it stops when aborted or when the engine closes.
+ * Scrub reads every block of every in-sync replica and checks it against its crc32c, a
+ * chunk at a time; a chunk that fails is gone through block by block, and each bad block
+ * is rewritten from a replica where it is good (see repair.ts). A block whose stored crc is
+ * 0 was never written (or holds zeros) and is not counted as checked, but it is read all
+ * the same (chunks never written are holes: cheap to read): one whose bytes are not all
+ * zero is a torn write, which the store reports as a checksum mismatch, and is bad.
+ * `bytesPerSecond` paces it; it stops when aborted or when the engine closes.
  */
 import { BLOCK_SIZE } from '../constants'
 import { isPxdError, pxdError } from '../errors'
@@ -37,7 +39,6 @@ export async function scrub(core: EngineCore, options: ScrubOptions): Promise<Sc
       const length = Math.min(SCRUB_CHUNK_BYTES, core.size - offset)
       const digest = await replica.digest(offset, length)
       const written = countWritten(digest)
-      if (written === 0) continue
       const buf = Buffer.allocUnsafe(length)
       try {
         await replica.read(offset, buf)
@@ -60,15 +61,17 @@ export async function scrub(core: EngineCore, options: ScrubOptions): Promise<Sc
 async function scrubBlocks(core: EngineCore, replica: Replica, offset: number, length: number, digest: Uint8Array, result: ScrubResult): Promise<void> {
   const one = Buffer.allocUnsafe(BLOCK_SIZE)
   for (let block = 0; block < blocksIn(length); block++) {
-    if (isUnwritten(digest, block)) continue
     const at = offset + block * BLOCK_SIZE
-    result.checkedBlocks++
+    const unwritten = isUnwritten(digest, block)
+    if (!unwritten) result.checkedBlocks++
     try {
       await replica.read(at, one)
       continue
     } catch (err) {
       if (!isPxdError(err, 'CHECKSUM_MISMATCH')) throw err
     }
+    // A crc of 0 over bytes that are not all zero: a torn write.
+    if (unwritten) result.checkedBlocks++
     result.badBlocks++
     core.events?.checksumFailure()
     if (core.members.inSync.length < 2) {

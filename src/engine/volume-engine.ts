@@ -9,6 +9,13 @@
  * A replica that refuses a request with STALE_EPOCH means another node attached the
  * volume: this engine is fenced, and every request fails from then on.
  *
+ * A write's promise settles only once every replica call it started has settled: the
+ * caller's buffer (a FUSE slot, reused once the request is answered) is never read after.
+ * While a replica is out of sync, a write to a region its dirty map does not hold yet waits
+ * until the map has it on disk before it is sent anywhere. A write that failed on some
+ * in-sync replicas and could not be recorded leaves the engine `diverged`: the attachment
+ * is then released unclean, so the next attach reconciles the replicas.
+ *
  * Who is in sync, learning or demoted is the ReplicaSet's (src/replicas/replica-set.ts);
  * resync and reconcile are in resync.ts, scrub in scrub.ts, repair in repair.ts, and the
  * ordering of writes in flight against each other and against copies in inflight.ts.
@@ -18,15 +25,15 @@
  */
 import { isPxdError, pxdError, PxdError } from '../errors'
 import type { Replica } from '../replicas/replica'
-import { ReplicaSet, type ReplicaFailure } from '../replicas/replica-set'
+import { ReplicaSet, type MemberFailure, type ReplicaFailure, type WriteRange } from '../replicas/replica-set'
 import type { EngineCore, EngineEvents, RepairListener } from './core'
 import { InflightWrites } from './inflight'
 import { badBlockOf, repair } from './repair'
-import { reconcile, resync, type ResyncProgress } from './resync'
+import { READ_BACK_RETRY_MS, reconcile, resync, type ResyncProgress } from './resync'
 import { scrub, type ScrubOptions, type ScrubResult } from './scrub'
 
 export type { EngineEvents } from './core'
-export { RESYNC_REGION_BYTES, RESYNC_SCAN_BYTES, type ResyncProgress } from './resync'
+export { READ_BACK_RETRY_MS, RESYNC_REGION_BYTES, RESYNC_SCAN_BYTES, type ResyncProgress } from './resync'
 export { SCRUB_CHUNK_BYTES, type ScrubOptions, type ScrubResult } from './scrub'
 
 export interface EngineOptions {
@@ -39,6 +46,13 @@ export interface EngineOptions {
    * rejects when that cannot be recorded (then the write must not be acknowledged).
    */
   demote?: (failed: Array<{ nodeId: string; error: unknown }>) => Promise<void>
+  /**
+   * The volume's in-sync set as the kvdb has it now: a resync commit whose outcome is
+   * unknown (KVDB_UNAVAILABLE, a timeout) is read back with it before anything is decided.
+   */
+  readInSync?: () => Promise<string[]>
+  /** How often a failed read back is tried again (READ_BACK_RETRY_MS). */
+  readBackRetryMs?: number
   /** Told once when the engine learns it has been fenced. */
   onFenced?: (error: PxdError) => void
   /** The attach epoch this engine writes at. */
@@ -95,7 +109,12 @@ export class VolumeEngine {
       writes: this.#writes,
       events: options.events,
       onRepair: options.onRepair,
+      readInSync: options.readInSync,
+      readBackRetryMs: options.readBackRetryMs ?? READ_BACK_RETRY_MS,
       get closing() { return engine.#closing !== undefined },
+      get fenced() { return engine.#fenced !== undefined },
+      // Stamped with the next write's number: only a flush that starts once a later write settled clears it.
+      copied: (offset, length) => { this.#members.wrote(offset, length, this.#nextSeq) },
       checkFenced: () => { if (this.#fenced) throw this.#fenced },
     }
   }
@@ -110,9 +129,18 @@ export class VolumeEngine {
     return this.#members.inSync.map((r) => r.nodeId)
   }
 
-  /** Replicas being resynced. */
+  /** Replicas being resynced (from the moment a resync starts, before it opened the replica). */
   get resyncing(): string[] {
-    return this.#members.learners.map((r) => r.nodeId)
+    return this.#members.resyncing
+  }
+
+  /**
+   * Whether a write failed on some in-sync replicas and was not acknowledged without the
+   * failure being recorded (the demotion failed, or every replica failed): the replicas may
+   * differ, and the attachment must be released unclean so that the next attach reconciles.
+   */
+  get diverged(): boolean {
+    return this.#members.diverged
   }
 
   /**
@@ -121,7 +149,7 @@ export class VolumeEngine {
    */
   async open(): Promise<void> {
     await this.#members.resume()
-    await this.#each(async (r) => { await r.open() })
+    await this.#fanOut(this.#members.inSync, NONE, openOf)
   }
 
   write(offset: number, data: Uint8Array): Promise<void> {
@@ -135,20 +163,21 @@ export class VolumeEngine {
     const blocker = this.#writes.blocker(offset, end)
     if (blocker) return blocker.then(() => this.#write(offset, data))
     const seq = this.#nextSeq++
-    const replicas = this.#members.inSync
-    const learners = this.#members.learners
-    let p: Promise<void>
-    if (replicas.length === 1 && learners.length === 0) p = replicas[0]!.write(offset, data, seq).catch((err) => this.#fail(err))
-    else {
-      p = this.#each((r) => r.write(offset, data, seq), [offset, data.length])
-      for (const learner of learners) {
-        p = Promise.all([p, learner.write(offset, data, seq).catch((err) => this.#learnerFailed(learner, err))]).then(noop)
-      }
-    }
+    // A region goes into the dirty maps on disk before the write is sent to any replica.
     const marked = this.#members.mark(offset, data.length)
-    if (marked) p = Promise.all([p, marked]).then(noop)
-    this.#writes.add(offset, end, p)
+    const p = marked === undefined ? this.#send(offset, data, seq) : marked.then(() => this.#send(offset, data, seq))
+    this.#writes.add(offset, end, p, seq)
     return p
+  }
+
+  #send(offset: number, data: Uint8Array, seq: number): Promise<void> {
+    const members = this.#members
+    members.wrote(offset, data.length, seq)
+    const replicas = members.inSync
+    const learners = members.learners
+    if (replicas.length === 1 && learners.length === 0 && !members.unrecorded) return replicas[0]!.write(offset, data, seq).catch((err) => this.#fail(err))
+    const range: WriteRange = [offset, data.length]
+    return this.#fanOut(replicas, learners, (r) => r.write(offset, data, seq), range)
   }
 
   /**
@@ -171,9 +200,10 @@ export class VolumeEngine {
   }
 
   /**
-   * Read every written block of every in-sync replica and check it against its crc32c;
-   * a bad block is rewritten from a replica where it is good. Blocks whose stored crc is
-   * 0 were never written (or hold zeros) and are skipped. `bytesPerSecond` paces it.
+   * Read every block of every in-sync replica and check it against its crc32c; a bad block
+   * is rewritten from a replica where it is good. Blocks whose stored crc is 0 were never
+   * written (or hold zeros) and are not counted, but a torn one among them (crc 0 over
+   * bytes that are not zeros) is bad. `bytesPerSecond` paces it.
    */
   scrub(options: ScrubOptions = {}): Promise<ScrubResult> {
     return scrub(this.#core, options)
@@ -188,7 +218,7 @@ export class VolumeEngine {
   flush(): Promise<void> {
     if (this.#closing) return Promise.reject(pxdError('ENGINE_CLOSED', `volume ${this.volumeId} is closed`))
     if (this.#fenced) return Promise.reject(this.#fenced)
-    return this.#track(this.#each((r) => r.flush()))
+    return this.#track(this.#flush())
   }
 
   /** Waits for in-flight requests, then flushes and lets go of every replica. Idempotent. */
@@ -208,7 +238,7 @@ export class VolumeEngine {
    * other replica the read fails, naming the block, and never returns wrong bytes.
    */
   async #readFrom(index: number, offset: number, into: Uint8Array): Promise<void> {
-    const replica = this.#members.inSync[index]
+    const replica = this.#members.readable[index]
     if (!replica) throw pxdError('IO_ERROR', `volume ${this.volumeId}: no replica could serve the read at ${offset}`)
     try {
       await replica.read(offset, into)
@@ -216,33 +246,48 @@ export class VolumeEngine {
       if (isPxdError(err, 'STALE_EPOCH')) return this.#fail(err)
       const corrupt = isPxdError(err, 'CHECKSUM_MISMATCH')
       if (corrupt) this.#events?.checksumFailure()
-      if (index + 1 >= this.#members.inSync.length) throw err
+      if (index + 1 >= this.#members.readable.length) throw err
       await this.#readFrom(index + 1, offset, into)
       if (corrupt) await repair(this.#core, replica, offset, into.length, badBlockOf(err))
     }
   }
 
   /**
-   * Run one operation on every in-sync replica in parallel. All succeeded: done. Some
-   * failed: demote them (durably) and carry on with the rest. All failed, or the
-   * demotion could not be recorded: the operation fails.
+   * A flush of every in-sync and committing replica. One that succeeded makes durable on its
+   * replica every write that had settled when it started: those regions are no longer
+   * unflushed there (what a replica demoted later may have lost is the rest).
    */
-  async #each(op: (r: Replica) => Promise<void>, range?: [number, number]): Promise<void> {
-    const replicas = this.#members.inSync
-    const results = await Promise.allSettled(replicas.map(op))
-    let failed: ReplicaFailure[] | undefined
+  #flush(): Promise<void> {
+    const oldest = this.#writes.oldestSeq()
+    const upTo = (oldest ?? this.#nextSeq) - 1
+    const members = this.#members
+    return this.#fanOut(members.inSync, members.committing, async (r) => {
+      await r.flush()
+      members.flushed(r, upTo)
+    })
+  }
+
+  /**
+   * Run one operation on every in-sync replica and on `others` (learners) in parallel, and
+   * settle once every call has settled. All succeeded: done (once any failure still waiting
+   * to be recorded is). Some failed: the ReplicaSet settles them (an in-sync one is demoted,
+   * durably, and the rest carry on). Every in-sync one failed, or a demotion could not be
+   * recorded: the operation fails.
+   */
+  async #fanOut(replicas: readonly Replica[], others: readonly Replica[], op: (r: Replica) => Promise<void>, range?: WriteRange): Promise<void> {
+    const calls: Array<Promise<void>> = []
+    for (const r of replicas) calls.push(start(op, r))
+    for (const r of others) calls.push(start(op, r))
+    const results = await Promise.allSettled(calls)
+    let failed: MemberFailure[] | undefined
     for (let i = 0; i < results.length; i++) {
       const r = results[i]!
       if (r.status === 'fulfilled') continue
       if (isPxdError(r.reason, 'STALE_EPOCH')) return this.#fail(r.reason)
-      ;(failed ??= []).push({ nodeId: replicas[i]!.nodeId, error: r.reason })
+      ;(failed ??= []).push({ replica: i < replicas.length ? replicas[i]! : others[i - replicas.length]!, error: r.reason })
     }
-    if (failed) await this.#members.demote(failed, replicas, range)
-  }
-
-  #learnerFailed(learner: Replica, err: unknown): void {
-    if (isPxdError(err, 'STALE_EPOCH')) this.#fail(err)
-    this.#members.learnerFailed(learner, err)
+    if (failed) return this.#members.settle(failed, replicas, range)
+    return this.#members.recorded()
   }
 
   /** A demotion the kvdb refused with FENCED fences the engine; any other failure passes through. */
@@ -277,6 +322,21 @@ export class VolumeEngine {
     return p.finally(() => {
       if (--this.#inflight === 0 && this.#drained) this.#drained()
     })
+  }
+}
+
+const NONE: readonly Replica[] = []
+
+function openOf(r: Replica): Promise<void> {
+  return r.open().then(noop)
+}
+
+/** Start one replica call; one that throws at once is a rejected call like any other. */
+function start(op: (r: Replica) => Promise<void>, r: Replica): Promise<void> {
+  try {
+    return op(r)
+  } catch (err) {
+    return Promise.reject(err)
   }
 }
 

@@ -4,8 +4,17 @@
  * stale epochs, which the engine turns into fencing.
  */
 import { pxdError } from '../errors'
+import type { RequestOptions } from '../replication'
 import { decodeEpoch, replicaRequestError, requests, type PeerChannel } from './protocol'
 import type { Replica } from './replica'
+
+/**
+ * How long a flush (and a close, which flushes) may take before it counts as failed: one
+ * fdatasync of a large replica can outlast the link's default request timeout, and a
+ * healthy replica must not be demoted for it. Writes keep the link's default.
+ */
+export const FLUSH_TIMEOUT_MS = 120_000
+const FLUSH: RequestOptions = { timeoutMs: FLUSH_TIMEOUT_MS }
 
 export class ReplicaClient implements Replica {
   readonly nodeId: string
@@ -53,21 +62,21 @@ export class ReplicaClient implements Replica {
   }
 
   async flush(): Promise<void> {
-    await this.#call('flush', requests.flush(this.#vol, this.#epoch))
+    await this.#call('flush', requests.flush(this.#vol, this.#epoch), FLUSH)
   }
 
   async close(): Promise<void> {
-    await this.#call('close', requests.close(this.#vol, this.#epoch))
+    await this.#call('close', requests.close(this.#vol, this.#epoch), FLUSH)
   }
 
-  #call(what: string, req: Parameters<PeerChannel['request']>[0]): Promise<Uint8Array | undefined> {
-    return call(this.nodeId, this.#link, what, req)
+  #call(what: string, req: Parameters<PeerChannel['request']>[0], opts?: RequestOptions): Promise<Uint8Array | undefined> {
+    return call(this.nodeId, this.#link, what, req, opts)
   }
 }
 
-async function call(nodeId: string, link: PeerChannel, what: string, req: Parameters<PeerChannel['request']>[0]): Promise<Uint8Array | undefined> {
+async function call(nodeId: string, link: PeerChannel, what: string, req: Parameters<PeerChannel['request']>[0], opts?: RequestOptions): Promise<Uint8Array | undefined> {
   try {
-    return await link.request(req)
+    return await link.request(req, opts)
   } catch (err) {
     throw replicaRequestError(nodeId, what, err)
   }

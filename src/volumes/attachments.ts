@@ -97,13 +97,16 @@ export class Attachments {
     await this.#o.kvdb.txn({ compares: [{ key, modRevision: current.modRevision }], puts: [{ key, value: { nodeId: this.#o.nodeId, epoch } satisfies AttachmentRecord }] })
   }
 
-  /** Give the attachment back; nothing changes unless this node holds it at `epoch`. */
-  async release(name: string, epoch: number): Promise<void> {
+  /**
+   * Give the attachment back; nothing changes unless this node holds it at `epoch`.
+   * `unclean`: the replicas may differ (a write failed on some and was not acknowledged).
+   */
+  async release(name: string, epoch: number, options?: { unclean?: boolean }): Promise<void> {
     const key = keys.attachment(name)
     const current = await this.#o.kvdb.get<AttachmentRecord>(key)
     if (!current || current.value.nodeId !== this.#o.nodeId || current.value.epoch !== epoch) return
     // An unclean mark stays until a reconcile clears it, whatever happened in between.
-    const unclean = current.value.unclean === true
+    const unclean = current.value.unclean === true || options?.unclean === true
     await this.#o.kvdb.txn({
       compares: [{ key, modRevision: current.modRevision }],
       puts: [{ key, value: { nodeId: null, epoch, ...(unclean ? { unclean } : {}) } satisfies AttachmentRecord }],
@@ -111,12 +114,12 @@ export class Attachments {
   }
 
   /** Release in the background, every RELEASE_RETRY_MS until the kvdb takes it (or until stop). */
-  retryRelease(name: string, epoch: number): void {
+  retryRelease(name: string, epoch: number, options?: { unclean?: boolean }): void {
     const timer = setTimeout(() => {
       if (this.#stopped) return
-      void this.#o.locks.run(name, () => this.release(name, epoch)).then(
+      void this.#o.locks.run(name, () => this.release(name, epoch, options)).then(
         () => this.#o.log.info({ volume: name }, 'detach recorded'),
-        () => this.retryRelease(name, epoch),
+        () => this.retryRelease(name, epoch, options),
       )
     }, RELEASE_RETRY_MS)
     timer.unref()

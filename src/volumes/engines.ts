@@ -3,7 +3,9 @@
  * (bumping the epoch), opens the engine on the in-sync replicas at that epoch (local
  * first), which fences any older coordinator, and, when the last holder died, makes them
  * equal before anything reads them. On failure nothing stays claimed; the unclean mark
- * stays for the next attach. The engine's failed replicas are demoted at its epoch.
+ * stays for the next attach. The engine's failed replicas are demoted at its epoch, and a
+ * resync commit whose outcome is unknown is read back from the kvdb. An engine that
+ * diverged (a write failed on some replicas and could not be recorded) is released unclean.
  */
 import path from 'node:path'
 import type { Logger } from 'pino'
@@ -21,10 +23,13 @@ export interface EnginesOptions {
   /** The engine keeps the dirty maps of out-of-sync replicas under <dataDir>/dirty. */
   dataDir: string
   replicas: Pick<ReplicaDirectory, 'replica'>
-  attachments: Pick<Attachments, 'claim' | 'unclaim' | 'markClean' | 'release'>
+  attachments: Pick<Attachments, 'claim' | 'unclaim' | 'markClean'> & {
+    /** With `unclean`, the release keeps (or sets) the unclean mark. */
+    release(name: string, epoch: number, options?: { unclean?: boolean }): Promise<void>
+  }
   /** The volume's record as the kvdb has it now. */
   readRecord: (name: string) => Promise<VolumeRecord>
-  inSync: Pick<InSyncSet, 'demote'>
+  inSync: Pick<InSyncSet, 'demote' | 'inSyncOf'>
   engineEvents: ((volumeName: string) => EngineEvents) | undefined
   /** The engine learnt another node attached the volume with a newer epoch. */
   onFenced: (name: string, engine: VolumeEngine, err: PxdError, log: Logger) => void
@@ -70,7 +75,9 @@ export class VolumeEngines {
   async detach(name: string, volumeId: string, engine: VolumeEngine | undefined, epoch: number): Promise<void> {
     const log = this.#o.log
     await engine?.close().catch((err) => log.error({ err, volume: name, volumeId }, 'closing the volume engine failed'))
-    await this.#o.attachments.release(name, epoch).catch((err) => log.error({ err, volume: name, volumeId }, 'giving the attachment back failed'))
+    // Replicas that may differ are reconciled by the next attach.
+    const release = engine?.diverged ? this.#o.attachments.release(name, epoch, { unclean: true }) : this.#o.attachments.release(name, epoch)
+    await release.catch((err) => log.error({ err, volume: name, volumeId }, 'giving the attachment back failed'))
   }
 
   async #open(name: string, record: VolumeRecord, epoch: number): Promise<VolumeEngine> {
@@ -96,6 +103,7 @@ export class VolumeEngines {
         else log.warn(where, 'read repair: checksum mismatch served from another replica and rewritten')
       },
       demote: (failed) => this.#o.inSync.demote(name, epoch, failed, log),
+      readInSync: () => this.#o.inSync.inSyncOf(name),
       onFenced: (err) => this.#o.onFenced(name, engine, err, log),
     })
     await engine.open()

@@ -2,6 +2,8 @@
  * Changes to a volume's in-sync set. Each one is a transaction that also checks this node
  * still holds the attachment at the epoch it coordinates at, so a coordinator that lost
  * the volume cannot rewrite the set; a lost compare-and-swap is read again and retried.
+ * A change that rejected with KVDB_UNAVAILABLE (a timeout) may have been applied all the
+ * same: `inSyncOf` reads the set back, so that the caller acts on what the kvdb says.
  */
 import type { Logger } from 'pino'
 import { pxdError } from '../errors'
@@ -23,6 +25,13 @@ export class InSyncSet {
   constructor(o: InSyncOptions) {
     this.#nodeId = o.nodeId
     this.#kvdb = o.kvdb
+  }
+
+  /** The volume's in-sync set as the kvdb has it now. */
+  async inSyncOf(name: string): Promise<string[]> {
+    const vol = await this.#kvdb.get<VolumeRecord>(keys.volume(name))
+    if (!vol) throw pxdError('NOT_FOUND', `volume ${name} not found`)
+    return vol.value.inSync
   }
 
   /** Put a resynced replica back into the in-sync set. */

@@ -366,10 +366,12 @@ export class VolumeManager {
     try {
       await local.engine.close()
     } finally {
-      await this.#attachments.release(name, local.epoch).catch((err) => {
+      // Replicas that may differ in a write nobody acknowledged are reconciled at the next attach.
+      const opts = local.engine.diverged ? { unclean: true } : undefined
+      await this.#attachments.release(name, local.epoch, opts).catch((err) => {
         // The volume is unmounted here whatever the kvdb says; record that once it is back.
         this.#log.warn({ err, volume: name, volumeId: local.volumeId }, 'could not record the detach now; retrying in the background')
-        this.#attachments.retryRelease(name, local.epoch)
+        this.#attachments.retryRelease(name, local.epoch, opts)
       })
     }
   }

@@ -38,6 +38,8 @@ export interface ResyncsOptions {
 
 export class Resyncs {
   readonly #o: ResyncsOptions
+  /** Nodes whose resync has been started, per attached volume: marked before any await. */
+  readonly #running = new WeakMap<ResyncableVolume, Set<string>>()
   #timer: NodeJS.Timeout | undefined
   #stopped = false
 
@@ -57,7 +59,10 @@ export class Resyncs {
     if (this.#timer) clearInterval(this.#timer)
   }
 
-  /** Start a resync of every replica of `name` that is online, out of sync and not resyncing yet. */
+  /**
+   * Start a resync of every replica of `name` that is online, out of sync and not resyncing
+   * yet (by this object or, as the engine says, anyone): never two of one node at a time.
+   */
   async check(name: string): Promise<void> {
     const local = this.#o.attached.get(name)
     if (!local || this.#stopped) return
@@ -69,11 +74,15 @@ export class Resyncs {
     } catch {
       return
     }
-    if (!record || this.#o.attached.get(name) !== local) return
-    const busy = new Set(local.engine.resyncing)
+    if (!record || this.#o.attached.get(name) !== local || this.#stopped) return
+    const running = this.#running.get(local) ?? new Set<string>()
+    this.#running.set(local, running)
+    const busy = new Set([...local.engine.resyncing, ...running])
     for (const { nodeId } of record.replicas) {
       if (record.inSync.includes(nodeId) || busy.has(nodeId) || !online.has(nodeId)) continue
-      void this.#resync(name, local, nodeId)
+      // Busy from now on, before the first await of the resync: the next check skips it.
+      running.add(nodeId)
+      void this.#resync(name, local, nodeId).finally(() => running.delete(nodeId))
     }
   }
 

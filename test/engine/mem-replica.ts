@@ -9,7 +9,7 @@ export type BlockNaming = 'field' | 'cause' | 'text'
 /**
  * A replica in memory that keeps a crc32c per block the way the store does (0 for a block
  * of zeros), verifies reads against it and serves digests of it. `corrupt` rots a block
- * behind the crc's back; `beforeWrite` can delay or fail a write.
+ * behind the crc's back; `beforeWrite` and `beforeFlush` can delay or fail a write or flush.
  */
 export class MemReplica implements Replica {
   readonly bytes: Buffer
@@ -17,6 +17,8 @@ export class MemReplica implements Replica {
   /** [offset, length] of every write applied, in order. */
   readonly writes: Array<[number, number]> = []
   beforeWrite: ((offset: number, data: Uint8Array) => Promise<void> | void) | undefined
+  beforeFlush: (() => Promise<void> | void) | undefined
+  flushes = 0
   naming: BlockNaming = 'field'
   /** What open() resolves to: the epoch the copy was at before. */
   epochBefore = 0
@@ -35,7 +37,14 @@ export class MemReplica implements Replica {
     return this
   }
 
-  /** Change a block's bytes but not its crc: bit rot. */
+  /** Take these bytes as the replica's (not counted as a write), keeping the crcs right. */
+  load(from: Uint8Array): this {
+    this.bytes.set(from)
+    this.#updateCrcs(0, this.bytes.length)
+    return this
+  }
+
+  /** Change a block's bytes but not its crc: bit rot (or, on a block of zeros, a torn write). */
   corrupt(block: number): void {
     this.bytes[block * BLOCK_SIZE] = this.bytes[block * BLOCK_SIZE]! ^ 0xff
   }
@@ -60,7 +69,10 @@ export class MemReplica implements Replica {
     into.set(this.bytes.subarray(offset, offset + into.length))
   }
 
-  flush(): Promise<void> { return Promise.resolve() }
+  async flush(): Promise<void> {
+    this.flushes++
+    await this.beforeFlush?.()
+  }
 
   async digest(offset: number, length: number): Promise<Uint8Array> {
     const out = Buffer.alloc((length / BLOCK_SIZE) * CHECKSUM_BYTES)
@@ -87,6 +99,29 @@ export class MemReplica implements Replica {
       : this.naming === 'cause' ? { cause: Object.assign(new Error(message), { code: 'ECHECKSUM', block }) }
         : {}
     return new PxdError('CHECKSUM_MISMATCH', message, details)
+  }
+}
+
+/**
+ * A MemReplica whose writes stay in its node's page cache until a flush completes:
+ * `afterPowerLoss` is the replica as its disk has it once the node lost power.
+ */
+export class CachedReplica extends MemReplica {
+  readonly #disk: Buffer
+
+  constructor(nodeId: string, size: number) {
+    super(nodeId, size)
+    this.#disk = Buffer.alloc(size)
+  }
+
+  override async flush(): Promise<void> {
+    const now = Buffer.from(this.bytes)
+    await super.flush()
+    now.copy(this.#disk)
+  }
+
+  afterPowerLoss(): MemReplica {
+    return new MemReplica(this.nodeId, this.bytes.length).load(this.#disk)
   }
 }
 

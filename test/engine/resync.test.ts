@@ -3,7 +3,7 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { DIRTY_REGION_BYTES, DirtyMap } from '../../src/replicas/dirty-map'
-import { RESYNC_REGION_BYTES, VolumeEngine } from '../../src/engine/volume-engine'
+import { RESYNC_REGION_BYTES, VolumeEngine, type EngineOptions } from '../../src/engine/volume-engine'
 import { isPxdError, pxdError } from '../../src/errors'
 import { deferred, MemReplica, tick } from './mem-replica'
 
@@ -187,4 +187,143 @@ test('a rotten block on the resync source is taken from another replica and mend
   t.deepEqual(repairs, [['a', 0, REGION]])
   t.true(c.bytes.equals(b.bytes))
   await t.notThrowsAsync(a.read(0, Buffer.alloc(8192)), 'the source reads clean again')
+})
+
+test('a rotten block on the resync source is taken from each other replica in turn until one has it good', async (t) => {
+  const [a, b, c] = ['a', 'b', 'c'].map((n) => new MemReplica(n, SIZE).fill(0, 8192, 1)) as [MemReplica, MemReplica, MemReplica]
+  a.corrupt(1)
+  b.corrupt(1)
+  const d = new MemReplica('d', SIZE)
+  const repairs: Array<[string, number, number]> = []
+  const engine = new VolumeEngine({ volumeId: VOLUME, size: SIZE, replicas: [a, b, c], onRepair: (n, o, l) => repairs.push([n, o, l]) })
+  await engine.resync(d, () => Promise.resolve())
+  t.deepEqual(repairs, [['a', 0, REGION]])
+  t.true(d.bytes.equals(c.bytes), 'copied from c: b has the block bad too')
+  await t.notThrowsAsync(a.read(0, Buffer.alloc(8192)))
+})
+
+test('one resync of a node at a time: a second is refused at once, even before the first opened the replica', async (t) => {
+  const a = new MemReplica('a', SIZE).fill(0, SIZE, 3)
+  const engine = new VolumeEngine({ volumeId: VOLUME, size: SIZE, replicas: [a] })
+  const first = new MemReplica('b', SIZE)
+  const opening = deferred<number>()
+  first.open = () => opening.promise
+  const second = new MemReplica('b', SIZE)
+  const resyncing = engine.resync(first, () => Promise.resolve())
+  t.deepEqual(engine.resyncing, ['b'], 'busy before any await')
+  t.true(isPxdError(await t.throwsAsync(engine.resync(second, () => Promise.resolve())), 'CONFLICT'))
+  t.is(second.opened, 0)
+  t.true(isPxdError(await t.throwsAsync(engine.resync(new MemReplica('a', SIZE), () => Promise.resolve())), 'CONFLICT'), 'nor of a node in sync')
+  opening.resolve(0)
+  await resyncing
+  t.deepEqual(engine.inSync, ['a', 'b'])
+  await engine.write(0, Buffer.alloc(4096, 9))
+  t.deepEqual(first.writes.at(-1), [0, 4096], 'the member is the first object')
+  t.deepEqual(second.writes, [])
+})
+
+/** Engine on a (epoch 4, dirty maps in a temporary folder, demotions recorded) with b demoted under it, and a new b to resync. */
+async function withLearner(t: { teardown(fn: () => void): void }, extra: Partial<EngineOptions> = {}) {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'pxd-commit-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const size = 4 * DIRTY_REGION_BYTES
+  const a = new MemReplica('a', size)
+  const old = new MemReplica('b', size)
+  old.beforeWrite = () => { throw pxdError('PEER_UNAVAILABLE', 'link down') }
+  const demoted: string[] = []
+  const engine = new VolumeEngine({ volumeId: VOLUME, size, replicas: [a, old], epoch: 4, dirtyDir: dir, demote: async (f) => { demoted.push(...f.map((x) => x.nodeId)) }, ...extra })
+  await engine.write(0, Buffer.alloc(4096, 1))
+  const back = new MemReplica('b', size)
+  back.epochBefore = 4
+  const committing = deferred()
+  const commit = deferred()
+  const startCommit = () => { committing.resolve(); return commit.promise }
+  return { a, back, dir, demoted, engine, committing, commit, startCommit }
+}
+
+test('replica membership changes are atomic against writes in flight: a learner write failing during the commit demotes it at once, before that write is acknowledged', async (t) => {
+  const { back, dir, demoted, engine, committing, commit, startCommit } = await withLearner(t)
+  const failed = deferred()
+  back.beforeWrite = (_offset, data) => {
+    if (data[0] !== 5) return
+    failed.resolve()
+    throw pxdError('PEER_UNAVAILABLE', 'link down')
+  }
+  const resyncing = engine.resync(back, startCommit)
+  await committing.promise
+  let acked = false
+  const writing = engine.write(2 * DIRTY_REGION_BYTES, Buffer.alloc(4096, 5)).then(() => { acked = true })
+  await failed.promise
+  await tick()
+  t.false(acked, 'the write waits for the commit\'s outcome')
+  commit.resolve()
+  t.true(isPxdError(await t.throwsAsync(resyncing), 'PEER_UNAVAILABLE'))
+  await writing
+  t.deepEqual(demoted, ['b', 'b'], 'promoted, then demoted by the normal path')
+  t.deepEqual(engine.inSync, ['a'])
+  t.true(existsSync(DirtyMap.fileOf(dir, VOLUME, 'b')), 'the map stays for the next resync')
+})
+
+test('a learner write in flight at the commit that fails after it demotes the promoted replica before that write resolves', async (t) => {
+  const { back, demoted, engine } = await withLearner(t)
+  const gate = deferred()
+  const sent = deferred()
+  back.beforeWrite = async (_offset, data) => {
+    if (data[0] !== 5) return
+    sent.resolve()
+    await gate.promise
+    throw pxdError('PEER_TIMEOUT', 'no answer')
+  }
+  let writing: Promise<void> | undefined
+  let acked = false
+  // The resync's last flush before the commit: a write reaches the learner and hangs there.
+  back.beforeFlush = async () => {
+    writing ??= engine.write(DIRTY_REGION_BYTES, Buffer.alloc(4096, 5)).then(() => { acked = true })
+    await sent.promise
+  }
+  await engine.resync(back, () => Promise.resolve())
+  t.deepEqual(engine.inSync, ['a', 'b'])
+  gate.resolve()
+  await tick()
+  await writing
+  t.true(acked)
+  t.deepEqual(demoted, ['b', 'b'])
+  t.deepEqual(engine.inSync, ['a'], 'demoted before the write was acknowledged')
+})
+
+test('a flush during the commit reaches the replica being promoted', async (t) => {
+  const { back, engine, committing, commit, startCommit } = await withLearner(t)
+  const resyncing = engine.resync(back, startCommit)
+  await committing.promise
+  const before = back.flushes
+  await engine.flush()
+  t.is(back.flushes, before + 1)
+  commit.resolve()
+  await resyncing
+})
+
+test('a kvdb outcome that is unknown is read back before anything is decided: a commit that timed out but was applied makes the replica in sync', async (t) => {
+  let reads = 0
+  const { back, engine } = await withLearner(t, {
+    readBackRetryMs: 5,
+    readInSync: async () => {
+      if (reads++ === 0) throw pxdError('KVDB_UNAVAILABLE', 'still down')
+      return ['a', 'b']
+    },
+  })
+  const result = await engine.resync(back, () => Promise.reject(pxdError('KVDB_UNAVAILABLE', 'etcd request timed out')))
+  t.is(result.nodeId, 'b')
+  t.is(reads, 2, 'a read back that failed was tried again')
+  t.deepEqual(engine.inSync, ['a', 'b'])
+  await engine.write(3 * DIRTY_REGION_BYTES, Buffer.alloc(4096, 6))
+  t.deepEqual(back.writes.at(-1), [3 * DIRTY_REGION_BYTES, 4096], 'the engine writes to it')
+})
+
+test('a commit that timed out and was not applied, read back, leaves the replica out of sync with its map', async (t) => {
+  const { back, dir, engine } = await withLearner(t, { readInSync: async () => ['a'] })
+  const timeout = pxdError('KVDB_UNAVAILABLE', 'etcd request timed out')
+  t.is(await t.throwsAsync(engine.resync(back, () => Promise.reject(timeout))), timeout)
+  t.deepEqual(engine.inSync, ['a'])
+  t.false(engine.diverged)
+  t.true(existsSync(DirtyMap.fileOf(dir, VOLUME, 'b')))
 })

@@ -56,16 +56,28 @@ test('a block bad on every replica is unrecoverable, and the other bad copy is n
   t.deepEqual(b.writes, [])
 })
 
-test('scrub skips chunks never written and stops when aborted', async (t) => {
+test('scrub reads chunks never written too (holes: cheap to read), counts no block there, and stops when aborted', async (t) => {
   const a = new MemReplica('a', SIZE)
   let reads = 0
   const read = a.read.bind(a)
   a.read = (offset, into) => { reads++; return read(offset, into) }
   const engine = new VolumeEngine({ volumeId: VOLUME, size: SIZE, replicas: [a] })
   t.deepEqual(await engine.scrub(), { checkedBlocks: 0, badBlocks: 0, repairedBlocks: 0, unrecoverableBlocks: 0 })
-  t.is(reads, 0, 'an unwritten chunk is not read')
+  t.is(reads, 2, 'each chunk is read once')
   a.fill(0, SIZE, 7)
   const abort = new AbortController()
   abort.abort()
   t.is((await engine.scrub({ signal: abort.signal })).checkedBlocks, 0)
+})
+
+test('a torn block (crc 0 over bytes that are not all zero) is bad: scrub finds it in a chunk whose checksums are all zero and repairs it', async (t) => {
+  const a = new MemReplica('a', SIZE)
+  const b = new MemReplica('b', SIZE)
+  a.corrupt(5)
+  const { counts, repairs, options } = counting()
+  const engine = new VolumeEngine({ volumeId: VOLUME, size: SIZE, replicas: [a, b], ...options })
+  t.deepEqual(await engine.scrub(), { checkedBlocks: 1, badBlocks: 1, repairedBlocks: 1, unrecoverableBlocks: 0 })
+  t.deepEqual(repairs, [{ nodeId: 'a', offset: 5 * BLOCK_SIZE, length: BLOCK_SIZE }])
+  t.true(a.bytes.equals(b.bytes))
+  t.deepEqual(counts, { checksumFailure: 1, repaired: 1 })
 })

@@ -146,3 +146,11 @@ test('unclaim puts the attachment back as the claim found it, and only while thi
   await n2.unclaim(VOL, stale)
   t.deepEqual(await attachmentOf(db, VOL), { nodeId: 'n1', epoch: 10 }, 'a claim that was superseded changes nothing')
 })
+
+test('a release of an engine whose replicas may differ leaves the volume unclean for the next attach to reconcile', async (t) => {
+  const { db, n1 } = await setup(t)
+  await n1.claim(VOL)
+  await n1.release(VOL, 1, { unclean: true })
+  t.deepEqual(await attachmentOf(db, VOL), { nodeId: null, epoch: 1, unclean: true })
+  t.like(await n1.claim(VOL), { epoch: 2, unclean: true })
+})

@@ -4,6 +4,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { isPxdError, pxdError } from '../../src/errors'
 import { keys } from '../../src/kvdb/kvdb'
+import type { VolumeEngine } from '../../src/engine/volume-engine'
 import type { Replica } from '../../src/replicas/replica'
 import { KeyedMutex } from '../../src/util/mutex'
 import { Attachments } from '../../src/volumes/attachments'
@@ -37,7 +38,7 @@ async function setup(t: ExecutionContext, opens: (nodeId: string) => boolean) {
     nodeId: 'n1', dataDir,
     replicas: { replica: async (nodeId) => replica(nodeId, opens(nodeId)) },
     attachments,
-    inSync: { demote: async () => { throw pxdError('IO_ERROR', 'no demotion in this test') } },
+    inSync: { demote: async () => { throw pxdError('IO_ERROR', 'no demotion in this test') }, inSyncOf: async () => [] },
     readRecord: async (name) => {
       const r = (await db.get<VolumeRecord>(keys.volume(name)))!.value
       opened.push(r.inSync)
@@ -75,4 +76,27 @@ test('the engine opens on the in-sync set as it is once the claim fenced the las
   t.deepEqual(engine.inSync, ['n1'])
   await engines.detach(VOL, record.id, engine, epoch)
   t.like(await attachmentOf(db, VOL), { nodeId: null, epoch: 4 })
+})
+
+test('an engine that diverged is released unclean, so that the next attach reconciles its replicas', async (t) => {
+  const releases: Array<{ name: string; epoch: number; options?: { unclean?: boolean } }> = []
+  const engines = new VolumeEngines({
+    nodeId: 'n1', dataDir: os.tmpdir(),
+    replicas: { replica: async (nodeId) => replica(nodeId, true) },
+    attachments: {
+      claim: async () => { throw new Error('not in this test') },
+      unclaim: async () => undefined,
+      markClean: async () => undefined,
+      release: async (name, epoch, options) => { releases.push({ name, epoch, ...(options ? { options } : {}) }) },
+    },
+    inSync: { demote: async () => undefined, inSyncOf: async () => [] },
+    readRecord: async () => { throw new Error('not in this test') },
+    engineEvents: undefined,
+    onFenced: () => undefined,
+    log: silent,
+  })
+  const engine = (diverged: boolean) => ({ diverged, close: async () => undefined }) as unknown as VolumeEngine
+  await engines.detach(VOL, 'id', engine(false), 3)
+  await engines.detach(VOL, 'id', engine(true), 4)
+  t.deepEqual(releases, [{ name: VOL, epoch: 3 }, { name: VOL, epoch: 4, options: { unclean: true } }])
 })

@@ -99,3 +99,18 @@ test('a transaction that times out propagates, and the set is unchanged', async 
   t.is(await t.throwsAsync(set.promote(VOL, 4, 'n4')), timeout)
   t.deepEqual(await inSyncOf(db, VOL), ['n1', 'n2', 'n3'])
 })
+
+test('a promotion whose transaction timed out but was applied is read back as in sync by inSyncOf', async (t) => {
+  const { db, hooked, set } = await setup(t)
+  await set.demote(VOL, 4, [failure('n3')], silent)
+  const timeout = pxdError('KVDB_UNAVAILABLE', 'etcd request timed out')
+  hooked.onTxn = async (txn) => {
+    await db.txn(txn)
+    throw timeout
+  }
+  t.is(await t.throwsAsync(set.promote(VOL, 4, 'n3')), timeout)
+  t.deepEqual(await set.inSyncOf(VOL), ['n1', 'n2', 'n3'], 'what the kvdb says, not what the caller was told')
+  hooked.onTxn = undefined
+  await db.delete(keys.volume(VOL))
+  t.true(isPxdError(await t.throwsAsync(set.inSyncOf(VOL)), 'NOT_FOUND'))
+})

@@ -5,18 +5,19 @@ import { keys } from '../../src/kvdb/kvdb'
 import type { Replica } from '../../src/replicas/replica'
 import { Resyncs, type ResyncableVolume } from '../../src/volumes/resyncs'
 import type { ResyncRecord } from '../../src/volumes/types'
-import { FakeMembership, GiB, node, openKvdb, putVolume, silent, volumeRecord, waitFor } from './fakes'
+import { FakeMembership, GiB, node, openKvdb, putVolume, silent, sleep, volumeRecord, waitFor } from './fakes'
 
 const EPOCH = 7
 
 /** An engine that resyncs at once: reports progress, commits, and says what it did. */
-function fakeEngine(o: { busy?: string[]; fail?: Error } = {}) {
+function fakeEngine(o: { busy?: string[]; fail?: Error; hold?: Promise<void> } = {}) {
   const resynced: string[] = []
   return {
     resynced,
     resyncing: o.busy ?? [],
     async resync(target: Replica, commit: () => Promise<void>, onProgress?: (p: ResyncProgress) => void): Promise<ResyncProgress> {
       resynced.push(target.nodeId)
+      await o.hold
       if (o.fail) throw o.fail
       onProgress?.({ nodeId: target.nodeId, method: 'dirty-map', totalBytes: GiB, scannedBytes: GiB / 2, copiedBytes: 10 })
       await commit()
@@ -80,4 +81,24 @@ test('nothing starts for a volume not attached here, or after stop', async (t) =
   t.true(attached.has('v'))
   t.deepEqual(engine.resynced, [])
   t.is(await db.get(keys.resync('v')), undefined)
+})
+
+test('a second resync of a node never starts while one runs, even before the engine reports it resyncing', async (t) => {
+  let release!: () => void
+  const hold = new Promise<void>((resolve) => { release = resolve })
+  const engine = fakeEngine({ hold })
+  const { db, promoted, resyncs } = await setup(t, engine, ['n1', 'n2'])
+  // The replica is slow to reach: two checks (two timer ticks) run before any resync started.
+  await Promise.all([resyncs.check('v'), resyncs.check('v')])
+  await resyncs.check('v')
+  await sleep(20)
+  t.deepEqual(engine.resynced, ['n2'], 'one resync, though the engine says nothing is resyncing')
+  release()
+  await settledRecord(db)
+  t.deepEqual(promoted, [`v/${EPOCH}/n2`])
+  await waitFor(async () => {
+    await resyncs.check('v')
+    return engine.resynced.length === 2
+  })
+  t.deepEqual(engine.resynced, ['n2', 'n2'], 'once it ended, the node may be resynced again')
 })
