@@ -3,7 +3,8 @@
  * link or the peer server raises on this node. Callers match on `code` only. A peer's
  * refusal of a request (`ack ok: false`) is a PxdError too, with the peer's code.
  */
-import { isPxdError, pxdError, type ErrorCode, type PxdError } from '../errors'
+import { isErrorCode, isPxdError, pxdError, PxdError, type ErrorCode } from '../errors'
+import type { AckErrorFrame } from './frames'
 
 const REPLICATION_CODES = [
   'PEER_UNAVAILABLE', 'PEER_TIMEOUT', 'PEER_MISMATCH', 'AUTH_FAILED', 'AUTH_REQUIRED', 'HANDSHAKE_TIMEOUT',
@@ -22,4 +23,10 @@ export function replicationError(code: ReplicationCode, message: string, cause?:
 /** Whether `err` is a PxdError with a transport code (that code, when given). */
 export function isReplicationError(err: unknown, code?: ReplicationCode): err is PxdError & { readonly code: ReplicationCode } {
   return isPxdError(err) && (code === undefined ? TRANSPORT_CODES.has(err.code) : err.code === code)
+}
+
+/** A request the peer answered with `ack ok: false`: its code if it is one of ours, and the block it names. */
+export function refusalError(peer: string, ack: AckErrorFrame): PxdError {
+  const code = isErrorCode(ack.code) ? ack.code : 'INTERNAL'
+  return new PxdError(code, ack.message, ack.block === undefined ? { peer } : { peer, block: ack.block })
 }

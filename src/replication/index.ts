@@ -1,6 +1,7 @@
 /** Peer transport: frames, handshake, the server end and the link pool. No replication policy. */
 export { PeerServer, type PeerServerOptions, type RequestHandler } from './peer-server'
-export { PeerLinks, PeerLink, type PeerLinksOptions, type LinkState, type RequestOptions } from './peer-link'
+export { PeerLink, type LinkState, type RequestOptions } from './peer-link'
+export { PeerLinks, type PeerLinksOptions } from './peer-links'
 export { isReplicationError, replicationError, type ReplicationCode } from './errors'
 export {
   MAX_DATA_BYTES, MAX_FRAME_BYTES, PEER_PATH, PROTOCOL_VERSION, REQUEST_TYPES, decodeFrame, encodeFrame, encodeFrameParts, isRequest, payloadBytes, sendFrame,

@@ -1,8 +1,6 @@
 /**
- * The connecting end of peer links: a pool with one link per peer node, each carrying the
- * requests of every volume to that node over one WebSocket.
- *
- * A link connects when a request needs it, runs the handshake (auth.ts, checking that the
+ * One link to a peer node (the pool is peer-links.ts), carrying every volume's requests.
+ * It connects when a request needs it, runs the handshake (auth.ts, checking that the
  * server is the node expected), numbers requests and matches acks to them. It knows
  * nothing of what a request means, and never retries one: that is the caller's policy.
  *
@@ -24,23 +22,17 @@
 import { performance } from 'node:perf_hooks'
 import type { Logger } from 'pino'
 import { WebSocket, type ClientOptions, type RawData } from 'ws'
-import { isErrorCode, messageOf, PxdError } from '../errors'
+import { messageOf, type PxdError } from '../errors'
 import { WriteBatch } from './batch'
-import { checkSecret, computeProof, newNonce, verifyProof, type HandshakeParties } from './auth'
-import { isReplicationError, replicationError, type ReplicationCode } from './errors'
+import { computeProof, newNonce, verifyProof, type HandshakeParties } from './auth'
+import { isReplicationError, refusalError, replicationError, type ReplicationCode } from './errors'
+import { Call, CallQueue, CallState, onCallTimeout, type Expire } from './call'
 import {
-  decodeFrame, encodeFrame, isRequest, sendFrame, payloadBytes, validateFrame, MAX_DATA_BYTES, MAX_FRAME_BYTES, PEER_PATH, PROTOCOL_VERSION,
-  type AckErrorFrame, type Frame, type OutgoingRequest, type RequestFrame,
+  decodeFrame, encodeFrame, isRequest, sendFrame, validateFrame, MAX_DATA_BYTES, MAX_FRAME_BYTES, PEER_PATH, PROTOCOL_VERSION,
+  type Frame, type OutgoingRequest, type RequestFrame,
 } from './frames'
-import { clientTlsFailure, clientTlsOptions, type PeerTls, type TlsAttempt } from './tls'
+import { clientTlsOptions, linkFailure, type PeerTls, type TlsAttempt } from './tls'
 
-export const DEFAULT_REQUEST_TIMEOUT_MS = 8000
-export const DEFAULT_MAX_BYTES_IN_FLIGHT = 64 * 1024 * 1024
-export const DEFAULT_MAX_REQUESTS_IN_FLIGHT = 4096
-export const DEFAULT_CONNECT_TIMEOUT_MS = 5000
-export const DEFAULT_RETRY_AFTER_MS = 1000
-export const DEFAULT_PING_INTERVAL_MS = 2000
-export const DEFAULT_DEAD_AFTER_MS = 10_000
 const CLOSE_GRACE_MS = 1000
 const TCP_KEEPALIVE_MS = 10_000
 
@@ -51,23 +43,8 @@ export interface RequestOptions {
   signal?: AbortSignal
 }
 
-export interface PeerLinksOptions {
-  nodeId: string
-  clusterId: string
-  secret: Uint8Array
-  log: Logger
-  requestTimeoutMs?: number
-  maxBytesInFlight?: number
-  maxRequestsInFlight?: number
-  connectTimeoutMs?: number
-  retryAfterMs?: number
-  pingIntervalMs?: number
-  deadAfterMs?: number
-  /** Mutual TLS (wss): this node's certificate and key, and the cluster CA. */
-  tls?: PeerTls
-}
-
-interface LinkConfig {
+/** What every link of a pool shares: who this node is, and the limits and timings (peer-links.ts fills them in). */
+export interface LinkConfig {
   nodeId: string
   clusterId: string
   secret: Uint8Array
@@ -80,95 +57,6 @@ interface LinkConfig {
   deadAfterMs: number
   tls: PeerTls | undefined
 }
-
-/** One link per peer node, made on first use. */
-export class PeerLinks {
-  readonly #config: LinkConfig
-  readonly #log: Logger
-  readonly #links = new Map<string, PeerLink>()
-  #closing: Promise<void> | undefined
-
-  constructor(o: PeerLinksOptions) {
-    checkSecret(o.secret)
-    if (o.tls && o.tls.nodeId !== o.nodeId) {
-      throw replicationError('AUTH_FAILED', `the peer TLS certificate is issued to ${o.tls.nodeId}, not to this node (${o.nodeId})`)
-    }
-    this.#config = {
-      nodeId: o.nodeId,
-      clusterId: o.clusterId,
-      secret: o.secret,
-      requestTimeoutMs: o.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS,
-      maxBytes: o.maxBytesInFlight ?? DEFAULT_MAX_BYTES_IN_FLIGHT,
-      maxRequests: o.maxRequestsInFlight ?? DEFAULT_MAX_REQUESTS_IN_FLIGHT,
-      connectTimeoutMs: o.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
-      retryAfterMs: o.retryAfterMs ?? DEFAULT_RETRY_AFTER_MS,
-      pingIntervalMs: o.pingIntervalMs ?? DEFAULT_PING_INTERVAL_MS,
-      deadAfterMs: o.deadAfterMs ?? DEFAULT_DEAD_AFTER_MS,
-      tls: o.tls,
-    }
-    this.#log = o.log.child({ component: 'peer-link' })
-  }
-
-  /** The link to a peer; a new address takes effect at the next connection. */
-  link(peerNodeId: string, address: string): PeerLink {
-    if (this.#closing) throw replicationError('LINK_CLOSED', 'the peer links are closed')
-    let link = this.#links.get(peerNodeId)
-    if (link === undefined) {
-      link = new PeerLink(peerNodeId, address, this.#config, this.#log.child({ peer: peerNodeId }))
-      this.#links.set(peerNodeId, link)
-    } else {
-      link.address = address
-    }
-    return link
-  }
-
-  get(peerNodeId: string): PeerLink | undefined {
-    return this.#links.get(peerNodeId)
-  }
-
-  /** Fails every pending request with LINK_CLOSED and closes every connection. Idempotent. */
-  close(): Promise<void> {
-    this.#closing ??= Promise.all([...this.#links.values()].map((l) => l.close())).then(() => undefined)
-    return this.#closing
-  }
-}
-
-const enum CallState { Waiting, Sent, Done }
-
-type Expire = (call: Call, code: 'PEER_TIMEOUT' | 'ABORTED') => void
-
-class Call {
-  readonly id: number
-  readonly bytes: number
-  readonly promise: Promise<Buffer | undefined>
-  frame: RequestFrame | undefined
-  state = CallState.Waiting
-  timer: NodeJS.Timeout | undefined = undefined
-  signal: AbortSignal | undefined = undefined
-  timeoutMs: number
-  resolve!: (data: Buffer | undefined) => void
-  reject!: (err: Error) => void
-  readonly #expire: Expire
-
-  constructor(frame: RequestFrame, timeoutMs: number, expire: Expire) {
-    this.id = frame.id
-    this.frame = frame
-    this.bytes = payloadBytes(frame)
-    this.timeoutMs = timeoutMs
-    this.#expire = expire
-    this.promise = new Promise((resolve, reject) => {
-      this.resolve = resolve
-      this.reject = reject
-    })
-  }
-
-  /** AbortSignal listener. */
-  handleEvent(): void {
-    this.#expire(this, 'ABORTED')
-  }
-}
-
-const onCallTimeout = (call: Call, expire: Expire) => expire(call, 'PEER_TIMEOUT')
 /** The link is node to node, never through a browser's proxies: a zero mask lets ws skip the XOR pass. */
 const zeroMask = (mask: Buffer) => { mask.fill(0) }
 
@@ -197,9 +85,7 @@ export class PeerLink {
   readonly #pending = new Map<number, Call>()
   #bytesInFlight = 0
   #requestsInFlight = 0
-  #queue: (Call | undefined)[] = []
-  #queueHead = 0
-  #waiting = 0
+  readonly #queue = new CallQueue()
 
   constructor(peerNodeId: string, address: string, config: LinkConfig, log: Logger) {
     this.peerNodeId = peerNodeId
@@ -241,7 +127,7 @@ export class PeerLink {
 
   /** Requests waiting for the connection or for room in the window. */
   get waiting(): number {
-    return this.#waiting
+    return this.#queue.waiting
   }
 
   /**
@@ -273,11 +159,10 @@ export class PeerLink {
       call.signal = signal
       signal.addEventListener('abort', call, { once: true })
     }
-    if (this.#state === 'ready' && this.#waiting === 0 && this.#fits(call.bytes)) {
+    if (this.#state === 'ready' && this.#queue.waiting === 0 && this.#fits(call.bytes)) {
       this.#send(call)
     } else {
       this.#queue.push(call)
-      this.#waiting++
       if (this.#state === 'down') this.#connect()
     }
     return call.promise
@@ -315,23 +200,15 @@ export class PeerLink {
 
   /** Sends waiting requests, in order, while the window has room. */
   #pump(): void {
-    const queue = this.#queue
-    while (this.#queueHead < queue.length) {
-      const call = queue[this.#queueHead]!
-      if (call.state === CallState.Waiting) {
-        if (!this.#fits(call.bytes)) return
-        this.#waiting--
-        this.#send(call)
-      }
-      queue[this.#queueHead++] = undefined
-    }
-    queue.length = 0
-    this.#queueHead = 0
+    this.#queue.pump(this.#fitsFn, this.#sendFn)
   }
+
+  readonly #fitsFn = (bytes: number) => this.#fits(bytes)
+  readonly #sendFn = (call: Call) => this.#send(call)
 
   #expireCall(call: Call, code: 'PEER_TIMEOUT' | 'ABORTED'): void {
     if (call.state === CallState.Done) return
-    if (call.state === CallState.Waiting) this.#waiting--
+    if (call.state === CallState.Waiting) this.#queue.ended()
     // A payload is sent from the caller's memory, uncopied, and the caller may reuse that
     // memory once this call fails: while anything is still queued on the socket (it may be
     // this payload), the link goes, queue and all, rather than let other bytes reach the
@@ -388,7 +265,7 @@ export class PeerLink {
     ws.on('open', () => this.#onOpen(ws))
     ws.on('message', (data, isBinary) => this.#onMessage(ws, data, isBinary))
     ws.on('error', (err) => {
-      if (ws === this.#ws) this.#drop(ws, this.#connectionError(err, attempt), false)
+      if (ws === this.#ws) this.#drop(ws, linkFailure(err, this.peerNodeId, this.address, this.#phase === Phase.None, this.#config.tls !== undefined, attempt), false)
     })
     ws.on('close', (code, reason) => {
       if (ws === this.#ws) {
@@ -396,20 +273,6 @@ export class PeerLink {
         this.#drop(ws, replicationError('PEER_UNAVAILABLE', `link to node ${this.peerNodeId} at ${this.address} closed (${why})`), false)
       }
     })
-  }
-
-  /** A socket error, named as precisely as the phase allows: TLS failures only happen before open. */
-  #connectionError(err: Error, attempt: TlsAttempt): PxdError {
-    const opening = this.#phase === Phase.None
-    if (opening && this.#config.tls) {
-      const named = clientTlsFailure(err, this.peerNodeId, this.address, attempt)
-      if (named) return named
-    }
-    const code = (err as { code?: unknown }).code
-    const hint = opening && !this.#config.tls && code === 'ECONNRESET'
-      ? ' (if that node uses --peer-tls-*, this node needs them too)'
-      : ''
-    return replicationError('PEER_UNAVAILABLE', `link to node ${this.peerNodeId} at ${this.address}: ${err.message}${hint}`, err)
   }
 
   #onOpen(ws: WebSocket): void {
@@ -449,9 +312,9 @@ export class PeerLink {
         if (call.state === CallState.Sent) {
           this.#finish(call)
           if (frame.ok) call.resolve(frame.data as Buffer | undefined)
-          else call.reject(this.#refusal(frame))
+          else call.reject(refusalError(this.peerNodeId, frame))
         }
-        if (this.#waiting > 0) this.#pump()
+        if (this.#queue.waiting > 0) this.#pump()
       } else if (frame.t === 'pong') {
         this.#rttMs = performance.now() - frame.sent
       } else if (frame.t === 'error') {
@@ -462,12 +325,6 @@ export class PeerLink {
       return
     }
     this.#onHandshake(ws, frame)
-  }
-
-  /** A request the peer answered with `ack ok: false`: its code if it is one of ours, and the block it names. */
-  #refusal(ack: AckErrorFrame): PxdError {
-    const code = isErrorCode(ack.code) ? ack.code : 'INTERNAL'
-    return new PxdError(code, ack.message, ack.block === undefined ? { peer: this.peerNodeId } : { peer: this.peerNodeId, block: ack.block })
   }
 
   #onHandshake(ws: WebSocket, frame: Frame): void {
@@ -582,14 +439,7 @@ export class PeerLink {
   }
 
   #failWaiting(err: Error): void {
-    const queue = this.#queue
-    this.#queue = []
-    const head = this.#queueHead
-    this.#queueHead = 0
-    this.#waiting = 0
-    for (let i = head; i < queue.length; i++) {
-      const call = queue[i]
-      if (call === undefined || call.state !== CallState.Waiting) continue
+    for (const call of this.#queue.drain()) {
       this.#finish(call)
       call.reject(err)
     }

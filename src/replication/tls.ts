@@ -258,3 +258,18 @@ export class RemoteAddresses {
     return this.#byRaw.get(socket) ?? (raw ? this.#byRaw.get(raw) : undefined) ?? '?:?'
   }
 }
+
+/**
+ * A socket error of a link, named as precisely as the phase allows: TLS failures only happen
+ * before the connection opened; a reset then from a plain link often means the server wants TLS.
+ */
+export function linkFailure(err: Error, peer: string, address: string, opening: boolean, tls: boolean, attempt: TlsAttempt): PxdError {
+  if (opening && tls) {
+    const named = clientTlsFailure(err, peer, address, attempt)
+    if (named) return named
+  }
+  const hint = opening && !tls && (err as { code?: unknown }).code === 'ECONNRESET'
+    ? ' (if that node uses --peer-tls-*, this node needs them too)'
+    : ''
+  return replicationError('PEER_UNAVAILABLE', `link to node ${peer} at ${address}: ${err.message}${hint}`, err)
+}

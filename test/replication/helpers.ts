@@ -3,7 +3,7 @@ import pino, { type Logger } from 'pino'
 import { WebSocket, type ClientOptions } from 'ws'
 import { computeProof, newNonce, type HandshakeParties } from '../../src/replication/auth'
 import { decodeFrame, encodeFrame, PROTOCOL_VERSION, type Frame, type RequestFrame } from '../../src/replication/frames'
-import { PeerLinks, type PeerLinksOptions } from '../../src/replication/peer-link'
+import { PeerLinks, type PeerLinksOptions } from '../../src/replication/peer-links'
 import { PEER_PATH, PeerServer, type PeerServerOptions, type RequestHandler } from '../../src/replication/peer-server'
 
 export const SECRET = Buffer.alloc(32, 7)
