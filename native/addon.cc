@@ -18,9 +18,11 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <string>
 #include <utility>
@@ -175,7 +177,6 @@ class StoreWorker : public Napi::AsyncWorker {
 
   // Last say over the callback's arguments; false: this worker does not call back.
   virtual bool Answer(napi_env, bool, std::vector<napi_value>&) { return true; }
-  const StoreError& error() const { return error_; }
 
  private:
   void Done() {
@@ -234,12 +235,15 @@ class ReadWorker : public StoreWorker {
 
 // A flush syncs the data file and the crc file on two pool threads at once
 // (measured: flush p50 0.69-0.72 ms this way, 0.96-0.98 ms one after the
-// other, 4 KiB write+flush on a device file); the part that finishes second
-// calls back. A flush with no write since the last full one does
-// nothing (kSkip): each fdatasync still costs a disk cache flush.
+// other, 4 KiB write+flush on a device file); the part that finishes second,
+// on its pool thread, records the flush (which clears intent marks that are
+// due) and calls back. A flush with no write since the last full one does
+// nothing (kSkip): each fdatasync still costs a disk cache flush. Once an
+// fdatasync failed no flush is skipped: each one fails.
 struct FlushJoin {
   uint64_t seq = 0;
-  int pending = 2;
+  std::atomic<int> pending{2};
+  std::mutex mu;  // failed, error
   bool failed = false;
   StoreError error;
 };
@@ -256,45 +260,67 @@ class FlushWorker : public StoreWorker {
 
  protected:
   void Run(BlockStore& store) override {
-    if (part_ == Part::kData) store.SyncData();
-    if (part_ == Part::kCrc) store.SyncCrc();
-    store_ = &store;
+    ran_ = true;
+    if (part_ == Part::kSkip) {
+      store.ClearIdle();
+      return;
+    }
+    StoreError e;
+    const bool ok = Capture(e, [&] {
+      if (part_ == Part::kData) {
+        store.SyncData();
+      } else {
+        store.SyncCrc();
+      }
+    });
+    if (!ok) {
+      std::lock_guard<std::mutex> lock(join_->mu);
+      if (!join_->failed) {
+        join_->failed = true;
+        join_->error = e;
+      }
+    }
+    last_ = join_->pending.fetch_sub(1, std::memory_order_acq_rel) == 1;
+    if (last_ && !join_->failed) store.MarkFlushed(join_->seq);
   }
 
-  bool Answer(napi_env env, bool ok, std::vector<napi_value>& args) override {
+  bool Answer(napi_env env, bool, std::vector<napi_value>& args) override {
+    // Not run: the store was closed; one part reports it.
+    if (!ran_) return part_ != Part::kCrc;
     if (part_ == Part::kSkip) return true;
-    if (ok && join_->failed) {
-      args.assign(1, MakeError(env, join_->error));
-      ok = false;
-    }
-    if (--join_->pending > 0) {
-      if (!ok && !join_->failed && !args.empty() && args[0] != nullptr) {
-        join_->failed = true;
-        join_->error = error();
-      }
-      return false;
-    }
-    if (ok && store_ != nullptr) store_->MarkFlushed(join_->seq);
+    if (!last_) return false;
+    if (join_->failed) args.assign(1, MakeError(env, join_->error));
     return true;
   }
 
  private:
   Part part_;
   std::shared_ptr<FlushJoin> join_;
-  BlockStore* store_ = nullptr;
+  bool ran_ = false;
+  bool last_ = false;
 };
 
 // The first close() closes the files; later ones only report completion.
+// An abandon closes them as a crash would, leaving the intent marks.
 class CloseWorker : public Napi::AsyncWorker {
  public:
-  CloseWorker(const Napi::Function& cb, HandlePtr h, bool closes)
+  CloseWorker(const Napi::Function& cb, HandlePtr h, bool closes,
+              bool abandon = false)
       : Napi::AsyncWorker(cb, "pxd:storeClose"),
         handle_(std::move(h)),
-        closes_(closes) {}
+        closes_(closes),
+        abandon_(abandon) {}
 
  protected:
   void Execute() override {
-    if (closes_) ok_ = Capture(error_, [this] { handle_->store->Close(); });
+    if (!closes_) return;
+    ok_ = Capture(error_, [this] {
+      if (abandon_) {
+        handle_->store->Abandon();
+      } else {
+        handle_->store->Close();
+      }
+    });
   }
 
   void OnOK() override {
@@ -310,6 +336,7 @@ class CloseWorker : public Napi::AsyncWorker {
  private:
   HandlePtr handle_;
   bool closes_;
+  bool abandon_;
   bool ok_ = true;
   StoreError error_;
 };
@@ -317,11 +344,12 @@ class CloseWorker : public Napi::AsyncWorker {
 class OpenWorker : public Napi::AsyncWorker {
  public:
   OpenWorker(const Napi::Function& cb, std::string data_path,
-             std::string crc_path, int64_t size, int64_t block_size,
-             bool create)
+             std::string crc_path, std::string intent_path, int64_t size,
+             int64_t block_size, bool create)
       : Napi::AsyncWorker(cb, "pxd:storeOpen"),
         data_path_(std::move(data_path)),
         crc_path_(std::move(crc_path)),
+        intent_path_(std::move(intent_path)),
         size_(size),
         block_size_(block_size),
         create_(create) {}
@@ -329,8 +357,8 @@ class OpenWorker : public Napi::AsyncWorker {
  protected:
   void Execute() override {
     ok_ = Capture(error_, [this] {
-      store_ = BlockStore::Open(data_path_, crc_path_, size_, block_size_,
-                                create_);
+      store_ = BlockStore::Open(data_path_, crc_path_, intent_path_, size_,
+                                block_size_, create_);
     });
   }
 
@@ -360,6 +388,7 @@ class OpenWorker : public Napi::AsyncWorker {
  private:
   std::string data_path_;
   std::string crc_path_;
+  std::string intent_path_;
   int64_t size_;
   int64_t block_size_;
   bool create_;
@@ -459,13 +488,14 @@ Napi::Value JsHasHardwareCrc32c(const Napi::CallbackInfo& info) {
 Napi::Value JsStoreOpen(const Napi::CallbackInfo& info) {
   std::string data_path = ArgString(info, 0, "dataPath");
   std::string crc_path = ArgString(info, 1, "crcPath");
-  int64_t size = ArgInteger(info, 2, "size");
-  int64_t block_size = ArgInteger(info, 3, "blockSize");
-  if (!info[4].IsBoolean()) ThrowType(info.Env(), "create must be a boolean");
-  bool create = info[4].As<Napi::Boolean>().Value();
-  Napi::Function cb = ArgCallback(info, 5);
-  (new OpenWorker(cb, std::move(data_path), std::move(crc_path), size,
-                  block_size, create))
+  std::string intent_path = ArgString(info, 2, "intentPath");
+  int64_t size = ArgInteger(info, 3, "size");
+  int64_t block_size = ArgInteger(info, 4, "blockSize");
+  if (!info[5].IsBoolean()) ThrowType(info.Env(), "create must be a boolean");
+  bool create = info[5].As<Napi::Boolean>().Value();
+  Napi::Function cb = ArgCallback(info, 6);
+  (new OpenWorker(cb, std::move(data_path), std::move(crc_path),
+                  std::move(intent_path), size, block_size, create))
       ->Queue();
   return info.Env().Undefined();
 }
@@ -498,7 +528,7 @@ Napi::Value JsStoreFlush(const Napi::CallbackInfo& info) {
   }
   // Writes answered before this flush was asked for have all been counted.
   join->seq = h->store->WriteSeq();
-  if (h->store->IsFlushed(join->seq)) {
+  if (!h->store->SyncFailed() && h->store->IsFlushed(join->seq)) {
     (new FlushWorker(cb, std::move(h), FlushWorker::Part::kSkip, join))->Start();
     return info.Env().Undefined();
   }
@@ -507,14 +537,15 @@ Napi::Value JsStoreFlush(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-Napi::Value JsStoreClose(const Napi::CallbackInfo& info) {
+// Close, or with `abandon` the close a crash amounts to (for tests).
+Napi::Value CloseStore(const Napi::CallbackInfo& info, bool abandon) {
   HandlePtr h = ArgHandle(info, 0);
   Napi::Function cb = ArgCallback(info, 1);
   Handle& handle = *h;
   switch (handle.state) {
     case Handle::State::kOpen: {
       handle.state = Handle::State::kClosing;
-      auto* w = new CloseWorker(cb, std::move(h), true);
+      auto* w = new CloseWorker(cb, std::move(h), true, abandon);
       if (handle.inflight == 0) {
         w->Queue();
       } else {
@@ -529,6 +560,32 @@ Napi::Value JsStoreClose(const Napi::CallbackInfo& info) {
       (new CloseWorker(cb, std::move(h), false))->Queue();
       break;
   }
+  return info.Env().Undefined();
+}
+
+Napi::Value JsStoreClose(const Napi::CallbackInfo& info) {
+  return CloseStore(info, false);
+}
+
+Napi::Value JsStoreAbandon(const Napi::CallbackInfo& info) {
+  return CloseStore(info, true);
+}
+
+// What the open recovered: { regions, blocks }.
+Napi::Value JsStoreRecovery(const Napi::CallbackInfo& info) {
+  HandlePtr h = ArgHandle(info, 0);
+  const BlockStore::Recovery& r = h->store->recovery();
+  Napi::Object out = Napi::Object::New(info.Env());
+  out.Set("regions", static_cast<double>(r.regions));
+  out.Set("blocks", static_cast<double>(r.blocks));
+  return out;
+}
+
+Napi::Value JsStoreSetIntentIdle(const Napi::CallbackInfo& info) {
+  HandlePtr h = ArgHandle(info, 0);
+  int64_t ms = ArgInteger(info, 1, "ms");
+  if (ms < 0) ThrowType(info.Env(), "ms must not be negative");
+  h->store->SetIntentIdle(ms);
   return info.Env().Undefined();
 }
 
@@ -582,6 +639,12 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
               Napi::Function::New<JsStoreFlush>(env, "storeFlush"));
   exports.Set("storeClose",
               Napi::Function::New<JsStoreClose>(env, "storeClose"));
+  exports.Set("storeAbandon",
+              Napi::Function::New<JsStoreAbandon>(env, "storeAbandon"));
+  exports.Set("storeRecovery",
+              Napi::Function::New<JsStoreRecovery>(env, "storeRecovery"));
+  exports.Set("storeSetIntentIdle", Napi::Function::New<JsStoreSetIntentIdle>(
+                                        env, "storeSetIntentIdle"));
   exports.Set("lockFile", Napi::Function::New<JsLockFile>(env, "lockFile"));
   exports.Set("releaseArrayBuffer", Napi::Function::New<JsReleaseArrayBuffer>(env, "releaseArrayBuffer"));
   InitFuse(env, exports);

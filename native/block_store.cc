@@ -9,12 +9,21 @@
 //
 // Partial-block writes read the old block back and verify it before merging,
 // so a corrupt block is reported instead of being re-checksummed.
+//
+// Crashes: a write cut short between its two system calls (the process
+// killed, or power lost before a flush) leaves blocks whose data and crc
+// disagree. Every write first marks its regions in the intent map (durably),
+// and a mark lasts until a flush covered every write into the region. Open
+// rebuilds the crc of each block in a marked region from its data, so such a
+// block reads back as its old or its new contents, like a disk; a block that
+// fails its crc outside a marked region is still reported (bit rot).
 #include "block_store.h"
 
 #include <endian.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -29,19 +38,18 @@
 namespace pxd {
 namespace {
 
-// Counts a write as done when it leaves, failed or not: either way
-// it may have left dirty pages that the next flush must sync.
-struct CountWrite {
-  explicit CountWrite(std::atomic<uint64_t>& seq) : seq_(seq) {}
-  ~CountWrite() { seq_.fetch_add(1, std::memory_order_release); }
-  std::atomic<uint64_t>& seq_;
-};
-
 constexpr uint32_t kMinBlockSize = 512;
 constexpr uint32_t kMaxBlockSize = 65536;
 constexpr uint32_t kRegionShift = 5;  // 32 blocks per region
 constexpr size_t kStripes = 1024;
 constexpr uint64_t kMaxSize = 1ull << 53;  // offsets arrive as JS numbers
+constexpr uint64_t kIntentRegionBytes = 1ull << kIntentRegionShift;
+// A flushed region stays marked this long after its last write, so a hot
+// region is marked once; ClearIdle looks at most once per scan interval.
+constexpr int64_t kIntentIdleNs = 5'000'000'000;
+constexpr int64_t kIntentScanNs = 1'000'000'000;
+constexpr char kIntentMagic[8] = {'P', 'X', 'D', 'I', 'N', 'T', '0', '1'};
+constexpr uint8_t kMarked = 1;
 
 struct ErrnoName {
   int err;
@@ -193,6 +201,112 @@ std::unique_ptr<uint8_t[]> Bounce(uint32_t block_size) {
   return std::unique_ptr<uint8_t[]>(new uint8_t[block_size]);
 }
 
+int64_t NowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+void Fdatasync(int fd, const std::string& path) {
+  if (::fdatasync(fd) != 0) throw OsFailure("fdatasync", path, errno);
+}
+
+// Makes a new name in the directory of `path` durable.
+void SyncDirOf(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) throw OsFailure("open", dir, errno);
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0) throw OsFailure("fsync", dir, err);
+}
+
+// Zeroes the marks of `regions` (ascending) in an intent file, one pwrite
+// per run of adjacent regions.
+void WriteClears(int fd, const std::string& path,
+                 const std::vector<uint64_t>& regions) {
+  static const uint8_t kZeros[4096] = {};
+  for (size_t i = 0; i < regions.size();) {
+    size_t j = i + 1;
+    while (j < regions.size() && regions[j] == regions[j - 1] + 1) j++;
+    uint64_t off = IntentMap::kHeaderBytes + regions[i];
+    uint64_t left = j - i;
+    while (left > 0) {
+      const uint64_t n = std::min<uint64_t>(left, sizeof kZeros);
+      FullPwrite(fd, kZeros, n, off, path);
+      off += n;
+      left -= n;
+    }
+    i = j;
+  }
+}
+
+// An empty map for `regions` regions, durably: a header, then a zero byte
+// per region.
+void InitIntentFile(int fd, const std::string& path, uint64_t regions) {
+  if (::ftruncate(fd, 0) != 0) throw OsFailure("ftruncate", path, errno);
+  const off_t size = static_cast<off_t>(IntentMap::kHeaderBytes + regions);
+  if (::ftruncate(fd, size) != 0) throw OsFailure("ftruncate", path, errno);
+  uint8_t header[IntentMap::kHeaderBytes] = {};
+  std::memcpy(header, kIntentMagic, sizeof kIntentMagic);
+  const uint32_t shift = htole32(kIntentRegionShift);
+  std::memcpy(header + sizeof kIntentMagic, &shift, sizeof shift);
+  FullPwrite(fd, header, sizeof header, 0, path);
+  Fdatasync(fd, path);
+}
+
+// The regions an intent file marks, ascending; false when the file is not a
+// map of `regions` regions (then every region must be taken as marked).
+bool ReadIntentFile(int fd, const std::string& path, uint64_t regions,
+                    std::vector<uint64_t>* marked) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0) throw OsFailure("fstat", path, errno);
+  if (!S_ISREG(st.st_mode) ||
+      static_cast<uint64_t>(st.st_size) != IntentMap::kHeaderBytes + regions) {
+    return false;
+  }
+  uint8_t header[IntentMap::kHeaderBytes];
+  FullPread(fd, header, sizeof header, 0, path);
+  uint32_t shift;
+  std::memcpy(&shift, header + sizeof kIntentMagic, sizeof shift);
+  if (std::memcmp(header, kIntentMagic, sizeof kIntentMagic) != 0 ||
+      le32toh(shift) != kIntentRegionShift) {
+    return false;
+  }
+  constexpr uint64_t kChunk = 64 * 1024;
+  std::vector<uint8_t> buf(std::min(kChunk, std::max<uint64_t>(regions, 1)));
+  for (uint64_t at = 0; at < regions; at += kChunk) {
+    const uint64_t n = std::min(kChunk, regions - at);
+    FullPread(fd, buf.data(), n, IntentMap::kHeaderBytes + at, path);
+    for (uint64_t i = 0; i < n; i++) {
+      if (buf[i] != 0) marked->push_back(at + i);
+    }
+  }
+  return true;
+}
+
+// Ends a write begun in the intent map: counts it as done when it leaves,
+// failed or not (either way it may have left dirty pages that the next flush
+// must sync), then tells the map which count it got.
+class EndWrite {
+ public:
+  EndWrite(std::atomic<uint64_t>& seq, IntentMap& intent, uint64_t r0,
+           uint64_t r1)
+      : seq_(seq), intent_(intent), r0_(r0), r1_(r1) {}
+  ~EndWrite() {
+    intent_.End(r0_, r1_, seq_.fetch_add(1, std::memory_order_acq_rel) + 1);
+  }
+  EndWrite(const EndWrite&) = delete;
+  EndWrite& operator=(const EndWrite&) = delete;
+
+ private:
+  std::atomic<uint64_t>& seq_;
+  IntentMap& intent_;
+  const uint64_t r0_, r1_;
+};
+
 }  // namespace
 
 const char* ErrnoCode(int err) {
@@ -201,6 +315,139 @@ const char* ErrnoCode(int err) {
   }
   return "EIO";
 }
+
+// ---- SyncHealth ------------------------------------------------------------
+
+void SyncHealth::Check() const {
+  if (!failed()) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  StoreError e;
+  e.code = "EIO";
+  e.message = "an earlier flush failed (" + first_.message +
+              "): writes since the last good flush may be lost, so the "
+              "replica needs a resync";
+  e.os_errno = first_.os_errno;
+  e.syscall = first_.syscall;
+  e.path = first_.path;
+  throw e;
+}
+
+void SyncHealth::Fail(const StoreError& e) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (failed_.load(std::memory_order_relaxed)) return;
+  first_ = e;
+  failed_.store(true, std::memory_order_release);
+}
+
+// ---- IntentMap -------------------------------------------------------------
+
+IntentMap::IntentMap(std::string path, int fd, SyncHealth* health)
+    : path_(std::move(path)), fd_(fd), health_(health), idle_ns_(kIntentIdleNs) {}
+
+void IntentMap::SetIdle(int64_t ms) {
+  idle_ns_.store(std::max<int64_t>(ms, 0) * 1'000'000, std::memory_order_relaxed);
+}
+
+void IntentMap::Begin(uint64_t r0, uint64_t r1) {
+  uint64_t need = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (uint64_t r = r0; r <= r1; r++) {
+      auto it = marked_.find(r);
+      if (it == marked_.end()) {
+        try {
+          // Under mu_: the file's byte follows the map, whatever the order
+          // of marks and clears.
+          FullPwrite(fd_, &kMarked, 1, kHeaderBytes + r, path_);
+          it = marked_.emplace(r, Region{}).first;
+        } catch (...) {
+          if (r > r0) EndLocked(r0, r - 1, 0, 0);
+          throw;
+        }
+        it->second.gen = ++mark_gen_;
+      }
+      it->second.active++;
+      need = std::max(need, it->second.gen);
+    }
+  }
+  if (need <= durable_gen_.load(std::memory_order_acquire)) return;
+  try {
+    Sync(need);
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(mu_);
+    EndLocked(r0, r1, 0, 0);
+    throw;
+  }
+}
+
+void IntentMap::Sync(uint64_t gen) {
+  // Writers that marked regions meanwhile share one fdatasync.
+  std::lock_guard<std::mutex> lock(sync_mu_);
+  if (durable_gen_.load(std::memory_order_acquire) >= gen) return;
+  health_->Check();
+  uint64_t target;
+  {
+    std::lock_guard<std::mutex> marks(mu_);
+    target = mark_gen_;
+  }
+  if (::fdatasync(fd_) != 0) {
+    StoreError e = OsFailure("fdatasync", path_, errno);
+    health_->Fail(e);
+    throw e;
+  }
+  durable_gen_.store(target, std::memory_order_release);
+}
+
+void IntentMap::End(uint64_t r0, uint64_t r1, uint64_t seq) {
+  const int64_t now = NowNs();
+  std::lock_guard<std::mutex> lock(mu_);
+  EndLocked(r0, r1, seq, now);
+}
+
+void IntentMap::EndLocked(uint64_t r0, uint64_t r1, uint64_t seq,
+                          int64_t now) {
+  for (uint64_t r = r0; r <= r1; r++) {
+    auto it = marked_.find(r);
+    if (it == marked_.end()) continue;  // cannot happen: active > 0
+    Region& g = it->second;
+    g.active--;
+    if (seq != 0) {
+      g.last_seq = std::max(g.last_seq, seq);
+      g.last_ns = now;
+    }
+  }
+}
+
+void IntentMap::ClearIdle(uint64_t flushed, bool all) {
+  const int64_t now = NowNs();
+  const int64_t idle = idle_ns_.load(std::memory_order_relaxed);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (marked_.empty()) return;
+  if (!all && now - last_scan_ns_ < std::min(idle, kIntentScanNs)) return;
+  last_scan_ns_ = now;
+  std::vector<uint64_t> cleared;
+  for (auto it = marked_.begin(); it != marked_.end();) {
+    const Region& g = it->second;
+    if (g.active == 0 && g.last_seq <= flushed &&
+        (all || now - g.last_ns >= idle)) {
+      cleared.push_back(it->first);
+      it = marked_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  std::sort(cleared.begin(), cleared.end());
+  try {
+    WriteClears(fd_, path_, cleared);
+  } catch (const StoreError&) {
+    // A clear that did not reach the file leaves its region marked: the next
+    // open checks that region for nothing.
+  }
+}
+
+void IntentMap::SyncQuietly() { (void)::fdatasync(fd_); }
+
+// ---- BlockStore ------------------------------------------------------------
 
 // Locks the stripes covering blocks [first, last], ascending, each once.
 class BlockStore::StripeLock {
@@ -245,27 +492,32 @@ class BlockStore::StripeLock {
 };
 
 BlockStore::BlockStore(std::string data_path, std::string crc_path,
-                       int data_fd, int crc_fd, uint64_t size,
-                       uint32_t block_size)
+                       std::string intent_path, int data_fd, int crc_fd,
+                       int intent_fd, uint64_t size, uint32_t block_size)
     : data_path_(std::move(data_path)),
       crc_path_(std::move(crc_path)),
+      intent_path_(std::move(intent_path)),
       data_fd_(data_fd),
       crc_fd_(crc_fd),
+      intent_fd_(intent_fd),
       size_(size),
       block_size_(block_size),
       block_shift_(static_cast<uint32_t>(__builtin_ctz(block_size))),
-      stripes_(new std::shared_mutex[kStripes]) {
+      stripes_(new std::shared_mutex[kStripes]),
+      intent_(new IntentMap(intent_path_, intent_fd, &health_)) {
   std::vector<uint8_t> zeros(block_size_, 0);
   zero_block_crc_ = Crc32c(zeros.data(), block_size_);
 }
 
 BlockStore::~BlockStore() {
-  if (data_fd_ >= 0) ::close(data_fd_);
-  if (crc_fd_ >= 0) ::close(crc_fd_);
+  // Marks stay: a store dropped without Close() is what a crash leaves.
+  StoreError ignored;
+  CloseFiles(&ignored);
 }
 
 std::unique_ptr<BlockStore> BlockStore::Open(const std::string& data_path,
                                              const std::string& crc_path,
+                                             const std::string& intent_path,
                                              int64_t size, int64_t block_size,
                                              bool create) {
   if (block_size < kMinBlockSize || block_size > kMaxBlockSize ||
@@ -286,12 +538,16 @@ std::unique_ptr<BlockStore> BlockStore::Open(const std::string& data_path,
 
   int data_fd = -1;
   int crc_fd = -1;
+  int intent_fd = -1;
   bool data_created = false;
   bool crc_created = false;
+  bool intent_created = false;
   // Undo a half-done open; a failed create leaves no files behind.
   auto fail = [&](StoreError e) -> StoreError {
     if (data_fd >= 0) ::close(data_fd);
     if (crc_fd >= 0) ::close(crc_fd);
+    if (intent_fd >= 0) ::close(intent_fd);
+    if (intent_created) ::unlink(intent_path.c_str());
     if (crc_created) ::unlink(crc_path.c_str());
     if (data_created) ::unlink(data_path.c_str());
     return e;
@@ -310,6 +566,15 @@ std::unique_ptr<BlockStore> BlockStore::Open(const std::string& data_path,
     }
     if (::ftruncate(crc_fd, static_cast<off_t>(crc_size)) != 0) {
       throw fail(OsFailure("ftruncate", crc_path, errno));
+    }
+    // The sizes durable: after a power cut before the first flush the files
+    // must still open. The directory sync for the intent file below makes
+    // their names durable too when they share its directory.
+    try {
+      Fdatasync(data_fd, data_path);
+      Fdatasync(crc_fd, crc_path);
+    } catch (const StoreError& e) {
+      throw fail(e);
     }
   } else {
     struct stat st;
@@ -344,10 +609,80 @@ std::unique_ptr<BlockStore> BlockStore::Open(const std::string& data_path,
                          crc_path));
     }
   }
-  return std::unique_ptr<BlockStore>(
-      new BlockStore(data_path, crc_path, data_fd, crc_fd,
-                     static_cast<uint64_t>(size),
+
+  const uint64_t regions =
+      (static_cast<uint64_t>(size) + kIntentRegionBytes - 1) >> kIntentRegionShift;
+  std::vector<uint64_t> marked;
+  bool reset_intent = false;
+  intent_fd = ::open(intent_path.c_str(), flags, 0600);
+  // A replica from before the intent map has none: it starts empty.
+  const bool intent_missing = !create && intent_fd < 0 && errno == ENOENT;
+  if (intent_missing) {
+    intent_fd = ::open(intent_path.c_str(), flags | O_CREAT | O_EXCL, 0600);
+  }
+  if (intent_fd < 0) throw fail(OsFailure("open", intent_path, errno));
+  intent_created = create;
+  try {
+    if (create || intent_missing) {
+      InitIntentFile(intent_fd, intent_path, regions);
+      SyncDirOf(intent_path);
+    } else if (!ReadIntentFile(intent_fd, intent_path, regions, &marked)) {
+      // Not a map we know: any block may be torn.
+      reset_intent = true;
+      marked.clear();
+      for (uint64_t r = 0; r < regions; r++) marked.push_back(r);
+    }
+  } catch (const StoreError& e) {
+    throw fail(e);
+  }
+  std::unique_ptr<BlockStore> store(
+      new BlockStore(data_path, crc_path, intent_path, data_fd, crc_fd,
+                     intent_fd, static_cast<uint64_t>(size),
                      static_cast<uint32_t>(block_size)));
+  store->Recover(marked, reset_intent);
+  return store;
+}
+
+void BlockStore::Recover(const std::vector<uint64_t>& regions,
+                         bool reset_intent) {
+  if (regions.empty() && !reset_intent) return;
+  const uint64_t blocks = size_ >> block_shift_;
+  const uint64_t per_region = kIntentRegionBytes >> block_shift_;
+  std::unique_ptr<uint8_t[]> buf(new uint8_t[kIntentRegionBytes]);
+  std::vector<uint32_t> crcs(per_region);
+  uint64_t rebuilt = 0;
+  for (uint64_t r : regions) {
+    const uint64_t first = r * per_region;
+    if (first >= blocks) continue;
+    const uint64_t count = std::min(per_region, blocks - first);
+    ReadCrcs(first, count, crcs.data());
+    FullPread(data_fd_, buf.get(), count << block_shift_, first << block_shift_,
+              data_path_);
+    bool changed = false;
+    for (uint64_t i = 0; i < count; i++) {
+      const uint8_t* p = buf.get() + (i << block_shift_);
+      if (Matches(p, crcs[i])) continue;
+      crcs[i] = BlockCrc(p);
+      changed = true;
+      rebuilt++;
+    }
+    if (changed) {
+      for (uint64_t i = 0; i < count; i++) crcs[i] = htole32(crcs[i]);
+      WriteCrcs(first, count, crcs.data());
+    }
+  }
+  // Both durable before a mark goes: a crc rebuilt from data still in the
+  // page cache (a daemon crash keeps it) must not outlive that data.
+  Fdatasync(data_fd_, data_path_);
+  Fdatasync(crc_fd_, crc_path_);
+  if (reset_intent) {
+    InitIntentFile(intent_fd_, intent_path_, (size_ + kIntentRegionBytes - 1) >> kIntentRegionShift);
+  } else {
+    WriteClears(intent_fd_, intent_path_, regions);
+    Fdatasync(intent_fd_, intent_path_);
+  }
+  recovery_.regions = regions.size();
+  recovery_.blocks = rebuilt;
 }
 
 void BlockStore::CheckRange(int64_t offset, uint64_t len,
@@ -369,11 +704,15 @@ uint32_t BlockStore::BlockCrc(const uint8_t* data) const {
   return c;
 }
 
+bool BlockStore::Matches(const uint8_t* data, uint32_t stored) const {
+  // crc 0 with all-zero data is a block never written.
+  if (stored == 0 && AllZero(data, block_size_)) return true;
+  return Crc32c(data, block_size_) == stored;
+}
+
 void BlockStore::VerifyBlock(uint64_t block, const uint8_t* data,
                              uint32_t stored) const {
-  // crc 0 with all-zero data is a block never written.
-  if (stored == 0 && AllZero(data, block_size_)) return;
-  if (Crc32c(data, block_size_) == stored) return;
+  if (Matches(data, stored)) return;
   StoreError e = Failure("ECHECKSUM", "checksum mismatch in block " +
                                           std::to_string(block) + " of " +
                                           data_path_,
@@ -412,12 +751,15 @@ BlockStore::Span BlockStore::SpanOf(int64_t offset, size_t len) const {
 void BlockStore::Write(int64_t offset, const uint8_t* data, size_t len) {
   CheckRange(offset, len, "write");
   if (len == 0) return;
-  CountWrite counted(write_seq_);
   const uint64_t bs = block_size_;
   const Span sp = SpanOf(offset, len);
   const uint64_t off = sp.off, end = sp.end, first = sp.first, last = sp.last, count = sp.count;
   const bool head_partial = sp.head_partial;
   const bool tail_partial = sp.tail_partial;
+  const uint64_t r0 = RegionOf(first);
+  const uint64_t r1 = RegionOf(last);
+  intent_->Begin(r0, r1);
+  EndWrite ended(write_seq_, *intent_, r0, r1);
 
   std::vector<uint32_t> crcs(count);
   std::unique_ptr<uint8_t[]> head;
@@ -510,34 +852,81 @@ void BlockStore::Read(int64_t offset, uint8_t* data, size_t len) {
   }
 }
 
-void BlockStore::SyncData() {
-  if (::fdatasync(data_fd_) != 0) throw OsFailure("fdatasync", data_path_, errno);
+void BlockStore::Sync(std::mutex& mu, int fd, const std::string& path) {
+  // One at a time per file: of two overlapping fdatasyncs only one would
+  // see a write-back error, and the other would report success.
+  std::lock_guard<std::mutex> lock(mu);
+  health_.Check();
+  if (::fdatasync(fd) != 0) {
+    StoreError e = OsFailure("fdatasync", path, errno);
+    health_.Fail(e);
+    throw e;
+  }
 }
 
-void BlockStore::SyncCrc() {
-  if (::fdatasync(crc_fd_) != 0) throw OsFailure("fdatasync", crc_path_, errno);
-}
+void BlockStore::SyncData() { Sync(data_sync_mu_, data_fd_, data_path_); }
+
+void BlockStore::SyncCrc() { Sync(crc_sync_mu_, crc_fd_, crc_path_); }
 
 void BlockStore::MarkFlushed(uint64_t seq) {
   uint64_t cur = flushed_seq_.load(std::memory_order_relaxed);
   while (cur < seq && !flushed_seq_.compare_exchange_weak(cur, seq, std::memory_order_acq_rel)) {
   }
+  ClearIdle();
+}
+
+void BlockStore::ClearIdle() {
+  intent_->ClearIdle(flushed_seq_.load(std::memory_order_acquire), false);
 }
 
 void BlockStore::Close() {
-  int data_rc = data_fd_ >= 0 ? ::close(data_fd_) : 0;
-  int data_err = errno;
-  data_fd_ = -1;
-  int crc_rc = crc_fd_ >= 0 ? ::close(crc_fd_) : 0;
-  int crc_err = errno;
-  crc_fd_ = -1;
-  // Linux releases the fd even when close fails; report, never retry.
-  if (data_rc != 0 && data_err != EINTR) {
-    throw OsFailure("close", data_path_, data_err);
+  StoreError error;
+  bool ok = true;
+  // After a failed fdatasync the marks stay, for the next open to recover.
+  if (!health_.failed()) {
+    try {
+      const uint64_t seq = WriteSeq();
+      if (!IsFlushed(seq)) {
+        SyncData();
+        SyncCrc();
+        MarkFlushed(seq);
+      }
+      intent_->ClearIdle(flushed_seq_.load(std::memory_order_acquire), true);
+      intent_->SyncQuietly();
+    } catch (const StoreError& e) {
+      error = e;
+      ok = false;
+    }
   }
-  if (crc_rc != 0 && crc_err != EINTR) {
-    throw OsFailure("close", crc_path_, crc_err);
+  StoreError close_error;
+  if (!CloseFiles(&close_error) && ok) {
+    error = close_error;
+    ok = false;
   }
+  if (!ok) throw error;
+}
+
+void BlockStore::Abandon() {
+  StoreError ignored;
+  CloseFiles(&ignored);
+}
+
+bool BlockStore::CloseFiles(StoreError* error) {
+  bool ok = true;
+  for (auto [fd, path] : {std::pair<int*, const std::string*>{&data_fd_, &data_path_},
+                          {&crc_fd_, &crc_path_},
+                          {&intent_fd_, &intent_path_}}) {
+    if (*fd < 0) continue;
+    const int rc = ::close(*fd);
+    const int err = errno;
+    *fd = -1;
+    // Linux releases the fd even when close fails; report, never retry.
+    if (rc != 0 && err != EINTR && ok) {
+      *error = OsFailure("close", *path, err);
+      ok = false;
+    }
+  }
+  return ok;
 }
 
 }  // namespace pxd

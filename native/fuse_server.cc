@@ -3,9 +3,11 @@
 #include <fcntl.h>
 #include <linux/fuse.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -25,6 +27,8 @@ constexpr uint32_t kFopenParallelDirectWrites = 1u << 6;
 // Entries and attributes are cached briefly: files only come and go with
 // attach and detach, and their size never changes while they exist.
 constexpr uint64_t kValidSeconds = 1;
+// Linux 5.6; the header this is built with may predate it.
+constexpr int kPrSetIoFlusher = 57;
 
 FuseError SysError(const char* what, const std::string& detail) {
   int e = errno;
@@ -112,7 +116,12 @@ void FuseServer::Unmount(bool lazy) {
 void FuseServer::AddFile(const std::string& name, uint64_t size, uint32_t key) {
   std::lock_guard<std::mutex> lock(files_mu_);
   auto it = nodeids_.find(name);
-  uint64_t id = it != nodeids_.end() ? it->second : next_nodeid_++;
+  if (it != nodeids_.end()) {
+    auto old = files_.find(it->second);
+    old->second.present = false;
+    DropIfUnused(old);
+  }
+  const uint64_t id = next_nodeid_++;
   nodeids_[name] = id;
   File& f = files_[id];
   f.name = name;
@@ -124,12 +133,40 @@ void FuseServer::AddFile(const std::string& name, uint64_t size, uint32_t key) {
 void FuseServer::RemoveFile(const std::string& name) {
   std::lock_guard<std::mutex> lock(files_mu_);
   auto it = nodeids_.find(name);
-  if (it != nodeids_.end()) files_[it->second].present = false;
+  if (it == nodeids_.end()) return;
+  auto f = files_.find(it->second);
+  nodeids_.erase(it);
+  f->second.present = false;
+  DropIfUnused(f);
+}
+
+void FuseServer::DropIfUnused(std::unordered_map<uint64_t, File>::iterator it) {
+  if (!it->second.present && it->second.lookups == 0) files_.erase(it);
 }
 
 const FuseServer::File* FuseServer::PresentFile(uint64_t nodeid) const {
   auto it = files_.find(nodeid);
   return it == files_.end() || !it->second.present ? nullptr : &it->second;
+}
+
+void FuseServer::OnForget(uint64_t nodeid, uint64_t nlookup) {
+  std::lock_guard<std::mutex> lock(files_mu_);
+  auto it = files_.find(nodeid);
+  if (it == files_.end()) return;
+  it->second.lookups -= std::min(nlookup, it->second.lookups);
+  DropIfUnused(it);
+}
+
+void FuseServer::OnBatchForget(const uint8_t* in, size_t in_len) {
+  fuse_batch_forget_in arg{};
+  if (in_len < sizeof arg) return;
+  std::memcpy(&arg, in, sizeof arg);
+  const size_t n = std::min<size_t>(arg.count, (in_len - sizeof arg) / sizeof(fuse_forget_one));
+  for (size_t i = 0; i < n; i++) {
+    fuse_forget_one one;
+    std::memcpy(&one, in + sizeof arg + i * sizeof one, sizeof one);
+    OnForget(one.nodeid, one.nlookup);
+  }
 }
 
 bool FuseServer::AcquireSlot(uint32_t* slot) {
@@ -150,6 +187,12 @@ void FuseServer::ReleaseSlot(uint32_t slot) {
 }
 
 void FuseServer::Serve() {
+  // The kernel may wait on this thread to write back pages (the loop device
+  // writes here): let its own allocations not recurse into I/O, and spare it
+  // the throttling of ordinary writers. Needs CAP_SYS_RESOURCE and Linux 5.6;
+  // without them the thread serves as before.
+  (void)prctl(kPrSetIoFlusher, 1, 0, 0, 0);
+  pthread_setname_np(pthread_self(), "pxd-fuse");
   // A WRITE's two headers (80 bytes) end exactly at kDataOffset.
   const size_t headroom = kDataOffset - sizeof(fuse_in_header) - sizeof(fuse_write_in);
   const size_t read_len = slot_bytes_ - headroom;
@@ -237,8 +280,15 @@ void FuseServer::Handle(uint32_t slot, uint8_t* msg, size_t len) {
     case FUSE_LOOKUP:
       OnLookup(h.unique, h.nodeid, reinterpret_cast<const char*>(in), in_len);
       break;
-    case FUSE_FORGET:
+    case FUSE_FORGET: {  // FORGETs get no answer
+      fuse_forget_in arg{};
+      std::memcpy(&arg, in, std::min(in_len, sizeof arg));
+      OnForget(h.nodeid, arg.nlookup);
+      break;
+    }
     case FUSE_BATCH_FORGET:
+      OnBatchForget(in, in_len);
+      break;
     case FUSE_INTERRUPT:  // nothing here can be cancelled; the answer comes when it comes
       break;
     case FUSE_GETATTR:
@@ -349,10 +399,12 @@ void FuseServer::OnLookup(uint64_t unique, uint64_t parent, const char* name, si
   {
     std::lock_guard<std::mutex> lock(files_mu_);
     auto it = nodeids_.find(key);
-    const File* f = it == nodeids_.end() ? nullptr : PresentFile(it->second);
-    if (f == nullptr) return ReplyBytes(unique, ENOENT, nullptr, 0);
+    if (it == nodeids_.end()) return ReplyBytes(unique, ENOENT, nullptr, 0);
+    File& f = files_.at(it->second);
+    // Counted before the reply: the kernel may forget it as soon as it has it.
+    f.lookups++;
     out.nodeid = it->second;
-    FillAttr(&out.attr, it->second, f);
+    FillAttr(&out.attr, it->second, &f);
   }
   out.entry_valid = out.attr_valid = kValidSeconds;
   ReplyBytes(unique, 0, &out, sizeof out);
@@ -366,7 +418,8 @@ void FuseServer::OnGetattr(uint64_t unique, uint64_t nodeid) {
   } else {
     std::lock_guard<std::mutex> lock(files_mu_);
     const File* f = PresentFile(nodeid);
-    if (f == nullptr) return ReplyBytes(unique, ENOENT, nullptr, 0);
+    // ESTALE: a caller that came by a path looks the name up again.
+    if (f == nullptr) return ReplyBytes(unique, ESTALE, nullptr, 0);
     FillAttr(&out.attr, nodeid, f);
   }
   ReplyBytes(unique, 0, &out, sizeof out);
@@ -381,7 +434,7 @@ void FuseServer::OnSetattr(uint64_t unique, uint64_t nodeid, const uint8_t* in, 
   {
     std::lock_guard<std::mutex> lock(files_mu_);
     const File* f = PresentFile(nodeid);
-    if (f == nullptr) return ReplyBytes(unique, ENOENT, nullptr, 0);
+    if (f == nullptr) return ReplyBytes(unique, ESTALE, nullptr, 0);
     // A volume's size is fixed while attached; a no-op truncate (O_TRUNC of
     // an opener, a tool setting times) is allowed.
     if ((arg.valid & FATTR_SIZE) != 0 && arg.size != f->size) {
@@ -396,7 +449,9 @@ void FuseServer::OnOpen(uint64_t unique, uint64_t nodeid) {
   if (nodeid == kRootId) return ReplyBytes(unique, EISDIR, nullptr, 0);
   {
     std::lock_guard<std::mutex> lock(files_mu_);
-    if (PresentFile(nodeid) == nullptr) return ReplyBytes(unique, ENOENT, nullptr, 0);
+    // ESTALE: open(2) retries the lookup, which finds the file now under the
+    // name (if any) instead of one removed while the kernel cached its entry.
+    if (PresentFile(nodeid) == nullptr) return ReplyBytes(unique, ESTALE, nullptr, 0);
   }
   fuse_open_out out{};
   out.fh = nodeid;
@@ -418,9 +473,7 @@ void FuseServer::OnReaddir(uint64_t unique, uint64_t nodeid, const uint8_t* in, 
   std::vector<Entry> entries = {{kRootId, ".", S_IFDIR >> 12}, {kRootId, "..", S_IFDIR >> 12}};
   {
     std::lock_guard<std::mutex> lock(files_mu_);
-    for (const auto& [name, id] : nodeids_) {
-      if (files_.at(id).present) entries.push_back({id, name, S_IFREG >> 12});
-    }
+    for (const auto& [name, id] : nodeids_) entries.push_back({id, name, S_IFREG >> 12});
   }
   std::vector<uint8_t> out;
   size_t limit = std::min<size_t>(arg.size, 64 * 1024);

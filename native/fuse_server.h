@@ -98,8 +98,12 @@ class FuseServer {
   FuseServer(const FuseServer&) = delete;
   FuseServer& operator=(const FuseServer&) = delete;
 
+  // Every file added gets a nodeid of its own, never used again while the
+  // server runs, also when the name was there before: what still holds the
+  // earlier file (a lazily detached loop device) cannot reach this one.
   void AddFile(const std::string& name, uint64_t size, uint32_t key);
-  // Later requests for the file fail with EIO; lookups no longer find it.
+  // Later requests for the file fail (EIO; ESTALE for open and attributes, so
+  // an open by name retries the lookup); lookups no longer find it.
   void RemoveFile(const std::string& name);
 
   // Answers the request in `slot` (result: bytes, or -errno) and frees the
@@ -126,6 +130,7 @@ class FuseServer {
     uint64_t size = 0;
     uint32_t key = 0;
     bool present = false;
+    uint64_t lookups = 0;  // the kernel's references, dropped by FORGET
   };
 
   void Serve();
@@ -143,11 +148,15 @@ class FuseServer {
   void OnSetattr(uint64_t unique, uint64_t nodeid, const uint8_t* in, size_t in_len);
   void OnOpen(uint64_t unique, uint64_t nodeid);
   void OnReaddir(uint64_t unique, uint64_t nodeid, const uint8_t* in, size_t in_len);
+  void OnForget(uint64_t nodeid, uint64_t nlookup);
+  void OnBatchForget(const uint8_t* in, size_t in_len);
   bool OnData(uint32_t slot, uint64_t unique, uint32_t opcode, uint64_t nodeid,
               const uint8_t* in, size_t in_len);
   void FillAttr(void* attr, uint64_t nodeid, const File* file) const;
   // The attached file behind a nodeid, or nullptr (unknown or removed). Hold files_mu_.
   const File* PresentFile(uint64_t nodeid) const;
+  // Forgets a removed file once the kernel holds no reference to it. Hold files_mu_.
+  void DropIfUnused(std::unordered_map<uint64_t, File>::iterator it);
 
   const std::string mountpoint_;
   const uint32_t max_request_bytes_;
@@ -168,8 +177,10 @@ class FuseServer {
   std::vector<uint32_t> free_slots_;
   bool stopping_ = false;
 
-  // nodeid -> file; a name keeps its nodeid for the server's lifetime, so a
-  // kernel that cached an entry never reaches another file by it.
+  // name -> nodeid of the files present; nodeid -> file, for those and for
+  // removed ones the kernel may still name (until it forgets them). Nodeids
+  // are never reused, so a kernel that cached an entry or holds an open
+  // file never reaches another file by it.
   mutable std::mutex files_mu_;
   std::map<std::string, uint64_t> nodeids_;
   std::unordered_map<uint64_t, File> files_;

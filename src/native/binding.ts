@@ -42,6 +42,13 @@ export type NativeError = Error & {
 }
 
 export type Callback = (err: NativeError | null) => void
+
+export interface StoreRecovery {
+  /** Regions (1 MiB) an earlier run left marked in the intent map, all checked. */
+  regions: number
+  /** Blocks among them whose crc did not match their data and was rebuilt from it. */
+  blocks: number
+}
 export type ResultCallback<T> = (err: NativeError | null, result?: T) => void
 
 export interface NativeBinding {
@@ -53,26 +60,46 @@ export interface NativeBinding {
   hasHardwareCrc32c(): boolean
 
   /**
-   * create=true makes both files (EEXIST if either exists) sized for `size`;
+   * create=true makes the three files (EEXIST if any exists) sized for `size`;
    * create=false opens them and checks their sizes (EINVAL on mismatch).
    * blockSize: a power of two in [512, 65536]; size: a positive multiple of it.
+   *
+   * `intentPath` is the write-intent map: the 1 MiB regions written since their last
+   * flush. When an earlier run crashed, the open rebuilds the crc of every block in a
+   * marked region whose data no longer matches it (a write cut between its data and its
+   * crc), so such a block reads back as its old or its new contents; storeRecovery tells
+   * how many. A missing intent file (a replica made before it existed) is created empty.
    */
   storeOpen(
     dataPath: string,
     crcPath: string,
+    intentPath: string,
     size: number,
     blockSize: number,
     create: boolean,
     cb: ResultCallback<StoreHandle>,
   ): void
+  /** What the open found of a crash: regions the intent map had marked, blocks whose crc it rebuilt. */
+  storeRecovery(handle: StoreHandle): StoreRecovery
   /** Any range inside the store; partial blocks are read, verified and merged. */
   storeWrite(handle: StoreHandle, offset: number, buf: Uint8Array, cb: Callback): void
   /** Fills `buf` with verified bytes; its contents are unspecified on error. */
   storeRead(handle: StoreHandle, offset: number, buf: Uint8Array, cb: Callback): void
-  /** fdatasync of the data and crc files. */
+  /**
+   * fdatasync of the data and crc files. Once one failed, every later flush of this
+   * handle fails too (EIO): Linux reports a lost write-back once, and the next fdatasync
+   * would succeed without the lost pages. Only a reopen (after a resync) clears it.
+   */
   storeFlush(handle: StoreHandle, cb: Callback): void
-  /** Waits for in-flight calls, then closes the files; later calls fail ECLOSED. Idempotent. */
+  /**
+   * Waits for in-flight calls, flushes what is unflushed, clears the intent map and
+   * closes the files; later calls fail ECLOSED. Idempotent.
+   */
   storeClose(handle: StoreHandle, cb: Callback): void
+  /** For tests: closes the files as a crash would, leaving the intent map's marks. Then like storeClose. */
+  storeAbandon(handle: StoreHandle, cb: Callback): void
+  /** How long a flushed region stays marked after its last write (default 5000 ms). */
+  storeSetIntentIdle(handle: StoreHandle, ms: number): void
   /**
    * Detaches `buf` and frees its memory now rather than at a later GC. Every view of it
    * reads as empty afterwards: only for memory nothing else uses any more.
@@ -127,8 +154,13 @@ export interface FuseBinding {
   fuseLayout(handle: FuseHandle): FuseLayout
   /** Answers a request: bytes read or written (0 for a flush), or -errno. */
   fuseReply(handle: FuseHandle, slot: number, result: number): void
-  /** A regular file of `size` bytes in the root directory; its requests carry `key`. */
+  /**
+   * A regular file of `size` bytes in the root directory; its requests carry `key`. A name
+   * added again (after fuseRemoveFile, or over a file present) is a new file: whatever still
+   * holds the earlier one open (a lazily detached loop device) never reaches this one.
+   */
   fuseAddFile(handle: FuseHandle, name: string, size: number, key: number): void
+  /** Lookups no longer find it; requests on its open handles fail (EIO; a flush succeeds). */
   fuseRemoveFile(handle: FuseHandle, name: string): void
   /** Without lazy, throws code EBUSY while the mount is in use (and keeps serving). Idempotent. */
   fuseUnmount(handle: FuseHandle, lazy?: boolean): void

@@ -2,6 +2,8 @@
  * One replica of a volume on this node's disk: a directory holding
  *   data      the volume's bytes (sparse)
  *   crc       one crc32c per block (BLOCK_SIZE), kept and verified by the native addon
+ *   intent    the addon's write-intent map: regions written since their last flush, so
+ *             that blocks a crash tore between data and crc get their crc rebuilt
  *   super.json the superblock: volume id, size, block size, attach epoch
  * Block I/O and checksums run in the addon's worker threads; this class adds the
  * superblock, error codes and the promise API the engine uses.
@@ -10,7 +12,7 @@ import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import { BLOCK_SIZE, CHECKSUM_BYTES } from '../constants'
 import { pxdError, PxdError, type ErrorCode } from '../errors'
-import { native, type NativeError, type StoreHandle } from '../native/binding'
+import { native, type NativeError, type StoreHandle, type StoreRecovery } from '../native/binding'
 import { mkdirDurably, writeFileDurably } from '../util/durable'
 
 const SUPERBLOCK_VERSION = 1
@@ -28,19 +30,28 @@ export interface Superblock {
 const files = (dir: string) => ({
   data: path.join(dir, 'data'),
   crc: path.join(dir, 'crc'),
+  intent: path.join(dir, 'intent'),
   superblock: path.join(dir, 'super.json'),
 })
 
 export class ReplicaStore {
   readonly dir: string
+  /**
+   * What the open found of a crash: `regions` the intent map had marked (all checked),
+   * `blocks` among them torn by the crash whose checksum was rebuilt from their data.
+   * Zeros after a clean shutdown, and for a new replica.
+   */
+  readonly recovery: Readonly<StoreRecovery>
   #handle: StoreHandle
   #superblock: Superblock
   #closing: Promise<void> | undefined
+  #flushFailed = false
 
   private constructor(dir: string, handle: StoreHandle, superblock: Superblock) {
     this.dir = dir
     this.#handle = handle
     this.#superblock = superblock
+    this.recovery = native.storeRecovery(handle)
   }
 
   static async create(dir: string, volumeId: string, size: number): Promise<ReplicaStore> {
@@ -51,7 +62,7 @@ export class ReplicaStore {
     // superblock is: writing it syncs the replica's directory, mkdirDurably its parents.
     await mkdirDurably(dir)
     const f = files(dir)
-    const handle = await openNative(f.data, f.crc, size, true)
+    const handle = await openNative(f, size, true)
     const superblock: Superblock = {
       version: SUPERBLOCK_VERSION, volumeId, size, blockSize: BLOCK_SIZE, epoch: 0, createdAt: new Date().toISOString(),
     }
@@ -68,7 +79,7 @@ export class ReplicaStore {
       throw pxdError('IO_ERROR', `cannot read the superblock of replica ${dir}`, err)
     }
     if (superblock.version !== SUPERBLOCK_VERSION) throw pxdError('IO_ERROR', `replica ${dir} has unknown superblock version ${superblock.version}`)
-    const handle = await openNative(f.data, f.crc, superblock.size, false)
+    const handle = await openNative(f, superblock.size, false)
     return new ReplicaStore(dir, handle, superblock)
   }
 
@@ -99,8 +110,21 @@ export class ReplicaStore {
 
   flush(): Promise<void> {
     return new Promise((resolve, reject) => {
-      native.storeFlush(this.#handle, (err) => (err ? reject(storeError(err, 'flush', this.dir)) : resolve()))
+      native.storeFlush(this.#handle, (err) => {
+        if (!err) return resolve()
+        this.#flushFailed = true
+        reject(storeError(err, 'flush', this.dir))
+      })
     })
+  }
+
+  /**
+   * A flush failed: writes since the last good one may be lost (Linux reports a write-back
+   * error once), and every later flush of this store fails. Only a reopen, which a resync
+   * does, clears it.
+   */
+  get flushFailed(): boolean {
+    return this.#flushFailed
   }
 
   /**
@@ -156,10 +180,10 @@ function writeSuperblock(dir: string, superblock: Superblock): Promise<void> {
   return writeFileDurably(files(dir).superblock, JSON.stringify(superblock))
 }
 
-function openNative(data: string, crc: string, size: number, create: boolean): Promise<StoreHandle> {
+function openNative(f: ReturnType<typeof files>, size: number, create: boolean): Promise<StoreHandle> {
   return new Promise((resolve, reject) => {
-    native.storeOpen(data, crc, size, BLOCK_SIZE, create, (err, handle) => {
-      if (err || !handle) return reject(storeError(err ?? pxdError('INTERNAL', 'the addon gave no store handle'), create ? 'create' : 'open', path.dirname(data)))
+    native.storeOpen(f.data, f.crc, f.intent, size, BLOCK_SIZE, create, (err, handle) => {
+      if (err || !handle) return reject(storeError(err ?? pxdError('INTERNAL', 'the addon gave no store handle'), create ? 'create' : 'open', path.dirname(f.data)))
       resolve(handle)
     })
   })

@@ -54,7 +54,7 @@ test('plugin socket 0660, data dir 0700, replica files not world-readable', asyn
   t.is((await pluginCall(daemon.pluginSocket, '/VolumeDriver.Create', { Name: 'perm', Opts: { size: '32M' } })).body.Err, '')
   const replicas = path.join(daemon.dataDir, 'replicas')
   for (const id of await fs.readdir(replicas)) {
-    for (const f of ['data', 'crc', 'super.json']) {
+    for (const f of ['data', 'crc', 'intent', 'super.json']) {
       t.is((await fs.stat(path.join(replicas, id, f))).mode & 0o077, 0, `${f} is the owner's alone`)
     }
   }

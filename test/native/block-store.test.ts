@@ -20,9 +20,10 @@ function done(run: (cb: Callback) => void): Promise<void> {
   return new Promise((resolve, reject) => run((err) => (err ? reject(err) : resolve())))
 }
 
-const open = (data: string, crc: string, size: number, blockSize: number, create: boolean) =>
+/** The intent map beside the crc file unless named. */
+const open = (data: string, crc: string, size: number, blockSize: number, create: boolean, intent = `${crc}.intent`) =>
   new Promise<StoreHandle>((resolve, reject) =>
-    native.storeOpen(data, crc, size, blockSize, create, (err, handle) => (err ? reject(err) : resolve(handle!))),
+    native.storeOpen(data, crc, intent, size, blockSize, create, (err, handle) => (err ? reject(err) : resolve(handle!))),
   )
 const write = (h: StoreHandle, offset: number, buf: Uint8Array) => done((cb) => native.storeWrite(h, offset, buf, cb))
 const read = (h: StoreHandle, offset: number, buf: Uint8Array) => done((cb) => native.storeRead(h, offset, buf, cb))
@@ -155,7 +156,7 @@ test('open validates size and block size (EINVAL)', async (t) => {
     const h = await attempt(MiB, bs)
     await close(h)
   }
-  t.deepEqual(fs.readdirSync(dir).sort(), ['c9', 'c10', 'd9', 'd10'].sort(), 'failed creates left no files')
+  t.deepEqual(fs.readdirSync(dir).sort(), ['c9', 'c9.intent', 'c10', 'c10.intent', 'd9', 'd10'].sort(), 'failed creates left no files')
 })
 
 test('wrong argument types throw TypeError synchronously', async (t) => {
@@ -176,9 +177,13 @@ test('wrong argument types throw TypeError synchronously', async (t) => {
     ['storeRead', [h, 0, new DataView(new ArrayBuffer(8)), cb]],
     ['storeFlush', [h, 'cb']],
     ['storeClose', [{}, cb]],
-    ['storeOpen', ['/tmp/a', '/tmp/b', MiB, BS, 'yes', cb]],
-    ['storeOpen', ['/tmp/a', 7, MiB, BS, true, cb]],
-    ['storeOpen', ['/tmp/a', '/tmp/b', MiB, BS, true]],
+    ['storeOpen', ['/tmp/a', '/tmp/b', '/tmp/c', MiB, BS, 'yes', cb]],
+    ['storeOpen', ['/tmp/a', 7, '/tmp/c', MiB, BS, true, cb]],
+    ['storeOpen', ['/tmp/a', '/tmp/b', MiB, BS, true, cb]],
+    ['storeOpen', ['/tmp/a', '/tmp/b', '/tmp/c', MiB, BS, true]],
+    ['storeRecovery', [{}]],
+    ['storeSetIntentIdle', [h, -1]],
+    ['storeAbandon', [h]],
   ]
   for (const [fn, args] of bad) {
     t.throws(() => loose[fn]!(...args), { instanceOf: TypeError }, `${fn}(${args.map((a) => typeof a).join(', ')})`)
@@ -515,7 +520,7 @@ test('works from worker threads, and a terminated worker does not take the proce
     const { native } = require(workerData.binding)
     const p = (f) => new Promise((res, rej) => f((e, v) => (e ? rej(e) : res(v))))
     ;(async () => {
-      const h = await p((cb) => native.storeOpen(workerData.data, workerData.crc, 1 << 20, 4096, true, cb))
+      const h = await p((cb) => native.storeOpen(workerData.data, workerData.crc, workerData.crc + '.intent', 1 << 20, 4096, true, cb))
       const buf = Buffer.alloc(4096 * 3 + 1, workerData.fill)
       await p((cb) => native.storeWrite(h, 4095, buf, cb))
       const back = Buffer.alloc(buf.length)
@@ -528,7 +533,7 @@ test('works from worker threads, and a terminated worker does not take the proce
           native.storeRead(h, 1 << 30, Buffer.alloc(1), () => {})
         }
         if (workerData.fill % 2 === 0) native.storeClose(h, () => {})
-        native.storeOpen(workerData.data + '2', workerData.crc + '2', 1 << 20, 4096, true, () => {})
+        native.storeOpen(workerData.data + '2', workerData.crc + '2', workerData.crc + '2.intent', 1 << 20, 4096, true, () => {})
         parentPort.postMessage('busy')
         return
       }
@@ -575,9 +580,9 @@ test('a handle dropped without close() is freed by GC, files closed', async (t) 
     }).length
   // Open and use the store in a callback chain that keeps no reference after.
   await new Promise<void>((resolve, reject) =>
-    native.storeOpen(path.join(dir, 'data'), path.join(dir, 'crc'), MiB, BS, true, (err, h) => {
+    native.storeOpen(path.join(dir, 'data'), path.join(dir, 'crc'), path.join(dir, 'intent'), MiB, BS, true, (err, h) => {
       if (err) return reject(err)
-      t.is(fdsInDir(), 2)
+      t.is(fdsInDir(), 3)
       native.storeWrite(h!, 0, Buffer.alloc(BS, 1), (werr) => (werr ? reject(werr) : resolve()))
     }),
   )
