@@ -47,8 +47,9 @@ export class ReplicaDirectory {
 
   /** The copy of volume `volumeId` on `nodeId`, for a coordinator at `epoch`. */
   async replica(nodeId: string, volumeId: string, size: number, epoch: number): Promise<Replica> {
-    if (nodeId === this.nodeId) return new LocalReplica(nodeId, this.#host, volumeId, size, epoch)
-    return new ReplicaClient(nodeId, await this.channel(nodeId), volumeId, size, epoch)
+    const at = { volumeId, size, epoch }
+    if (nodeId === this.nodeId) return new LocalReplica(nodeId, this.#host, at)
+    return new ReplicaClient(nodeId, await this.channel(nodeId), at)
   }
 
   /** Make the (empty) replica of a volume that the kvdb places on `nodeId`. */

@@ -1,34 +1,30 @@
 /** This node's copy of a volume, for a coordinator on this node: the ReplicaHost's store, at the coordinator's epoch. */
 import { isPxdError } from '../errors'
-import type { Replica } from './replica'
+import type { Replica, ReplicaAt } from './replica'
 import type { ReplicaHost } from './replica-host'
 
 export class LocalReplica implements Replica {
   readonly nodeId: string
   readonly #host: ReplicaHost
-  readonly #volumeId: string
-  readonly #size: number
-  readonly #epoch: number
+  readonly #at: ReplicaAt
 
-  constructor(nodeId: string, host: ReplicaHost, volumeId: string, size: number, epoch: number) {
+  constructor(nodeId: string, host: ReplicaHost, at: ReplicaAt) {
     this.nodeId = nodeId
     this.#host = host
-    this.#volumeId = volumeId
-    this.#size = size
-    this.#epoch = epoch
+    this.#at = at
   }
 
   open(): Promise<number> {
-    return this.#host.open(this.#volumeId, this.#size, this.#epoch)
+    return this.#host.open(this.#at.volumeId, this.#at.size, this.#at.epoch)
   }
 
   write(offset: number, data: Uint8Array): Promise<void> {
-    return this.#host.write(this.#volumeId, this.#epoch, offset, data)
+    return this.#host.write(this.#at.volumeId, this.#at.epoch, offset, data)
   }
 
   read(offset: number, into: Uint8Array): Promise<void> {
     try {
-      return this.#host.storeFor(this.#volumeId, this.#epoch).read(offset, into)
+      return this.#host.storeFor(this.#at.volumeId, this.#at.epoch).read(offset, into)
     } catch (err) {
       return Promise.reject(err)
     }
@@ -36,14 +32,14 @@ export class LocalReplica implements Replica {
 
   flush(): Promise<void> {
     try {
-      return this.#host.storeFor(this.#volumeId, this.#epoch).flush()
+      return this.#host.storeFor(this.#at.volumeId, this.#at.epoch).flush()
     } catch (err) {
       return Promise.reject(err)
     }
   }
 
   async digest(offset: number, length: number): Promise<Uint8Array> {
-    return this.#host.storeFor(this.#volumeId, this.#epoch).readChecksums(offset, length)
+    return this.#host.storeFor(this.#at.volumeId, this.#at.epoch).readChecksums(offset, length)
   }
 
   async close(): Promise<void> {

@@ -6,29 +6,34 @@
 import { pxdError } from '../errors'
 import type { RequestOptions } from '../replication'
 import { decodeEpoch, replicaRequestError, requests, type PeerChannel } from './protocol'
-import type { Replica } from './replica'
+import type { Replica, ReplicaAt } from './replica'
 
 /**
- * How long a flush (and a close, which flushes) may take before it counts as failed: one
- * fdatasync of a large replica can outlast the link's default request timeout, and a
- * healthy replica must not be demoted for it. Writes keep the link's default.
+ * How long a flush (and a close, which flushes) may take before it counts as failed: as
+ * long as a write, plus the time to write out what was sent since the last flush at a slow
+ * disk's pace, so that one large fdatasync never demotes a healthy replica while a stalled
+ * disk after a few small writes is noticed as soon as for a write. At most FLUSH_TIMEOUT_MS.
  */
+export const FLUSH_BASE_TIMEOUT_MS = 8_000
+export const FLUSH_SLOW_DISK_BYTES_PER_SECOND = 20 * 1024 * 1024
 export const FLUSH_TIMEOUT_MS = 120_000
-const FLUSH: RequestOptions = { timeoutMs: FLUSH_TIMEOUT_MS }
+
+/** The timeout of a flush after `unflushed` bytes were written. */
+export function flushTimeoutMs(unflushed: number): number {
+  return Math.min(FLUSH_TIMEOUT_MS, FLUSH_BASE_TIMEOUT_MS + Math.ceil((unflushed / FLUSH_SLOW_DISK_BYTES_PER_SECOND) * 1000))
+}
 
 export class ReplicaClient implements Replica {
   readonly nodeId: string
   readonly #link: PeerChannel
-  readonly #vol: string
-  readonly #size: number
-  readonly #epoch: number
+  readonly #at: ReplicaAt
+  /** Bytes sent since the last flush that succeeded (a flush's timeout grows with them). */
+  #unflushed = 0
 
-  constructor(nodeId: string, link: PeerChannel, volumeId: string, size: number, epoch: number) {
+  constructor(nodeId: string, link: PeerChannel, at: ReplicaAt) {
     this.nodeId = nodeId
     this.#link = link
-    this.#vol = volumeId
-    this.#size = size
-    this.#epoch = epoch
+    this.#at = at
   }
 
   /** Make an empty replica of a volume on the node (it must be listed there in the kvdb). */
@@ -42,15 +47,16 @@ export class ReplicaClient implements Replica {
   }
 
   async open(): Promise<number> {
-    return decodeEpoch(await this.#call('open', requests.open(this.#vol, this.#epoch, this.#size)))
+    return decodeEpoch(await this.#call('open', requests.open(this.#at.volumeId, this.#at.epoch, this.#at.size)))
   }
 
   async write(offset: number, data: Uint8Array, seq: number): Promise<void> {
-    await this.#call('write', requests.write(this.#vol, this.#epoch, seq, offset, data))
+    this.#unflushed += data.length
+    await this.#call('write', requests.write(this.#at.volumeId, this.#at.epoch, seq, offset, data))
   }
 
   async read(offset: number, into: Uint8Array): Promise<void> {
-    const data = await this.#call('read', requests.read(this.#vol, this.#epoch, offset, into.length))
+    const data = await this.#call('read', requests.read(this.#at.volumeId, this.#at.epoch, offset, into.length))
     if (!data || data.length !== into.length) {
       throw pxdError('IO_ERROR', `node ${this.nodeId} answered a read of ${into.length} bytes with ${data?.length ?? 0}`)
     }
@@ -58,15 +64,17 @@ export class ReplicaClient implements Replica {
   }
 
   async digest(offset: number, length: number): Promise<Uint8Array> {
-    return (await this.#call('digest', requests.digest(this.#vol, this.#epoch, offset, length))) ?? new Uint8Array(0)
+    return (await this.#call('digest', requests.digest(this.#at.volumeId, this.#at.epoch, offset, length))) ?? new Uint8Array(0)
   }
 
   async flush(): Promise<void> {
-    await this.#call('flush', requests.flush(this.#vol, this.#epoch), FLUSH)
+    const covered = this.#unflushed
+    await this.#call('flush', requests.flush(this.#at.volumeId, this.#at.epoch), { timeoutMs: flushTimeoutMs(covered) })
+    this.#unflushed = Math.max(0, this.#unflushed - covered)
   }
 
   async close(): Promise<void> {
-    await this.#call('close', requests.close(this.#vol, this.#epoch), FLUSH)
+    await this.#call('close', requests.close(this.#at.volumeId, this.#at.epoch), { timeoutMs: flushTimeoutMs(this.#unflushed) })
   }
 
   #call(what: string, req: Parameters<PeerChannel['request']>[0], opts?: RequestOptions): Promise<Uint8Array | undefined> {

@@ -86,9 +86,20 @@ export class ReplicaHost {
     return this.#locks.run(volumeId, async () => {
       if (this.#closed) throw pxdError('DAEMON_STOPPING', 'replica host is closed')
       let store = this.#open.get(volumeId)
+      if (store?.flushFailed) {
+        // Its failed flush stays failed until the store is opened again; a new session (a
+        // resync) starts from what is really on disk, and the crash recovery of the open.
+        await this.#drained(volumeId)
+        this.#open.delete(volumeId)
+        await store.close().catch((err) => this.#log.warn({ err, volumeId }, 'closing a replica whose flush failed'))
+        this.#log.warn({ volumeId }, 'reopening a replica whose flush had failed')
+        store = undefined
+      }
       if (!store) {
         if (!(await this.exists(volumeId))) throw pxdError('UNKNOWN_VOLUME', `this node holds no replica of volume ${volumeId}`)
         store = await ReplicaStore.open(this.dirOf(volumeId))
+        const { regions, blocks } = store.recovery
+        if (regions > 0) this.#log.warn({ volumeId, regions, blocks }, `${blocks} blocks torn by a crash had their checksum rebuilt (${regions} regions checked)`)
         this.#open.set(volumeId, store)
       }
       if (store.size !== size) throw pxdError('CONFLICT', `replica ${volumeId} is ${store.size} bytes here, the coordinator says ${size}`)

@@ -17,3 +17,11 @@ export interface Replica {
   /** Flush and let go; the copy itself stays on its node. */
   close(): Promise<void>
 }
+
+/** Which copy of a volume a coordinator speaks to, and at which attach epoch. */
+export interface ReplicaAt {
+  readonly volumeId: string
+  /** The volume's size: a replica of another size refuses the open. */
+  readonly size: number
+  readonly epoch: number
+}

@@ -51,3 +51,28 @@ test.serial('a replica whose disk stalls is demoted, writes go on, and it is res
   t.deepEqual(checkRecords(path.join(took, 'records'), RECORD, writer.acked).lost, [], 'every acknowledged record, read from the resynced replica')
   await pluginOk(b, '/VolumeDriver.Unmount', { Name: 'stall', ID: 'r' })
 })
+
+test.serial('a replica whose fsync fails is demoted, never reports that flush as done later, and is resynced from a fresh open', async (t) => {
+  const a = cluster.node('node-a')
+  const b = cluster.node('node-b')
+  const api = new ApiClient(a.apiUrl)
+  await pluginOk(a, '/VolumeDriver.Create', { Name: 'eio', Opts: { size: '64M', repl: '2' } })
+  const mp = (await pluginOk(a, '/VolumeDriver.Mount', { Name: 'eio', ID: 'w' })).Mountpoint as string
+  const writer = startRecordWriter(path.join(mp, 'records'), { recordBytes: RECORD, intervalMs: 5 })
+  await writer.waitFor(20)
+  await b.disk!.failFsyncs(1)
+  await waitFor('the failed fsync seen', async () => (await b.disk!.status()).failedFsyncs > 0, 30_000, 100)
+  await waitFor('the replica back in sync after its failed flush', async () => {
+    const v = await api.inspectVolume('eio')
+    return inSync(v).length === 2 && v.lastResync?.state === 'done' && v.lastResync.nodeId === 'node-b'
+  }, 90_000, 500)
+  t.regex(b.logs(), /reopening a replica whose flush had failed/)
+  const before = writer.acked.size
+  await writer.waitFor(before + 10)
+  await writer.stop()
+  t.is(writer.error, undefined, 'the application never saw the replica\'s failure')
+  await pluginOk(a, '/VolumeDriver.Unmount', { Name: 'eio', ID: 'w' })
+  const took = (await pluginOk(b, '/VolumeDriver.Mount', { Name: 'eio', ID: 'r' })).Mountpoint as string
+  t.deepEqual(checkRecords(path.join(took, 'records'), RECORD, writer.acked).lost, [], 'every acknowledged record, read from the replica whose fsync failed')
+  await pluginOk(b, '/VolumeDriver.Unmount', { Name: 'eio', ID: 'r' })
+})

@@ -35,7 +35,7 @@ test('the epoch codec round-trips and reads a missing epoch as -1', (t) => {
 
 test('a client builds each request with the volume, its epoch and the sequence, and reads the epoch back', async (t) => {
   const link = new FakeChannel((req) => (req.t === 'open' ? encodeEpoch(4) : req.t === 'read' ? Buffer.alloc(req.length, 7) : undefined))
-  const client = new ReplicaClient('b', link, '00000000000000aa', 1 << 20, 5)
+  const client = new ReplicaClient('b', link, { volumeId: '00000000000000aa', size: 1 << 20, epoch: 5 })
   t.is(await client.open(), 4)
   await client.write(4096, Buffer.alloc(4096, 1), 9)
   const into = Buffer.alloc(8)
@@ -50,7 +50,7 @@ test('a client builds each request with the volume, its epoch and the sequence, 
 })
 
 test('a short read answer is an IO_ERROR, never a partial buffer', async (t) => {
-  const client = new ReplicaClient('b', new FakeChannel(() => Buffer.alloc(2)), '00000000000000aa', 1 << 20, 1)
+  const client = new ReplicaClient('b', new FakeChannel(() => Buffer.alloc(2)), { volumeId: '00000000000000aa', size: 1 << 20, epoch: 1 })
   const err = await t.throwsAsync(client.read(0, Buffer.alloc(8)))
   t.true(isPxdError(err, 'IO_ERROR'), String(err))
 })
@@ -58,7 +58,7 @@ test('a short read answer is an IO_ERROR, never a partial buffer', async (t) => 
 test('a peer refusal keeps its code and block; an unknown code means the replica is unreachable', async (t) => {
   const refused = new PxdError('CHECKSUM_MISMATCH', 'bad block', { block: 12, peer: 'b' })
   const link = new FakeChannel(() => refused)
-  const err = await t.throwsAsync(new ReplicaClient('b', link, '00000000000000aa', 1 << 20, 1).read(0, Buffer.alloc(8)))
+  const err = await t.throwsAsync(new ReplicaClient('b', link, { volumeId: '00000000000000aa', size: 1 << 20, epoch: 1 }).read(0, Buffer.alloc(8)))
   t.true(isPxdError(err, 'CHECKSUM_MISMATCH'), String(err))
   t.is((err as PxdError).block, 12)
   t.is((err as PxdError).peer, 'b')
