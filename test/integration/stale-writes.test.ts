@@ -45,3 +45,18 @@ test('an open is answered only after the writes already running have landed', as
   const err = await t.throwsAsync(host.write(vol, 1, 0, Buffer.alloc(4096)))
   t.is((err as { code?: string }).code, 'STALE_EPOCH', 'and the old session can write no more')
 })
+
+test('an epoch a replica acted on is still its epoch after a power cut (superblock renamed, then its directory synced)', async (t) => {
+  const host = new ReplicaHost(plfs.mountpoint, pino({ level: 'silent' }))
+  const vol = '00000000000000ac'
+  await host.create(vol, 1 << 20)
+  t.is(await host.open(vol, 1 << 20, 5), 0)
+  await host.close()
+  const cut = await plfs.cut()
+  t.is(cut.undone.length, 0, `nothing of the replica's creation or epoch was left undurable: ${cut.undone.join(', ')}`)
+  const again = new ReplicaHost(plfs.mountpoint, pino({ level: 'silent' }))
+  t.teardown(() => again.close())
+  t.is(await again.open(vol, 1 << 20, 5), 5, 'the replica came back at epoch 5')
+  const err = await t.throwsAsync(again.open(vol, 1 << 20, 4))
+  t.is((err as { code?: string }).code, 'STALE_EPOCH', 'and still fences the older coordinator')
+})
