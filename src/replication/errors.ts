@@ -4,7 +4,6 @@
  * refusal of a request (`ack ok: false`) is a PxdError too, with the peer's code.
  */
 import { isErrorCode, isPxdError, pxdError, PxdError, type ErrorCode } from '../errors'
-import type { AckErrorFrame } from './frames'
 
 const REPLICATION_CODES = [
   'PEER_UNAVAILABLE', 'PEER_TIMEOUT', 'PEER_MISMATCH', 'AUTH_FAILED', 'AUTH_REQUIRED', 'HANDSHAKE_TIMEOUT',
@@ -26,7 +25,7 @@ export function isReplicationError(err: unknown, code?: ReplicationCode): err is
 }
 
 /** A request the peer answered with `ack ok: false`: its code if it is one of ours, and the block it names. */
-export function refusalError(peer: string, ack: AckErrorFrame): PxdError {
+export function refusalError(peer: string, ack: { code: string; message: string; block?: number }): PxdError {
   const code = isErrorCode(ack.code) ? ack.code : 'INTERNAL'
   return new PxdError(code, ack.message, ack.block === undefined ? { peer } : { peer, block: ack.block })
 }
