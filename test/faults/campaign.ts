@@ -2,7 +2,8 @@
  * A randomized fault campaign, the way Jepsen tests databases. A cluster of three nodes,
  * each in its own network namespace with its data dir on the power-loss file system, holds
  * a repl=2 and a repl=3 volume. Each round:
- *   1. a record writer (fsynced, self-checking records) runs on each volume's coordinator;
+ *   1. a record writer (fsynced, self-checking records) and fio (fsync after every write,
+ *      --verify) run on each volume's coordinator;
  *   2. the nemesis, drawing from the seed, injects one fault: kill -9 of a coordinator or a
  *      replica, power loss of a node, a node cut from etcd, from one peer (both ways or one
  *      way), or from everything, a stalled disk, a failing fsync, an etcd restart;
@@ -19,6 +20,7 @@ import { ApiClient } from '../../src/api/client'
 import type { VolumeInfo } from '../../src/volumes/types'
 import { startCluster, waitFor, type ClusterNode } from '../helpers/cluster'
 import { checkRecords, startRecordWriter, type RecordWriter } from '../helpers/records'
+import { runFio, type CommandResult } from '../helpers/run'
 import { pluginOk, replicaDigest } from '../helpers/volume-io'
 import { mulberry32 } from './power-loss-fs'
 
@@ -43,6 +45,9 @@ export interface CampaignResult {
   /** Acknowledged records checked, summed over every replica they were read from. */
   recordsVerified: number
   acknowledged: number
+  /** fio jobs (write then verify) that completed, and their files verified again on every replica. */
+  fioJobs: number
+  fioVerified: number
   lost: Array<{ volume: string; node: string; file: string; records: number[] }>
   scrubBad: number
   replicasDiffer: string[]
@@ -52,19 +57,32 @@ const NODES = ['node-a', 'node-b', 'node-c']
 const RECORD = 4096
 const VOLUMES = [{ name: 'c2', repl: 2 }, { name: 'c3', repl: 3 }]
 
-interface VolumeState { name: string; mountedOn: ClusterNode | undefined; mountpoint: string | undefined; writer: RecordWriter | undefined; files: Map<string, Set<number>> }
+interface VolumeState {
+  name: string
+  mountedOn: ClusterNode | undefined
+  mountpoint: string | undefined
+  writer: RecordWriter | undefined
+  files: Map<string, Set<number>>
+  /** The fio job of this round, and the files of the jobs that completed (fsync after every write, verified). */
+  fio: Promise<CommandResult> | undefined
+  fioFiles: string[]
+}
+
+/** fio writes with an fsync after every write and verifies what it wrote; the same job with --verify_only checks it again. */
+const fioJob = (file: string) => [`--name=campaign`, `--filename=${file}`, '--rw=randwrite', '--bs=4k', '--size=2M', '--ioengine=psync',
+  '--fsync=1', '--verify=crc32c', '--verify_fatal=1', '--randrepeat=1', '--verify_state_save=0']
 
 export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
   const log = o.log ?? (() => undefined)
   const random = mulberry32(o.seed)
   const pick = <T>(list: readonly T[]): T => list[Math.floor(random() * list.length)]!
   const faultMs = (o.faultSeconds ?? 6) * 1000
-  const result: CampaignResult = { seed: o.seed, rounds: 0, faults: {}, recordsVerified: 0, acknowledged: 0, lost: [], scrubBad: 0, replicasDiffer: [] }
+  const result: CampaignResult = { seed: o.seed, rounds: 0, faults: {}, recordsVerified: 0, acknowledged: 0, fioJobs: 0, fioVerified: 0, lost: [], scrubBad: 0, replicasDiffer: [] }
   log(`campaign seed ${o.seed}, ${o.rounds} rounds`)
   const cluster = await startCluster(NODES, { network: true, powerLoss: true })
   const api = (n: ClusterNode) => new ApiClient(n.apiUrl, cluster.apiToken)
   const alive = new Set(NODES)
-  const volumes: VolumeState[] = VOLUMES.map((v) => ({ name: v.name, mountedOn: undefined, mountpoint: undefined, writer: undefined, files: new Map() }))
+  const volumes: VolumeState[] = VOLUMES.map((v) => ({ name: v.name, mountedOn: undefined, mountpoint: undefined, writer: undefined, files: new Map(), fio: undefined, fioFiles: [] }))
   try {
     for (const v of VOLUMES) await pluginOk(cluster.nodes[0]!, '/VolumeDriver.Create', { Name: v.name, Opts: { size: '64M', repl: String(v.repl) } })
     for (let round = 0; round < o.rounds; round++) {
@@ -97,6 +115,11 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
     const acked = new Set<number>()
     v.files.set(file, acked)
     v.writer = startRecordWriter(path.join(v.mountpoint!, file), { recordBytes: RECORD, intervalMs: 5 })
+    const fioFile = `fio-${round}`
+    v.fio = runFio(fioJob(path.join(v.mountpoint!, fioFile))).then((r) => {
+      if (r.code === 0) v.fioFiles.push(fioFile)
+      return r
+    })
     const w = v.writer
     // Keep what it acknowledged even after it stops.
     const copy = setInterval(() => { for (const n of w.acked) acked.add(n) }, 100)
@@ -107,6 +130,8 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
   }
 
   async function stopWriter(v: VolumeState): Promise<void> {
+    await v.fio
+    v.fio = undefined
     await v.writer?.stop()
     await sleep(150)
     v.writer = undefined
@@ -203,6 +228,7 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
     await pluginOk(v.mountedOn!, '/VolumeDriver.Unmount', { Name: v.name, ID: 'campaign' })
     v.mountedOn = undefined
     for (const acked of v.files.values()) result.acknowledged += acked.size
+    result.fioJobs += v.fioFiles.length
     for (const r of info.replicas) {
       const n = cluster.node(r.nodeId)
       const mp = (await pluginOk(n, '/VolumeDriver.Mount', { Name: v.name, ID: 'verify' })).Mountpoint as string
@@ -210,6 +236,11 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
         const check = checkRecords(path.join(mp, file), RECORD, acked)
         result.recordsVerified += check.checked
         if (check.lost.length > 0) result.lost.push({ volume: v.name, node: n.nodeId, file, records: check.lost })
+      }
+      for (const file of v.fioFiles) {
+        const again = await runFio([...fioJob(path.join(mp, file)), '--verify_only'])
+        if (again.code === 0) result.fioVerified++
+        else result.lost.push({ volume: v.name, node: n.nodeId, file: `${file} (fio --verify_only: ${again.out.slice(-300)})`, records: [] })
       }
       await pluginOk(n, '/VolumeDriver.Unmount', { Name: v.name, ID: 'verify' })
     }

@@ -31,6 +31,7 @@ async function main(): Promise<number> {
     `seed ${seed}: ${result.rounds} rounds in ${((Date.now() - started) / 60_000).toFixed(1)} min`,
     `faults: ${Object.entries(result.faults).map(([k, n]) => `${k} ${n}`).join(', ')}`,
     `acknowledged records: ${result.acknowledged}; verified on every replica: ${result.recordsVerified}`,
+    `fio jobs completed: ${result.fioJobs}; verified again on every replica: ${result.fioVerified}`,
     `lost or wrong: ${result.lost.reduce((n, l) => n + l.records.length, 0)}${result.lost.length ? ` ${JSON.stringify(result.lost)}` : ''}`,
     `scrub bad blocks: ${result.scrubBad}; replicas differing: ${result.replicasDiffer.length ? result.replicasDiffer.join(', ') : 'none'}`,
     failed ? `FAILED: replay with npm run torture -- --rounds ${rounds} --seed ${seed}` : 'ok',

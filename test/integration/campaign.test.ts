@@ -18,6 +18,7 @@ test(`a short fault campaign loses no acknowledged record (seed ${SEED}, ${ROUND
   t.log(`faults: ${JSON.stringify(result.faults)}; acknowledged ${result.acknowledged}, verified ${result.recordsVerified}`)
   t.is(result.rounds, ROUNDS)
   t.true(result.acknowledged > 0, 'the workload wrote something')
+  t.true(result.fioJobs > 0, 'some fio job completed')
   t.deepEqual(result.lost, [], `replay: PXD_CAMPAIGN_SEED=${SEED}`)
   t.is(result.scrubBad, 0)
   t.deepEqual(result.replicasDiffer, [])
