@@ -20,8 +20,9 @@ export interface RecordWriter {
   stop(): Promise<void>
 }
 
-export function startRecordWriter(file: string, o: { recordBytes?: number; count?: number; intervalMs?: number } = {}): RecordWriter {
-  const child: ChildProcess = spawn(process.execPath, [WRITER, file, String(o.recordBytes ?? 4096), String(o.count ?? 0), String(o.intervalMs ?? 0)], { stdio: ['ignore', 'pipe', 'inherit'] })
+/** `batch`: that many records at a time with direct I/O and one fsync (record-writer.ts). */
+export function startRecordWriter(file: string, o: { recordBytes?: number; count?: number; intervalMs?: number; batch?: number } = {}): RecordWriter {
+  const child: ChildProcess = spawn(process.execPath, [WRITER, file, String(o.recordBytes ?? 4096), String(o.count ?? 0), String(o.intervalMs ?? 0), String(o.batch ?? 0)], { stdio: ['ignore', 'pipe', 'inherit'] })
   guardProcess(child.pid!)
   const acked = new Set<number>()
   let error: string | undefined
