@@ -5,6 +5,8 @@
       "sources": [
         "native/addon.cc",
         "native/block_store.cc",
+        "native/intent_map.cc",
+        "native/store_io.cc",
         "native/crc32c.cc",
         "native/fuse_server.cc",
         "native/fuse_binding.cc"

@@ -13,97 +13,12 @@
 #include <mutex>
 #include <shared_mutex>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
+#include "intent_map.h"
+#include "store_io.h"
+
 namespace pxd {
-
-constexpr uint32_t kIntentRegionShift = 20;  // 1 MiB regions
-
-// A failure with a string code ('EIO', 'ECHECKSUM', ...). os_errno and
-// syscall are set when a system call failed; block when a checksum did not
-// match.
-struct StoreError {
-  std::string code;
-  std::string message;
-  int os_errno = 0;
-  std::string syscall;
-  std::string path;
-  int64_t block = -1;
-};
-
-// Maps an errno value to its symbolic name, 'EIO' when not in the table.
-const char* ErrnoCode(int err);
-
-// Whether an fdatasync of a store's files ever failed. Linux reports a
-// write-back error once: the next fdatasync succeeds and the lost pages are
-// never written, so a store stays failed until it is reopened.
-class SyncHealth {
- public:
-  bool failed() const { return failed_.load(std::memory_order_acquire); }
-  // Throws EIO naming the first failure, if there was one.
-  void Check() const;
-  void Fail(const StoreError& e);
-
- private:
-  std::atomic<bool> failed_{false};
-  mutable std::mutex mu_;
-  StoreError first_;
-};
-
-// Write-intent map: the regions (1 << kIntentRegionShift bytes) that may hold
-// a block whose data and crc disagree because its write was cut short. One
-// byte per region, after a header, in a small file beside the data and crc
-// files. A region is marked durably before the first write into it; writes
-// into a marked region cost a lookup. A mark is cleared lazily, once every
-// write into the region was covered by a completed flush and the region has
-// been idle for a while; clears are not synced (a lost one only leaves a
-// region marked). Thread-safe.
-class IntentMap {
- public:
-  static constexpr uint64_t kHeaderBytes = 16;
-
-  IntentMap(std::string path, int fd, SyncHealth* health);
-
-  // Marks regions [r0, r1] and counts a write in each; returns once the marks
-  // are durable. Throws StoreError, counting nothing.
-  void Begin(uint64_t r0, uint64_t r1);
-  // The write counted by Begin is over; seq is its number in the store's
-  // count of writes (a flush covering seq covers it).
-  void End(uint64_t r0, uint64_t r1, uint64_t seq);
-  // Clears the regions with no write in progress, every write covered by
-  // `flushed` and (unless `all`) idle long enough; scans at most once per
-  // scan interval unless `all`. The file is written, not synced.
-  void ClearIdle(uint64_t flushed, bool all);
-  // fdatasync of the file; for Close, after ClearIdle(all). Failure is ignored:
-  // a clear that was lost leaves a region marked, nothing worse.
-  void SyncQuietly();
-  void SetIdle(int64_t ms);
-
- private:
-  struct Region {
-    uint64_t gen = 0;       // mark_gen_ when its mark was written
-    uint64_t last_seq = 0;  // highest seq of a write that ended in it
-    int64_t last_ns = 0;    // when that write ended
-    uint32_t active = 0;    // writes begun and not ended
-  };
-
-  void Sync(uint64_t gen);
-  void EndLocked(uint64_t r0, uint64_t r1, uint64_t seq, int64_t now);
-
-  const std::string path_;
-  const int fd_;
-  SyncHealth* const health_;
-  std::atomic<int64_t> idle_ns_;
-
-  std::mutex mu_;  // marked_, the file's bytes, mark_gen_
-  std::unordered_map<uint64_t, Region> marked_;
-  uint64_t mark_gen_ = 0;
-  int64_t last_scan_ns_ = 0;
-
-  std::mutex sync_mu_;  // one fdatasync at a time; later writers share it
-  std::atomic<uint64_t> durable_gen_{0};
-};
 
 class BlockStore {
  public:
