@@ -89,6 +89,19 @@ export function codeOf(err: unknown): string | undefined {
   return undefined
 }
 
+/**
+ * The block a checksum failure names, if it names one: its own `block` (a PxdError's, also
+ * one that came from a peer), else its cause's (the addon's error, for the local store).
+ */
+export function blockOf(err: unknown): number | undefined {
+  const e = err as { block?: unknown; cause?: { block?: unknown } } | null | undefined
+  if (isBlockNumber(e?.block)) return e.block
+  const inCause = e?.cause?.block
+  return isBlockNumber(inCause) ? inCause : undefined
+}
+
+const isBlockNumber = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0
+
 /** The message of any thrown value, for logs and protocol replies. */
 export function messageOf(err: unknown): string {
   return err instanceof Error ? err.message : String(err)

@@ -4,7 +4,7 @@
  * are the ones every replica has. Read repair and scrub both use it.
  */
 import { BLOCK_SIZE } from '../constants'
-import { pxdError, type PxdError } from '../errors'
+import { pxdError } from '../errors'
 import type { Replica } from '../replicas/replica'
 import type { EngineCore } from './core'
 
@@ -44,14 +44,4 @@ export async function readFromOthers(core: EngineCore, bad: Replica, offset: num
     }
   }
   throw last
-}
-
-/**
- * The block a checksum failure names, when it names one: a peer's error carries it as
- * `block`, the local store's as its cause's (the addon's error).
- */
-export function badBlockOf(err: PxdError): number | undefined {
-  if (err.block !== undefined) return err.block
-  const cause = err.cause as { block?: unknown } | undefined
-  return typeof cause?.block === 'number' ? cause.block : undefined
 }

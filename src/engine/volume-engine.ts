@@ -23,12 +23,12 @@
  * The data path allocates little: with one replica the call goes straight through, and
  * the write payload is the caller's buffer, never copied.
  */
-import { isPxdError, pxdError, PxdError } from '../errors'
+import { blockOf, isPxdError, pxdError, PxdError } from '../errors'
 import type { Replica } from '../replicas/replica'
 import { ReplicaSet, type MemberFailure, type ReplicaFailure, type WriteRange } from '../replicas/replica-set'
 import type { EngineCore, EngineEvents, RepairListener } from './core'
 import { InflightWrites } from './inflight'
-import { badBlockOf, repair } from './repair'
+import { repair } from './repair'
 import { READ_BACK_RETRY_MS, reconcile, resync, type ResyncProgress } from './resync'
 import { scrub, type ScrubOptions, type ScrubResult } from './scrub'
 
@@ -248,7 +248,7 @@ export class VolumeEngine {
       if (corrupt) this.#events?.checksumFailure()
       if (index + 1 >= this.#members.readable.length) throw err
       await this.#readFrom(index + 1, offset, into)
-      if (corrupt) await repair(this.#core, replica, offset, into.length, badBlockOf(err))
+      if (corrupt) await repair(this.#core, replica, offset, into.length, blockOf(err))
     }
   }
 

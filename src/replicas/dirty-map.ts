@@ -49,6 +49,11 @@ const SAVED = 0
 const RUNNING = 1
 const QUEUE = 2
 
+/** Where a node keeps the dirty maps of the replicas it coordinates. */
+export function dirtyDirOf(dataDir: string): string {
+  return path.join(dataDir, 'dirty')
+}
+
 export class DirtyMap {
   readonly nodeId: string
   readonly sinceEpoch: number
@@ -79,6 +84,12 @@ export class DirtyMap {
 
   static fileOf(dir: string, volumeId: string, nodeId: string): string {
     return path.join(dir, `${volumeId}.${nodeId}.json`)
+  }
+
+  /** Delete every map of a volume (it was removed). */
+  static async forgetVolume(dir: string, volumeId: string): Promise<void> {
+    const names = await fs.readdir(dir).catch(() => [] as string[])
+    await Promise.all(names.filter((n) => n.startsWith(`${volumeId}.`)).map((n) => fs.rm(path.join(dir, n), { force: true })))
   }
 
   /** A new map for a replica demoted at `epoch`, holding `regions`, once it is on disk. */

@@ -161,9 +161,7 @@ export class ReplicaHost {
   /** Close and delete a replica (its volume was removed, or this node no longer holds it). */
   async drop(volumeId: string): Promise<void> {
     await this.#locks.run(volumeId, async () => {
-      const store = this.#open.get(volumeId)
-      this.#open.delete(volumeId)
-      await store?.close()
+      await this.#takeOut(volumeId)
       await ReplicaStore.destroy(this.dirOf(volumeId))
       this.#log.info({ volumeId }, 'replica dropped')
     })
@@ -176,9 +174,7 @@ export class ReplicaHost {
    */
   async quarantine(volumeId: string, reason: string): Promise<string> {
     return this.#locks.run(volumeId, async () => {
-      const store = this.#open.get(volumeId)
-      this.#open.delete(volumeId)
-      await store?.close()
+      await this.#takeOut(volumeId)
       await mkdirDurably(this.#quarantine)
       const name = `${volumeId}.${new Date().toISOString().replace(/[:.]/g, '-')}`
       await renameDurably(this.dirOf(volumeId), path.join(this.#quarantine, name))
@@ -213,6 +209,13 @@ export class ReplicaHost {
     await fs.rm(dir, { recursive: true, force: true })
     await syncDir(this.#quarantine)
     this.#log.info({ quarantined: name }, 'quarantined replica purged')
+  }
+
+  /** Close a replica's store (if open) and forget it: its files are about to move or go. */
+  async #takeOut(volumeId: string): Promise<void> {
+    const store = this.#open.get(volumeId)
+    this.#open.delete(volumeId)
+    await store?.close()
   }
 
   /** Replica ids present on disk. */

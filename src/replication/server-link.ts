@@ -8,7 +8,7 @@
 import type { Socket } from 'node:net'
 import type { Logger } from 'pino'
 import { WebSocket, type RawData } from 'ws'
-import { codeOf, messageOf, pxdError } from '../errors'
+import { blockOf, codeOf, messageOf, pxdError } from '../errors'
 import { WriteBatch } from './batch'
 import { computeProof, newNonce, verifyProof, type HandshakeParties } from './auth'
 import { isReplicationError, type ReplicationCode } from './errors'
@@ -40,16 +40,6 @@ export interface ServerIdentity {
 }
 
 const enum Phase { Hello, Auth, Ready, Closed }
-
-const isBlock = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0
-
-/** The block a handler's error names: its own `block` (a PxdError's), else its cause's (the addon's error). */
-function blockOf(err: unknown): number | undefined {
-  const e = err as { block?: unknown; cause?: { block?: unknown } } | null | undefined
-  if (isBlock(e?.block)) return e.block
-  const inCause = e?.cause?.block
-  return isBlock(inCause) ? inCause : undefined
-}
 
 export class ServerLink {
   readonly closed: Promise<void>

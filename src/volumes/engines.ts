@@ -7,12 +7,12 @@
  * resync commit whose outcome is unknown is read back from the kvdb. An engine that
  * diverged (a write failed on some replicas and could not be recorded) is released unclean.
  */
-import path from 'node:path'
 import type { Logger } from 'pino'
 import { BLOCK_SIZE } from '../constants'
 import { VolumeEngine, type EngineEvents } from '../engine/volume-engine'
 import { pxdError, type PxdError } from '../errors'
 import type { ReplicaDirectory } from '../replicas/directory'
+import { dirtyDirOf } from '../replicas/dirty-map'
 import type { Replica } from '../replicas/replica'
 import type { Attachments } from './attachments'
 import type { InSyncSet } from './in-sync'
@@ -34,6 +34,11 @@ export interface EnginesOptions {
   /** The engine learnt another node attached the volume with a newer epoch. */
   onFenced: (name: string, engine: VolumeEngine, err: PxdError, log: Logger) => void
   log: Logger
+}
+
+/** How an engine's attachment is given back: unclean when its replicas may differ (the next attach reconciles them). */
+export function releaseOptions(engine: VolumeEngine | undefined): { unclean: true } | undefined {
+  return engine?.diverged ? { unclean: true } : undefined
 }
 
 export class VolumeEngines {
@@ -75,9 +80,8 @@ export class VolumeEngines {
   async detach(name: string, volumeId: string, engine: VolumeEngine | undefined, epoch: number): Promise<void> {
     const log = this.#o.log
     await engine?.close().catch((err) => log.error({ err, volume: name, volumeId }, 'closing the volume engine failed'))
-    // Replicas that may differ are reconciled by the next attach.
-    const release = engine?.diverged ? this.#o.attachments.release(name, epoch, { unclean: true }) : this.#o.attachments.release(name, epoch)
-    await release.catch((err) => log.error({ err, volume: name, volumeId }, 'giving the attachment back failed'))
+    await this.#o.attachments.release(name, epoch, releaseOptions(engine))
+      .catch((err) => log.error({ err, volume: name, volumeId }, 'giving the attachment back failed'))
   }
 
   async #open(name: string, record: VolumeRecord, epoch: number): Promise<VolumeEngine> {
@@ -93,7 +97,7 @@ export class VolumeEngines {
       size: record.spec.size,
       replicas,
       epoch,
-      dirtyDir: path.join(this.#o.dataDir, 'dirty'),
+      dirtyDir: dirtyDirOf(this.#o.dataDir),
       outOfSync: record.replicas.map((r) => r.nodeId).filter((n) => !record.inSync.includes(n)),
       ...(engineEvents ? { events: engineEvents(name) } : {}),
       // block: the bad block when the replica named it, else the first of the range.

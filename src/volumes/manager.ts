@@ -13,10 +13,9 @@
  * resynced (resyncs.ts). Placement, the scrub timer and the info view have modules too.
  */
 import { randomBytes } from 'node:crypto'
-import { promises as fs } from 'node:fs'
-import path from 'node:path'
 import type { Logger } from 'pino'
 import type { Membership, NodeInfo } from '../cluster/membership'
+import { DirtyMap, dirtyDirOf } from '../replicas/dirty-map'
 import type { QuarantinedReplica, ReplicaHost } from '../replicas/replica-host'
 import type { ReplicaDirectory } from '../replicas/directory'
 import type { EngineEvents, ScrubResult, VolumeEngine } from '../engine/volume-engine'
@@ -26,7 +25,7 @@ import { keys, type Kvdb } from '../kvdb/kvdb'
 import { capacityOf } from '../util/capacity'
 import { KeyedMutex } from '../util/mutex'
 import { Attachments } from './attachments'
-import { VolumeEngines } from './engines'
+import { releaseOptions, VolumeEngines } from './engines'
 import { CAS_RETRIES, InSyncSet } from './in-sync'
 import { InfoView } from './info'
 import { buildSpec, flattenOptions, MAX_REPL, mergeOptions, parseVolumeRef, specConflicts } from './options'
@@ -250,7 +249,7 @@ export class VolumeManager {
       })
       if (!ok) throw pxdError('CONFLICT', `volume ${name} changed while it was being removed; retry`)
       await this.#placement.drop(entry.value)
-      await this.#forgetDirtyMaps(entry.value.id)
+      await DirtyMap.forgetVolume(dirtyDirOf(this.#dataDir), entry.value.id)
       this.#log.info({ volume: name, volumeId: entry.value.id }, 'volume removed')
     })
   }
@@ -366,20 +365,13 @@ export class VolumeManager {
     try {
       await local.engine.close()
     } finally {
-      // Replicas that may differ in a write nobody acknowledged are reconciled at the next attach.
-      const opts = local.engine.diverged ? { unclean: true } : undefined
+      const opts = releaseOptions(local.engine)
       await this.#attachments.release(name, local.epoch, opts).catch((err) => {
         // The volume is unmounted here whatever the kvdb says; record that once it is back.
         this.#log.warn({ err, volume: name, volumeId: local.volumeId }, 'could not record the detach now; retrying in the background')
         this.#attachments.retryRelease(name, local.epoch, opts)
       })
     }
-  }
-
-  async #forgetDirtyMaps(volumeId: string): Promise<void> {
-    const dir = path.join(this.#dataDir, 'dirty')
-    const names = await fs.readdir(dir).catch(() => [] as string[])
-    await Promise.all(names.filter((n) => n.startsWith(`${volumeId}.`)).map((n) => fs.rm(path.join(dir, n), { force: true })))
   }
 
   async #records(): Promise<VolumeRecord[]> {
