@@ -7,7 +7,10 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdirSync } from 'node:fs'
 import { request } from 'node:http'
 import path from 'node:path'
+import type { TestFn } from 'ava'
 import type { CutReport } from '../faults/power-loss-fs'
+import { leftoversUnder, makeTempDir, removeDir } from './daemon'
+import { assertIntegrationPreconditions } from './preflight'
 import { guardProcess, releaseProcess } from './exit-guard'
 import { stopChild } from './mount-namespace'
 
@@ -72,5 +75,30 @@ export async function startPowerLossFs(backing: string, mountpoint: string): Pro
     failFsyncs: (count) => call<PowerLossStatus>('POST', `/fail-fsync?count=${count}`),
     status: () => call<PowerLossStatus>('GET', '/status'),
     stop: () => (stopping ??= stopChild(child, 15_000).then(() => undefined)),
+  }
+}
+
+/**
+ * A power-loss file system for the tests of one file: mounted in a temp dir before them,
+ * unmounted after; the file fails if anything is left mounted or attached under the dir.
+ */
+export function powerLossFsForTests(test: TestFn, prefix: string): () => PowerLossMount {
+  let dir: string | undefined
+  let plfs: PowerLossMount | undefined
+  test.before(async () => {
+    assertIntegrationPreconditions()
+    dir = makeTempDir(prefix)
+    plfs = await startPowerLossFs(path.join(dir, 'disk'), path.join(dir, 'mnt'))
+  })
+  test.after.always(async () => {
+    await plfs?.stop()
+    if (!dir) return
+    const left = leftoversUnder(dir)
+    removeDir(dir)
+    if (left.length > 0) throw new Error(`left behind: ${left.join(', ')}`)
+  })
+  return () => {
+    if (!plfs) throw new Error('the power-loss file system is not mounted (its before hook failed)')
+    return plfs
   }
 }

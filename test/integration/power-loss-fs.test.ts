@@ -5,29 +5,11 @@
 import test from 'ava'
 import { promises as fs, readFileSync } from 'node:fs'
 import path from 'node:path'
-import { assertIntegrationPreconditions } from '../helpers/preflight'
-import { makeTempDir, leftoversUnder, removeDir } from '../helpers/daemon'
-import { startPowerLossFs, type PowerLossMount } from '../helpers/power-loss'
+import { powerLossFsForTests } from '../helpers/power-loss'
 
-let dir: string
-let plfs: PowerLossMount
+const disk = powerLossFsForTests(test, 'pxd-plfs-')
 
-test.before(async () => {
-  assertIntegrationPreconditions()
-  dir = makeTempDir('pxd-plfs-')
-  plfs = await startPowerLossFs(path.join(dir, 'disk'), path.join(dir, 'mnt'))
-})
-
-test.after.always(async () => {
-  await plfs?.stop()
-  if (dir) {
-    const left = leftoversUnder(dir)
-    removeDir(dir)
-    if (left.length > 0) throw new Error(`left behind: ${left.join(', ')}`)
-  }
-})
-
-const at = (name: string) => path.join(plfs.mountpoint, name)
+const at = (name: string) => path.join(disk().mountpoint, name)
 
 async function syncDir(p: string): Promise<void> {
   const h = await fs.open(p, 'r')
@@ -46,53 +28,53 @@ async function writeFile(p: string, data: Buffer, opts: { sync: boolean }): Prom
 
 test.serial('a write not fsynced is lost at the cut; a synced one and its synced name survive', async (t) => {
   await writeFile(at('kept'), Buffer.alloc(10_000, 1), { sync: true })
-  await syncDir(plfs.mountpoint)
+  await syncDir(disk().mountpoint)
   // Overwrite the first page and extend, never synced.
   const h = await fs.open(at('kept'), 'r+')
   await h.write(Buffer.alloc(20_000, 2), 0, 20_000, 0)
   await h.close()
   t.is((await fs.stat(at('kept'))).size, 20_000, 'processes see the cached write')
-  t.true((await plfs.status()).dirtyPages > 0)
-  const report = await plfs.cut()
+  t.true((await disk().status()).dirtyPages > 0)
+  const report = await disk().cut()
   t.true(report.droppedPages >= 5, JSON.stringify(report))
   t.deepEqual(await fs.readFile(at('kept')), Buffer.alloc(10_000, 1), 'the synced contents, not the cached ones')
 })
 
 test.serial('a new file whose directory was not fsynced is gone, even with its data synced', async (t) => {
   await writeFile(at('orphan'), Buffer.alloc(4096, 3), { sync: true })
-  await plfs.cut()
+  await disk().cut()
   await t.throwsAsync(fs.stat(at('orphan')), { code: 'ENOENT' })
   await fs.mkdir(at('d'))
-  await syncDir(plfs.mountpoint)
+  await syncDir(disk().mountpoint)
   await writeFile(at('d/f'), Buffer.alloc(4096, 4), { sync: true })
   await syncDir(at('d'))
-  await plfs.cut()
+  await disk().cut()
   t.deepEqual(await fs.readFile(at('d/f')), Buffer.alloc(4096, 4))
 })
 
 test.serial('rename into place without a directory fsync is undone: the old file is back', async (t) => {
   await writeFile(at('super'), Buffer.from('old'), { sync: true })
-  await syncDir(plfs.mountpoint)
+  await syncDir(disk().mountpoint)
   await writeFile(at('super.tmp'), Buffer.from('new'), { sync: true })
   await fs.rename(at('super.tmp'), at('super'))
   t.is(readFileSync(at('super'), 'utf8'), 'new')
-  const report = await plfs.cut()
+  const report = await disk().cut()
   t.true(report.undone.some((u) => u.startsWith('rename')), JSON.stringify(report))
   t.is(readFileSync(at('super'), 'utf8'), 'old')
   await t.throwsAsync(fs.stat(at('super.tmp')), { code: 'ENOENT' })
   // With the directory fsync it stays.
   await writeFile(at('super.tmp'), Buffer.from('new'), { sync: true })
   await fs.rename(at('super.tmp'), at('super'))
-  await syncDir(plfs.mountpoint)
-  await plfs.cut()
+  await syncDir(disk().mountpoint)
+  await disk().cut()
   t.is(readFileSync(at('super'), 'utf8'), 'new')
 })
 
 test.serial('an unlink not made durable is undone', async (t) => {
   await writeFile(at('victim'), Buffer.from('here'), { sync: true })
-  await syncDir(plfs.mountpoint)
+  await syncDir(disk().mountpoint)
   await fs.unlink(at('victim'))
-  await plfs.cut()
+  await disk().cut()
   t.is(readFileSync(at('victim'), 'utf8'), 'here')
 })
 
@@ -101,11 +83,11 @@ test.serial('a seeded cut keeps a random part of the dirty pages, the same part 
   const kept: number[][] = []
   for (let round = 0; round < 2; round++) {
     await writeFile(at('torn'), Buffer.alloc(pages * 4096, 0), { sync: true })
-    await syncDir(plfs.mountpoint)
+    await syncDir(disk().mountpoint)
     const h = await fs.open(at('torn'), 'r+')
     await h.write(Buffer.alloc(pages * 4096, 9), 0, pages * 4096, 0)
     await h.close()
-    const report = await plfs.cut(42)
+    const report = await disk().cut(42)
     const data = await fs.readFile(at('torn'))
     const survivors = [...Array(pages).keys()].filter((i) => data[i * 4096] === 9)
     t.is(survivors.length, report.keptPages)
@@ -117,7 +99,7 @@ test.serial('a seeded cut keeps a random part of the dirty pages, the same part 
 
 test.serial('a stall holds every request back for its duration', async (t) => {
   await writeFile(at('s'), Buffer.from('x'), { sync: true })
-  await plfs.stall(1500)
+  await disk().stall(1500)
   const started = Date.now()
   await fs.readFile(at('s'))
   t.true(Date.now() - started >= 1200, `read took ${Date.now() - started} ms`)
@@ -125,13 +107,13 @@ test.serial('a stall holds every request back for its duration', async (t) => {
 
 test.serial('an injected fsync failure returns EIO once and loses the pages, as Linux does', async (t) => {
   await writeFile(at('e'), Buffer.alloc(4096, 1), { sync: true })
-  await syncDir(plfs.mountpoint)
-  await plfs.failFsyncs(1)
+  await syncDir(disk().mountpoint)
+  await disk().failFsyncs(1)
   const h = await fs.open(at('e'), 'r+')
   await h.write(Buffer.alloc(4096, 2), 0, 4096, 0)
   await t.throwsAsync(h.datasync(), { code: 'EIO' })
   await h.datasync() // the next one succeeds, with nothing left to write
   await h.close()
   t.deepEqual(await fs.readFile(at('e')), Buffer.alloc(4096, 1), 'the failed write never reached the disk')
-  t.is((await plfs.status()).failedFsyncs, 1)
+  t.is((await disk().status()).failedFsyncs, 1)
 })

@@ -5,34 +5,19 @@
  * power-loss file system so that the write is still running when the open arrives.
  */
 import test from 'ava'
-import path from 'node:path'
 import pino from 'pino'
 import { ReplicaHost } from '../../src/replicas/replica-host'
-import { assertIntegrationPreconditions } from '../helpers/preflight'
-import { makeTempDir, removeDir } from '../helpers/daemon'
-import { startPowerLossFs, type PowerLossMount } from '../helpers/power-loss'
+import { powerLossFsForTests } from '../helpers/power-loss'
 
-let dir: string
-let plfs: PowerLossMount
-
-test.before(async () => {
-  assertIntegrationPreconditions()
-  dir = makeTempDir('pxd-stale-')
-  plfs = await startPowerLossFs(path.join(dir, 'disk'), path.join(dir, 'data'))
-})
-
-test.after.always(async () => {
-  await plfs?.stop()
-  if (dir) removeDir(dir)
-})
+const disk = powerLossFsForTests(test, 'pxd-stale-')
 
 test('an open is answered only after the writes already running have landed', async (t) => {
-  const host = new ReplicaHost(plfs.mountpoint, pino({ level: 'silent' }))
+  const host = new ReplicaHost(disk().mountpoint, pino({ level: 'silent' }))
   t.teardown(() => host.close())
   const vol = '00000000000000ab'
   await host.create(vol, 1 << 20)
   await host.open(vol, 1 << 20, 1)
-  await plfs.stall(1500)
+  await disk().stall(1500)
   const events: string[] = []
   const write = host.write(vol, 1, 0, Buffer.alloc(64 * 1024, 7)).then(() => events.push('old write landed'))
   await new Promise((r) => setTimeout(r, 100))
@@ -47,14 +32,14 @@ test('an open is answered only after the writes already running have landed', as
 })
 
 test('an epoch a replica acted on is still its epoch after a power cut (superblock renamed, then its directory synced)', async (t) => {
-  const host = new ReplicaHost(plfs.mountpoint, pino({ level: 'silent' }))
+  const host = new ReplicaHost(disk().mountpoint, pino({ level: 'silent' }))
   const vol = '00000000000000ac'
   await host.create(vol, 1 << 20)
   t.is(await host.open(vol, 1 << 20, 5), 0)
   await host.close()
-  const cut = await plfs.cut()
+  const cut = await disk().cut()
   t.is(cut.undone.length, 0, `nothing of the replica's creation or epoch was left undurable: ${cut.undone.join(', ')}`)
-  const again = new ReplicaHost(plfs.mountpoint, pino({ level: 'silent' }))
+  const again = new ReplicaHost(disk().mountpoint, pino({ level: 'silent' }))
   t.teardown(() => again.close())
   t.is(await again.open(vol, 1 << 20, 5), 5, 'the replica came back at epoch 5')
   const err = await t.throwsAsync(again.open(vol, 1 << 20, 4))

@@ -14,32 +14,14 @@ import { randomBytes } from 'node:crypto'
 import { mkdirSync, promises as fs } from 'node:fs'
 import path from 'node:path'
 import { native, type Callback, type NativeError, type StoreHandle } from '../../src/native/binding'
-import { assertIntegrationPreconditions } from '../helpers/preflight'
-import { leftoversUnder, makeTempDir, removeDir } from '../helpers/daemon'
-import { startPowerLossFs, type PowerLossMount } from '../helpers/power-loss'
+import { powerLossFsForTests } from '../helpers/power-loss'
 
 const BS = 4096
 const MiB = 1024 * 1024
 const SIZE = 4 * MiB
 
-let dir: string
-let plfs: PowerLossMount
 let stores = 0
-
-test.before(async () => {
-  assertIntegrationPreconditions()
-  dir = makeTempDir('pxd-store-faults-')
-  plfs = await startPowerLossFs(path.join(dir, 'disk'), path.join(dir, 'mnt'))
-})
-
-test.after.always(async () => {
-  await plfs?.stop()
-  if (dir) {
-    const left = leftoversUnder(dir)
-    removeDir(dir)
-    if (left.length > 0) throw new Error(`left behind: ${left.join(', ')}`)
-  }
-})
+const disk = powerLossFsForTests(test, 'pxd-store-faults-')
 
 function done(run: (cb: Callback) => void): Promise<void> {
   return new Promise((resolve, reject) => run((err) => (err ? reject(err) : resolve())))
@@ -47,9 +29,9 @@ function done(run: (cb: Callback) => void): Promise<void> {
 
 /** A replica directory on the power-loss file system, its name durable. */
 async function replicaDir(): Promise<string> {
-  const d = path.join(plfs.mountpoint, `replica-${stores++}`)
+  const d = path.join(disk().mountpoint, `replica-${stores++}`)
   mkdirSync(d)
-  const h = await fs.open(plfs.mountpoint, 'r')
+  const h = await fs.open(disk().mountpoint, 'r')
   try { await h.sync() } finally { await h.close() }
   return d
 }
@@ -90,7 +72,7 @@ test.serial('after a power cut every block reads back as a version written since
       touched.add(b)
     }
     await abandon(h) // the process dies...
-    const cut = await plfs.cut(1000 + round) // ...and then the power: a random half of the dirty pages is lost
+    const cut = await disk().cut(1000 + round) // ...and then the power: a random half of the dirty pages is lost
     t.true(cut.droppedPages > 0 && cut.keptPages > 0, JSON.stringify(cut))
 
     h = await open(t, d, false)
@@ -121,10 +103,10 @@ test.serial('once an fdatasync failed, every later flush fails until the store i
   await flush(h)
 
   await write(h, MiB, randomBytes(4 * BS))
-  await plfs.failFsyncs(1)
+  await disk().failFsyncs(1)
   const first = await t.throwsAsync<NativeError>(flush(h), { code: 'EIO' })
   t.is(first?.syscall, 'fdatasync')
-  t.is((await plfs.status()).failedFsyncs, 1)
+  t.is((await disk().status()).failedFsyncs, 1)
 
   // The file system would now report success: the lost pages are gone for good.
   for (let i = 0; i < 3; i++) {
