@@ -3,8 +3,10 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import path from 'node:path'
 import { guardProcess, releaseProcess } from './exit-guard'
 import { stopChild } from './mount-namespace'
+import { pluginOk } from './volume-io'
+import { checkRecords } from '../faults/record-writer'
 
-export { checkRecords } from '../faults/record-writer'
+export { checkRecords }
 
 const WRITER = path.join(__dirname, '..', 'faults', 'record-writer.js')
 
@@ -60,5 +62,21 @@ export function startRecordWriter(file: string, o: { recordBytes?: number; count
       }
     },
     stop: async () => { await stopChild(child, 5_000) },
+  }
+}
+
+/**
+ * Fail a volume over: unmount it (mount ID 'w') on `from`, mount it on `to` (ID 'r'), read
+ * the acknowledged records of `file` there, unmount. Resolves to the records missing or wrong.
+ */
+export async function lostAfterFailover(
+  volume: string, from: { pluginSocket: string }, to: { pluginSocket: string }, file: string, recordBytes: number, acked: Iterable<number>,
+): Promise<number[]> {
+  await pluginOk(from, '/VolumeDriver.Unmount', { Name: volume, ID: 'w' })
+  const mountpoint = (await pluginOk(to, '/VolumeDriver.Mount', { Name: volume, ID: 'r' })).Mountpoint as string
+  try {
+    return checkRecords(path.join(mountpoint, file), recordBytes, acked).lost
+  } finally {
+    await pluginOk(to, '/VolumeDriver.Unmount', { Name: volume, ID: 'r' })
   }
 }

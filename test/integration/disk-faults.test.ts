@@ -10,7 +10,7 @@ import { ApiClient } from '../../src/api/client'
 import type { VolumeInfo } from '../../src/volumes/types'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { startCluster, waitFor, type Cluster } from '../helpers/cluster'
-import { checkRecords, startRecordWriter } from '../helpers/records'
+import { lostAfterFailover, startRecordWriter } from '../helpers/records'
 import { pluginOk } from '../helpers/volume-io'
 
 assertIntegrationPreconditions()
@@ -46,10 +46,7 @@ test.serial('a replica whose disk stalls is demoted, writes go on, and it is res
   await waitFor('the replica back in sync', async () => inSync(await api.inspectVolume('stall')).length === 2, 90_000, 500)
   await writer.stop()
   t.is(writer.error, undefined)
-  await pluginOk(a, '/VolumeDriver.Unmount', { Name: 'stall', ID: 'w' })
-  const took = (await pluginOk(b, '/VolumeDriver.Mount', { Name: 'stall', ID: 'r' })).Mountpoint as string
-  t.deepEqual(checkRecords(path.join(took, 'records'), RECORD, writer.acked).lost, [], 'every acknowledged record, read from the resynced replica')
-  await pluginOk(b, '/VolumeDriver.Unmount', { Name: 'stall', ID: 'r' })
+  t.deepEqual(await lostAfterFailover('stall', a, b, 'records', RECORD, writer.acked), [], 'every acknowledged record, read from the resynced replica')
 })
 
 test.serial('a replica whose fsync fails is demoted, never reports that flush as done later, and is resynced from a fresh open', async (t) => {
@@ -71,8 +68,5 @@ test.serial('a replica whose fsync fails is demoted, never reports that flush as
   await writer.waitFor(before + 10)
   await writer.stop()
   t.is(writer.error, undefined, 'the application never saw the replica\'s failure')
-  await pluginOk(a, '/VolumeDriver.Unmount', { Name: 'eio', ID: 'w' })
-  const took = (await pluginOk(b, '/VolumeDriver.Mount', { Name: 'eio', ID: 'r' })).Mountpoint as string
-  t.deepEqual(checkRecords(path.join(took, 'records'), RECORD, writer.acked).lost, [], 'every acknowledged record, read from the replica whose fsync failed')
-  await pluginOk(b, '/VolumeDriver.Unmount', { Name: 'eio', ID: 'r' })
+  t.deepEqual(await lostAfterFailover('eio', a, b, 'records', RECORD, writer.acked), [], 'every acknowledged record, read from the replica whose fsync failed')
 })

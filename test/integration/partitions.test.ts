@@ -10,7 +10,7 @@ import { ApiClient } from '../../src/api/client'
 import type { VolumeInfo } from '../../src/volumes/types'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { startCluster, waitFor, type Cluster, type ClusterNode } from '../helpers/cluster'
-import { checkRecords, startRecordWriter } from '../helpers/records'
+import { checkRecords, lostAfterFailover, startRecordWriter } from '../helpers/records'
 import { pluginOk } from '../helpers/volume-io'
 
 assertIntegrationPreconditions()
@@ -95,12 +95,9 @@ test.serial('the coordinator cut from its peer replica only: the replica is demo
   cluster.network!.heal()
   await waitFor('the replica back in sync', async () => inSync(await api(coordinator).inspectVolume('p-peer')).length === 2, 60_000, 250)
   await writer.stop()
-  await pluginOk(coordinator, '/VolumeDriver.Unmount', { Name: 'p-peer', ID: 'w' })
-  const took = (await pluginOk(replica, '/VolumeDriver.Mount', { Name: 'p-peer', ID: 'r' })).Mountpoint as string
-  const result = checkRecords(path.join(took, 'records'), RECORD, writer.acked)
+  const lost = await lostAfterFailover('p-peer', coordinator, replica, 'records', RECORD, writer.acked)
   t.log(`acknowledged ${writer.acked.size} records, ${writer.acked.size - before} of them while degraded`)
-  t.deepEqual(result.lost, [], 'after a failover to the resynced replica')
-  await pluginOk(replica, '/VolumeDriver.Unmount', { Name: 'p-peer', ID: 'r' })
+  t.deepEqual(lost, [], 'after a failover to the resynced replica')
 })
 
 test.serial('a one-way cut (the coordinator cannot send to its replica) is a demotion too, not a hang', async (t) => {
@@ -115,10 +112,7 @@ test.serial('a one-way cut (the coordinator cannot send to its replica) is a dem
   await waitFor('the replica back in sync', async () => inSync(await api(coordinator).inspectVolume('p-oneway')).length === 2, 60_000, 250)
   await writer.stop()
   t.is(writer.error, undefined)
-  await pluginOk(coordinator, '/VolumeDriver.Unmount', { Name: 'p-oneway', ID: 'w' })
-  const took = (await pluginOk(replica, '/VolumeDriver.Mount', { Name: 'p-oneway', ID: 'r' })).Mountpoint as string
-  t.deepEqual(checkRecords(path.join(took, 'records'), RECORD, writer.acked).lost, [])
-  await pluginOk(replica, '/VolumeDriver.Unmount', { Name: 'p-oneway', ID: 'r' })
+  t.deepEqual(await lostAfterFailover('p-oneway', coordinator, replica, 'records', RECORD, writer.acked), [])
 })
 
 test.serial('the coordinator cut from everything: its writes fail unacknowledged, the volume fails over, nothing acknowledged is lost', async (t) => {
@@ -151,10 +145,7 @@ test.serial('a replica cut from etcd only keeps its place: writes go on and it s
   cluster.network!.heal()
   await writer.stop()
   t.is(writer.error, undefined)
-  await pluginOk(coordinator, '/VolumeDriver.Unmount', { Name: 'p-replica-etcd', ID: 'w' })
-  const took = (await pluginOk(replica, '/VolumeDriver.Mount', { Name: 'p-replica-etcd', ID: 'r' })).Mountpoint as string
-  t.deepEqual(checkRecords(path.join(took, 'records'), RECORD, writer.acked).lost, [])
-  await pluginOk(replica, '/VolumeDriver.Unmount', { Name: 'p-replica-etcd', ID: 'r' })
+  t.deepEqual(await lostAfterFailover('p-replica-etcd', coordinator, replica, 'records', RECORD, writer.acked), [])
 })
 
 test.serial('a node cut from etcd for longer than a call deadline has its metadata store back within seconds of the heal', async (t) => {
