@@ -9,7 +9,11 @@
         "native/store_io.cc",
         "native/crc32c.cc",
         "native/fuse_server.cc",
-        "native/fuse_binding.cc"
+        "native/fuse_binding.cc",
+        "native/share_server.cc",
+        "native/share_server_binding.cc",
+        "native/share_client.cc",
+        "native/share_client_binding.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED", "NAPI_CPP_EXCEPTIONS"],

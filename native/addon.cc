@@ -31,6 +31,7 @@
 #include "block_store.h"
 #include "crc32c.h"
 #include "fuse_binding.h"
+#include "share_binding.h"
 
 namespace pxd {
 namespace {
@@ -648,6 +649,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("lockFile", Napi::Function::New<JsLockFile>(env, "lockFile"));
   exports.Set("releaseArrayBuffer", Napi::Function::New<JsReleaseArrayBuffer>(env, "releaseArrayBuffer"));
   InitFuse(env, exports);
+  InitShareServer(env, exports);
+  InitShareClient(env, exports);
   return exports;
 }
 

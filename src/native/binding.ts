@@ -12,6 +12,8 @@
 import { existsSync } from 'node:fs'
 import path from 'node:path'
 import { pxdError } from '../errors'
+import type { ShareClientBinding } from './share-client-binding'
+import type { ShareServerBinding } from './share-server-binding'
 
 declare const storeHandleBrand: unique symbol
 
@@ -177,16 +179,16 @@ function packageRoot(): string {
   }
 }
 
-function load(): NativeBinding & FuseBinding {
+function load(): NativeBinding & FuseBinding & ShareServerBinding & ShareClientBinding {
   const file = path.join(packageRoot(), 'build', 'Release', 'pxd_native.node')
   if (!existsSync(file)) {
     throw pxdError('PRECONDITION', `the native addon ${file} is missing: run \`npm run build\``)
   }
   try {
-    return require(file) as NativeBinding & FuseBinding
+    return require(file) as NativeBinding & FuseBinding & ShareServerBinding & ShareClientBinding
   } catch (err) {
     throw pxdError('PRECONDITION', `cannot load the native addon ${file} (run \`npm run build\`): ${String(err)}`, err)
   }
 }
 
-export const native: NativeBinding & FuseBinding = load()
+export const native: NativeBinding & FuseBinding & ShareServerBinding & ShareClientBinding = load()
