@@ -147,7 +147,7 @@ Napi::Value JsFuseMount(const Napi::CallbackInfo& info) {
   auto self = std::make_shared<JsFuse>();
   auto* tsfn_ref = new JsFusePtr(self);
   napi_value name = Napi::String::New(env, "pxd-fuse");
-  if (napi_create_threadsafe_function(env, info[3], nullptr, name, 0, 1, nullptr, FinalizeTsfn, tsfn_ref, CallJs,
+  if (napi_create_threadsafe_function(env, info[3], nullptr, name, 0, 1, tsfn_ref, FinalizeTsfn, tsfn_ref, CallJs,
                                       &self->tsfn) != napi_ok) {
     delete tsfn_ref;
     throw Napi::Error::New(env, "cannot create the FUSE request queue");
