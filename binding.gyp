@@ -11,8 +11,13 @@
         "native/fuse_server.cc",
         "native/fuse_binding.cc",
         "native/share_server.cc",
+        "native/share_server_wire.cc",
+        "native/share_server_ops.cc",
+        "native/share_server_io.cc",
+        "native/share_server_tables.cc",
         "native/share_server_binding.cc",
         "native/share_client.cc",
+        "native/share_client_wire.cc",
         "native/share_client_binding.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
