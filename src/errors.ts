@@ -39,6 +39,8 @@ export const ErrorCodes = {
   ABORTED: 'the caller gave up on the request',
   SHUTTING_DOWN: 'the peer is shutting down',
   INTERNAL: 'a peer failed without saying why (a bug): see its log',
+  NOT_SERVING: 'a file operation reached a node that does not serve that shared volume (any more)',
+  NOT_A_CLIENT: 'a node sent file operations for a shared volume it has not mounted',
 } as const
 
 export type ErrorCode = keyof typeof ErrorCodes

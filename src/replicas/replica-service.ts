@@ -61,6 +61,8 @@ export class ReplicaService implements RequestHandler {
         this.#log.info({ volumeId: req.vol, peer }, 'dropping a replica at a peer\'s request')
         return this.#host.drop(req.vol)
       }
+      default:
+        throw pxdError('INVALID_ARGUMENT', `${req.t} is not a replica request`)
     }
   }
 

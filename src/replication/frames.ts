@@ -19,8 +19,13 @@ export const PROTOCOL_VERSION = 1
 export const PEER_PATH = '/pxd/peer'
 /** Largest write payload or read result. */
 export const MAX_DATA_BYTES = MAX_IO_BYTES
-/** Largest WebSocket message: the data plus room for the other fields. */
-export const MAX_FRAME_BYTES = MAX_DATA_BYTES + 8 * 1024
+/**
+ * Largest shared-volume file operation or its reply (native/share_wire.h kMaxMessageBytes):
+ * a 1 MiB READ or WRITE with its headers and handles.
+ */
+export const MAX_FSOP_BYTES = MAX_DATA_BYTES + 4096
+/** Largest WebSocket message: the data (or a file operation) plus room for the other fields. */
+export const MAX_FRAME_BYTES = MAX_DATA_BYTES + 16 * 1024
 /** Largest message accepted before the handshake completes (handshake frames are ~150 bytes). */
 export const MAX_HANDSHAKE_FRAME_BYTES = 1024
 export const NONCE_BYTES = 32
@@ -50,6 +55,15 @@ export interface DigestFrame { t: 'digest'; id: number; vol: string; epoch: numb
 export interface FlushFrame { t: 'flush'; id: number; vol: string; epoch: number }
 export interface CloseFrame { t: 'close'; id: number; vol: string; epoch: number }
 export interface DropFrame { t: 'drop'; id: number; vol: string }
+/**
+ * A file operation on a shared volume, from a client node to the node serving it: `data` is
+ * a wire request of native/share_wire.h, the ack's data its wire reply. `xid` names the
+ * operation: sent again (after a lost link) it keeps its xid, so the server answers a
+ * repeat of an operation it applied from its reply cache instead of applying it twice.
+ */
+export interface FsOpFrame { t: 'fsop'; id: number; vol: string; xid: number; data: Uint8Array }
+/** The client stopped waiting for operation `xid` (the kernel interrupted a blocking lock). */
+export interface FsCancelFrame { t: 'fscancel'; id: number; vol: string; xid: number }
 
 // Replies and link control
 export interface AckOkFrame { t: 'ack'; id: number; ok: true; data?: Uint8Array }
@@ -60,7 +74,7 @@ export interface PingFrame { t: 'ping'; id: number; sent: number }
 export interface PongFrame { t: 'pong'; id: number; sent: number }
 
 export type HandshakeFrame = HelloFrame | ChallengeFrame | AuthFrame | ReadyFrame
-export type RequestFrame = CreateFrame | OpenFrame | DigestFrame | WriteFrame | ReadFrame | FlushFrame | CloseFrame | DropFrame
+export type RequestFrame = CreateFrame | OpenFrame | DigestFrame | WriteFrame | ReadFrame | FlushFrame | CloseFrame | DropFrame | FsOpFrame | FsCancelFrame
 export type AckFrame = AckOkFrame | AckErrorFrame
 export type Frame = HandshakeFrame | RequestFrame | AckFrame | ErrorFrame | PingFrame | PongFrame
 export type FrameType = Frame['t']
@@ -80,6 +94,7 @@ const isNodeId: Check = (v) => typeof v === 'string' && NODE_ID_PATTERN.test(v)
 const isClusterId: Check = (v) => typeof v === 'string' && CLUSTER_ID_RE.test(v)
 const isBytes32: Check = (v) => v instanceof Uint8Array && v.length === 32
 const isData: Check = (v) => v instanceof Uint8Array && v.length <= MAX_DATA_BYTES
+const isFsOp: Check = (v) => v instanceof Uint8Array && v.length <= MAX_FSOP_BYTES
 const isLength: Check = (v) => isUint(v) && (v as number) <= MAX_DATA_BYTES
 /** One checksum per block, so one reply covers at most MAX_DATA_BYTES / CHECKSUM_BYTES blocks (1 GiB) of volume. */
 export const MAX_DIGEST_RANGE = (MAX_DATA_BYTES / CHECKSUM_BYTES) * BLOCK_SIZE
@@ -115,9 +130,11 @@ const REQUEST_SCHEMAS = {
   flush: [ID, VOL, EPOCH],
   close: [ID, VOL, EPOCH],
   drop: [ID, VOL],
+  fsop: [ID, VOL, f('xid', isPositiveId, 'a positive safe integer'), f('data', isFsOp, `bytes, at most ${MAX_FSOP_BYTES}`)],
+  fscancel: [ID, VOL, f('xid', isPositiveId, 'a positive safe integer')],
 } as const satisfies Record<RequestType, readonly FieldSpec[]>
 
-const ACK_OK = [ID, f('ok', isTrue, 'true'), f('data', isData, `bytes, at most ${MAX_DATA_BYTES}`, true)]
+const ACK_OK = [ID, f('ok', isTrue, 'true'), f('data', isFsOp, `bytes, at most ${MAX_FSOP_BYTES}`, true)]
 const ACK_ERROR = [ID, f('ok', isFalse, 'false'), CODE, MESSAGE, f('block', isUint, 'a non-negative safe integer', true)]
 
 const SCHEMAS: Record<Exclude<FrameType, 'ack'>, readonly FieldSpec[]> = {
@@ -142,6 +159,7 @@ export function isRequest(frame: Frame): frame is RequestFrame {
 export function payloadBytes(req: RequestFrame | OutgoingRequest): number {
   switch (req.t) {
     case 'write': return req.data.length
+    case 'fsop': return req.data.length
     case 'read': return req.length
     case 'digest': return req.length / BLOCK_SIZE * CHECKSUM_BYTES
     default: return 0

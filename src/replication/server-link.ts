@@ -13,7 +13,7 @@ import { WriteBatch } from './batch'
 import { computeProof, newNonce, verifyProof, type HandshakeParties } from './auth'
 import { isReplicationError, type ReplicationCode } from './errors'
 import {
-  decodeFrame, isRequest, sendFrame, payloadBytes, CODE_RE, MAX_DATA_BYTES, MAX_HANDSHAKE_FRAME_BYTES,
+  decodeFrame, isRequest, sendFrame, payloadBytes, CODE_RE, MAX_FSOP_BYTES, MAX_HANDSHAKE_FRAME_BYTES,
   MAX_MESSAGE_CHARS, PROTOCOL_VERSION, type AckErrorFrame, type AckFrame, type Frame, type RequestFrame,
 } from './frames'
 
@@ -231,7 +231,7 @@ export class ServerLink {
       const data = await this.#handler.handle(this.#peer, req)
       if (data === undefined) ack = { t: 'ack', id: req.id, ok: true }
       else if (!(data instanceof Uint8Array)) throw pxdError('INTERNAL', 'request handler resolved with something other than bytes')
-      else if (data.length > MAX_DATA_BYTES) ack = this.#errorAck(req, 'FRAME_TOO_LARGE', `reply of ${data.length} bytes exceeds ${MAX_DATA_BYTES}`)
+      else if (data.length > MAX_FSOP_BYTES) ack = this.#errorAck(req, 'FRAME_TOO_LARGE', `reply of ${data.length} bytes exceeds ${MAX_FSOP_BYTES}`)
       else ack = { t: 'ack', id: req.id, ok: true, data }
     } catch (err) {
       let code = codeOf(err)

@@ -3,7 +3,7 @@ import test from 'ava'
 import { pack } from 'msgpackr'
 import { isReplicationError } from '../../src/replication/errors'
 import {
-  decodeFrame, encodeFrame, encodeFrameParts, isRequest, payloadBytes, sendFrame, MAX_DATA_BYTES, MAX_FRAME_BYTES, REQUEST_TYPES, type Frame,
+  decodeFrame, encodeFrame, encodeFrameParts, isRequest, payloadBytes, sendFrame, MAX_DATA_BYTES, MAX_FRAME_BYTES, MAX_FSOP_BYTES, REQUEST_TYPES, type Frame,
 } from '../../src/replication/frames'
 
 const n32 = () => randomBytes(32)
@@ -15,6 +15,8 @@ const samples: Frame[] = [
   { t: 'ready' },
   { t: 'create', id: 12, vol: 'vol-1', size: 1024 ** 3 },
   { t: 'open', id: 1, vol: 'vol-1', epoch: 3, size: 1024 ** 3 },
+  { t: 'fsop', id: 5, vol: 'vol-1', xid: 1796195239761000, data: randomBytes(1024 * 1024 + 200) },
+  { t: 'fscancel', id: 6, vol: 'vol-1', xid: 77 },
   { t: 'write', id: 2, vol: 'v.a_b-c', epoch: 3, seq: 17, offset: 4096, data: randomBytes(128 * 1024) },
   { t: 'write', id: 3, vol: 'v', epoch: 0, seq: 0, offset: 0, data: Buffer.alloc(0) },
   { t: 'write', id: 4, vol: 'v', epoch: 0, seq: 0, offset: Number.MAX_SAFE_INTEGER, data: randomBytes(MAX_DATA_BYTES) },
@@ -54,11 +56,13 @@ test('decoded data shares the received buffer (zero-copy)', (t) => {
 })
 
 test('request kinds and payload sizes', (t) => {
-  t.deepEqual([...REQUEST_TYPES].sort(), ['close', 'create', 'digest', 'drop', 'flush', 'open', 'read', 'write'])
+  t.deepEqual([...REQUEST_TYPES].sort(), ['close', 'create', 'digest', 'drop', 'flush', 'fscancel', 'fsop', 'open', 'read', 'write'])
   for (const frame of samples) t.is(isRequest(frame), REQUEST_TYPES.has(frame.t), frame.t)
   t.is(payloadBytes({ t: 'write', id: 1, vol: 'v', epoch: 1, seq: 1, offset: 0, data: Buffer.alloc(100) }), 100)
   t.is(payloadBytes({ t: 'read', id: 1, vol: 'v', epoch: 1, offset: 0, length: 300 }), 300)
   t.is(payloadBytes({ t: 'flush', id: 1, vol: 'v', epoch: 1 }), 0)
+  t.is(payloadBytes({ t: 'fsop', id: 1, vol: 'v', xid: 9, data: Buffer.alloc(700) }), 700)
+  t.is(payloadBytes({ t: 'fscancel', id: 1, vol: 'v', xid: 9 }), 0)
 })
 
 test('random bytes never decode as a valid frame and only throw coded errors', (t) => {
@@ -158,7 +162,10 @@ test('oversized data and extra fields are refused', (t) => {
   badFrame(t, pack({ ...base, data: Buffer.alloc(MAX_DATA_BYTES + 1) }))
   badFrame(t, pack({ ...base, data: Buffer.alloc(4), junk: Buffer.alloc(500_000) }))
   badFrame(t, pack({ t: 'ready', extra: 1 }))
-  badFrame(t, pack({ t: 'ack', id: 1, ok: true, data: Buffer.alloc(MAX_DATA_BYTES + 1) }))
+  badFrame(t, pack({ t: 'ack', id: 1, ok: true, data: Buffer.alloc(MAX_FSOP_BYTES + 1) }))
+  badFrame(t, pack({ t: 'fsop', id: 1, vol: 'v', xid: 1, data: Buffer.alloc(MAX_FSOP_BYTES + 1) }))
+  badFrame(t, pack({ t: 'fsop', id: 1, vol: 'v', xid: 0, data: Buffer.alloc(10) }))
+  badFrame(t, pack({ t: 'fscancel', id: 1, vol: '..', xid: 3 }))
   badFrame(t, Buffer.alloc(MAX_FRAME_BYTES + 1), 'FRAME_TOO_LARGE')
 })
 
