@@ -26,7 +26,10 @@ import { openKvdb } from './kvdb/open'
 import { meteredDevices, Metrics, nodeReadiness, peerStates } from './metrics'
 import { native } from './native/binding'
 import { PluginServer } from './plugin/server'
-import { loadPeerTls, PeerLinks, PeerServer, type PeerTlsFiles } from './replication'
+import { loadPeerTls, PeerLinks, PeerServer, type PeerTlsFiles, type RequestHandler } from './replication'
+import { ShareRegistry } from './shares/share-registry'
+import { ShareService } from './shares/share-service'
+import { ShareExecutor } from './shares/executor'
 import { VolumeManager } from './volumes/manager'
 
 export interface DaemonConfig {
@@ -106,11 +109,19 @@ export class Daemon {
     const tls = await loadPeerTls(c.peerTls ?? {}, this.nodeId, log)
     if (tls && !(secret && c.peerListen)) throw pxdError('INVALID_ARGUMENT', '--peer-tls-* secure peer links: they need a cluster node (--kvdb, --peer-listen, --cluster-secret-file)')
     let replicas = new ReplicaDirectory({ nodeId: this.nodeId, host, kvdb })
+    const shareRegistry = new ShareRegistry(kvdb, this.nodeId, c.nodeTtl)
+    const shareService = new ShareService(shareRegistry)
+    const shareExecutor = new ShareExecutor(log.child({ component: 'share-executor' }))
+    this.#onStop('share executor', () => shareExecutor.stop())
     if (secret && c.peerListen) {
       const lookup = (volumeId: string) => replicas.volumeById(volumeId)
       const service = new ReplicaService(this.nodeId, host, lookup, log.child({ component: 'replica-service' }))
+      // Replica frames to the replicas, a shared volume's file operations to its export.
+      const handler: RequestHandler = {
+        handle: (peer, req) => (req.t === 'fsop' || req.t === 'fscancel' ? shareService.handle(peer, req) : service.handle(peer, req)),
+      }
       const server = new PeerServer({
-        nodeId: this.nodeId, clusterId: c.clusterId, secret, handler: service, log: log.child({ component: 'peer-server' }),
+        nodeId: this.nodeId, clusterId: c.clusterId, secret, handler, log: log.child({ component: 'peer-server' }),
         releaseBuffer: native.releaseArrayBuffer, ...(tls ? { tls } : {}),
       })
       this.#onStop('peer server', () => server.close())
@@ -137,6 +148,7 @@ export class Daemon {
     const frontend = new Frontend(c.runDir, log.child({ component: 'frontend' }), c.fuseServer, meteredDevices(metrics))
     const manager = new VolumeManager({
       nodeId: this.nodeId, dataDir: c.dataDir, kvdb, frontend, host, membership, replicas, log: log.child({ component: 'volumes' }),
+      shares: { registry: shareRegistry, service: shareService, executor: shareExecutor },
       engineEvents: (name) => metrics.volume(name),
       ...(c.scrubInterval ? { scrubIntervalSeconds: c.scrubInterval } : {}),
       ...(c.scrubRate ? { scrubBytesPerSecond: c.scrubRate } : {}),
@@ -152,6 +164,7 @@ export class Daemon {
     await plugin.listen()
 
     const peerLinks = links
+    metrics.provide({ shares: async () => manager.shareClients() })
     metrics.provide({ peers: peerStates({ nodeId: this.nodeId, nodes: () => membership.nodes(), link: (peer) => peerLinks?.get(peer) }) })
     const readiness = nodeReadiness({ nodeId: this.nodeId, kvdb, dataDir: c.dataDir, fuseMountpoint: path.join(c.runDir, 'dev') })
     const api = new ApiServer(manager, { nodeId: this.nodeId, version: c.version, kvdb: kvdb.description, startedAt: new Date() }, log.child({ component: 'api' }), { metrics, readiness, ...(apiToken ? { token: apiToken } : {}) })

@@ -6,7 +6,7 @@ import type { StatusBody } from '../api/server'
 import type { NodeInfo } from '../cluster/membership'
 import { isPxdError, messageOf } from '../errors'
 import { formatSize } from '../util/size'
-import type { VolumeInfo } from '../volumes/types'
+import type { SharingInfo, VolumeInfo } from '../volumes/types'
 import { formatDuration, formatPercent, plural, renderFields, renderTable } from './table'
 import { packageVersion } from './version'
 
@@ -18,8 +18,9 @@ Commands:
   status                              one-screen summary: readiness, node, cluster, peers,
                                       capacity, volumes
   cluster list                        every node: state, peer address, capacity
-  volume create NAME [--size 10G] [--repl 1] [--fs ext4] [--opt KEY=VALUE ...]
-                                      create a volume (NAME may be an inline spec: name=v,size=10G)
+  volume create NAME [--size 10G] [--repl 1] [--fs ext4] [--shared] [--opt KEY=VALUE ...]
+                                      create a volume (NAME may be an inline spec: name=v,size=10G);
+                                      --shared (or --sharedv4): mountable on every node at once
   volume list                         all volumes
   volume inspect NAME [--watch]       one volume in detail; --watch follows resync progress
   volume ha-update NAME --repl N      raise or lower the replication of a live volume
@@ -51,6 +52,8 @@ async function main(argv: string[]): Promise<number> {
       size: { type: 'string' },
       repl: { type: 'string' },
       fs: { type: 'string' },
+      shared: { type: 'boolean' },
+      sharedv4: { type: 'boolean' },
       opt: { type: 'string', multiple: true },
       watch: { type: 'boolean' },
     },
@@ -106,6 +109,7 @@ async function main(argv: string[]): Promise<number> {
         if (values.size !== undefined) options.size = values.size
         if (values.repl !== undefined) options.repl = values.repl
         if (values.fs !== undefined) options.fs = values.fs
+        if (values.shared || values.sharedv4) options.shared = 'true'
         const v = await client.createVolume(needName(), options)
         out(v, () => `Volume ${v.name} created (id ${v.id}, ${formatSize(v.size)}, repl ${v.repl}, ${v.fs})\n`)
         return 0
@@ -114,8 +118,8 @@ async function main(argv: string[]): Promise<number> {
       case 'ls': {
         if (name) throw new UsageError('pxctl volume list takes no NAME')
         const vols = await client.listVolumes()
-        out(vols, () => renderTable(['NAME', 'ID', 'SIZE', 'REPL', 'FS', 'STATE', 'HEALTH', 'ATTACHED ON', 'MOUNTPOINT'],
-          vols.map((v) => [v.name, v.id, formatSize(v.size), String(v.repl), v.fs, v.state, v.degraded ? 'degraded' : 'healthy', v.attachedOn ?? '-', v.mountpoint ?? '-'])))
+        out(vols, () => renderTable(['NAME', 'ID', 'SIZE', 'REPL', 'FS', 'SHARED', 'STATE', 'HEALTH', 'ATTACHED ON', 'MOUNTPOINT'],
+          vols.map((v) => [v.name, v.id, formatSize(v.size), String(v.repl), v.fs, v.shared ? 'yes' : 'no', v.state, v.degraded ? 'degraded' : 'healthy', v.attachedOn ?? '-', v.mountpoint ?? '-'])))
         return 0
       }
       case 'inspect': {
@@ -241,6 +245,15 @@ function bar(percent: number, width = 20): string {
   return `[${'#'.repeat(full)}${'.'.repeat(width - full)}]`
 }
 
+/** A shared volume: who serves it, and each client node with its mounts and what it sent. */
+function sharingFields(s: SharingInfo): Array<[string, string]> {
+  const clients = s.clients.map((c) => `${c.nodeId}: ${c.mounts} mount(s), ${c.ops} operations, ${formatSize(c.bytes)} sent, since ${c.since}`)
+  return [
+    ['Served by', s.server ?? '- (not attached)'],
+    ['Clients', clients.length > 0 ? clients.join('\n' + ' '.repeat(14)) : '-'],
+  ]
+}
+
 function renderInspect(v: VolumeInfo): string {
   const opts = Object.entries(v.options).map(([k, val]) => `${k}=${val}`).join(', ')
   return renderFields([
@@ -257,6 +270,7 @@ function renderInspect(v: VolumeInfo): string {
     ['Mounts', String(v.mounts)],
     ['Health', v.degraded ? `degraded (${v.replicas.filter((r) => r.inSync).length} of ${v.repl} replicas in sync)` : 'healthy'],
     ['Replicas', v.replicas.map(replicaLine).join('\n' + ' '.repeat(14))],
+    ...(v.sharing ? sharingFields(v.sharing) : []),
     ['Options', opts || '-'],
     ['Created', v.createdAt],
   ])

@@ -27,6 +27,11 @@ export interface AttachRequest {
   formatted: boolean
   /** Told once mkfs made the file system, before it is mounted. */
   onFormatted?: () => Promise<void>
+  /**
+   * Where to mount it, when not at mountpointOf(name): a shared volume taken over by a node
+   * whose own users already have the client mount there is served from servedPathOf(name).
+   */
+  mountpoint?: string
 }
 
 /** A device served in place of a volume's own, and what to do once the volume no longer uses it. */
@@ -68,8 +73,18 @@ export class Frontend {
     return path.join(this.mountsDir, name)
   }
 
+  /** Where a shared volume's file system is mounted on a node that serves it to others only. */
+  get servedDir(): string {
+    return path.join(this.runDir, 'served')
+  }
+
+  servedPathOf(name: string): string {
+    return path.join(this.servedDir, name)
+  }
+
   async start(): Promise<void> {
     await fs.mkdir(this.mountsDir, { recursive: true, mode: 0o755 })
+    await fs.mkdir(this.servedDir, { recursive: true, mode: 0o700 })
     await this.cleanupStale()
     await this.#devices.mount()
   }
@@ -78,7 +93,8 @@ export class Frontend {
   async cleanupStale(): Promise<void> {
     const devDir = this.#devices.mountpoint
     const mounts = await listMounts()
-    for (const m of mounts.filter((m) => m.target.startsWith(this.mountsDir + '/')).reverse()) {
+    const ours = (target: string) => target.startsWith(this.mountsDir + '/') || target.startsWith(this.servedDir + '/')
+    for (const m of mounts.filter((m) => ours(m.target)).reverse()) {
       this.#log.warn({ mountpoint: m.target }, 'unmounting a file system left by an earlier run')
       await unmountFilesystem(m.target, true).catch((err) => this.#log.error({ err, mountpoint: m.target }, 'stale unmount failed'))
     }
@@ -135,7 +151,7 @@ export class Frontend {
         // guard against formatting over the data would never hold.
         await req.onFormatted?.()
       }
-      const mountpoint = this.mountpointOf(req.name)
+      const mountpoint = req.mountpoint ?? this.mountpointOf(req.name)
       await mountFilesystem(loop, mountpoint, req.fs)
       this.#attached.set(req.name, { id: req.id, name: req.name, loop, mountpoint })
       this.#log.info({ volume: req.name, volumeId: req.id, loop, mountpoint }, 'volume attached')

@@ -66,4 +66,7 @@ export const keys = {
   /** A node's liveness and capacity, under its lease: absent means offline. */
   alive: (id: string) => `alive/${id}`,
   alives: () => 'alive/',
+  /** A node that has a shared volume mounted as a client, under that node's lease. */
+  shareClient: (name: string, nodeId: string) => `shares/${name}/${nodeId}`,
+  shareClients: (name: string) => `shares/${name}/`,
 } as const

@@ -1,5 +1,5 @@
 /** Metrics, health and readiness for operators; the pieces daemon.ts wires together. */
-export { Metrics, VolumeIo, METRIC, PEER_LINK_STATES, type IoOp, type MetricsOptions, type MetricsProviders, type PeerLinkState, type PeerState, type VolumeState } from './metrics'
+export { Metrics, VolumeIo, METRIC, PEER_LINK_STATES, type IoOp, type MetricsOptions, type MetricsProviders, type PeerLinkState, type PeerState, type ShareClientState, type VolumeState } from './metrics'
 export { MeteredDevice, meteredDevices } from './instrument'
 export { peerStates, type LinkView, type PeerStatesOptions } from './providers'
 export {

@@ -41,6 +41,8 @@ export const METRIC = {
   fuseInFlight: 'pxd_fuse_requests_in_flight',
   capacity: 'pxd_capacity_bytes',
   capacityFree: 'pxd_capacity_free_bytes',
+  shareOps: 'pxd_share_client_operations',
+  shareBytes: 'pxd_share_client_bytes',
   info: 'pxd_info',
   collectErrors: 'pxd_metrics_collect_errors_total',
 } as const
@@ -121,8 +123,12 @@ export interface PeerState {
   rttMs?: number | undefined
 }
 
+/** What a shared volume served here received from one client node since it began serving. */
+export interface ShareClientState { volume: string; client: string; ops: number; bytes: number }
+
 export interface MetricsProviders {
   volumes?: () => Promise<VolumeState[]>
+  shares?: () => Promise<ShareClientState[]>
   peers?: () => Promise<PeerState[]>
   capacity?: () => Promise<{ total: number; free: number }>
 }
@@ -302,6 +308,11 @@ export class Metrics {
       peers.flatMap((p) => PEER_LINK_STATES.map((state) => ({ labels: { peer: p.peer, state }, value: p.link === state ? 1 : 0 }))))
     gauge<PeerState[]>(METRIC.peerRtt, 'Round trip of the last ping on the link to the peer', 'peers', (peers) =>
       peers.flatMap((p) => (p.rttMs === undefined ? [] : [{ labels: { peer: p.peer }, value: p.rttMs / 1000 }])))
+    const since = '(counted since this node began serving the volume)'
+    gauge<ShareClientState[]>(METRIC.shareOps, `File operations a client node sent to a shared volume served here ${since}`, 'shares', (cs) =>
+      cs.map((c) => ({ labels: { volume: c.volume, client: c.client }, value: c.ops })))
+    gauge<ShareClientState[]>(METRIC.shareBytes, `Bytes of requests and replies between a client node and a shared volume served here ${since}`, 'shares', (cs) =>
+      cs.map((c) => ({ labels: { volume: c.volume, client: c.client }, value: c.bytes })))
     gauge<{ total: number; free: number }>(METRIC.capacity, 'Size of the file system holding this node\'s data dir', 'capacity', (c) => [{ labels: {}, value: c.total }])
     gauge<{ total: number; free: number }>(METRIC.capacityFree, 'Free space of the file system holding this node\'s data dir', 'capacity', (c) => [{ labels: {}, value: c.free }])
   }

@@ -6,6 +6,7 @@
  */
 import type { Membership, NodeInfo } from '../cluster/membership'
 import { keys, type Kvdb } from '../kvdb/kvdb'
+import type { ShareClientRecord } from '../shares/share-registry'
 import type { AttachmentRecord, ReplicaInfo, ResyncRecord, VolumeInfo, VolumeRecord } from './types'
 
 /** What the view needs of a volume mounted here. */
@@ -19,6 +20,8 @@ export interface InfoViewOptions {
   membership: Pick<Membership, 'nodes'>
   /** The volumes attached here, by name (the manager's map, read only). */
   attached: ReadonlyMap<string, MountedVolume>
+  /** A shared volume's mounts on this node (they are counted apart from the attachment). */
+  shared?: (name: string) => MountedVolume | undefined
 }
 
 export class InfoView {
@@ -30,13 +33,14 @@ export class InfoView {
 
   /** `nodes`: membership as already read (list reads it once for every volume). */
   async info(record: VolumeRecord, nodes?: NodeInfo[]): Promise<VolumeInfo> {
-    const [attachment, known, resync] = await Promise.all([
+    const [attachment, known, resync, clients] = await Promise.all([
       this.#o.kvdb.get<AttachmentRecord>(keys.attachment(record.name)),
       nodes ?? this.#o.membership.nodes(),
       this.#o.kvdb.get<ResyncRecord>(keys.resync(record.name)),
+      record.spec.shared ? this.#o.kvdb.list<ShareClientRecord>(keys.shareClients(record.name)) : Promise.resolve([]),
     ])
     const online = new Set(known.filter((n) => n.online).map((n) => n.nodeId))
-    const local = this.#o.attached.get(record.name)
+    const local = record.spec.shared ? this.#o.shared?.(record.name) : this.#o.attached.get(record.name)
     const att = attachment?.value
     return {
       name: record.name,
@@ -56,6 +60,12 @@ export class InfoView {
       replicas: record.replicas.map(({ nodeId }) => replicaInfo(nodeId, record, online.has(nodeId), resync?.value)),
       lastResync: resync?.value ?? null,
       createdAt: record.createdAt,
+      ...(record.spec.shared ? {
+        sharing: {
+          server: att?.nodeId ?? null,
+          clients: clients.map(({ value: c }) => ({ nodeId: c.nodeId, mounts: c.mounts, ops: c.ops, bytes: c.bytes, since: c.since })),
+        },
+      } : {}),
     }
   }
 }

@@ -29,10 +29,14 @@ import { releaseOptions, VolumeEngines } from './engines'
 import { CAS_RETRIES, InSyncSet } from './in-sync'
 import { InfoView } from './info'
 import { buildSpec, flattenOptions, MAX_REPL, mergeOptions, parseVolumeRef, specConflicts } from './options'
-import { ReplicaPlacement, replicasToDrop } from './placement'
+import { ReplicaPlacement } from './placement'
 import { Resyncs } from './resyncs'
 import { ScrubScheduler } from './scrub-scheduler'
 import type { VolumeInfo, VolumeRecord } from './types'
+import { SharedVolumes } from '../shares/shared-volumes'
+import type { ShareRegistry } from '../shares/share-registry'
+import type { ShareService } from '../shares/share-service'
+import type { ShareExecutor } from '../shares/executor'
 
 /** The mount ID used for a Mount without one (dvdcli, the Mesos isolator). */
 const ANONYMOUS_MOUNT = ''
@@ -60,6 +64,8 @@ export interface ManagerOptions {
   /** Background scrub of the volumes attached here: every this many seconds (0: never), at this rate. */
   scrubIntervalSeconds?: number
   scrubBytesPerSecond?: number
+  /** Shared volumes: who has them mounted, and the handler of other nodes' file operations. */
+  shares: { registry: ShareRegistry; service: ShareService; executor: ShareExecutor }
 }
 
 export class VolumeManager {
@@ -78,6 +84,7 @@ export class VolumeManager {
   readonly #view: InfoView
   readonly #engines: VolumeEngines
   readonly #placement: ReplicaPlacement
+  readonly #shares: SharedVolumes
   #stopping = false
 
   constructor(o: ManagerOptions) {
@@ -94,7 +101,23 @@ export class VolumeManager {
     this.#resyncs = new Resyncs({ kvdb: o.kvdb, membership: o.membership, replicas: o.replicas, inSync, attached, log: o.log })
     this.#scrubs = new ScrubScheduler({ intervalSeconds: o.scrubIntervalSeconds, bytesPerSecond: o.scrubBytesPerSecond, attached, log: o.log })
     this.#placement = new ReplicaPlacement({ kvdb: o.kvdb, membership: o.membership, replicas: o.replicas, log: o.log })
-    this.#view = new InfoView({ kvdb: o.kvdb, membership: o.membership, attached })
+    this.#shares = new SharedVolumes({
+      nodeId: o.nodeId, registry: o.shares.registry, service: o.shares.service, executor: o.shares.executor, locks: this.#locks, log: o.log.child({ component: 'shares' }),
+      host: {
+        attach: (name, mountpoint) => this.#attachHere(name, mountpoint),
+        detach: async (name) => this.#attached.has(name) && this.#detach(name, this.#attached.get(name)!, false),
+        holder: async (name) => {
+          const att = (await this.#attachments.get(name))?.value
+          return att?.nodeId ? { nodeId: att.nodeId, epoch: att.epoch } : null
+        },
+        isOnline: (nodeId) => o.membership.isOnline(nodeId),
+        channel: (nodeId) => o.replicas.channel(nodeId),
+        volumeId: async (name) => (await this.#requireRecord(name)).value.id,
+        mountpointOf: (name) => o.frontend.mountpointOf(name),
+        servedPathOf: (name) => o.frontend.servedPathOf(name),
+      },
+    })
+    this.#view = new InfoView({ kvdb: o.kvdb, membership: o.membership, attached, shared: (name) => this.#shares.mounted(name) })
     this.#engines = new VolumeEngines({
       nodeId: o.nodeId, dataDir: o.dataDir, replicas: o.replicas, attachments: this.#attachments, inSync,
       readRecord: async (name) => (await this.#requireRecord(name)).value,
@@ -110,6 +133,7 @@ export class VolumeManager {
     await this.#attachments.markDetachedAfterRestart()
     this.#resyncs.start()
     this.#scrubs.start()
+    this.#shares.start()
     const mine = new Set((await this.#records()).filter((r) => r.replicas.some((p) => p.nodeId === this.#nodeId)).map((r) => r.id))
     // A replica the kvdb does not list is kept aside, never deleted: a wrong --cluster-id,
     // an empty or restored etcd or a lost embedded store must not wipe the node.
@@ -182,22 +206,9 @@ export class VolumeManager {
       this.#checkRunning()
       const entry = await this.#requireRecord(name)
       const record = entry.value
-      const current = record.replicas.map((r) => r.nodeId)
-      if (repl === current.length && repl === record.spec.repl) return this.#view.info(record)
-      let next: VolumeRecord
-      let added: string[] = []
-      let removed: string[] = []
-      if (repl > current.length) {
-        added = await this.#placement.place(repl - current.length, record.spec.size, current)
-        next = { ...record, spec: { ...record.spec, repl }, replicas: [...record.replicas, ...added.map((nodeId) => ({ nodeId }))] }
-      } else {
-        const attachedOn = (await this.#attachments.get(name))?.value.nodeId
-        removed = replicasToDrop(record, attachedOn, current.length - repl)
-        const keep = current.filter((n) => !removed.includes(n))
-        const inSync = record.inSync.filter((n) => keep.includes(n))
-        if (inSync.length === 0) throw pxdError('UNSATISFIABLE', `lowering ${name} to repl=${repl} would leave no in-sync replica`)
-        next = { ...record, spec: { ...record.spec, repl }, replicas: keep.map((nodeId) => ({ nodeId })), inSync }
-      }
+      if (repl === record.replicas.length && repl === record.spec.repl) return this.#view.info(record)
+      const attachedOn = (await this.#attachments.get(name))?.value.nodeId
+      const { next, added, removed } = await this.#placement.replan(record, repl, attachedOn)
       const ok = await this.#kvdb.txn({ compares: [{ key: entry.key, modRevision: entry.modRevision }], puts: [{ key: entry.key, value: next }] })
       if (!ok) throw pxdError('CONFLICT', `volume ${name} changed during ha-update; retry`)
       const failed = await this.#placement.create(added, next)
@@ -237,7 +248,8 @@ export class VolumeManager {
     await this.#locks.run(name, async () => {
       this.#checkRunning()
       const entry = await this.#requireRecord(name)
-      if (this.#attached.has(name)) throw pxdError('IN_USE', `volume ${name} is mounted at ${this.#attached.get(name)!.mountpoint}; unmount it first`)
+      if (this.#attached.has(name) || this.#shares.has(name)) throw pxdError('IN_USE', `volume ${name} is mounted on this node; unmount it first`)
+      if (entry.value.spec.shared) await this.#shares.checkUnmounted(name)
       const attachment = await this.#attachments.get(name)
       if (attachment?.value.nodeId) throw pxdError('IN_USE', `volume ${name} is attached on node ${attachment.value.nodeId}`)
       const ok = await this.#kvdb.txn({
@@ -259,6 +271,7 @@ export class VolumeManager {
     const id = mountId ?? ANONYMOUS_MOUNT
     return this.#locks.run(name, async () => {
       this.#checkRunning()
+      if (this.#shares.has(name)) return this.#shares.mount(name, id)
       const local = this.#attached.get(name)
       if (local) {
         local.mountIds.add(id)
@@ -266,27 +279,40 @@ export class VolumeManager {
       }
       const { value: before } = await this.#requireRecord(name)
       if (before.inSync.length === 0) throw pxdError('UNSATISFIABLE', `volume ${name} has no in-sync replica left`)
-      const { engine, epoch, record } = await this.#engines.attach(name)
-      try {
-        const mountpoint = await this.#frontend.attach({
-          id: record.id, name, fs: record.spec.fs, blockSize: record.spec.blockSize, device: engine,
-          formatted: record.formatted === true,
-          onFormatted: () => this.#markFormatted(name),
-        })
-        this.#attached.set(name, { engine, mountpoint, mountIds: new Set([id]), epoch, volumeId: record.id, size: record.spec.size })
-        void this.#resyncs.check(name)
-        return mountpoint
-      } catch (err) {
-        await this.#engines.detach(name, record.id, engine, epoch)
-        throw err
-      }
+      if (before.spec.shared) return this.#shares.mount(name, id)
+      const { mountpoint } = await this.#attachHere(name)
+      this.#attached.get(name)!.mountIds.add(id)
+      return mountpoint
     })
+  }
+
+  /**
+   * Claim, open the replicas, build the chain; the attachment starts with no mount IDs.
+   * `mountpoint`: where the file system goes, when not at the volume's mountpoint.
+   */
+  async #attachHere(name: string, at?: string): Promise<{ mountpoint: string; volumeId: string; epoch: number }> {
+    const { engine, epoch, record } = await this.#engines.attach(name)
+    try {
+      const mountpoint = await this.#frontend.attach({
+        id: record.id, name, fs: record.spec.fs, blockSize: record.spec.blockSize, device: engine,
+        formatted: record.formatted === true,
+        onFormatted: () => this.#markFormatted(name),
+        ...(at ? { mountpoint: at } : {}),
+      })
+      this.#attached.set(name, { engine, mountpoint, mountIds: new Set(), epoch, volumeId: record.id, size: record.spec.size })
+      void this.#resyncs.check(name)
+      return { mountpoint, volumeId: record.id, epoch }
+    } catch (err) {
+      await this.#engines.detach(name, record.id, engine, epoch)
+      throw err
+    }
   }
 
   async unmount(requestedName: string, mountId: string | undefined): Promise<void> {
     const { name } = parseVolumeRef(requestedName)
     const id = mountId ?? ANONYMOUS_MOUNT
     await this.#locks.run(name, async () => {
+      if (this.#shares.has(name)) return this.#shares.unmount(name, id)
       const local = this.#attached.get(name)
       if (!local || !local.mountIds.has(id)) return
       if (local.mountIds.size > 1) {
@@ -303,6 +329,7 @@ export class VolumeManager {
   async path(requestedName: string): Promise<string | null> {
     const { name } = parseVolumeRef(requestedName)
     await this.#requireRecord(name)
+    if (this.#shares.has(name)) return this.#shares.path(name)
     return this.#attached.get(name)?.mountpoint ?? null
   }
 
@@ -314,6 +341,11 @@ export class VolumeManager {
   async list(): Promise<VolumeInfo[]> {
     const [records, nodes] = await Promise.all([this.#records(), this.#membership.nodes()])
     return Promise.all(records.map((r) => this.#view.info(r, nodes)))
+  }
+
+  /** What each client node sent to the shared volumes this node serves, for /metrics. */
+  shareClients(): Array<{ volume: string; client: string; ops: number; bytes: number }> {
+    return this.#shares.exports().flatMap((e) => [...e.counters].map(([client, c]) => ({ volume: e.name, client, ops: c.ops, bytes: c.bytes })))
   }
 
   /** This node's data-dir file system. */
@@ -332,6 +364,7 @@ export class VolumeManager {
     this.#attachments.stop()
     this.#resyncs.stop()
     this.#scrubs.stop()
+    await this.#shares.stop()
     for (const [name, local] of [...this.#attached]) {
       await this.#locks.run(name, () => this.#detach(name, local, true)).catch((err) => this.#log.error({ err, volume: name, volumeId: local.volumeId }, 'detach at shutdown failed'))
     }
@@ -350,10 +383,12 @@ export class VolumeManager {
   /** Another node attached the volume: tear down the local chain, and leave the attachment to its new holder. */
   #fenced(name: string, engine: VolumeEngine, err: PxdError, log: Logger): void {
     log.error({ err }, 'fenced: another node attached this volume with a newer epoch; tearing down the local mount')
+    this.#shares.fence(name)
     void this.#locks.run(name, async () => {
       const local = this.#attached.get(name)
       if (!local || local.engine !== engine) return
       this.#attached.delete(name)
+      await this.#shares.fenced(name)
       await this.#frontend.detach(name, true).catch((e) => log.error({ err: e }, 'teardown of a fenced volume failed'))
       await engine.close().catch(() => undefined)
     })

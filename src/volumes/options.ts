@@ -84,11 +84,12 @@ const ACTIVE_KEYS: Record<string, Parser> = {
     return bytes
   },
   shared: bool,
+  /** Portworx's NFS-served shared volume; in pxd the same as shared. */
+  sharedv4: bool,
 }
 
 /** Portworx keys accepted and recorded (shown by inspect), not acted on yet. */
 const RECORDED_KEYS: Record<string, Parser> = {
-  sharedv4: bool,
   io_priority: oneOf(['high', 'medium', 'low']),
   labels: text,
   snap_interval: integer(0, 1_000_000),
@@ -212,7 +213,7 @@ export function buildSpec(options: Record<string, string>): VolumeSpec {
       else if (key === 'repl') spec.repl = parsed as number
       else if (key === 'fs') spec.fs = parsed as Filesystem
       else if (key === 'block_size') spec.blockSize = parsed as number
-      else if (key === 'shared') spec.shared = parsed as boolean
+      else if (key === 'shared' || key === 'sharedv4') spec.shared = spec.shared || (parsed as boolean)
       continue
     }
     const recorded = RECORDED_KEYS[key]
@@ -250,6 +251,7 @@ function specValue(spec: VolumeSpec, key: string): string {
     case 'fs': return spec.fs
     case 'block_size': return String(spec.blockSize)
     case 'shared': return String(spec.shared)
+    case 'sharedv4': return String(spec.shared)
     default: return spec.extra[key] ?? ''
   }
 }

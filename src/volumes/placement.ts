@@ -73,6 +73,23 @@ export class ReplicaPlacement {
     return placeReplicas({ repl: count, size, nodes: nodes.filter((n) => !except.includes(n.nodeId)), allocated })
   }
 
+  /**
+   * The record with `repl` replicas: raising places new (empty, out of sync) ones; lowering
+   * drops replicasToDrop's and refuses to leave no in-sync replica.
+   */
+  async replan(record: VolumeRecord, repl: number, attachedOn: string | null | undefined): Promise<{ next: VolumeRecord; added: string[]; removed: string[] }> {
+    const current = record.replicas.map((r) => r.nodeId)
+    if (repl > current.length) {
+      const added = await this.place(repl - current.length, record.spec.size, current)
+      return { next: { ...record, spec: { ...record.spec, repl }, replicas: [...record.replicas, ...added.map((nodeId) => ({ nodeId }))] }, added, removed: [] }
+    }
+    const removed = replicasToDrop(record, attachedOn, current.length - repl)
+    const keep = current.filter((n) => !removed.includes(n))
+    const inSync = record.inSync.filter((n) => keep.includes(n))
+    if (inSync.length === 0) throw pxdError('UNSATISFIABLE', `lowering ${record.name} to repl=${repl} would leave no in-sync replica`)
+    return { next: { ...record, spec: { ...record.spec, repl }, replicas: keep.map((nodeId) => ({ nodeId })), inSync }, added: [], removed }
+  }
+
   /** Create the (empty) replicas of a volume on `nodeIds`, all at once; says which failed and why. */
   async create(nodeIds: readonly string[], record: Pick<VolumeRecord, 'id' | 'spec'>): Promise<string[]> {
     const results = await Promise.allSettled(nodeIds.map((nodeId) => this.#o.replicas.create(nodeId, record.id, record.spec.size)))

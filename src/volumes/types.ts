@@ -71,4 +71,12 @@ export interface VolumeInfo {
   /** The latest resync (running or finished) with the bytes it compared and copied. */
   lastResync: ResyncRecord | null
   createdAt: string
+  /** A shared volume: the node serving it and the nodes that have it mounted as clients. */
+  sharing?: SharingInfo
+}
+
+export interface SharingInfo {
+  server: string | null
+  /** Each client node's mounts and the file operations and bytes it sent (as it last published them). */
+  clients: Array<{ nodeId: string; mounts: number; ops: number; bytes: number; since: string }>
 }

@@ -1,0 +1,269 @@
+/**
+ * A client node's mount of a shared volume: the addon's FUSE file system
+ * (native/share_client.h) at the volume's mountpoint, whose wire requests this module
+ * carries to whichever node serves the volume now (a Route), and whose replies it hands
+ * back. JavaScript moves the bytes only; it never parses a request beyond its opcode.
+ *
+ * When the server goes (link lost, timeout, NOT_SERVING), the request is not failed: the
+ * route is looked up again (the serving node may change, or this node may take the volume
+ * over) and the request is sent there. The file handles in requests are the file
+ * system's own, so they mean the same to the new server. An operation that must apply
+ * once (wire.ts appliesOnce) and was sent without an answer is sent again only to the
+ * same server, whose reply cache answers it; to another server it fails EIO rather than
+ * risk applying it twice. Requests wait at most NO_SERVER_MS for a server.
+ */
+import { promises as fs } from 'node:fs'
+import type { Logger } from 'pino'
+import { codeOf, pxdError } from '../errors'
+import { native } from '../native/binding'
+import { ShareClientEvent, type ShareClientHandle } from '../native/share-client-binding'
+import { parseWrite, UnstableWrites } from './unstable-writes'
+import { appliesOnce, errorReply, opcodeOf, Op, replyError, WIRE_REPLY_BYTES } from './wire'
+
+/** How a request reaches the node serving the volume now. */
+export interface Route {
+  /** The serving node and its attach epoch: another epoch is another server, even on the same node. */
+  readonly server: string
+  send(xid: number, request: Uint8Array, timeoutMs: number): Promise<Uint8Array>
+  cancel(xid: number): void
+}
+
+/** Finds the serving node (taking the volume over if nobody serves it); `stale` is the route that just failed. */
+export type RouteResolver = (stale: Route | undefined) => Promise<Route>
+
+/** A request waits this long for a server before the kernel gets EIO. */
+export const NO_SERVER_MS = 120_000
+/** One attempt of a request: a server that does not answer in this time counts as gone. */
+const REQUEST_TIMEOUT_MS = 30_000
+/** A blocking lock waits at the server as long as it takes. */
+const LOCK_WAIT_TIMEOUT_MS = 2 ** 31 - 1
+const RETRY_MIN_MS = 100
+const RETRY_MAX_MS = 1_000
+const EIO = 5
+const ENOTCONN = 107
+const ESTALE = 116
+
+/** Codes that mean "this server is gone or is not the server": look again and resend. */
+const REROUTE = ['NOT_SERVING', 'NOT_A_CLIENT', 'LINK_CLOSED', 'PEER_UNAVAILABLE', 'PEER_TIMEOUT', 'SHUTTING_DOWN', 'PEER_MISMATCH', 'KVDB_UNAVAILABLE', 'CONFLICT', 'IN_USE'] as const
+
+interface Pending {
+  xid: number
+  opcode: number
+  request: Uint8Array
+  /** The server it was last sent to without an answer. */
+  sentTo: string | undefined
+  route: Route | undefined
+}
+
+export interface ShareMountOptions {
+  name: string
+  mountpoint: string
+  resolve: RouteResolver
+  log: Logger
+  attrTimeoutMs?: number
+}
+
+export class ShareMount {
+  readonly name: string
+  readonly mountpoint: string
+  readonly #resolve: RouteResolver
+  readonly #log: Logger
+  readonly #attrTimeoutMs: number
+  readonly #pending = new Map<number, Pending>()
+  readonly #unstable = new UnstableWrites()
+  #commits: NodeJS.Timeout | undefined
+  /** The server of the last route, whose unstable writes the next one may have to take. */
+  #lastServer: string | undefined
+  #handle: ShareClientHandle | undefined
+  #memory: ArrayBuffer | undefined
+  #route: Route | undefined
+  #resolving: Promise<Route> | undefined
+  #nextXid = Date.now() * 1000
+  #closed = false
+  ops = 0
+  bytes = 0
+
+  constructor(o: ShareMountOptions) {
+    this.name = o.name
+    this.mountpoint = o.mountpoint
+    this.#resolve = o.resolve
+    this.#log = o.log
+    this.#attrTimeoutMs = o.attrTimeoutMs ?? 1000
+  }
+
+  get server(): string | undefined {
+    return this.#route?.server
+  }
+
+  /** Asks the server for the root, then mounts. */
+  async mount(): Promise<void> {
+    const root = Buffer.alloc(32)
+    root.writeUInt32LE(Op.ROOT, 0)
+    const reply = await this.#call(root, Date.now() + REQUEST_TIMEOUT_MS)
+    const error = replyError(reply)
+    if (error !== 0) throw pxdError('IO_ERROR', `the server of shared volume ${this.name} refused its root: errno ${-error}`)
+    const view = Buffer.from(reply.buffer, reply.byteOffset, reply.byteLength)
+    if (view.length < WIRE_REPLY_BYTES + 16 || view[8] !== 1) throw pxdError('IO_ERROR', `the server of shared volume ${this.name} sent a malformed root`)
+    const handleEnd = WIRE_REPLY_BYTES + 16 + ((view.readUInt32LE(WIRE_REPLY_BYTES + 12) + 7) & ~7)
+    const rootHandle = view.subarray(WIRE_REPLY_BYTES, handleEnd)
+    const rootAttr = view.subarray(handleEnd)
+    await fs.mkdir(this.mountpoint, { recursive: true, mode: 0o755 })
+    try {
+      this.#handle = native.shareClientMount(this.mountpoint, rootHandle, rootAttr, { fsname: `pxd:${this.name}`, attrTimeoutMs: this.#attrTimeoutMs }, this.#onEvent)
+    } catch (err) {
+      throw pxdError('PRECONDITION', `cannot mount shared volume ${this.name} at ${this.mountpoint}: ${(err as Error).message}`, err)
+    }
+    this.#memory = native.shareClientLayout(this.#handle).memory
+    this.#commits = setInterval(() => void this.#commitDue(), 1000)
+    this.#commits.unref()
+    this.#log.info({ volume: this.name, mountpoint: this.mountpoint, server: this.#route?.server }, 'shared volume mounted as a client')
+  }
+
+  /** Without lazy, fails with IN_USE while something uses the mount (and keeps serving it). */
+  unmount(lazy = false): void {
+    const handle = this.#handle
+    if (!handle) return
+    try {
+      native.shareClientUnmount(handle, lazy)
+    } catch (err) {
+      if ((err as { code?: string }).code === 'EBUSY') throw pxdError('IN_USE', `shared volume ${this.name} is busy at ${this.mountpoint}`, err)
+      throw pxdError('IO_ERROR', `cannot unmount shared volume ${this.name}: ${(err as Error).message}`, err)
+    }
+    this.#closed = true
+    this.#handle = undefined
+    this.#pending.clear()
+    clearInterval(this.#commits)
+    void fs.rmdir(this.mountpoint).catch(() => undefined)
+    this.#log.info({ volume: this.name, mountpoint: this.mountpoint }, 'shared volume client unmounted')
+  }
+
+  stats(): { requests: number; bytesRead: number; bytesWritten: number; nodes: number } | undefined {
+    return this.#handle ? native.shareClientStats(this.#handle) : undefined
+  }
+
+  readonly #onEvent = (event: ShareClientEvent, slot: number, offset: number, length: number): void => {
+    if (event === ShareClientEvent.Request) {
+      const request = new Uint8Array(this.#memory!, offset, length)
+      const pending: Pending = { xid: this.#nextXid++, opcode: opcodeOf(request), request, sentTo: undefined, route: undefined }
+      this.#pending.set(slot, pending)
+      void this.#forward(slot, pending)
+    } else if (event === ShareClientEvent.Interrupt) {
+      const p = this.#pending.get(slot)
+      if (p && p.opcode === Op.SETLKW) p.route?.cancel(p.xid)
+    } else if (event === ShareClientEvent.Stopped) {
+      if (!this.#closed) this.#log.error({ volume: this.name, errno: length }, 'the shared volume\'s FUSE mount stopped on its own')
+      this.#closed = true
+    }
+  }
+
+  async #forward(slot: number, p: Pending): Promise<void> {
+    let reply: Uint8Array | undefined
+    let errno = EIO
+    try {
+      reply = p.opcode === Op.FSYNC ? await this.#fsync(p) : await this.#send(p, Date.now() + NO_SERVER_MS)
+      if (p.opcode === Op.WRITE && replyError(reply) === 0 && p.route) this.#unstable.wrote(p.route.server, p.request)
+    } catch (err) {
+      errno = codeOf(err) === 'ABORTED' ? ENOTCONN : (err as { errno?: number }).errno ?? EIO
+      if (!this.#closed) this.#log.warn({ volume: this.name, opcode: p.opcode, err }, 'shared volume operation failed')
+    }
+    const handle = this.#handle
+    if (this.#pending.get(slot) !== p || !handle) return
+    this.#pending.delete(slot)
+    this.ops++
+    this.bytes += p.request.length + (reply?.length ?? 0)
+    if (reply) native.shareClientReply(handle, slot, reply)
+    else native.shareClientFail(handle, slot, errno)
+  }
+
+  /** An fsync: fails EIO if writes of the file were lost with a server; else what it made durable is let go. */
+  async #fsync(p: Pending): Promise<Uint8Array> {
+    const file = parseWrite(p.request)
+    if (file && this.#unstable.takeLost(file.key)) return errorReply(EIO)
+    const upTo = this.#unstable.seq
+    const reply = await this.#send(p, Date.now() + NO_SERVER_MS)
+    if (file && replyError(reply) === 0 && p.route) this.#unstable.committed(p.route.server, file.key, upTo)
+    return reply
+  }
+
+  /** Background commits of files with old or too many unstable writes. */
+  async #commitDue(): Promise<void> {
+    const route = this.#route
+    if (!route || this.#closed) return
+    for (const { key, request, upTo } of this.#unstable.due()) {
+      try {
+        const reply = await route.send(this.#nextXid++, request, REQUEST_TIMEOUT_MS)
+        if (replyError(reply) === 0) this.#unstable.committed(route.server, key, upTo)
+      } catch {
+        return // the route failed: the next one takes the writes over
+      }
+    }
+  }
+
+  /** A new server: first the writes the last one may have lost, in order, then a commit of each file. */
+  async #replay(route: Route): Promise<void> {
+    const writes = this.#unstable.toReplay(route.server)
+    if (writes.length === 0) return
+    this.#log.warn({ volume: this.name, server: route.server, writes: writes.length }, 'writing again what the last server acknowledged but may not have made durable')
+    const files = new Map<string, Buffer>()
+    for (const { key, request } of writes) {
+      const reply = await route.send(this.#nextXid++, request, REQUEST_TIMEOUT_MS)
+      if (replyError(reply) !== 0) throw pxdError('IO_ERROR', `replaying a write on ${this.name} failed: errno ${-replyError(reply)}`)
+      this.#unstable.moved(key, request, route.server)
+      files.set(key, request)
+    }
+    for (const due of this.#unstable.due(Number.POSITIVE_INFINITY)) {
+      if (!files.has(due.key)) continue
+      const reply = await route.send(this.#nextXid++, due.request, REQUEST_TIMEOUT_MS)
+      if (replyError(reply) === 0) this.#unstable.committed(route.server, due.key, due.upTo)
+    }
+  }
+
+  /** The root request, before there is a mount. */
+  #call(request: Uint8Array, deadline: number): Promise<Uint8Array> {
+    return this.#send({ xid: this.#nextXid++, opcode: opcodeOf(request), request, sentTo: undefined, route: undefined }, deadline)
+  }
+
+  async #send(p: Pending, deadline: number): Promise<Uint8Array> {
+    for (let delay = RETRY_MIN_MS; ; delay = Math.min(delay * 2, RETRY_MAX_MS)) {
+      if (this.#closed) throw Object.assign(pxdError('ABORTED', `shared volume ${this.name} was unmounted`), { errno: ENOTCONN })
+      let route: Route | undefined
+      try {
+        route = await this.#currentRoute()
+        if (p.sentTo !== undefined && p.sentTo !== route.server && appliesOnce(p.opcode)) {
+          // It may have been applied by the server that went: never apply it twice.
+          throw Object.assign(pxdError('IO_ERROR', `operation ${p.opcode} on ${this.name} was in flight when server ${p.sentTo} went`), { errno: EIO })
+        }
+        p.route = route
+        p.sentTo = route.server
+        const reply = await route.send(p.xid, p.request, p.opcode === Op.SETLKW ? LOCK_WAIT_TIMEOUT_MS : REQUEST_TIMEOUT_MS)
+        if (replyError(reply) === -ESTALE && p.opcode === Op.ROOT) throw pxdError('NOT_SERVING', 'root not available')
+        return reply
+      } catch (err) {
+        if (!REROUTE.some((code) => codeOf(err) === code)) throw err
+        if (route !== undefined && this.#route === route) this.#route = undefined
+        if (Date.now() > deadline) throw Object.assign(pxdError('PEER_UNAVAILABLE', `no node serves shared volume ${this.name}`, err), { errno: EIO })
+        await new Promise((resolve) => setTimeout(resolve, delay))
+      }
+    }
+  }
+
+  #currentRoute(): Promise<Route> {
+    if (this.#route) return Promise.resolve(this.#route)
+    this.#resolving ??= (async () => {
+      try {
+        const route = await this.#resolve(undefined)
+        if (this.#lastServer !== undefined && route.server !== this.#lastServer) await this.#replay(route)
+        if (route.server !== this.#lastServer) this.#log.info({ volume: this.name, server: route.server }, 'shared volume served by')
+        this.#lastServer = route.server
+        this.#route = route
+        return route
+      } catch (err) {
+        this.#log.warn({ err, volume: this.name }, 'no route to the shared volume\'s server yet')
+        throw err
+      } finally {
+        this.#resolving = undefined
+      }
+    })()
+    return this.#resolving
+  }
+}

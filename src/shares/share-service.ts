@@ -1,0 +1,60 @@
+/**
+ * Serves the shared volumes attached on this node to the client nodes: the handler of
+ * `fsop` and `fscancel` frames behind the peer server. The transport has authenticated the
+ * peer; here the frame must name a volume this node serves (else NOT_SERVING, and the
+ * client looks for the server again) and come from a node registered as its client.
+ */
+import type { FsCancelFrame, FsOpFrame } from '../replication/frames'
+import { pxdError } from '../errors'
+import type { ShareExport } from './share-export'
+import type { ShareRegistry } from './share-registry'
+
+export class ShareService {
+  readonly #exports = new Map<string, ShareExport>()
+  readonly #registry: ShareRegistry
+  /** Clients seen registered, per volume id: checked against the kvdb on first sight. */
+  readonly #known = new Map<string, Set<string>>()
+
+  constructor(registry: ShareRegistry) {
+    this.#registry = registry
+  }
+
+  add(exp: ShareExport): void {
+    this.#exports.set(exp.volumeId, exp)
+    this.#known.set(exp.volumeId, new Set())
+  }
+
+  remove(exp: ShareExport): void {
+    if (this.#exports.get(exp.volumeId) === exp) {
+      this.#exports.delete(exp.volumeId)
+      this.#known.delete(exp.volumeId)
+    }
+  }
+
+  /** The client's record is gone (unmounted, lease expired): it must register again. */
+  forget(volumeId: string, client: string): void {
+    this.#known.get(volumeId)?.delete(client)
+  }
+
+  byVolumeId(volumeId: string): ShareExport | undefined {
+    return this.#exports.get(volumeId)
+  }
+
+  async handle(peer: string, req: FsOpFrame | FsCancelFrame): Promise<Uint8Array | void> {
+    const exp = this.#exports.get(req.vol)
+    if (!exp || exp.closed) throw pxdError('NOT_SERVING', `node does not serve shared volume ${req.vol}`)
+    await this.#requireClient(exp, peer)
+    if (req.t === 'fscancel') return exp.cancel(peer, req.xid)
+    return exp.exec(peer, req.xid, req.data)
+  }
+
+  async #requireClient(exp: ShareExport, peer: string): Promise<void> {
+    const known = this.#known.get(exp.volumeId)!
+    if (known.has(peer)) return
+    const clients = await this.#registry.clients(exp.name)
+    if (!clients.some((c) => c.nodeId === peer)) {
+      throw pxdError('NOT_A_CLIENT', `node ${peer} has not mounted shared volume ${exp.name}`)
+    }
+    known.add(peer)
+  }
+}

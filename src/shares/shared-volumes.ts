@@ -1,0 +1,356 @@
+/**
+ * Shared volumes on this node: mounted on many nodes at once, served by one.
+ *
+ * The first node to mount attaches the volume as any other (claim, epoch, replicas, ext4
+ * at the mountpoint) and serves its files (ShareExport); its own containers use the ext4
+ * directly. Every other node registers as a client (share-registry.ts, under its lease)
+ * and mounts the addon's FUSE client there (ShareMount), which sends each file operation
+ * to the server. The server stays attached while it has local mounts or any live client.
+ *
+ * Failover: a client whose server went looks for the server again (route). While the
+ * attachment names a live node, that node is the server. Once nobody holds it (released,
+ * or the holder's lease expired), the client claims the volume itself, which fences the
+ * old server with a new epoch, mounts its ext4 at the served path (its users already have
+ * the FUSE mount at the mountpoint, whose requests now go to this node's own export) and
+ * serves the others. Every state change runs under the volume's lock.
+ */
+import type { Logger } from 'pino'
+import { codeOf, pxdError } from '../errors'
+import type { LeasedKey } from '../kvdb/kvdb'
+import type { PeerChannel } from '../replicas/protocol'
+import type { KeyedMutex } from '../util/mutex'
+import type { ShareExecutor } from './executor'
+import { ShareExport } from './share-export'
+import { ShareMount, type Route } from './share-mount'
+import type { ShareClientRecord, ShareRegistry } from './share-registry'
+import type { ShareService } from './share-service'
+
+/** How often a serving node checks its clients (lease expiries) and whether it may detach. */
+export const CLIENT_CHECK_MS = 2_000
+
+/** What the volume manager lends: attach and detach as for any volume, and who holds what. */
+export interface ShareHost {
+  /** Claim and attach here, the file system mounted at `mountpoint` (default: the volume's mountpoint). */
+  attach(name: string, mountpoint?: string): Promise<{ mountpoint: string; volumeId: string; epoch: number }>
+  detach(name: string): Promise<unknown>
+  /** The node holding the volume's attachment now and its epoch, or null. */
+  holder(name: string): Promise<{ nodeId: string; epoch: number } | null>
+  isOnline(nodeId: string): Promise<boolean>
+  channel(nodeId: string): Promise<PeerChannel>
+  /** The volume's id (what peer frames name). */
+  volumeId(name: string): Promise<string>
+  mountpointOf(name: string): string
+  servedPathOf(name: string): string
+}
+
+interface ShareState {
+  name: string
+  since: string
+  mountIds: Set<string>
+  /** This node's users reach the volume through the FUSE client. */
+  client: ShareMount | undefined
+  registration: LeasedKey | undefined
+  /** This node serves the volume, attached at this epoch. */
+  export: ShareExport | undefined
+  epoch: number
+}
+
+export interface SharedVolumesOptions {
+  nodeId: string
+  host: ShareHost
+  registry: ShareRegistry
+  service: ShareService
+  executor: ShareExecutor
+  locks: KeyedMutex
+  log: Logger
+}
+
+export class SharedVolumes {
+  readonly #o: SharedVolumesOptions
+  readonly #states = new Map<string, ShareState>()
+  readonly #volumeIds = new Map<string, string>()
+  #timer: NodeJS.Timeout | undefined
+  #stopping = false
+
+  constructor(o: SharedVolumesOptions) {
+    this.#o = o
+  }
+
+  start(): void {
+    this.#timer = setInterval(() => void this.#checkClients(), CLIENT_CHECK_MS)
+    this.#timer.unref()
+  }
+
+  /** Under the volume's lock. Returns the mountpoint. */
+  async mount(name: string, mountId: string): Promise<string> {
+    const st = this.#states.get(name)
+    if (st && (st.client || st.export?.root === this.#o.host.mountpointOf(name))) {
+      st.mountIds.add(mountId)
+      await this.#publish(st)
+      return this.#o.host.mountpointOf(name)
+    }
+    if (st?.export) {
+      // Served from the served path with no local users: they get the client mount, routed here.
+      st.client = this.#newClient(name)
+      await st.client.mount()
+      st.mountIds.add(mountId)
+      return st.client.mountpoint
+    }
+    for (let attempt = 0; ; attempt++) {
+      const holder = (await this.#o.host.holder(name))?.nodeId ?? null
+      if (holder === null || holder === this.#o.nodeId || !(await this.#o.host.isOnline(holder))) {
+        try {
+          return await this.#serve(name, mountId)
+        } catch (err) {
+          // Another node attached it meanwhile: be its client.
+          if (!(codeOf(err) === 'IN_USE' || codeOf(err) === 'CONFLICT') || attempt >= 3) throw err
+          continue
+        }
+      }
+      return this.#mountClient(name, mountId)
+    }
+  }
+
+  /** Under the volume's lock. */
+  async unmount(name: string, mountId: string): Promise<void> {
+    const st = this.#states.get(name)
+    if (!st || !st.mountIds.has(mountId)) return
+    if (st.mountIds.size > 1) {
+      st.mountIds.delete(mountId)
+      await this.#publish(st)
+      return
+    }
+    if (st.client) {
+      st.client.unmount(false)
+      st.client = undefined
+      await st.registration?.revoke().catch(() => undefined)
+      st.registration = undefined
+    }
+    st.mountIds.delete(mountId)
+    if (st.export && (await this.#o.registry.others(name)).length === 0) await this.#stopServing(st)
+    if (!st.export) this.#states.delete(name)
+  }
+
+  has(name: string): boolean {
+    return this.#states.has(name)
+  }
+
+  path(name: string): string | null {
+    const st = this.#states.get(name)
+    if (!st || st.mountIds.size === 0) return null
+    return this.#o.host.mountpointOf(name)
+  }
+
+  /** This node's mounts of the volume, for inspect. */
+  mounted(name: string): { mountpoint: string; mountIds: ReadonlySet<string> } | undefined {
+    const st = this.#states.get(name)
+    if (!st || st.mountIds.size === 0) return undefined
+    return { mountpoint: this.#o.host.mountpointOf(name), mountIds: st.mountIds }
+  }
+
+  /** Refuses (IN_USE) while any node has the volume mounted as a client. */
+  async checkUnmounted(name: string): Promise<void> {
+    const clients = await this.#o.registry.clients(name)
+    if (clients.length > 0) throw pxdError('IN_USE', `shared volume ${name} is mounted on node(s) ${clients.map((c) => c.nodeId).join(', ')}`)
+  }
+
+  /** What this node knows of a volume it has: role, server, per-client counters when it serves. */
+  local(name: string): { server: string | undefined; mounts: number; counters?: Record<string, { ops: number; bytes: number }> } | undefined {
+    const st = this.#states.get(name)
+    if (!st) return undefined
+    const server = st.export ? this.#o.nodeId : st.client?.server?.split('@')[0]
+    const counters = st.export ? Object.fromEntries(st.export.counters()) : undefined
+    return { server, mounts: st.mountIds.size, ...(counters ? { counters } : {}) }
+  }
+
+  /** Every export with its per-client counters, for /metrics. */
+  exports(): Array<{ name: string; counters: ReadonlyMap<string, { ops: number; bytes: number }> }> {
+    return [...this.#states.values()].filter((s) => s.export).map((s) => ({ name: s.name, counters: s.export!.counters() }))
+  }
+
+  /** The volume was fenced here: from now on no reply of its export counts. */
+  fence(name: string): void {
+    this.#states.get(name)?.export?.fence()
+  }
+
+  /** The manager tore down the attachment (fenced): stop serving without detaching again. */
+  async fenced(name: string): Promise<void> {
+    const st = this.#states.get(name)
+    if (!st?.export) return
+    const exp = st.export
+    exp.fence()
+    st.export = undefined
+    this.#o.service.remove(exp)
+    await exp.close()
+    if (!st.client) this.#states.delete(name)
+  }
+
+  /** The daemon stops: client mounts go lazily, exports close; the manager then detaches. */
+  async stop(): Promise<void> {
+    this.#stopping = true
+    clearInterval(this.#timer)
+    for (const st of this.#states.values()) {
+      try {
+        st.client?.unmount(true)
+      } catch (err) {
+        this.#o.log.error({ err, volume: st.name }, 'lazy unmount of a shared volume client failed')
+      }
+      await st.registration?.revoke().catch(() => undefined)
+      if (st.export) {
+        this.#o.service.remove(st.export)
+        await st.export.close()
+      }
+    }
+    this.#states.clear()
+  }
+
+  async #serve(name: string, mountId: string): Promise<string> {
+    const { mountpoint, volumeId, epoch } = await this.#o.host.attach(name)
+    const st: ShareState = { name, since: new Date().toISOString(), mountIds: new Set([mountId]), client: undefined, registration: undefined, export: undefined, epoch: 0 }
+    try {
+      st.export = await ShareExport.open(this.#o.executor, name, volumeId, mountpoint, this.#o.log)
+    } catch (err) {
+      await this.#o.host.detach(name)
+      throw err
+    }
+    st.epoch = epoch
+    this.#o.service.add(st.export)
+    this.#states.set(name, st)
+    this.#o.log.info({ volume: name, volumeId, epoch }, 'serving shared volume')
+    return mountpoint
+  }
+
+  async #mountClient(name: string, mountId: string): Promise<string> {
+    const st: ShareState = { name, since: new Date().toISOString(), mountIds: new Set([mountId]), client: undefined, registration: undefined, export: undefined, epoch: 0 }
+    st.registration = await this.#o.registry.register(name, this.#record(st))
+    try {
+      st.client = this.#newClient(name)
+      // The state is visible before the root is asked for: a takeover during the mount finds it.
+      this.#states.set(name, st)
+      await st.client.mount()
+      return st.client.mountpoint
+    } catch (err) {
+      this.#states.delete(name)
+      await st.registration.revoke().catch(() => undefined)
+      if (st.export) await this.#stopServing(st).catch(() => undefined)
+      throw err
+    }
+  }
+
+  #newClient(name: string): ShareMount {
+    return new ShareMount({ name, mountpoint: this.#o.host.mountpointOf(name), resolve: (stale) => this.#routeOf(name, stale), log: this.#o.log })
+  }
+
+  /** The serving node now; when nobody holds the volume, this node takes it over. */
+  async #routeOf(name: string, _stale: Route | undefined): Promise<Route> {
+    const holder = await this.#o.host.holder(name)
+    if (holder !== null && holder.nodeId !== this.#o.nodeId && (await this.#o.host.isOnline(holder.nodeId))) {
+      // A node that served the volume (and so was no client) is one again.
+      const st = this.#states.get(name)
+      if (st && !st.export && !st.registration) st.registration = await this.#o.registry.register(name, this.#record(st))
+      return this.#remoteRoute(name, holder.nodeId, holder.epoch)
+    }
+    return this.#o.locks.run(name, async () => {
+      const st = this.#states.get(name)
+      if (!st || this.#stopping) throw pxdError('ABORTED', `shared volume ${name} is no longer mounted here`)
+      if (!st.export) await this.#takeOver(st)
+      return this.#localRoute(st.export!, st.epoch)
+    })
+  }
+
+  async #takeOver(st: ShareState): Promise<void> {
+    this.#o.log.warn({ volume: st.name }, 'no node serves shared volume; taking it over')
+    const { mountpoint, volumeId, epoch } = await this.#o.host.attach(st.name, this.#o.host.servedPathOf(st.name))
+    try {
+      st.export = await ShareExport.open(this.#o.executor, st.name, volumeId, mountpoint, this.#o.log)
+    } catch (err) {
+      await this.#o.host.detach(st.name)
+      throw err
+    }
+    st.epoch = epoch
+    this.#o.service.add(st.export)
+    // A server is no client of its own.
+    await st.registration?.revoke().catch(() => undefined)
+    st.registration = undefined
+    this.#o.log.info({ volume: st.name, volumeId }, 'serving shared volume after a takeover')
+  }
+
+  #localRoute(exp: ShareExport, epoch: number): Route {
+    const self = this.#o.nodeId
+    return {
+      server: `${self}@${epoch}`,
+      send: async (xid, request) => {
+        if (exp.closed) throw pxdError('NOT_SERVING', `shared volume ${exp.name} is no longer served here`)
+        return exp.exec(self, xid, request)
+      },
+      cancel: (xid) => exp.cancel(self, xid),
+    }
+  }
+
+  async #remoteRoute(name: string, server: string, epoch: number): Promise<Route> {
+    const channel = await this.#o.host.channel(server)
+    const vol = await this.#volumeIdOf(name)
+    return {
+      server: `${server}@${epoch}`,
+      send: async (xid, data, timeoutMs) => {
+        const reply = await channel.request({ t: 'fsop', vol, xid, data }, { timeoutMs })
+        if (!reply) throw pxdError('IO_ERROR', `node ${server} answered a file operation with no reply`)
+        return reply
+      },
+      cancel: (xid) => void channel.request({ t: 'fscancel', vol, xid }).catch(() => undefined),
+    }
+  }
+
+  async #volumeIdOf(name: string): Promise<string> {
+    const known = this.#volumeIds.get(name)
+    if (known) return known
+    const volumeId = await this.#o.host.volumeId(name)
+    this.#volumeIds.set(name, volumeId)
+    return volumeId
+  }
+
+  async #stopServing(st: ShareState): Promise<void> {
+    const exp = st.export
+    if (!exp) return
+    st.export = undefined
+    this.#o.service.remove(exp)
+    await exp.close()
+    await this.#o.host.detach(st.name)
+    this.#o.log.info({ volume: st.name }, 'stopped serving shared volume')
+  }
+
+  #record(st: ShareState): Omit<ShareClientRecord, 'nodeId'> {
+    return { mounts: st.mountIds.size, ops: st.client?.ops ?? 0, bytes: st.client?.bytes ?? 0, since: st.since }
+  }
+
+  async #publish(st: ShareState): Promise<void> {
+    await st.registration?.update({ nodeId: this.#o.nodeId, ...this.#record(st) }).catch((err) => this.#o.log.warn({ err, volume: st.name }, 'could not update this client\'s share record'))
+  }
+
+  /** Drops clients whose records are gone and detaches served volumes nobody uses any more. */
+  async #checkClients(): Promise<void> {
+    for (const st of [...this.#states.values()]) {
+      if (this.#stopping) return
+      try {
+        if (st.registration && st.client) await this.#publish(st)
+        const exp = st.export
+        if (!exp) continue
+        const live = new Set((await this.#o.registry.others(st.name)).map((c) => c.nodeId))
+        for (const client of exp.clients()) {
+          if (client === this.#o.nodeId || live.has(client)) continue
+          exp.dropClient(client)
+          this.#o.service.forget(exp.volumeId, client)
+        }
+        if (live.size === 0 && st.mountIds.size === 0) {
+          await this.#o.locks.run(st.name, async () => {
+            if (st.export !== exp || st.mountIds.size > 0 || (await this.#o.registry.others(st.name)).length > 0) return
+            await this.#stopServing(st)
+            if (!st.client) this.#states.delete(st.name)
+          })
+        }
+      } catch (err) {
+        this.#o.log.warn({ err, volume: st.name }, 'checking a shared volume\'s clients failed')
+      }
+    }
+  }
+}

@@ -1,0 +1,151 @@
+/**
+ * Writes a client sent that its server acknowledged but may not have made durable yet: a
+ * WRITE lands in the server's page cache, and only an fsync there makes it survive the
+ * server. If the server goes before that, the next server never had those bytes, and an
+ * fsync sent to it would report durable what is lost. So, as an NFS client keeps its
+ * unstable writes until a COMMIT, the client keeps a copy of each acknowledged WRITE
+ * until an fsync of that file succeeds on the same server; when another server takes
+ * over, they are written there again, in order, before anything else is sent
+ * (share-mount.ts). Appends cannot be written again (they would land twice): a file that
+ * had unstable appends on the server that went fails its next fsync with EIO instead.
+ *
+ * Memory is bounded by committing in the background: a file whose unstable writes are
+ * older than COMMIT_AFTER_MS, or all of them together beyond COMMIT_BYTES, gets an fsync
+ * of its own (commitRequest).
+ */
+
+export const COMMIT_AFTER_MS = 2_000
+export const COMMIT_BYTES = 64 * 1024 * 1024
+
+const OP_FSYNC = 20
+const O_APPEND = 0o2000
+const HEADER = 32
+const HANDLE_HEADER = 16
+const FSYNC_DATASYNC = 1
+
+interface Kept { server: string; seq: number; request: Buffer; at: number; bytes: number }
+
+interface FileWrites {
+  /** Wire handle (header, bytes, padding) and the fh of the last write: what an fsync names. */
+  handle: Buffer
+  fh: bigint
+  writes: Kept[]
+  /** Appends on a server that went: the next fsync fails. */
+  lost: boolean
+}
+
+/** The file (handle[0]) a wire request names, as a key, and the fh its body starts with. */
+export function parseWrite(request: Uint8Array): { key: string; handle: Buffer; fh: bigint } | undefined {
+  const b = Buffer.from(request.buffer, request.byteOffset, request.byteLength)
+  if (b.length < HEADER + HANDLE_HEADER || b[18] !== 1) return undefined
+  const groups = (b.readUInt16LE(16) * 4 + 7) & ~7
+  const at = HEADER + groups
+  const bytes = b.readUInt32LE(at + 12)
+  const end = at + HANDLE_HEADER + ((bytes + 7) & ~7)
+  if (end + 8 > b.length) return undefined
+  const handle = b.subarray(at, end)
+  return { key: handle.toString('hex'), handle, fh: b.readBigUInt64LE(end) }
+}
+
+/** A datasync FSYNC of a file, as the kernel would send it, with root's credentials. */
+export function commitRequest(handle: Buffer, fh: bigint): Buffer {
+  const out = Buffer.alloc(HEADER + handle.length + 16)
+  out.writeUInt32LE(OP_FSYNC, 0)
+  out[18] = 1
+  out.writeUInt32LE(16, 20)
+  handle.copy(out, HEADER)
+  out.writeBigUInt64LE(fh, HEADER + handle.length)
+  out.writeUInt32LE(FSYNC_DATASYNC, HEADER + handle.length + 8)
+  return out
+}
+
+export class UnstableWrites {
+  readonly #files = new Map<string, FileWrites>()
+  #seq = 0
+  #bytes = 0
+
+  get bytes(): number {
+    return this.#bytes
+  }
+
+  /** Sequence number to give commitUpTo: every write kept so far. */
+  get seq(): number {
+    return this.#seq
+  }
+
+  /** An acknowledged WRITE: keep a copy (the request's memory is the kernel's slot). */
+  wrote(server: string, request: Uint8Array): void {
+    const w = parseWrite(request)
+    if (!w) return
+    let file = this.#files.get(w.key)
+    if (!file) {
+      file = { handle: Buffer.from(w.handle), fh: w.fh, writes: [], lost: false }
+      this.#files.set(w.key, file)
+    }
+    file.fh = w.fh
+    file.writes.push({ server, seq: ++this.#seq, request: Buffer.from(request), at: Date.now(), bytes: request.length })
+    this.#bytes += request.length
+  }
+
+  /** An fsync of the file succeeded on `server`: what that server had before it is durable. */
+  committed(server: string, key: string, upTo: number): void {
+    const file = this.#files.get(key)
+    if (!file) return
+    const keep = file.writes.filter((w) => w.server !== server || w.seq > upTo)
+    for (const w of file.writes) if (!keep.includes(w)) this.#bytes -= w.bytes
+    file.writes = keep
+    if (keep.length === 0 && !file.lost) this.#files.delete(key)
+  }
+
+  /** Whether an fsync of the file must fail (appends were lost with a server); clears it. */
+  takeLost(key: string): boolean {
+    const file = this.#files.get(key)
+    if (!file?.lost) return false
+    file.lost = false
+    if (file.writes.length === 0) this.#files.delete(key)
+    return true
+  }
+
+  /**
+   * Another server (`server`) took over: the writes the others held, oldest first, to send
+   * it again. Appends among them are dropped and their file marked lost.
+   */
+  toReplay(server: string): Array<{ key: string; request: Buffer }> {
+    const out: Array<{ key: string; seq: number; request: Buffer }> = []
+    for (const [key, file] of this.#files) {
+      for (const w of [...file.writes]) {
+        if (w.server === server) continue
+        const fh = parseWrite(w.request)!.fh
+        if ((fh & BigInt(O_APPEND)) !== 0n) {
+          file.lost = true
+          this.#drop(file, w)
+          continue
+        }
+        out.push({ key, seq: w.seq, request: w.request })
+      }
+    }
+    return out.sort((x, y) => x.seq - y.seq)
+  }
+
+  /** A replayed write is now held by `server`. */
+  moved(key: string, request: Buffer, server: string): void {
+    const w = this.#files.get(key)?.writes.find((x) => x.request === request)
+    if (w) w.server = server
+  }
+
+  /** Files due for a background commit: old writes, or too many bytes kept. */
+  due(now = Date.now()): Array<{ key: string; request: Buffer; upTo: number }> {
+    const all = this.#bytes > COMMIT_BYTES
+    const out: Array<{ key: string; request: Buffer; upTo: number }> = []
+    for (const [key, file] of this.#files) {
+      if (file.writes.length === 0) continue
+      if (all || now - file.writes[0]!.at >= COMMIT_AFTER_MS) out.push({ key, request: commitRequest(file.handle, file.fh), upTo: this.#seq })
+    }
+    return out
+  }
+
+  #drop(file: FileWrites, w: Kept): void {
+    file.writes = file.writes.filter((x) => x !== w)
+    this.#bytes -= w.bytes
+  }
+}

@@ -1,0 +1,53 @@
+/**
+ * What JavaScript needs to know of the file-operation wire format (native/share_wire.h):
+ * the opcode of a request, whether a reply says "would block", and which operations may be
+ * applied twice without harm. The bytes themselves are built and read in the addon.
+ */
+
+/** FUSE opcodes pxd's shares treat specially (linux/fuse.h). */
+export const Op = {
+  SYMLINK: 6, MKNOD: 8, MKDIR: 9, UNLINK: 10, RMDIR: 11, RENAME: 12, LINK: 13,
+  WRITE: 16, FSYNC: 20, SETXATTR: 21, REMOVEXATTR: 24, SETLKW: 33, CREATE: 35, RENAME2: 45,
+  /** native/share_wire.h kOpRoot: the root directory's handle and attributes. */
+  ROOT: 0x10001,
+} as const
+
+const CHANGES_NAMESPACE: ReadonlySet<number> = new Set([
+  Op.SYMLINK, Op.MKNOD, Op.MKDIR, Op.UNLINK, Op.RMDIR, Op.RENAME, Op.LINK, Op.CREATE, Op.RENAME2, Op.SETXATTR, Op.REMOVEXATTR,
+])
+
+/**
+ * Operations that must not run twice: a create, link, rename or unlink applied once and
+ * sent again would fail (EEXIST, ENOENT) or do something else. A server answers a repeat
+ * from its reply cache; a new server never sees one (the client fails it instead).
+ */
+export function appliesOnce(opcode: number): boolean {
+  return CHANGES_NAMESPACE.has(opcode)
+}
+
+export const WIRE_REQUEST_BYTES = 32
+export const WIRE_REPLY_BYTES = 16
+const REPLY_WOULD_BLOCK = 1
+
+export function opcodeOf(request: Uint8Array): number {
+  if (request.length < WIRE_REQUEST_BYTES) return 0
+  return new DataView(request.buffer, request.byteOffset, request.byteLength).getUint32(0, true)
+}
+
+/** A SETLKW reply that says: not now, ask again. */
+export function wouldBlock(reply: Uint8Array): boolean {
+  return reply.length >= WIRE_REPLY_BYTES && (reply[9]! & REPLY_WOULD_BLOCK) !== 0
+}
+
+/** A reply with no body: -errno. */
+export function errorReply(errno: number): Buffer {
+  const out = Buffer.alloc(WIRE_REPLY_BYTES)
+  out.writeInt32LE(-Math.abs(errno), 0)
+  return out
+}
+
+/** The error of a reply (0 or -errno). */
+export function replyError(reply: Uint8Array): number {
+  if (reply.length < WIRE_REPLY_BYTES) return -5
+  return new DataView(reply.buffer, reply.byteOffset, reply.byteLength).getInt32(0, true)
+}
