@@ -54,6 +54,8 @@ export function send(sink: MessageSink, kind: Kind, id: number, exportId: number
 export class MessageReader {
   #chunks: Buffer[] = []
   #buffered = 0
+  /** Bytes of the message being read (header included), once its header is in. */
+  #need = 0
   readonly #onMessage: (m: Message) => void
 
   constructor(onMessage: (m: Message) => void) {
@@ -64,12 +66,15 @@ export class MessageReader {
     this.#chunks.push(chunk)
     this.#buffered += chunk.length
     for (;;) {
-      if (this.#buffered < HEADER_BYTES) return
-      const head = this.#peek(HEADER_BYTES)
-      const length = head.readUInt32LE(0)
-      if (length > MAX_PAYLOAD_BYTES) throw pxdError('INTERNAL', `share executor message of ${length} bytes`)
-      if (this.#buffered < HEADER_BYTES + length) return
-      const whole = this.#take(HEADER_BYTES + length)
+      if (this.#need === 0) {
+        if (this.#buffered < HEADER_BYTES) return
+        const length = this.#peek(HEADER_BYTES).readUInt32LE(0)
+        if (length > MAX_PAYLOAD_BYTES) throw pxdError('INTERNAL', `share executor message of ${length} bytes`)
+        this.#need = HEADER_BYTES + length
+      }
+      if (this.#buffered < this.#need) return
+      const whole = this.#take(this.#need)
+      this.#need = 0
       this.#onMessage({
         kind: whole.readUInt32LE(4) as Kind,
         id: whole.readUInt32LE(8),
@@ -83,7 +88,14 @@ export class MessageReader {
   #peek(n: number): Buffer {
     const first = this.#chunks[0]!
     if (first.length >= n) return first
-    return Buffer.concat(this.#chunks, n)
+    const parts: Buffer[] = []
+    let have = 0
+    for (const c of this.#chunks) {
+      parts.push(c)
+      have += c.length
+      if (have >= n) break
+    }
+    return Buffer.concat(parts, n)
   }
 
   #take(n: number): Buffer {
@@ -94,7 +106,14 @@ export class MessageReader {
       if (first.length === n) this.#chunks.shift()
       else this.#chunks[0] = first.subarray(n)
     } else {
-      out = Buffer.concat(this.#chunks, n)
+      const parts: Buffer[] = []
+      let have = 0
+      for (const c of this.#chunks) {
+        if (have >= n) break
+        parts.push(c)
+        have += c.length
+      }
+      out = Buffer.concat(parts, n)
       let left = n
       while (left > 0) {
         const c = this.#chunks[0]!
