@@ -74,6 +74,8 @@ export class ShareMount {
   #commits: NodeJS.Timeout | undefined
   /** The server of the last route, whose unstable writes the next one may have to take. */
   #lastServer: string | undefined
+  /** The code of the last failed route lookup, logged once until a route is found. */
+  #routeFailure: string | undefined
   #handle: ShareClientHandle | undefined
   #memory: ArrayBuffer | undefined
   #route: Route | undefined
@@ -255,10 +257,13 @@ export class ShareMount {
         if (this.#lastServer !== undefined && route.server !== this.#lastServer) await this.#replay(route)
         if (route.server !== this.#lastServer) this.#log.info({ volume: this.name, server: route.server }, 'shared volume served by')
         this.#lastServer = route.server
+        this.#routeFailure = undefined
         this.#route = route
         return route
       } catch (err) {
-        this.#log.warn({ err, volume: this.name }, 'no route to the shared volume\'s server yet')
+        const why = codeOf(err) ?? String(err)
+        if (why !== this.#routeFailure) this.#log.warn({ err, volume: this.name }, 'no route to the shared volume\'s server yet; retrying')
+        this.#routeFailure = why
         throw err
       } finally {
         this.#resolving = undefined

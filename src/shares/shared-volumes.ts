@@ -69,6 +69,8 @@ export class SharedVolumes {
   readonly #o: SharedVolumesOptions
   readonly #states = new Map<string, ShareState>()
   readonly #volumeIds = new Map<string, string>()
+  /** Volumes whose lock the caller holds now (mount, unmount): a takeover they cause must not wait for it. */
+  readonly #held = new Set<string>()
   #timer: NodeJS.Timeout | undefined
   #stopping = false
 
@@ -83,6 +85,15 @@ export class SharedVolumes {
 
   /** Under the volume's lock. Returns the mountpoint. */
   async mount(name: string, mountId: string): Promise<string> {
+    this.#held.add(name)
+    try {
+      return await this.#mount(name, mountId)
+    } finally {
+      this.#held.delete(name)
+    }
+  }
+
+  async #mount(name: string, mountId: string): Promise<string> {
     const st = this.#states.get(name)
     if (st && (st.client || st.export?.root === this.#o.host.mountpointOf(name))) {
       st.mountIds.add(mountId)
@@ -113,6 +124,15 @@ export class SharedVolumes {
 
   /** Under the volume's lock. */
   async unmount(name: string, mountId: string): Promise<void> {
+    this.#held.add(name)
+    try {
+      await this.#unmount(name, mountId)
+    } finally {
+      this.#held.delete(name)
+    }
+  }
+
+  async #unmount(name: string, mountId: string): Promise<void> {
     const st = this.#states.get(name)
     if (!st || !st.mountIds.has(mountId)) return
     if (st.mountIds.size > 1) {
@@ -250,12 +270,15 @@ export class SharedVolumes {
       if (st && !st.export && !st.registration) st.registration = await this.#o.registry.register(name, this.#record(st))
       return this.#remoteRoute(name, holder.nodeId, holder.epoch)
     }
-    return this.#o.locks.run(name, async () => {
+    const serveHere = async () => {
       const st = this.#states.get(name)
       if (!st || this.#stopping) throw pxdError('ABORTED', `shared volume ${name} is no longer mounted here`)
       if (!st.export) await this.#takeOver(st)
       return this.#localRoute(st.export!, st.epoch)
-    })
+    }
+    const current = this.#states.get(name)?.export
+    if (current && !current.closed) return serveHere()
+    return this.#held.has(name) ? serveHere() : this.#o.locks.run(name, serveHere)
   }
 
   async #takeOver(st: ShareState): Promise<void> {
