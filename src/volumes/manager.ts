@@ -248,8 +248,9 @@ export class VolumeManager {
     await this.#locks.run(name, async () => {
       this.#checkRunning()
       const entry = await this.#requireRecord(name)
-      if (this.#attached.has(name) || this.#shares.has(name)) throw pxdError('IN_USE', `volume ${name} is mounted on this node; unmount it first`)
+      // A shared volume served here for others is refused for them, naming them.
       if (entry.value.spec.shared) await this.#shares.checkUnmounted(name)
+      if (this.#attached.has(name) || this.#shares.has(name)) throw pxdError('IN_USE', `volume ${name} is mounted on this node; unmount it first`)
       const attachment = await this.#attachments.get(name)
       if (attachment?.value.nodeId) throw pxdError('IN_USE', `volume ${name} is attached on node ${attachment.value.nodeId}`)
       const ok = await this.#kvdb.txn({

@@ -53,6 +53,13 @@ export interface ClusterOptions {
   network?: boolean
   /** Data dirs on the power-loss file system: every node's, or those named. */
   powerLoss?: boolean | string[]
+  /** A node's plugin socket (default <node dir>/plugins/pxd.sock). */
+  pluginSocket?: (nodeId: string) => string
+  /**
+   * Run a node's daemon under this (e.g. nsenter into a mount namespace of its own); with
+   * `network` it comes after the network namespace's prefix.
+   */
+  commandPrefix?: (nodeId: string) => string[]
 }
 
 export async function startCluster(nodeIds: string[], options: ClusterOptions = {}): Promise<Cluster> {
@@ -91,11 +98,14 @@ export async function startCluster(nodeIds: string[], options: ClusterOptions = 
       disks.set(nodeId, disk)
     }
     const host = network ? network.ip(nodeId) : '127.0.0.1'
+    const prefix = [...(network ? network.enter(nodeId) : []), ...(options.commandPrefix?.(nodeId) ?? [])]
     const daemon = await startDaemon({
       dir: nodeDir,
       nodeId,
       apiPort: p.api,
-      ...(network ? { apiHost: host, commandPrefix: network.enter(nodeId) } : {}),
+      ...(network ? { apiHost: host } : {}),
+      ...(prefix.length > 0 ? { commandPrefix: prefix } : {}),
+      ...(options.pluginSocket ? { pluginSocket: options.pluginSocket(nodeId) } : {}),
       ...(options.env ? { env: options.env } : {}),
       ...(options.nodeArgs ? { nodeArgs: options.nodeArgs } : {}),
       extraArgs: [
