@@ -110,7 +110,9 @@ export class Daemon {
     if (tls && !(secret && c.peerListen)) throw pxdError('INVALID_ARGUMENT', '--peer-tls-* secure peer links: they need a cluster node (--kvdb, --peer-listen, --cluster-secret-file)')
     let replicas = new ReplicaDirectory({ nodeId: this.nodeId, host, kvdb })
     const shareRegistry = new ShareRegistry(kvdb, this.nodeId, c.nodeTtl)
-    const shareService = new ShareService(shareRegistry)
+    // Membership starts after the peer server: the handler asks it only once frames arrive.
+    let isMember = async (_nodeId: string) => false
+    const shareService = new ShareService(shareRegistry, (nodeId) => isMember(nodeId))
     const shareExecutor = new ShareExecutor(log.child({ component: 'share-executor' }))
     this.#onStop('share executor', () => shareExecutor.stop())
     if (secret && c.peerListen) {
@@ -143,12 +145,13 @@ export class Daemon {
     })
     this.#onStop('membership', () => membership.stop())
     await membership.start()
+    isMember = (nodeId) => membership.isOnline(nodeId)
 
     const metrics = new Metrics({ log: log.child({ component: 'metrics' }) })
     const frontend = new Frontend(c.runDir, log.child({ component: 'frontend' }), c.fuseServer, meteredDevices(metrics))
     const manager = new VolumeManager({
       nodeId: this.nodeId, dataDir: c.dataDir, kvdb, frontend, host, membership, replicas, log: log.child({ component: 'volumes' }),
-      shares: { registry: shareRegistry, service: shareService, executor: shareExecutor },
+      shares: { registry: shareRegistry, service: shareService, executor: shareExecutor, log: log.child({ component: 'shares' }) },
       engineEvents: (name) => metrics.volume(name),
       ...(c.scrubInterval ? { scrubIntervalSeconds: c.scrubInterval } : {}),
       ...(c.scrubRate ? { scrubBytesPerSecond: c.scrubRate } : {}),

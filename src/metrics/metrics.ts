@@ -41,8 +41,8 @@ export const METRIC = {
   fuseInFlight: 'pxd_fuse_requests_in_flight',
   capacity: 'pxd_capacity_bytes',
   capacityFree: 'pxd_capacity_free_bytes',
-  shareOps: 'pxd_share_client_operations',
-  shareBytes: 'pxd_share_client_bytes',
+  shareOps: 'pxd_share_client_operations_total',
+  shareBytes: 'pxd_share_client_bytes_total',
   info: 'pxd_info',
   collectErrors: 'pxd_metrics_collect_errors_total',
 } as const
@@ -268,9 +268,9 @@ export class Metrics {
   }
 
   #stateMetrics(): void {
-    const gauge = <T>(name: string, help: string, source: keyof MetricsProviders, samples: (data: T) => Sample[]): void => {
+    const gauge = <T>(name: string, help: string, source: keyof MetricsProviders, samples: (data: T) => Sample[], type: 'gauge' | 'counter' = 'gauge'): void => {
       new SampledMetric({
-        name, help, type: 'gauge',
+        name, help, type,
         samples: async () => {
           const data = await this.#ask(source)
           return data === undefined ? [] : samples(data as T)
@@ -310,9 +310,9 @@ export class Metrics {
       peers.flatMap((p) => (p.rttMs === undefined ? [] : [{ labels: { peer: p.peer }, value: p.rttMs / 1000 }])))
     const since = '(counted since this node began serving the volume)'
     gauge<ShareClientState[]>(METRIC.shareOps, `File operations a client node sent to a shared volume served here ${since}`, 'shares', (cs) =>
-      cs.map((c) => ({ labels: { volume: c.volume, client: c.client }, value: c.ops })))
+      cs.map((c) => ({ labels: { volume: c.volume, client: c.client }, value: c.ops })), 'counter')
     gauge<ShareClientState[]>(METRIC.shareBytes, `Bytes of requests and replies between a client node and a shared volume served here ${since}`, 'shares', (cs) =>
-      cs.map((c) => ({ labels: { volume: c.volume, client: c.client }, value: c.bytes })))
+      cs.map((c) => ({ labels: { volume: c.volume, client: c.client }, value: c.bytes })), 'counter')
     gauge<{ total: number; free: number }>(METRIC.capacity, 'Size of the file system holding this node\'s data dir', 'capacity', (c) => [{ labels: {}, value: c.total }])
     gauge<{ total: number; free: number }>(METRIC.capacityFree, 'Free space of the file system holding this node\'s data dir', 'capacity', (c) => [{ labels: {}, value: c.free }])
   }

@@ -123,7 +123,7 @@ export class ShareExecutor {
         this.#child = child
         this.#socket = socket
         this.#starting = undefined
-        this.#log.info({ pid: child.pid }, 'share executor started')
+        this.#log.info({ executorPid: child.pid }, 'share executor started')
         resolve()
       })
       child.once('exit', (code, signal) => this.#onExit(child, code, signal))

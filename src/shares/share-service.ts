@@ -9,14 +9,22 @@ import { pxdError } from '../errors'
 import type { ShareExport } from './share-export'
 import type { ShareRegistry } from './share-registry'
 
+const REFUSAL_MEMORY_MS = 1_000
+
 export class ShareService {
   readonly #exports = new Map<string, ShareExport>()
   readonly #registry: ShareRegistry
   /** Clients seen registered, per volume id: checked against the kvdb on first sight. */
   readonly #known = new Map<string, Set<string>>()
 
-  constructor(registry: ShareRegistry) {
+  readonly #isMember: (nodeId: string) => Promise<boolean>
+  /** Peers refused lately, so a stream of frames from one costs one kvdb read a second. */
+  readonly #refused = new Map<string, number>()
+
+  /** `isMember`: whether a node is a member of the cluster holding its lease now. */
+  constructor(registry: ShareRegistry, isMember: (nodeId: string) => Promise<boolean>) {
     this.#registry = registry
+    this.#isMember = isMember
   }
 
   add(exp: ShareExport): void {
@@ -48,13 +56,20 @@ export class ShareService {
     return exp.exec(peer, req.xid, req.data)
   }
 
+  /** A client is a live member of the cluster with a record of its mount. */
   async #requireClient(exp: ShareExport, peer: string): Promise<void> {
     const known = this.#known.get(exp.volumeId)!
     if (known.has(peer)) return
-    const clients = await this.#registry.clients(exp.name)
-    if (!clients.some((c) => c.nodeId === peer)) {
-      throw pxdError('NOT_A_CLIENT', `node ${peer} has not mounted shared volume ${exp.name}`)
+    const refusedAt = this.#refused.get(`${exp.volumeId}/${peer}`)
+    const refuse = () => pxdError('NOT_A_CLIENT', `node ${peer} has not mounted shared volume ${exp.name}`)
+    if (refusedAt !== undefined && Date.now() - refusedAt < REFUSAL_MEMORY_MS) throw refuse()
+    const [clients, member] = await Promise.all([this.#registry.clients(exp.name), this.#isMember(peer)])
+    if (!member || !clients.some((c) => c.nodeId === peer)) {
+      if (this.#refused.size > 10_000) this.#refused.clear()
+      this.#refused.set(`${exp.volumeId}/${peer}`, Date.now())
+      throw refuse()
     }
+    this.#refused.delete(`${exp.volumeId}/${peer}`)
     known.add(peer)
   }
 }

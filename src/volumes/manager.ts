@@ -65,7 +65,7 @@ export interface ManagerOptions {
   scrubIntervalSeconds?: number
   scrubBytesPerSecond?: number
   /** Shared volumes: who has them mounted, and the handler of other nodes' file operations. */
-  shares: { registry: ShareRegistry; service: ShareService; executor: ShareExecutor }
+  shares: { registry: ShareRegistry; service: ShareService; executor: ShareExecutor; log: Logger }
 }
 
 export class VolumeManager {
@@ -102,7 +102,7 @@ export class VolumeManager {
     this.#scrubs = new ScrubScheduler({ intervalSeconds: o.scrubIntervalSeconds, bytesPerSecond: o.scrubBytesPerSecond, attached, log: o.log })
     this.#placement = new ReplicaPlacement({ kvdb: o.kvdb, membership: o.membership, replicas: o.replicas, log: o.log })
     this.#shares = new SharedVolumes({
-      nodeId: o.nodeId, registry: o.shares.registry, service: o.shares.service, executor: o.shares.executor, locks: this.#locks, log: o.log.child({ component: 'shares' }),
+      nodeId: o.nodeId, registry: o.shares.registry, service: o.shares.service, executor: o.shares.executor, locks: this.#locks, log: o.shares.log,
       host: {
         attach: (name, mountpoint) => this.#attachHere(name, mountpoint),
         detach: async (name) => this.#attached.has(name) && this.#detach(name, this.#attached.get(name)!, false),

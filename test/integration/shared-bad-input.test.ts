@@ -25,7 +25,7 @@ import pino from 'pino'
 import WebSocket from 'ws'
 import { ApiClient } from '../../src/api/client'
 import { EtcdKvdb } from '../../src/kvdb/etcd'
-import type { LeasedKey } from '../../src/kvdb/kvdb'
+import { keys, type LeasedKey } from '../../src/kvdb/kvdb'
 import { METRIC } from '../../src/metrics'
 import { computeProof, type HandshakeParties } from '../../src/replication/auth'
 import { decodeFrame, encodeFrame, PROTOCOL_VERSION, type Frame } from '../../src/replication/frames'
@@ -57,6 +57,7 @@ const log = pino({ level: 'silent' })
 let intruder: PeerLinks | undefined
 let intruderKvdb: EtcdKvdb | undefined
 let registration: LeasedKey | undefined
+let liveness: LeasedKey | undefined
 let rootHandle: WireHandle | undefined
 let nextXid = 1
 const children: Child[] = []
@@ -223,6 +224,7 @@ test.after.always(async () => {
   for (const c of children) c.end()
   endAllChildren()
   await registration?.revoke().catch(() => undefined)
+  await liveness?.revoke().catch(() => undefined)
   await intruderKvdb?.close().catch(() => undefined)
   await intruder?.close().catch(() => undefined)
   if (!cluster) return
@@ -286,6 +288,11 @@ test.serial('registered as a client, the intruder\'s hand-built wire requests th
   registration = await new ShareRegistry(intruderKvdb, INTRUDER, TEST_NODE_TTL).register(VOLUME, { mounts: 1, ops: 0, bytes: 0, since: new Date().toISOString() })
   const registered = await new ShareRegistry(intruderKvdb, 'observer', TEST_NODE_TTL).clients(VOLUME)
   t.true(registered.some((c) => c.nodeId === INTRUDER), `the intruder's record is in the kvdb (clients: ${registered.map((c) => c.nodeId).join(', ')})`)
+  // A record alone is not enough: a client is a member of the cluster holding its lease.
+  await t.throwsAsync(fsop(request(OP.ROOT, [])), { code: 'NOT_A_CLIENT' }, 'a record without a node lease')
+  liveness = await intruderKvdb.putLeased(keys.alive(INTRUDER), { nodeId: INTRUDER }, TEST_NODE_TTL)
+  // The server remembers a refusal for a second.
+  await new Promise((resolve) => setTimeout(resolve, 1_200))
 
   // kOpRoot works: the root's handle, tagged with the volume's id.
   const root = await fsop(request(OP.ROOT, []))
@@ -481,8 +488,8 @@ test.serial('fsop frames on an unauthenticated WebSocket to the peer port get an
 test.serial('/metrics on the server counts each client node\'s operations and bytes, and they grow with its I/O', async (t) => {
   const a = node('node-a')
   const before = await scrape(a)
-  t.is(before.get(METRIC.shareOps)?.type, 'gauge')
-  t.is(before.get(METRIC.shareBytes)?.type, 'gauge')
+  t.is(before.get(METRIC.shareOps)?.type, 'counter')
+  t.is(before.get(METRIC.shareBytes)?.type, 'counter')
   const labels = { volume: VOLUME, client: 'node-b' }
   const ops0 = sampleValue(before, METRIC.shareOps, labels) ?? 0
   const bytes0 = sampleValue(before, METRIC.shareBytes, labels) ?? 0
