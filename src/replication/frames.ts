@@ -60,8 +60,9 @@ export interface DropFrame { t: 'drop'; id: number; vol: string }
  * a wire request of native/share_wire.h, the ack's data its wire reply. `xid` names the
  * operation: sent again (after a lost link) it keeps its xid, so the server answers a
  * repeat of an operation it applied from its reply cache instead of applying it twice.
+ * `reclaim`: a lock the client held from the previous server (share-export.ts grace).
  */
-export interface FsOpFrame { t: 'fsop'; id: number; vol: string; xid: number; data: Uint8Array }
+export interface FsOpFrame { t: 'fsop'; id: number; vol: string; xid: number; data: Uint8Array; reclaim?: true }
 /** The client stopped waiting for operation `xid` (the kernel interrupted a blocking lock). */
 export interface FsCancelFrame { t: 'fscancel'; id: number; vol: string; xid: number }
 
@@ -130,7 +131,7 @@ const REQUEST_SCHEMAS = {
   flush: [ID, VOL, EPOCH],
   close: [ID, VOL, EPOCH],
   drop: [ID, VOL],
-  fsop: [ID, VOL, f('xid', isPositiveId, 'a positive safe integer'), f('data', isFsOp, `bytes, at most ${MAX_FSOP_BYTES}`)],
+  fsop: [ID, VOL, f('xid', isPositiveId, 'a positive safe integer'), f('data', isFsOp, `bytes, at most ${MAX_FSOP_BYTES}`), f('reclaim', isTrue, 'true', true)],
   fscancel: [ID, VOL, f('xid', isPositiveId, 'a positive safe integer')],
 } as const satisfies Record<RequestType, readonly FieldSpec[]>
 

@@ -48,16 +48,20 @@ export class ShareExport {
   readonly #sweep: NodeJS.Timeout
   #nextClient = 1
   #fenced = false
+  #graceUntil = 0
   #closed: Promise<void> | undefined
 
-  static async open(executor: ShareExecutor, name: string, volumeId: string, root: string, log: Logger): Promise<ShareExport> {
+  /** `graceMs`: how long only reclaimed locks are granted (a server that took over from another). */
+  static async open(executor: ShareExecutor, name: string, volumeId: string, root: string, log: Logger, graceMs = 0): Promise<ShareExport> {
     let slot: ExportSlot
     try {
       slot = await executor.open(root, volumeId, THREADS)
     } catch (err) {
       throw pxdError('PRECONDITION', `cannot serve shared volume ${name} from ${root}: ${(err as Error).message}`, err)
     }
-    return new ShareExport(executor, slot, name, volumeId, root, log)
+    const exp = new ShareExport(executor, slot, name, volumeId, root, log)
+    exp.#graceUntil = Date.now() + graceMs
+    return exp
   }
 
   private constructor(executor: ShareExecutor, slot: ExportSlot, name: string, volumeId: string, root: string, log: Logger) {
@@ -76,7 +80,11 @@ export class ShareExport {
    * NOT_SERVING once the export was fenced (another node attached the volume): what this
    * node's file system answers then is no answer, the client asks the new server.
    */
-  exec(client: string, xid: number, request: Uint8Array): Promise<Uint8Array> {
+  exec(client: string, xid: number, request: Uint8Array, reclaim = false): Promise<Uint8Array> {
+    if (!reclaim && Date.now() < this.#graceUntil) {
+      const op = opcodeOf(request)
+      if (op === Op.SETLK || op === Op.SETLKW) return Promise.reject(pxdError('IN_GRACE', `shared volume ${this.name} takes only reclaimed locks for a moment`))
+    }
     return this.#exec(client, xid, request).then((reply) => {
       if (this.#fenced) throw pxdError('NOT_SERVING', `shared volume ${this.name} was taken over by another node`)
       return reply

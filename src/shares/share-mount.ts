@@ -17,6 +17,7 @@ import type { Logger } from 'pino'
 import { codeOf, pxdError } from '../errors'
 import { native } from '../native/binding'
 import { ShareClientEvent, type ShareClientHandle } from '../native/share-client-binding'
+import { HeldLocks } from './held-locks'
 import { parseWrite, UnstableWrites } from './unstable-writes'
 import { appliesOnce, errorReply, opcodeOf, Op, replyError, WIRE_REPLY_BYTES } from './wire'
 
@@ -24,7 +25,8 @@ import { appliesOnce, errorReply, opcodeOf, Op, replyError, WIRE_REPLY_BYTES } f
 export interface Route {
   /** The serving node and its attach epoch: another epoch is another server, even on the same node. */
   readonly server: string
-  send(xid: number, request: Uint8Array, timeoutMs: number): Promise<Uint8Array>
+  /** `reclaim`: a lock this client held from the previous server. */
+  send(xid: number, request: Uint8Array, timeoutMs: number, reclaim?: boolean): Promise<Uint8Array>
   cancel(xid: number): void
 }
 
@@ -44,7 +46,7 @@ const ENOTCONN = 107
 const ESTALE = 116
 
 /** Codes that mean "this server is gone or is not the server": look again and resend. */
-const REROUTE = ['NOT_SERVING', 'NOT_A_CLIENT', 'LINK_CLOSED', 'PEER_UNAVAILABLE', 'PEER_TIMEOUT', 'SHUTTING_DOWN', 'PEER_MISMATCH', 'KVDB_UNAVAILABLE', 'CONFLICT', 'IN_USE'] as const
+const REROUTE = ['IN_GRACE', 'NOT_SERVING', 'NOT_A_CLIENT', 'LINK_CLOSED', 'PEER_UNAVAILABLE', 'PEER_TIMEOUT', 'SHUTTING_DOWN', 'PEER_MISMATCH', 'KVDB_UNAVAILABLE', 'CONFLICT', 'IN_USE'] as const
 
 interface Pending {
   xid: number
@@ -71,9 +73,11 @@ export class ShareMount {
   readonly #attrTimeoutMs: number
   readonly #pending = new Map<number, Pending>()
   readonly #unstable = new UnstableWrites()
+  readonly #locks = new HeldLocks()
   #commits: NodeJS.Timeout | undefined
   /** The server of the last route, whose unstable writes the next one may have to take. */
   #lastServer: string | undefined
+  #ticking = false
   /** The code of the last failed route lookup, logged once until a route is found. */
   #routeFailure: string | undefined
   #handle: ShareClientHandle | undefined
@@ -116,7 +120,7 @@ export class ShareMount {
       throw pxdError('PRECONDITION', `cannot mount shared volume ${this.name} at ${this.mountpoint}: ${(err as Error).message}`, err)
     }
     this.#memory = native.shareClientLayout(this.#handle).memory
-    this.#commits = setInterval(() => void this.#commitDue(), 1000)
+    this.#commits = setInterval(() => void this.#tick(), 1000)
     this.#commits.unref()
     this.#log.info({ volume: this.name, mountpoint: this.mountpoint, server: this.#route?.server }, 'shared volume mounted as a client')
   }
@@ -163,7 +167,10 @@ export class ShareMount {
     let errno = EIO
     try {
       reply = p.opcode === Op.FSYNC ? await this.#fsync(p) : await this.#send(p, Date.now() + NO_SERVER_MS)
-      if (p.opcode === Op.WRITE && replyError(reply) === 0 && p.route) this.#unstable.wrote(p.route.server, p.request)
+      if (replyError(reply) === 0 && p.route) {
+        if (p.opcode === Op.WRITE) this.#unstable.wrote(p.route.server, p.request)
+        else if (p.opcode === Op.SETLK || p.opcode === Op.SETLKW || p.opcode === Op.FLUSH || p.opcode === Op.RELEASE) this.#locks.settled(p.opcode, p.request)
+      }
     } catch (err) {
       errno = codeOf(err) === 'ABORTED' ? ENOTCONN : (err as { errno?: number }).errno ?? EIO
       if (!this.#closed) this.#log.warn({ volume: this.name, opcode: p.opcode, err }, 'shared volume operation failed')
@@ -187,6 +194,29 @@ export class ShareMount {
     return reply
   }
 
+  /**
+   * Once a second: while this client holds locks or unstable writes, check that its server
+   * is still the volume's server (a takeover is acted on at once, not at the next request:
+   * the new server's grace for reclaims is short); then the background commits.
+   */
+  async #tick(): Promise<void> {
+    if (this.#ticking || this.#closed) return
+    this.#ticking = true
+    try {
+      const route = this.#route
+      if (route && (this.#locks.size > 0 || this.#unstable.bytes > 0)) {
+        const now = await this.#resolve(route).catch(() => undefined)
+        if (now && now.server !== route.server && this.#route === route) {
+          this.#route = undefined
+          await this.#currentRoute().catch(() => undefined)
+        }
+      }
+      await this.#commitDue()
+    } finally {
+      this.#ticking = false
+    }
+  }
+
   /** Background commits of files with old or too many unstable writes. */
   async #commitDue(): Promise<void> {
     const route = this.#route
@@ -201,8 +231,21 @@ export class ShareMount {
     }
   }
 
-  /** A new server: first the writes the last one may have lost, in order, then a commit of each file. */
+  /**
+   * A new server: first the locks this client held (reclaims, in the new server's grace),
+   * then the writes the last one may have lost, in order, then a commit of each file.
+   */
   async #replay(route: Route): Promise<void> {
+    const locks = this.#locks.toReclaim()
+    const errnos: number[] = []
+    for (const op of locks) {
+      const reply = await route.send(this.#nextXid++, op, REQUEST_TIMEOUT_MS, true)
+      if (replyError(reply) !== 0) errnos.push(-replyError(reply))
+    }
+    if (locks.length > 0) {
+      if (errnos.length > 0) this.#log.error({ volume: this.name, server: route.server, lost: errnos.length, errnos, reclaimed: locks.length - errnos.length }, 'locks held from the last server could not all be taken again on the new one')
+      else this.#log.info({ volume: this.name, server: route.server, reclaimed: locks.length }, 'locks held from the last server taken again on the new one')
+    }
     const writes = this.#unstable.toReplay(route.server)
     if (writes.length === 0) return
     this.#log.warn({ volume: this.name, server: route.server, writes: writes.length }, 'writing again what the last server acknowledged but may not have made durable')

@@ -53,7 +53,7 @@ export class ShareService {
     if (!exp || exp.closed) throw pxdError('NOT_SERVING', `node does not serve shared volume ${req.vol}`)
     await this.#requireClient(exp, peer)
     if (req.t === 'fscancel') return exp.cancel(peer, req.xid)
-    return exp.exec(peer, req.xid, req.data)
+    return exp.exec(peer, req.xid, req.data, req.reclaim === true)
   }
 
   /** A client is a live member of the cluster with a record of its mount. */

@@ -27,6 +27,12 @@ import type { ShareService } from './share-service'
 
 /** How often a serving node checks its clients (lease expiries) and whether it may detach. */
 export const CLIENT_CHECK_MS = 2_000
+/**
+ * How long a new server of a volume that has clients grants only reclaimed locks: clients
+ * check their server every second while they hold locks (share-mount.ts), so a few
+ * seconds cover a takeover; other lock requests wait meanwhile (they are asked again).
+ */
+export const GRACE_MS = 5_000
 
 /** What the volume manager lends: attach and detach as for any volume, and who holds what. */
 export interface ShareHost {
@@ -228,7 +234,7 @@ export class SharedVolumes {
     const { mountpoint, volumeId, epoch } = await this.#o.host.attach(name)
     const st: ShareState = { name, since: new Date().toISOString(), mountIds: new Set([mountId]), client: undefined, registration: undefined, export: undefined, epoch: 0 }
     try {
-      st.export = await ShareExport.open(this.#o.executor, name, volumeId, mountpoint, this.#o.log)
+      st.export = await ShareExport.open(this.#o.executor, name, volumeId, mountpoint, this.#o.log, await this.#graceFor(name))
     } catch (err) {
       await this.#o.host.detach(name)
       throw err
@@ -285,7 +291,7 @@ export class SharedVolumes {
     this.#o.log.warn({ volume: st.name }, 'no node serves shared volume; taking it over')
     const { mountpoint, volumeId, epoch } = await this.#o.host.attach(st.name, this.#o.host.servedPathOf(st.name))
     try {
-      st.export = await ShareExport.open(this.#o.executor, st.name, volumeId, mountpoint, this.#o.log)
+      st.export = await ShareExport.open(this.#o.executor, st.name, volumeId, mountpoint, this.#o.log, await this.#graceFor(st.name))
     } catch (err) {
       await this.#o.host.detach(st.name)
       throw err
@@ -302,9 +308,9 @@ export class SharedVolumes {
     const self = this.#o.nodeId
     return {
       server: `${self}@${epoch}`,
-      send: async (xid, request) => {
+      send: async (xid, request, _timeoutMs, reclaim) => {
         if (exp.closed) throw pxdError('NOT_SERVING', `shared volume ${exp.name} is no longer served here`)
-        return exp.exec(self, xid, request)
+        return exp.exec(self, xid, request, reclaim === true)
       },
       cancel: (xid) => exp.cancel(self, xid),
     }
@@ -315,13 +321,18 @@ export class SharedVolumes {
     const vol = await this.#volumeIdOf(name)
     return {
       server: `${server}@${epoch}`,
-      send: async (xid, data, timeoutMs) => {
-        const reply = await channel.request({ t: 'fsop', vol, xid, data }, { timeoutMs })
+      send: async (xid, data, timeoutMs, reclaim) => {
+        const reply = await channel.request({ t: 'fsop', vol, xid, data, ...(reclaim ? { reclaim: true as const } : {}) }, { timeoutMs })
         if (!reply) throw pxdError('IO_ERROR', `node ${server} answered a file operation with no reply`)
         return reply
       },
       cancel: (xid) => void channel.request({ t: 'fscancel', vol, xid }).catch(() => undefined),
     }
+  }
+
+  /** A new server with clients (whose locks the last one held) grants only their reclaims at first. */
+  async #graceFor(name: string): Promise<number> {
+    return (await this.#o.registry.others(name)).length > 0 ? GRACE_MS : 0
   }
 
   async #volumeIdOf(name: string): Promise<string> {

@@ -7,7 +7,7 @@
 /** FUSE opcodes pxd's shares treat specially (linux/fuse.h). */
 export const Op = {
   SYMLINK: 6, MKNOD: 8, MKDIR: 9, UNLINK: 10, RMDIR: 11, RENAME: 12, LINK: 13,
-  WRITE: 16, FSYNC: 20, SETXATTR: 21, REMOVEXATTR: 24, SETLKW: 33, CREATE: 35, RENAME2: 45,
+  RELEASE: 18, WRITE: 16, FSYNC: 20, SETXATTR: 21, REMOVEXATTR: 24, FLUSH: 25, SETLK: 32, SETLKW: 33, CREATE: 35, RENAME2: 45,
   /** native/share_wire.h kOpRoot: the root directory's handle and attributes. */
   ROOT: 0x10001,
 } as const

@@ -14,7 +14,8 @@ import { startCluster, waitFor, TEST_NODE_TTL, type Cluster, type ClusterNode } 
 import { pluginCall } from '../helpers/plugin-client'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { checkRecords, startRecordWriter, type RecordWriter } from '../helpers/records'
-import { pluginOk } from '../helpers/volume-io'
+import { pluginOk, writeSynced } from '../helpers/volume-io'
+import { endAllChildren, holdLock, tryLock } from '../faults/cross-node'
 
 assertIntegrationPreconditions()
 
@@ -37,6 +38,7 @@ test.afterEach.always((t) => {
 test.after.always(async () => {
   if (frozen) process.kill(frozen.pid, 'SIGCONT')
   for (const w of writers) await w.stop()
+  endAllChildren()
   for (const n of cluster?.nodes ?? []) await pluginCall(n.pluginSocket, '/VolumeDriver.Unmount', { Name: 'sfail', ID: 'w' }).catch(() => undefined)
   await cluster?.stop()
 })
@@ -120,4 +122,41 @@ test.serial('clients write through a server that loses power, then through one t
   t.true(wb.acked.size > 150 && wc.acked.size > 100)
   for (const n of [a, b, c]) await pluginOk(n, '/VolumeDriver.Unmount', { Name: 'sfail', ID: 'w' })
   for (const n of [a, b, c]) t.is(await mountTypeOf(path.join(n.runDir, 'mounts', 'sfail')), undefined, `nothing left mounted on ${n.nodeId}`)
+})
+
+test.serial('a lock held through a client is held again on the server that takes over: no other node gets it meanwhile', async (t) => {
+  const [a, b, c] = [cluster.node('node-a'), cluster.node('node-b'), cluster.node('node-c')]
+  const api = new ApiClient(c.apiUrl)
+  await waitFor('the last server to detach once nobody has the volume mounted', async () => (await api.inspectVolume('sfail')).attachedOn === null, 20_000, 250)
+  const mpA = (await pluginOk(a, '/VolumeDriver.Mount', { Name: 'sfail', ID: 'w' })).Mountpoint as string
+  t.is(await mountTypeOf(mpA), 'ext4', 'node-a serves')
+  // Its server resyncs the replica the fenced node left behind; then losing node-a loses no copy.
+  await waitFor('every replica in sync', async () => (await api.inspectVolume('sfail')).replicas.every((r) => r.inSync && r.online), 90_000, 500)
+  const mpB = (await pluginOk(b, '/VolumeDriver.Mount', { Name: 'sfail', ID: 'w' })).Mountpoint as string
+  const mpC = (await pluginOk(c, '/VolumeDriver.Mount', { Name: 'sfail', ID: 'w' })).Mountpoint as string
+  // Made durable first: a file the dying server never wrote out is gone on the next one.
+  await writeSynced(path.join(mpA, 'lock-me'), Buffer.from('x'))
+  const holder = await holdLock('lockf', path.join(mpB, 'lock-me'))
+  try {
+    t.regex(await tryLock('lockf', path.join(mpC, 'lock-me')), /EAGAIN|EACCES/, 'held by node-b\'s process')
+    await a.kill()
+    const after = await waitFor('a client to take the volume over', async () => {
+      const s = await serverOf(api)
+      return s.server === 'node-b' || s.server === 'node-c' ? s : undefined
+    }, (TEST_NODE_TTL + 40) * 1000, 250)
+    t.log(`taken over by ${after.server}`)
+    // Tried again and again through the takeover and the grace: never granted while node-b's process holds it.
+    for (let i = 0; i < 10; i++) {
+      t.regex(await tryLock('lockf', path.join(mpC, 'lock-me')), /EAGAIN|EACCES/, `still held (try ${i})`)
+      await new Promise((r) => setTimeout(r, 500))
+    }
+    holder.send('release')
+    await holder.exited()
+    t.is(await waitFor('node-c to get the lock once node-b\'s process let go', async () => (await tryLock('lockf', path.join(mpC, 'lock-me'))) === 'ok' ? 'ok' : undefined, 20_000, 250), 'ok')
+  } finally {
+    holder.end()
+  }
+  await cluster.start('node-a')
+  for (const n of [b, c]) await pluginOk(n, '/VolumeDriver.Unmount', { Name: 'sfail', ID: 'w' })
+  for (const n of [b, c]) t.is(await mountTypeOf(path.join(n.runDir, 'mounts', 'sfail')), undefined, `nothing left mounted on ${n.nodeId}`)
 })
