@@ -17,6 +17,7 @@ const samples: Frame[] = [
   { t: 'open', id: 1, vol: 'vol-1', epoch: 3, size: 1024 ** 3 },
   { t: 'fsop', id: 5, vol: 'vol-1', xid: 1796195239761000, data: randomBytes(1024 * 1024 + 200) },
   { t: 'fscancel', id: 6, vol: 'vol-1', xid: 77 },
+  { t: 'fsop', id: 7, vol: 'vol-1', xid: 78, data: randomBytes(100), reclaim: true },
   { t: 'write', id: 2, vol: 'v.a_b-c', epoch: 3, seq: 17, offset: 4096, data: randomBytes(128 * 1024) },
   { t: 'write', id: 3, vol: 'v', epoch: 0, seq: 0, offset: 0, data: Buffer.alloc(0) },
   { t: 'write', id: 4, vol: 'v', epoch: 0, seq: 0, offset: Number.MAX_SAFE_INTEGER, data: randomBytes(MAX_DATA_BYTES) },
@@ -166,6 +167,7 @@ test('oversized data and extra fields are refused', (t) => {
   badFrame(t, pack({ t: 'fsop', id: 1, vol: 'v', xid: 1, data: Buffer.alloc(MAX_FSOP_BYTES + 1) }))
   badFrame(t, pack({ t: 'fsop', id: 1, vol: 'v', xid: 0, data: Buffer.alloc(10) }))
   badFrame(t, pack({ t: 'fscancel', id: 1, vol: '..', xid: 3 }))
+  badFrame(t, pack({ t: 'fsop', id: 1, vol: 'v', xid: 1, data: Buffer.alloc(10), reclaim: false }))
   badFrame(t, Buffer.alloc(MAX_FRAME_BYTES + 1), 'FRAME_TOO_LARGE')
 })
 
