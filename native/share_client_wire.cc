@@ -67,6 +67,18 @@ void SetValid(uint32_t ms, uint64_t* seconds, uint32_t* nsec) {
 // sees the server's data as it is now.
 void DropCaching(fuse_open_out* out) { out->open_flags &= ~static_cast<uint32_t>(FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR); }
 
+// Direct writes to one file may be in flight together (the server writes each where it
+// says; the kernel still serializes appends and writes that extend the file). The value is
+// ABI; the header this is built with may predate it.
+constexpr uint32_t kFopenParallelDirectWrites = 1u << 6;
+void AllowParallelDirectWrites(fuse_open_out* out) {
+  out->open_flags |= kFopenParallelDirectWrites;
+  // Opened with O_DIRECT (the fh is the open flags, share_wire.h): the kernel's direct path,
+  // where writes to one file go in parallel; its cached path holds the file's lock for each
+  // whole direct write, one at a time.
+  if ((out->fh & O_DIRECT) != 0) out->open_flags |= FOPEN_DIRECT_IO;
+}
+
 }  // namespace
 
 bool ShareClient::Forward(uint32_t slot, const fuse_in_header& h, uint8_t* body, size_t body_len) {
@@ -240,11 +252,13 @@ void ShareClient::Translate(uint64_t unique, uint32_t opcode, uint64_t nodeid, c
     if (opcode == FUSE_CREATE) {
       take(&open, sizeof open);
       DropCaching(&open);
+      AllowParallelDirectWrites(&open);
     }
   } else if (opcode == FUSE_OPEN || opcode == FUSE_OPENDIR) {
     if (body_len < sizeof open) return ReplyError(unique, EIO);
     take(&open, sizeof open);
     DropCaching(&open);
+    if (opcode == FUSE_OPEN) AllowParallelDirectWrites(&open);
     // Close-to-open: the size and times another node left at its close are asked for again
     // before this open returns (a read past the cached size, a stat, refetch them).
     if (opcode == FUSE_OPEN) InvalidateAttributes(nodeid);

@@ -91,8 +91,11 @@ export class UnstableWrites {
   committed(server: string, key: string, upTo: number): void {
     const file = this.#files.get(key)
     if (!file) return
-    const keep = file.writes.filter((w) => w.server !== server || w.seq > upTo)
-    for (const w of file.writes) if (!keep.includes(w)) this.#bytes -= w.bytes
+    const keep: Kept[] = []
+    for (const w of file.writes) {
+      if (w.server !== server || w.seq > upTo) keep.push(w)
+      else this.#bytes -= w.bytes
+    }
     file.writes = keep
     if (keep.length === 0 && !file.lost) this.#files.delete(key)
   }
