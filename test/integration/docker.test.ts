@@ -261,7 +261,7 @@ async function teardown(
       if (loops.length > 0) problems.push(`loop devices still attached after pxd stopped:\n${loops.join('\n')}`)
     })
     await step('mounts after pxd stopped', async () => {
-      const left = ns.mounts().filter((m) => m.mountPoint.startsWith(join(dir, 'pxd')) || m.fsType.startsWith('fuse'))
+      const left = ns.mounts().filter((m) => m.mountPoint.startsWith(join(dir, 'pxd')) || m.fsType === 'fuse' || m.fsType.startsWith('fuse.'))
       if (left.length > 0) {
         problems.push(`mounts left in the namespace after pxd stopped: ${left.map((m) => `${m.mountPoint} (${m.fsType})`).join(', ')}`)
       }

@@ -52,8 +52,8 @@ test('volume create, list, inspect (with mountpoint while mounted), delete', asy
   t.regex(created.stdout, /Volume cli1 created/)
 
   const list = await pxctl('volume', 'list')
-  t.regex(list.stdout, /^NAME\s+ID\s+SIZE\s+REPL\s+FS\s+STATE/m)
-  t.regex(list.stdout, /^cli1\s+[0-9a-f]{16}\s+48 MiB\s+1\s+ext4\s+detached\s+healthy/m)
+  t.regex(list.stdout, /^NAME\s+ID\s+SIZE\s+REPL\s+FS\s+SHARED\s+STATE/m)
+  t.regex(list.stdout, /^cli1\s+[0-9a-f]{16}\s+48 MiB\s+1\s+ext4\s+no\s+detached\s+healthy/m)
 
   const mounted = await pluginCall(daemon.pluginSocket, '/VolumeDriver.Mount', { Name: 'cli1', ID: 'm1' })
   t.is(mounted.body.Err, '', mounted.raw)
