@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 
 profile=${1:-run}
 run_pkgs=(libfuse2 e2fsprogs util-linux mount)
-test_pkgs=(xfsprogs fio docker.io busybox-static iproute2 iptables procps etcd-server)
+test_pkgs=(xfsprogs fio docker.io busybox-static iproute2 iptables procps etcd-server python3)
 case "$profile" in
   run) pkgs=("${run_pkgs[@]}") ;;
   test) pkgs=("${run_pkgs[@]}" "${test_pkgs[@]}") ;;
