@@ -11,27 +11,14 @@
  * owner (a close releases that process's POSIX locks); a RELEASE that unlocks flocks.
  */
 
-const OP_SETLK = 32
-const OP_SETLKW = 33
-const OP_RELEASE = 18
-const OP_FLUSH = 25
+import { firstHandle, Op } from './wire'
+
 const F_UNLCK = 2
 const FUSE_LK_FLOCK = 1
 const FUSE_RELEASE_FLOCK_UNLOCK = 1
 const OFFSET_MAX = 0x7fffffffffffffffn
-const HEADER = 32
-const HANDLE_HEADER = 16
 /** Lock operations kept per owner and file before the oldest are folded away (never the last). */
 const MAX_OPS = 1_000
-
-/** Where a request's body starts, and the key of the file (handle[0]) it names. */
-function bodyOf(b: Buffer): { key: string; at: number } | undefined {
-  if (b.length < HEADER + HANDLE_HEADER || b[18]! < 1) return undefined
-  const at = HEADER + ((b.readUInt16LE(16) * 4 + 7) & ~7)
-  const end = at + HANDLE_HEADER + ((b.readUInt32LE(at + 12) + 7) & ~7)
-  if (end > b.length) return undefined
-  return { key: b.subarray(at, end).toString('hex'), at: end }
-}
 
 export class HeldLocks {
   /** By `${file}/${owner}/${posix|flock}`: the granted operations, oldest first. */
@@ -43,10 +30,11 @@ export class HeldLocks {
 
   /** A request the server answered with success. */
   settled(opcode: number, request: Uint8Array): void {
-    const b = Buffer.from(request.buffer, request.byteOffset, request.byteLength)
-    const at = bodyOf(b)
-    if (!at) return
-    if (opcode === OP_SETLK || opcode === OP_SETLKW) {
+    const first = firstHandle(request)
+    if (!first) return
+    const { b } = first
+    const at = { key: first.key, at: first.end }
+    if (opcode === Op.SETLK || opcode === Op.SETLKW) {
       if (b.length < at.at + 44) return
       const owner = b.readBigUInt64LE(at.at + 8)
       const start = b.readBigUInt64LE(at.at + 16)
@@ -62,9 +50,9 @@ export class HeldLocks {
       ops.push(Buffer.from(b))
       if (ops.length > MAX_OPS) ops.splice(0, ops.length - MAX_OPS)
       this.#ops.set(key, ops)
-    } else if (opcode === OP_FLUSH && b.length >= at.at + 24) {
+    } else if (opcode === Op.FLUSH && b.length >= at.at + 24) {
       this.#ops.delete(`${at.key}/${b.readBigUInt64LE(at.at + 16)}/posix`)
-    } else if (opcode === OP_RELEASE && b.length >= at.at + 24) {
+    } else if (opcode === Op.RELEASE && b.length >= at.at + 24) {
       if ((b.readUInt32LE(at.at + 12) & FUSE_RELEASE_FLOCK_UNLOCK) !== 0) this.#ops.delete(`${at.key}/${b.readBigUInt64LE(at.at + 16)}/flock`)
     }
   }
@@ -75,7 +63,7 @@ export class HeldLocks {
     for (const ops of this.#ops.values()) {
       for (const op of ops) {
         const copy = Buffer.from(op)
-        copy.writeUInt32LE(OP_SETLK, 0)
+        copy.writeUInt32LE(Op.SETLK, 0)
         out.push(copy)
       }
     }

@@ -13,17 +13,15 @@
  * older than COMMIT_AFTER_MS, or all of them together beyond COMMIT_BYTES, gets an fsync
  * of its own (commitRequest).
  */
+import { firstHandle, Op, WIRE_REQUEST_BYTES } from './wire'
 
 export const COMMIT_AFTER_MS = 2_000
 export const COMMIT_BYTES = 64 * 1024 * 1024
 
-const OP_FSYNC = 20
 const O_APPEND = 0o2000
-const HEADER = 32
-const HANDLE_HEADER = 16
 const FSYNC_DATASYNC = 1
 
-interface Kept { server: string; seq: number; request: Buffer; at: number; bytes: number }
+interface Kept { server: string; seq: number; request: Buffer; fh: bigint; at: number; bytes: number }
 
 interface FileWrites {
   /** Wire handle (header, bytes, padding) and the fh of the last write: what an fsync names. */
@@ -36,26 +34,20 @@ interface FileWrites {
 
 /** The file (handle[0]) a wire request names, as a key, and the fh its body starts with. */
 export function parseWrite(request: Uint8Array): { key: string; handle: Buffer; fh: bigint } | undefined {
-  const b = Buffer.from(request.buffer, request.byteOffset, request.byteLength)
-  if (b.length < HEADER + HANDLE_HEADER || b[18] !== 1) return undefined
-  const groups = (b.readUInt16LE(16) * 4 + 7) & ~7
-  const at = HEADER + groups
-  const bytes = b.readUInt32LE(at + 12)
-  const end = at + HANDLE_HEADER + ((bytes + 7) & ~7)
-  if (end + 8 > b.length) return undefined
-  const handle = b.subarray(at, end)
-  return { key: handle.toString('hex'), handle, fh: b.readBigUInt64LE(end) }
+  const first = firstHandle(request)
+  if (!first || first.b[18] !== 1 || first.end + 8 > first.b.length) return undefined
+  return { key: first.key, handle: first.handle, fh: first.b.readBigUInt64LE(first.end) }
 }
 
 /** A datasync FSYNC of a file, as the kernel would send it, with root's credentials. */
 export function commitRequest(handle: Buffer, fh: bigint): Buffer {
-  const out = Buffer.alloc(HEADER + handle.length + 16)
-  out.writeUInt32LE(OP_FSYNC, 0)
+  const out = Buffer.alloc(WIRE_REQUEST_BYTES + handle.length + 16)
+  out.writeUInt32LE(Op.FSYNC, 0)
   out[18] = 1
   out.writeUInt32LE(16, 20)
-  handle.copy(out, HEADER)
-  out.writeBigUInt64LE(fh, HEADER + handle.length)
-  out.writeUInt32LE(FSYNC_DATASYNC, HEADER + handle.length + 8)
+  handle.copy(out, WIRE_REQUEST_BYTES)
+  out.writeBigUInt64LE(fh, WIRE_REQUEST_BYTES + handle.length)
+  out.writeUInt32LE(FSYNC_DATASYNC, WIRE_REQUEST_BYTES + handle.length + 8)
   return out
 }
 
@@ -83,7 +75,7 @@ export class UnstableWrites {
       this.#files.set(w.key, file)
     }
     file.fh = w.fh
-    file.writes.push({ server, seq: ++this.#seq, request: Buffer.from(request), at: Date.now(), bytes: request.length })
+    file.writes.push({ server, seq: ++this.#seq, request: Buffer.from(request), fh: w.fh, at: Date.now(), bytes: request.length })
     this.#bytes += request.length
   }
 
@@ -118,8 +110,7 @@ export class UnstableWrites {
     for (const [key, file] of this.#files) {
       for (const w of [...file.writes]) {
         if (w.server === server) continue
-        const fh = parseWrite(w.request)!.fh
-        if ((fh & BigInt(O_APPEND)) !== 0n) {
+        if ((w.fh & BigInt(O_APPEND)) !== 0n) {
           file.lost = true
           this.#drop(file, w)
           continue

@@ -27,6 +27,7 @@ export function appliesOnce(opcode: number): boolean {
 
 export const WIRE_REQUEST_BYTES = 32
 export const WIRE_REPLY_BYTES = 16
+const HANDLE_HEADER_BYTES = 16
 const REPLY_WOULD_BLOCK = 1
 
 export function opcodeOf(request: Uint8Array): number {
@@ -50,4 +51,19 @@ export function errorReply(errno: number): Buffer {
 export function replyError(reply: Uint8Array): number {
   if (reply.length < WIRE_REPLY_BYTES) return -5
   return new DataView(reply.buffer, reply.byteOffset, reply.byteLength).getInt32(0, true)
+}
+
+/**
+ * handle[0] of a wire request (WireHandle header, bytes and padding, as sent), as a key,
+ * and the offset of what follows it: the body, for the one-handle requests this is used on.
+ */
+export function firstHandle(request: Uint8Array): { key: string; handle: Buffer; end: number; b: Buffer } | undefined {
+  const b = Buffer.from(request.buffer, request.byteOffset, request.byteLength)
+  if (b.length < WIRE_REQUEST_BYTES + HANDLE_HEADER_BYTES || b[18]! < 1) return undefined
+  const at = WIRE_REQUEST_BYTES + ((b.readUInt16LE(16) * 4 + 7) & ~7)
+  if (at + HANDLE_HEADER_BYTES > b.length) return undefined
+  const end = at + HANDLE_HEADER_BYTES + ((b.readUInt32LE(at + 12) + 7) & ~7)
+  if (end > b.length) return undefined
+  const handle = b.subarray(at, end)
+  return { key: handle.toString('hex'), handle, end, b }
 }
