@@ -231,19 +231,25 @@ export class SharedVolumes {
   }
 
   async #serve(name: string, mountId: string): Promise<string> {
-    const { mountpoint, volumeId, epoch } = await this.#o.host.attach(name)
     const st: ShareState = { name, since: new Date().toISOString(), mountIds: new Set([mountId]), client: undefined, registration: undefined, export: undefined, epoch: 0 }
+    const { mountpoint, volumeId } = await this.#export(st)
+    this.#states.set(name, st)
+    this.#o.log.info({ volume: name, volumeId, epoch: st.epoch }, 'serving shared volume')
+    return mountpoint
+  }
+
+  /** Attach here (file system at `at`, default the mountpoint) and serve it: the state gets the export and its epoch. */
+  async #export(st: ShareState, at?: string): Promise<{ mountpoint: string; volumeId: string }> {
+    const { mountpoint, volumeId, epoch } = await this.#o.host.attach(st.name, at)
     try {
-      st.export = await ShareExport.open(this.#o.executor, name, volumeId, mountpoint, this.#o.log, await this.#graceFor(name))
+      st.export = await ShareExport.open(this.#o.executor, st.name, volumeId, mountpoint, this.#o.log, await this.#graceFor(st.name))
     } catch (err) {
-      await this.#o.host.detach(name)
+      await this.#o.host.detach(st.name)
       throw err
     }
     st.epoch = epoch
     this.#o.service.add(st.export)
-    this.#states.set(name, st)
-    this.#o.log.info({ volume: name, volumeId, epoch }, 'serving shared volume')
-    return mountpoint
+    return { mountpoint, volumeId }
   }
 
   async #mountClient(name: string, mountId: string): Promise<string> {
@@ -289,15 +295,7 @@ export class SharedVolumes {
 
   async #takeOver(st: ShareState): Promise<void> {
     this.#o.log.warn({ volume: st.name }, 'no node serves shared volume; taking it over')
-    const { mountpoint, volumeId, epoch } = await this.#o.host.attach(st.name, this.#o.host.servedPathOf(st.name))
-    try {
-      st.export = await ShareExport.open(this.#o.executor, st.name, volumeId, mountpoint, this.#o.log, await this.#graceFor(st.name))
-    } catch (err) {
-      await this.#o.host.detach(st.name)
-      throw err
-    }
-    st.epoch = epoch
-    this.#o.service.add(st.export)
+    const { volumeId } = await this.#export(st, this.#o.host.servedPathOf(st.name))
     // A server is no client of its own.
     await st.registration?.revoke().catch(() => undefined)
     st.registration = undefined
