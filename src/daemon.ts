@@ -56,6 +56,10 @@ export interface DaemonConfig {
   /** Background scrub of attached volumes every this many seconds (0: off), at this many bytes/s. */
   scrubInterval?: number
   scrubRate?: number
+  /** Resync copies per second (all resyncs this node coordinates), resyncs at once, and when a lost node's replicas are replaced (ms, 0: never). */
+  resyncRate?: number
+  resyncConcurrency?: number
+  replaceAfterMs?: number
   /** Who serves the FUSE device directory (default addon). */
   fuseServer?: FuseServerKind
 }
@@ -155,6 +159,9 @@ export class Daemon {
       engineEvents: (name) => metrics.volume(name),
       ...(c.scrubInterval ? { scrubIntervalSeconds: c.scrubInterval } : {}),
       ...(c.scrubRate ? { scrubBytesPerSecond: c.scrubRate } : {}),
+      ...(c.resyncRate ? { resyncBytesPerSecond: c.resyncRate } : {}),
+      ...(c.resyncConcurrency ? { resyncConcurrency: c.resyncConcurrency } : {}),
+      ...(c.replaceAfterMs !== undefined ? { replaceAfterMs: c.replaceAfterMs } : {}),
     })
     this.#onStop('frontend', () => frontend.stop())
     await frontend.start()
@@ -168,6 +175,7 @@ export class Daemon {
 
     const peerLinks = links
     metrics.provide({ shares: async () => manager.shareClients() })
+    metrics.provide({ healing: async () => ({ replacements: manager.replacements, replicaWrittenBytes: host.writtenBytes }) })
     metrics.provide({ peers: peerStates({ nodeId: this.nodeId, nodes: () => membership.nodes(), link: (peer) => peerLinks?.get(peer) }) })
     const readiness = nodeReadiness({ nodeId: this.nodeId, kvdb, dataDir: c.dataDir, fuseMountpoint: path.join(c.runDir, 'dev') })
     const api = new ApiServer(manager, { nodeId: this.nodeId, version: c.version, kvdb: kvdb.description, startedAt: new Date() }, log.child({ component: 'api' }), { metrics, readiness, ...(apiToken ? { token: apiToken } : {}) })

@@ -1,8 +1,7 @@
 /** The HTTP API as pxctl (and tests) call it. Errors come back as PxdError with the server's code. */
 import { PxdError, pxdError, type ErrorCode, ErrorCodes } from '../errors'
-import type { NodeInfo } from '../cluster/membership'
 import type { QuarantinedReplica } from '../replicas/replica-host'
-import type { VolumeInfo } from '../volumes/types'
+import type { ClusterNodeInfo, VolumeInfo } from '../volumes/types'
 
 export interface NodeStatus {
   nodeId: string
@@ -27,7 +26,7 @@ export class ApiClient {
     return this.#call('GET', '/v1/status')
   }
 
-  listNodes(): Promise<NodeInfo[]> {
+  listNodes(): Promise<ClusterNodeInfo[]> {
     return this.#call('GET', '/v1/cluster/nodes')
   }
 
@@ -49,6 +48,18 @@ export class ApiClient {
 
   haUpdate(name: string, repl: number): Promise<VolumeInfo> {
     return this.#call('POST', `/v1/volumes/${encodeURIComponent(name)}/ha`, { repl })
+  }
+
+  drainNode(nodeId: string, cancel = false): Promise<{ node: string; draining: boolean; volumes: string[] }> {
+    return this.#call('POST', `/v1/cluster/nodes/${encodeURIComponent(nodeId)}/drain`, { cancel })
+  }
+
+  removeNode(nodeId: string): Promise<{ removed: string }> {
+    return this.#call('DELETE', `/v1/cluster/nodes/${encodeURIComponent(nodeId)}`)
+  }
+
+  rebalance(): Promise<{ move: { volume: string; from: string; to: string; size: number } | null; busy?: string }> {
+    return this.#call('POST', '/v1/cluster/rebalance', {})
   }
 
   deleteVolume(name: string): Promise<void> {

@@ -155,6 +155,19 @@ export class ApiServer {
       ['GET', /^\/metrics$/, async () => new TextReply(200, await this.#metrics.text(), this.#metrics.contentType)],
       ['GET', /^\/v1\/status$/, async () => [200, await this.#statusBody()]],
       ['GET', /^\/v1\/cluster\/nodes$/, async () => [200, await m.nodes()]],
+      ['POST', /^\/v1\/cluster\/nodes\/([^/]+)\/drain$/, async (req, [node]) => {
+        const body = await readJsonObject(req)
+        if (body.cancel !== undefined && typeof body.cancel !== 'boolean') throw pxdError('MALFORMED_REQUEST', 'field "cancel" must be true or false')
+        return [200, await m.moves.drain(node!, body.cancel === true)]
+      }],
+      ['DELETE', /^\/v1\/cluster\/nodes\/([^/]+)$/, async (_req, [node]) => {
+        await m.moves.removeNode(node!)
+        return [200, { removed: node }]
+      }],
+      ['POST', /^\/v1\/cluster\/rebalance$/, async (req) => {
+        req.resume()
+        return [200, await m.moves.rebalance()]
+      }],
       ['GET', /^\/v1\/volumes$/, async () => [200, await m.list()]],
       ['POST', /^\/v1\/volumes$/, async (req) => {
         const body = await readJsonObject(req)
@@ -179,7 +192,7 @@ export class ApiServer {
         const body = await readJsonObject(req)
         const repl = body.repl
         if (typeof repl !== 'number' && typeof repl !== 'string') throw pxdError('MALFORMED_REQUEST', 'field "repl" is required (a number from 1 to 3)')
-        return [200, await m.haUpdate(name!, Number(repl))]
+        return [200, await m.moves.haUpdate(name!, Number(repl))]
       }],
       ['GET', /^\/v1\/quarantine$/, async () => [200, await m.quarantined()]],
       ['DELETE', /^\/v1\/quarantine\/([^/]+)$/, async (_req, [name]) => {
@@ -227,6 +240,8 @@ export class ApiServer {
         degraded,
         healthy: vols.length - degraded,
       },
+      degradedVolumes: vols && vols.filter((v) => v.degraded || v.degradedReasons.length > 0)
+        .map((v) => ({ name: v.name, degraded: v.degraded, since: v.degradedSince, reasons: v.degradedReasons })),
       ...(errors.length > 0 ? { errors } : {}),
     }
   }
@@ -242,6 +257,8 @@ export interface StatusBody {
   capacity: { total: number; free: number; used: number } | null
   cluster: { nodes: number; online: number } | null
   volumes: { total: number; attached: number; degraded: number; healthy: number } | null
+  /** Volumes short of copies, or with replicas resyncing or moving, and why. */
+  degradedVolumes: Array<{ name: string; degraded: boolean; since: string | null; reasons: string[] }> | null
   /** What could not be read, when something could not. */
   errors?: string[]
 }

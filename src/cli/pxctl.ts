@@ -7,6 +7,7 @@ import type { NodeInfo } from '../cluster/membership'
 import { isPxdError, messageOf } from '../errors'
 import { formatSize } from '../util/size'
 import type { SharingInfo, VolumeInfo } from '../volumes/types'
+import { drainCommand, rebalanceCommand } from './cluster-commands'
 import { formatDuration, formatPercent, plural, renderFields, renderTable } from './table'
 import { packageVersion } from './version'
 
@@ -18,6 +19,12 @@ Commands:
   status                              one-screen summary: readiness, node, cluster, peers,
                                       capacity, volumes
   cluster list                        every node: state, peer address, capacity
+  cluster drain NODE [--no-wait] [--cancel]
+                                      move every replica off NODE (mounted volumes too) and
+                                      place no new one there; follows until it is empty
+  cluster remove NODE                 forget an offline NODE that holds no replica
+  cluster rebalance                   move replicas from the fullest nodes to the emptiest,
+                                      one volume at a time, printing each move
   volume create NAME [--size 10G] [--repl 1] [--fs ext4] [--shared] [--opt KEY=VALUE ...]
                                       create a volume (NAME may be an inline spec: name=v,size=10G);
                                       --shared (or --sharedv4): mountable on every node at once
@@ -56,6 +63,8 @@ async function main(argv: string[]): Promise<number> {
       sharedv4: { type: 'boolean' },
       opt: { type: 'string', multiple: true },
       watch: { type: 'boolean' },
+      'no-wait': { type: 'boolean' },
+      cancel: { type: 'boolean' },
     },
     allowPositionals: true,
     strict: true,
@@ -89,8 +98,24 @@ async function main(argv: string[]): Promise<number> {
   if (cmd === 'cluster' && sub === 'list' && name === undefined) {
     const nodes = await client.listNodes()
     out(nodes, () => renderTable(['NODE', 'STATE', 'PEER ADDRESS', 'USED', 'FREE', 'VERSION'],
-      nodes.map((n) => [n.nodeId, n.online ? 'online' : 'offline', n.peerAddress ?? '-',
+      nodes.map((n) => [n.nodeId, `${n.online ? 'online' : n.offlineSince ? `offline since ${n.offlineSince}` : 'offline'}${n.draining ? ', draining' : ''}`, n.peerAddress ?? '-',
         n.capacity ? formatSize(n.capacity.total - n.capacity.free) : '-', n.capacity ? formatSize(n.capacity.free) : '-', n.version])))
+    return 0
+  }
+  if (cmd === 'cluster' && (sub === 'drain' || sub === 'remove' || sub === 'delete')) {
+    if (!name) throw new UsageError(`pxctl cluster ${sub} needs a NODE`)
+    if (sub === 'drain') {
+      const r = await drainCommand(client, name, { cancel: values.cancel === true, wait: values['no-wait'] !== true, out: json ? () => undefined : (l) => process.stdout.write(l) })
+      if (json) out(r, () => '')
+      return 0
+    }
+    await client.removeNode(name)
+    out({ removed: name }, () => `Node ${name} removed from the cluster\n`)
+    return 0
+  }
+  if (cmd === 'cluster' && sub === 'rebalance' && name === undefined) {
+    const moved = await rebalanceCommand(client, { out: json ? () => undefined : (l) => process.stdout.write(l) })
+    if (json) out({ moved }, () => '')
     return 0
   }
   if (cmd === 'volume' || cmd === 'v') {
@@ -207,11 +232,16 @@ function renderStatus(s: StatusBody, peers: PeerSummary | null): string {
     ['Capacity', c ? `${formatSize(c.used)} used of ${formatSize(c.total)} (${formatPercent(c.used, c.total)}), ${formatSize(c.free)} free` : 'unknown'],
     ['Volumes', v ? `${v.total}: ${v.healthy} healthy, ${v.degraded} degraded; ${v.attached} attached` : UNKNOWN],
   ]
+  for (const d of s.degradedVolumes ?? []) {
+    const head = d.degraded ? `degraded${d.since ? ` since ${d.since}` : ''}` : 'healthy, replicas moving'
+    fields.push([`  ${d.name}`, [head, ...d.reasons].join('\n' + ' '.repeat(14))])
+  }
   for (const e of s.errors ?? []) fields.push(['Error', e])
   return renderFields(fields)
 }
 
 function replicaLine(r: VolumeInfo['replicas'][number]): string {
+  if (r.retiring) return `${r.nodeId}: ${r.state.replace(/-/g, ' ')}, retiring (dropped once its replacement is in sync)`
   if (r.state !== 'resyncing' || !r.resync) return `${r.nodeId}: ${r.state.replace(/-/g, ' ')}`
   const eta = r.resync.etaSeconds === null ? '' : `, about ${r.resync.etaSeconds}s left`
   return `${r.nodeId}: resyncing ${r.resync.percent}% (${formatSize(r.resync.bytesToGo)} to scan, ${formatSize(r.resync.copiedBytes)} copied${eta})`
@@ -268,7 +298,8 @@ function renderInspect(v: VolumeInfo): string {
     ['Epoch', String(v.epoch)],
     ['Mountpoint', v.mountpoint ?? '-'],
     ['Mounts', String(v.mounts)],
-    ['Health', v.degraded ? `degraded (${v.replicas.filter((r) => r.inSync).length} of ${v.repl} replicas in sync)` : 'healthy'],
+    ['Health', v.degraded ? `degraded (${v.replicas.filter((r) => r.inSync && r.online).length} of ${v.repl} replicas in sync and online${v.degradedSince ? `, since ${v.degradedSince}` : ''})` : 'healthy'],
+    ...(v.degradedReasons.length > 0 ? [['Why', v.degradedReasons.join('\n' + ' '.repeat(14))] as [string, string]] : []),
     ['Replicas', v.replicas.map(replicaLine).join('\n' + ' '.repeat(14))],
     ...(v.sharing ? sharingFields(v.sharing) : []),
     ['Options', opts || '-'],

@@ -33,6 +33,13 @@ Options (each also settable through the environment variable shown):
   --scrub-interval SEC  background scrub of attached  PXD_SCRUB_INTERVAL (default 0: off)
                         volumes every SEC seconds
   --scrub-rate SIZE     scrub pace per second         PXD_SCRUB_RATE     (default ${DEFAULT_SCRUB_RATE})
+  --resync-rate SIZE    resync copies per second      PXD_RESYNC_RATE    (default 200M)
+                        (all resyncs this node runs)
+  --resync-concurrency N  resyncs this node runs at   PXD_RESYNC_CONCURRENCY (default 2)
+                        once
+  --replace-after TIME  a replica whose node is        PXD_REPLACE_AFTER  (default 10m; 0: never)
+                        offline this long is replaced
+                        on another node (90, 30s, 10m, 1h)
   --node-id ID          this node's id                 PXD_NODE_ID        (default: the id stored in the data dir, else the host name)
   --fuse-server NAME    who serves the FUSE device    PXD_FUSE_SERVER    (default addon)
                         dir: addon (C++, async direct I/O, 1 MiB requests)
@@ -67,6 +74,9 @@ const OPTIONS = {
   'api-token-file': { type: 'string', env: 'PXD_API_TOKEN_FILE', default: undefined },
   'scrub-interval': { type: 'string', env: 'PXD_SCRUB_INTERVAL', default: '0' },
   'scrub-rate': { type: 'string', env: 'PXD_SCRUB_RATE', default: DEFAULT_SCRUB_RATE },
+  'resync-rate': { type: 'string', env: 'PXD_RESYNC_RATE', default: '200M' },
+  'resync-concurrency': { type: 'string', env: 'PXD_RESYNC_CONCURRENCY', default: '2' },
+  'replace-after': { type: 'string', env: 'PXD_REPLACE_AFTER', default: '10m' },
   'node-id': { type: 'string', env: 'PXD_NODE_ID', default: undefined },
   'fuse-server': { type: 'string', env: 'PXD_FUSE_SERVER', default: 'addon' },
   'log-level': { type: 'string', env: 'PXD_LOG_LEVEL', default: 'info' },
@@ -143,6 +153,22 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write('pxd: --scrub-interval takes whole seconds (0: off) and --scrub-rate a size per second such as 50M\n')
     return 2
   }
+  let resyncRate: number
+  try {
+    resyncRate = parseSize(setting('resync-rate')!)
+  } catch {
+    resyncRate = NaN
+  }
+  const resyncConcurrency = Number(setting('resync-concurrency'))
+  if (!(resyncRate > 0) || !Number.isInteger(resyncConcurrency) || resyncConcurrency < 1 || resyncConcurrency > 64) {
+    process.stderr.write('pxd: --resync-rate takes a size per second such as 200M, --resync-concurrency a whole number from 1 to 64\n')
+    return 2
+  }
+  const replaceAfterMs = parseDuration(setting('replace-after')!)
+  if (replaceAfterMs === undefined) {
+    process.stderr.write(`pxd: invalid --replace-after "${setting('replace-after')}": seconds, or a number with s, m or h (0: never)\n`)
+    return 2
+  }
   const fuseServer = setting('fuse-server')!
   if (!(FUSE_SERVERS as readonly string[]).includes(fuseServer)) {
     process.stderr.write(`pxd: invalid --fuse-server "${fuseServer}": ${FUSE_SERVERS.join(' or ')}\n`)
@@ -162,6 +188,9 @@ async function main(argv: string[]): Promise<number> {
     nodeTtl,
     scrubInterval,
     scrubRate,
+    resyncRate,
+    resyncConcurrency,
+    replaceAfterMs,
     fuseServer: fuseServer as FuseServerKind,
     ...optional('node-id', 'nodeId'),
     ...optional('kvdb', 'kvdb'),
@@ -196,6 +225,14 @@ async function main(argv: string[]): Promise<number> {
     return 1
   }
   return -1
+}
+
+/** "90", "30s", "10m", "1h" as milliseconds; undefined when it is none of those. */
+function parseDuration(text: string): number | undefined {
+  const m = /^(\d+(?:\.\d+)?)(s|m|h)?$/.exec(text.trim())
+  if (!m) return undefined
+  const unit = m[2] === 'h' ? 3_600_000 : m[2] === 'm' ? 60_000 : 1_000
+  return Math.round(Number(m[1]) * unit)
 }
 
 function rootLogger(level: string, readable: boolean): Logger {

@@ -54,6 +54,8 @@ export class Membership {
     const existing = await kvdb.get<MemberRecord>(keys.member(self.nodeId))
     await kvdb.put(keys.member(self.nodeId), { ...self, joinedAt: existing?.value.joinedAt ?? new Date().toISOString() } satisfies MemberRecord)
     this.#lease = await kvdb.putLeased(keys.alive(self.nodeId), await this.#aliveRecord(), this.#o.ttlSeconds)
+    // Back: whoever saw this node go offline marked when; that no longer holds.
+    await kvdb.delete(keys.offlineSince(self.nodeId))
     this.#lease.onChange((lost) => {
       if (lost) this.#o.log.error({ err: lost }, 'node lease lost: this node counts as offline until the metadata store is reachable again')
       else this.#o.log.info('node lease granted again: this node is online')

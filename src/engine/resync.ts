@@ -15,6 +15,14 @@
  *
  * The source is the first readable in-sync replica; a block that fails its checksum there
  * is taken from each other one in turn, and the source is mended on the way.
+ *
+ * Resuming: a region is copied only when its block checksums differ, so a resync that
+ * starts again after an interruption (a coordinator restart, a mount taking the volume over,
+ * a lost link) compares everything (checksums only, 4 bytes per block) but copies only what
+ * is still missing. The target is flushed after every scan chunk that copied something, so
+ * what was copied stays copied even if the target's node loses power. `pace` is awaited
+ * before each region is copied (the node's rate limit), outside the copy lock, so writes
+ * are never held back by it.
  */
 import { BLOCK_SIZE } from '../constants'
 import { isPxdError, pxdError } from '../errors'
@@ -41,7 +49,13 @@ export interface ResyncProgress {
   copiedBytes: number
 }
 
-export async function resync(core: EngineCore, target: Replica, commit: () => Promise<void>, onProgress?: (p: ResyncProgress) => void): Promise<ResyncProgress> {
+export interface ResyncOptions {
+  onProgress?: (p: ResyncProgress) => void
+  /** Resolves when `bytes` more may be copied (a rate limit). */
+  pace?: (bytes: number) => Promise<void>
+}
+
+export async function resync(core: EngineCore, target: Replica, commit: () => Promise<void>, options: ResyncOptions = {}): Promise<ResyncProgress> {
   // Before any await: a second resync of the node is refused here.
   core.members.join(target)
   try {
@@ -62,10 +76,17 @@ export async function resync(core: EngineCore, target: Replica, commit: () => Pr
       scannedBytes: 0,
       copiedBytes: 0,
     }
+    let unflushed = 0
     for (const [offset, length] of ranges) {
-      progress.copiedBytes += await syncRange(core, target, offset, length)
+      const copied = await syncRange(core, target, offset, length, options.pace)
+      progress.copiedBytes += copied
+      unflushed += copied
+      if (unflushed >= RESYNC_SCAN_BYTES) {
+        await target.flush()
+        unflushed = 0
+      }
       progress.scannedBytes += length
-      onProgress?.({ ...progress })
+      options.onProgress?.({ ...progress })
     }
     await target.flush()
     core.checkFenced()
@@ -105,7 +126,7 @@ export async function reconcile(core: EngineCore): Promise<number> {
 }
 
 /** Compare one range's block checksums and copy the regions that differ; returns bytes copied. */
-async function syncRange(core: EngineCore, target: Replica, offset: number, length: number): Promise<number> {
+async function syncRange(core: EngineCore, target: Replica, offset: number, length: number, pace?: (bytes: number) => Promise<void>): Promise<number> {
   const source = core.members.readable[0]
   if (!source) throw pxdError('IO_ERROR', `volume ${core.volumeId}: no in-sync replica to resync from`)
   const [want, have] = await Promise.all([source.digest(offset, length), target.digest(offset, length)])
@@ -117,6 +138,10 @@ async function syncRange(core: EngineCore, target: Replica, offset: number, leng
     if (at < regionEnd || sameEntry(want, have, block)) continue
     const start = at - (at % RESYNC_REGION_BYTES)
     regionEnd = Math.min(start + RESYNC_REGION_BYTES, core.size)
+    if (pace) {
+      await pace(regionEnd - start)
+      check(core, target)
+    }
     await copyRegion(core, source, target, start, regionEnd - start)
     copied += regionEnd - start
   }

@@ -29,11 +29,11 @@ import { ReplicaSet, type MemberFailure, type ReplicaFailure, type WriteRange } 
 import type { EngineCore, EngineEvents, RepairListener } from './core'
 import { InflightWrites } from './inflight'
 import { repair } from './repair'
-import { READ_BACK_RETRY_MS, reconcile, resync, type ResyncProgress } from './resync'
+import { READ_BACK_RETRY_MS, reconcile, resync, type ResyncOptions, type ResyncProgress } from './resync'
 import { scrub, type ScrubOptions, type ScrubResult } from './scrub'
 
 export type { EngineEvents } from './core'
-export { READ_BACK_RETRY_MS, RESYNC_REGION_BYTES, RESYNC_SCAN_BYTES, type ResyncProgress } from './resync'
+export { READ_BACK_RETRY_MS, RESYNC_REGION_BYTES, RESYNC_SCAN_BYTES, type ResyncOptions, type ResyncProgress } from './resync'
 export { SCRUB_CHUNK_BYTES, type ScrubOptions, type ScrubResult } from './scrub'
 
 export interface EngineOptions {
@@ -185,8 +185,20 @@ export class VolumeEngine {
    * `commit` records it as in sync (in the kvdb); only then does it take part as a full
    * replica. Returns how much was compared and copied.
    */
-  resync(target: Replica, commit: () => Promise<void>, onProgress?: (p: ResyncProgress) => void): Promise<ResyncProgress> {
-    return resync(this.#core, target, commit, onProgress)
+  resync(target: Replica, commit: () => Promise<void>, options?: ResyncOptions): Promise<ResyncProgress> {
+    return resync(this.#core, target, commit, options)
+  }
+
+  /**
+   * Stop writing to the replica on `nodeId`: the kvdb no longer lists it (it was replaced,
+   * drained or moved). In-flight writes to it land first, then it is closed. Never the last
+   * in-sync one; an out-of-sync one is only forgotten.
+   */
+  async retire(nodeId: string): Promise<void> {
+    const gone = this.#members.retire(nodeId)
+    if (!gone) return
+    await this.#writes.landed()
+    await gone.close().catch(() => undefined)
   }
 
   /**

@@ -66,6 +66,12 @@ export const keys = {
   /** A node's liveness and capacity, under its lease: absent means offline. */
   alive: (id: string) => `alive/${id}`,
   alives: () => 'alive/',
+  /** When a node was first seen offline (written by whoever saw it; the node deletes it when it starts). */
+  offlineSince: (id: string) => `offline/${id}`,
+  offlineSinces: () => 'offline/',
+  /** A node being drained: no new replicas go there, and every replica it holds moves off it. */
+  draining: (id: string) => `draining/${id}`,
+  drainings: () => 'draining/',
   /** A node that has a shared volume mounted as a client, under that node's lease. */
   shareClient: (name: string, nodeId: string) => `shares/${name}/${nodeId}`,
   shareClients: (name: string) => `shares/${name}/`,

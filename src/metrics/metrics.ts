@@ -43,6 +43,12 @@ export const METRIC = {
   capacityFree: 'pxd_capacity_free_bytes',
   shareOps: 'pxd_share_client_operations_total',
   shareBytes: 'pxd_share_client_bytes_total',
+  resyncScanned: 'pxd_volume_resync_done_bytes',
+  resyncRemaining: 'pxd_volume_resync_remaining_bytes',
+  resyncCopied: 'pxd_volume_resync_copied_bytes',
+  oldestDegraded: 'pxd_volumes_oldest_degraded_seconds',
+  replacements: 'pxd_replica_replacements_total',
+  replicaWritten: 'pxd_replica_written_bytes_total',
   info: 'pxd_info',
   collectErrors: 'pxd_metrics_collect_errors_total',
 } as const
@@ -108,7 +114,17 @@ export interface VolumeState {
   name: string
   state: string
   degraded: boolean
+  degradedSince?: string | null
   replicas: ReadonlyArray<{ nodeId: string; inSync: boolean; online: boolean }>
+  lastResync?: { nodeId: string; state: string; totalBytes: number; scannedBytes: number; copiedBytes: number } | null
+}
+
+/** This node's healing counters. */
+export interface HealingState {
+  /** Replicas this node placed to replace lost, drained or moved ones. */
+  replacements: number
+  /** Bytes written to the replicas this node holds (by any coordinator, resync copies included). */
+  replicaWrittenBytes: number
 }
 
 export const PEER_LINK_STATES = ['none', 'connecting', 'ready', 'down'] as const
@@ -131,6 +147,7 @@ export interface MetricsProviders {
   shares?: () => Promise<ShareClientState[]>
   peers?: () => Promise<PeerState[]>
   capacity?: () => Promise<{ total: number; free: number }>
+  healing?: () => Promise<HealingState>
 }
 
 export interface MetricsOptions {
@@ -313,6 +330,19 @@ export class Metrics {
       cs.map((c) => ({ labels: { volume: c.volume, client: c.client }, value: c.ops })), 'counter')
     gauge<ShareClientState[]>(METRIC.shareBytes, `Bytes of requests and replies between a client node and a shared volume served here ${since}`, 'shares', (cs) =>
       cs.map((c) => ({ labels: { volume: c.volume, client: c.client }, value: c.bytes })), 'counter')
+    const running = (vols: VolumeState[]) => vols.flatMap((v) => (v.lastResync?.state === 'running' ? [{ v, r: v.lastResync }] : []))
+    gauge<VolumeState[]>(METRIC.resyncScanned, `Bytes a running resync has compared so far ${cluster}`, 'volumes', (vols) =>
+      running(vols).map(({ v, r }) => ({ labels: { volume: v.name, replica: r.nodeId }, value: r.scannedBytes })))
+    gauge<VolumeState[]>(METRIC.resyncRemaining, `Bytes a running resync has still to compare ${cluster}`, 'volumes', (vols) =>
+      running(vols).map(({ v, r }) => ({ labels: { volume: v.name, replica: r.nodeId }, value: r.totalBytes - r.scannedBytes })))
+    gauge<VolumeState[]>(METRIC.resyncCopied, `Bytes a running resync has copied so far ${cluster}`, 'volumes', (vols) =>
+      running(vols).map(({ v, r }) => ({ labels: { volume: v.name, replica: r.nodeId }, value: r.copiedBytes })))
+    gauge<VolumeState[]>(METRIC.oldestDegraded, `How long the volume that has been degraded longest has been so (0: none is) ${cluster}`, 'volumes', (vols) => {
+      const since = vols.filter((v) => v.degraded && v.degradedSince).map((v) => Date.parse(v.degradedSince!))
+      return [{ labels: {}, value: since.length === 0 ? 0 : Math.max(0, (Date.now() - Math.min(...since)) / 1000) }]
+    })
+    gauge<HealingState>(METRIC.replacements, 'Replicas this node placed to replace lost, drained or moved ones', 'healing', (h) => [{ labels: {}, value: h.replacements }], 'counter')
+    gauge<HealingState>(METRIC.replicaWritten, 'Bytes written to the replicas this node holds, by any coordinator (resync copies included)', 'healing', (h) => [{ labels: {}, value: h.replicaWrittenBytes }], 'counter')
     gauge<{ total: number; free: number }>(METRIC.capacity, 'Size of the file system holding this node\'s data dir', 'capacity', (c) => [{ labels: {}, value: c.total }])
     gauge<{ total: number; free: number }>(METRIC.capacityFree, 'Free space of the file system holding this node\'s data dir', 'capacity', (c) => [{ labels: {}, value: c.free }])
   }

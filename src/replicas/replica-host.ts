@@ -42,6 +42,8 @@ export class ReplicaHost {
   readonly #locks = new KeyedMutex()
   /** Writes in flight per volume, and the opens waiting for them to land. */
   readonly #writes = new Map<string, { inflight: number; waiters: Array<() => void> }>()
+  /** Bytes written to the replicas held here since this process started (coordinators' writes and resync copies). */
+  writtenBytes = 0
   #closed = false
 
   constructor(dataDir: string, log: Logger) {
@@ -124,6 +126,7 @@ export class ReplicaHost {
     w.inflight++
     try {
       await store.write(offset, data)
+      this.writtenBytes += data.length
     } finally {
       if (--w.inflight === 0) {
         this.#writes.delete(volumeId)

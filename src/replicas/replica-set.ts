@@ -39,6 +39,8 @@
  *                            it failed resolve (their ranges are in the map). An outcome still
  *                            unknown when the engine stops: they fail, and it has diverged.
  *   learner -> out-of-sync   a learner failure or a failed resync. Its map stays.
+ *   in-sync -> retired       `retire`: the kvdb already no longer lists it (replaced, drained,
+ *                            moved), so nothing depends on it; it leaves the set at once.
  *
  * Unflushed regions (dirty-map.ts): for every member that gets writes, the regions sent to it
  * since its last completed flush, stamped with the write's sequence number (a copy's with the
@@ -293,6 +295,23 @@ export class ReplicaSet {
     window.wait?.settle(demotion)
     await demotion
     throw failure
+  }
+
+  /**
+   * in-sync or out-of-sync -> retired (see above). Returns the member to close, if it was one.
+   * Refused for the last in-sync member and for one whose demotion is in progress.
+   */
+  retire(nodeId: string): Replica | undefined {
+    this.#outOfSync.delete(nodeId)
+    void this.#dirty.discard(nodeId)
+    const member = this.#inSync.find((r) => r.nodeId === nodeId)
+    if (!member) return undefined
+    if (this.#demoting.has(member) || this.#unrecorded.has(member)) throw pxdError('CONFLICT', `volume ${this.#volumeId}: the replica on node ${nodeId} is being demoted; retire it later`)
+    if (this.#inSync.length === 1) throw pxdError('UNSATISFIABLE', `volume ${this.#volumeId}: the replica on node ${nodeId} is its last in-sync one`)
+    this.#inSync = this.#inSync.filter((r) => r !== member)
+    this.#unflushed.drop(member)
+    this.#derive()
+    return member
   }
 
   /** The resync is over: no longer joining or a learner; out of sync unless promoted. */

@@ -4,6 +4,11 @@
  * older coordinator is fenced; a holder that is offline (its lease expired) loses the
  * volume to the claim, which marks it unclean until a reconcile clears the mark. Only the
  * holder at its epoch releases or clears the mark; a release keeps the mark.
+ *
+ * A background resync holds a volume with purpose 'resync'. It writes nothing the in-sync
+ * replicas could disagree on (only the copies to the replica it resyncs), so a claim for a
+ * mount takes the volume from it even while its node is online, without marking the volume
+ * unclean; the resync is fenced by the newer epoch and the new holder continues it.
  */
 import type { Logger } from 'pino'
 import type { Membership } from '../cluster/membership'
@@ -49,26 +54,34 @@ export class Attachments {
       if (entry.value.nodeId !== this.#o.nodeId) continue
       const ok = await this.#o.kvdb.txn({
         compares: [{ key: entry.key, modRevision: entry.modRevision }],
-        puts: [{ key: entry.key, value: { nodeId: null, epoch: entry.value.epoch, unclean: true } satisfies AttachmentRecord }],
+        // A background resync wrote nothing the in-sync replicas could disagree on.
+        puts: [{ key: entry.key, value: { nodeId: null, epoch: entry.value.epoch, ...(entry.value.purpose === 'resync' && !entry.value.unclean ? {} : { unclean: true }) } satisfies AttachmentRecord }],
       })
       if (ok) this.#o.log.info({ volume: entry.key.slice(keys.attachments().length) }, 'marked detached after restart')
     }
   }
 
-  async claim(name: string): Promise<Claim> {
+  /** `purpose` 'resync': for a background resync, which yields to any mount (see above). */
+  async claim(name: string, purpose?: 'resync'): Promise<Claim> {
     const key = keys.attachment(name)
     const current = await this.#o.kvdb.get<AttachmentRecord>(key)
     const holder = current?.value.nodeId
+    const fromResync = current?.value.purpose === 'resync'
     if (holder && holder !== this.#o.nodeId) {
-      if (await this.#o.membership.isOnline(holder)) throw pxdError('IN_USE', `volume ${name} is attached on node ${holder}`)
-      this.#o.log.warn({ volume: name, from: holder }, 'taking over a volume from an offline node')
+      if (purpose === 'resync' || !fromResync) {
+        if (await this.#o.membership.isOnline(holder)) throw pxdError('IN_USE', `volume ${name} is attached on node ${holder}`)
+        this.#o.log.warn({ volume: name, from: holder }, 'taking over a volume from an offline node')
+      } else {
+        this.#o.log.info({ volume: name, from: holder }, 'taking a volume over from a background resync; the resync continues here')
+      }
     }
     const epoch = (current?.value.epoch ?? 0) + 1
-    // Taking over from a holder that died keeps the volume marked unclean until reconciled.
-    const unclean = Boolean(holder) || current?.value.unclean === true
+    // Taking over from a holder that died keeps the volume marked unclean until reconciled;
+    // a background resync's claim leaves the in-sync replicas as they were.
+    const unclean = (Boolean(holder) && !fromResync) || current?.value.unclean === true
     const ok = await this.#o.kvdb.txn({
       compares: [{ key, modRevision: current?.modRevision ?? 0 }],
-      puts: [{ key, value: { nodeId: this.#o.nodeId, epoch, ...(unclean ? { unclean } : {}) } satisfies AttachmentRecord }],
+      puts: [{ key, value: { nodeId: this.#o.nodeId, epoch, ...(unclean ? { unclean } : {}), ...(purpose ? { purpose } : {}) } satisfies AttachmentRecord }],
     })
     if (!ok) throw pxdError('CONFLICT', `volume ${name} was attached concurrently; retry`)
     return { epoch, unclean, previous: current?.value }
@@ -91,10 +104,23 @@ export class Attachments {
 
   /** Replicas were made equal after an unclean detach: clear the mark (only while still ours at `epoch`). */
   async markClean(name: string, epoch: number): Promise<void> {
+    await this.#rewrite(name, epoch, (v) => ({ nodeId: v.nodeId, epoch, ...(v.purpose ? { purpose: v.purpose } : {}) }))
+  }
+
+  /**
+   * A volume held here for a background resync is now mounted here: from now on it is an
+   * ordinary attachment that no mount elsewhere may take (only while still ours at `epoch`).
+   */
+  async markMounted(name: string, epoch: number): Promise<void> {
+    await this.#rewrite(name, epoch, (v) => ({ nodeId: v.nodeId, epoch, ...(v.unclean ? { unclean: true } : {}) }))
+  }
+
+  async #rewrite(name: string, epoch: number, next: (v: AttachmentRecord) => AttachmentRecord): Promise<void> {
     const key = keys.attachment(name)
     const current = await this.#o.kvdb.get<AttachmentRecord>(key)
     if (!current || current.value.nodeId !== this.#o.nodeId || current.value.epoch !== epoch) throw pxdError('FENCED', `volume ${name} is no longer attached here at epoch ${epoch}`)
-    await this.#o.kvdb.txn({ compares: [{ key, modRevision: current.modRevision }], puts: [{ key, value: { nodeId: this.#o.nodeId, epoch } satisfies AttachmentRecord }] })
+    const ok = await this.#o.kvdb.txn({ compares: [{ key, modRevision: current.modRevision }], puts: [{ key, value: next(current.value) }] })
+    if (!ok) throw pxdError('FENCED', `volume ${name} changed hands while attached here at epoch ${epoch}`)
   }
 
   /**

@@ -53,8 +53,8 @@ export class VolumeEngines {
    * claim fenced it is in what the engine opens on. A failed attach gives the attachment
    * back as the claim found it.
    */
-  async attach(name: string): Promise<{ engine: VolumeEngine; epoch: number; record: VolumeRecord }> {
-    const claim = await this.#o.attachments.claim(name)
+  async attach(name: string, purpose?: 'resync'): Promise<{ engine: VolumeEngine; epoch: number; record: VolumeRecord }> {
+    const claim = await this.#o.attachments.claim(name, purpose)
     const { epoch } = claim
     let engine: VolumeEngine | undefined
     let volumeId: string | undefined

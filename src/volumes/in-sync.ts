@@ -36,7 +36,11 @@ export class InSyncSet {
 
   /** Put a resynced replica back into the in-sync set. */
   promote(name: string, epoch: number, nodeId: string): Promise<void> {
-    return this.change(name, epoch, (inSync) => (inSync.includes(nodeId) ? undefined : [...inSync, nodeId]))
+    return this.change(name, epoch, (inSync, record) => {
+      // Dropped from the record meanwhile (retired, or replication lowered): never listed again.
+      if (!record.replicas.some((r) => r.nodeId === nodeId)) throw pxdError('CONFLICT', `volume ${name}: node ${nodeId} no longer holds one of its replicas`)
+      return inSync.includes(nodeId) ? undefined : [...inSync, nodeId]
+    })
   }
 
   /** Take failed replicas out of the in-sync set; never the last one. */
@@ -51,7 +55,7 @@ export class InSyncSet {
   }
 
   /** `change` returns the new set, or undefined when nothing needs to change. */
-  async change(name: string, epoch: number, change: (inSync: string[]) => string[] | undefined): Promise<void> {
+  async change(name: string, epoch: number, change: (inSync: string[], record: VolumeRecord) => string[] | undefined): Promise<void> {
     for (let attempt = 0; attempt < CAS_RETRIES; attempt++) {
       const [vol, att] = await Promise.all([
         this.#kvdb.get<VolumeRecord>(keys.volume(name)),
@@ -60,11 +64,15 @@ export class InSyncSet {
       if (!vol || !att || att.value.nodeId !== this.#nodeId || att.value.epoch !== epoch) {
         throw pxdError('FENCED', `volume ${name} is no longer attached here at epoch ${epoch}`)
       }
-      const inSync = change(vol.value.inSync)
+      const inSync = change(vol.value.inSync, vol.value)
       if (!inSync) return
+      const next: VolumeRecord = { ...vol.value, inSync }
+      // Since when it has been short of copies: kept while it is, gone once it is not.
+      if (inSync.length < next.spec.repl) next.degradedSince ??= new Date().toISOString()
+      else delete next.degradedSince
       const ok = await this.#kvdb.txn({
         compares: [{ key: vol.key, modRevision: vol.modRevision }, { key: att.key, modRevision: att.modRevision }],
-        puts: [{ key: vol.key, value: { ...vol.value, inSync } satisfies VolumeRecord }],
+        puts: [{ key: vol.key, value: next }],
       })
       if (ok) return
     }

@@ -7,11 +7,13 @@
 import type { Membership, NodeInfo } from '../cluster/membership'
 import { keys, type Kvdb } from '../kvdb/kvdb'
 import type { ShareClientRecord } from '../shares/share-registry'
+import { replacementDueAt, type ClusterView } from './healing-plan'
 import type { AttachmentRecord, ReplicaInfo, ResyncRecord, VolumeInfo, VolumeRecord } from './types'
 
 /** What the view needs of a volume mounted here. */
 export interface MountedVolume {
-  mountpoint: string
+  /** null: held here for healing only (no mount). */
+  mountpoint: string | null
   mountIds: ReadonlySet<string>
 }
 
@@ -22,6 +24,8 @@ export interface InfoViewOptions {
   attached: ReadonlyMap<string, MountedVolume>
   /** A shared volume's mounts on this node (they are counted apart from the attachment). */
   shared?: (name: string) => MountedVolume | undefined
+  /** Offline marks, draining nodes and --replace-after, for why a volume is degraded. */
+  healing?: () => Promise<ClusterView>
 }
 
 export class InfoView {
@@ -32,16 +36,19 @@ export class InfoView {
   }
 
   /** `nodes`: membership as already read (list reads it once for every volume). */
-  async info(record: VolumeRecord, nodes?: NodeInfo[]): Promise<VolumeInfo> {
-    const [attachment, known, resync, clients] = await Promise.all([
+  async info(record: VolumeRecord, nodes?: NodeInfo[], healing?: ClusterView): Promise<VolumeInfo> {
+    const [attachment, known, resync, clients, view] = await Promise.all([
       this.#o.kvdb.get<AttachmentRecord>(keys.attachment(record.name)),
       nodes ?? this.#o.membership.nodes(),
       this.#o.kvdb.get<ResyncRecord>(keys.resync(record.name)),
       record.spec.shared ? this.#o.kvdb.list<ShareClientRecord>(keys.shareClients(record.name)) : Promise.resolve([]),
+      healing ?? this.#o.healing?.(),
     ])
     const online = new Set(known.filter((n) => n.online).map((n) => n.nodeId))
     const local = record.spec.shared ? this.#o.shared?.(record.name) : this.#o.attached.get(record.name)
     const att = attachment?.value
+    const replicas = record.replicas.map(({ nodeId }) => replicaInfo(nodeId, record, online.has(nodeId), resync?.value))
+    const health = view ? healthOf(record, replicas, view) : { degraded: replicas.filter((r) => r.inSync && r.online).length < record.spec.repl, since: record.degradedSince ?? null, reasons: [] }
     return {
       name: record.name,
       id: record.id,
@@ -52,12 +59,14 @@ export class InfoView {
       shared: record.spec.shared,
       options: record.spec.extra,
       state: att?.nodeId ? 'attached' : 'detached',
-      degraded: record.inSync.length < record.spec.repl,
+      degraded: health.degraded,
+      degradedSince: health.since,
+      degradedReasons: health.reasons,
       attachedOn: att?.nodeId ?? null,
       epoch: att?.epoch ?? 0,
       mountpoint: local?.mountpoint ?? null,
       mounts: local?.mountIds.size ?? 0,
-      replicas: record.replicas.map(({ nodeId }) => replicaInfo(nodeId, record, online.has(nodeId), resync?.value)),
+      replicas,
       lastResync: resync?.value ?? null,
       createdAt: record.createdAt,
       ...(record.spec.shared ? {
@@ -70,10 +79,42 @@ export class InfoView {
   }
 }
 
+/**
+ * Whether a volume is short of in-sync copies on online nodes, since when, and why, one
+ * reason per replica that is not an online in-sync one or is on its way out.
+ */
+export function healthOf(record: VolumeRecord, replicas: ReplicaInfo[], view: ClusterView): { degraded: boolean; since: string | null; reasons: string[] } {
+  const degraded = replicas.filter((r) => r.inSync && r.online).length < record.spec.repl
+  const retiring = new Set(record.retiring ?? [])
+  const reasons: string[] = []
+  let since = record.degradedSince ? Date.parse(record.degradedSince) : Infinity
+  for (const r of replicas) {
+    const off = view.offlineSince.get(r.nodeId)
+    let why: string | undefined
+    if (!r.online) {
+      const offText = off === undefined ? 'node offline' : `node offline since ${new Date(off).toISOString()}`
+      if (off !== undefined && r.inSync) since = Math.min(since, off)
+      const due = replacementDueAt(r.nodeId, view)
+      why = retiring.has(r.nodeId) ? `${offText}; a replacement is being resynced`
+        : due === undefined ? `${offText}; not replaced (--replace-after 0)`
+        : due <= view.now ? `${offText}; replacement due now (waiting for an online node with room)`
+        : `${offText}; replacement due at ${new Date(due).toISOString()}`
+    } else if (retiring.has(r.nodeId)) {
+      why = view.draining.has(r.nodeId) ? 'node draining; moves off once its replacement is in sync' : 'moving to another node; dropped once its replacement is in sync'
+    } else if (r.state === 'resyncing' && r.resync) {
+      why = `resync running, ${r.resync.percent}%`
+    } else if (!r.inSync) {
+      why = 'out of sync; its resync starts as soon as a resync slot is free'
+    }
+    if (why) reasons.push(`${r.nodeId}: ${why}`)
+  }
+  return { degraded, since: degraded && Number.isFinite(since) ? new Date(since).toISOString() : null, reasons }
+}
+
 /** One replica's state; a running resync's eta is from its pace since it started (`now`: for tests). */
-export function replicaInfo(nodeId: string, record: Pick<VolumeRecord, 'inSync'>, online: boolean, resync: ResyncRecord | undefined, now = Date.now()): ReplicaInfo {
+export function replicaInfo(nodeId: string, record: Pick<VolumeRecord, 'inSync' | 'retiring'>, online: boolean, resync: ResyncRecord | undefined, now = Date.now()): ReplicaInfo {
   const inSync = record.inSync.includes(nodeId)
-  const base = { nodeId, inSync, online }
+  const base = { nodeId, inSync, online, ...(record.retiring?.includes(nodeId) ? { retiring: true } : {}) }
   if (inSync) return { ...base, state: 'in-sync' }
   if (!online) return { ...base, state: 'offline' }
   if (resync?.nodeId === nodeId && resync.state === 'running') {

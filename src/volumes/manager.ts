@@ -11,28 +11,36 @@
  * then opens every in-sync replica at that epoch, which fences any older coordinator. A
  * replica that fails is taken out of the in-sync set (in-sync.ts); one that is back is
  * resynced (resyncs.ts). Placement, the scrub timer and the info view have modules too.
+ *
+ * Healing (healer.ts) may hold a volume here with no mount (mountpoint null) to resync or
+ * replace its replicas; a mount here adopts that engine (the resync goes on), a mount on
+ * another node takes the volume over (the engine here is fenced and the resync continues
+ * there).
  */
 import { randomBytes } from 'node:crypto'
 import type { Logger } from 'pino'
-import type { Membership, NodeInfo } from '../cluster/membership'
+import type { Membership } from '../cluster/membership'
 import { DirtyMap, dirtyDirOf } from '../replicas/dirty-map'
 import type { QuarantinedReplica, ReplicaHost } from '../replicas/replica-host'
 import type { ReplicaDirectory } from '../replicas/directory'
-import type { EngineEvents, ScrubResult, VolumeEngine } from '../engine/volume-engine'
-import { pxdError, type PxdError } from '../errors'
+import type { EngineEvents, ScrubResult } from '../engine/volume-engine'
+import { pxdError } from '../errors'
 import type { Frontend } from '../frontend/frontend'
 import { keys, type Kvdb } from '../kvdb/kvdb'
 import { capacityOf } from '../util/capacity'
 import { KeyedMutex } from '../util/mutex'
 import { Attachments } from './attachments'
-import { releaseOptions, VolumeEngines } from './engines'
-import { CAS_RETRIES, InSyncSet } from './in-sync'
+import { InSyncSet } from './in-sync'
+import { LocalVolumes, type LocalAttachment } from './local-volumes'
 import { InfoView } from './info'
-import { buildSpec, flattenOptions, MAX_REPL, mergeOptions, parseVolumeRef, specConflicts } from './options'
+import { buildSpec, flattenOptions, mergeOptions, parseVolumeRef, specConflicts } from './options'
 import { ReplicaPlacement } from './placement'
 import { Resyncs } from './resyncs'
+import { ResyncPace } from './resync-pace'
+import { DEFAULT_REPLACE_AFTER_MS, Healer } from './healer'
+import { ReplicaMoves } from './replica-moves'
 import { ScrubScheduler } from './scrub-scheduler'
-import type { VolumeInfo, VolumeRecord } from './types'
+import type { ClusterNodeInfo, VolumeInfo, VolumeRecord } from './types'
 import { SharedVolumes } from '../shares/shared-volumes'
 import type { ShareRegistry } from '../shares/share-registry'
 import type { ShareService } from '../shares/share-service'
@@ -40,15 +48,6 @@ import type { ShareExecutor } from '../shares/executor'
 
 /** The mount ID used for a Mount without one (dvdcli, the Mesos isolator). */
 const ANONYMOUS_MOUNT = ''
-
-interface LocalAttachment {
-  engine: VolumeEngine
-  mountpoint: string
-  mountIds: Set<string>
-  epoch: number
-  volumeId: string
-  size: number
-}
 
 export interface ManagerOptions {
   nodeId: string
@@ -66,49 +65,65 @@ export interface ManagerOptions {
   scrubBytesPerSecond?: number
   /** Shared volumes: who has them mounted, and the handler of other nodes' file operations. */
   shares: { registry: ShareRegistry; service: ShareService; executor: ShareExecutor; log: Logger }
+  /** Resyncs coordinated here: bytes per second and how many at once. */
+  resyncBytesPerSecond?: number
+  resyncConcurrency?: number
+  /** A replica whose node has been offline this long is replaced (0: never). */
+  replaceAfterMs?: number
 }
 
 export class VolumeManager {
   readonly #nodeId: string
   readonly #dataDir: string
   readonly #kvdb: Kvdb
-  readonly #frontend: Frontend
   readonly #host: ReplicaHost
   readonly #membership: Membership
   readonly #log: Logger
   readonly #locks = new KeyedMutex()
-  readonly #attached = new Map<string, LocalAttachment>()
+  readonly #local: LocalVolumes
+  readonly #attached: ReadonlyMap<string, LocalAttachment>
   readonly #attachments: Attachments
   readonly #resyncs: Resyncs
   readonly #scrubs: ScrubScheduler
   readonly #view: InfoView
-  readonly #engines: VolumeEngines
   readonly #placement: ReplicaPlacement
   readonly #shares: SharedVolumes
+  readonly #healer: Healer
+  readonly moves: ReplicaMoves
   #stopping = false
 
   constructor(o: ManagerOptions) {
     this.#nodeId = o.nodeId
     this.#dataDir = o.dataDir
     this.#kvdb = o.kvdb
-    this.#frontend = o.frontend
     this.#host = o.host
     this.#membership = o.membership
     this.#log = o.log
-    const attached = this.#attached
     this.#attachments = new Attachments({ nodeId: o.nodeId, kvdb: o.kvdb, membership: o.membership, locks: this.#locks, log: o.log })
     const inSync = new InSyncSet({ nodeId: o.nodeId, kvdb: o.kvdb })
-    this.#resyncs = new Resyncs({ kvdb: o.kvdb, membership: o.membership, replicas: o.replicas, inSync, attached, log: o.log })
+    this.#local = new LocalVolumes({
+      nodeId: o.nodeId, dataDir: o.dataDir, kvdb: o.kvdb, frontend: o.frontend, replicas: o.replicas, attachments: this.#attachments, inSync,
+      locks: this.#locks, engineEvents: o.engineEvents, log: o.log,
+      attached: (name) => void this.#resyncs.check(name),
+      resyncRunning: (name) => this.#resyncs.running(name),
+      fence: (name) => this.#shares.fence(name),
+      fenced: (name) => this.#shares.fenced(name),
+      stopping: () => this.#stopping,
+    })
+    const attached = (this.#attached = this.#local.map)
+    const pace = new ResyncPace(o.resyncBytesPerSecond, o.resyncConcurrency)
+    this.#resyncs = new Resyncs({ nodeId: o.nodeId, kvdb: o.kvdb, membership: o.membership, replicas: o.replicas, inSync, attached, pace, log: o.log })
     this.#scrubs = new ScrubScheduler({ intervalSeconds: o.scrubIntervalSeconds, bytesPerSecond: o.scrubBytesPerSecond, attached, log: o.log })
     this.#placement = new ReplicaPlacement({ kvdb: o.kvdb, membership: o.membership, replicas: o.replicas, log: o.log })
     this.#shares = new SharedVolumes({
       nodeId: o.nodeId, registry: o.shares.registry, service: o.shares.service, executor: o.shares.executor, locks: this.#locks, log: o.shares.log,
       host: {
-        attach: (name, mountpoint) => this.#attachHere(name, mountpoint),
-        detach: async (name) => this.#attached.has(name) && this.#detach(name, this.#attached.get(name)!, false),
+        attach: (name, mountpoint) => this.#local.attachHere(name, mountpoint),
+        detach: async (name) => this.#attached.has(name) && this.#local.detach(name, this.#attached.get(name)!, false),
+        // A node holding it for healing only serves nothing: the mount takes it over.
         holder: async (name) => {
           const att = (await this.#attachments.get(name))?.value
-          return att?.nodeId ? { nodeId: att.nodeId, epoch: att.epoch } : null
+          return att?.nodeId && att.purpose !== 'resync' ? { nodeId: att.nodeId, epoch: att.epoch } : null
         },
         isOnline: (nodeId) => o.membership.isOnline(nodeId),
         channel: (nodeId) => o.replicas.channel(nodeId),
@@ -117,12 +132,44 @@ export class VolumeManager {
         servedPathOf: (name) => o.frontend.servedPathOf(name),
       },
     })
-    this.#view = new InfoView({ kvdb: o.kvdb, membership: o.membership, attached, shared: (name) => this.#shares.mounted(name) })
-    this.#engines = new VolumeEngines({
-      nodeId: o.nodeId, dataDir: o.dataDir, replicas: o.replicas, attachments: this.#attachments, inSync,
-      readRecord: async (name) => (await this.#requireRecord(name)).value,
-      engineEvents: o.engineEvents, onFenced: (name, engine, err, log) => this.#fenced(name, engine, err, log), log: o.log,
+    this.#view = new InfoView({ kvdb: o.kvdb, membership: o.membership, attached, shared: (name) => this.#shares.mounted(name), healing: () => this.#healer.view() })
+    this.#healer = new Healer({
+      nodeId: o.nodeId, kvdb: o.kvdb, membership: o.membership, placement: this.#placement, pace,
+      replaceAfterMs: o.replaceAfterMs ?? DEFAULT_REPLACE_AFTER_MS, log: o.log,
+      host: {
+        attached: (name) => {
+          const local = this.#attached.get(name)
+          return local && { epoch: local.epoch, background: local.mountpoint === null }
+        },
+        healing: () => this.#local.healing(),
+        dropHealing: (name, epoch) => this.#local.dropHealing(name, epoch),
+        attachForHealing: (name) => this.#local.attachForHealing(name, () => this.#shares.has(name)),
+        releaseHealing: (name) => this.#local.releaseHealing(name),
+        retire: async (name, nodeIds) => {
+          const local = this.#attached.get(name)
+          for (const nodeId of nodeIds) await local?.engine.retire(nodeId)
+        },
+        resyncCheck: (name) => this.#resyncs.check(name),
+        resyncRunning: (name) => this.#resyncs.running(name),
+      },
     })
+    this.moves = new ReplicaMoves({
+      nodeId: o.nodeId, kvdb: o.kvdb, membership: o.membership, placement: this.#placement, locks: this.#locks, log: o.log,
+      attachedOn: async (name) => (await this.#attachments.get(name))?.value.nodeId ?? null,
+      changed: (name) => { if (this.#attached.has(name)) void this.#resyncs.check(name) },
+      info: (record) => this.#view.info(record),
+      checkRunning: () => this.#checkRunning(),
+    })
+  }
+
+  /** Replicas placed here to replace lost, drained or moved ones (since start). */
+  get replacements(): number {
+    return this.#healer.replacements
+  }
+
+  /** The cluster as healing sees it (offline marks, draining nodes). */
+  healingView() {
+    return this.#healer.view()
   }
 
   /**
@@ -134,6 +181,7 @@ export class VolumeManager {
     this.#resyncs.start()
     this.#scrubs.start()
     this.#shares.start()
+    this.#healer.start()
     const mine = new Set((await this.#records()).filter((r) => r.replicas.some((p) => p.nodeId === this.#nodeId)).map((r) => r.id))
     // A replica the kvdb does not list is kept aside, never deleted: a wrong --cluster-id,
     // an empty or restored etcd or a lost embedded store must not wipe the node.
@@ -195,32 +243,6 @@ export class VolumeManager {
   }
 
   /**
-   * Change the replication of a live volume. Raising places new replicas (empty) that the
-   * coordinator then resyncs and adds to the in-sync set; lowering drops replicas, the ones
-   * out of sync first and never the coordinator's own while another will do.
-   */
-  async haUpdate(requestedName: string, repl: number): Promise<VolumeInfo> {
-    const { name } = parseVolumeRef(requestedName)
-    if (!Number.isInteger(repl) || repl < 1 || repl > MAX_REPL) throw pxdError('INVALID_ARGUMENT', `repl must be a whole number from 1 to ${MAX_REPL}`)
-    return this.#locks.run(name, async () => {
-      this.#checkRunning()
-      const entry = await this.#requireRecord(name)
-      const record = entry.value
-      if (repl === record.replicas.length && repl === record.spec.repl) return this.#view.info(record)
-      const attachedOn = (await this.#attachments.get(name))?.value.nodeId
-      const { next, added, removed } = await this.#placement.replan(record, repl, attachedOn)
-      const ok = await this.#kvdb.txn({ compares: [{ key: entry.key, modRevision: entry.modRevision }], puts: [{ key: entry.key, value: next }] })
-      if (!ok) throw pxdError('CONFLICT', `volume ${name} changed during ha-update; retry`)
-      const failed = await this.#placement.create(added, next)
-      if (failed.length > 0) this.#log.warn({ volume: name, volumeId: record.id, failed }, 'some new replicas could not be created yet; they stay out of sync')
-      if (removed.length > 0) await this.#placement.drop({ ...record, replicas: removed.map((nodeId) => ({ nodeId })) })
-      this.#log.info({ volume: name, volumeId: record.id, repl, added, removed }, 'replication changed')
-      if (this.#attached.has(name)) void this.#resyncs.check(name)
-      return this.#view.info(next)
-    })
-  }
-
-  /**
    * Verify every written block of every in-sync replica and repair what another replica
    * has right. A volume attached here is scrubbed live; a detached one is attached for the
    * scrub (no mount); one attached on another node must be scrubbed there.
@@ -232,13 +254,13 @@ export class VolumeManager {
     return this.#locks.run(name, async () => {
       this.#checkRunning()
       await this.#requireRecord(name)
-      const { engine, epoch, record } = await this.#engines.attach(name)
+      const { engine, epoch, record } = await this.#local.engines.attach(name)
       try {
         const result = await engine.scrub({ signal: this.#scrubs.signal })
         this.#log.info({ volume: name, volumeId: record.id, ...result }, 'scrub done')
         return { volume: name, ...result }
       } finally {
-        await this.#engines.detach(name, record.id, engine, epoch)
+        await this.#local.engines.detach(name, record.id, engine, epoch)
       }
     })
   }
@@ -250,9 +272,15 @@ export class VolumeManager {
       const entry = await this.#requireRecord(name)
       // A shared volume served here for others is refused for them, naming them.
       if (entry.value.spec.shared) await this.#shares.checkUnmounted(name)
+      const held = this.#attached.get(name)
+      if (held?.mountpoint === null) await this.#local.detach(name, held, false)
       if (this.#attached.has(name) || this.#shares.has(name)) throw pxdError('IN_USE', `volume ${name} is mounted on this node; unmount it first`)
-      const attachment = await this.#attachments.get(name)
-      if (attachment?.value.nodeId) throw pxdError('IN_USE', `volume ${name} is attached on node ${attachment.value.nodeId}`)
+      let attachment = await this.#attachments.get(name)
+      // Held elsewhere for healing only: take it (fencing that resync), then remove.
+      if (attachment?.value.nodeId && attachment.value.purpose === 'resync') {
+        await this.#attachments.claim(name)
+        attachment = await this.#attachments.get(name)
+      } else if (attachment?.value.nodeId) throw pxdError('IN_USE', `volume ${name} is attached on node ${attachment.value.nodeId}`)
       const ok = await this.#kvdb.txn({
         compares: [
           { key: keys.volume(name), modRevision: entry.modRevision },
@@ -273,40 +301,25 @@ export class VolumeManager {
     return this.#locks.run(name, async () => {
       this.#checkRunning()
       if (this.#shares.has(name)) return this.#shares.mount(name, id)
-      const local = this.#attached.get(name)
+      let local = this.#attached.get(name)
+      // Held here for healing: a shared volume is let go (the share attaches it its own way);
+      // any other is mounted on the engine it has, and its resync goes on.
+      if (local?.mountpoint === null && (await this.#requireRecord(name)).value.spec.shared) {
+        await this.#local.detach(name, local, false)
+        local = undefined
+      }
+      if (local?.mountpoint === null && !(await this.#local.adopt(name, local))) local = undefined
       if (local) {
         local.mountIds.add(id)
-        return local.mountpoint
+        return local.mountpoint!
       }
       const { value: before } = await this.#requireRecord(name)
       if (before.inSync.length === 0) throw pxdError('UNSATISFIABLE', `volume ${name} has no in-sync replica left`)
       if (before.spec.shared) return this.#shares.mount(name, id)
-      const { mountpoint } = await this.#attachHere(name)
+      const { mountpoint } = await this.#local.attachHere(name)
       this.#attached.get(name)!.mountIds.add(id)
       return mountpoint
     })
-  }
-
-  /**
-   * Claim, open the replicas, build the chain; the attachment starts with no mount IDs.
-   * `mountpoint`: where the file system goes, when not at the volume's mountpoint.
-   */
-  async #attachHere(name: string, at?: string): Promise<{ mountpoint: string; volumeId: string; epoch: number }> {
-    const { engine, epoch, record } = await this.#engines.attach(name)
-    try {
-      const mountpoint = await this.#frontend.attach({
-        id: record.id, name, fs: record.spec.fs, blockSize: record.spec.blockSize, device: engine,
-        formatted: record.formatted === true,
-        onFormatted: () => this.#markFormatted(name),
-        ...(at ? { mountpoint: at } : {}),
-      })
-      this.#attached.set(name, { engine, mountpoint, mountIds: new Set(), epoch, volumeId: record.id, size: record.spec.size })
-      void this.#resyncs.check(name)
-      return { mountpoint, volumeId: record.id, epoch }
-    } catch (err) {
-      await this.#engines.detach(name, record.id, engine, epoch)
-      throw err
-    }
   }
 
   async unmount(requestedName: string, mountId: string | undefined): Promise<void> {
@@ -321,7 +334,7 @@ export class VolumeManager {
         return
       }
       // The ID goes only once the detach succeeded: after EBUSY, Docker's retry detaches.
-      await this.#detach(name, local, false)
+      await this.#local.detach(name, local, false)
       local.mountIds.delete(id)
     })
   }
@@ -340,8 +353,8 @@ export class VolumeManager {
   }
 
   async list(): Promise<VolumeInfo[]> {
-    const [records, nodes] = await Promise.all([this.#records(), this.#membership.nodes()])
-    return Promise.all(records.map((r) => this.#view.info(r, nodes)))
+    const [records, nodes, healing] = await Promise.all([this.#records(), this.#membership.nodes(), this.#healer.view()])
+    return Promise.all(records.map((r) => this.#view.info(r, nodes, healing)))
   }
 
   /** What each client node sent to the shared volumes this node serves, for /metrics. */
@@ -355,8 +368,12 @@ export class VolumeManager {
   }
 
   /** Every node of the cluster, online or not. */
-  nodes(): Promise<NodeInfo[]> {
-    return this.#membership.nodes()
+  async nodes(): Promise<ClusterNodeInfo[]> {
+    const [nodes, view] = await Promise.all([this.#membership.nodes(), this.#healer.view()])
+    return nodes.map((n) => {
+      const since = view.offlineSince.get(n.nodeId)
+      return { ...n, draining: view.draining.has(n.nodeId), ...(since !== undefined && !n.online ? { offlineSince: new Date(since).toISOString() } : {}) }
+    })
   }
 
   /** Detach every volume (the daemon is stopping). New requests are refused from now on. */
@@ -365,48 +382,10 @@ export class VolumeManager {
     this.#attachments.stop()
     this.#resyncs.stop()
     this.#scrubs.stop()
+    await this.#healer.stop()
     await this.#shares.stop()
     for (const [name, local] of [...this.#attached]) {
-      await this.#locks.run(name, () => this.#detach(name, local, true)).catch((err) => this.#log.error({ err, volume: name, volumeId: local.volumeId }, 'detach at shutdown failed'))
-    }
-  }
-
-  async #markFormatted(name: string): Promise<void> {
-    for (let attempt = 0; attempt < CAS_RETRIES; attempt++) {
-      const vol = await this.#requireRecord(name)
-      if (vol.value.formatted) return
-      const ok = await this.#kvdb.txn({ compares: [{ key: vol.key, modRevision: vol.modRevision }], puts: [{ key: vol.key, value: { ...vol.value, formatted: true } satisfies VolumeRecord }] })
-      if (ok) return
-    }
-    throw pxdError('CONFLICT', `volume ${name}: could not record that it was formatted`)
-  }
-
-  /** Another node attached the volume: tear down the local chain, and leave the attachment to its new holder. */
-  #fenced(name: string, engine: VolumeEngine, err: PxdError, log: Logger): void {
-    log.error({ err }, 'fenced: another node attached this volume with a newer epoch; tearing down the local mount')
-    this.#shares.fence(name)
-    void this.#locks.run(name, async () => {
-      const local = this.#attached.get(name)
-      if (!local || local.engine !== engine) return
-      this.#attached.delete(name)
-      await this.#shares.fenced(name)
-      await this.#frontend.detach(name, true).catch((e) => log.error({ err: e }, 'teardown of a fenced volume failed'))
-      await engine.close().catch(() => undefined)
-    })
-  }
-
-  async #detach(name: string, local: LocalAttachment, lazy: boolean): Promise<void> {
-    await this.#frontend.detach(name, lazy)
-    this.#attached.delete(name)
-    try {
-      await local.engine.close()
-    } finally {
-      const opts = releaseOptions(local.engine)
-      await this.#attachments.release(name, local.epoch, opts).catch((err) => {
-        // The volume is unmounted here whatever the kvdb says; record that once it is back.
-        this.#log.warn({ err, volume: name, volumeId: local.volumeId }, 'could not record the detach now; retrying in the background')
-        this.#attachments.retryRelease(name, local.epoch, opts)
-      })
+      await this.#locks.run(name, () => this.#local.detach(name, local, true)).catch((err) => this.#log.error({ err, volume: name, volumeId: local.volumeId }, 'detach at shutdown failed'))
     }
   }
 

@@ -1,5 +1,5 @@
 /**
- * Where the copies of a volume go: `repl` distinct online nodes with room for it,
+ * Where the copies of a volume go: `repl` distinct online nodes with room for it, none draining,
  * least-allocated first so that volumes spread over the cluster; which copies go first
  * when replication is lowered; and making and dropping the copies on their nodes.
  */
@@ -68,9 +68,11 @@ export class ReplicaPlacement {
 
   /** `count` nodes for new replicas of `size` bytes, none of them in `except`, given what every volume has placed. */
   async place(count: number, size: number, except: readonly string[] = []): Promise<string[]> {
-    const [nodes, records] = await Promise.all([this.#o.membership.nodes(), this.#o.kvdb.list<VolumeRecord>(keys.volumes())])
+    const [nodes, records, drains] = await Promise.all([this.#o.membership.nodes(), this.#o.kvdb.list<VolumeRecord>(keys.volumes()), this.#o.kvdb.list(keys.drainings())])
     const allocated = allocatedBytes(records.map((e) => e.value))
-    return placeReplicas({ repl: count, size, nodes: nodes.filter((n) => !except.includes(n.nodeId)), allocated })
+    // A draining node takes no new replica.
+    const draining = new Set(drains.map((d) => d.key.slice(keys.drainings().length)))
+    return placeReplicas({ repl: count, size, nodes: nodes.filter((n) => !except.includes(n.nodeId) && !draining.has(n.nodeId)), allocated })
   }
 
   /**

@@ -1,8 +1,11 @@
 /**
- * Resyncs of the volumes attached here. Every RESYNC_CHECK_MS (and when asked, after an
- * attach or a replication change) each replica that is online but out of the in-sync set
- * is resynced by the volume's engine, then promoted back at the coordinator's epoch.
- * Progress goes to the kvdb (resync/<name>) so that inspect on any node shows it.
+ * Resyncs of the volumes attached here (mounted, or held by the healer for a background
+ * resync). Every RESYNC_CHECK_MS (and when asked, after an attach or a replication change)
+ * each replica that is online but out of the in-sync set, and not on its way out, is
+ * resynced by the volume's engine, then promoted back at the coordinator's epoch. At most
+ * `pace.concurrency` resyncs run on this node at once, and together they copy at most
+ * `pace`'s rate. Progress goes to the kvdb (resync/<name>) so that inspect on any node shows
+ * it; an attempt that follows an unfinished one at the same replica carries its count on.
  */
 import type { Logger } from 'pino'
 import type { Membership } from '../cluster/membership'
@@ -11,6 +14,7 @@ import { messageOf } from '../errors'
 import { keys, type Kvdb } from '../kvdb/kvdb'
 import type { ReplicaDirectory } from '../replicas/directory'
 import type { InSyncSet } from './in-sync'
+import type { ResyncPace } from './resync-pace'
 import type { ResyncRecord, VolumeRecord } from './types'
 
 /** How often a coordinator looks for replicas that are back and out of sync. */
@@ -27,12 +31,15 @@ export interface ResyncableVolume {
 }
 
 export interface ResyncsOptions {
+  nodeId: string
   kvdb: Kvdb
   membership: Pick<Membership, 'nodes'>
   replicas: Pick<ReplicaDirectory, 'replica'>
   inSync: Pick<InSyncSet, 'promote'>
   /** The volumes attached here, by name (the manager's map, read only). */
   attached: ReadonlyMap<string, ResyncableVolume>
+  /** This node's resync rate and slots. */
+  pace: ResyncPace
   log: Logger
 }
 
@@ -63,6 +70,12 @@ export class Resyncs {
    * Start a resync of every replica of `name` that is online, out of sync and not resyncing
    * yet (by this object or, as the engine says, anyone): never two of one node at a time.
    */
+  /** Whether a resync of `name` started here is still running. */
+  running(name: string): boolean {
+    const local = this.#o.attached.get(name)
+    return local !== undefined && (this.#running.get(local)?.size ?? 0) > 0
+  }
+
   async check(name: string): Promise<void> {
     const local = this.#o.attached.get(name)
     if (!local || this.#stopped) return
@@ -78,11 +91,20 @@ export class Resyncs {
     const running = this.#running.get(local) ?? new Set<string>()
     this.#running.set(local, running)
     const busy = new Set([...local.engine.resyncing, ...running])
+    const retiring = new Set(record.retiring ?? [])
     for (const { nodeId } of record.replicas) {
-      if (record.inSync.includes(nodeId) || busy.has(nodeId) || !online.has(nodeId)) continue
+      if (record.inSync.includes(nodeId) || busy.has(nodeId) || !online.has(nodeId) || retiring.has(nodeId)) continue
+      const slot = this.#o.pace.slot()
+      if (!slot) {
+        this.#o.log.debug({ volume: name, replica: nodeId }, 'resync waits: every resync slot of this node is taken')
+        return
+      }
       // Busy from now on, before the first await of the resync: the next check skips it.
       running.add(nodeId)
-      void this.#resync(name, local, nodeId).finally(() => running.delete(nodeId))
+      void this.#resync(name, local, nodeId).finally(() => {
+        running.delete(nodeId)
+        slot()
+      })
     }
   }
 
@@ -90,24 +112,33 @@ export class Resyncs {
     const log = this.#o.log.child({ volume: name, volumeId: local.volumeId, replica: nodeId, epoch: local.epoch })
     const key = keys.resync(name)
     const startedAt = new Date().toISOString()
+    // An unfinished earlier attempt at this replica: this one resumes it, and counts on.
+    const before = (await this.#o.kvdb.get<ResyncRecord>(key).catch(() => undefined))?.value
+    const resumed = before !== undefined && before.nodeId === nodeId && before.state !== 'done'
+    const carried = resumed ? { copiedBefore: (before.copiedBefore ?? 0) + before.copiedBytes, attempt: (before.attempt ?? 1) + 1 } : { copiedBefore: 0, attempt: 1 }
     let lastPublished = 0
+    let last: ResyncProgress = { nodeId, method: 'checksum-scan', totalBytes: local.size, scannedBytes: 0, copiedBytes: 0 }
     const publish = (p: ResyncProgress, state: ResyncRecord['state'], error?: string) =>
-      this.#o.kvdb.put(key, { ...p, state, startedAt, updatedAt: new Date().toISOString(), epoch: local.epoch, ...(error ? { error } : {}) } satisfies ResyncRecord)
+      this.#o.kvdb.put(key, { ...p, state, startedAt, updatedAt: new Date().toISOString(), epoch: local.epoch, coordinator: this.#o.nodeId, ...carried, ...(error ? { error } : {}) } satisfies ResyncRecord)
         .catch((err) => log.debug({ err }, 'could not publish resync progress'))
     try {
       const target = await this.#o.replicas.replica(nodeId, local.volumeId, local.size, local.epoch)
-      log.info('resync started')
+      log.info({ attempt: carried.attempt, copiedBefore: carried.copiedBefore }, resumed ? 'resync resumed: only what is still missing is copied' : 'resync started')
       const started = Date.now()
-      const result = await local.engine.resync(target, () => this.#o.inSync.promote(name, local.epoch, nodeId), (p) => {
-        if (Date.now() - lastPublished < RESYNC_PUBLISH_MS) return
-        lastPublished = Date.now()
-        void publish(p, 'running')
+      const result = await local.engine.resync(target, () => this.#o.inSync.promote(name, local.epoch, nodeId), {
+        pace: (bytes) => this.#o.pace.take(bytes),
+        onProgress: (p) => {
+          last = p
+          if (Date.now() - lastPublished < RESYNC_PUBLISH_MS) return
+          lastPublished = Date.now()
+          void publish(p, 'running')
+        },
       })
       await publish(result, 'done')
       log.info({ method: result.method, copiedBytes: result.copiedBytes, comparedBytes: result.scannedBytes, seconds: (Date.now() - started) / 1000 }, 'resync done: replica back in sync')
     } catch (err) {
-      log.warn({ err }, 'resync did not finish; it is retried while the replica is online')
-      await publish({ nodeId, method: 'checksum-scan', totalBytes: local.size, scannedBytes: 0, copiedBytes: 0 }, 'failed', messageOf(err))
+      log.warn({ err, copiedBytes: last.copiedBytes }, 'resync did not finish; it resumes while the replica is online')
+      await publish(last, 'failed', messageOf(err))
     }
   }
 }

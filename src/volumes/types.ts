@@ -1,3 +1,4 @@
+import type { NodeInfo } from '../cluster/membership'
 import type { VolumeSpec } from './options'
 
 /** A volume as kvdb stores it. */
@@ -16,6 +17,14 @@ export interface VolumeRecord {
   inSync: string[]
   /** mkfs ran on the first attach; from then on a missing file system is damage, not a new volume. */
   formatted?: boolean
+  /**
+   * Replicas on their way out (their node is lost, drained, or a rebalance moves them): each
+   * has a newer replica to take its place, and it is dropped from the record once the
+   * replicas that stay hold `repl` in-sync copies.
+   */
+  retiring?: string[]
+  /** Since when the volume has had fewer in-sync replicas than repl (set by a demotion or a new replica). */
+  degradedSince?: string
 }
 
 /** Where a volume is attached; the epoch only ever grows (attach bumps it). */
@@ -24,6 +33,11 @@ export interface AttachmentRecord {
   epoch: number
   /** The last holder died or was cut off while attached: replicas may differ in unacknowledged writes. */
   unclean?: boolean
+  /**
+   * 'resync': held by a background resync (no mount). A mount anywhere takes the volume over
+   * from it (a new claim, a newer epoch, the copy continues under the new holder).
+   */
+  purpose?: 'resync'
 }
 
 export type VolumeState = 'detached' | 'attached'
@@ -39,6 +53,12 @@ export interface ResyncRecord {
   startedAt: string
   updatedAt: string
   epoch: number
+  /** The node that ran this attempt. */
+  coordinator?: string
+  /** Bytes copied to this replica by earlier attempts that did not finish (the copy then resumed). */
+  copiedBefore?: number
+  /** Attempts so far at this replica (1 for the first). */
+  attempt?: number
   error?: string
 }
 
@@ -47,6 +67,8 @@ export interface ReplicaInfo {
   inSync: boolean
   online: boolean
   state: 'in-sync' | 'resyncing' | 'out-of-sync' | 'offline'
+  /** On its way out: a newer replica takes its place (replacement, drain, rebalance). */
+  retiring?: boolean
   resync?: { percent: number; bytesToGo: number; copiedBytes: number; etaSeconds: number | null }
 }
 
@@ -61,8 +83,12 @@ export interface VolumeInfo {
   shared: boolean
   options: Record<string, string>
   state: VolumeState
-  /** Fewer in-sync replicas than repl. */
+  /** Fewer in-sync replicas on online nodes than repl. */
   degraded: boolean
+  /** Since when it has been degraded (null: it is not, or nobody knows). */
+  degradedSince: string | null
+  /** Why, one line per replica that is not an online in-sync one or is on its way out. */
+  degradedReasons: string[]
   attachedOn: string | null
   epoch: number
   mountpoint: string | null
@@ -79,4 +105,12 @@ export interface SharingInfo {
   server: string | null
   /** Each client node's mounts and the file operations and bytes it sent (as it last published them). */
   clients: Array<{ nodeId: string; mounts: number; ops: number; bytes: number; since: string }>
+}
+
+/** A node as pxctl cluster list shows it: membership, and what healing knows of it. */
+export interface ClusterNodeInfo extends NodeInfo {
+  /** pxctl cluster drain: takes no new replica, and every one it holds is being replaced. */
+  draining: boolean
+  /** When it was first seen offline (while it is). */
+  offlineSince?: string
 }

@@ -18,7 +18,7 @@ test('resync copies only the regions whose checksums differ, then the target is 
   const engine = new VolumeEngine({ volumeId: VOLUME, size: SIZE, replicas: [a] })
   let commits = 0
   const seen: number[] = []
-  const result = await engine.resync(b, async () => { commits++ }, (p) => seen.push(p.scannedBytes))
+  const result = await engine.resync(b, async () => { commits++ }, { onProgress: (p) => seen.push(p.scannedBytes) })
   t.deepEqual(b.writes, [[5 * REGION, REGION], [7 * REGION, REGION]], 'two whole regions copied, nothing else')
   t.true(b.bytes.equals(a.bytes))
   t.like(result, { nodeId: 'b', method: 'checksum-scan', totalBytes: SIZE, scannedBytes: SIZE, copiedBytes: 2 * REGION })

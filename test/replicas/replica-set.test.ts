@@ -305,3 +305,16 @@ test('resume picks up the map an earlier attach of this node left for an out-of-
   await set.mark(3 * DIRTY_REGION_BYTES, 1)
   t.deepEqual(regionsOf(dir, 'b'), [1, 3])
 })
+
+test('in-sync -> retired: the replica leaves the set at once (reads and writes go to the others), never the last one', (t) => {
+  const { a, b, c, set } = setup(t, undefined, { outOfSync: ['d'] })
+  t.is(set.retire('b'), b)
+  t.deepEqual(set.inSync.map((r) => r.nodeId), ['a', 'c'])
+  t.deepEqual(set.readable.map((r) => r.nodeId), ['a', 'c'])
+  t.is(set.stateOf('b'), undefined)
+  t.is(set.retire('d'), undefined, 'an out-of-sync one is only forgotten')
+  t.is(set.stateOf('d'), undefined)
+  t.is(set.retire('a'), a)
+  t.true(isPxdError(t.throws(() => set.retire('c')), 'UNSATISFIABLE'), 'the last in-sync replica stays')
+  t.deepEqual(set.inSync, [c])
+})

@@ -154,3 +154,32 @@ test('a release of an engine whose replicas may differ leaves the volume unclean
   t.deepEqual(await attachmentOf(db, VOL), { nodeId: null, epoch: 1, unclean: true })
   t.like(await n1.claim(VOL), { epoch: 2, unclean: true })
 })
+
+test('a background resync holds a volume with its own epoch; a mount claim takes it over while its node is online, without marking it unclean', async (t) => {
+  const { db, n1, n2 } = await setup(t)
+  t.deepEqual(await n1.claim(VOL, 'resync'), { epoch: 1, unclean: false, previous: undefined })
+  t.deepEqual(await attachmentOf(db, VOL), { nodeId: 'n1', epoch: 1, purpose: 'resync' })
+  const err = await t.throwsAsync(n2.claim(VOL, 'resync'))
+  t.true(isPxdError(err, 'IN_USE'), 'another background resync does not take it')
+  t.like(await n2.claim(VOL), { epoch: 2, unclean: false })
+  t.deepEqual(await attachmentOf(db, VOL), { nodeId: 'n2', epoch: 2 }, 'an ordinary attachment now')
+  t.true(isPxdError(await t.throwsAsync(n1.claim(VOL)), 'IN_USE'), 'and no one takes that from an online holder')
+})
+
+test('markMounted turns a background hold into an ordinary attachment, only at its epoch', async (t) => {
+  const { db, n1, n2 } = await setup(t)
+  await n1.claim(VOL, 'resync')
+  await n1.markMounted(VOL, 1)
+  t.deepEqual(await attachmentOf(db, VOL), { nodeId: 'n1', epoch: 1 })
+  t.true(isPxdError(await t.throwsAsync(n2.claim(VOL)), 'IN_USE'))
+  t.true(isPxdError(await t.throwsAsync(n1.markMounted(VOL, 2)), 'FENCED'))
+})
+
+test('a restart leaves a background hold clean, an ordinary one unclean', async (t) => {
+  const { db, n1 } = await setup(t)
+  await n1.claim(VOL, 'resync')
+  await putAttachment(db, 'other', { nodeId: 'n1', epoch: 4 })
+  await n1.markDetachedAfterRestart()
+  t.deepEqual(await attachmentOf(db, VOL), { nodeId: null, epoch: 1 })
+  t.deepEqual(await attachmentOf(db, 'other'), { nodeId: null, epoch: 4, unclean: true })
+})

@@ -95,9 +95,10 @@ test('a transaction the kvdb rejects propagates as it is', async (t) => {
 test('a transaction that times out propagates, and the set is unchanged', async (t) => {
   const { db, hooked, set } = await setup(t)
   const timeout = pxdError('KVDB_UNAVAILABLE', 'etcd request timed out')
+  await set.demote(VOL, 4, [failure('n3')], silent)
   hooked.onTxn = () => timesOut(50, timeout)
-  t.is(await t.throwsAsync(set.promote(VOL, 4, 'n4')), timeout)
-  t.deepEqual(await inSyncOf(db, VOL), ['n1', 'n2', 'n3'])
+  t.is(await t.throwsAsync(set.promote(VOL, 4, 'n3')), timeout)
+  t.deepEqual(await inSyncOf(db, VOL), ['n1', 'n2'])
 })
 
 test('a promotion whose transaction timed out but was applied is read back as in sync by inSyncOf', async (t) => {
@@ -113,4 +114,20 @@ test('a promotion whose transaction timed out but was applied is read back as in
   hooked.onTxn = undefined
   await db.delete(keys.volume(VOL))
   t.true(isPxdError(await t.throwsAsync(set.inSyncOf(VOL)), 'NOT_FOUND'))
+})
+
+test('a demotion records since when the volume is short of copies; the promotion that ends it clears it; a dropped replica is never promoted', async (t) => {
+  const { db, set } = await setup(t)
+  await set.demote(VOL, 4, [failure('n3')], silent)
+  const since = (await db.get<VolumeRecord>(keys.volume(VOL)))!.value.degradedSince
+  t.truthy(since)
+  await set.demote(VOL, 4, [failure('n2')], silent)
+  t.is((await db.get<VolumeRecord>(keys.volume(VOL)))!.value.degradedSince, since, 'kept while it stays degraded')
+  await set.promote(VOL, 4, 'n2')
+  await set.promote(VOL, 4, 'n3')
+  t.is((await db.get<VolumeRecord>(keys.volume(VOL)))!.value.degradedSince, undefined)
+  const rec = (await db.get<VolumeRecord>(keys.volume(VOL)))!.value
+  await putVolume(db, { ...rec, replicas: rec.replicas.filter((r) => r.nodeId !== 'n3'), inSync: ['n1', 'n2'] })
+  t.true(isPxdError(await t.throwsAsync(set.promote(VOL, 4, 'n3')), 'CONFLICT'))
+  t.deepEqual(await inSyncOf(db, VOL), ['n1', 'n2'])
 })

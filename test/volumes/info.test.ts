@@ -1,6 +1,6 @@
 import test from 'ava'
 import { keys } from '../../src/kvdb/kvdb'
-import { InfoView, replicaInfo } from '../../src/volumes/info'
+import { healthOf, InfoView, replicaInfo } from '../../src/volumes/info'
 import type { ResyncRecord } from '../../src/volumes/types'
 import { FakeMembership, GiB, node, openKvdb, putAttachment, putVolume, volumeRecord } from './fakes'
 
@@ -62,4 +62,22 @@ test('info of a detached volume that was never attached; nodes given are used in
   await putAttachment(db, 'w', { nodeId: null, epoch: 6 })
   t.like(await view.info(healthy, [node('n1'), node('n2')]), { state: 'detached', attachedOn: null, epoch: 6 })
   t.deepEqual((await view.info(healthy)).replicas.map((r) => r.online), [false, false], 'without nodes, membership (empty here) decides')
+})
+
+test('why a volume is degraded: an offline in-sync replica counts, with since when and when it is replaced; draining and resyncing ones are named', (t) => {
+  const rec = { ...volumeRecord('h', { replicas: ['n1', 'n2', 'n3', 'n4'], inSync: ['n1', 'n2', 'n3'], repl: 3 }), retiring: ['n3'] }
+  const off = NOW - 60_000
+  const view = { online: new Set(['n1', 'n3', 'n4']), offlineSince: new Map([['n2', off]]), draining: new Set(['n3']), replaceAfterMs: 300_000, now: NOW }
+  const replicas = rec.replicas.map(({ nodeId }) => replicaInfo(nodeId, rec, view.online.has(nodeId), resync({ nodeId: 'n4' }), NOW))
+  const h = healthOf(rec, replicas, view)
+  t.true(h.degraded, 'two in-sync replicas online (n1, n3) for repl=3')
+  t.is(h.since, new Date(off).toISOString(), 'since its in-sync replica\'s node went offline')
+  t.deepEqual(h.reasons, [
+    `n2: node offline since ${new Date(off).toISOString()}; replacement due at ${new Date(off + 300_000).toISOString()}`,
+    'n3: node draining; moves off once its replacement is in sync',
+    'n4: resync running, 25%',
+  ])
+  t.true(replicas[2]!.retiring)
+  const never = healthOf(rec, replicas, { ...view, replaceAfterMs: 0 })
+  t.regex(never.reasons[0]!, /not replaced \(--replace-after 0\)/)
 })

@@ -1,9 +1,10 @@
 import test, { type ExecutionContext } from 'ava'
-import type { ResyncProgress } from '../../src/engine/volume-engine'
+import type { ResyncOptions, ResyncProgress } from '../../src/engine/volume-engine'
 import { pxdError } from '../../src/errors'
 import { keys } from '../../src/kvdb/kvdb'
 import type { Replica } from '../../src/replicas/replica'
 import { Resyncs, type ResyncableVolume } from '../../src/volumes/resyncs'
+import { ResyncPace } from '../../src/volumes/resync-pace'
 import type { ResyncRecord } from '../../src/volumes/types'
 import { FakeMembership, GiB, node, openKvdb, putVolume, silent, sleep, volumeRecord, waitFor } from './fakes'
 
@@ -15,11 +16,11 @@ function fakeEngine(o: { busy?: string[]; fail?: Error; hold?: Promise<void> } =
   return {
     resynced,
     resyncing: o.busy ?? [],
-    async resync(target: Replica, commit: () => Promise<void>, onProgress?: (p: ResyncProgress) => void): Promise<ResyncProgress> {
+    async resync(target: Replica, commit: () => Promise<void>, options?: ResyncOptions): Promise<ResyncProgress> {
       resynced.push(target.nodeId)
       await o.hold
       if (o.fail) throw o.fail
-      onProgress?.({ nodeId: target.nodeId, method: 'dirty-map', totalBytes: GiB, scannedBytes: GiB / 2, copiedBytes: 10 })
+      options?.onProgress?.({ nodeId: target.nodeId, method: 'dirty-map', totalBytes: GiB, scannedBytes: GiB / 2, copiedBytes: 10 })
       await commit()
       return { nodeId: target.nodeId, method: 'dirty-map', totalBytes: GiB, scannedBytes: GiB, copiedBytes: 20 }
     },
@@ -38,6 +39,8 @@ async function setup(t: ExecutionContext, engine: ReturnType<typeof fakeEngine>,
     replicas: { replica: async (nodeId, volumeId, size, epoch) => { opened.push(`${nodeId}/${volumeId}/${size}/${epoch}`); return { nodeId } as Replica } },
     inSync: { promote: async (name, epoch, nodeId) => { promoted.push(`${name}/${epoch}/${nodeId}`) } },
     attached,
+    pace: new ResyncPace(),
+    nodeId: 'n1',
     log: silent,
   })
   t.teardown(() => resyncs.stop())
@@ -98,7 +101,8 @@ test('a second resync of a node never starts while one runs, even before the eng
   t.deepEqual(promoted, [`v/${EPOCH}/n2`])
   await waitFor(async () => {
     await resyncs.check('v')
-    return engine.resynced.length === 2
+    return engine.resynced.length >= 2
   })
-  t.deepEqual(engine.resynced, ['n2', 'n2'], 'once it ended, the node may be resynced again')
+  // The fake promote leaves n2 out of sync in the kvdb, so later checks may start more.
+  t.deepEqual(engine.resynced.slice(0, 2), ['n2', 'n2'], 'once it ended, the node may be resynced again')
 })

@@ -1,0 +1,207 @@
+/**
+ * The volumes attached on this node: each one's engine, mountpoint, mount IDs and epoch,
+ * from claim to release. An attachment is either mounted (the file system is up at its
+ * mountpoint) or held for healing only (mountpoint null: a background resync or replacement
+ * runs on its engine, see healer.ts). A mount here adopts a held engine, so its resync goes
+ * on; a mount elsewhere fences it, and the healer then closes it (`dropHealing`).
+ * Every method that changes an attachment runs under the volume's lock (the caller's, for
+ * attach, adopt and detach; its own for the healing ones).
+ */
+import type { Logger } from 'pino'
+import type { EngineEvents, VolumeEngine } from '../engine/volume-engine'
+import { isPxdError, pxdError, type PxdError } from '../errors'
+import type { Frontend } from '../frontend/frontend'
+import { keys, type Kvdb } from '../kvdb/kvdb'
+import type { ReplicaDirectory } from '../replicas/directory'
+import type { KeyedMutex } from '../util/mutex'
+import type { Attachments } from './attachments'
+import { releaseOptions, VolumeEngines } from './engines'
+import { CAS_RETRIES, type InSyncSet } from './in-sync'
+import type { VolumeRecord } from './types'
+
+export interface LocalAttachment {
+  engine: VolumeEngine
+  /** null: held for healing only, nothing mounted. */
+  mountpoint: string | null
+  mountIds: Set<string>
+  epoch: number
+  volumeId: string
+  size: number
+}
+
+export interface LocalVolumesOptions {
+  nodeId: string
+  dataDir: string
+  kvdb: Kvdb
+  frontend: Frontend
+  replicas: Pick<ReplicaDirectory, 'replica'>
+  attachments: Attachments
+  inSync: InSyncSet
+  locks: KeyedMutex
+  engineEvents: ((volumeName: string) => EngineEvents) | undefined
+  log: Logger
+  /** A volume was attached here (look for replicas to resync). */
+  attached: (name: string) => void
+  resyncRunning: (name: string) => boolean
+  /** Another node took the volume: the share layer stops at once, then tears down under the lock. */
+  fence: (name: string) => void
+  fenced: (name: string) => Promise<void>
+  stopping: () => boolean
+}
+
+export class LocalVolumes {
+  readonly #o: LocalVolumesOptions
+  /** By volume name; read by resyncs, scrubs and the info view. */
+  readonly map = new Map<string, LocalAttachment>()
+  readonly engines: VolumeEngines
+
+  constructor(o: LocalVolumesOptions) {
+    this.#o = o
+    this.engines = new VolumeEngines({
+      nodeId: o.nodeId, dataDir: o.dataDir, replicas: o.replicas, attachments: o.attachments, inSync: o.inSync,
+      readRecord: async (name) => (await this.#record(name)).value,
+      engineEvents: o.engineEvents, onFenced: (name, engine, err, log) => this.#fenced(name, engine, err, log), log: o.log,
+    })
+  }
+
+  get(name: string): LocalAttachment | undefined {
+    return this.map.get(name)
+  }
+
+  /** The volumes held here for healing only. */
+  healing(): string[] {
+    return [...this.map].filter(([, l]) => l.mountpoint === null).map(([name]) => name)
+  }
+
+  /**
+   * Claim, open the replicas, build the chain; the attachment starts with no mount IDs.
+   * `at`: where the file system goes, when not at the volume's mountpoint.
+   */
+  async attachHere(name: string, at?: string): Promise<{ mountpoint: string; volumeId: string; epoch: number }> {
+    const { engine, epoch, record } = await this.engines.attach(name)
+    try {
+      const mountpoint = await this.#mountFs(name, record, engine, at)
+      this.map.set(name, { engine, mountpoint, mountIds: new Set(), epoch, volumeId: record.id, size: record.spec.size })
+      this.#o.attached(name)
+      return { mountpoint, volumeId: record.id, epoch }
+    } catch (err) {
+      await this.engines.detach(name, record.id, engine, epoch)
+      throw err
+    }
+  }
+
+  /**
+   * Mount a volume held here for healing on the engine it has; its resync goes on. False
+   * when another node took it meanwhile (the engine is let go; attach as usual).
+   */
+  async adopt(name: string, local: LocalAttachment): Promise<boolean> {
+    try {
+      const record = (await this.#record(name)).value
+      await this.#o.attachments.markMounted(name, local.epoch)
+      local.mountpoint = await this.#mountFs(name, record, local.engine)
+      this.#o.log.info({ volume: name, volumeId: record.id, epoch: local.epoch }, 'mounted on the engine that was healing it; its resync goes on')
+      return true
+    } catch (err) {
+      this.map.delete(name)
+      await local.engine.close().catch(() => undefined)
+      await this.#o.attachments.release(name, local.epoch).catch(() => undefined)
+      if (!isPxdError(err, 'FENCED')) throw err
+      return false
+    }
+  }
+
+  /** Take a volume nobody holds, for healing only (no mount); false when it could not be. */
+  async attachForHealing(name: string, refuse: () => boolean): Promise<boolean> {
+    return this.#o.locks.run(name, async () => {
+      if (this.#o.stopping() || this.map.has(name) || refuse()) return false
+      let attached
+      try {
+        attached = await this.engines.attach(name, 'resync')
+      } catch (err) {
+        this.#o.log.debug({ err, volume: name }, 'could not take the volume for healing')
+        return false
+      }
+      const { engine, epoch, record } = attached
+      this.map.set(name, { engine, mountpoint: null, mountIds: new Set(), epoch, volumeId: record.id, size: record.spec.size })
+      this.#o.log.info({ volume: name, volumeId: record.id, epoch }, 'volume taken for healing (no mount; any mount takes it over)')
+      return true
+    })
+  }
+
+  /** Close the engine of a volume held for healing at `epoch` that is no longer ours (no release: it is not). */
+  async dropHealing(name: string, epoch: number): Promise<void> {
+    await this.#o.locks.run(name, async () => {
+      const local = this.map.get(name)
+      if (!local || local.mountpoint !== null || local.epoch !== epoch) return
+      this.map.delete(name)
+      await local.engine.close().catch(() => undefined)
+      this.#o.log.info({ volume: name, volumeId: local.volumeId, epoch }, 'healing handed over: another node holds the volume now')
+    })
+  }
+
+  /** Let go of a volume held for healing, unless it was mounted meanwhile or still resyncs. */
+  async releaseHealing(name: string): Promise<void> {
+    await this.#o.locks.run(name, async () => {
+      const local = this.map.get(name)
+      if (!local || local.mountpoint !== null || this.#o.resyncRunning(name)) return
+      await this.detach(name, local, false)
+      this.#o.log.info({ volume: name, volumeId: local.volumeId }, 'healing done: volume let go')
+    })
+  }
+
+  /** Unmount (when mounted), close the engine and give the attachment back. */
+  async detach(name: string, local: LocalAttachment, lazy: boolean): Promise<void> {
+    if (local.mountpoint !== null) await this.#o.frontend.detach(name, lazy)
+    this.map.delete(name)
+    try {
+      await local.engine.close()
+    } finally {
+      const opts = releaseOptions(local.engine)
+      await this.#o.attachments.release(name, local.epoch, opts).catch((err) => {
+        // The volume is unmounted here whatever the kvdb says; record that once it is back.
+        this.#o.log.warn({ err, volume: name, volumeId: local.volumeId }, 'could not record the detach now; retrying in the background')
+        this.#o.attachments.retryRelease(name, local.epoch, opts)
+      })
+    }
+  }
+
+  #mountFs(name: string, record: VolumeRecord, engine: VolumeEngine, at?: string): Promise<string> {
+    return this.#o.frontend.attach({
+      id: record.id, name, fs: record.spec.fs, blockSize: record.spec.blockSize, device: engine,
+      formatted: record.formatted === true,
+      onFormatted: () => this.#markFormatted(name),
+      ...(at ? { mountpoint: at } : {}),
+    })
+  }
+
+  async #markFormatted(name: string): Promise<void> {
+    for (let attempt = 0; attempt < CAS_RETRIES; attempt++) {
+      const vol = await this.#record(name)
+      if (vol.value.formatted) return
+      const ok = await this.#o.kvdb.txn({ compares: [{ key: vol.key, modRevision: vol.modRevision }], puts: [{ key: vol.key, value: { ...vol.value, formatted: true } satisfies VolumeRecord }] })
+      if (ok) return
+    }
+    throw pxdError('CONFLICT', `volume ${name}: could not record that it was formatted`)
+  }
+
+  /** Another node attached the volume: tear down the local chain, and leave the attachment to its new holder. */
+  #fenced(name: string, engine: VolumeEngine, err: PxdError, log: Logger): void {
+    if (this.map.get(name)?.mountpoint === null) log.info('a mount on another node took over the volume this node was healing; the resync continues there')
+    else log.error({ err }, 'fenced: another node attached this volume with a newer epoch; tearing down the local mount')
+    this.#o.fence(name)
+    void this.#o.locks.run(name, async () => {
+      const local = this.map.get(name)
+      if (!local || local.engine !== engine) return
+      this.map.delete(name)
+      await this.#o.fenced(name)
+      if (local.mountpoint !== null) await this.#o.frontend.detach(name, true).catch((e) => log.error({ err: e }, 'teardown of a fenced volume failed'))
+      await engine.close().catch(() => undefined)
+    })
+  }
+
+  async #record(name: string) {
+    const entry = await this.#o.kvdb.get<VolumeRecord>(keys.volume(name))
+    if (!entry) throw pxdError('NOT_FOUND', `volume ${name} not found`)
+    return entry
+  }
+}
