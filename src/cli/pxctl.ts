@@ -294,7 +294,7 @@ function renderInspect(v: VolumeInfo): string {
     ['File system', `${v.fs} (block size ${v.blockSize})`],
     ['Shared', String(v.shared)],
     ['State', v.state],
-    ['Attached on', v.attachedOn ?? '-'],
+    ['Attached on', v.attachedOn ? `${v.attachedOn}${v.attachedFor === 'healing' ? ' (healing only: a background resync, no mount)' : ''}` : '-'],
     ['Epoch', String(v.epoch)],
     ['Mountpoint', v.mountpoint ?? '-'],
     ['Mounts', String(v.mounts)],

@@ -33,13 +33,12 @@ Options (each also settable through the environment variable shown):
   --scrub-interval SEC  background scrub of attached  PXD_SCRUB_INTERVAL (default 0: off)
                         volumes every SEC seconds
   --scrub-rate SIZE     scrub pace per second         PXD_SCRUB_RATE     (default ${DEFAULT_SCRUB_RATE})
-  --resync-rate SIZE    resync copies per second      PXD_RESYNC_RATE    (default 200M)
-                        (all resyncs this node runs)
-  --resync-concurrency N  resyncs this node runs at   PXD_RESYNC_CONCURRENCY (default 2)
-                        once
-  --replace-after TIME  a replica whose node is        PXD_REPLACE_AFTER  (default 10m; 0: never)
-                        offline this long is replaced
-                        on another node (90, 30s, 10m, 1h)
+  --resync-rate SIZE    what all resyncs run here      PXD_RESYNC_RATE    (default 200M)
+                        copy per second
+  --resync-concurrency N  resyncs run here at once     PXD_RESYNC_CONCURRENCY (default 2)
+  --replace-after TIME  replace a replica whose node   PXD_REPLACE_AFTER  (default 10m; 0: never)
+                        is offline this long (90, 30s,
+                        10m, 1h)
   --node-id ID          this node's id                 PXD_NODE_ID        (default: the id stored in the data dir, else the host name)
   --fuse-server NAME    who serves the FUSE device    PXD_FUSE_SERVER    (default addon)
                         dir: addon (C++, async direct I/O, 1 MiB requests)

@@ -35,8 +35,10 @@ import { readFromOthers } from './repair'
 
 /** One digest request covers this much of the volume (its reply is 4 bytes per block). */
 export const RESYNC_SCAN_BYTES = 64 * 1024 * 1024
-/** Unit of copying: a region with any differing block is copied whole. */
+/** Unit of comparing: a region with any differing block is copied whole. */
 export const RESYNC_REGION_BYTES = 128 * 1024
+/** Adjacent differing regions are copied together, up to this much at once. */
+export const RESYNC_COPY_BYTES = 1024 * 1024
 /** A read back of a commit whose outcome is unknown that fails is tried again this often. */
 export const READ_BACK_RETRY_MS = 1_000
 
@@ -132,20 +134,35 @@ async function syncRange(core: EngineCore, target: Replica, offset: number, leng
   const [want, have] = await Promise.all([source.digest(offset, length), target.digest(offset, length)])
   check(core, target)
   let copied = 0
+  for (const [start, len] of differingRuns(want, have, offset, length, core.size)) {
+    if (pace) {
+      await pace(len)
+      check(core, target)
+    }
+    await copyRegion(core, source, target, start, len)
+    copied += len
+  }
+  return copied
+}
+
+/**
+ * The regions of [offset, offset + length) with a block whose checksums differ, adjacent
+ * ones merged into runs of at most RESYNC_COPY_BYTES: one copy (one lock, one round trip)
+ * per run.
+ */
+export function differingRuns(want: Uint8Array, have: Uint8Array, offset: number, length: number, size: number): Array<[number, number]> {
+  const runs: Array<[number, number]> = []
   let regionEnd = -1
   for (let block = 0; block < blocksIn(length); block++) {
     const at = offset + block * BLOCK_SIZE
     if (at < regionEnd || sameEntry(want, have, block)) continue
     const start = at - (at % RESYNC_REGION_BYTES)
-    regionEnd = Math.min(start + RESYNC_REGION_BYTES, core.size)
-    if (pace) {
-      await pace(regionEnd - start)
-      check(core, target)
-    }
-    await copyRegion(core, source, target, start, regionEnd - start)
-    copied += regionEnd - start
+    regionEnd = Math.min(start + RESYNC_REGION_BYTES, size)
+    const last = runs[runs.length - 1]
+    if (last && last[0] + last[1] === start && last[1] + (regionEnd - start) <= RESYNC_COPY_BYTES) last[1] += regionEnd - start
+    else runs.push([start, regionEnd - start])
   }
-  return copied
+  return runs
 }
 
 /** Copy one region with overlapping writes held back and in-flight ones landed first. */

@@ -20,7 +20,7 @@ import type { Membership } from '../cluster/membership'
 import { pxdError } from '../errors'
 import { keys, type Kvdb } from '../kvdb/kvdb'
 import { CAS_RETRIES } from './in-sync'
-import { dueForReplacement, healerOf, needsHealing, readyToRetire, replacementDueAt, withoutReplicas, withReplacements, type ClusterView } from './healing-plan'
+import { dueForReplacement, healerOf, needingResync, needsHealing, readyToRetire, replacementDueAt, withoutReplicas, withReplacements, type ClusterView } from './healing-plan'
 import type { ReplicaPlacement } from './placement'
 import type { ResyncPace } from './resync-pace'
 import type { AttachmentRecord, VolumeRecord } from './types'
@@ -163,7 +163,7 @@ export class Healer {
       void this.#o.host.resyncCheck(name)
       if (local.background && !this.#o.host.resyncRunning(name)) {
         const now = (await this.#o.kvdb.get<VolumeRecord>(keys.volume(name)))?.value
-        if (!now || !needsHealing(now, view)) await this.#o.host.releaseHealing(name)
+        if (!now || !(await this.#actionable(now, view))) await this.#o.host.releaseHealing(name)
       }
       return
     }
@@ -173,13 +173,24 @@ export class Healer {
       const due = replacementDueAt(att.nodeId, view)
       if (view.online.has(att.nodeId) || due === undefined || due > view.now) return
     }
-    if (!needsHealing(record, view) || healerOf(record, view.online) !== this.#o.nodeId) return
+    if (healerOf(record, view.online) !== this.#o.nodeId || !(await this.#actionable(record, view))) return
     if (this.#o.pace.running >= this.#o.pace.concurrency) return
     if (!(await this.#o.host.attachForHealing(name))) return
     const held = this.#o.host.attached(name)
     if (!held) return
     await this.#plan(name, held.epoch, view)
     void this.#o.host.resyncCheck(name)
+  }
+
+  /**
+   * Whether there is healing that can be done now: a resync, a drop, or a replacement with an
+   * online node that has room (a volume is not held, and its epoch not bumped, for nothing).
+   */
+  async #actionable(record: VolumeRecord, view: ClusterView): Promise<boolean> {
+    if (!needsHealing(record, view)) return false
+    if (needingResync(record, view.online).length > 0 || readyToRetire(record).length > 0) return true
+    const except = [...record.replicas.map((r) => r.nodeId), ...view.draining]
+    return this.#o.placement.place(1, record.spec.size, except).then(() => true, () => false)
   }
 
   /** Replace what is due and drop what has been replaced, as the holder at `epoch`. */

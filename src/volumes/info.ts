@@ -63,6 +63,7 @@ export class InfoView {
       degradedSince: health.since,
       degradedReasons: health.reasons,
       attachedOn: att?.nodeId ?? null,
+      attachedFor: att?.nodeId ? (att.purpose === 'resync' ? 'healing' : 'mount') : null,
       epoch: att?.epoch ?? 0,
       mountpoint: local?.mountpoint ?? null,
       mounts: local?.mountIds.size ?? 0,

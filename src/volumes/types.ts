@@ -90,6 +90,8 @@ export interface VolumeInfo {
   /** Why, one line per replica that is not an online in-sync one or is on its way out. */
   degradedReasons: string[]
   attachedOn: string | null
+  /** Why it is attached: a mount, or healing only (a background resync or replacement, no mount). */
+  attachedFor: 'mount' | 'healing' | null
   epoch: number
   mountpoint: string | null
   mounts: number

@@ -4,12 +4,15 @@ import os from 'node:os'
 import path from 'node:path'
 import { DIRTY_REGION_BYTES, DirtyMap } from '../../src/replicas/dirty-map'
 import { RESYNC_REGION_BYTES, VolumeEngine, type EngineOptions } from '../../src/engine/volume-engine'
+import { differingRuns, RESYNC_COPY_BYTES } from '../../src/engine/resync'
 import { isPxdError, pxdError } from '../../src/errors'
 import { deferred, MemReplica, tick } from './mem-replica'
 
 const REGION = RESYNC_REGION_BYTES
 const SIZE = 8 * REGION
 const VOLUME = '0123456789abcdef'
+/** Two copy runs: a write to the second one is not held back while the first is copied. */
+const TWO_RUNS = 2 * RESYNC_COPY_BYTES
 
 test('resync copies only the regions whose checksums differ, then the target is in sync', async (t) => {
   const a = new MemReplica('a', SIZE).fill(0, 8192, 1).fill(5 * REGION + 4096, 4096, 2)
@@ -26,6 +29,35 @@ test('resync copies only the regions whose checksums differ, then the target is 
   t.is(commits, 1)
   t.deepEqual(engine.inSync, ['a', 'b'])
   t.deepEqual(engine.resyncing, [])
+})
+
+test('adjacent differing regions are copied as one run of at most RESYNC_COPY_BYTES; a region is the unit', (t) => {
+  const size = 2 * RESYNC_COPY_BYTES
+  const blocks = size / 4096
+  const want = Buffer.alloc(blocks * 4, 1)
+  const have = Buffer.alloc(blocks * 4, 1)
+  const differ = (offset: number) => { have[(offset / 4096) * 4] = 2 }
+  // Regions 0..11 differ (one block each), then region 14.
+  for (let r = 0; r < 12; r++) differ(r * REGION + 4096)
+  differ(14 * REGION)
+  t.deepEqual(differingRuns(want, have, 0, size, size), [[0, RESYNC_COPY_BYTES], [RESYNC_COPY_BYTES, 4 * REGION], [14 * REGION, REGION]])
+  t.deepEqual(differingRuns(want, want, 0, size, size), [], 'equal: nothing')
+})
+
+test('a paced resync waits before each copy, never inside the copy lock', async (t) => {
+  const a = new MemReplica('a', SIZE).fill(0, SIZE, 3)
+  const b = new MemReplica('b', SIZE)
+  const engine = new VolumeEngine({ volumeId: VOLUME, size: SIZE, replicas: [a] })
+  const asked: number[] = []
+  const gate = deferred()
+  const resyncing = engine.resync(b, () => Promise.resolve(), { pace: async (bytes) => { asked.push(bytes); await gate.promise } })
+  await tick()
+  t.deepEqual(asked, [SIZE], 'the whole (adjacent) volume is one run here')
+  // A write while the resync waits for its pace goes through at once.
+  await engine.write(0, Buffer.alloc(4096, 9))
+  gate.resolve()
+  await resyncing
+  t.true(b.bytes.equals(a.bytes))
 })
 
 test('a write during resync reaches the learner, and a learner never serves reads', async (t) => {
@@ -88,9 +120,9 @@ test('a write to a region being copied is held back until the copy is done', asy
 })
 
 test('a learner that fails a write is not promoted: resync rejects with its error and commit never runs', async (t) => {
-  const a = new MemReplica('a', SIZE).fill(0, SIZE, 3)
-  const b = new MemReplica('b', SIZE)
-  const engine = new VolumeEngine({ volumeId: VOLUME, size: SIZE, replicas: [a] })
+  const a = new MemReplica('a', TWO_RUNS).fill(0, TWO_RUNS, 3)
+  const b = new MemReplica('b', TWO_RUNS)
+  const engine = new VolumeEngine({ volumeId: VOLUME, size: TWO_RUNS, replicas: [a] })
   const gate = deferred()
   let copies = 0
   b.beforeWrite = async (offset, data) => {
@@ -100,7 +132,7 @@ test('a learner that fails a write is not promoted: resync rejects with its erro
   let committed = 0
   const resyncing = engine.resync(b, async () => { committed++ })
   await tick()
-  await engine.write(6 * REGION, Buffer.alloc(4096, 5))
+  await engine.write(RESYNC_COPY_BYTES + 6 * REGION, Buffer.alloc(4096, 5))
   gate.resolve()
   t.true(isPxdError(await t.throwsAsync(resyncing), 'PEER_UNAVAILABLE'))
   t.is(committed, 0)
@@ -109,10 +141,10 @@ test('a learner that fails a write is not promoted: resync rejects with its erro
 })
 
 test('a learner refusing with STALE_EPOCH fences the engine and the resync', async (t) => {
-  const a = new MemReplica('a', SIZE).fill(0, SIZE, 3)
-  const b = new MemReplica('b', SIZE)
+  const a = new MemReplica('a', TWO_RUNS).fill(0, TWO_RUNS, 3)
+  const b = new MemReplica('b', TWO_RUNS)
   const fenced: string[] = []
-  const engine = new VolumeEngine({ volumeId: VOLUME, size: SIZE, replicas: [a], onFenced: (e) => fenced.push(e.code) })
+  const engine = new VolumeEngine({ volumeId: VOLUME, size: TWO_RUNS, replicas: [a], onFenced: (e) => fenced.push(e.code) })
   const gate = deferred()
   b.beforeWrite = async (_offset, data) => {
     if (data[0] === 5) throw pxdError('STALE_EPOCH', 'newer epoch')
@@ -120,7 +152,7 @@ test('a learner refusing with STALE_EPOCH fences the engine and the resync', asy
   }
   const resyncing = engine.resync(b, () => Promise.resolve())
   await tick()
-  t.true(isPxdError(await t.throwsAsync(engine.write(6 * REGION, Buffer.alloc(4096, 5))), 'FENCED'))
+  t.true(isPxdError(await t.throwsAsync(engine.write(RESYNC_COPY_BYTES + 6 * REGION, Buffer.alloc(4096, 5))), 'FENCED'))
   gate.resolve()
   t.true(isPxdError(await t.throwsAsync(resyncing), 'FENCED'))
   t.deepEqual(fenced, ['FENCED'])
