@@ -26,6 +26,8 @@ export interface EngineCore {
   readonly readInSync: (() => Promise<string[]>) | undefined
   /** How long to wait before reading back again when a read back failed. */
   readonly readBackRetryMs: number
+  /** Requests from the volume's user (reads, writes, flushes) so far: a resync yields while it grows. */
+  readonly foreground: { requests: number }
   /** Whether close() has been called. */
   readonly closing: boolean
   /** Whether the engine has been fenced. */

@@ -1,13 +1,15 @@
 /**
- * The writes in flight on one volume and the one copy lock, shared by the data path and
- * the copies (resync, reconcile, repair):
+ * The writes in flight on one volume and the copy locks, shared by the data path and the
+ * copies (resync, reconcile, repair):
  *   - a write that overlaps one still in flight waits for it, since each replica may apply
  *     two writes in flight in either order: so every replica ends with the later write's
  *     bytes;
  *   - a copy holds back the writes that overlap its region, and starts only after the
- *     writes already in flight have landed, so it never copies bytes a write is changing.
- * One copy at a time holds the lock. Writes are added in the order of their sequence
- * numbers, so the first one in the set is the oldest still in flight (flush needs it).
+ *     overlapping writes already in flight have landed, so it never copies bytes a write is
+ *     changing.
+ * Copies of disjoint regions may hold their locks at once (a resync keeps several in
+ * flight); overlapping ones wait for each other. Writes are added in the order of their
+ * sequence numbers, so the first one in the set is the oldest still in flight (flush needs it).
  */
 interface InflightWrite {
   start: number
@@ -26,12 +28,13 @@ interface CopyLock {
 
 export class InflightWrites {
   readonly #writes = new Set<InflightWrite>()
-  #lock: CopyLock | undefined
+  readonly #locks = new Set<CopyLock>()
 
   /** What a write of bytes [start, end) must wait for before it starts, or undefined. */
   blocker(start: number, end: number): Promise<void> | undefined {
-    const lock = this.#lock
-    if (lock !== undefined && start < lock.end && end > lock.start) return lock.done
+    for (const lock of this.#locks) {
+      if (start < lock.end && end > lock.start) return lock.done
+    }
     for (const w of this.#writes) {
       if (start < w.end && end > w.start) return w.settled
     }
@@ -57,19 +60,26 @@ export class InflightWrites {
     return Promise.allSettled([...this.#writes].map((w) => w.landed))
   }
 
-  /** Run `fn` on a region with overlapping writes held back and the ones in flight landed first. */
+  /** Run `fn` on a region with overlapping writes held back and the overlapping ones in flight landed first. */
   async withCopyLock(start: number, length: number, fn: () => Promise<void>): Promise<void> {
-    while (this.#lock) await this.#lock.done
+    const end = start + length
+    for (let held = this.#overlappingLock(start, end); held; held = this.#overlappingLock(start, end)) await held.done
     let release!: () => void
     const done = new Promise<void>((resolve) => { release = resolve })
-    this.#lock = { start, end: start + length, done }
+    const lock: CopyLock = { start, end, done }
+    this.#locks.add(lock)
     try {
-      await this.landed()
+      await Promise.allSettled([...this.#writes].filter((w) => start < w.end && end > w.start).map((w) => w.landed))
       await fn()
     } finally {
-      this.#lock = undefined
+      this.#locks.delete(lock)
       release()
     }
+  }
+
+  #overlappingLock(start: number, end: number): CopyLock | undefined {
+    for (const lock of this.#locks) if (start < lock.end && end > lock.start) return lock
+    return undefined
   }
 }
 

@@ -21,8 +21,12 @@
  * a lost link) compares everything (checksums only, 4 bytes per block) but copies only what
  * is still missing. The target is flushed after every scan chunk that copied something, so
  * what was copied stays copied even if the target's node loses power. `pace` is awaited
- * before each region is copied (the node's rate limit), outside the copy lock, so writes
- * are never held back by it.
+ * before each run is copied (the node's rate limit), outside the copy lock, so writes
+ * are never held back by it. Up to RESYNC_COPIES_IN_FLIGHT runs are copied at once, each
+ * under its own copy lock, while the volume's user is quiet; while it is active (a request
+ * in the last FOREGROUND_QUIET_MS) the resync yields: one copy at a time, each followed by
+ * a rest FOREGROUND_REST_FACTOR times as long as it took, so the user's requests keep most
+ * of the disk and the CPU.
  */
 import { BLOCK_SIZE } from '../constants'
 import { isPxdError, pxdError } from '../errors'
@@ -39,6 +43,12 @@ export const RESYNC_SCAN_BYTES = 64 * 1024 * 1024
 export const RESYNC_REGION_BYTES = 128 * 1024
 /** Adjacent differing regions are copied together, up to this much at once. */
 export const RESYNC_COPY_BYTES = 1024 * 1024
+/** Copies of disjoint runs a resync keeps in flight (each under its own copy lock). */
+export const RESYNC_COPIES_IN_FLIGHT = 4
+/** The volume's user counts as active this long after its last request. */
+export const FOREGROUND_QUIET_MS = 500
+/** While the user is active, a resync copies one run at a time and rests this many times as long as each copy took. */
+export const FOREGROUND_REST_FACTOR = 3
 /** A read back of a commit whose outcome is unknown that fails is tried again this often. */
 export const READ_BACK_RETRY_MS = 1_000
 
@@ -68,9 +78,7 @@ export async function resync(core: EngineCore, target: Replica, commit: () => Pr
     core.members.learn(target)
     // Writes that started before the target joined did not go to it: let them land first.
     await core.writes.landed()
-    const ranges: Array<[number, number]> = trusted
-      ? map.regions.map((r) => [r * DIRTY_REGION_BYTES, Math.min(DIRTY_REGION_BYTES, core.size - r * DIRTY_REGION_BYTES)])
-      : chunks(core.size, RESYNC_SCAN_BYTES)
+    const ranges: Array<[number, number]> = trusted ? dirtyRanges(map.regions, core.size) : chunks(core.size, RESYNC_SCAN_BYTES)
     const progress: ResyncProgress = {
       nodeId: target.nodeId,
       method: trusted ? 'dirty-map' : 'checksum-scan',
@@ -79,8 +87,9 @@ export async function resync(core: EngineCore, target: Replica, commit: () => Pr
       copiedBytes: 0,
     }
     let unflushed = 0
+    const yielding = foregroundWatch(core)
     for (const [offset, length] of ranges) {
-      const copied = await syncRange(core, target, offset, length, options.pace)
+      const copied = await syncRange(core, target, offset, length, options.pace, yielding)
       progress.copiedBytes += copied
       unflushed += copied
       if (unflushed >= RESYNC_SCAN_BYTES) {
@@ -97,6 +106,20 @@ export async function resync(core: EngineCore, target: Replica, commit: () => Pr
   } finally {
     core.members.leave(target)
   }
+}
+
+/** The dirty regions as ranges to compare: adjacent ones merged, up to RESYNC_SCAN_BYTES each (one digest request). */
+export function dirtyRanges(regions: readonly number[], size: number): Array<[number, number]> {
+  const out: Array<[number, number]> = []
+  for (const r of [...regions].sort((a, b) => a - b)) {
+    const start = r * DIRTY_REGION_BYTES
+    if (start >= size) continue
+    const len = Math.min(DIRTY_REGION_BYTES, size - start)
+    const last = out[out.length - 1]
+    if (last && last[0] + last[1] === start && last[1] + len <= RESYNC_SCAN_BYTES) last[1] += len
+    else out.push([start, len])
+  }
+  return out
 }
 
 /** Run the kvdb commit; an outcome it leaves unknown is read back until the kvdb answers or the engine stops. */
@@ -128,22 +151,63 @@ export async function reconcile(core: EngineCore): Promise<number> {
 }
 
 /** Compare one range's block checksums and copy the regions that differ; returns bytes copied. */
-async function syncRange(core: EngineCore, target: Replica, offset: number, length: number, pace?: (bytes: number) => Promise<void>): Promise<number> {
+async function syncRange(core: EngineCore, target: Replica, offset: number, length: number, pace?: (bytes: number) => Promise<void>, yielding: () => boolean = never): Promise<number> {
   const source = core.members.readable[0]
   if (!source) throw pxdError('IO_ERROR', `volume ${core.volumeId}: no in-sync replica to resync from`)
   const [want, have] = await Promise.all([source.digest(offset, length), target.digest(offset, length)])
   check(core, target)
+  const runs = differingRuns(want, have, offset, length, core.size)
   let copied = 0
-  for (const [start, len] of differingRuns(want, have, offset, length, core.size)) {
-    if (pace) {
-      await pace(len)
-      check(core, target)
+  let next = 0
+  let copying = 0
+  let failed: { error: unknown } | undefined
+  // RESYNC_COPIES_IN_FLIGHT workers take the runs in order; the first failure stops them all.
+  const worker = async (): Promise<void> => {
+    while (next < runs.length && !failed) {
+      // While the user is active only one worker copies.
+      if (yielding() && copying > 0) {
+        await sleep(FOREGROUND_QUIET_MS / 10)
+        continue
+      }
+      const [start, len] = runs[next++]!
+      copying++
+      try {
+        if (pace) {
+          await pace(len)
+          check(core, target)
+        }
+        const began = Date.now()
+        await copyRegion(core, source, target, start, len)
+        copied += len
+        if (yielding()) await sleep((Date.now() - began) * FOREGROUND_REST_FACTOR)
+      } catch (error) {
+        failed ??= { error }
+      } finally {
+        copying--
+      }
     }
-    await copyRegion(core, source, target, start, len)
-    copied += len
   }
+  await Promise.all(Array.from({ length: Math.min(RESYNC_COPIES_IN_FLIGHT, runs.length) }, worker))
+  if (failed) throw failed.error
   return copied
 }
+
+/** Whether the volume's user made a request in the last FOREGROUND_QUIET_MS (sampled on each call). */
+function foregroundWatch(core: EngineCore): () => boolean {
+  let seen = core.foreground.requests
+  let activeUntil = 0
+  return () => {
+    const now = Date.now()
+    if (core.foreground.requests !== seen) {
+      seen = core.foreground.requests
+      activeUntil = now + FOREGROUND_QUIET_MS
+    }
+    return now < activeUntil
+  }
+}
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
+const never = () => false
 
 /**
  * The regions of [offset, offset + length) with a block whose checksums differ, adjacent

@@ -111,6 +111,7 @@ export class VolumeEngine {
       onRepair: options.onRepair,
       readInSync: options.readInSync,
       readBackRetryMs: options.readBackRetryMs ?? READ_BACK_RETRY_MS,
+      foreground: { requests: 0 },
       get closing() { return engine.#closing !== undefined },
       get fenced() { return engine.#fenced !== undefined },
       // Stamped with the next write's number: only a flush that starts once a later write settled clears it.
@@ -331,6 +332,7 @@ export class VolumeEngine {
 
   #track(p: Promise<void>): Promise<void> {
     this.#inflight++
+    this.#core.foreground.requests++
     return p.finally(() => {
       if (--this.#inflight === 0 && this.#drained) this.#drained()
     })

@@ -11,7 +11,7 @@ import { deferred, MemReplica, tick } from './mem-replica'
 const REGION = RESYNC_REGION_BYTES
 const SIZE = 8 * REGION
 const VOLUME = '0123456789abcdef'
-/** Two copy runs: a write to the second one is not held back while the first is copied. */
+/** Two copy runs' worth; `a` holds data in the first only, so a write to the second is not held back by a copy. */
 const TWO_RUNS = 2 * RESYNC_COPY_BYTES
 
 test('resync copies only the regions whose checksums differ, then the target is in sync', async (t) => {
@@ -120,7 +120,7 @@ test('a write to a region being copied is held back until the copy is done', asy
 })
 
 test('a learner that fails a write is not promoted: resync rejects with its error and commit never runs', async (t) => {
-  const a = new MemReplica('a', TWO_RUNS).fill(0, TWO_RUNS, 3)
+  const a = new MemReplica('a', TWO_RUNS).fill(0, RESYNC_COPY_BYTES, 3)
   const b = new MemReplica('b', TWO_RUNS)
   const engine = new VolumeEngine({ volumeId: VOLUME, size: TWO_RUNS, replicas: [a] })
   const gate = deferred()
@@ -141,7 +141,7 @@ test('a learner that fails a write is not promoted: resync rejects with its erro
 })
 
 test('a learner refusing with STALE_EPOCH fences the engine and the resync', async (t) => {
-  const a = new MemReplica('a', TWO_RUNS).fill(0, TWO_RUNS, 3)
+  const a = new MemReplica('a', TWO_RUNS).fill(0, RESYNC_COPY_BYTES, 3)
   const b = new MemReplica('b', TWO_RUNS)
   const fenced: string[] = []
   const engine = new VolumeEngine({ volumeId: VOLUME, size: TWO_RUNS, replicas: [a], onFenced: (e) => fenced.push(e.code) })
