@@ -3,7 +3,9 @@
  * etcd in its own network namespace, so that one peer link can be cut): a replica that was
  * away is resynced in the background by the node with the in-sync copy; a resync resumes
  * after its coordinator is killed, after a mount on another node takes the volume over and
- * after a lost link, copying nothing twice; the copy rate holds to --resync-rate. Bytes
+ * after a lost link, copying nothing twice; a target that loses power mid-copy (its data dir
+ * on the power-loss file system) is resynced again and then serves every fsynced byte; the
+ * copy rate holds to --resync-rate. Bytes
  * copied are counted where they land: the target node's pxd_replica_written_bytes_total.
  */
 import test from 'ava'
@@ -22,7 +24,8 @@ const RATE = 24 * MiB
 let cluster: Cluster
 
 test.before(async () => {
-  cluster = await startCluster(['node-a', 'node-b', 'node-c'], { network: true, extraArgs: ['--resync-rate', `${RATE / MiB}M`, '--replace-after', '0'] })
+  // Every data dir on the power-loss file system, so that any replica's node can lose power.
+  cluster = await startCluster(['node-a', 'node-b', 'node-c'], { network: true, powerLoss: true, extraArgs: ['--resync-rate', `${RATE / MiB}M`, '--replace-after', '0'] })
 })
 
 test.after.always(async () => {
@@ -62,6 +65,22 @@ async function degradedVolume(name: string, size: string, bytes: number) {
   return { source: source!, away: away!, third, id: info.id, files: { 'before.bin': sha(before), 'meanwhile.bin': sha(meanwhile) } }
 }
 
+/**
+ * Once the healing claim is let go, the replicas must be identical; then `source` is stopped
+ * and the volume mounted on `away` alone. Returns the digests of the files it reads there;
+ * `source` is started again.
+ */
+async function failoverTo(away: ClusterNode, source: ClusterNode, name: string, id: string): Promise<Record<string, string>> {
+  await waitFor('the healing claim let go', async () => (await api(source).inspectVolume(name)).state === 'detached', 20_000, 250)
+  if (await replicaDigest(source, id) !== await replicaDigest(away, id)) throw new Error(`${name}: the replicas differ after the resync`)
+  await source.stop()
+  const mp = (await pluginOk(away, '/VolumeDriver.Mount', { Name: name, ID: 'f' })).Mountpoint as string
+  const files = await filesOn(mp, { 'before.bin': '', 'meanwhile.bin': '' })
+  await pluginOk(away, '/VolumeDriver.Unmount', { Name: name, ID: 'f' })
+  await cluster.start(source.nodeId)
+  return files
+}
+
 async function filesOn(mp: string, files: Record<string, string>): Promise<Record<string, string>> {
   const out: Record<string, string> = {}
   for (const name of Object.keys(files)) out[name] = sha(await fs.readFile(path.join(mp, name)))
@@ -80,15 +99,7 @@ test.serial('an unmounted degraded volume is resynced in the background once its
   t.is(info.lastResync?.state, 'done')
   t.is(info.lastResync?.coordinator, source.nodeId, 'the node with the in-sync copy ran it')
   t.false(info.degraded)
-  await waitFor('the healing claim let go', async () => (await api(source).inspectVolume('heal-off')).state === 'detached', 20_000, 250)
-  t.is(await replicaDigest(source, id), await replicaDigest(away, id), 'replicas identical')
-
-  // Fail over to the resynced replica: its node alone must serve every fsynced byte.
-  await source.stop()
-  const mp = (await pluginOk(away, '/VolumeDriver.Mount', { Name: 'heal-off', ID: 'f' })).Mountpoint as string
-  t.deepEqual(await filesOn(mp, files), files, 'every fsynced file, byte for byte, on the resynced replica')
-  await pluginOk(away, '/VolumeDriver.Unmount', { Name: 'heal-off', ID: 'f' })
-  await cluster.start(source.nodeId)
+  t.deepEqual(await failoverTo(away, source, 'heal-off', id), files, 'every fsynced file, byte for byte, on the resynced replica')
   await waitFor('the first node back in sync too', async () => (await inSyncOf(away, 'heal-off')).length === 2, 60_000, 250)
 })
 
@@ -148,4 +159,15 @@ test.serial('a resync interrupted by a coordinator kill, a mount on another node
   t.deepEqual(await filesOn(mp, files), files, 'the files read back whole on the mounting node')
   await pluginOk(third, '/VolumeDriver.Unmount', { Name: 'heal-resume', ID: 'm' })
   t.is(await replicaDigest(source, id), await replicaDigest(away, id), 'replicas identical')
+})
+
+test.serial('the replica being resynced loses power mid-copy: once back it is resynced again and a failover to it serves every fsynced byte', async (t) => {
+  const { source, away, id, files } = await degradedVolume('heal-power', '256M', 64 * MiB)
+  await cluster.start(away.nodeId)
+  await waitFor('a third copied', async () => (await writtenTo(away)) >= 24 * MiB, 60_000, 100)
+  // Its page cache and every write it had not flushed are gone.
+  await cluster.powerLoss(away.nodeId, 11)
+  await cluster.start(away.nodeId)
+  await waitFor('in sync after the power loss', async () => (await inSyncOf(source, 'heal-power')).length === 2, 90_000, 250)
+  t.deepEqual(await failoverTo(away, source, 'heal-power', id), files, 'every fsynced file, byte for byte, on the replica that lost power')
 })
