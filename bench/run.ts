@@ -14,7 +14,7 @@
  * bad flags. Whatever it started is stopped on every one of those paths.
  */
 import { execFileSync } from 'node:child_process'
-import { mkdirSync, readFileSync, statfsSync, writeFileSync } from 'node:fs'
+import { mkdirSync, statfsSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { REPO_ROOT } from '../test/helpers/paths'
@@ -22,6 +22,7 @@ import { formatSize } from '../src/util/size'
 import { parseArgs, USAGE, UsageError, type BenchOptions } from './args'
 import { measureCrc, type CrcResults } from './crc'
 import { dropCaches, FioError, layOut, runWorkload, stopRunningFio, syncAll, WORKLOADS } from './fio'
+import { cpuBusy, fileSystemOf, logLevels, machine, machineLine, type Machine } from './host'
 import { CRC_GOAL_GBPS, renderMarkdown, summarize, type RunRecord, type SummaryRow } from './report'
 import { BenchEnvironment, type Target, type TargetId } from './targets'
 
@@ -35,23 +36,6 @@ const LAYOUT_TIMEOUT_S = 900
 const BUSY_WARNING = 0.25
 
 const progress = (line: string) => process.stderr.write(`[bench] ${line}\n`)
-
-interface Machine {
-  cores: number
-  cpuModel: string
-  kernel: string
-  node: string
-  date: string
-  hostname: string
-  /** 1/5/15-minute load averages when the run started and when it ended. */
-  loadAverage: { start: number[]; end?: number[] }
-  /** Share of all cores busy during 2 s before the run (0-1): other work on the machine. */
-  busyBefore?: number
-  fio: string
-  pxdCommit: string
-  /** The file system under node-a's data dir (host target and every replica). */
-  dataFs?: { source: string; fstype: string; dir: string }
-}
 
 interface BenchResults {
   schema: 1
@@ -239,28 +223,6 @@ async function runFioJobs(opts: BenchOptions, env: BenchEnvironment, results: Be
   for (const w of results.warnings) progress(`warning: ${w}`)
 }
 
-/** Count pino's warn (40) and error/fatal (50+) lines in a daemon's output. */
-function logLevels(text: string): { warnings: number; errors: number; firstErrors: string[] } {
-  let warnings = 0
-  let errors = 0
-  const firstErrors: string[] = []
-  for (const line of text.split('\n')) {
-    if (!line.startsWith('{')) continue
-    let level: unknown
-    try {
-      level = (JSON.parse(line) as { level?: unknown }).level
-    } catch {
-      continue
-    }
-    if (typeof level !== 'number') continue
-    if (level >= 50) {
-      errors++
-      if (firstErrors.length < 5) firstErrors.push(line.slice(0, 2000))
-    } else if (level >= 40) warnings++
-  }
-  return { warnings, errors, firstErrors }
-}
-
 /** A daemon that died mid-run makes every later figure meaningless: stop with its log. */
 function checkDaemons(env: BenchEnvironment): void {
   const dead = env.deadDaemon()
@@ -290,54 +252,6 @@ function checkFreeSpace(dir: string, opts: BenchOptions): void {
   // host file + repl=1 replica + two repl=2 replicas of the file, plus ext4 metadata.
   const need = 4 * opts.fileSize + 512 * 1024 * 1024
   if (free < need) throw new Error(`the file system under ${dir} has ${formatSize(free)} free; this run needs about ${formatSize(need)} (lower --size)`)
-}
-
-function machine(now: Date): Machine {
-  const cpus = os.cpus()
-  return {
-    cores: cpus.length,
-    cpuModel: cpus[0]?.model.trim() ?? 'unknown',
-    kernel: `${os.type()} ${os.release()}`,
-    node: process.version,
-    date: now.toISOString(),
-    hostname: os.hostname(),
-    loadAverage: { start: os.loadavg() },
-    fio: tryText('fio', ['--version']) ?? 'not installed',
-    pxdCommit: tryText('git', ['-C', REPO_ROOT, 'describe', '--always', '--dirty']) ?? 'unknown',
-  }
-}
-
-function fileSystemOf(dir: string): { source: string; fstype: string; dir: string } {
-  const [source = '?', fstype = '?'] = (tryText('findmnt', ['-n', '-o', 'SOURCE,FSTYPE', '--target', dir]) ?? '').split(/\s+/)
-  return { source, fstype, dir }
-}
-
-/** Share (0-1) of all CPUs' time spent not idle (nor waiting for I/O) over `ms`, from /proc/stat. */
-async function cpuBusy(ms: number): Promise<number> {
-  const sample = () => {
-    const fields = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1, 9).map(Number)
-    const total = fields.reduce((a, b) => a + b, 0)
-    const idle = (fields[3] ?? 0) + (fields[4] ?? 0)
-    return { total, idle }
-  }
-  const a = sample()
-  await new Promise((resolve) => setTimeout(resolve, ms))
-  const b = sample()
-  const total = b.total - a.total
-  return total > 0 ? 1 - (b.idle - a.idle) / total : 0
-}
-
-function tryText(cmd: string, args: string[]): string | undefined {
-  try {
-    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim()
-  } catch {
-    return undefined
-  }
-}
-
-function machineLine(m: Machine): string {
-  const fsText = m.dataFs ? `, data dir on ${m.dataFs.source} (${m.dataFs.fstype})` : ''
-  return `Machine: ${m.cores} cores, ${m.cpuModel}, ${m.kernel}, Node ${m.node}, ${m.fio}, pxd ${m.pxdCommit}${fsText}, ${m.date}`
 }
 
 function setupLine(opts: BenchOptions, r: BenchResults): string {

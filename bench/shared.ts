@@ -11,7 +11,7 @@
  * progress on stderr. It asserts nothing: exit 0 when the run completes, 1 when it could
  * not, 2 on bad flags, 130 on SIGINT/SIGTERM. Whatever it started is stopped on every path.
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdirSync, readFileSync, statfsSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -23,6 +23,7 @@ import { REPO_ROOT } from '../test/helpers/paths'
 import { pluginCall } from '../test/helpers/plugin-client'
 import { pluginOk } from '../test/helpers/volume-io'
 import { dropCaches, FioError, layOut, runFio, runWorkload, stopRunningFio, syncAll, WORKLOADS } from './fio'
+import { cpuBusy, logLevels, tryText } from './host'
 import { fmt } from './report'
 import { median } from './stats'
 
@@ -362,23 +363,6 @@ function renderMarkdown(head: string, rows: Row[], warnings: string[]): string {
   return out.join('\n')
 }
 
-/** pino's warn (40) and error/fatal (50+) lines in a daemon's output. */
-function logLevels(text: string): { warnings: number; errors: number; firstErrors: string[] } {
-  const c = { warnings: 0, errors: 0, firstErrors: [] as string[] }
-  for (const line of text.split('\n')) {
-    let level: unknown
-    try {
-      level = line.startsWith('{') ? (JSON.parse(line) as { level?: unknown }).level : undefined
-    } catch {
-      continue
-    }
-    if (typeof level !== 'number' || level < 40) continue
-    if (level < 50) c.warnings++
-    else if (++c.errors <= 5) c.firstErrors.push(line.slice(0, 2000))
-  }
-  return c
-}
-
 function checkDaemons(): void {
   const dead = env?.cluster?.nodes.find((n) => n.child.exitCode !== null || n.child.signalCode !== null)
   if (dead) throw new Error(`pxd ${dead.nodeId} (pid ${dead.pid}) exited (${dead.child.exitCode ?? dead.child.signalCode}); last log lines:\n${dead.logs().split('\n').slice(-30).join('\n')}`)
@@ -400,26 +384,6 @@ function saveLogs(stamp: string, fioOutput: string | undefined): string[] {
     progress(`saved ${path.relative(process.cwd(), file) || file}`)
     return file
   })
-}
-
-/** Share (0-1) of all CPUs' time not idle over `ms`, from /proc/stat. */
-async function cpuBusy(ms: number): Promise<number> {
-  const sample = () => {
-    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1, 9).map(Number)
-    return { total: f.reduce((x, y) => x + y, 0), idle: (f[3] ?? 0) + (f[4] ?? 0) }
-  }
-  const a = sample()
-  await new Promise((resolve) => setTimeout(resolve, ms))
-  const b = sample()
-  return b.total > a.total ? 1 - (b.idle - a.idle) / (b.total - a.total) : 0
-}
-
-function tryText(cmd: string, args: string[]): string | undefined {
-  try {
-    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim()
-  } catch {
-    return undefined
-  }
 }
 
 function installSignalHandlers(): void {

@@ -5,10 +5,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh test
-# `bench.sh layers|link|shared [flags]`: one of the smaller benchmarks (bench/<name>.ts).
+# `bench.sh layers|link|shared|resync [flags]`: one of the smaller benchmarks (bench/<name>.ts).
 case "${1:-}" in
-  layers|link|shared) script="$1"; shift; exec node dist/bench/"$script".js "$@" ;;
+  layers|link|shared|resync) script="$1"; shift; exec node dist/bench/"$script".js "$@" ;;
 esac
+# `bench.sh ... --resync ...`: only the resync benchmark, with the other flags.
+for a in "$@"; do
+  if [ "$a" = --resync ]; then
+    rest=()
+    for b in "$@"; do [ "$b" = --resync ] || rest+=("$b"); done
+    exec node dist/bench/resync.js "${rest[@]}"
+  fi
+done
 
 # Run a benchmark in the background and wait for it, so that a SIGINT or SIGTERM sent to
 # this script reaches it at once (bash would act on it only once the benchmark ended).
