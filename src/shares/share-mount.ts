@@ -213,19 +213,26 @@ export class ShareMount {
 
   /**
    * Once a second: while this client holds locks or unstable writes, check that its server
-   * is still the volume's server (a takeover is acted on at once, not at the next request:
-   * the new server's grace for reclaims is short); then the background commits.
+   * is still the volume's server, and find the new one while it has none (a takeover is acted
+   * on at once, not at the next request: the new server's grace for reclaims is short); then
+   * the background commits.
    */
   async #tick(): Promise<void> {
     if (this.#ticking || this.#closed) return
     this.#ticking = true
     try {
       const route = this.#route
-      if (route && (this.#locks.size > 0 || this.#unstable.bytes > 0)) {
-        const now = await this.#resolve(route).catch(() => undefined)
-        if (now && now.server !== route.server && this.#route === route) {
-          this.#route = undefined
+      if (this.#locks.size > 0 || this.#unstable.bytes > 0) {
+        if (!route) {
+          // The last attempt found no server ready (a takeover still starting): try again now,
+          // not at the next request; an idle lock holder may send none within the grace.
           await this.#currentRoute().catch(() => undefined)
+        } else {
+          const now = await this.#resolve(route).catch(() => undefined)
+          if (now && now.server !== route.server && this.#route === route) {
+            this.#route = undefined
+            await this.#currentRoute().catch(() => undefined)
+          }
         }
       }
       await this.#commitDue()
