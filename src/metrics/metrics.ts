@@ -311,13 +311,13 @@ export class Metrics {
       vols.flatMap((v) => v.replicas.map((r) => ({ labels: { volume: v.name, replica: r.nodeId }, value: r.inSync ? 1 : 0 }))))
     gauge<VolumeState[]>(METRIC.replicaOnline, `1 when the replica's node holds its lease ${cluster}`, 'volumes', (vols) =>
       vols.flatMap((v) => v.replicas.map((r) => ({ labels: { volume: v.name, replica: r.nodeId }, value: r.online ? 1 : 0 }))))
-    gauge<VolumeState[]>(METRIC.volumeDegraded, `1 when the volume has fewer in-sync replicas than repl ${cluster}`, 'volumes', (vols) =>
+    gauge<VolumeState[]>(METRIC.volumeDegraded, `1 when the volume has fewer in-sync replicas on online nodes than repl ${cluster}`, 'volumes', (vols) =>
       vols.map((v) => ({ labels: { volume: v.name }, value: v.degraded ? 1 : 0 })))
     gauge<VolumeState[]>(METRIC.volumes, `Volumes by state ${cluster}`, 'volumes', (vols) => {
       const attached = vols.filter((v) => v.state === 'attached').length
       return [{ labels: { state: 'attached' }, value: attached }, { labels: { state: 'detached' }, value: vols.length - attached }]
     })
-    gauge<VolumeState[]>(METRIC.volumesDegraded, `Volumes with fewer in-sync replicas than repl ${cluster}`, 'volumes', (vols) =>
+    gauge<VolumeState[]>(METRIC.volumesDegraded, `Volumes with fewer in-sync replicas on online nodes than repl ${cluster}`, 'volumes', (vols) =>
       [{ labels: {}, value: vols.filter((v) => v.degraded).length }])
     gauge<PeerState[]>(METRIC.peerUp, '1 when the peer node holds its lease in the metadata store', 'peers', (peers) =>
       peers.map((p) => ({ labels: { peer: p.peer }, value: p.online ? 1 : 0 })))
