@@ -58,8 +58,9 @@ export const keys = {
   volumes: () => 'volumes/',
   attachment: (name: string) => `attachments/${name}`,
   attachments: () => 'attachments/',
-  /** The latest resync of a volume and its progress. */
-  resync: (name: string) => `resync/${name}`,
+  /** The latest resync of one replica of a volume and its progress. */
+  resync: (name: string, nodeId: string) => `resync/${name}/${nodeId}`,
+  resyncs: (name: string) => `resync/${name}/`,
   /** A node's durable membership record (address, first seen). */
   member: (id: string) => `members/${id}`,
   members: () => 'members/',

@@ -37,17 +37,20 @@ export class InfoView {
 
   /** `nodes`: membership as already read (list reads it once for every volume). */
   async info(record: VolumeRecord, nodes?: NodeInfo[], healing?: ClusterView): Promise<VolumeInfo> {
-    const [attachment, known, resync, clients, view] = await Promise.all([
+    const [attachment, known, resyncs, clients, view] = await Promise.all([
       this.#o.kvdb.get<AttachmentRecord>(keys.attachment(record.name)),
       nodes ?? this.#o.membership.nodes(),
-      this.#o.kvdb.get<ResyncRecord>(keys.resync(record.name)),
+      this.#o.kvdb.list<ResyncRecord>(keys.resyncs(record.name)),
       record.spec.shared ? this.#o.kvdb.list<ShareClientRecord>(keys.shareClients(record.name)) : Promise.resolve([]),
       healing ?? this.#o.healing?.(),
     ])
     const online = new Set(known.filter((n) => n.online).map((n) => n.nodeId))
     const local = record.spec.shared ? this.#o.shared?.(record.name) : this.#o.attached.get(record.name)
     const att = attachment?.value
-    const replicas = record.replicas.map(({ nodeId }) => replicaInfo(nodeId, record, online.has(nodeId), resync?.value))
+    const byNode = new Map(resyncs.map((e) => [e.value.nodeId, e.value]))
+    const replicas = record.replicas.map(({ nodeId }) => replicaInfo(nodeId, record, online.has(nodeId), byNode.get(nodeId)))
+    // The latest of them (by its last update): running, or the last one that ended.
+    const last = resyncs.map((e) => e.value).sort((a, b) => Date.parse(b.updatedAt) - Date.parse(a.updatedAt))[0]
     const health = view ? healthOf(record, replicas, view) : { degraded: replicas.filter((r) => r.inSync && r.online).length < record.spec.repl, since: record.degradedSince ?? null, reasons: [] }
     return {
       name: record.name,
@@ -68,7 +71,7 @@ export class InfoView {
       mountpoint: local?.mountpoint ?? null,
       mounts: local?.mountIds.size ?? 0,
       replicas,
-      lastResync: resync?.value ?? null,
+      lastResync: last ?? null,
       createdAt: record.createdAt,
       ...(record.spec.shared ? {
         sharing: {

@@ -281,12 +281,13 @@ export class VolumeManager {
         await this.#attachments.claim(name)
         attachment = await this.#attachments.get(name)
       } else if (attachment?.value.nodeId) throw pxdError('IN_USE', `volume ${name} is attached on node ${attachment.value.nodeId}`)
+      const progress = (await this.#kvdb.list(keys.resyncs(name))).map((e) => e.key)
       const ok = await this.#kvdb.txn({
         compares: [
           { key: keys.volume(name), modRevision: entry.modRevision },
           { key: keys.attachment(name), modRevision: attachment?.modRevision ?? 0 },
         ],
-        deletes: [keys.volume(name), keys.attachment(name), keys.resync(name)],
+        deletes: [keys.volume(name), keys.attachment(name), ...progress],
       })
       if (!ok) throw pxdError('CONFLICT', `volume ${name} changed while it was being removed; retry`)
       await this.#placement.drop(entry.value)

@@ -5,7 +5,7 @@
  * resynced by the volume's engine, then promoted back at the coordinator's epoch. At most
  * `pace.concurrency` resyncs run on this node at once, and together they copy at most
  * `pace`'s rate. Progress goes to the kvdb (resync/<name>) so that inspect on any node shows
- * it; an attempt that follows an unfinished one at the same replica carries its count on.
+ * it, per replica; an attempt that follows an unfinished one at the same replica carries its count on.
  */
 import type { Logger } from 'pino'
 import type { Membership } from '../cluster/membership'
@@ -110,7 +110,7 @@ export class Resyncs {
 
   async #resync(name: string, local: ResyncableVolume, nodeId: string): Promise<void> {
     const log = this.#o.log.child({ volume: name, volumeId: local.volumeId, replica: nodeId, epoch: local.epoch })
-    const key = keys.resync(name)
+    const key = keys.resync(name, nodeId)
     const startedAt = new Date().toISOString()
     // An unfinished earlier attempt at this replica: this one resumes it, and counts on.
     const before = (await this.#o.kvdb.get<ResyncRecord>(key).catch(() => undefined))?.value

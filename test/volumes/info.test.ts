@@ -39,7 +39,7 @@ test('info: attachment, degraded, this node\'s mountpoint and mounts, replica st
   await putVolume(db, record)
   await putAttachment(db, 'v', { nodeId: 'n1', epoch: 3 })
   const last = resync({ startedAt: new Date(Date.now() - 10_000).toISOString() })
-  await db.put(keys.resync('v'), last)
+  await db.put(keys.resync('v', 'n2'), last)
   const attached = new Map([['v', { mountpoint: '/run/pxd/v', mountIds: new Set(['a', 'b']) }]])
   const view = new InfoView({ kvdb: db, membership: new FakeMembership([node('n1'), node('n2'), node('n3', { online: false })]), attached })
   const info = await view.info(record)

@@ -27,7 +27,7 @@ function fakeEngine(o: { busy?: string[]; fail?: Error; hold?: Promise<void> } =
   }
 }
 
-async function setup(t: ExecutionContext, engine: ReturnType<typeof fakeEngine>, online = ['n1', 'n2', 'n3', 'n4']) {
+async function setup(t: ExecutionContext, engine: ReturnType<typeof fakeEngine>, online = ['n1', 'n2', 'n3', 'n4'], pace = new ResyncPace()) {
   const db = await openKvdb(t)
   await putVolume(db, volumeRecord('v', { replicas: ['n1', 'n2', 'n3', 'n4'], inSync: ['n1'] }))
   const promoted: string[] = []
@@ -39,7 +39,7 @@ async function setup(t: ExecutionContext, engine: ReturnType<typeof fakeEngine>,
     replicas: { replica: async (nodeId, volumeId, size, epoch) => { opened.push(`${nodeId}/${volumeId}/${size}/${epoch}`); return { nodeId } as Replica } },
     inSync: { promote: async (name, epoch, nodeId) => { promoted.push(`${name}/${epoch}/${nodeId}`) } },
     attached,
-    pace: new ResyncPace(),
+    pace,
     nodeId: 'n1',
     log: silent,
   })
@@ -49,7 +49,7 @@ async function setup(t: ExecutionContext, engine: ReturnType<typeof fakeEngine>,
 
 /** The resync record once the resync has finished, one way or the other. */
 async function settledRecord(db: Awaited<ReturnType<typeof openKvdb>>): Promise<ResyncRecord | undefined> {
-  const read = async () => (await db.get<ResyncRecord>(keys.resync('v')))?.value
+  const read = async () => (await db.get<ResyncRecord>(keys.resync('v', 'n2')))?.value
   await waitFor(async () => ((await read())?.state ?? 'running') !== 'running')
   return read()
 }
@@ -83,7 +83,7 @@ test('nothing starts for a volume not attached here, or after stop', async (t) =
   await resyncs.check('v')
   t.true(attached.has('v'))
   t.deepEqual(engine.resynced, [])
-  t.is(await db.get(keys.resync('v')), undefined)
+  t.is(await db.get(keys.resync('v', 'n2')), undefined)
 })
 
 test('a second resync of a node never starts while one runs, even before the engine reports it resyncing', async (t) => {
@@ -105,4 +105,27 @@ test('a second resync of a node never starts while one runs, even before the eng
   })
   // The fake promote leaves n2 out of sync in the kvdb, so later checks may start more.
   t.deepEqual(engine.resynced.slice(0, 2), ['n2', 'n2'], 'once it ended, the node may be resynced again')
+})
+
+test('at most --resync-concurrency resyncs at once; each replica has its own progress record, and a resumed one counts on', async (t) => {
+  let release!: () => void
+  const hold = new Promise<void>((resolve) => { release = resolve })
+  const engine = fakeEngine({ hold })
+  const { db, resyncs } = await setup(t, engine, ['n1', 'n2', 'n3', 'n4'], new ResyncPace(1e9, 2))
+  await db.put(keys.resync('v', 'n3'), { nodeId: 'n3', method: 'checksum-scan', totalBytes: GiB, scannedBytes: 100, copiedBytes: 64, state: 'failed', startedAt: new Date().toISOString(), updatedAt: new Date().toISOString(), epoch: EPOCH - 1, attempt: 1 } satisfies ResyncRecord)
+  await resyncs.check('v')
+  await waitFor(() => engine.resynced.length === 2)
+  await sleep(20)
+  t.deepEqual(engine.resynced, ['n2', 'n3'], 'two slots: n4 waits')
+  release()
+  await waitFor(async () => (await db.get<ResyncRecord>(keys.resync('v', 'n3')))?.value.state === 'done')
+  t.like((await db.get<ResyncRecord>(keys.resync('v', 'n3')))?.value, { attempt: 2, copiedBefore: 64, coordinator: 'n1' })
+  t.like((await db.get<ResyncRecord>(keys.resync('v', 'n2')))?.value, { attempt: 1, copiedBefore: 0, state: 'done' })
+  // The fake promote leaves the record alone: say n2 and n3 are in sync now.
+  await putVolume(db, volumeRecord('v', { replicas: ['n1', 'n2', 'n3', 'n4'], inSync: ['n1', 'n2', 'n3'] }))
+  await waitFor(async () => {
+    await resyncs.check('v')
+    return engine.resynced.includes('n4')
+  })
+  t.pass('n4 got a slot once the others ended')
 })
