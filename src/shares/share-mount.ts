@@ -19,7 +19,7 @@ import { native } from '../native/binding'
 import { ShareClientEvent, type ShareClientHandle } from '../native/share-client-binding'
 import { HeldLocks } from './held-locks'
 import { parseWrite, UnstableWrites } from './unstable-writes'
-import { appliesOnce, errorReply, opcodeOf, Op, replyError, WIRE_REPLY_BYTES } from './wire'
+import { appliesOnce, errorReply, firstHandle, opcodeOf, Op, replyError, WIRE_REPLY_BYTES } from './wire'
 
 /** How a request reaches the node serving the volume now. */
 export interface Route {
@@ -262,12 +262,17 @@ export class ShareMount {
   async #replay(route: Route): Promise<void> {
     const locks = this.#locks.toReclaim()
     const errnos: number[] = []
+    const handles: string[] = []
     for (const op of locks) {
       const reply = await route.send(this.#nextXid++, op, REQUEST_TIMEOUT_MS, true)
-      if (replyError(reply) !== 0) errnos.push(-replyError(reply))
+      if (replyError(reply) !== 0) {
+        errnos.push(-replyError(reply))
+        // Which file: its handle (for ext4, the inode number and generation), to compare with the server's.
+        handles.push(firstHandle(op)?.handle.toString('hex') ?? '?')
+      }
     }
     if (locks.length > 0) {
-      if (errnos.length > 0) this.#log.error({ volume: this.name, server: route.server, lost: errnos.length, errnos, reclaimed: locks.length - errnos.length }, 'locks held from the last server could not all be taken again on the new one')
+      if (errnos.length > 0) this.#log.error({ volume: this.name, server: route.server, lost: errnos.length, errnos, handles, reclaimed: locks.length - errnos.length }, 'locks held from the last server could not all be taken again on the new one')
       else this.#log.info({ volume: this.name, server: route.server, reclaimed: locks.length }, 'locks held from the last server taken again on the new one')
     }
     const writes = this.#unstable.toReplay(route.server)

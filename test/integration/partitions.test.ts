@@ -145,6 +145,9 @@ test.serial('a replica cut from etcd only keeps its place: writes go on and it s
   cluster.network!.heal()
   await writer.stop()
   t.is(writer.error, undefined)
+  // The failover mounts on the replica: its metadata store must be back first (its client
+  // retries on a backoff after the calls it made while cut off failed).
+  await metadataBack(t, replica)
   t.deepEqual(await lostAfterFailover('p-replica-etcd', coordinator, replica, 'records', RECORD, writer.acked), [])
 })
 
