@@ -1,8 +1,35 @@
 /** What the benches read about the machine they run on and the daemons they ran. */
 import { execFileSync } from 'node:child_process'
-import { readFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
+import path from 'node:path'
+import type { Cluster } from '../test/helpers/cluster'
 import { REPO_ROOT } from '../test/helpers/paths'
+
+/** Where every bench writes its results (and the logs of a failed run). */
+export const RESULTS_DIR = path.join(REPO_ROOT, 'bench', 'results')
+
+/**
+ * For a failed run: each daemon's and etcd's log (and fio's output) next to the results, as
+ * `<prefix>-<name>.log`, best effort. Returns the files written, relative to the working dir.
+ */
+export function saveLogs(cluster: Pick<Cluster, 'nodes' | 'etcd'> | undefined, prefix: string, fioOutput?: string): string[] {
+  const saved: string[] = []
+  mkdirSync(RESULTS_DIR, { recursive: true })
+  const write = (name: string, text: string) => {
+    const file = path.join(RESULTS_DIR, `${prefix}-${name}.log`)
+    try {
+      writeFileSync(file, text)
+      saved.push(path.relative(process.cwd(), file) || file)
+    } catch {
+      // best effort
+    }
+  }
+  for (const n of cluster?.nodes ?? []) write(n.nodeId, n.logs())
+  if (cluster) write('etcd', cluster.etcd.logs())
+  if (fioOutput) write('fio', fioOutput)
+  return saved
+}
 
 /** A command's trimmed stdout, or undefined when it cannot run or fails. */
 export function tryText(cmd: string, args: string[]): string | undefined {

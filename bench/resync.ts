@@ -17,14 +17,12 @@ import { formatSize, parseSize } from '../src/util/size'
 import type { ResyncRecord, VolumeInfo } from '../src/volumes/types'
 import { startCluster, waitFor, type Cluster, type ClusterNode } from '../test/helpers/cluster'
 import { leftoversUnder } from '../test/helpers/daemon'
-import { REPO_ROOT } from '../test/helpers/paths'
 import { MiB, pluginOk } from '../test/helpers/volume-io'
 import { UsageError } from './args'
 import { dropCaches, FioError, layOut, runWorkload, stopRunningFio, syncAll, WORKLOADS, type FioResult, type SyncLatency } from './fio'
-import { cpuBusy, fileSystemOf, logLevels, machine, machineLine } from './host'
+import { cpuBusy, fileSystemOf, logLevels, machine, machineLine, RESULTS_DIR, saveLogs } from './host'
 import { fmt } from './report'
 
-const RESULTS_DIR = path.join(REPO_ROOT, 'bench', 'results')
 const [A, B] = ['node-a', 'node-b'] as const
 const MOUNT_ID = 'pxd-bench-resync'
 const DISK_FILE = 1024 * MiB
@@ -341,10 +339,7 @@ async function main(): Promise<number> {
     results.error = err instanceof Error ? err.message : String(err)
     progress(`FAILED: ${results.error}`)
     warnings.push(`the run failed: ${results.error.split('\n')[0]!}`)
-    const texts = [...(cluster?.nodes ?? []).map((n) => [n.nodeId, n.logs()]), ['etcd', cluster?.etcd.logs() ?? ''], ['fio', err instanceof FioError ? err.output : '']].filter(([, t]) => t)
-    mkdirSync(RESULTS_DIR, { recursive: true })
-    for (const [name, text] of texts) writeFileSync(path.join(RESULTS_DIR, `resync-${stamp}-${name!}.log`), text!)
-    results.logs = texts.map(([name]) => `bench/results/resync-${stamp}-${name!}.log`)
+    results.logs = saveLogs(cluster, `resync-${stamp}`, err instanceof FioError ? err.output : undefined)
   }
   for (const n of cluster?.nodes ?? []) {
     const counts = (results.daemonLogs[n.nodeId] = logLevels(n.logs()))

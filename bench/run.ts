@@ -17,16 +17,14 @@ import { execFileSync } from 'node:child_process'
 import { mkdirSync, statfsSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { REPO_ROOT } from '../test/helpers/paths'
 import { formatSize } from '../src/util/size'
 import { parseArgs, USAGE, UsageError, type BenchOptions } from './args'
 import { measureCrc, type CrcResults } from './crc'
 import { dropCaches, FioError, layOut, runWorkload, stopRunningFio, syncAll, WORKLOADS } from './fio'
-import { cpuBusy, fileSystemOf, logLevels, machine, machineLine, type Machine } from './host'
+import { cpuBusy, fileSystemOf, logLevels, machine, machineLine, RESULTS_DIR, saveLogs, type Machine } from './host'
 import { CRC_GOAL_GBPS, renderMarkdown, summarize, type RunRecord, type SummaryRow } from './report'
 import { BenchEnvironment, type Target, type TargetId } from './targets'
 
-const RESULTS_DIR = path.join(REPO_ROOT, 'bench', 'results')
 /** Seconds past runtime + ramp before a fio job counts as hung. */
 const HANG_MARGIN_S = 120
 /** Seconds the one-off layout write may take. */
@@ -129,7 +127,7 @@ async function main(): Promise<number> {
       results.error = err instanceof Error ? err.message : String(err)
       progress(`FAILED: ${results.error}`)
       if (err instanceof FioError && err.output) progress(`fio's output:\n${err.output}`)
-      results.logs = saveLogs(env, stamp, err instanceof FioError ? err.output : undefined)
+      results.logs = saveLogs(env.cluster, stamp, err instanceof FioError ? err.output : undefined)
       for (const f of results.logs) progress(`saved ${f}`)
     }
     const problems = await env.teardown()
@@ -262,25 +260,6 @@ function setupLine(opts: BenchOptions, r: BenchResults): string {
     `"vs host": volume median / host median (throughput: fraction of host; latency: multiple of host). ` +
     `write+fsync latency = fio write completion latency + fsync latency at the same percentile. ` +
     `First sequential write of each file (layout, MB/s, one run): ${layout}.`
-}
-
-/** Write daemon and etcd logs (and fio's output) next to the results, for a failed run. */
-function saveLogs(env: BenchEnvironment, stamp: string, fioOutput: string | undefined): string[] {
-  const saved: string[] = []
-  mkdirSync(RESULTS_DIR, { recursive: true })
-  const write = (name: string, text: string) => {
-    const file = path.join(RESULTS_DIR, `${stamp}-${name}.log`)
-    try {
-      writeFileSync(file, text)
-      saved.push(path.relative(process.cwd(), file) || file)
-    } catch {
-      // best effort
-    }
-  }
-  for (const n of env.cluster?.nodes ?? []) write(n.nodeId, n.logs())
-  if (env.cluster) write('etcd', env.cluster.etcd.logs())
-  if (fioOutput) write('fio', fioOutput)
-  return saved
 }
 
 function installSignalHandlers(): void {

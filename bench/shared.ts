@@ -23,11 +23,10 @@ import { REPO_ROOT } from '../test/helpers/paths'
 import { pluginCall } from '../test/helpers/plugin-client'
 import { pluginOk } from '../test/helpers/volume-io'
 import { dropCaches, FioError, layOut, runFio, runWorkload, stopRunningFio, syncAll, WORKLOADS } from './fio'
-import { cpuBusy, logLevels, tryText } from './host'
+import { cpuBusy, logLevels, RESULTS_DIR, saveLogs, tryText } from './host'
 import { fmt } from './report'
 import { median } from './stats'
 
-const RESULTS_DIR = path.join(REPO_ROOT, 'bench', 'results')
 const VOLUME = 'bench-shared'
 const MOUNT_ID = 'pxd-bench-shared'
 const NODE_IDS = ['node-a', 'node-b'] as const
@@ -306,7 +305,8 @@ async function main(): Promise<number> {
     progress(`FAILED: ${results.error}`)
     warnings.push(`the run failed: ${results.error.split('\n')[0]!}`)
     if (err instanceof FioError && err.output) progress(`fio's output:\n${err.output}`)
-    results.logs = saveLogs(stamp, err instanceof FioError ? err.output : undefined)
+    results.logs = saveLogs(env?.cluster, `shared-${stamp}`, err instanceof FioError ? err.output : undefined)
+    for (const f of results.logs) progress(`saved ${f}`)
   }
   for (const n of env.cluster?.nodes ?? []) {
     const counts = logLevels(n.logs())
@@ -373,19 +373,6 @@ function bail(): void {
 }
 
 /** Daemon, etcd and fio output next to the results, for a failed run. */
-function saveLogs(stamp: string, fioOutput: string | undefined): string[] {
-  const texts = (env?.cluster?.nodes ?? []).map((n): [string, string] => [n.nodeId, n.logs()])
-  if (env?.cluster) texts.push(['etcd', env.cluster.etcd.logs()])
-  if (fioOutput) texts.push(['fio', fioOutput])
-  mkdirSync(RESULTS_DIR, { recursive: true })
-  return texts.map(([name, text]) => {
-    const file = path.join(RESULTS_DIR, `shared-${stamp}-${name}.log`)
-    writeFileSync(file, text)
-    progress(`saved ${path.relative(process.cwd(), file) || file}`)
-    return file
-  })
-}
-
 function installSignalHandlers(): void {
   const onSignal = (signal: NodeJS.Signals) => {
     if (signalled) return progress(`${signal}: still cleaning up, please wait`)

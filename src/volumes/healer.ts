@@ -16,7 +16,7 @@
  * lost the volume changes nothing.
  */
 import type { Logger } from 'pino'
-import type { Membership } from '../cluster/membership'
+import type { Membership, NodeInfo } from '../cluster/membership'
 import { pxdError } from '../errors'
 import { keys, type Kvdb } from '../kvdb/kvdb'
 import { CAS_RETRIES } from './in-sync'
@@ -88,10 +88,11 @@ export class Healer {
 
   /** The cluster as healing sees it now. */
   async view(): Promise<ClusterView> {
-    return (await this.#read()).view
+    return (await this.read()).view
   }
 
-  async #read(): Promise<{ view: ClusterView; known: string[] }> {
+  /** The same, with the membership it was made from (one read of each). */
+  async read(): Promise<{ view: ClusterView; nodes: NodeInfo[] }> {
     const [nodes, marks, drains] = await Promise.all([
       this.#o.membership.nodes(),
       this.#o.kvdb.list<OfflineMark>(keys.offlineSinces()),
@@ -104,14 +105,14 @@ export class Healer {
       replaceAfterMs: this.#o.replaceAfterMs,
       now: Date.now(),
     }
-    return { view, known: nodes.map((n) => n.nodeId) }
+    return { view, nodes }
   }
 
   /** One pass over the cluster; errors are logged, never thrown. */
   async tick(): Promise<void> {
     try {
-      const { view, known } = await this.#read()
-      await this.#markOffline(view, known)
+      const { view, nodes } = await this.read()
+      await this.#markOffline(view, nodes.map((n) => n.nodeId))
       await this.#dropTakenOver()
       for (const { value: record } of await this.#o.kvdb.list<VolumeRecord>(keys.volumes())) {
         if (this.#stopped) return
@@ -159,12 +160,10 @@ export class Healer {
     const local = this.#o.host.attached(name)
     if (local) {
       if (att?.nodeId !== this.#o.nodeId || att.epoch !== local.epoch) return
-      await this.#plan(name, local.epoch, view)
-      void this.#o.host.resyncCheck(name)
-      if (local.background && !this.#o.host.resyncRunning(name)) {
-        const now = (await this.#o.kvdb.get<VolumeRecord>(keys.volume(name)))?.value
-        if (!now || !(await this.#actionable(now, view))) await this.#o.host.releaseHealing(name)
-      }
+      // Resyncs' own timer looks at the volumes attached here; a change is acted on at once.
+      const now = await this.#plan(name, local.epoch, record, view)
+      if (now !== record) void this.#o.host.resyncCheck(name)
+      if (local.background && !this.#o.host.resyncRunning(name) && !(await this.#actionable(now, view))) await this.#o.host.releaseHealing(name)
       return
     }
     // A holder whose lease expired may be cut from etcd only, still serving: it is taken from
@@ -178,7 +177,7 @@ export class Healer {
     if (!(await this.#o.host.attachForHealing(name))) return
     const held = this.#o.host.attached(name)
     if (!held) return
-    await this.#plan(name, held.epoch, view)
+    await this.#plan(name, held.epoch, record, view)
     void this.#o.host.resyncCheck(name)
   }
 
@@ -189,32 +188,37 @@ export class Healer {
   async #actionable(record: VolumeRecord, view: ClusterView): Promise<boolean> {
     if (!needsHealing(record, view)) return false
     if (needingResync(record, view.online).length > 0 || readyToRetire(record).length > 0) return true
-    const except = [...record.replicas.map((r) => r.nodeId), ...view.draining]
-    return this.#o.placement.place(1, record.spec.size, except).then(() => true, () => false)
+    return (await this.#placeElsewhere(record, 1)).length > 0
   }
 
-  /** Replace what is due and drop what has been replaced, as the holder at `epoch`. */
-  async #plan(name: string, epoch: number, view: ClusterView): Promise<void> {
-    const record = (await this.#o.kvdb.get<VolumeRecord>(keys.volume(name)))?.value
-    if (!record) return
+  /** `count` nodes for new replicas of the volume, none that holds one (placement skips draining nodes); [] when there is no room. */
+  #placeElsewhere(record: VolumeRecord, count: number): Promise<string[]> {
+    return this.#o.placement.place(count, record.spec.size, record.replicas.map((r) => r.nodeId)).catch(() => [])
+  }
+
+  /**
+   * Replace what is due and drop what has been replaced, as the holder at `epoch`, starting
+   * from `record` (each change re-reads it under compare-and-swap). Returns the record as it
+   * left it: `record` itself when nothing changed.
+   */
+  async #plan(name: string, epoch: number, record: VolumeRecord, view: ClusterView): Promise<VolumeRecord> {
     const due = dueForReplacement(record, view)
-    if (due.length > 0) await this.#replace(name, epoch, record, due, view)
-    const ready = readyToRetire((await this.#o.kvdb.get<VolumeRecord>(keys.volume(name)))?.value ?? record)
-    if (ready.length > 0) await this.#retire(name, epoch, ready)
+    const replaced = due.length > 0 ? await this.#replace(name, epoch, record, due, view) : record
+    return readyToRetire(replaced).length > 0 ? this.#retire(name, epoch, readyToRetire(replaced)) : replaced
   }
 
-  async #replace(name: string, epoch: number, record: VolumeRecord, due: string[], view: ClusterView): Promise<void> {
-    const except = [...record.replicas.map((r) => r.nodeId), ...view.draining]
+  async #replace(name: string, epoch: number, record: VolumeRecord, due: string[], view: ClusterView): Promise<VolumeRecord> {
     let placed: string[] = []
-    for (let count = due.length; count > 0 && placed.length === 0; count--) {
-      placed = await this.#o.placement.place(count, record.spec.size, except).catch(() => [])
-    }
+    for (let count = due.length; count > 0 && placed.length === 0; count--) placed = await this.#placeElsewhere(record, count)
     if (placed.length === 0) {
       this.#o.log.debug({ volume: name, due }, 'replicas are due for replacement but no other online node has room')
-      return
+      return record
     }
     const replaced = due.slice(0, placed.length)
-    const next = await this.#update(name, epoch, (r) => withReplacements(r, placed, replaced, view.now))
+    const next = await this.#update(name, epoch, (r) => {
+      if (r.replicas.some((p) => placed.includes(p.nodeId)) || replaced.some((n) => r.retiring?.includes(n))) throw pxdError('CONFLICT', `volume ${name}: its replicas changed; the replacement waits`)
+      return withReplacements(r, placed, replaced, view.now)
+    })
     const failed = await this.#o.placement.create(placed, next)
     if (failed.length > 0) this.#o.log.warn({ volume: name, failed }, 'a new replica could not be created yet; it is retried by its resync')
     this.replacements += placed.length
@@ -223,13 +227,20 @@ export class Healer {
       const why = view.draining.has(old) ? 'its node is draining' : `its node has been offline since ${new Date(view.offlineSince.get(old) ?? view.now).toISOString()}`
       this.#o.log.info({ volume: name, volumeId: record.id, replica: old, by: nodeId }, `replica replaced (${why}): the new one is resynced, then the old one is dropped`)
     }
+    return next
   }
 
-  async #retire(name: string, epoch: number, gone: string[]): Promise<void> {
-    const next = await this.#update(name, epoch, (r) => withoutReplicas(r, gone))
+  async #retire(name: string, epoch: number, gone: string[]): Promise<VolumeRecord> {
+    // Decided again on the record the swap compares: never drop a copy the others no longer cover.
+    const next = await this.#update(name, epoch, (r) => {
+      const ready = readyToRetire(r).filter((n) => gone.includes(n))
+      if (ready.length !== gone.length) throw pxdError('CONFLICT', `volume ${name}: its replicas changed; retiring ${gone.join(', ')} waits`)
+      return withoutReplicas(r, gone)
+    })
     await this.#o.host.retire(name, gone)
     await this.#o.placement.drop({ id: next.id, replicas: gone.map((nodeId) => ({ nodeId })) })
     for (const nodeId of gone) this.#o.log.info({ volume: name, volumeId: next.id, replica: nodeId, replicas: next.replicas.map((r) => r.nodeId) }, 'replica retired: its replacement is in sync')
+    return next
   }
 
   /** Change the record, as long as this node holds the volume at `epoch`. */

@@ -24,8 +24,8 @@ export interface InfoViewOptions {
   attached: ReadonlyMap<string, MountedVolume>
   /** A shared volume's mounts on this node (they are counted apart from the attachment). */
   shared?: (name: string) => MountedVolume | undefined
-  /** Offline marks, draining nodes and --replace-after, for why a volume is degraded. */
-  healing?: () => Promise<ClusterView>
+  /** Membership with offline marks, draining nodes and --replace-after (why a volume is degraded), read together. */
+  healing?: () => Promise<{ nodes: NodeInfo[]; view: ClusterView }>
 }
 
 export class InfoView {
@@ -35,14 +35,16 @@ export class InfoView {
     this.#o = o
   }
 
-  /** `nodes`: membership as already read (list reads it once for every volume). */
+  /** `nodes` (and `healing`): as already read (list reads them once for every volume). */
   async info(record: VolumeRecord, nodes?: NodeInfo[], healing?: ClusterView): Promise<VolumeInfo> {
-    const [attachment, known, resyncs, clients, view] = await Promise.all([
+    const cluster = nodes ? Promise.resolve({ nodes, view: healing })
+      : this.#o.healing ? this.#o.healing()
+        : this.#o.membership.nodes().then((n) => ({ nodes: n, view: undefined }))
+    const [attachment, { nodes: known, view }, resyncs, clients] = await Promise.all([
       this.#o.kvdb.get<AttachmentRecord>(keys.attachment(record.name)),
-      nodes ?? this.#o.membership.nodes(),
+      cluster,
       this.#o.kvdb.list<ResyncRecord>(keys.resyncs(record.name)),
       record.spec.shared ? this.#o.kvdb.list<ShareClientRecord>(keys.shareClients(record.name)) : Promise.resolve([]),
-      healing ?? this.#o.healing?.(),
     ])
     const online = new Set(known.filter((n) => n.online).map((n) => n.nodeId))
     const local = record.spec.shared ? this.#o.shared?.(record.name) : this.#o.attached.get(record.name)

@@ -64,10 +64,6 @@ export class LocalVolumes {
     })
   }
 
-  get(name: string): LocalAttachment | undefined {
-    return this.map.get(name)
-  }
-
   /** The volumes held here for healing only. */
   healing(): string[] {
     return [...this.map].filter(([, l]) => l.mountpoint === null).map(([name]) => name)

@@ -77,7 +77,6 @@ export class VolumeManager {
   readonly #dataDir: string
   readonly #kvdb: Kvdb
   readonly #host: ReplicaHost
-  readonly #membership: Membership
   readonly #log: Logger
   readonly #locks = new KeyedMutex()
   readonly #local: LocalVolumes
@@ -97,7 +96,6 @@ export class VolumeManager {
     this.#dataDir = o.dataDir
     this.#kvdb = o.kvdb
     this.#host = o.host
-    this.#membership = o.membership
     this.#log = o.log
     this.#attachments = new Attachments({ nodeId: o.nodeId, kvdb: o.kvdb, membership: o.membership, locks: this.#locks, log: o.log })
     const inSync = new InSyncSet({ nodeId: o.nodeId, kvdb: o.kvdb })
@@ -132,7 +130,7 @@ export class VolumeManager {
         servedPathOf: (name) => o.frontend.servedPathOf(name),
       },
     })
-    this.#view = new InfoView({ kvdb: o.kvdb, membership: o.membership, attached, shared: (name) => this.#shares.mounted(name), healing: () => this.#healer.view() })
+    this.#view = new InfoView({ kvdb: o.kvdb, membership: o.membership, attached, shared: (name) => this.#shares.mounted(name), healing: () => this.#healer.read() })
     this.#healer = new Healer({
       nodeId: o.nodeId, kvdb: o.kvdb, membership: o.membership, placement: this.#placement, pace,
       replaceAfterMs: o.replaceAfterMs ?? DEFAULT_REPLACE_AFTER_MS, log: o.log,
@@ -165,11 +163,6 @@ export class VolumeManager {
   /** Replicas placed here to replace lost, drained or moved ones (since start). */
   get replacements(): number {
     return this.#healer.replacements
-  }
-
-  /** The cluster as healing sees it (offline marks, draining nodes). */
-  healingView() {
-    return this.#healer.view()
   }
 
   /**
@@ -354,8 +347,8 @@ export class VolumeManager {
   }
 
   async list(): Promise<VolumeInfo[]> {
-    const [records, nodes, healing] = await Promise.all([this.#records(), this.#membership.nodes(), this.#healer.view()])
-    return Promise.all(records.map((r) => this.#view.info(r, nodes, healing)))
+    const [records, { nodes, view }] = await Promise.all([this.#records(), this.#healer.read()])
+    return Promise.all(records.map((r) => this.#view.info(r, nodes, view)))
   }
 
   /** What each client node sent to the shared volumes this node serves, for /metrics. */
@@ -370,7 +363,7 @@ export class VolumeManager {
 
   /** Every node of the cluster, online or not. */
   async nodes(): Promise<ClusterNodeInfo[]> {
-    const [nodes, view] = await Promise.all([this.#membership.nodes(), this.#healer.view()])
+    const { nodes, view } = await this.#healer.read()
     return nodes.map((n) => {
       const since = view.offlineSince.get(n.nodeId)
       return { ...n, draining: view.draining.has(n.nodeId), ...(since !== undefined && !n.online ? { offlineSince: new Date(since).toISOString() } : {}) }

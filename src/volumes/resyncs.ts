@@ -114,7 +114,7 @@ export class Resyncs {
     const startedAt = new Date().toISOString()
     // An unfinished earlier attempt at this replica: this one resumes it, and counts on.
     const before = (await this.#o.kvdb.get<ResyncRecord>(key).catch(() => undefined))?.value
-    const resumed = before !== undefined && before.nodeId === nodeId && before.state !== 'done'
+    const resumed = before !== undefined && before.state !== 'done'
     const carried = resumed ? { copiedBefore: (before.copiedBefore ?? 0) + before.copiedBytes, attempt: (before.attempt ?? 1) + 1 } : { copiedBefore: 0, attempt: 1 }
     let lastPublished = 0
     let last: ResyncProgress = { nodeId, method: 'checksum-scan', totalBytes: local.size, scannedBytes: 0, copiedBytes: 0 }
