@@ -48,6 +48,28 @@ async function mountTypeOf(mountpoint: string): Promise<string | undefined> {
   return mounts.split('\n').map((l) => l.split(' ')).find((f) => f[1] === mountpoint)?.[2]
 }
 
+/**
+ * Where the replicas' data files differ now, 4 KiB blocks compared straight on this host's
+ * disk: printed (the volume's file system may still be writing), so that a failover that
+ * loses a file can be told apart from a replica that was already behind before it.
+ */
+async function replicaDifferences(info: { id: string; replicas: { nodeId: string; inSync: boolean }[]; epoch: number }): Promise<string> {
+  const files = info.replicas.map((r) => ({ ...r, file: path.join(cluster.node(r.nodeId).dataDir, 'replicas', info.id, 'data') }))
+  const datas = await Promise.all(files.map((f) => fs.readFile(f.file).catch((err: Error) => err.message)))
+  const first = datas[0]!
+  const differing: number[] = []
+  for (const other of datas.slice(1)) {
+    if (typeof first === 'string' || typeof other === 'string') continue
+    for (let at = 0; at < Math.max(first.length, other.length); at += 4096) {
+      if (Buffer.compare(first.subarray(at, at + 4096), other.subarray(at, at + 4096)) !== 0) differing.push(at / 4096)
+    }
+  }
+  // The ext4 superblock (bytes 1024..2047): incompat features (0x4: needs recovery), write time, mount count.
+  const sb = datas.map((d) => typeof d === 'string' ? '-' : `incompat 0x${d.readUInt32LE(1024 + 0x60).toString(16)} wtime ${d.readUInt32LE(1024 + 0x30)} mnt ${d.readUInt16LE(1024 + 0x34)} state ${d.readUInt16LE(1024 + 0x3a)}`)
+  const who = files.map((f, i) => `${f.nodeId}${f.inSync ? '' : ' (not in sync)'}: ${typeof datas[i] === 'string' ? datas[i] : `${(datas[i] as Buffer).length} bytes`}`).join(', ')
+  return `epoch ${info.epoch}; replicas ${who}; superblocks ${sb.join(' | ')}; ${differing.length} differing 4 KiB blocks${differing.length > 0 ? `: ${differing.slice(0, 40).join(' ')}` : ''}`
+}
+
 async function serverOf(api: ApiClient): Promise<{ server: string | null; epoch: number }> {
   const info = await api.inspectVolume('sfail')
   return { server: info.sharing?.server ?? null, epoch: info.epoch }
@@ -136,6 +158,7 @@ test.serial('a lock held through a client is held again on the server that takes
   const mpC = (await pluginOk(c, '/VolumeDriver.Mount', { Name: 'sfail', ID: 'w' })).Mountpoint as string
   // Made durable first: a file the dying server never wrote out is gone on the next one.
   await writeSynced(path.join(mpA, 'lock-me'), Buffer.from('x'))
+  t.log(await replicaDifferences(await api.inspectVolume('sfail')))
   const holder = await holdLock('lockf', path.join(mpB, 'lock-me'))
   try {
     t.regex(await tryLock('lockf', path.join(mpC, 'lock-me')), /EAGAIN|EACCES/, 'held by node-b\'s process')
@@ -145,6 +168,8 @@ test.serial('a lock held through a client is held again on the server that takes
       return s.server === 'node-b' || s.server === 'node-c' ? s : undefined
     }, (TEST_NODE_TTL + 40) * 1000, 250)
     t.log(`taken over by ${after.server}`)
+    // The file made durable before the server went is there on the new one, with its byte.
+    t.is(await fs.readFile(path.join(mpC, 'lock-me'), 'utf8').catch((err) => `unreadable: ${(err as Error).message}`), 'x', 'the fsynced file survived the takeover')
     // Tried again and again through the takeover and the grace: never granted while node-b's process holds it.
     for (let i = 0; i < 10; i++) {
       t.regex(await tryLock('lockf', path.join(mpC, 'lock-me')), /EAGAIN|EACCES/, `still held (try ${i})`)
