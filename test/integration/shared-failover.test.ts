@@ -67,7 +67,11 @@ async function replicaDifferences(info: { id: string; replicas: { nodeId: string
   // The ext4 superblock (bytes 1024..2047): incompat features (0x4: needs recovery), write time, mount count.
   const sb = datas.map((d) => typeof d === 'string' ? '-' : `incompat 0x${d.readUInt32LE(1024 + 0x60).toString(16)} wtime ${d.readUInt32LE(1024 + 0x30)} mnt ${d.readUInt16LE(1024 + 0x34)} state ${d.readUInt16LE(1024 + 0x3a)}`)
   const who = files.map((f, i) => `${f.nodeId}${f.inSync ? '' : ' (not in sync)'}: ${typeof datas[i] === 'string' ? datas[i] : `${(datas[i] as Buffer).length} bytes`}`).join(', ')
-  return `epoch ${info.epoch}; replicas ${who}; superblocks ${sb.join(' | ')}; ${differing.length} differing 4 KiB blocks${differing.length > 0 ? `: ${differing.slice(0, 40).join(' ')}` : ''}`
+  // Their stored checksums (4 bytes per block): equal ones over differing data mean a replica whose crc is wrong.
+  const crcs = await Promise.all(files.map((f) => fs.readFile(path.join(path.dirname(f.file), 'crc')).catch(() => Buffer.alloc(0))))
+  const crcOf = (i: number, block: number) => crcs[i]!.length >= block * 4 + 4 ? crcs[i]!.readUInt32LE(block * 4).toString(16) : '-'
+  const detail = differing.slice(0, 8).map((b) => `${b} (crc ${files.map((_, i) => crcOf(i, b)).join('/')})`)
+  return `epoch ${info.epoch}; replicas ${who}; superblocks ${sb.join(' | ')}; ${differing.length} differing 4 KiB blocks${differing.length > 0 ? `: ${detail.join(' ')}` : ''}`
 }
 
 async function serverOf(api: ApiClient): Promise<{ server: string | null; epoch: number }> {
