@@ -10,6 +10,7 @@ import test from 'ava'
 import { mkdirSync, promises as fs, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { ApiClient } from '../../src/api/client'
+import { native } from '../../src/native/binding'
 import { startCluster, waitFor, TEST_NODE_TTL, type Cluster, type ClusterNode } from '../helpers/cluster'
 import { pluginCall } from '../helpers/plugin-client'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
@@ -50,8 +51,9 @@ async function mountTypeOf(mountpoint: string): Promise<string | undefined> {
 
 /**
  * Where the replicas' data files differ now, 4 KiB blocks compared straight on this host's
- * disk: printed (the volume's file system may still be writing), so that a failover that
- * loses a file can be told apart from a replica that was already behind before it.
+ * disk, with each differing block's stored crc on both and whether its data matches it:
+ * printed, not asserted. The two files are read while the volume's file system may still
+ * be writing, so a block that differs with equal, matching crcs was being written then.
  */
 async function replicaDifferences(info: { id: string; replicas: { nodeId: string; inSync: boolean }[]; epoch: number }): Promise<string> {
   const files = info.replicas.map((r) => ({ ...r, file: path.join(cluster.node(r.nodeId).dataDir, 'replicas', info.id, 'data') }))
@@ -70,7 +72,16 @@ async function replicaDifferences(info: { id: string; replicas: { nodeId: string
   // Their stored checksums (4 bytes per block): equal ones over differing data mean a replica whose crc is wrong.
   const crcs = await Promise.all(files.map((f) => fs.readFile(path.join(path.dirname(f.file), 'crc')).catch(() => Buffer.alloc(0))))
   const crcOf = (i: number, block: number) => crcs[i]!.length >= block * 4 + 4 ? crcs[i]!.readUInt32LE(block * 4).toString(16) : '-'
-  const detail = differing.slice(0, 8).map((b) => `${b} (crc ${files.map((_, i) => crcOf(i, b)).join('/')})`)
+  // Which replica's data matches its stored crc ('ok') and which does not ('BAD').
+  const matches = (i: number, block: number) => {
+    const d = datas[i]
+    if (d === undefined || typeof d === 'string') return '-'
+    const data = d.subarray(block * 4096, block * 4096 + 4096)
+    // crc 0 is a block never written, which reads as zeros.
+    if (crcOf(i, block) === '0') return data.every((x) => x === 0) ? 'ok' : 'BAD'
+    return native.crc32c(data).toString(16) === crcOf(i, block) ? 'ok' : 'BAD'
+  }
+  const detail = differing.slice(0, 8).map((b) => `${b} (crc ${files.map((f, i) => `${f.nodeId} ${crcOf(i, b)} ${matches(i, b)}`).join(' / ')})`)
   return `epoch ${info.epoch}; replicas ${who}; superblocks ${sb.join(' | ')}; ${differing.length} differing 4 KiB blocks${differing.length > 0 ? `: ${detail.join(' ')}` : ''}`
 }
 
