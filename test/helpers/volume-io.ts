@@ -26,8 +26,15 @@ export async function pluginOk(node: { pluginSocket: string; nodeId?: string }, 
   return reply.body
 }
 
+/** A node's replica of a volume as it is on the host's disk: data file and checksum file, read at once. */
+export async function replicaFiles(node: { dataDir: string }, volumeId: string): Promise<{ data: Buffer; crc: Buffer }> {
+  const dir = path.join(node.dataDir, 'replicas', volumeId)
+  const [data, crc] = await Promise.all([fs.readFile(path.join(dir, 'data')), fs.readFile(path.join(dir, 'crc'))])
+  return { data, crc }
+}
+
 /** sha256 of a node's replica of a volume: data file and checksum file. */
 export async function replicaDigest(node: { dataDir: string }, volumeId: string): Promise<string> {
-  const dir = path.join(node.dataDir, 'replicas', volumeId)
-  return `${sha(await fs.readFile(path.join(dir, 'data')))}/${sha(await fs.readFile(path.join(dir, 'crc')))}`
+  const { data, crc } = await replicaFiles(node, volumeId)
+  return `${sha(data)}/${sha(crc)}`
 }

@@ -11,7 +11,7 @@ import { ApiClient } from '../../src/api/client'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { startCluster, waitFor, type Cluster, type ClusterNode, TEST_NODE_TTL } from '../helpers/cluster'
 import { pluginCall } from '../helpers/plugin-client'
-import { pluginOk, sha, writeSynced } from '../helpers/volume-io'
+import { pluginOk, replicaFiles, sha, writeSynced } from '../helpers/volume-io'
 
 assertIntegrationPreconditions()
 
@@ -29,11 +29,6 @@ const api = (n: ClusterNode) => new ApiClient(n.apiUrl)
 
 
 
-/** The replica files of a volume on one node. */
-async function replicaFiles(n: ClusterNode, volumeId: string) {
-  const dir = path.join(n.dataDir, 'replicas', volumeId)
-  return { data: await fs.readFile(path.join(dir, 'data')), crc: await fs.readFile(path.join(dir, 'crc')) }
-}
 
 test('every node sees the whole cluster online', async (t) => {
   for (const n of cluster.nodes) {

@@ -10,12 +10,13 @@ import test from 'ava'
 import { mkdirSync, promises as fs, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { ApiClient } from '../../src/api/client'
+import { BLOCK_SIZE, CHECKSUM_BYTES } from '../../src/constants'
 import { native } from '../../src/native/binding'
 import { startCluster, waitFor, TEST_NODE_TTL, type Cluster, type ClusterNode } from '../helpers/cluster'
 import { pluginCall } from '../helpers/plugin-client'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { checkRecords, startRecordWriter, type RecordWriter } from '../helpers/records'
-import { pluginOk, writeSynced } from '../helpers/volume-io'
+import { pluginOk, replicaFiles, writeSynced } from '../helpers/volume-io'
 import { endAllChildren, holdLock, tryLock } from '../faults/cross-node'
 
 assertIntegrationPreconditions()
@@ -50,39 +51,35 @@ async function mountTypeOf(mountpoint: string): Promise<string | undefined> {
 }
 
 /**
- * Where the replicas' data files differ now, 4 KiB blocks compared straight on this host's
- * disk, with each differing block's stored crc on both and whether its data matches it:
- * printed, not asserted. The two files are read while the volume's file system may still
- * be writing, so a block that differs with equal, matching crcs was being written then.
+ * Where the replicas' data files differ now, blocks compared straight on this host's disk,
+ * with each differing block's stored crc on every replica and whether its data matches it
+ * (as BlockStore::Matches decides: crc 0 is a block never written, which reads as zeros):
+ * printed, not asserted. The files are read while the volume's file system may still be
+ * writing, so a block that differs with equal, matching crcs was being written then.
  */
 async function replicaDifferences(info: { id: string; replicas: { nodeId: string; inSync: boolean }[]; epoch: number }): Promise<string> {
-  const files = info.replicas.map((r) => ({ ...r, file: path.join(cluster.node(r.nodeId).dataDir, 'replicas', info.id, 'data') }))
-  const datas = await Promise.all(files.map((f) => fs.readFile(f.file).catch((err: Error) => err.message)))
-  const first = datas[0]!
-  const differing: number[] = []
-  for (const other of datas.slice(1)) {
-    if (typeof first === 'string' || typeof other === 'string') continue
-    for (let at = 0; at < Math.max(first.length, other.length); at += 4096) {
-      if (Buffer.compare(first.subarray(at, at + 4096), other.subarray(at, at + 4096)) !== 0) differing.push(at / 4096)
+  const read = await Promise.all(info.replicas.map((r) => replicaFiles(cluster.node(r.nodeId), info.id).catch((err: Error) => err.message)))
+  const replicas = info.replicas.map((r, i) => ({ ...r, files: read[i]! }))
+  const readable = replicas.flatMap((r) => (typeof r.files === 'string' ? [] : [{ ...r, files: r.files }]))
+  const blockOf = (data: Buffer, b: number) => data.subarray(b * BLOCK_SIZE, (b + 1) * BLOCK_SIZE)
+  const differing = new Set<number>()
+  const [first, ...others] = readable
+  for (const other of others) {
+    for (let b = 0; b * BLOCK_SIZE < Math.max(first!.files.data.length, other.files.data.length); b++) {
+      if (!blockOf(first!.files.data, b).equals(blockOf(other.files.data, b))) differing.add(b)
     }
   }
-  // The ext4 superblock (bytes 1024..2047): incompat features (0x4: needs recovery), write time, mount count.
-  const sb = datas.map((d) => typeof d === 'string' ? '-' : `incompat 0x${d.readUInt32LE(1024 + 0x60).toString(16)} wtime ${d.readUInt32LE(1024 + 0x30)} mnt ${d.readUInt16LE(1024 + 0x34)} state ${d.readUInt16LE(1024 + 0x3a)}`)
-  const who = files.map((f, i) => `${f.nodeId}${f.inSync ? '' : ' (not in sync)'}: ${typeof datas[i] === 'string' ? datas[i] : `${(datas[i] as Buffer).length} bytes`}`).join(', ')
-  // Their stored checksums (4 bytes per block): equal ones over differing data mean a replica whose crc is wrong.
-  const crcs = await Promise.all(files.map((f) => fs.readFile(path.join(path.dirname(f.file), 'crc')).catch(() => Buffer.alloc(0))))
-  const crcOf = (i: number, block: number) => crcs[i]!.length >= block * 4 + 4 ? crcs[i]!.readUInt32LE(block * 4).toString(16) : '-'
-  // Which replica's data matches its stored crc ('ok') and which does not ('BAD').
-  const matches = (i: number, block: number) => {
-    const d = datas[i]
-    if (d === undefined || typeof d === 'string') return '-'
-    const data = d.subarray(block * 4096, block * 4096 + 4096)
-    // crc 0 is a block never written, which reads as zeros.
-    if (crcOf(i, block) === '0') return data.every((x) => x === 0) ? 'ok' : 'BAD'
-    return native.crc32c(data).toString(16) === crcOf(i, block) ? 'ok' : 'BAD'
+  const crcOf = (crc: Buffer, b: number) => (crc.length >= (b + 1) * CHECKSUM_BYTES ? crc.readUInt32LE(b * CHECKSUM_BYTES) : undefined)
+  const matches = ({ data, crc }: { data: Buffer; crc: Buffer }, b: number) => {
+    const stored = crcOf(crc, b)
+    const block = blockOf(data, b)
+    return (stored === 0 ? block.every((x) => x === 0) : native.crc32c(block) === stored) ? 'ok' : 'BAD'
   }
-  const detail = differing.slice(0, 8).map((b) => `${b} (crc ${files.map((f, i) => `${f.nodeId} ${crcOf(i, b)} ${matches(i, b)}`).join(' / ')})`)
-  return `epoch ${info.epoch}; replicas ${who}; superblocks ${sb.join(' | ')}; ${differing.length} differing 4 KiB blocks${differing.length > 0 ? `: ${detail.join(' ')}` : ''}`
+  const detail = [...differing].slice(0, 8).map((b) => `${b} (crc ${readable.map((r) => `${r.nodeId} ${crcOf(r.files.crc, b)?.toString(16) ?? '-'} ${matches(r.files, b)}`).join(' / ')})`)
+  // The ext4 superblock (bytes 1024..2047): incompat features (0x4: needs recovery), write time, mount count, state.
+  const sb = readable.map(({ files: { data: d } }) => `incompat 0x${d.readUInt32LE(1024 + 0x60).toString(16)} wtime ${d.readUInt32LE(1024 + 0x30)} mnt ${d.readUInt16LE(1024 + 0x34)} state ${d.readUInt16LE(1024 + 0x3a)}`)
+  const who = replicas.map((r) => `${r.nodeId}${r.inSync ? '' : ' (not in sync)'}: ${typeof r.files === 'string' ? r.files : `${r.files.data.length} bytes`}`).join(', ')
+  return `epoch ${info.epoch}; replicas ${who}; superblocks ${sb.join(' | ')}; ${differing.size} differing ${BLOCK_SIZE}-byte blocks${differing.size > 0 ? `: ${detail.join(' ')}` : ''}`
 }
 
 async function serverOf(api: ApiClient): Promise<{ server: string | null; epoch: number }> {
