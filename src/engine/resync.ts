@@ -100,7 +100,7 @@ export async function resync(core: EngineCore, target: Replica, commit: () => Pr
       options.onProgress?.({ ...progress })
     }
     await target.flush()
-    core.checkFenced()
+    check(core, target)
     await core.members.promote(target, () => commitOutcome(core, target.nodeId, commit))
     return progress
   } finally {
@@ -172,6 +172,7 @@ async function syncRange(core: EngineCore, target: Replica, offset: number, leng
       const [start, len] = runs[next++]!
       copying++
       try {
+        check(core, target)
         if (pace) {
           await pace(len)
           check(core, target)
@@ -252,8 +253,13 @@ async function copyRegion(core: EngineCore, source: Replica, target: Replica, st
   check(core, target)
 }
 
-/** The resync stops once the engine is fenced or the target (a learner) failed a write. */
+/**
+ * The resync stops once the engine is fenced or closing, or the target (a learner) failed a
+ * write: a copy of a closed engine could still reach the target after the next coordinator
+ * compared it.
+ */
 function check(core: EngineCore, target: Replica): void {
   core.checkFenced()
+  if (core.closing) throw pxdError('ENGINE_CLOSED', `volume ${core.volumeId} is closed; its resync of node ${target.nodeId} stops`)
   core.members.checkLearner(target)
 }

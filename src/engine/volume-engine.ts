@@ -83,6 +83,8 @@ export class VolumeEngine {
   #drained: (() => void) | undefined
   #closing: Promise<void> | undefined
   #fenced: PxdError | undefined
+  /** Copies running (resync, reconcile, scrub), each settled once it stopped. */
+  readonly #copies = new Set<Promise<void>>()
 
   constructor(options: EngineOptions) {
     if (options.replicas.length === 0) throw pxdError('UNSATISFIABLE', `volume ${options.volumeId} has no in-sync replica`)
@@ -187,7 +189,7 @@ export class VolumeEngine {
    * replica. Returns how much was compared and copied.
    */
   resync(target: Replica, commit: () => Promise<void>, options?: ResyncOptions): Promise<ResyncProgress> {
-    return resync(this.#core, target, commit, options)
+    return this.#background(resync(this.#core, target, commit, options))
   }
 
   /**
@@ -209,7 +211,7 @@ export class VolumeEngine {
    * copy the regions that differ. Returns the bytes copied.
    */
   reconcile(): Promise<number> {
-    return reconcile(this.#core)
+    return this.#background(reconcile(this.#core))
   }
 
   /**
@@ -219,7 +221,15 @@ export class VolumeEngine {
    * bytes that are not zeros) is bad. `bytesPerSecond` paces it.
    */
   scrub(options: ScrubOptions = {}): Promise<ScrubResult> {
-    return scrub(this.#core, options)
+    return this.#background(scrub(this.#core, options))
+  }
+
+  /** Track a copy (resync, reconcile, scrub): close waits for it to stop before it lets go of the replicas. */
+  #background<T>(p: Promise<T>): Promise<T> {
+    const settled = p.then(noop, noop)
+    this.#copies.add(settled)
+    void settled.then(() => this.#copies.delete(settled))
+    return p
   }
 
   read(offset: number, into: Uint8Array): Promise<void> {
@@ -234,10 +244,15 @@ export class VolumeEngine {
     return this.#track(this.#flush())
   }
 
-  /** Waits for in-flight requests, then flushes and lets go of every replica. Idempotent. */
+  /**
+   * Waits for in-flight requests and for the copies running (they stop at their next step:
+   * none may write a replica once the next coordinator has it), then flushes and lets go of
+   * every replica. Idempotent.
+   */
   close(): Promise<void> {
     this.#closing ??= (async () => {
       if (this.#inflight > 0) await new Promise<void>((resolve) => { this.#drained = resolve })
+      await Promise.all([...this.#copies])
       const results = await Promise.allSettled([...this.#members.inSync, ...this.#members.learners].map((r) => r.close()))
       const failed = results.find((r) => r.status === 'rejected')
       if (failed && !this.#fenced) throw (failed as PromiseRejectedResult).reason
