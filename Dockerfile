@@ -13,6 +13,10 @@
 # node:20-bookworm has python3, make and g++ for node-gyp, and Node's headers under
 # /usr/local, which --nodedir points node-gyp at instead of downloading them.
 FROM node:20-bookworm AS build
+# xxhash.h for the addon's block hashes (compiled in: nothing of it is needed at run time).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libxxhash-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund --ignore-scripts

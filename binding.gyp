@@ -5,6 +5,7 @@
       "sources": [
         "native/addon.cc",
         "native/block_store.cc",
+        "native/block_hashes.cc",
         "native/intent_map.cc",
         "native/store_io.cc",
         "native/crc32c.cc",

@@ -49,6 +49,10 @@ class BlockStore {
 
   void Write(int64_t offset, const uint8_t* data, size_t len);
   void Read(int64_t offset, uint8_t* data, size_t len);
+  // XXH3-64 of each block of a block-aligned range, 8 little-endian bytes per
+  // block into `out`, 0 for a block whose crc entry is 0 (see block_hashes.cc:
+  // replicas compare these, never their crcs).
+  void Hashes(int64_t offset, uint64_t len, uint8_t* out);
   // A flush is an fdatasync of both files, skipped when nothing was written
   // since the last one that covered every write: take WriteSeq() first, skip
   // if IsFlushed(seq), else run SyncData and SyncCrc (they may run in

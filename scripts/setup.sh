@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 profile=${1:-run}
-run_pkgs=(libfuse2 e2fsprogs util-linux mount)
+run_pkgs=(libfuse2 e2fsprogs util-linux mount libxxhash-dev)
 test_pkgs=(xfsprogs fio docker.io busybox-static iproute2 iptables procps etcd-server python3)
 case "$profile" in
   run) pkgs=("${run_pkgs[@]}") ;;

@@ -4,10 +4,15 @@
  * replica protocol and the API.
  */
 
-/** A replica's unit of checksumming and of resync comparison: one crc32c per block. */
+/** A replica's unit of checksumming and of resync comparison: one crc32c and one hash per block. */
 export const BLOCK_SIZE = 4096
 /** Bytes of one block checksum (crc32c, little-endian) in a digest. */
 export const CHECKSUM_BYTES = 4
+/**
+ * Bytes of one block hash (XXH3-64, little-endian): what replicas compare. Not the crc32c,
+ * which is equal for any two blocks that end in their own crc32c (an ext4 superblock).
+ */
+export const HASH_BYTES = 8
 /** Largest single read or write a replica serves, locally or over the peer link. */
 export const MAX_IO_BYTES = 1024 * 1024
 

@@ -1,8 +1,9 @@
 /**
- * Reading digests: a replica's stored crc32c of each block in a range, CHECKSUM_BYTES
- * each. A crc of 0 marks a block never written (or all zeros); see src/constants.ts.
+ * Reading digests (a replica's stored crc32c of each block in a range, CHECKSUM_BYTES
+ * each; a crc of 0 marks a block never written, or all zeros) and hashes (HASH_BYTES per
+ * block, what replicas compare); see src/constants.ts.
  */
-import { BLOCK_SIZE, CHECKSUM_BYTES } from '../constants'
+import { BLOCK_SIZE, CHECKSUM_BYTES, HASH_BYTES } from '../constants'
 
 /** Whether the block's stored crc is 0: never written, or zeros. */
 export function isUnwritten(digest: Uint8Array, block: number): boolean {
@@ -11,10 +12,10 @@ export function isUnwritten(digest: Uint8Array, block: number): boolean {
   return true
 }
 
-/** Whether two digests of the same range hold the same crc for the block. */
-export function sameEntry(a: Uint8Array, b: Uint8Array, block: number): boolean {
-  const at = block * CHECKSUM_BYTES
-  for (let i = at; i < at + CHECKSUM_BYTES; i++) if (a[i] !== b[i]) return false
+/** Whether two replicas' hashes (Replica.hashes) of the same range hold the same hash for the block. */
+export function sameHash(a: Uint8Array, b: Uint8Array, block: number): boolean {
+  const at = block * HASH_BYTES
+  for (let i = at; i < at + HASH_BYTES; i++) if (a[i] !== b[i]) return false
   return true
 }
 

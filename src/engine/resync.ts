@@ -2,7 +2,7 @@
  * Resync brings a replica that missed writes back while the volume is in use: it reserves
  * the node (one resync per node), opens the replica and joins as a learner (new writes go
  * to it too, but its failures only abort the resync), then every region whose block
- * checksums differ from the source's is copied under the copy lock, which holds back
+ * hashes differ from the source's is copied under the copy lock, which holds back
  * overlapping writes, and finally `commit` records it as in sync (in the kvdb); from the
  * moment the commit starts it gets every write and flush as an in-sync replica does (see
  * ReplicaSet). A commit whose outcome is unknown (KVDB_UNAVAILABLE, a timeout: it may have
@@ -16,9 +16,14 @@
  * The source is the first readable in-sync replica; a block that fails its checksum there
  * is taken from each other one in turn, and the source is mended on the way.
  *
- * Resuming: a region is copied only when its block checksums differ, so a resync that
+ * Blocks are compared by a hash of their data (Replica.hashes), never by their stored
+ * crc32c: a CRC is linear, so every block that ends in its own crc32c (an ext4 superblock,
+ * a directory block with metadata_csum, a jbd2 descriptor) has the same crc32c whatever it
+ * holds, and a stale superblock compared by crc looks in sync.
+ *
+ * Resuming: a region is copied only when its block hashes differ, so a resync that
  * starts again after an interruption (a coordinator restart, a mount taking the volume over,
- * a lost link) compares everything (checksums only, 4 bytes per block) but copies only what
+ * a lost link) compares everything (hashes only, 8 bytes per block) but copies only what
  * is still missing. The target is flushed after every scan chunk that copied something, so
  * what was copied stays copied even if the target's node loses power. `pace` is awaited
  * before each run is copied (the node's rate limit), outside the copy lock, so writes
@@ -33,7 +38,7 @@ import { isPxdError, pxdError } from '../errors'
 import type { Replica } from '../replicas/replica'
 import type { CommitOutcome } from '../replicas/replica-set'
 import type { EngineCore } from './core'
-import { blocksIn, chunks, sameEntry } from './digest'
+import { blocksIn, chunks, sameHash } from './digest'
 import { DIRTY_REGION_BYTES } from '../replicas/dirty-map'
 import { readFromOthers } from './repair'
 
@@ -150,11 +155,11 @@ export async function reconcile(core: EngineCore): Promise<number> {
   return copied
 }
 
-/** Compare one range's block checksums and copy the regions that differ; returns bytes copied. */
+/** Compare one range's block hashes and copy the regions that differ; returns bytes copied. */
 async function syncRange(core: EngineCore, target: Replica, offset: number, length: number, pace?: (bytes: number) => Promise<void>, yielding: () => boolean = never): Promise<number> {
   const source = core.members.readable[0]
   if (!source) throw pxdError('IO_ERROR', `volume ${core.volumeId}: no in-sync replica to resync from`)
-  const [want, have] = await Promise.all([source.digest(offset, length), target.digest(offset, length)])
+  const [want, have] = await Promise.all([source.hashes(offset, length), target.hashes(offset, length)])
   check(core, target)
   const runs = differingRuns(want, have, offset, length, core.size)
   let copied = 0
@@ -211,7 +216,7 @@ const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve,
 const never = () => false
 
 /**
- * The regions of [offset, offset + length) with a block whose checksums differ, adjacent
+ * The regions of [offset, offset + length) with a block whose hashes differ, adjacent
  * ones merged into runs of at most RESYNC_COPY_BYTES: one copy (one lock, one round trip)
  * per run.
  */
@@ -220,7 +225,7 @@ export function differingRuns(want: Uint8Array, have: Uint8Array, offset: number
   let regionEnd = -1
   for (let block = 0; block < blocksIn(length); block++) {
     const at = offset + block * BLOCK_SIZE
-    if (at < regionEnd || sameEntry(want, have, block)) continue
+    if (at < regionEnd || sameHash(want, have, block)) continue
     const start = at - (at % RESYNC_REGION_BYTES)
     regionEnd = Math.min(start + RESYNC_REGION_BYTES, size)
     const last = runs[runs.length - 1]

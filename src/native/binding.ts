@@ -88,6 +88,13 @@ export interface NativeBinding {
   /** Fills `buf` with verified bytes; its contents are unspecified on error. */
   storeRead(handle: StoreHandle, offset: number, buf: Uint8Array, cb: Callback): void
   /**
+   * XXH3-64 of each block from `offset` (block-aligned), 8 little-endian bytes per block
+   * into `out` (its length picks how many blocks); 0 for a block whose crc entry is 0.
+   * Replicas compare these: the stored crc32c is the same for any two blocks that end in
+   * their own crc32c (see native/block_hashes.cc).
+   */
+  storeHashes(handle: StoreHandle, offset: number, out: Uint8Array, cb: Callback): void
+  /**
    * fdatasync of the data and crc files. Once one failed, every later flush of this
    * handle fails too (EIO): Linux reports a lost write-back once, and the next fdatasync
    * would succeed without the lost pages. Only a reopen (after a resync) clears it.

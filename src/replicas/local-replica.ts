@@ -42,6 +42,10 @@ export class LocalReplica implements Replica {
     return this.#host.storeFor(this.#at.volumeId, this.#at.epoch).readChecksums(offset, length)
   }
 
+  async hashes(offset: number, length: number): Promise<Uint8Array> {
+    return this.#host.storeFor(this.#at.volumeId, this.#at.epoch).readHashes(offset, length)
+  }
+
   async close(): Promise<void> {
     await this.flush().catch((err: unknown) => {
       // A newer coordinator owns the replica now; nothing of ours is left to flush.

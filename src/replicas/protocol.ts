@@ -10,7 +10,8 @@
  *   open   {vol, epoch, size}          -> epoch (8 B)  accept a coordinator; replies the epoch it was at before
  *   write  {vol, epoch, seq, offset, data} -> nothing
  *   read   {vol, epoch, offset, length} -> the bytes
- *   digest {vol, epoch, offset, length} -> one crc32c per block
+ *   digest {vol, epoch, offset, length} -> the stored crc32c of each block (scrub)
+ *   hashes {vol, epoch, offset, length} -> a hash of each block's data (resync compares them)
  *   flush  {vol, epoch}                -> nothing
  *   close  {vol, epoch}                -> nothing      the coordinator lets go (a flush)
  *   drop   {vol}                       -> nothing      delete a replica the kvdb no longer lists here
@@ -30,6 +31,7 @@ export const requests = {
   write: (vol: string, epoch: number, seq: number, offset: number, data: Uint8Array): OutgoingRequest => ({ t: 'write', vol, epoch, seq, offset, data }),
   read: (vol: string, epoch: number, offset: number, length: number): OutgoingRequest => ({ t: 'read', vol, epoch, offset, length }),
   digest: (vol: string, epoch: number, offset: number, length: number): OutgoingRequest => ({ t: 'digest', vol, epoch, offset, length }),
+  hashes: (vol: string, epoch: number, offset: number, length: number): OutgoingRequest => ({ t: 'hashes', vol, epoch, offset, length }),
   flush: (vol: string, epoch: number): OutgoingRequest => ({ t: 'flush', vol, epoch }),
   close: (vol: string, epoch: number): OutgoingRequest => ({ t: 'close', vol, epoch }),
   drop: (vol: string): OutgoingRequest => ({ t: 'drop', vol }),

@@ -67,6 +67,10 @@ export class ReplicaClient implements Replica {
     return (await this.#call('digest', requests.digest(this.#at.volumeId, this.#at.epoch, offset, length))) ?? new Uint8Array(0)
   }
 
+  async hashes(offset: number, length: number): Promise<Uint8Array> {
+    return (await this.#call('hashes', requests.hashes(this.#at.volumeId, this.#at.epoch, offset, length))) ?? new Uint8Array(0)
+  }
+
   async flush(): Promise<void> {
     const covered = this.#unflushed
     await this.#call('flush', requests.flush(this.#at.volumeId, this.#at.epoch), { timeoutMs: flushTimeoutMs(covered) })

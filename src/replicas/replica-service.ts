@@ -38,6 +38,8 @@ export class ReplicaService implements RequestHandler {
       }
       case 'digest':
         return this.#host.storeFor(req.vol, req.epoch).readChecksums(req.offset, req.length)
+      case 'hashes':
+        return this.#host.storeFor(req.vol, req.epoch).readHashes(req.offset, req.length)
       case 'flush':
         return this.#host.storeFor(req.vol, req.epoch).flush()
       case 'close':

@@ -12,8 +12,13 @@ export interface Replica {
   write(offset: number, data: Uint8Array, seq: number): Promise<void>
   read(offset: number, into: Uint8Array): Promise<void>
   flush(): Promise<void>
-  /** Stored crc32c of each block in the range (resync compares them); see src/constants.ts. */
+  /** Stored crc32c of each block in the range (scrub counts written blocks by them); see src/constants.ts. */
   digest(offset: number, length: number): Promise<Uint8Array>
+  /**
+   * A hash (HASH_BYTES) of each block's data in the range, 0 for one never written: resync
+   * compares these, never crcs (any two blocks ending in their own crc32c share a crc32c).
+   */
+  hashes(offset: number, length: number): Promise<Uint8Array>
   /** Flush and let go; the copy itself stays on its node. */
   close(): Promise<void>
 }

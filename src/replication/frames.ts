@@ -10,7 +10,7 @@
  * frame whose kind is in `REQUEST_TYPES` to the request handler without knowing it.
  */
 import { Packr, Unpackr } from 'msgpackr'
-import { BLOCK_SIZE, CHECKSUM_BYTES, MAX_IO_BYTES, NODE_ID_PATTERN } from '../constants'
+import { BLOCK_SIZE, CHECKSUM_BYTES, HASH_BYTES, MAX_IO_BYTES, NODE_ID_PATTERN } from '../constants'
 import { pxdError } from '../errors'
 import { replicationError } from './errors'
 
@@ -50,8 +50,10 @@ export interface CreateFrame { t: 'create'; id: number; vol: string; size: numbe
 export interface OpenFrame { t: 'open'; id: number; vol: string; epoch: number; size: number }
 export interface WriteFrame { t: 'write'; id: number; vol: string; epoch: number; seq: number; offset: number; data: Uint8Array }
 export interface ReadFrame { t: 'read'; id: number; vol: string; epoch: number; offset: number; length: number }
-/** The crc32c of every block (BLOCK_SIZE) in [offset, offset+length): resync compares them. */
+/** The stored crc32c of every block (BLOCK_SIZE) in [offset, offset+length): scrub counts written blocks by them. */
 export interface DigestFrame { t: 'digest'; id: number; vol: string; epoch: number; offset: number; length: number }
+/** A hash (HASH_BYTES) of every block's data in [offset, offset+length): resync compares them. */
+export interface HashesFrame { t: 'hashes'; id: number; vol: string; epoch: number; offset: number; length: number }
 export interface FlushFrame { t: 'flush'; id: number; vol: string; epoch: number }
 export interface CloseFrame { t: 'close'; id: number; vol: string; epoch: number }
 export interface DropFrame { t: 'drop'; id: number; vol: string }
@@ -75,7 +77,7 @@ export interface PingFrame { t: 'ping'; id: number; sent: number }
 export interface PongFrame { t: 'pong'; id: number; sent: number }
 
 export type HandshakeFrame = HelloFrame | ChallengeFrame | AuthFrame | ReadyFrame
-export type RequestFrame = CreateFrame | OpenFrame | DigestFrame | WriteFrame | ReadFrame | FlushFrame | CloseFrame | DropFrame | FsOpFrame | FsCancelFrame
+export type RequestFrame = CreateFrame | OpenFrame | DigestFrame | HashesFrame | WriteFrame | ReadFrame | FlushFrame | CloseFrame | DropFrame | FsOpFrame | FsCancelFrame
 export type AckFrame = AckOkFrame | AckErrorFrame
 export type Frame = HandshakeFrame | RequestFrame | AckFrame | ErrorFrame | PingFrame | PongFrame
 export type FrameType = Frame['t']
@@ -100,6 +102,9 @@ const isLength: Check = (v) => isUint(v) && (v as number) <= MAX_DATA_BYTES
 /** One checksum per block, so one reply covers at most MAX_DATA_BYTES / CHECKSUM_BYTES blocks (1 GiB) of volume. */
 export const MAX_DIGEST_RANGE = (MAX_DATA_BYTES / CHECKSUM_BYTES) * BLOCK_SIZE
 const isDigestLength: Check = (v) => isUint(v) && (v as number) % BLOCK_SIZE === 0 && (v as number) <= MAX_DIGEST_RANGE
+/** One hash per block: one reply covers at most MAX_DATA_BYTES / HASH_BYTES blocks (512 MiB) of volume. */
+export const MAX_HASH_RANGE = (MAX_DATA_BYTES / HASH_BYTES) * BLOCK_SIZE
+const isHashLength: Check = (v) => isUint(v) && (v as number) % BLOCK_SIZE === 0 && (v as number) <= MAX_HASH_RANGE
 const isCode: Check = (v) => typeof v === 'string' && CODE_RE.test(v)
 const isMessage: Check = (v) => typeof v === 'string' && v.length <= MAX_MESSAGE_CHARS
 const isTime: Check = (v) => typeof v === 'number' && Number.isFinite(v) && v >= 0
@@ -128,6 +133,7 @@ const REQUEST_SCHEMAS = {
   write: [ID, VOL, EPOCH, f('seq', isUint, 'a non-negative safe integer'), OFFSET, f('data', isData, `bytes, at most ${MAX_DATA_BYTES}`)],
   read: [ID, VOL, EPOCH, OFFSET, f('length', isLength, `a non-negative safe integer of at most ${MAX_DATA_BYTES}`)],
   digest: [ID, VOL, EPOCH, OFFSET, f('length', isDigestLength, `a multiple of ${BLOCK_SIZE} of at most ${MAX_DIGEST_RANGE}`)],
+  hashes: [ID, VOL, EPOCH, OFFSET, f('length', isHashLength, `a multiple of ${BLOCK_SIZE} of at most ${MAX_HASH_RANGE}`)],
   flush: [ID, VOL, EPOCH],
   close: [ID, VOL, EPOCH],
   drop: [ID, VOL],
@@ -163,6 +169,7 @@ export function payloadBytes(req: RequestFrame | OutgoingRequest): number {
     case 'fsop': return req.data.length
     case 'read': return req.length
     case 'digest': return req.length / BLOCK_SIZE * CHECKSUM_BYTES
+    case 'hashes': return req.length / BLOCK_SIZE * HASH_BYTES
     default: return 0
   }
 }

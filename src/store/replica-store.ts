@@ -10,7 +10,7 @@
  */
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
-import { BLOCK_SIZE, CHECKSUM_BYTES } from '../constants'
+import { BLOCK_SIZE, CHECKSUM_BYTES, HASH_BYTES } from '../constants'
 import { pxdError, PxdError, type ErrorCode } from '../errors'
 import { native, type NativeError, type StoreHandle, type StoreRecovery } from '../native/binding'
 import { mkdirDurably, writeFileDurably } from '../util/durable'
@@ -128,9 +128,24 @@ export class ReplicaStore {
   }
 
   /**
+   * A hash (HASH_BYTES, XXH3-64 of its data) of each block in [offset, offset+length): what
+   * resync compares between replicas to find the blocks that differ. A block whose crc is
+   * 0 (never written, or zeros) is 0, unread.
+   */
+  readHashes(offset: number, length: number): Promise<Buffer> {
+    if (offset % BLOCK_SIZE !== 0 || length % BLOCK_SIZE !== 0 || offset < 0 || offset + length > this.size) {
+      return Promise.reject(pxdError('INVALID_ARGUMENT', `hash range ${offset}+${length} is not block-aligned inside ${this.size} bytes`))
+    }
+    const out = Buffer.alloc((length / BLOCK_SIZE) * HASH_BYTES)
+    return new Promise((resolve, reject) => {
+      native.storeHashes(this.#handle, offset, out, (err) => (err ? reject(storeError(err, 'hash', this.dir)) : resolve(out)))
+    })
+  }
+
+  /**
    * The stored crc32c (4 bytes, little-endian) of each block in [offset, offset+length):
-   * what resync compares between replicas to find the blocks that differ. An unwritten
-   * block reads as 0.
+   * what scrub counts written blocks by (never what replicas compare: readHashes). An
+   * unwritten block reads as 0.
    */
   async readChecksums(offset: number, length: number): Promise<Buffer> {
     if (offset % BLOCK_SIZE !== 0 || length % BLOCK_SIZE !== 0 || offset + length > this.size) {

@@ -1,5 +1,5 @@
 import test from 'ava'
-import { blocksIn, chunks, countWritten, isUnwritten, sameEntry } from '../../src/engine/digest'
+import { blocksIn, chunks, countWritten, isUnwritten, sameHash } from '../../src/engine/digest'
 
 const digest = Uint8Array.from([0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 9])
 
@@ -11,11 +11,12 @@ test('a block is unwritten only when all four bytes of its crc are 0', (t) => {
   t.is(countWritten(new Uint8Array(0)), 0)
 })
 
-test('sameEntry compares one crc of two digests', (t) => {
-  const other = Uint8Array.from([0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 8])
-  t.true(sameEntry(digest, other, 0))
-  t.true(sameEntry(digest, other, 1))
-  t.false(sameEntry(digest, other, 2))
+test('sameHash compares one 8-byte hash of two replicas\' hashes, every byte of it', (t) => {
+  const a = Uint8Array.from([1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 0, 0, 0, 0, 0])
+  const b = Uint8Array.from([1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 0, 0, 0, 0, 1])
+  t.true(sameHash(a, b, 0))
+  t.false(sameHash(a, b, 1), 'the last byte counts')
+  t.false(sameHash(a, Uint8Array.from([1, 2, 3, 4, 9, 6, 7, 8]), 0), 'the upper four bytes count')
 })
 
 test('chunks cover the size with a short last piece; blocksIn rounds up', (t) => {

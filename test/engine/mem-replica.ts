@@ -1,4 +1,5 @@
-import { BLOCK_SIZE, CHECKSUM_BYTES } from '../../src/constants'
+import { createHash } from 'node:crypto'
+import { BLOCK_SIZE, CHECKSUM_BYTES, HASH_BYTES } from '../../src/constants'
 import { PxdError, type ErrorDetails } from '../../src/errors'
 import { native } from '../../src/native/binding'
 import type { Replica } from '../../src/replicas/replica'
@@ -8,7 +9,7 @@ export type BlockNaming = 'field' | 'cause' | 'text'
 
 /**
  * A replica in memory that keeps a crc32c per block the way the store does (0 for a block
- * of zeros), verifies reads against it and serves digests of it. `corrupt` rots a block
+ * of zeros), verifies reads against it and serves digests of it and hashes of its blocks. `corrupt` rots a block
  * behind the crc's back; `beforeWrite` and `beforeFlush` can delay or fail a write or flush.
  */
 export class MemReplica implements Replica {
@@ -77,6 +78,16 @@ export class MemReplica implements Replica {
   async digest(offset: number, length: number): Promise<Uint8Array> {
     const out = Buffer.alloc((length / BLOCK_SIZE) * CHECKSUM_BYTES)
     for (let i = 0; i < length / BLOCK_SIZE; i++) out.writeUInt32LE(this.#crcs[offset / BLOCK_SIZE + i]!, i * CHECKSUM_BYTES)
+    return out
+  }
+
+  /** As the store's: a hash of each block's data (sha256's first 8 bytes here), 0 where the crc is 0. */
+  async hashes(offset: number, length: number): Promise<Uint8Array> {
+    const out = Buffer.alloc((length / BLOCK_SIZE) * HASH_BYTES)
+    for (let i = 0; i < length / BLOCK_SIZE; i++) {
+      const b = offset / BLOCK_SIZE + i
+      if (this.#crcs[b] !== 0) createHash('sha256').update(this.#block(b)).digest().copy(out, i * HASH_BYTES, 0, HASH_BYTES)
+    }
     return out
   }
 

@@ -5,7 +5,9 @@ import path from 'node:path'
 import { DIRTY_REGION_BYTES, DirtyMap } from '../../src/replicas/dirty-map'
 import { RESYNC_REGION_BYTES, VolumeEngine, type EngineOptions } from '../../src/engine/volume-engine'
 import { differingRuns, RESYNC_COPY_BYTES } from '../../src/engine/resync'
+import { HASH_BYTES } from '../../src/constants'
 import { isPxdError, pxdError } from '../../src/errors'
+import { selfChecksummedBlock } from '../helpers/self-checksummed'
 import { deferred, MemReplica, tick } from './mem-replica'
 
 const REGION = RESYNC_REGION_BYTES
@@ -14,7 +16,7 @@ const VOLUME = '0123456789abcdef'
 /** Two copy runs' worth; `a` holds data in the first only, so a write to the second is not held back by a copy. */
 const TWO_RUNS = 2 * RESYNC_COPY_BYTES
 
-test('resync copies only the regions whose checksums differ, then the target is in sync', async (t) => {
+test('resync copies only the regions whose block hashes differ, then the target is in sync', async (t) => {
   const a = new MemReplica('a', SIZE).fill(0, 8192, 1).fill(5 * REGION + 4096, 4096, 2)
   // b has region 0 already, misses the write in region 5 and holds stale bytes in region 7.
   const b = new MemReplica('b', SIZE).fill(0, 8192, 1).fill(7 * REGION, 4096, 9)
@@ -31,12 +33,57 @@ test('resync copies only the regions whose checksums differ, then the target is 
   t.deepEqual(engine.resyncing, [])
 })
 
+test('a block whose new contents end in their own crc32c (an ext4 superblock) is copied: blocks are compared by hash, not crc', async (t) => {
+  // Both superblocks have the same crc32c; compared by crc, b would stay stale and look in sync.
+  const a = new MemReplica('a', SIZE).load(Buffer.concat([selfChecksummedBlock(), Buffer.alloc(SIZE - 4096)]))
+  const b = new MemReplica('b', SIZE).load(Buffer.concat([selfChecksummedBlock(), Buffer.alloc(SIZE - 4096)]))
+  t.deepEqual(await b.digest(0, 4096), await a.digest(0, 4096))
+  const engine = new VolumeEngine({ volumeId: VOLUME, size: SIZE, replicas: [a] })
+  const result = await engine.resync(b, async () => undefined)
+  t.deepEqual(b.writes, [[0, REGION]])
+  t.true(b.bytes.equals(a.bytes))
+  t.is(result.copiedBytes, REGION)
+  const c = new MemReplica('c', SIZE).load(Buffer.concat([selfChecksummedBlock(), Buffer.alloc(SIZE - 4096)]))
+  const both = new VolumeEngine({ volumeId: VOLUME, size: SIZE, replicas: [a, c] })
+  t.is(await both.reconcile(), REGION, 'reconcile compares the same way')
+  t.true(c.bytes.equals(a.bytes))
+})
+
+test('closing the engine stops its resync: close waits for the copy under way, and nothing reaches the target after close', async (t) => {
+  // Every region differs; the first copy to the target is held until the engine is closing.
+  const a = new MemReplica('a', SIZE).fill(0, SIZE, 4)
+  const b = new MemReplica('b', SIZE)
+  const held = deferred()
+  const copying = deferred()
+  b.beforeWrite = async () => {
+    copying.resolve()
+    await held.promise
+  }
+  const engine = new VolumeEngine({ volumeId: VOLUME, size: SIZE, replicas: [a] })
+  let commits = 0
+  const resyncing = engine.resync(b, async () => { commits++ })
+  await copying.promise
+  let closed = false
+  const closing = engine.close().then(() => { closed = true })
+  await tick(20)
+  t.false(closed, 'close waits for the copy in flight')
+  held.resolve()
+  await closing
+  const writesAtClose = b.writes.length
+  t.true(isPxdError(await t.throwsAsync(resyncing), 'ENGINE_CLOSED'))
+  await tick(20)
+  t.is(b.writes.length, writesAtClose, 'no copy after close')
+  t.true(writesAtClose < SIZE / REGION, 'the resync stopped before copying everything')
+  t.is(commits, 0)
+})
+
 test('adjacent differing regions are copied as one run of at most RESYNC_COPY_BYTES; a region is the unit', (t) => {
   const size = 2 * RESYNC_COPY_BYTES
   const blocks = size / 4096
-  const want = Buffer.alloc(blocks * 4, 1)
-  const have = Buffer.alloc(blocks * 4, 1)
-  const differ = (offset: number) => { have[(offset / 4096) * 4] = 2 }
+  const want = Buffer.alloc(blocks * HASH_BYTES, 1)
+  const have = Buffer.alloc(blocks * HASH_BYTES, 1)
+  // The last byte of a hash: all of its eight bytes count.
+  const differ = (offset: number) => { have[(offset / 4096) * HASH_BYTES + HASH_BYTES - 1] = 2 }
   // Regions 0..11 differ (one block each), then region 14.
   for (let r = 0; r < 12; r++) differ(r * REGION + 4096)
   differ(14 * REGION)
@@ -81,7 +128,7 @@ test('a write during resync reaches the learner, and a learner never serves read
   t.deepEqual(engine.inSync, ['a', 'b'])
 })
 
-test('a write in flight when the learner joins (so not sent to it) lands before the checksums are compared', async (t) => {
+test('a write in flight when the learner joins (so not sent to it) lands before the blocks are compared', async (t) => {
   const a = new MemReplica('a', SIZE)
   const b = new MemReplica('b', SIZE)
   const engine = new VolumeEngine({ volumeId: VOLUME, size: SIZE, replicas: [a] })

@@ -57,11 +57,12 @@ test('decoded data shares the received buffer (zero-copy)', (t) => {
 })
 
 test('request kinds and payload sizes', (t) => {
-  t.deepEqual([...REQUEST_TYPES].sort(), ['close', 'create', 'digest', 'drop', 'flush', 'fscancel', 'fsop', 'open', 'read', 'write'])
+  t.deepEqual([...REQUEST_TYPES].sort(), ['close', 'create', 'digest', 'drop', 'flush', 'fscancel', 'fsop', 'hashes', 'open', 'read', 'write'])
   for (const frame of samples) t.is(isRequest(frame), REQUEST_TYPES.has(frame.t), frame.t)
   t.is(payloadBytes({ t: 'write', id: 1, vol: 'v', epoch: 1, seq: 1, offset: 0, data: Buffer.alloc(100) }), 100)
   t.is(payloadBytes({ t: 'read', id: 1, vol: 'v', epoch: 1, offset: 0, length: 300 }), 300)
   t.is(payloadBytes({ t: 'flush', id: 1, vol: 'v', epoch: 1 }), 0)
+  t.is(payloadBytes({ t: 'hashes', id: 1, vol: 'v', epoch: 1, offset: 0, length: 4096 * 10 }), 80)
   t.is(payloadBytes({ t: 'fsop', id: 1, vol: 'v', xid: 9, data: Buffer.alloc(700) }), 700)
   t.is(payloadBytes({ t: 'fscancel', id: 1, vol: 'v', xid: 9 }), 0)
 })

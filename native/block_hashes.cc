@@ -1,0 +1,66 @@
+// Block hashes: what replicas compare to find the blocks that differ.
+//
+// The stored crc32c cannot serve for that. A CRC is linear, so a block whose
+// bytes end in their own crc32c (an ext4 superblock or directory block with
+// metadata_csum, a jbd2 descriptor block, an XFS v5 header) has one and the
+// same crc32c whatever else it holds: two replicas with different ext4
+// superblocks have equal crc entries. The crc stays what it is good at
+// (telling a torn or rotten block on every read); comparing uses XXH3-64 of
+// each block's data, which has no such structure.
+//
+// A block whose crc entry is 0 (never written, or all zeros) hashes to 0
+// without being read, so a sparse replica's holes cost nothing. Blocks are
+// read a chunk at a time under the chunk's stripe locks (shared, as a read
+// takes them), so a hash is never taken of a block half written.
+#define XXH_INLINE_ALL
+#include <endian.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "block_store.h"
+#include "stripe_lock.h"
+
+namespace pxd {
+
+namespace {
+// Blocks hashed per chunk: one pread of the data file, one of the crc file.
+constexpr uint64_t kHashChunkBlocks = 256;
+}  // namespace
+
+void BlockStore::Hashes(int64_t offset, uint64_t len, uint8_t* out) {
+  CheckRange(offset, len, "hash");
+  if (offset % block_size_ != 0 || len % block_size_ != 0) {
+    throw Failure("EINVAL", "hashes of " + std::to_string(len) + " bytes at " +
+                                std::to_string(offset) + " are not block-aligned in " +
+                                data_path_,
+                  data_path_);
+  }
+  const uint64_t first = static_cast<uint64_t>(offset) >> block_shift_;
+  const uint64_t blocks = len >> block_shift_;
+  std::vector<uint32_t> crcs(std::min(blocks, kHashChunkBlocks));
+  std::unique_ptr<uint8_t[]> buf;
+  for (uint64_t done = 0; done < blocks;) {
+    const uint64_t start = first + done;
+    const uint64_t count = std::min(kHashChunkBlocks, blocks - done);
+    StripeLock lock(*this, start, start + count - 1, false);
+    ReadCrcs(start, count, crcs.data());
+    const bool any = std::any_of(crcs.begin(), crcs.begin() + count,
+                                 [](uint32_t c) { return c != 0; });
+    if (any) {
+      if (!buf) buf = std::make_unique<uint8_t[]>(kHashChunkBlocks << block_shift_);
+      FullPread(data_fd_, buf.get(), count << block_shift_, start << block_shift_,
+                data_path_);
+    }
+    for (uint64_t i = 0; i < count; i++) {
+      const uint64_t h = crcs[i] == 0 ? 0 : XXH3_64bits(buf.get() + (i << block_shift_), block_size_);
+      const uint64_t le = htole64(h == 0 && crcs[i] != 0 ? 1 : h);
+      std::memcpy(out + (done + i) * 8, &le, 8);
+    }
+    done += count;
+  }
+}
+
+}  // namespace pxd
