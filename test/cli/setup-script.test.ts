@@ -31,7 +31,11 @@ test('a host with fuse3 keeps it: set-up does not ask for fuse, which would remo
 
 test('a host with neither fuse nor fuse3 gets fuse; one with fuse gets nothing FUSE more', (t) => {
   t.true(wouldInstall('run', []).includes('fuse'))
-  t.deepEqual(wouldInstall('run', ['fuse', 'libfuse2', 'e2fsprogs', 'util-linux', 'mount']), [])
+  t.deepEqual(wouldInstall('run', ['fuse', 'libfuse2', 'e2fsprogs', 'util-linux', 'mount', 'libxxhash-dev']), [])
+})
+
+test('the run profile brings the block-hash header the addon is built with', (t) => {
+  t.true(wouldInstall('run', ['fuse']).includes('libxxhash-dev'))
 })
 
 test('the test profile adds the test tools; apt-get is told never to remove a package', (t) => {

@@ -90,10 +90,21 @@ test('random bytes with a frame-like prefix are refused too', (t) => {
   }
 })
 
+/** Every cut of a small frame; for a large one, every cut near its head and its tail and one
+ * in each 4 KiB between (a million cuts of a 1 MiB fsop take most of a minute to no purpose). */
+function cuts(length: number): number[] {
+  if (length < 64 * 1024) return Array.from({ length }, (_, i) => i)
+  const out: number[] = []
+  for (let len = 0; len < length; len++) {
+    if (len < 4096 || len >= length - 4096 || len % 4096 === 1) out.push(len)
+  }
+  return out
+}
+
 test('every truncation of a valid frame is refused', (t) => {
-  for (const frame of samples.filter((f) => f.t !== 'write' || f.data.length < 100_000)) {
+  for (const frame of samples) {
     const buf = encodeFrame(frame)
-    for (let len = 0; len < buf.length; len++) badFrame(t, buf.subarray(0, len))
+    for (const len of cuts(buf.length)) badFrame(t, buf.subarray(0, len))
   }
 })
 
