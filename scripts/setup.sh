@@ -12,11 +12,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 profile=${1:-run}
-run_pkgs=(libfuse2 e2fsprogs util-linux mount libxxhash-dev)
+# What the daemon runs with, what building its addon takes (set-up builds it), what the tests use.
+run_pkgs=(libfuse2 e2fsprogs util-linux mount)
+build_pkgs=(libxxhash-dev)
 test_pkgs=(xfsprogs fio docker.io busybox-static iproute2 iptables procps etcd-server python3)
 case "$profile" in
-  run) pkgs=("${run_pkgs[@]}") ;;
-  test) pkgs=("${run_pkgs[@]}" "${test_pkgs[@]}") ;;
+  run) pkgs=("${run_pkgs[@]}" "${build_pkgs[@]}") ;;
+  test) pkgs=("${run_pkgs[@]}" "${build_pkgs[@]}" "${test_pkgs[@]}") ;;
   *) echo "usage: $0 [run|test]" >&2; exit 2 ;;
 esac
 

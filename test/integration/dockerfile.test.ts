@@ -306,6 +306,9 @@ function runStep(model: StageModel, command: string, line: number, problems: str
       count++
     }
     model.steps.push(`${command}: ${count} .js files under ${outDir}`)
+  } else if ((words[0] === 'apt-get' && ['update', 'install'].includes(words[1] ?? '')) || (words[0] === 'rm' && words.includes('/var/lib/apt/lists/*'))) {
+    // Debian packages for the build (what they install is checked against setup.sh's build_pkgs).
+    model.steps.push(`${command}: Debian packages`)
   } else {
     problems.push(`RUN ${command} (line ${line}): this test does not know what it needs or makes; teach runStep() in dockerfile.test.ts`)
   }
@@ -548,6 +551,15 @@ test('the runtime stage installs the Debian packages pxd needs and one for each 
   const runPkgs = /^run_pkgs=\(([^)]*)\)/m.exec(setup)?.[1]?.trim().split(/\s+/) ?? []
   t.true(runPkgs.length > 0, 'scripts/setup.sh names run_pkgs')
   for (const p of runPkgs) if (!installed.includes(p)) problems.push(`scripts/setup.sh run_pkgs has ${p}; the runtime stage does not install it`)
+  // What building the addon takes is the build stage's, and only its.
+  const buildPkgs = /^build_pkgs=\(([^)]*)\)/m.exec(setup)?.[1]?.trim().split(/\s+/) ?? []
+  t.true(buildPkgs.length > 0, 'scripts/setup.sh names build_pkgs')
+  const build = facts().stages[0]!
+  const buildInstalled = aptInstalled(build)
+  for (const p of buildPkgs) {
+    if (!buildInstalled.includes(p)) problems.push(`scripts/setup.sh build_pkgs has ${p}; the build stage does not install it`)
+    if (installed.includes(p)) problems.push(`the runtime stage installs ${p}, which only building the addon needs`)
+  }
   // Every command pxd runs (run('cmd', ...) in src/). fusermount is not one: pxd mounts and
   // unmounts FUSE itself as root (fuse-native's instance unmount goes through libfuse).
   const commands = new Set<string>()
