@@ -6,6 +6,7 @@
         "native/addon.cc",
         "native/block_store.cc",
         "native/block_hashes.cc",
+        "native/block_discard.cc",
         "native/intent_map.cc",
         "native/store_io.cc",
         "native/crc32c.cc",

@@ -21,7 +21,7 @@
 #include <vector>
 
 #include "block_store.h"
-#include "stripe_lock.h"
+#include "block_store_internal.h"
 
 namespace pxd {
 

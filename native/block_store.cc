@@ -34,7 +34,7 @@
 #include <vector>
 
 #include "crc32c.h"
-#include "stripe_lock.h"
+#include "block_store_internal.h"
 
 namespace pxd {
 namespace {
@@ -64,26 +64,6 @@ bool AllZero(const uint8_t* p, size_t len) {
 std::unique_ptr<uint8_t[]> Bounce(uint32_t block_size) {
   return std::unique_ptr<uint8_t[]>(new uint8_t[block_size]);
 }
-
-// Ends a write begun in the intent map: counts it as done when it leaves,
-// failed or not (either way it may have left dirty pages that the next flush
-// must sync), then tells the map which count it got.
-class EndWrite {
- public:
-  EndWrite(std::atomic<uint64_t>& seq, IntentMap& intent, uint64_t r0,
-           uint64_t r1)
-      : seq_(seq), intent_(intent), r0_(r0), r1_(r1) {}
-  ~EndWrite() {
-    intent_.End(r0_, r1_, seq_.fetch_add(1, std::memory_order_acq_rel) + 1);
-  }
-  EndWrite(const EndWrite&) = delete;
-  EndWrite& operator=(const EndWrite&) = delete;
-
- private:
-  std::atomic<uint64_t>& seq_;
-  IntentMap& intent_;
-  const uint64_t r0_, r1_;
-};
 
 }  // namespace
 

@@ -53,6 +53,11 @@ class BlockStore {
   // block into `out`, 0 for a block whose crc entry is 0 (see block_hashes.cc:
   // replicas compare these, never their crcs).
   void Hashes(int64_t offset, uint64_t len, uint8_t* out);
+  // The range reads back as zeros from now on: whole blocks get crc 0 (never
+  // written) and are punched out of the data file, so the host gets their
+  // space back; the parts of blocks at either end are written with zeros.
+  // Marked in the intent map like a write (see block_discard.cc).
+  void Discard(int64_t offset, uint64_t len);
   // A flush is an fdatasync of both files, skipped when nothing was written
   // since the last one that covered every write: take WriteSeq() first, skip
   // if IsFlushed(seq), else run SyncData and SyncCrc (they may run in
@@ -105,6 +110,10 @@ class BlockStore {
   // The crc entry to store for a block: 0 for an all-zero block, so a block written as
   // zeros and one never written look the same (replicas compare crc files in resync).
   uint32_t BlockCrc(const uint8_t* data) const;
+  // Zeros over bytes [from, to) of one block, merged like a partial write.
+  void ZeroPart(uint64_t block, uint64_t from, uint64_t to);
+  // Blocks [first, end) become unwritten: crc 0, their data punched out.
+  void Unwrite(uint64_t first, uint64_t end);
   void ReadCrcs(uint64_t first, uint64_t count, uint32_t* out) const;
   void WriteCrcs(uint64_t first, uint64_t count, const uint32_t* crcs) const;
 

@@ -1,6 +1,7 @@
 #include "fuse_server.h"
 
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <linux/fuse.h>
 #include <poll.h>
 #include <pthread.h>
@@ -315,6 +316,7 @@ void FuseServer::Handle(uint32_t slot, uint8_t* msg, size_t len) {
     case FUSE_WRITE:
     case FUSE_FLUSH:
     case FUSE_FSYNC:
+    case FUSE_FALLOCATE:
       kept = OnData(slot, h.unique, h.opcode, h.nodeid, in, in_len);
       break;
     case FUSE_RELEASE:
@@ -345,7 +347,7 @@ void FuseServer::Handle(uint32_t slot, uint8_t* msg, size_t len) {
       ReplyBytes(h.unique, EPERM, nullptr, 0);
       break;
     default:
-      // xattrs, locks, fallocate, ioctl, ...: the kernel remembers ENOSYS.
+      // xattrs, locks, ioctl, ...: the kernel remembers ENOSYS.
       ReplyBytes(h.unique, ENOSYS, nullptr, 0);
   }
   if (!kept) ReleaseSlot(slot);
@@ -514,6 +516,8 @@ bool FuseServer::OnData(uint32_t slot, uint64_t unique, uint32_t opcode, uint64_
   }
   if (opcode == FUSE_FLUSH || opcode == FUSE_FSYNC) {
     r.kind = FuseKind::kFlush;
+  } else if (opcode == FUSE_FALLOCATE) {
+    return OnFallocate(slot, unique, size, in, in_len);
   } else if (opcode == FUSE_READ) {
     fuse_read_in arg{};
     if (in_len < sizeof arg) return ReplyBytes(unique, EINVAL, nullptr, 0), false;
@@ -534,6 +538,33 @@ bool FuseServer::OnData(uint32_t slot, uint64_t unique, uint32_t opcode, uint64_
     r.offset = arg.offset;
     r.length = arg.size;
   }
+  sink_->Dispatch(slot);
+  return true;
+}
+
+bool FuseServer::OnFallocate(uint32_t slot, uint64_t unique, uint64_t size, const uint8_t* in,
+                             size_t in_len) {
+  // Never an ENOSYS: the kernel would stop sending FALLOCATE for every file of the mount.
+  fuse_fallocate_in arg{};
+  if (in_len < sizeof arg) return ReplyBytes(unique, EINVAL, nullptr, 0), false;
+  std::memcpy(&arg, in, sizeof arg);
+  const uint32_t punch = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+  const bool zero = (arg.mode & ~FALLOC_FL_KEEP_SIZE) == FALLOC_FL_ZERO_RANGE;
+  const uint64_t end = arg.length > UINT64_MAX - arg.offset ? UINT64_MAX : arg.offset + arg.length;
+  if (arg.mode != punch && !zero) {
+    // Plain allocation inside the file has nothing to do (its size is fixed, no
+    // write ever fails for space the host lacks here); anything else is refused.
+    const bool allocate = (arg.mode & ~FALLOC_FL_KEEP_SIZE) == 0;
+    if (allocate && (end <= size || (arg.mode & FALLOC_FL_KEEP_SIZE) != 0)) return ReplyBytes(unique, 0, nullptr, 0), false;
+    return ReplyBytes(unique, allocate ? ENOSPC : EOPNOTSUPP, nullptr, 0), false;
+  }
+  // The file cannot grow: zeroing past its end without KEEP_SIZE is refused.
+  if (zero && (arg.mode & FALLOC_FL_KEEP_SIZE) == 0 && end > size) return ReplyBytes(unique, ENOSPC, nullptr, 0), false;
+  if (arg.offset >= size || arg.length == 0) return ReplyBytes(unique, 0, nullptr, 0), false;
+  FuseRequest& r = requests_[slot];
+  r.kind = FuseKind::kDiscard;
+  r.offset = arg.offset;
+  r.length = std::min(end, size) - arg.offset;
   sink_->Dispatch(slot);
   return true;
 }

@@ -9,8 +9,9 @@
 //
 // The directory is flat and small: one regular file per attached volume. The
 // server's reader thread answers every metadata request (lookup, getattr,
-// readdir, open, statfs, ...) from its own table; only READ, WRITE, FLUSH and
-// FSYNC go to the sink (JavaScript), which answers them with Reply().
+// readdir, open, statfs, ...) from its own table; only READ, WRITE, FLUSH,
+// FSYNC and FALLOCATE (discard: a loop device's punch-hole or zero-range) go to
+// the sink (JavaScript), which answers them with Reply().
 //
 // Memory: requests are read into a fixed pool of slots, allocated once. A
 // request handed to the sink owns its slot until Reply(); the payload of a
@@ -61,6 +62,7 @@ enum class FuseKind : uint32_t {
   kRead = 1,
   kWrite = 2,
   kFlush = 3,  // FLUSH (a handle closed) and FSYNC alike
+  kDiscard = 4,  // FALLOCATE punching a hole or zeroing a range
 };
 
 // What the sink is told about a request; lives in the slot's table entry.
@@ -69,7 +71,7 @@ struct FuseRequest {
   FuseKind kind = FuseKind::kRead;
   uint32_t key = 0;  // the file's key, given by AddFile
   uint64_t offset = 0;
-  uint32_t length = 0;
+  uint64_t length = 0;  // a discard's may pass 4 GiB; reads and writes fit a slot
 };
 
 class FuseSink {
@@ -152,6 +154,9 @@ class FuseServer {
   void OnBatchForget(const uint8_t* in, size_t in_len);
   bool OnData(uint32_t slot, uint64_t unique, uint32_t opcode, uint64_t nodeid,
               const uint8_t* in, size_t in_len);
+  // FALLOCATE: a punch-hole or zero-range inside the file goes to the sink as a
+  // discard; allocation has nothing to do; other modes are refused.
+  bool OnFallocate(uint32_t slot, uint64_t unique, uint64_t size, const uint8_t* in, size_t in_len);
   void FillAttr(void* attr, uint64_t nodeid, const File* file) const;
   // The attached file behind a nodeid, or nullptr (unknown or removed). Hold files_mu_.
   const File* PresentFile(uint64_t nodeid) const;

@@ -1,9 +1,12 @@
-// The striped reader/writer locks of a BlockStore (see block_store.cc): shared
-// by the files that implement BlockStore, not part of its interface.
-#ifndef PXD_NATIVE_STRIPE_LOCK_H_
-#define PXD_NATIVE_STRIPE_LOCK_H_
+// What the files that implement BlockStore (block_store.cc, block_hashes.cc,
+// block_discard.cc) share and its interface does not show: the striped
+// reader/writer locks (see block_store.cc) and the end of a write begun in
+// the intent map.
+#ifndef PXD_NATIVE_BLOCK_STORE_INTERNAL_H_
+#define PXD_NATIVE_BLOCK_STORE_INTERNAL_H_
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <shared_mutex>
@@ -58,6 +61,26 @@ class BlockStore::StripeLock {
   std::vector<size_t> held_;
 };
 
+// Ends a write begun in the intent map: counts it as done when it leaves,
+// failed or not (either way it may have left dirty pages that the next flush
+// must sync), then tells the map which count it got.
+class EndWrite {
+ public:
+  EndWrite(std::atomic<uint64_t>& seq, IntentMap& intent, uint64_t r0,
+           uint64_t r1)
+      : seq_(seq), intent_(intent), r0_(r0), r1_(r1) {}
+  ~EndWrite() {
+    intent_.End(r0_, r1_, seq_.fetch_add(1, std::memory_order_acq_rel) + 1);
+  }
+  EndWrite(const EndWrite&) = delete;
+  EndWrite& operator=(const EndWrite&) = delete;
+
+ private:
+  std::atomic<uint64_t>& seq_;
+  IntentMap& intent_;
+  const uint64_t r0_, r1_;
+};
+
 }  // namespace pxd
 
-#endif  // PXD_NATIVE_STRIPE_LOCK_H_
+#endif  // PXD_NATIVE_BLOCK_STORE_INTERNAL_H_
