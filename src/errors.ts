@@ -41,6 +41,7 @@ export const ErrorCodes = {
   INTERNAL: 'a peer failed without saying why (a bug): see its log',
   NOT_SERVING: 'a file operation reached a node that does not serve that shared volume (any more)',
   NOT_A_CLIENT: 'a node sent file operations for a shared volume it has not mounted',
+  NOT_SUPPORTED: 'the volume does not do what was asked (a discard with nodiscard=true)',
   IN_GRACE: 'a shared volume\'s new server takes only reclaims of locks for a moment after a takeover',
 } as const
 

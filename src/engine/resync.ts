@@ -252,11 +252,17 @@ async function copyRegion(core: EngineCore, source: Replica, target: Replica, st
       core.events?.repaired()
       core.onRepair?.(source.nodeId, start, length)
     }
-    await target.write(start, buf, 0)
+    // A region of zeros (discarded, or never written on the source) is discarded on the
+    // target: the same contents, and the target's host gets the space back too.
+    if (buf.equals(ZEROS.subarray(0, length))) await target.discard(start, length, 0)
+    else await target.write(start, buf, 0)
     core.copied(start, length)
   })
   check(core, target)
 }
+
+/** What a copied region is compared with (memcmp): no copy is longer. */
+const ZEROS = Buffer.alloc(RESYNC_COPY_BYTES)
 
 /**
  * The resync stops once the engine is fenced or closing, or the target (a learner) failed a

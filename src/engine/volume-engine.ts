@@ -158,29 +158,42 @@ export class VolumeEngine {
   write(offset: number, data: Uint8Array): Promise<void> {
     const refused = this.#check(offset, data.length)
     if (refused) return Promise.reject(refused)
-    return this.#track(this.#write(offset, data))
+    return this.#track(this.#write(offset, data.length, data))
   }
 
-  #write(offset: number, data: Uint8Array): Promise<void> {
-    const end = offset + data.length
+  /**
+   * The range reads back as zeros on every replica from now on, and each gives its space
+   * back to its host. A write in all but name: numbered, ordered against the writes and
+   * copies in flight that overlap it, marked in dirty maps, acknowledged like one.
+   */
+  discard(offset: number, length: number): Promise<void> {
+    const refused = this.#check(offset, length)
+    if (refused) return Promise.reject(refused)
+    if (length === 0) return Promise.resolve()
+    return this.#track(this.#write(offset, length, null))
+  }
+
+  /** A write of `data`, or with null a discard of `length` bytes. */
+  #write(offset: number, length: number, data: Uint8Array | null): Promise<void> {
+    const end = offset + length
     const blocker = this.#writes.blocker(offset, end)
-    if (blocker) return blocker.then(() => this.#write(offset, data))
+    if (blocker) return blocker.then(() => this.#write(offset, length, data))
     const seq = this.#nextSeq++
     // A region goes into the dirty maps on disk before the write is sent to any replica.
-    const marked = this.#members.mark(offset, data.length)
-    const p = marked === undefined ? this.#send(offset, data, seq) : marked.then(() => this.#send(offset, data, seq))
+    const marked = this.#members.mark(offset, length)
+    const p = marked === undefined ? this.#send(offset, length, data, seq) : marked.then(() => this.#send(offset, length, data, seq))
     this.#writes.add(offset, end, p, seq)
     return p
   }
 
-  #send(offset: number, data: Uint8Array, seq: number): Promise<void> {
+  #send(offset: number, length: number, data: Uint8Array | null, seq: number): Promise<void> {
     const members = this.#members
-    members.wrote(offset, data.length, seq)
+    members.wrote(offset, length, seq)
     const replicas = members.inSync
     const learners = members.learners
-    if (replicas.length === 1 && learners.length === 0 && !members.unrecorded) return replicas[0]!.write(offset, data, seq).catch((err) => this.#fail(err))
-    const range: WriteRange = [offset, data.length]
-    return this.#fanOut(replicas, learners, (r) => r.write(offset, data, seq), range)
+    if (replicas.length === 1 && learners.length === 0 && !members.unrecorded) return apply(replicas[0]!, offset, length, data, seq).catch((err) => this.#fail(err))
+    const range: WriteRange = [offset, length]
+    return this.#fanOut(replicas, learners, (r) => apply(r, offset, length, data, seq), range)
   }
 
   /**
@@ -355,6 +368,10 @@ export class VolumeEngine {
 }
 
 const NONE: readonly Replica[] = []
+
+function apply(r: Replica, offset: number, length: number, data: Uint8Array | null, seq: number): Promise<void> {
+  return data ? r.write(offset, data, seq) : r.discard(offset, length, seq)
+}
 
 function openOf(r: Replica): Promise<void> {
   return r.open().then(noop)

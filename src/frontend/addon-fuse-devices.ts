@@ -1,8 +1,9 @@
 /**
  * The device directory served by the addon's own FUSE server (`--fuse-server addon`,
  * native/fuse_server.h). Its thread answers lookups, attributes, directory listings and
- * opens by itself; reads, writes and flushes come here with the number of the slot that
- * holds them, and are answered with fuseReply once the volume's BlockDevice settles.
+ * opens by itself; reads, writes, flushes and discards come here with the number of the slot
+ * that holds them, and are answered with fuseReply once the volume's BlockDevice settles. A
+ * device without `discard` (nodiscard=true) answers discards with EOPNOTSUPP.
  *
  * A slot's data area is a view made once at mount: a WRITE's payload already sits there
  * (page-aligned), and READ data is put there, so the bytes pass between the kernel, the
@@ -13,7 +14,7 @@ import { constants } from 'node:os'
 import type { Logger } from 'pino'
 import { FuseKind, native, type FuseHandle } from '../native/binding'
 import { pxdError } from '../errors'
-import { errnoOf, type BlockDevice, type DeviceDirectory } from './device-directory'
+import { errnoOf, notSupported, type BlockDevice, type DeviceDirectory } from './device-directory'
 
 /**
  * Largest request the kernel may send the addon's server. 1 MiB halves the per-request
@@ -98,8 +99,6 @@ export class AddonFuseDevices implements DeviceDirectory {
     if (!handle) return
     const device = this.#byKey.get(key)
     if (!device) return native.fuseReply(handle, slot, -constants.errno.EIO)
-    const view = this.#views[slot]!
-    const data = length === view.length ? view : view.subarray(0, length)
     const fail = (err: unknown): void => {
       if (this.#handle === handle) native.fuseReply(handle, slot, -errnoOf(this.#log, OP_NAMES[kind], err))
     }
@@ -108,7 +107,13 @@ export class AddonFuseDevices implements DeviceDirectory {
     }
     let settled: Promise<void>
     try {
-      settled = kind === FuseKind.Read ? device.read(offset, data) : kind === FuseKind.Write ? device.write(offset, data) : device.flush()
+      if (kind === FuseKind.Flush) settled = device.flush()
+      else if (kind === FuseKind.Discard) settled = device.discard ? device.discard(offset, length) : Promise.reject(notSupported())
+      else {
+        const view = this.#views[slot]!
+        const data = length === view.length ? view : view.subarray(0, length)
+        settled = kind === FuseKind.Read ? device.read(offset, data) : device.write(offset, data)
+      }
     } catch (err) {
       return fail(err)
     }
@@ -116,4 +121,4 @@ export class AddonFuseDevices implements DeviceDirectory {
   }
 }
 
-const OP_NAMES = ['stopped', 'read', 'write', 'flush'] as const
+const OP_NAMES = ['stopped', 'read', 'write', 'flush', 'discard'] as const

@@ -16,13 +16,30 @@
  */
 import type { Logger } from 'pino'
 import { constants } from 'node:os'
-import { isPxdError } from '../errors'
+import { isPxdError, pxdError, type PxdError } from '../errors'
 
 export interface BlockDevice {
   readonly size: number
   read(offset: number, into: Uint8Array): Promise<void>
   write(offset: number, data: Uint8Array): Promise<void>
   flush(): Promise<void>
+  /** The range reads back as zeros (fstrim, discard); absent where the volume does not discard. */
+  readonly discard?: (offset: number, length: number) => Promise<void>
+}
+
+/** The same device without discard: its discards are refused as not supported. */
+export function withoutDiscard(device: BlockDevice): BlockDevice {
+  return {
+    size: device.size,
+    read: (offset, into) => device.read(offset, into),
+    write: (offset, data) => device.write(offset, data),
+    flush: () => device.flush(),
+  }
+}
+
+/** Refused as not supported (EOPNOTSUPP): what a device without discard answers a discard with. */
+export function notSupported(): PxdError {
+  return pxdError('NOT_SUPPORTED', 'discard is off for this volume (nodiscard=true)')
 }
 
 export interface DeviceDirectory {
@@ -39,8 +56,9 @@ export interface DeviceDirectory {
 export const FUSE_SERVERS = ['addon', 'fuse-native'] as const
 export type FuseServerKind = (typeof FUSE_SERVERS)[number]
 
-/** The errno a failed block request answers with; the cause is logged here, once. */
+/** The errno a failed block request answers with; the cause is logged here, once (a refused discard is no failure). */
 export function errnoOf(log: Logger, op: string, err: unknown): number {
+  if (isPxdError(err, 'NOT_SUPPORTED')) return constants.errno.EOPNOTSUPP
   log.error({ err, op }, 'block I/O failed')
   return isPxdError(err, 'INVALID_ARGUMENT') ? constants.errno.EINVAL : constants.errno.EIO
 }

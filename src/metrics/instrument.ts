@@ -19,10 +19,26 @@ export class MeteredDevice implements BlockDevice {
   readonly #io: VolumeIo
   readonly #metrics: Metrics
 
+  /** Counted as a request in flight, like the others; present only where the inner device has it. */
+  readonly discard?: (offset: number, length: number) => Promise<void>
+
   constructor(inner: BlockDevice, io: VolumeIo, metrics: Metrics) {
     this.#inner = inner
     this.#io = io
     this.#metrics = metrics
+    if (inner.discard) {
+      const discard = inner.discard.bind(inner)
+      this.discard = (offset, length) => {
+        metrics.fuseRequestStarted()
+        let p: Promise<void>
+        try {
+          p = discard(offset, length)
+        } catch (err) {
+          p = Promise.reject(err)
+        }
+        return p.finally(() => { metrics.fuseRequestEnded() })
+      }
+    }
   }
 
   get size(): number {

@@ -95,6 +95,12 @@ export interface NativeBinding {
    */
   storeHashes(handle: StoreHandle, offset: number, out: Uint8Array, cb: Callback): void
   /**
+   * The range reads back as zeros: whole blocks get crc 0 and are punched out of the data
+   * file (the host gets their space back), the parts of blocks at either end are written
+   * with zeros. Marked in the intent map and made durable by a flush, like a write.
+   */
+  storeDiscard(handle: StoreHandle, offset: number, length: number, cb: Callback): void
+  /**
    * fdatasync of the data and crc files. Once one failed, every later flush of this
    * handle fails too (EIO): Linux reports a lost write-back once, and the next fdatasync
    * would succeed without the lost pages. Only a reopen (after a resync) clears it.
@@ -135,6 +141,8 @@ export const enum FuseKind {
   Write = 2,
   /** FLUSH (a handle closed) or FSYNC. */
   Flush = 3,
+  /** FALLOCATE punching a hole or zeroing a range (a loop device's discard or write-zeroes). */
+  Discard = 4,
 }
 
 /**

@@ -22,6 +22,10 @@ export class LocalReplica implements Replica {
     return this.#host.write(this.#at.volumeId, this.#at.epoch, offset, data)
   }
 
+  discard(offset: number, length: number): Promise<void> {
+    return this.#host.discard(this.#at.volumeId, this.#at.epoch, offset, length)
+  }
+
   read(offset: number, into: Uint8Array): Promise<void> {
     try {
       return this.#host.storeFor(this.#at.volumeId, this.#at.epoch).read(offset, into)

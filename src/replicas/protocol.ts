@@ -9,6 +9,7 @@
  *   create {vol, size}                 -> nothing      make an empty replica (the kvdb must list this node)
  *   open   {vol, epoch, size}          -> epoch (8 B)  accept a coordinator; replies the epoch it was at before
  *   write  {vol, epoch, seq, offset, data} -> nothing
+ *   discard {vol, epoch, seq, offset, length} -> nothing  the range reads as zeros (its space goes back)
  *   read   {vol, epoch, offset, length} -> the bytes
  *   digest {vol, epoch, offset, length} -> the stored crc32c of each block (scrub)
  *   hashes {vol, epoch, offset, length} -> a hash of each block's data (resync compares them)
@@ -29,6 +30,7 @@ export const requests = {
   create: (vol: string, size: number): OutgoingRequest => ({ t: 'create', vol, size }),
   open: (vol: string, epoch: number, size: number): OutgoingRequest => ({ t: 'open', vol, epoch, size }),
   write: (vol: string, epoch: number, seq: number, offset: number, data: Uint8Array): OutgoingRequest => ({ t: 'write', vol, epoch, seq, offset, data }),
+  discard: (vol: string, epoch: number, seq: number, offset: number, length: number): OutgoingRequest => ({ t: 'discard', vol, epoch, seq, offset, length }),
   read: (vol: string, epoch: number, offset: number, length: number): OutgoingRequest => ({ t: 'read', vol, epoch, offset, length }),
   digest: (vol: string, epoch: number, offset: number, length: number): OutgoingRequest => ({ t: 'digest', vol, epoch, offset, length }),
   hashes: (vol: string, epoch: number, offset: number, length: number): OutgoingRequest => ({ t: 'hashes', vol, epoch, offset, length }),

@@ -55,6 +55,10 @@ export class ReplicaClient implements Replica {
     await this.#call('write', requests.write(this.#at.volumeId, this.#at.epoch, seq, offset, data))
   }
 
+  async discard(offset: number, length: number, seq: number): Promise<void> {
+    await this.#call('discard', requests.discard(this.#at.volumeId, this.#at.epoch, seq, offset, length))
+  }
+
   async read(offset: number, into: Uint8Array): Promise<void> {
     const data = await this.#call('read', requests.read(this.#at.volumeId, this.#at.epoch, offset, into.length))
     if (!data || data.length !== into.length) {

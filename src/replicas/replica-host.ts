@@ -120,13 +120,22 @@ export class ReplicaHost {
 
   /** A write to the open replica at `epoch`, counted so that an open waits for it. */
   async write(volumeId: string, epoch: number, offset: number, data: Uint8Array): Promise<void> {
+    await this.#counted(volumeId, epoch, (store) => store.write(offset, data))
+    this.writtenBytes += data.length
+  }
+
+  /** A discard on the open replica at `epoch` (zeros from now on), counted like a write. */
+  discard(volumeId: string, epoch: number, offset: number, length: number): Promise<void> {
+    return this.#counted(volumeId, epoch, (store) => store.discard(offset, length))
+  }
+
+  async #counted(volumeId: string, epoch: number, op: (store: ReplicaStore) => Promise<void>): Promise<void> {
     const store = this.storeFor(volumeId, epoch)
     let w = this.#writes.get(volumeId)
     if (!w) this.#writes.set(volumeId, (w = { inflight: 0, waiters: [] }))
     w.inflight++
     try {
-      await store.write(offset, data)
-      this.writtenBytes += data.length
+      await op(store)
     } finally {
       if (--w.inflight === 0) {
         this.#writes.delete(volumeId)
@@ -228,6 +237,24 @@ export class ReplicaHost {
     } catch {
       return []
     }
+  }
+
+  /**
+   * Host bytes allocated for each replica on disk (data and checksum files, as the file
+   * system counts them: holes punched by discards are not). A replica dropped meanwhile is left out.
+   */
+  async allocated(): Promise<Record<string, number>> {
+    const out: Record<string, number> = {}
+    await Promise.all((await this.list()).map(async (id) => {
+      try {
+        const dir = this.dirOf(id)
+        const [data, crc] = await Promise.all([fs.stat(path.join(dir, 'data')), fs.stat(path.join(dir, 'crc'))])
+        out[id] = (data.blocks + crc.blocks) * 512
+      } catch {
+        // gone, or being made
+      }
+    }))
+    return out
   }
 
   /** Flush and close every open replica. */

@@ -31,6 +31,8 @@ export class ReplicaService implements RequestHandler {
     switch (req.t) {
       case 'write':
         return this.#host.write(req.vol, req.epoch, req.offset, req.data)
+      case 'discard':
+        return this.#host.discard(req.vol, req.epoch, req.offset, req.length)
       case 'read': {
         const into = Buffer.allocUnsafe(req.length)
         await this.#host.storeFor(req.vol, req.epoch).read(req.offset, into)

@@ -10,6 +10,8 @@ export interface Replica {
   /** Open the copy at the coordinator's epoch (fences older coordinators); resolves to the epoch it was at before. */
   open(): Promise<number>
   write(offset: number, data: Uint8Array, seq: number): Promise<void>
+  /** The range reads back as zeros from now on and its space goes back to the host; ordered and numbered like a write. */
+  discard(offset: number, length: number, seq: number): Promise<void>
   read(offset: number, into: Uint8Array): Promise<void>
   flush(): Promise<void>
   /** Stored crc32c of each block in the range (scrub counts written blocks by them); see src/constants.ts. */

@@ -49,6 +49,8 @@ export interface ReadyFrame { t: 'ready' }
 export interface CreateFrame { t: 'create'; id: number; vol: string; size: number }
 export interface OpenFrame { t: 'open'; id: number; vol: string; epoch: number; size: number }
 export interface WriteFrame { t: 'write'; id: number; vol: string; epoch: number; seq: number; offset: number; data: Uint8Array }
+/** [offset, offset+length) reads back as zeros from now on (a discard); numbered like a write. */
+export interface DiscardFrame { t: 'discard'; id: number; vol: string; epoch: number; seq: number; offset: number; length: number }
 export interface ReadFrame { t: 'read'; id: number; vol: string; epoch: number; offset: number; length: number }
 /** The stored crc32c of every block (BLOCK_SIZE) in [offset, offset+length): scrub counts written blocks by them. */
 export interface DigestFrame { t: 'digest'; id: number; vol: string; epoch: number; offset: number; length: number }
@@ -77,7 +79,7 @@ export interface PingFrame { t: 'ping'; id: number; sent: number }
 export interface PongFrame { t: 'pong'; id: number; sent: number }
 
 export type HandshakeFrame = HelloFrame | ChallengeFrame | AuthFrame | ReadyFrame
-export type RequestFrame = CreateFrame | OpenFrame | DigestFrame | HashesFrame | WriteFrame | ReadFrame | FlushFrame | CloseFrame | DropFrame | FsOpFrame | FsCancelFrame
+export type RequestFrame = CreateFrame | OpenFrame | DigestFrame | HashesFrame | WriteFrame | DiscardFrame | ReadFrame | FlushFrame | CloseFrame | DropFrame | FsOpFrame | FsCancelFrame
 export type AckFrame = AckOkFrame | AckErrorFrame
 export type Frame = HandshakeFrame | RequestFrame | AckFrame | ErrorFrame | PingFrame | PongFrame
 export type FrameType = Frame['t']
@@ -131,6 +133,7 @@ const REQUEST_SCHEMAS = {
   create: [ID, VOL, f('size', isUint, 'a non-negative safe integer')],
   open: [ID, VOL, EPOCH, f('size', isUint, 'a non-negative safe integer')],
   write: [ID, VOL, EPOCH, f('seq', isUint, 'a non-negative safe integer'), OFFSET, f('data', isData, `bytes, at most ${MAX_DATA_BYTES}`)],
+  discard: [ID, VOL, EPOCH, f('seq', isUint, 'a non-negative safe integer'), OFFSET, f('length', isUint, 'a non-negative safe integer')],
   read: [ID, VOL, EPOCH, OFFSET, f('length', isLength, `a non-negative safe integer of at most ${MAX_DATA_BYTES}`)],
   digest: [ID, VOL, EPOCH, OFFSET, f('length', isDigestLength, `a multiple of ${BLOCK_SIZE} of at most ${MAX_DIGEST_RANGE}`)],
   hashes: [ID, VOL, EPOCH, OFFSET, f('length', isHashLength, `a multiple of ${BLOCK_SIZE} of at most ${MAX_HASH_RANGE}`)],

@@ -102,6 +102,13 @@ export class ReplicaStore {
     })
   }
 
+  /** The range reads back as zeros; the host gets the space of its whole blocks back. */
+  discard(offset: number, length: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      native.storeDiscard(this.#handle, offset, length, (err) => (err ? reject(storeError(err, 'discard', this.dir)) : resolve()))
+    })
+  }
+
   read(offset: number, into: Uint8Array): Promise<void> {
     return new Promise((resolve, reject) => {
       native.storeRead(this.#handle, offset, into, (err) => (err ? reject(storeError(err, 'read', this.dir)) : resolve()))

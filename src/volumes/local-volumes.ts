@@ -11,12 +11,14 @@ import type { Logger } from 'pino'
 import type { EngineEvents, VolumeEngine } from '../engine/volume-engine'
 import { isPxdError, pxdError, type PxdError } from '../errors'
 import type { Frontend } from '../frontend/frontend'
+import { withoutDiscard } from '../frontend/device-directory'
 import { keys, type Kvdb } from '../kvdb/kvdb'
 import type { ReplicaDirectory } from '../replicas/directory'
 import type { KeyedMutex } from '../util/mutex'
 import type { Attachments } from './attachments'
 import { releaseOptions, VolumeEngines } from './engines'
 import { CAS_RETRIES, type InSyncSet } from './in-sync'
+import { discards } from './options'
 import type { VolumeRecord } from './types'
 
 export interface LocalAttachment {
@@ -163,7 +165,7 @@ export class LocalVolumes {
 
   #mountFs(name: string, record: VolumeRecord, engine: VolumeEngine, at?: string): Promise<string> {
     return this.#o.frontend.attach({
-      id: record.id, name, fs: record.spec.fs, blockSize: record.spec.blockSize, device: engine,
+      id: record.id, name, fs: record.spec.fs, blockSize: record.spec.blockSize, device: discards(record.spec) ? engine : withoutDiscard(engine),
       formatted: record.formatted === true,
       onFormatted: () => this.#markFormatted(name),
       ...(at ? { mountpoint: at } : {}),

@@ -88,7 +88,7 @@ const ACTIVE_KEYS: Record<string, Parser> = {
   sharedv4: bool,
 }
 
-/** Portworx keys accepted and recorded (shown by inspect), not acted on yet. */
+/** Portworx keys accepted and recorded (shown by inspect); of these only nodiscard is acted on (see discards). */
 const RECORDED_KEYS: Record<string, Parser> = {
   io_priority: oneOf(['high', 'medium', 'low']),
   labels: text,
@@ -192,6 +192,11 @@ export function flattenOptions(opts: unknown): Record<string, string> {
     }
   }
   return out
+}
+
+/** Whether fstrim and discard in the volume free its blocks on the replicas (all but nodiscard=true). */
+export function discards(spec: VolumeSpec): boolean {
+  return spec.extra.nodiscard !== 'true'
 }
 
 /** Merge inline-name options with request options; a contradiction is an error, not a guess. */

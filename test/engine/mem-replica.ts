@@ -63,6 +63,17 @@ export class MemReplica implements Replica {
     this.writes.push([offset, copy.length])
   }
 
+  /** [offset, length] of every discard applied, in order. */
+  readonly discards: Array<[number, number]> = []
+  beforeDiscard: ((offset: number, length: number) => Promise<void> | void) | undefined
+
+  async discard(offset: number, length: number): Promise<void> {
+    await this.beforeDiscard?.(offset, length)
+    this.bytes.fill(0, offset, offset + length)
+    this.#updateCrcs(offset, length)
+    this.discards.push([offset, length])
+  }
+
   async read(offset: number, into: Uint8Array): Promise<void> {
     for (let b = Math.floor(offset / BLOCK_SIZE); b * BLOCK_SIZE < offset + into.length; b++) {
       if (crcOf(this.#block(b)) !== this.#crcs[b]) throw this.#mismatch(b)

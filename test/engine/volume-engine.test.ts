@@ -2,7 +2,9 @@ import test from 'ava'
 import { VolumeEngine } from '../../src/engine/volume-engine'
 import type { Replica } from '../../src/replicas/replica'
 
-/** A replica in memory whose writes take as long as `delayOf` says. */
+const NO_DATA = new Uint8Array(0)
+
+/** A replica in memory whose writes (and discards, as writes of no data) take as long as `delayOf` says. */
 class SlowReplica implements Replica {
   readonly bytes: Buffer
   constructor(readonly nodeId: string, size: number, private readonly delayOf: (data: Uint8Array) => number) {
@@ -14,6 +16,10 @@ class SlowReplica implements Replica {
     const copy = Buffer.from(data)
     await new Promise((resolve) => setTimeout(resolve, this.delayOf(data)))
     copy.copy(this.bytes, offset)
+  }
+  async discard(offset: number, length: number): Promise<void> {
+    await new Promise((resolve) => setTimeout(resolve, this.delayOf(NO_DATA)))
+    this.bytes.fill(0, offset, offset + length)
   }
   async read(offset: number, into: Uint8Array): Promise<void> { into.set(this.bytes.subarray(offset, offset + into.length)) }
   flush(): Promise<void> { return Promise.resolve() }
@@ -36,6 +42,28 @@ test('overlapping writes in flight land in the order they were asked for, on eve
   const want = Buffer.concat([Buffer.alloc(4096, 1), Buffer.alloc(4096, 2)])
   t.true(a.bytes.subarray(0, 8192).equals(want), 'replica a holds the second write over the first')
   t.true(b.bytes.subarray(0, 8192).equals(want), 'replica b too')
+})
+
+test('a discard lands after the overlapping write asked for before it and before the one asked for after it, on every replica', async (t) => {
+  // b takes the first write slowly and the discard fast: unordered, the discard would land first there.
+  const a = new SlowReplica('a', SIZE, () => 1)
+  const b = new SlowReplica('b', SIZE, (data) => (data[0] === 1 ? 30 : data[0] === 3 ? 1 : 2))
+  const engine = new VolumeEngine({ volumeId: 'v', size: SIZE, replicas: [a, b] })
+  await Promise.all([engine.write(0, Buffer.alloc(16384, 1)), engine.discard(4096, 8192), engine.write(8192, Buffer.alloc(4096, 3))])
+  const want = Buffer.concat([Buffer.alloc(4096, 1), Buffer.alloc(4096), Buffer.alloc(4096, 3), Buffer.alloc(4096, 1)])
+  t.true(a.bytes.subarray(0, 16384).equals(want), 'replica a: the write, then the discard, then the second write')
+  t.true(b.bytes.subarray(0, 16384).equals(want), 'replica b the same')
+  t.is(engine.lastSequence, 3, 'the discard is numbered like a write')
+})
+
+test('a discard outside the volume is refused and reaches no replica; an empty one does nothing', async (t) => {
+  const a = new SlowReplica('a', SIZE, () => 1)
+  a.bytes.fill(7)
+  const engine = new VolumeEngine({ volumeId: 'v', size: SIZE, replicas: [a] })
+  await t.throwsAsync(engine.discard(SIZE - 4096, 8192), { message: /outside volume v/ })
+  await engine.discard(0, 0)
+  t.true(a.bytes.equals(Buffer.alloc(SIZE, 7)))
+  t.is(engine.lastSequence, 0)
 })
 
 test('writes that do not overlap are not held back', async (t) => {

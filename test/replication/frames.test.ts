@@ -22,6 +22,7 @@ const samples: Frame[] = [
   { t: 'write', id: 3, vol: 'v', epoch: 0, seq: 0, offset: 0, data: Buffer.alloc(0) },
   { t: 'write', id: 4, vol: 'v', epoch: 0, seq: 0, offset: Number.MAX_SAFE_INTEGER, data: randomBytes(MAX_DATA_BYTES) },
   { t: 'read', id: 5, vol: 'vol-1', epoch: 3, offset: 8192, length: MAX_DATA_BYTES },
+  { t: 'discard', id: 14, vol: 'vol-1', epoch: 3, seq: 18, offset: 4096, length: 4 * 1024 ** 3 },
   { t: 'flush', id: 6, vol: 'vol-1', epoch: 3 },
   { t: 'close', id: 7, vol: 'vol-1', epoch: 3 },
   { t: 'drop', id: Number.MAX_SAFE_INTEGER, vol: 'vol-1' },
@@ -57,11 +58,12 @@ test('decoded data shares the received buffer (zero-copy)', (t) => {
 })
 
 test('request kinds and payload sizes', (t) => {
-  t.deepEqual([...REQUEST_TYPES].sort(), ['close', 'create', 'digest', 'drop', 'flush', 'fscancel', 'fsop', 'hashes', 'open', 'read', 'write'])
+  t.deepEqual([...REQUEST_TYPES].sort(), ['close', 'create', 'digest', 'discard', 'drop', 'flush', 'fscancel', 'fsop', 'hashes', 'open', 'read', 'write'])
   for (const frame of samples) t.is(isRequest(frame), REQUEST_TYPES.has(frame.t), frame.t)
   t.is(payloadBytes({ t: 'write', id: 1, vol: 'v', epoch: 1, seq: 1, offset: 0, data: Buffer.alloc(100) }), 100)
   t.is(payloadBytes({ t: 'read', id: 1, vol: 'v', epoch: 1, offset: 0, length: 300 }), 300)
   t.is(payloadBytes({ t: 'flush', id: 1, vol: 'v', epoch: 1 }), 0)
+  t.is(payloadBytes({ t: 'discard', id: 1, vol: 'v', epoch: 1, seq: 2, offset: 0, length: 1024 ** 3 }), 0, 'a discard carries no data')
   t.is(payloadBytes({ t: 'hashes', id: 1, vol: 'v', epoch: 1, offset: 0, length: 4096 * 10 }), 80)
   t.is(payloadBytes({ t: 'fsop', id: 1, vol: 'v', xid: 9, data: Buffer.alloc(700) }), 700)
   t.is(payloadBytes({ t: 'fscancel', id: 1, vol: 'v', xid: 9 }), 0)
@@ -161,6 +163,11 @@ test('negative, zero and unsafe numbers are refused', (t) => {
   badFrame(t, pack({ ...base, offset: Number.NaN }))
   badFrame(t, Buffer.concat([pack({ ...base }).subarray(0, 1), encodeFieldsWithUint64()]))
   badFrame(t, pack({ ...base, length: MAX_DATA_BYTES + 1 }))
+  const discard = { t: 'discard', id: 1, vol: 'v', epoch: 1, seq: 1, offset: 0, length: 4096 }
+  badFrame(t, pack({ ...discard, length: -4096 }))
+  badFrame(t, pack({ ...discard, length: 2 ** 53 }))
+  badFrame(t, pack({ ...discard, seq: -1 }))
+  badFrame(t, pack({ ...discard, length: undefined }))
 })
 
 /** A map whose `id` is a msgpack uint64 beyond 2^53 (decodes as a BigInt). */
