@@ -145,6 +145,7 @@ export class Daemon {
       self: { nodeId: this.nodeId, peerAddress, apiUrl: '', version: c.version },
       ttlSeconds: c.nodeTtl,
       capacity: () => capacityOf(c.dataDir),
+      allocated: () => host.allocated(),
       log: log.child({ component: 'membership' }),
     })
     this.#onStop('membership', () => membership.stop())

@@ -241,10 +241,11 @@ function renderStatus(s: StatusBody, peers: PeerSummary | null): string {
 }
 
 function replicaLine(r: VolumeInfo['replicas'][number]): string {
-  if (r.retiring) return `${r.nodeId}: ${r.state.replace(/-/g, ' ')}, retiring (dropped once its replacement is in sync)`
-  if (r.state !== 'resyncing' || !r.resync) return `${r.nodeId}: ${r.state.replace(/-/g, ' ')}`
+  const host = r.allocatedBytes === null ? '' : `, ${formatSize(r.allocatedBytes)} on the host`
+  if (r.retiring) return `${r.nodeId}: ${r.state.replace(/-/g, ' ')}, retiring (dropped once its replacement is in sync)${host}`
+  if (r.state !== 'resyncing' || !r.resync) return `${r.nodeId}: ${r.state.replace(/-/g, ' ')}${host}`
   const eta = r.resync.etaSeconds === null ? '' : `, about ${r.resync.etaSeconds}s left`
-  return `${r.nodeId}: resyncing ${r.resync.percent}% (${formatSize(r.resync.bytesToGo)} to scan, ${formatSize(r.resync.copiedBytes)} copied${eta})`
+  return `${r.nodeId}: resyncing ${r.resync.percent}% (${formatSize(r.resync.bytesToGo)} to scan, ${formatSize(r.resync.copiedBytes)} copied${eta})${host}`
 }
 
 /**

@@ -1,8 +1,8 @@
 /**
  * Cluster membership over the kvdb. Each node keeps two records:
  *   members/<id>  durable: its peer address and API URL, so it is known while offline
- *   alive/<id>    under a lease of --node-ttl seconds, with its capacity: a node whose
- *                 lease expired (crashed, cut off) is offline
+ *   alive/<id>    under a lease of --node-ttl seconds, with its capacity and the host bytes
+ *                 its replicas take: a node whose lease expired (crashed, cut off) is offline
  * No gossip and no consensus of our own: liveness is etcd's lease expiry.
  */
 import type { Logger } from 'pino'
@@ -20,6 +20,8 @@ export interface MemberRecord {
 
 export interface AliveRecord {
   capacity: { total: number; free: number }
+  /** Host bytes each of its replicas takes, by volume id, as of updatedAt (absent from older nodes). */
+  allocated?: Record<string, number>
   startedAt: string
   updatedAt: string
 }
@@ -27,6 +29,8 @@ export interface AliveRecord {
 export interface NodeInfo extends MemberRecord {
   online: boolean
   capacity: { total: number; free: number } | null
+  /** Host bytes each of its replicas takes, by volume id; null while offline or not reported. */
+  allocated: Record<string, number> | null
 }
 
 export interface MembershipOptions {
@@ -34,6 +38,8 @@ export interface MembershipOptions {
   self: Omit<MemberRecord, 'joinedAt'>
   ttlSeconds: number
   capacity: () => Promise<{ total: number; free: number }>
+  /** Host bytes each replica on this node takes, by volume id. */
+  allocated?: () => Promise<Record<string, number>>
   log: Logger
 }
 
@@ -78,7 +84,7 @@ export class Membership {
     const aliveById = new Map(alive.map((a) => [a.key.slice(keys.alives().length), a.value]))
     return members.map(({ value }) => {
       const a = aliveById.get(value.nodeId)
-      return { ...value, online: a !== undefined, capacity: a?.capacity ?? null }
+      return { ...value, online: a !== undefined, capacity: a?.capacity ?? null, allocated: a?.allocated ?? null }
     })
   }
 
@@ -87,7 +93,8 @@ export class Membership {
   }
 
   async #aliveRecord(): Promise<AliveRecord> {
-    return { capacity: await this.#o.capacity(), startedAt: this.#startedAt, updatedAt: new Date().toISOString() }
+    const [capacity, allocated] = await Promise.all([this.#o.capacity(), this.#o.allocated?.()])
+    return { capacity, ...(allocated ? { allocated } : {}), startedAt: this.#startedAt, updatedAt: new Date().toISOString() }
   }
 
   async #refresh(): Promise<void> {

@@ -32,6 +32,7 @@ export const METRIC = {
   repairs: 'pxd_volume_repairs_total',
   replicaInSync: 'pxd_volume_replica_in_sync',
   replicaOnline: 'pxd_volume_replica_online',
+  replicaAllocated: 'pxd_volume_replica_allocated_bytes',
   volumeDegraded: 'pxd_volume_degraded',
   volumes: 'pxd_volumes',
   volumesDegraded: 'pxd_volumes_degraded',
@@ -115,7 +116,7 @@ export interface VolumeState {
   state: string
   degraded: boolean
   degradedSince?: string | null
-  replicas: ReadonlyArray<{ nodeId: string; inSync: boolean; online: boolean }>
+  replicas: ReadonlyArray<{ nodeId: string; inSync: boolean; online: boolean; allocatedBytes?: number | null }>
   lastResync?: { nodeId: string; state: string; totalBytes: number; scannedBytes: number; copiedBytes: number } | null
 }
 
@@ -311,6 +312,8 @@ export class Metrics {
       vols.flatMap((v) => v.replicas.map((r) => ({ labels: { volume: v.name, replica: r.nodeId }, value: r.inSync ? 1 : 0 }))))
     gauge<VolumeState[]>(METRIC.replicaOnline, `1 when the replica's node holds its lease ${cluster}`, 'volumes', (vols) =>
       vols.flatMap((v) => v.replicas.map((r) => ({ labels: { volume: v.name, replica: r.nodeId }, value: r.online ? 1 : 0 }))))
+    gauge<VolumeState[]>(METRIC.replicaAllocated, `Host bytes the replica's files take on its node, as it last reported them (discards give them back) ${cluster}`, 'volumes', (vols) =>
+      vols.flatMap((v) => v.replicas.flatMap((r) => (typeof r.allocatedBytes === 'number' ? [{ labels: { volume: v.name, replica: r.nodeId }, value: r.allocatedBytes }] : []))))
     gauge<VolumeState[]>(METRIC.volumeDegraded, `1 when the volume has fewer in-sync replicas on online nodes than repl ${cluster}`, 'volumes', (vols) =>
       vols.map((v) => ({ labels: { volume: v.name }, value: v.degraded ? 1 : 0 })))
     gauge<VolumeState[]>(METRIC.volumes, `Volumes by state ${cluster}`, 'volumes', (vols) => {

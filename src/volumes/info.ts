@@ -50,7 +50,8 @@ export class InfoView {
     const local = record.spec.shared ? this.#o.shared?.(record.name) : this.#o.attached.get(record.name)
     const att = attachment?.value
     const byNode = new Map(resyncs.map((e) => [e.value.nodeId, e.value]))
-    const replicas = record.replicas.map(({ nodeId }) => replicaInfo(nodeId, record, online.has(nodeId), byNode.get(nodeId)))
+    const allocated = new Map(known.map((n) => [n.nodeId, n.allocated]))
+    const replicas = record.replicas.map(({ nodeId }) => replicaInfo(nodeId, record, online.has(nodeId), byNode.get(nodeId), Date.now(), allocated.get(nodeId)?.[record.id] ?? null))
     // The latest of them (by its last update): running, or the last one that ended.
     const last = resyncs.map((e) => e.value).sort((a, b) => Date.parse(b.updatedAt) - Date.parse(a.updatedAt))[0]
     const health = view ? healthOf(record, replicas, view) : { degraded: replicas.filter((r) => r.inSync && r.online).length < record.spec.repl, since: record.degradedSince ?? null, reasons: [] }
@@ -118,9 +119,9 @@ export function healthOf(record: VolumeRecord, replicas: ReplicaInfo[], view: Cl
 }
 
 /** One replica's state; a running resync's eta is from its pace since it started (`now`: for tests). */
-export function replicaInfo(nodeId: string, record: Pick<VolumeRecord, 'inSync' | 'retiring'>, online: boolean, resync: ResyncRecord | undefined, now = Date.now()): ReplicaInfo {
+export function replicaInfo(nodeId: string, record: Pick<VolumeRecord, 'inSync' | 'retiring'>, online: boolean, resync: ResyncRecord | undefined, now = Date.now(), allocatedBytes: number | null = null): ReplicaInfo {
   const inSync = record.inSync.includes(nodeId)
-  const base = { nodeId, inSync, online, ...(record.retiring?.includes(nodeId) ? { retiring: true } : {}) }
+  const base = { nodeId, inSync, online, ...(record.retiring?.includes(nodeId) ? { retiring: true } : {}), allocatedBytes }
   if (inSync) return { ...base, state: 'in-sync' }
   if (!online) return { ...base, state: 'offline' }
   if (resync?.nodeId === nodeId && resync.state === 'running') {

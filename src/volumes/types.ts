@@ -70,6 +70,8 @@ export interface ReplicaInfo {
   /** On its way out: a newer replica takes its place (replacement, drain, rebalance). */
   retiring?: boolean
   resync?: { percent: number; bytesToGo: number; copiedBytes: number; etaSeconds: number | null }
+  /** Host bytes the replica's files take on its node (discards give them back), as the node last reported (every few seconds); null when unknown. */
+  allocatedBytes: number | null
 }
 
 /** What inspect and list show; JSON output uses it as is (sizes in bytes). */

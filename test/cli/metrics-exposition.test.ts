@@ -88,7 +88,7 @@ test('state gauges come from providers, each asked once per scrape', async (t) =
       volumes: async () => {
         volumeCalls++
         return [
-          volume('good', [['a', true, true], ['b', true, true]], { state: 'attached' }),
+          volume('good', [['a', true, true], ['b', true, true]], { state: 'attached', replicas: [{ nodeId: 'a', inSync: true, online: true, allocatedBytes: 8192 }, { nodeId: 'b', inSync: true, online: true, allocatedBytes: null }] }),
           volume('bad', [['a', true, true], ['c', false, false]]),
         ]
       },
@@ -106,6 +106,8 @@ test('state gauges come from providers, each asked once per scrape', async (t) =
   t.is(sampleValue(f, METRIC.replicaInSync, { volume: 'bad', replica: 'a' }), 1)
   t.is(sampleValue(f, METRIC.replicaOnline, { volume: 'bad', replica: 'c' }), 0)
   t.is(sampleValue(f, METRIC.replicaOnline, { volume: 'good', replica: 'b' }), 1)
+  t.is(sampleValue(f, METRIC.replicaAllocated, { volume: 'good', replica: 'a' }), 8192, 'the host bytes a replica\'s node reported')
+  t.is(sampleValue(f, METRIC.replicaAllocated, { volume: 'good', replica: 'b' }), undefined, 'none where the node reported nothing')
   t.is(sampleValue(f, METRIC.volumeDegraded, { volume: 'bad' }), 1)
   t.is(sampleValue(f, METRIC.volumeDegraded, { volume: 'good' }), 0)
   t.is(sampleValue(f, METRIC.volumesDegraded), 1)
@@ -217,7 +219,7 @@ test('MeteredDevice times each request, counts errors and the FUSE requests in f
 })
 
 test('peerStates: every other node, with its lease and this node\'s link', async (t) => {
-  const node = (nodeId: string, online: boolean): NodeInfo => ({ nodeId, online, peerAddress: null, apiUrl: '', version: '1', joinedAt: '', capacity: null })
+  const node = (nodeId: string, online: boolean): NodeInfo => ({ nodeId, online, peerAddress: null, apiUrl: '', version: '1', joinedAt: '', capacity: null, allocated: null })
   const links = new Map([['b', { state: 'ready' as const, rttMs: 1.5 }], ['c', { state: 'down' as const, rttMs: undefined }]])
   const provider = peerStates({ nodeId: 'a', nodes: async () => [node('a', true), node('b', true), node('c', false), node('d', true)], link: (p) => links.get(p) })
   t.deepEqual(await provider(), [

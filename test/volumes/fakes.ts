@@ -95,6 +95,7 @@ export function node(nodeId: string, o: { online?: boolean; free?: number | null
     nodeId, peerAddress: null, apiUrl: '', version: 'test', joinedAt: '2024-01-01T00:00:00.000Z',
     online: o.online ?? true,
     capacity: free === null ? null : { total: 200 * GiB, free },
+    allocated: null,
   }
 }
 

@@ -16,10 +16,10 @@ function resync(o: Partial<ResyncRecord> = {}): ResyncRecord {
 }
 
 test('replica states: in sync, offline, out of sync', (t) => {
-  t.deepEqual(replicaInfo('n1', record, true, undefined, NOW), { nodeId: 'n1', inSync: true, online: true, state: 'in-sync' })
-  t.deepEqual(replicaInfo('n1', record, false, undefined, NOW), { nodeId: 'n1', inSync: true, online: false, state: 'in-sync' }, 'in sync wins over offline')
-  t.deepEqual(replicaInfo('n2', record, false, resync(), NOW), { nodeId: 'n2', inSync: false, online: false, state: 'offline' }, 'offline wins over a running resync')
-  t.deepEqual(replicaInfo('n3', record, true, resync(), NOW), { nodeId: 'n3', inSync: false, online: true, state: 'out-of-sync' }, 'the resync is of another replica')
+  t.deepEqual(replicaInfo('n1', record, true, undefined, NOW), { nodeId: 'n1', inSync: true, online: true, state: 'in-sync', allocatedBytes: null })
+  t.deepEqual(replicaInfo('n1', record, false, undefined, NOW), { nodeId: 'n1', inSync: true, online: false, state: 'in-sync', allocatedBytes: null }, 'in sync wins over offline')
+  t.deepEqual(replicaInfo('n2', record, false, resync(), NOW), { nodeId: 'n2', inSync: false, online: false, state: 'offline', allocatedBytes: null }, 'offline wins over a running resync')
+  t.deepEqual(replicaInfo('n3', record, true, resync(), NOW), { nodeId: 'n3', inSync: false, online: true, state: 'out-of-sync', allocatedBytes: null }, 'the resync is of another replica')
   t.is(replicaInfo('n2', record, true, resync({ state: 'done' }), NOW).state, 'out-of-sync')
   t.is(replicaInfo('n2', record, true, resync({ state: 'failed' }), NOW).state, 'out-of-sync')
 })
@@ -62,6 +62,15 @@ test('info of a detached volume that was never attached; nodes given are used in
   await putAttachment(db, 'w', { nodeId: null, epoch: 6 })
   t.like(await view.info(healthy, [node('n1'), node('n2')]), { state: 'detached', attachedOn: null, epoch: 6 })
   t.deepEqual((await view.info(healthy)).replicas.map((r) => r.online), [false, false], 'without nodes, membership (empty here) decides')
+})
+
+test('each replica shows the host bytes its node last reported for it; unknown is null', async (t) => {
+  const db = await openKvdb(t)
+  const rec = volumeRecord('alloc', { replicas: ['n1', 'n2'] })
+  await putVolume(db, rec)
+  const view = new InfoView({ kvdb: db, membership: new FakeMembership([]), attached: new Map() })
+  const info = await view.info(rec, [{ ...node('n1'), allocated: { [rec.id]: 5 * 4096, other: 1 } }, node('n2')])
+  t.deepEqual(info.replicas.map((r) => [r.nodeId, r.allocatedBytes]), [['n1', 5 * 4096], ['n2', null]])
 })
 
 test('why a volume is degraded: an offline in-sync replica counts, with since when and when it is replaced; draining and resyncing ones are named', (t) => {
