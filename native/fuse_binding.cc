@@ -231,6 +231,23 @@ Napi::Value JsFuseRemoveFile(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// fuseSetFileSize(handle, name, size): a file's new size; throws ENOENT without it.
+Napi::Value JsFuseSetFileSize(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  JsFuse& f = ArgFuse(info);
+  if (info.Length() < 3 || !info[1].IsString() || !info[2].IsNumber()) {
+    throw Napi::TypeError::New(env, "fuseSetFileSize(handle, name, size)");
+  }
+  const double size = info[2].As<Napi::Number>().DoubleValue();
+  if (!(size >= 0) || size > 9007199254740992.0) throw Napi::TypeError::New(env, "fuseSetFileSize: size must be a safe non-negative integer");
+  if (!f.server->SetFileSize(info[1].As<Napi::String>().Utf8Value(), static_cast<uint64_t>(size))) {
+    Napi::Error e = Napi::Error::New(env, "no such file in the device directory");
+    e.Set("code", Napi::String::New(env, "ENOENT"));
+    throw e;
+  }
+  return env.Undefined();
+}
+
 // fuseUnmount(handle, lazy). Without lazy, throws with code EBUSY while a
 // loop device still holds a file; the server keeps serving then.
 Napi::Value JsFuseUnmount(const Napi::CallbackInfo& info) {
@@ -253,6 +270,7 @@ void InitFuse(Napi::Env env, Napi::Object exports) {
   exports.Set("fuseReply", Napi::Function::New<JsFuseReply>(env, "fuseReply"));
   exports.Set("fuseAddFile", Napi::Function::New<JsFuseAddFile>(env, "fuseAddFile"));
   exports.Set("fuseRemoveFile", Napi::Function::New<JsFuseRemoveFile>(env, "fuseRemoveFile"));
+  exports.Set("fuseSetFileSize", Napi::Function::New<JsFuseSetFileSize>(env, "fuseSetFileSize"));
   exports.Set("fuseUnmount", Napi::Function::New<JsFuseUnmount>(env, "fuseUnmount"));
 }
 

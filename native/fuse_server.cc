@@ -26,7 +26,8 @@ constexpr uint32_t kPage = 4096;
 // The kernel header this is built with may predate these; the values are ABI.
 constexpr uint32_t kFopenParallelDirectWrites = 1u << 6;
 // Entries and attributes are cached briefly: files only come and go with
-// attach and detach, and their size never changes while they exist.
+// attach and detach, and their size changes only when a volume grows (whoever
+// grows one waits this long before the kernel is asked for the new size).
 constexpr uint64_t kValidSeconds = 1;
 // Linux 5.6; the header this is built with may predate it.
 constexpr int kPrSetIoFlusher = 57;
@@ -129,6 +130,14 @@ void FuseServer::AddFile(const std::string& name, uint64_t size, uint32_t key) {
   f.size = size;
   f.key = key;
   f.present = true;
+}
+
+bool FuseServer::SetFileSize(const std::string& name, uint64_t size) {
+  std::lock_guard<std::mutex> lock(files_mu_);
+  auto it = nodeids_.find(name);
+  if (it == nodeids_.end()) return false;
+  files_.at(it->second).size = size;
+  return true;
 }
 
 void FuseServer::RemoveFile(const std::string& name) {

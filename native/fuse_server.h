@@ -104,6 +104,8 @@ class FuseServer {
   // server runs, also when the name was there before: what still holds the
   // earlier file (a lazily detached loop device) cannot reach this one.
   void AddFile(const std::string& name, uint64_t size, uint32_t key);
+  // A file's new size (its volume grew); false when there is no such file.
+  bool SetFileSize(const std::string& name, uint64_t size);
   // Later requests for the file fail (EIO; ESTALE for open and attributes, so
   // an open by name retries the lookup); lookups no longer find it.
   void RemoveFile(const std::string& name);

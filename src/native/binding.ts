@@ -179,6 +179,8 @@ export interface FuseBinding {
   fuseAddFile(handle: FuseHandle, name: string, size: number, key: number): void
   /** Lookups no longer find it; requests on its open handles fail (EIO; a flush succeeds). */
   fuseRemoveFile(handle: FuseHandle, name: string): void
+  /** A file's new size (its volume grew); the kernel sees it once its cached attributes expire (1 s). Throws ENOENT. */
+  fuseSetFileSize(handle: FuseHandle, name: string, size: number): void
   /** Without lazy, throws code EBUSY while the mount is in use (and keeps serving). Idempotent. */
   fuseUnmount(handle: FuseHandle, lazy?: boolean): void
 }

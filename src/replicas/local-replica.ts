@@ -6,12 +6,18 @@ import type { ReplicaHost } from './replica-host'
 export class LocalReplica implements Replica {
   readonly nodeId: string
   readonly #host: ReplicaHost
-  readonly #at: ReplicaAt
+  /** Its size changes with grow. */
+  readonly #at: { -readonly [K in keyof ReplicaAt]: ReplicaAt[K] }
 
   constructor(nodeId: string, host: ReplicaHost, at: ReplicaAt) {
     this.nodeId = nodeId
     this.#host = host
-    this.#at = at
+    this.#at = { ...at }
+  }
+
+  async grow(size: number): Promise<void> {
+    await this.#host.open(this.#at.volumeId, size, this.#at.epoch)
+    this.#at.size = size
   }
 
   open(): Promise<number> {

@@ -26,14 +26,15 @@ export function flushTimeoutMs(unflushed: number): number {
 export class ReplicaClient implements Replica {
   readonly nodeId: string
   readonly #link: PeerChannel
-  readonly #at: ReplicaAt
+  /** Its size changes with grow. */
+  readonly #at: { -readonly [K in keyof ReplicaAt]: ReplicaAt[K] }
   /** Bytes sent since the last flush that succeeded (a flush's timeout grows with them). */
   #unflushed = 0
 
   constructor(nodeId: string, link: PeerChannel, at: ReplicaAt) {
     this.nodeId = nodeId
     this.#link = link
-    this.#at = at
+    this.#at = { ...at }
   }
 
   /** Make an empty replica of a volume on the node (it must be listed there in the kvdb). */
@@ -73,6 +74,11 @@ export class ReplicaClient implements Replica {
 
   async hashes(offset: number, length: number): Promise<Uint8Array> {
     return (await this.#call('hashes', requests.hashes(this.#at.volumeId, this.#at.epoch, offset, length))) ?? new Uint8Array(0)
+  }
+
+  async grow(size: number): Promise<void> {
+    await this.#call('open', requests.open(this.#at.volumeId, this.#at.epoch, size))
+    this.#at.size = size
   }
 
   async flush(): Promise<void> {

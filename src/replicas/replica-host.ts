@@ -104,6 +104,17 @@ export class ReplicaHost {
         if (regions > 0) this.#log.warn({ volumeId, regions, blocks }, `${blocks} blocks torn by a crash had their checksum rebuilt (${regions} regions checked)`)
         this.#open.set(volumeId, store)
       }
+      if (store.size < size && epoch >= store.superblock.epoch) {
+        // The volume was resized: the replica grows before it serves the larger size.
+        const from = store.size
+        await this.#drained(volumeId)
+        this.#open.delete(volumeId)
+        await store.close()
+        await ReplicaStore.grow(this.dirOf(volumeId), size)
+        store = await ReplicaStore.open(this.dirOf(volumeId))
+        this.#open.set(volumeId, store)
+        this.#log.info({ volumeId, from, to: size }, 'replica grown to the volume\'s new size')
+      }
       if (store.size !== size) throw pxdError('CONFLICT', `replica ${volumeId} is ${store.size} bytes here, the coordinator says ${size}`)
       if (epoch < store.superblock.epoch) {
         throw pxdError('STALE_EPOCH', `replica ${volumeId} is at epoch ${store.superblock.epoch}; refusing epoch ${epoch}`)

@@ -21,6 +21,8 @@ export interface Replica {
    * compares these, never crcs (any two blocks ending in their own crc32c share a crc32c).
    */
   hashes(offset: number, length: number): Promise<Uint8Array>
+  /** Open the copy again, at the same epoch, at a larger size (the volume grew): the copy grows first. */
+  grow(size: number): Promise<void>
   /** Flush and let go; the copy itself stays on its node. */
   close(): Promise<void>
 }

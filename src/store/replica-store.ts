@@ -13,7 +13,7 @@ import path from 'node:path'
 import { BLOCK_SIZE, CHECKSUM_BYTES, HASH_BYTES } from '../constants'
 import { pxdError, PxdError, type ErrorCode } from '../errors'
 import { native, type NativeError, type StoreHandle, type StoreRecovery } from '../native/binding'
-import { mkdirDurably, writeFileDurably } from '../util/durable'
+import { mkdirDurably, syncDir, writeFileDurably } from '../util/durable'
 
 const SUPERBLOCK_VERSION = 1
 
@@ -25,6 +25,8 @@ export interface Superblock {
   /** Highest attach epoch this replica has accepted; frames from older epochs are refused. */
   epoch: number
   createdAt: string
+  /** A grow to this size is under way (see ReplicaStore.grow): the next open finishes it. */
+  growingTo?: number
 }
 
 const files = (dir: string) => ({
@@ -72,15 +74,30 @@ export class ReplicaStore {
 
   static async open(dir: string): Promise<ReplicaStore> {
     const f = files(dir)
-    let superblock: Superblock
-    try {
-      superblock = JSON.parse(await fs.readFile(f.superblock, 'utf8')) as Superblock
-    } catch (err) {
-      throw pxdError('IO_ERROR', `cannot read the superblock of replica ${dir}`, err)
-    }
-    if (superblock.version !== SUPERBLOCK_VERSION) throw pxdError('IO_ERROR', `replica ${dir} has unknown superblock version ${superblock.version}`)
+    let superblock = await readSuperblock(dir)
+    if (superblock.growingTo !== undefined) superblock = await finishGrow(dir, superblock, superblock.growingTo)
     const handle = await openNative(f, superblock.size, false)
     return new ReplicaStore(dir, handle, superblock)
+  }
+
+  /**
+   * Grow a closed replica to `size` bytes (its volume was resized); the new space reads as
+   * zeros, unwritten. Crash-safe: the replica is first opened and closed, so its crash
+   * recovery runs at the old size and no intent mark is left; then the superblock records
+   * the size it grows to, durably, before the files are extended, and the open after a
+   * crash finishes the grow. The intent file goes (it is sized for the old regions; with no
+   * mark in it nothing is lost) and the next open makes it anew.
+   */
+  static async grow(dir: string, size: number): Promise<void> {
+    if (size % BLOCK_SIZE !== 0) throw pxdError('INVALID_ARGUMENT', `replica size ${size} must be a multiple of ${BLOCK_SIZE}`)
+    const store = await ReplicaStore.open(dir)
+    const superblock = store.superblock
+    await store.close()
+    if (size < superblock.size) throw pxdError('INVALID_ARGUMENT', `replica ${dir} is ${superblock.size} bytes; it cannot shrink to ${size}`)
+    if (size === superblock.size) return
+    const growing = { ...superblock, growingTo: size }
+    await writeSuperblock(dir, growing)
+    await finishGrow(dir, growing, size)
   }
 
   /** Remove a replica's files. The store must be closed. */
@@ -195,6 +212,37 @@ export class ReplicaStore {
     })()
     return this.#closing
   }
+}
+
+async function readSuperblock(dir: string): Promise<Superblock> {
+  let superblock: Superblock
+  try {
+    superblock = JSON.parse(await fs.readFile(files(dir).superblock, 'utf8')) as Superblock
+  } catch (err) {
+    throw pxdError('IO_ERROR', `cannot read the superblock of replica ${dir}`, err)
+  }
+  if (superblock.version !== SUPERBLOCK_VERSION) throw pxdError('IO_ERROR', `replica ${dir} has unknown superblock version ${superblock.version}`)
+  return superblock
+}
+
+/** The files extended to `size` (again, after a crash: each step may be done twice) and the grow recorded done. */
+async function finishGrow(dir: string, superblock: Superblock, size: number): Promise<Superblock> {
+  const f = files(dir)
+  for (const [file, bytes] of [[f.data, size], [f.crc, (size / BLOCK_SIZE) * CHECKSUM_BYTES]] as const) {
+    const h = await fs.open(file, 'r+')
+    try {
+      if ((await h.stat()).size < bytes) await h.truncate(bytes)
+      await h.datasync()
+    } finally {
+      await h.close()
+    }
+  }
+  await fs.rm(f.intent, { force: true })
+  await syncDir(dir)
+  const { growingTo: _done, ...rest } = superblock
+  const grown: Superblock = { ...rest, size }
+  await writeSuperblock(dir, grown)
+  return grown
 }
 
 /** The superblock in place, durably (its directory synced after the rename). */
