@@ -72,7 +72,7 @@ export interface EngineOptions {
 
 export class VolumeEngine {
   readonly volumeId: string
-  readonly size: number
+  #size: number
   readonly #members: ReplicaSet
   readonly #writes = new InflightWrites()
   readonly #core: EngineCore
@@ -80,7 +80,10 @@ export class VolumeEngine {
   readonly #events: EngineEvents | undefined
   #nextSeq = 1
   #inflight = 0
-  #drained: (() => void) | undefined
+  /** Told once no request is in flight (close and grow wait for that). */
+  #drainWaiters: Array<() => void> = []
+  /** While a grow runs: requests wait for it. */
+  #growing: Promise<void> | undefined
   #closing: Promise<void> | undefined
   #fenced: PxdError | undefined
   /** Copies running (resync, reconcile, scrub), each settled once it stopped. */
@@ -89,7 +92,7 @@ export class VolumeEngine {
   constructor(options: EngineOptions) {
     if (options.replicas.length === 0) throw pxdError('UNSATISFIABLE', `volume ${options.volumeId} has no in-sync replica`)
     this.volumeId = options.volumeId
-    this.size = options.size
+    this.#size = options.size
     this.#onFenced = options.onFenced
     this.#events = options.events
     const demote = options.demote
@@ -105,7 +108,7 @@ export class VolumeEngine {
     const engine = this
     this.#core = {
       volumeId: options.volumeId,
-      size: options.size,
+      get size() { return engine.#size },
       epoch,
       members: this.#members,
       writes: this.#writes,
@@ -155,7 +158,13 @@ export class VolumeEngine {
     await this.#fanOut(this.#members.inSync, NONE, openOf)
   }
 
+  /** The volume's size in bytes (it changes only by grow). */
+  get size(): number {
+    return this.#size
+  }
+
   write(offset: number, data: Uint8Array): Promise<void> {
+    if (this.#growing) return this.#growing.then(() => this.write(offset, data))
     const refused = this.#check(offset, data.length)
     if (refused) return Promise.reject(refused)
     return this.#track(this.#write(offset, data.length, data))
@@ -167,6 +176,7 @@ export class VolumeEngine {
    * copies in flight that overlap it, marked in dirty maps, acknowledged like one.
    */
   discard(offset: number, length: number): Promise<void> {
+    if (this.#growing) return this.#growing.then(() => this.discard(offset, length))
     const refused = this.#check(offset, length)
     if (refused) return Promise.reject(refused)
     if (length === 0) return Promise.resolve()
@@ -237,6 +247,36 @@ export class VolumeEngine {
     return this.#background(scrub(this.#core, options))
   }
 
+  /**
+   * The volume grew to `size` bytes. New requests wait while the ones in flight land; then
+   * every in-sync replica (and any learner) is opened again at the new size, growing first
+   * (a replica that cannot is demoted like one that failed a write, and grows at its resync);
+   * then requests go on at the new size. Refused while a copy runs: its ranges are the old
+   * size's.
+   */
+  async grow(size: number): Promise<void> {
+    if (this.#closing) throw pxdError('ENGINE_CLOSED', `volume ${this.volumeId} is closed`)
+    if (this.#fenced) throw this.#fenced
+    if (!Number.isSafeInteger(size) || size <= this.#size) throw pxdError('INVALID_ARGUMENT', `volume ${this.volumeId} is ${this.#size} bytes; ${size} is not larger`)
+    if (this.#growing) throw pxdError('CONFLICT', `volume ${this.volumeId} is already growing`)
+    if (this.#copies.size > 0 || this.#members.resyncing.length > 0) throw pxdError('CONFLICT', `volume ${this.volumeId} is being resynced or scrubbed; grow it once that is done`)
+    let done!: () => void
+    this.#growing = new Promise<void>((resolve) => { done = resolve })
+    try {
+      await this.#idle()
+      await this.#fanOut(this.#members.inSync, this.#members.learners, (r) => r.grow(size))
+      this.#size = size
+    } finally {
+      this.#growing = undefined
+      done()
+    }
+  }
+
+  #idle(): Promise<void> {
+    if (this.#inflight === 0) return Promise.resolve()
+    return new Promise<void>((resolve) => { this.#drainWaiters.push(resolve) })
+  }
+
   /** Track a copy (resync, reconcile, scrub): close waits for it to stop before it lets go of the replicas. */
   #background<T>(p: Promise<T>): Promise<T> {
     const settled = p.then(noop, noop)
@@ -246,12 +286,14 @@ export class VolumeEngine {
   }
 
   read(offset: number, into: Uint8Array): Promise<void> {
+    if (this.#growing) return this.#growing.then(() => this.read(offset, into))
     const refused = this.#check(offset, into.length)
     if (refused) return Promise.reject(refused)
     return this.#track(this.#readFrom(0, offset, into))
   }
 
   flush(): Promise<void> {
+    if (this.#growing) return this.#growing.then(() => this.flush())
     if (this.#closing) return Promise.reject(pxdError('ENGINE_CLOSED', `volume ${this.volumeId} is closed`))
     if (this.#fenced) return Promise.reject(this.#fenced)
     return this.#track(this.#flush())
@@ -264,7 +306,7 @@ export class VolumeEngine {
    */
   close(): Promise<void> {
     this.#closing ??= (async () => {
-      if (this.#inflight > 0) await new Promise<void>((resolve) => { this.#drained = resolve })
+      await this.#idle()
       await Promise.all([...this.#copies])
       const results = await Promise.allSettled([...this.#members.inSync, ...this.#members.learners].map((r) => r.close()))
       const failed = results.find((r) => r.status === 'rejected')
@@ -352,8 +394,8 @@ export class VolumeEngine {
   #check(offset: number, length: number): PxdError | undefined {
     if (this.#closing) return pxdError('ENGINE_CLOSED', `volume ${this.volumeId} is closed`)
     if (this.#fenced) return this.#fenced
-    if (offset < 0 || length < 0 || offset + length > this.size) {
-      return pxdError('INVALID_ARGUMENT', `I/O at ${offset}+${length} is outside volume ${this.volumeId} of ${this.size} bytes`)
+    if (offset < 0 || length < 0 || offset + length > this.#size) {
+      return pxdError('INVALID_ARGUMENT', `I/O at ${offset}+${length} is outside volume ${this.volumeId} of ${this.#size} bytes`)
     }
     return undefined
   }
@@ -362,7 +404,7 @@ export class VolumeEngine {
     this.#inflight++
     this.#core.foreground.requests++
     return p.finally(() => {
-      if (--this.#inflight === 0 && this.#drained) this.#drained()
+      if (--this.#inflight === 0) for (const wake of this.#drainWaiters.splice(0)) wake()
     })
   }
 }

@@ -13,8 +13,10 @@ export type BlockNaming = 'field' | 'cause' | 'text'
  * behind the crc's back; `beforeWrite` and `beforeFlush` can delay or fail a write or flush.
  */
 export class MemReplica implements Replica {
-  readonly bytes: Buffer
-  readonly #crcs: Uint32Array
+  bytes: Buffer
+  #crcs: Uint32Array
+  /** The sizes grow was asked for, in order. */
+  readonly grows: number[] = []
   /** [offset, length] of every write applied, in order. */
   readonly writes: Array<[number, number]> = []
   beforeWrite: ((offset: number, data: Uint8Array) => Promise<void> | void) | undefined
@@ -100,6 +102,16 @@ export class MemReplica implements Replica {
       if (this.#crcs[b] !== 0) createHash('sha256').update(this.#block(b)).digest().copy(out, i * HASH_BYTES, 0, HASH_BYTES)
     }
     return out
+  }
+
+  async grow(size: number): Promise<void> {
+    this.grows.push(size)
+    const bytes = Buffer.alloc(size)
+    this.bytes.copy(bytes)
+    const crcs = new Uint32Array(size / BLOCK_SIZE)
+    crcs.set(this.#crcs)
+    this.bytes = bytes
+    this.#crcs = crcs
   }
 
   close(): Promise<void> {
