@@ -46,6 +46,11 @@ export class ApiClient {
     return this.#call('POST', `/v1/volumes/${encodeURIComponent(name)}/scrub`, {})
   }
 
+  /** Grow a volume, mounted or not (`size` as the size option: "20G"). */
+  resize(name: string, size: string): Promise<VolumeInfo> {
+    return this.#call('POST', `/v1/volumes/${encodeURIComponent(name)}/size`, { size })
+  }
+
   haUpdate(name: string, repl: number): Promise<VolumeInfo> {
     return this.#call('POST', `/v1/volumes/${encodeURIComponent(name)}/ha`, { repl })
   }

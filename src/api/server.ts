@@ -194,6 +194,12 @@ export class ApiServer {
         if (typeof repl !== 'number' && typeof repl !== 'string') throw pxdError('MALFORMED_REQUEST', 'field "repl" is required (a number from 1 to 3)')
         return [200, await m.moves.haUpdate(name!, Number(repl))]
       }],
+      ['POST', /^\/v1\/volumes\/([^/]+)\/size$/, async (req, [name]) => {
+        const body = await readJsonObject(req)
+        const size = body.size
+        if (typeof size !== 'number' && typeof size !== 'string') throw pxdError('MALFORMED_REQUEST', 'field "size" is required (e.g. "20G")')
+        return [200, await m.resizes.resize(name!, String(size))]
+      }],
       ['GET', /^\/v1\/quarantine$/, async () => [200, await m.quarantined()]],
       ['DELETE', /^\/v1\/quarantine\/([^/]+)$/, async (_req, [name]) => {
         await m.purgeQuarantined(name!)

@@ -31,6 +31,8 @@ Commands:
   volume list                         all volumes
   volume inspect NAME [--watch]       one volume in detail; --watch follows resync progress
   volume ha-update NAME --repl N      raise or lower the replication of a live volume
+  volume update NAME --size N         grow a volume, mounted or not (its file system grows
+                                      online where it is mounted); shrinking is refused
   volume scrub NAME                   verify every block of every replica, repair from a good one
   volume delete NAME                  remove a volume (it must not be mounted)
   quarantine list                     replicas this node set aside at start because the
@@ -170,6 +172,12 @@ async function main(argv: string[]): Promise<number> {
         out(v, () => `Volume ${v.name}: repl ${v.repl}, replicas ${v.replicas.map((r) => r.nodeId).join(', ')} (new ones join once resynced; watch with: pxctl volume inspect ${v.name} --watch)\n`)
         return 0
       }
+      case 'update': {
+        if (values.size === undefined) throw new UsageError('pxctl volume update needs --size N (e.g. --size 20G)')
+        const v = await client.resize(needName(), String(values.size))
+        out(v, () => `Volume ${v.name}: ${formatSize(v.size)}${v.mountpoint ? ` (its file system at ${v.mountpoint} grew too)` : ''}\n`)
+        return 0
+      }
       case 'delete':
       case 'rm': {
         const n = needName()
@@ -178,7 +186,7 @@ async function main(argv: string[]): Promise<number> {
         return 0
       }
       default:
-        throw new UsageError(sub ? `unknown volume command "${sub}"` : 'pxctl volume needs a command: create, list, inspect, ha-update, scrub, delete')
+        throw new UsageError(sub ? `unknown volume command "${sub}"` : 'pxctl volume needs a command: create, list, inspect, ha-update, update, scrub, delete')
     }
   }
   if (cmd === 'quarantine') {

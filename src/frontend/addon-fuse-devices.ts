@@ -81,6 +81,13 @@ export class AddonFuseDevices implements DeviceDirectory {
     native.fuseAddFile(this.#handle, name, device.size, key)
   }
 
+  resized(name: string): void {
+    const key = this.#keyOf.get(name)
+    const device = key === undefined ? undefined : this.#byKey.get(key)
+    if (!this.#handle || !device) throw pxdError('NOT_FOUND', `no device file ${name} in the FUSE device directory`)
+    native.fuseSetFileSize(this.#handle, name, device.size)
+  }
+
   remove(name: string): void {
     const key = this.#keyOf.get(name)
     if (key === undefined) return

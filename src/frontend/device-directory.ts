@@ -51,7 +51,12 @@ export interface DeviceDirectory {
   pathOf(name: string): string
   add(name: string, device: BlockDevice): void
   remove(name: string): void
+  /** The device file shows the device's new size (it grew); the kernel sees it within ATTR_CACHE_MS. */
+  resized(name: string): void
 }
+
+/** How long the kernel may keep a device file's old attributes (its size) after they changed. */
+export const ATTR_CACHE_MS = 1000
 
 export const FUSE_SERVERS = ['addon', 'fuse-native'] as const
 export type FuseServerKind = (typeof FUSE_SERVERS)[number]

@@ -1,5 +1,6 @@
-/** File systems on loop devices: probe, mkfs on first use, mount, unmount. */
-import { constants as fsConstants, promises as fs } from 'node:fs'
+/** File systems on loop devices: probe, mkfs on first use, grow, mount, unmount. */
+import { constants as fsConstants, promises as fs, readFileSync } from 'node:fs'
+import { pxdError } from '../errors'
 import { run } from '../util/exec'
 
 /** The file systems a volume can carry (its `fs` option). */
@@ -36,6 +37,47 @@ export async function mountFilesystem(device: string, target: string, type: File
   // noinit_itable: the inode tables already read as zeros, so ext4 need not zero them.
   const options = type === 'ext4' ? ['-o', 'noinit_itable'] : []
   await run('mount', ['-t', type, ...options, device, target])
+}
+
+/**
+ * Grow a mounted file system to its device's new size, online (resize2fs, xfs_growfs). A
+ * mounted ext4 grows only for a process with CAP_SYS_RESOURCE (the kernel's rule): without
+ * it this fails saying so, and growUnmounted does it at the next attach.
+ */
+export async function growFilesystem(device: string, target: string, type: Filesystem): Promise<void> {
+  if (type === 'xfs') {
+    await run('xfs_growfs', [target])
+    return
+  }
+  if (!hasCapability(CAP_SYS_RESOURCE)) {
+    throw pxdError('PRECONDITION', 'a mounted ext4 grows only for a process with CAP_SYS_RESOURCE, which pxd lacks here; it grows at its next mount')
+  }
+  await run('resize2fs', [device])
+}
+
+/**
+ * Before mounting: an ext4 smaller than its device (the volume grew while it was not
+ * mounted, or while the kernel would not let it grow) is checked and grown, offline. An xfs
+ * grows only mounted: xfs_growfs after the mount does it.
+ */
+export async function growUnmounted(device: string, type: string, deviceBytes: number): Promise<boolean> {
+  if (type !== 'ext4') return false
+  const { stdout } = await run('dumpe2fs', ['-h', device])
+  const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(stdout)?.[1] ?? NaN)
+  const fsBytes = field('Block count') * field('Block size')
+  if (!(fsBytes < deviceBytes - 1024 * 1024)) return false
+  // resize2fs wants a file system checked since it was last mounted. e2fsck -p exits 1 when it fixed something.
+  await run('e2fsck', ['-f', '-p', device], { allowExitCodes: [1] })
+  await run('resize2fs', [device])
+  return true
+}
+
+const CAP_SYS_RESOURCE = 24
+
+/** Whether this process has a capability in its effective set. */
+function hasCapability(bit: number): boolean {
+  const line = /^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))
+  return line !== null && ((BigInt(`0x${line[1]}`) >> BigInt(bit)) & 1n) === 1n
 }
 
 export async function unmountFilesystem(target: string, lazy = false): Promise<void> {

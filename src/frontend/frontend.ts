@@ -10,11 +10,11 @@ import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import type { Logger } from 'pino'
 import { pxdError } from '../errors'
-import { hasMkfs, listMounts, makeFilesystem, mountFilesystem, probeFilesystem, unmountFilesystem, type Filesystem } from './filesystem'
+import { growFilesystem, growUnmounted, hasMkfs, listMounts, makeFilesystem, mountFilesystem, probeFilesystem, unmountFilesystem, type Filesystem } from './filesystem'
 import { AddonFuseDevices } from './addon-fuse-devices'
-import type { BlockDevice, DeviceDirectory, FuseServerKind } from './device-directory'
+import { ATTR_CACHE_MS, type BlockDevice, type DeviceDirectory, type FuseServerKind } from './device-directory'
 import { FuseNativeDevices } from './fuse-native-devices'
-import { attachLoop, detachLoop, listLoops } from './loop'
+import { attachLoop, detachLoop, listLoops, refreshLoopSize } from './loop'
 import { run } from '../util/exec'
 
 export interface AttachRequest {
@@ -151,8 +151,12 @@ export class Frontend {
         // guard against formatting over the data would never hold.
         await req.onFormatted?.()
       }
+      if (existing !== undefined && (await growUnmounted(loop, existing, req.device.size))) {
+        this.#log.info({ volume: req.name, volumeId: req.id, loop }, 'file system grown to the volume\'s size before the mount')
+      }
       const mountpoint = req.mountpoint ?? this.mountpointOf(req.name)
       await mountFilesystem(loop, mountpoint, req.fs)
+      if (req.fs === 'xfs') await growFilesystem(loop, mountpoint, 'xfs')
       this.#attached.set(req.name, { id: req.id, name: req.name, loop, mountpoint })
       this.#log.info({ volume: req.name, volumeId: req.id, loop, mountpoint }, 'volume attached')
       return mountpoint
@@ -160,6 +164,22 @@ export class Frontend {
       for (const step of undo.reverse()) await step().catch((e) => this.#log.error({ err: e, volume: req.name, volumeId: req.id }, 'rollback step failed'))
       throw err
     }
+  }
+
+  /**
+   * After an attached volume's device grew: its device file, then its loop device, then its
+   * file system take the new size, while it stays mounted.
+   */
+  async grew(name: string, type: Filesystem): Promise<void> {
+    const a = this.#attached.get(name)
+    if (!a) throw pxdError('NOT_FOUND', `volume ${name} is not attached on this node`)
+    this.#devices.resized(a.id)
+    // The kernel asks for the file's size again once its cached attributes expired, on the next stat.
+    await new Promise((resolve) => setTimeout(resolve, ATTR_CACHE_MS + 100))
+    await fs.stat(this.#devices.pathOf(a.id))
+    await refreshLoopSize(a.loop)
+    await growFilesystem(a.loop, a.mountpoint, type)
+    this.#log.info({ volume: name, volumeId: a.id, loop: a.loop, mountpoint: a.mountpoint }, 'file system grown to the volume\'s new size')
   }
 
   /** Unmount, detach the loop, drop the device file. `lazy` when shutting down: never hang on a busy mount. */

@@ -10,6 +10,7 @@ import { constants } from 'node:os'
 import type Fuse from 'fuse-native'
 import type { Logger } from 'pino'
 import { errnoOf, type BlockDevice, type DeviceDirectory } from './device-directory'
+import { pxdError } from '../errors'
 
 /** Largest request libfuse 2 can pass (its buffer is 128 KiB + header). */
 export const LIBFUSE2_MAX_REQUEST_BYTES = 128 * 1024
@@ -55,6 +56,11 @@ export class FuseNativeDevices implements DeviceDirectory {
 
   add(name: string, device: BlockDevice): void {
     this.#devices.set(name, device)
+  }
+
+  /** getattr reads the device's size on each call: nothing to tell. */
+  resized(name: string): void {
+    if (!this.#devices.has(name)) throw pxdError('NOT_FOUND', `no device file ${name} in the FUSE device directory`)
   }
 
   remove(name: string): void {

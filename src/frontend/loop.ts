@@ -15,6 +15,11 @@ export async function attachLoop(file: string): Promise<string> {
   return device
 }
 
+/** The loop device takes its backing file's new size (it grew). */
+export async function refreshLoopSize(device: string): Promise<void> {
+  await run('losetup', ['--set-capacity', device])
+}
+
 export async function detachLoop(device: string): Promise<void> {
   await run('losetup', ['--detach', device])
 }

@@ -163,6 +163,19 @@ export class LocalVolumes {
     }
   }
 
+  /**
+   * A volume attached here grew (its record has the new size): the engine opens its replicas
+   * again at that size, then a mounted one's device file, loop device and file system follow.
+   * Nothing attached here: nothing to do (its replicas grow at their next open).
+   */
+  async grow(name: string, record: VolumeRecord): Promise<void> {
+    const local = this.map.get(name)
+    if (!local || local.size >= record.spec.size) return
+    await local.engine.grow(record.spec.size)
+    local.size = record.spec.size
+    if (local.mountpoint !== null) await this.#o.frontend.grew(name, record.spec.fs)
+  }
+
   #mountFs(name: string, record: VolumeRecord, engine: VolumeEngine, at?: string): Promise<string> {
     return this.#o.frontend.attach({
       id: record.id, name, fs: record.spec.fs, blockSize: record.spec.blockSize, device: discards(record.spec) ? engine : withoutDiscard(engine),

@@ -39,6 +39,7 @@ import { Resyncs } from './resyncs'
 import { ResyncPace } from './resync-pace'
 import { DEFAULT_REPLACE_AFTER_MS, Healer } from './healer'
 import { ReplicaMoves } from './replica-moves'
+import { VolumeResize } from './resize'
 import { ScrubScheduler } from './scrub-scheduler'
 import type { ClusterNodeInfo, VolumeInfo, VolumeRecord } from './types'
 import { SharedVolumes } from '../shares/shared-volumes'
@@ -89,6 +90,7 @@ export class VolumeManager {
   readonly #shares: SharedVolumes
   readonly #healer: Healer
   readonly moves: ReplicaMoves
+  readonly resizes: VolumeResize
   #stopping = false
 
   constructor(o: ManagerOptions) {
@@ -155,6 +157,13 @@ export class VolumeManager {
       nodeId: o.nodeId, kvdb: o.kvdb, membership: o.membership, placement: this.#placement, locks: this.#locks, log: o.log,
       attachedOn: async (name) => (await this.#attachments.get(name))?.value.nodeId ?? null,
       changed: (name) => { if (this.#attached.has(name)) void this.#resyncs.check(name) },
+      info: (record) => this.#view.info(record),
+      checkRunning: () => this.#checkRunning(),
+    })
+    this.resizes = new VolumeResize({
+      nodeId: o.nodeId, kvdb: o.kvdb, membership: o.membership, locks: this.#locks, log: o.log,
+      attachedOn: async (name) => (await this.#attachments.get(name))?.value.nodeId ?? null,
+      growAttached: (name, record) => this.#local.grow(name, record),
       info: (record) => this.#view.info(record),
       checkRunning: () => this.#checkRunning(),
     })

@@ -12,6 +12,7 @@ import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, readFileSync
 import { request } from 'node:http'
 import { tmpdir } from 'node:os'
 import { delimiter, join } from 'node:path'
+import { ApiClient } from '../../src/api/client'
 import { startDaemon, type Daemon } from '../helpers/daemon'
 import { BUSYBOX, DOCKERD, DOCKER_CLI, importBusyboxImage, isStaticElf, startDockerEngine, type DockerEngine } from '../helpers/docker-engine'
 import { NSENTER, UNSHARE, createMountNamespace, describeResult, runCommand, type MountNamespace } from '../helpers/mount-namespace'
@@ -179,6 +180,26 @@ test('docker engine creates, mounts, writes, reads and removes a pxd volume', as
 
   const read = await engine.dockerOk([...run, 'cat', '/data/hello'], { timeoutMs: 60_000 })
   t.is(read.trim(), payload, 'a second container reads what the first one wrote')
+
+  // Grown online under a running container (xfs: a mounted ext4 grows only with
+  // CAP_SYS_RESOURCE, which this host may not give): df inside it shows the new size.
+  const growing = `${volume}-grow`
+  t.is((await engine.dockerOk(['volume', 'create', '-d', 'pxd', '--opt', 'size=320M', '--opt', 'fs=xfs', growing])).trim(), growing)
+  const container = (await engine.dockerOk(['run', '-d', '--network', 'none', '-v', `${growing}:/data`, IMAGE, 'sh', '-c', `echo ${payload} > /data/hello && sync && sleep 600`], { timeoutMs: 60_000 })).trim()
+  try {
+    const dfKiB = async (): Promise<number> => {
+      const df = await engine!.dockerOk(['exec', container, 'df', '-k', '/data'], { timeoutMs: 30_000 })
+      return Number((df.split('\n').filter((l) => /\s\d+\s+\d+\s+\d+\s+\d+%/.test(l)).pop() ?? '').trim().split(/\s+/)[1])
+    }
+    const before = await dfKiB()
+    await new ApiClient(daemon.apiUrl).resize(growing, '640M')
+    const after = await dfKiB()
+    t.true(before < 320 * 1024 && after > 560 * 1024, `df in the running container: ${before} KiB before pxctl volume update --size 640M, ${after} KiB after`)
+    t.is((await engine.dockerOk(['exec', container, 'cat', '/data/hello'])).trim(), payload, 'and the data is still there')
+  } finally {
+    await engine.dockerOk(['rm', '-f', container], { timeoutMs: 60_000 })
+  }
+  t.is((await engine.dockerOk(['volume', 'rm', growing])).trim(), growing)
 
   t.is((await engine.dockerOk(['volume', 'rm', volume])).trim(), volume)
   const names = (await engine.dockerOk(['volume', 'ls', '--format', '{{.Name}}'])).split('\n')
