@@ -66,16 +66,16 @@ export class Resyncs {
     if (this.#timer) clearInterval(this.#timer)
   }
 
-  /**
-   * Start a resync of every replica of `name` that is online, out of sync and not resyncing
-   * yet (by this object or, as the engine says, anyone): never two of one node at a time.
-   */
   /** Whether a resync of `name` started here is still running. */
   running(name: string): boolean {
     const local = this.#o.attached.get(name)
     return local !== undefined && (this.#running.get(local)?.size ?? 0) > 0
   }
 
+  /**
+   * Start a resync of every replica of `name` that is online, out of sync and not resyncing
+   * yet (by this object or, as the engine says, anyone): never two of one node at a time.
+   */
   async check(name: string): Promise<void> {
     const local = this.#o.attached.get(name)
     if (!local || this.#stopped) return
