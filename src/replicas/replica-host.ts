@@ -104,7 +104,10 @@ export class ReplicaHost {
         if (regions > 0) this.#log.warn({ volumeId, regions, blocks }, `${blocks} blocks torn by a crash had their checksum rebuilt (${regions} regions checked)`)
         this.#open.set(volumeId, store)
       }
-      if (store.size < size && epoch >= store.superblock.epoch) {
+      if (epoch < store.superblock.epoch) {
+        throw pxdError('STALE_EPOCH', `replica ${volumeId} is at epoch ${store.superblock.epoch}; refusing epoch ${epoch}`)
+      }
+      if (store.size < size) {
         // The volume was resized: the replica grows before it serves the larger size.
         const from = store.size
         await this.#drained(volumeId)
@@ -116,9 +119,6 @@ export class ReplicaHost {
         this.#log.info({ volumeId, from, to: size }, 'replica grown to the volume\'s new size')
       }
       if (store.size !== size) throw pxdError('CONFLICT', `replica ${volumeId} is ${store.size} bytes here, the coordinator says ${size}`)
-      if (epoch < store.superblock.epoch) {
-        throw pxdError('STALE_EPOCH', `replica ${volumeId} is at epoch ${store.superblock.epoch}; refusing epoch ${epoch}`)
-      }
       const previous = store.superblock.epoch
       await store.setEpoch(epoch)
       // Writes that started before (an older coordinator's, or a request of this one that

@@ -48,7 +48,9 @@ export class ReplicaService implements RequestHandler {
         // The coordinator lets go; the replica stays open for the next one.
         return this.#host.storeFor(req.vol, req.epoch).flush()
       case 'open': {
-        await this.#requirePlacedHere(req.vol)
+        const volume = await this.#requirePlacedHere(req.vol)
+        // A replica grows when opened at a larger size: only ever to the size the metadata store has.
+        if (volume.size !== req.size) throw pxdError('CONFLICT', `volume ${req.vol} is ${volume.size} bytes in the metadata store, not ${req.size}`)
         this.#log.info({ volumeId: req.vol, epoch: req.epoch, peer }, 'replica opened by a coordinator')
         return encodeEpoch(await this.#host.open(req.vol, req.size, req.epoch))
       }
