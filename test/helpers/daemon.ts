@@ -47,15 +47,24 @@ export function makeTempDir(prefix = 'pxd-test-'): string {
   return mkdtempSync(path.join(os.tmpdir(), prefix))
 }
 
+/** Ports this process handed out: a port closed again may come back from the kernel before its taker binds it. */
+const handedOut = new Set<number>()
+
+/** A free port on 127.0.0.1, never one this process handed out before (an API and a peer port of one node could collide). */
 export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer()
-    srv.once('error', reject)
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as net.AddressInfo).port
-      srv.close(() => resolve(port))
+  for (;;) {
+    const port = await new Promise<number>((resolve, reject) => {
+      const srv = net.createServer()
+      srv.once('error', reject)
+      srv.listen(0, '127.0.0.1', () => {
+        const p = (srv.address() as net.AddressInfo).port
+        srv.close(() => resolve(p))
+      })
     })
-  })
+    if (handedOut.has(port)) continue
+    handedOut.add(port)
+    return port
+  }
 }
 
 const START_TIMEOUT_MS = 30_000
