@@ -6,6 +6,7 @@
  */
 import test, { type ExecutionContext } from 'ava'
 import { spawn } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import { randomUUID } from 'node:crypto'
 import path from 'node:path'
 import { isPxdError } from '../../src/errors'
@@ -215,6 +216,8 @@ test('etcd: with etcd frozen calls fail at the deadline, and work once it thaws'
   await db.put('k', 1)
   const k = (await db.get('k'))!
   process.kill(server.pid, 'SIGSTOP')
+  // The stop is in effect only once the process is seen stopped; a call sent before could still be answered.
+  await within(5_000, 'etcd stopped', () => / T /.test(readFileSync(`/proc/${server.pid}/stat`, 'utf8').replace(/^.*\) /, ') ')))
   const [get, txn] = await Promise.all([
     timed(() => db.get('k')),
     timed(() => db.txn({ compares: [{ key: 'k', modRevision: k.modRevision }], puts: [{ key: 'k', value: 2 }] })),
