@@ -28,6 +28,7 @@ import type { Replica } from '../replicas/replica'
 import { ReplicaSet, type MemberFailure, type ReplicaFailure, type WriteRange } from '../replicas/replica-set'
 import type { EngineCore, EngineEvents, RepairListener } from './core'
 import { InflightWrites } from './inflight'
+import { RequestGate } from './request-gate'
 import { repair } from './repair'
 import { READ_BACK_RETRY_MS, reconcile, resync, type ResyncOptions, type ResyncProgress } from './resync'
 import { scrub, type ScrubOptions, type ScrubResult } from './scrub'
@@ -79,11 +80,8 @@ export class VolumeEngine {
   readonly #onFenced: EngineOptions['onFenced']
   readonly #events: EngineEvents | undefined
   #nextSeq = 1
-  #inflight = 0
-  /** Told once no request is in flight (close and grow wait for that). */
-  #drainWaiters: Array<() => void> = []
-  /** While a grow runs: requests wait for it. */
-  #growing: Promise<void> | undefined
+  /** Requests in flight; closed while a grow runs. */
+  readonly #gate = new RequestGate()
   #closing: Promise<void> | undefined
   #fenced: PxdError | undefined
   /** Copies running (resync, reconcile, scrub), each settled once it stopped. */
@@ -164,7 +162,8 @@ export class VolumeEngine {
   }
 
   write(offset: number, data: Uint8Array): Promise<void> {
-    if (this.#growing) return this.#growing.then(() => this.write(offset, data))
+    const held = this.#gate.held
+    if (held) return held.then(() => this.write(offset, data))
     const refused = this.#check(offset, data.length)
     if (refused) return Promise.reject(refused)
     return this.#track(this.#write(offset, data.length, data))
@@ -176,7 +175,8 @@ export class VolumeEngine {
    * copies in flight that overlap it, marked in dirty maps, acknowledged like one.
    */
   discard(offset: number, length: number): Promise<void> {
-    if (this.#growing) return this.#growing.then(() => this.discard(offset, length))
+    const held = this.#gate.held
+    if (held) return held.then(() => this.discard(offset, length))
     const refused = this.#check(offset, length)
     if (refused) return Promise.reject(refused)
     if (length === 0) return Promise.resolve()
@@ -258,23 +258,12 @@ export class VolumeEngine {
     if (this.#closing) throw pxdError('ENGINE_CLOSED', `volume ${this.volumeId} is closed`)
     if (this.#fenced) throw this.#fenced
     if (!Number.isSafeInteger(size) || size <= this.#size) throw pxdError('INVALID_ARGUMENT', `volume ${this.volumeId} is ${this.#size} bytes; ${size} is not larger`)
-    if (this.#growing) throw pxdError('CONFLICT', `volume ${this.volumeId} is already growing`)
     if (this.#copies.size > 0 || this.#members.resyncing.length > 0) throw pxdError('CONFLICT', `volume ${this.volumeId} is being resynced or scrubbed; grow it once that is done`)
-    let done!: () => void
-    this.#growing = new Promise<void>((resolve) => { done = resolve })
-    try {
-      await this.#idle()
+    const ran = await this.#gate.hold(async () => {
       await this.#fanOut(this.#members.inSync, this.#members.learners, (r) => r.grow(size))
       this.#size = size
-    } finally {
-      this.#growing = undefined
-      done()
-    }
-  }
-
-  #idle(): Promise<void> {
-    if (this.#inflight === 0) return Promise.resolve()
-    return new Promise<void>((resolve) => { this.#drainWaiters.push(resolve) })
+    })
+    if (!ran) throw pxdError('CONFLICT', `volume ${this.volumeId} is already growing`)
   }
 
   /** Track a copy (resync, reconcile, scrub): close waits for it to stop before it lets go of the replicas. */
@@ -286,14 +275,16 @@ export class VolumeEngine {
   }
 
   read(offset: number, into: Uint8Array): Promise<void> {
-    if (this.#growing) return this.#growing.then(() => this.read(offset, into))
+    const held = this.#gate.held
+    if (held) return held.then(() => this.read(offset, into))
     const refused = this.#check(offset, into.length)
     if (refused) return Promise.reject(refused)
     return this.#track(this.#readFrom(0, offset, into))
   }
 
   flush(): Promise<void> {
-    if (this.#growing) return this.#growing.then(() => this.flush())
+    const held = this.#gate.held
+    if (held) return held.then(() => this.flush())
     if (this.#closing) return Promise.reject(pxdError('ENGINE_CLOSED', `volume ${this.volumeId} is closed`))
     if (this.#fenced) return Promise.reject(this.#fenced)
     return this.#track(this.#flush())
@@ -306,7 +297,7 @@ export class VolumeEngine {
    */
   close(): Promise<void> {
     this.#closing ??= (async () => {
-      await this.#idle()
+      await this.#gate.idle()
       await Promise.all([...this.#copies])
       const results = await Promise.allSettled([...this.#members.inSync, ...this.#members.learners].map((r) => r.close()))
       const failed = results.find((r) => r.status === 'rejected')
@@ -401,11 +392,8 @@ export class VolumeEngine {
   }
 
   #track(p: Promise<void>): Promise<void> {
-    this.#inflight++
     this.#core.foreground.requests++
-    return p.finally(() => {
-      if (--this.#inflight === 0) for (const wake of this.#drainWaiters.splice(0)) wake()
-    })
+    return this.#gate.track(p)
   }
 }
 
