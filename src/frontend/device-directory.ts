@@ -27,10 +27,10 @@ export interface BlockDevice {
   readonly discard?: (offset: number, length: number) => Promise<void>
 }
 
-/** The same device without discard: its discards are refused as not supported. */
+/** The same device without discard: its discards are refused as not supported. Its size follows the device's (a volume grows). */
 export function withoutDiscard(device: BlockDevice): BlockDevice {
   return {
-    size: device.size,
+    get size() { return device.size },
     read: (offset, into) => device.read(offset, into),
     write: (offset, data) => device.write(offset, data),
     flush: () => device.flush(),

@@ -1,6 +1,7 @@
 import test from 'ava'
 import { VolumeEngine } from '../../src/engine/volume-engine'
 import { isPxdError } from '../../src/errors'
+import { withoutDiscard } from '../../src/frontend/device-directory'
 import { deferred, MemReplica, tick } from './mem-replica'
 
 const SIZE = 1024 * 1024
@@ -61,4 +62,12 @@ test('a replica that cannot grow is demoted; the others grow and serve', async (
   t.deepEqual(demoted, ['b'])
   t.deepEqual(engine.inSync, ['a'])
   await engine.write(SIZE, Buffer.alloc(4096, 3))
+})
+
+test('a nodiscard volume\'s device (withoutDiscard) shows the grown size, so its device file and loop device follow', async (t) => {
+  const engine = new VolumeEngine({ volumeId: 'v', size: SIZE, replicas: [new MemReplica('a', SIZE)] })
+  const device = withoutDiscard(engine)
+  t.is(device.discard, undefined)
+  await engine.grow(2 * SIZE)
+  t.is(device.size, 2 * SIZE)
 })
