@@ -153,16 +153,17 @@ export class VolumeManager {
         resyncRunning: (name) => this.#resyncs.running(name),
       },
     })
+    const attachedOn = async (name: string) => (await this.#attachments.get(name))?.value.nodeId ?? null
     this.moves = new ReplicaMoves({
       nodeId: o.nodeId, kvdb: o.kvdb, membership: o.membership, placement: this.#placement, locks: this.#locks, log: o.log,
-      attachedOn: async (name) => (await this.#attachments.get(name))?.value.nodeId ?? null,
+      attachedOn,
       changed: (name) => { if (this.#attached.has(name)) void this.#resyncs.check(name) },
       info: (record) => this.#view.info(record),
       checkRunning: () => this.#checkRunning(),
     })
     this.resizes = new VolumeResize({
       nodeId: o.nodeId, kvdb: o.kvdb, membership: o.membership, locks: this.#locks, log: o.log,
-      attachedOn: async (name) => (await this.#attachments.get(name))?.value.nodeId ?? null,
+      attachedOn,
       growAttached: (name, record) => this.#local.grow(name, record),
       info: (record) => this.#view.info(record),
       checkRunning: () => this.#checkRunning(),
