@@ -6,48 +6,25 @@
  */
 import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
-import os from 'node:os'
-import path from 'node:path'
 import test, { type ExecutionContext } from 'ava'
-import { native, type Callback, type NativeError, type StoreHandle } from '../../src/native/binding'
+import { native, type NativeError, type StoreHandle } from '../../src/native/binding'
+import { abandonStore, BS, crcEntry, done, flushStore, openStore, readStore, storeFiles, writeStore } from '../helpers/native-store'
 
-const BS = 4096
 const MiB = 1 << 20
 
-interface Store { dir: string; data: string; crc: string; intent: string; size: number }
-
-function done(run: (cb: Callback) => void): Promise<void> {
-  return new Promise((resolve, reject) => run((err) => (err ? reject(err) : resolve())))
-}
-
-function store(t: ExecutionContext, size = 8 * MiB): Store {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pxd-discard-'))
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
-  return { dir, data: path.join(dir, 'data'), crc: path.join(dir, 'crc'), intent: path.join(dir, 'intent'), size }
-}
-
-function open(t: ExecutionContext, s: Store, create = false): Promise<StoreHandle> {
-  return new Promise((resolve, reject) =>
-    native.storeOpen(s.data, s.crc, s.intent, s.size, BS, create, (err, h) => {
-      if (err) return reject(err)
-      t.teardown(() => done((cb) => native.storeClose(h!, cb)))
-      resolve(h!)
-    }),
-  )
-}
-
-const write = (h: StoreHandle, offset: number, buf: Uint8Array) => done((cb) => native.storeWrite(h, offset, buf, cb))
+const store = (t: ExecutionContext, size = 8 * MiB) => storeFiles(t, 'pxd-discard-', size)
+const open = openStore
+const write = writeStore
+const flush = flushStore
+const abandon = abandonStore
 const discard = (h: StoreHandle, offset: number, length: number) => done((cb) => native.storeDiscard(h, offset, length, cb))
-const flush = (h: StoreHandle) => done((cb) => native.storeFlush(h, cb))
-const abandon = (h: StoreHandle) => done((cb) => native.storeAbandon(h, cb))
 
 async function read(h: StoreHandle, offset: number, length: number): Promise<Buffer> {
   const buf = Buffer.alloc(length)
-  await done((cb) => native.storeRead(h, offset, buf, cb))
+  await readStore(h, offset, buf)
   return buf
 }
 
-const crcEntry = (s: Store, block: number) => fs.readFileSync(s.crc).readUInt32LE(block * 4)
 const allocated = (file: string) => fs.statSync(file).blocks * 512
 
 test('a discard reads back as zeros; whole blocks get crc 0 and their space goes back to the host', async (t) => {

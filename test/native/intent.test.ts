@@ -8,50 +8,22 @@
  */
 import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
-import os from 'node:os'
-import path from 'node:path'
 import test, { type ExecutionContext } from 'ava'
-import { native, type Callback, type NativeError, type StoreHandle } from '../../src/native/binding'
+import { native, type NativeError, type StoreHandle } from '../../src/native/binding'
+import { abandonStore, BS, closeStore, crcEntry, flushStore, openStore, readStore, storeFiles, writeStore, type StoreFiles } from '../helpers/native-store'
 
-const BS = 4096
 const MiB = 1 << 20
 const REGION = MiB
 const HEADER = 16
 
-interface Store {
-  dir: string
-  data: string
-  crc: string
-  intent: string
-  size: number
-}
-
-function done(run: (cb: Callback) => void): Promise<void> {
-  return new Promise((resolve, reject) => run((err) => (err ? reject(err) : resolve())))
-}
-
-function store(t: ExecutionContext, size = 4 * MiB): Store {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pxd-intent-'))
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
-  return { dir, data: path.join(dir, 'data'), crc: path.join(dir, 'crc'), intent: path.join(dir, 'intent'), size }
-}
-
-/** Opens (or creates) the store; closed at the end of the test unless closed before. */
-function open(t: ExecutionContext, s: Store, create = false): Promise<StoreHandle> {
-  return new Promise((resolve, reject) =>
-    native.storeOpen(s.data, s.crc, s.intent, s.size, BS, create, (err, h) => {
-      if (err) return reject(err)
-      t.teardown(() => close(h!))
-      resolve(h!)
-    }),
-  )
-}
-
-const write = (h: StoreHandle, offset: number, buf: Uint8Array) => done((cb) => native.storeWrite(h, offset, buf, cb))
-const read = (h: StoreHandle, offset: number, buf: Uint8Array) => done((cb) => native.storeRead(h, offset, buf, cb))
-const flush = (h: StoreHandle) => done((cb) => native.storeFlush(h, cb))
-const close = (h: StoreHandle) => done((cb) => native.storeClose(h, cb))
-const abandon = (h: StoreHandle) => done((cb) => native.storeAbandon(h, cb))
+type Store = StoreFiles
+const store = (t: ExecutionContext, size = 4 * MiB): Store => storeFiles(t, 'pxd-intent-', size)
+const open = openStore
+const write = writeStore
+const read = readStore
+const flush = flushStore
+const close = closeStore
+const abandon = abandonStore
 
 async function readBlock(h: StoreHandle, block: number): Promise<Buffer> {
   const buf = Buffer.alloc(BS)
@@ -76,7 +48,6 @@ function patch(file: string, offset: number, bytes: Uint8Array): void {
   }
 }
 
-const crcEntry = (s: Store, block: number) => fs.readFileSync(s.crc).readUInt32LE(block * 4)
 const blockOf = (region: number, i: number) => (region * REGION) / BS + i
 
 test('a new store has an empty intent map of one byte per MiB after a header, mode 0600', async (t) => {
