@@ -7,6 +7,8 @@
         "native/block_store.cc",
         "native/block_hashes.cc",
         "native/block_discard.cc",
+        "native/block_layers.cc",
+        "native/layer_binding.cc",
         "native/intent_map.cc",
         "native/store_io.cc",
         "native/crc32c.cc",

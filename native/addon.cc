@@ -1,6 +1,8 @@
 // JS bindings: flat functions over an opaque store handle, node-style
 // callbacks. Argument types are checked here (TypeError, thrown
 // synchronously); value errors come back through the callback with a code.
+// What the snapshot layers' bindings (layer_binding.cc) share with these is
+// in store_binding.h.
 //
 // Callbacks are made with raw N-API calls whose status is checked: while a
 // worker thread is being terminated calls into JS fail, and node-addon-api
@@ -32,6 +34,7 @@
 #include "crc32c.h"
 #include "fuse_binding.h"
 #include "share_binding.h"
+#include "store_binding.h"
 
 namespace pxd {
 namespace {
@@ -39,20 +42,6 @@ namespace {
 constexpr double kMaxSafeInteger = 9007199254740991.0;  // 2^53 - 1
 
 const napi_type_tag kStoreTag = {0x7078645f73746f72ull, 0x655f68616e646c65ull};
-
-struct Handle {
-  enum class State { kOpen, kClosing, kClosed };
-
-  std::unique_ptr<BlockStore> store;
-  State state = State::kOpen;
-  uint64_t inflight = 0;
-  // The close, deferred until inflight drops to zero.
-  Napi::AsyncWorker* pending_close = nullptr;
-  // Repeated close() calls, answered once the first one finished.
-  std::vector<Napi::AsyncWorker*> after_close;
-};
-
-using HandlePtr = std::shared_ptr<Handle>;
 
 bool SetString(napi_env env, napi_value obj, const char* key,
                const std::string& value) {
@@ -68,7 +57,8 @@ bool SetNumber(napi_env env, napi_value obj, const char* key, double value) {
          napi_set_named_property(env, obj, key, v) == napi_ok;
 }
 
-// An Error with code/errno/syscall/path/block; nullptr if JS is unavailable.
+}  // namespace
+
 napi_value MakeError(napi_env env, const StoreError& e) {
   napi_value code;
   napi_value msg;
@@ -98,7 +88,6 @@ napi_value Null(napi_env env) {
   return v;
 }
 
-// Calls cb(args...); does nothing if any argument could not be made.
 void Deliver(napi_env env, const Napi::FunctionReference& cb,
              const std::vector<napi_value>& args) {
   for (napi_value a : args) {
@@ -122,77 +111,7 @@ StoreError ClosedError(const Handle& h) {
   return e;
 }
 
-// Runs `fn`, turning anything it throws into a StoreError.
-template <typename Fn>
-bool Capture(StoreError& out, Fn&& fn) {
-  try {
-    fn();
-    return true;
-  } catch (const StoreError& e) {
-    out = e;
-  } catch (const std::bad_alloc&) {
-    out.code = "ENOMEM";
-    out.message = "out of memory";
-  } catch (const std::exception& e) {
-    out.code = "EIO";
-    out.message = e.what();
-  }
-  return false;
-}
-
-// A request on an open store. Start() must be called on the JS thread.
-class StoreWorker : public Napi::AsyncWorker {
- public:
-  void Start() {
-    if (handle_->state == Handle::State::kOpen) {
-      handle_->inflight++;
-      counted_ = true;
-    }
-    Queue();
-  }
-
- protected:
-  StoreWorker(const Napi::Function& cb, const char* name, HandlePtr handle)
-      : Napi::AsyncWorker(cb, name), handle_(std::move(handle)) {}
-
-  virtual void Run(BlockStore& store) = 0;
-
-  void Execute() override {
-    if (!counted_) return;
-    ok_ = Capture(error_, [this] { Run(*handle_->store); });
-  }
-
-  void OnOK() override {
-    napi_env env = Env();
-    if (counted_) Done();
-    std::vector<napi_value> args;
-    if (!counted_) {
-      args.push_back(MakeError(env, ClosedError(*handle_)));
-    } else if (!ok_) {
-      args.push_back(MakeError(env, error_));
-    } else {
-      args.push_back(Null(env));
-    }
-    if (Answer(env, counted_ && ok_, args)) Deliver(env, Callback(), args);
-  }
-
-  // Last say over the callback's arguments; false: this worker does not call back.
-  virtual bool Answer(napi_env, bool, std::vector<napi_value>&) { return true; }
-
- private:
-  void Done() {
-    if (--handle_->inflight == 0 && handle_->pending_close != nullptr) {
-      Napi::AsyncWorker* close = handle_->pending_close;
-      handle_->pending_close = nullptr;
-      close->Queue();
-    }
-  }
-
-  HandlePtr handle_;
-  bool counted_ = false;
-  bool ok_ = false;
-  StoreError error_;
-};
+namespace {
 
 class WriteWorker : public StoreWorker {
  public:
@@ -389,20 +308,21 @@ class OpenWorker : public Napi::AsyncWorker {
  public:
   OpenWorker(const Napi::Function& cb, std::string data_path,
              std::string crc_path, std::string intent_path, int64_t size,
-             int64_t block_size, bool create)
+             int64_t block_size, bool create, StoreOptions options)
       : Napi::AsyncWorker(cb, "pxd:storeOpen"),
         data_path_(std::move(data_path)),
         crc_path_(std::move(crc_path)),
         intent_path_(std::move(intent_path)),
         size_(size),
         block_size_(block_size),
-        create_(create) {}
+        create_(create),
+        options_(std::move(options)) {}
 
  protected:
   void Execute() override {
     ok_ = Capture(error_, [this] {
       store_ = BlockStore::Open(data_path_, crc_path_, intent_path_, size_,
-                                block_size_, create_);
+                                block_size_, create_, options_);
     });
   }
 
@@ -436,10 +356,22 @@ class OpenWorker : public Napi::AsyncWorker {
   int64_t size_;
   int64_t block_size_;
   bool create_;
+  StoreOptions options_;
   bool ok_ = false;
   StoreError error_;
   std::unique_ptr<BlockStore> store_;
 };
+
+}  // namespace
+
+void QueueStoreOpen(const Napi::Function& cb, std::string data_path,
+                    std::string crc_path, std::string intent_path, int64_t size,
+                    int64_t block_size, bool create, StoreOptions options) {
+  (new OpenWorker(cb, std::move(data_path), std::move(crc_path),
+                  std::move(intent_path), size, block_size, create,
+                  std::move(options)))
+      ->Queue();
+}
 
 // ---- argument checks -------------------------------------------------------
 
@@ -457,7 +389,6 @@ HandlePtr ArgHandle(const Napi::CallbackInfo& info, size_t i) {
   return *v.As<Napi::External<HandlePtr>>().Data();
 }
 
-// A safe integer; range checks are the store's job (ERANGE via callback).
 int64_t ArgInteger(const Napi::CallbackInfo& info, size_t i,
                    const char* name) {
   Napi::Value v = info[i];
@@ -494,6 +425,14 @@ std::string ArgString(const Napi::CallbackInfo& info, size_t i,
   if (!v.IsString()) ThrowType(info.Env(), std::string(name) + " must be a string");
   return v.As<Napi::String>().Utf8Value();
 }
+
+bool ArgBoolean(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  Napi::Value v = info[i];
+  if (!v.IsBoolean()) ThrowType(info.Env(), std::string(name) + " must be a boolean");
+  return v.As<Napi::Boolean>().Value();
+}
+
+namespace {
 
 uint32_t ArgCrcInit(const Napi::CallbackInfo& info, size_t i) {
   Napi::Value v = info[i];
@@ -535,12 +474,10 @@ Napi::Value JsStoreOpen(const Napi::CallbackInfo& info) {
   std::string intent_path = ArgString(info, 2, "intentPath");
   int64_t size = ArgInteger(info, 3, "size");
   int64_t block_size = ArgInteger(info, 4, "blockSize");
-  if (!info[5].IsBoolean()) ThrowType(info.Env(), "create must be a boolean");
-  bool create = info[5].As<Napi::Boolean>().Value();
+  bool create = ArgBoolean(info, 5, "create");
   Napi::Function cb = ArgCallback(info, 6);
-  (new OpenWorker(cb, std::move(data_path), std::move(crc_path),
-                  std::move(intent_path), size, block_size, create))
-      ->Queue();
+  QueueStoreOpen(cb, std::move(data_path), std::move(crc_path),
+                 std::move(intent_path), size, block_size, create, StoreOptions());
   return info.Env().Undefined();
 }
 
@@ -716,6 +653,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
                                         env, "storeSetIntentIdle"));
   exports.Set("lockFile", Napi::Function::New<JsLockFile>(env, "lockFile"));
   exports.Set("releaseArrayBuffer", Napi::Function::New<JsReleaseArrayBuffer>(env, "releaseArrayBuffer"));
+  InitLayers(env, exports);
   InitFuse(env, exports);
   InitShareServer(env, exports);
   InitShareClient(env, exports);

@@ -3,10 +3,12 @@
 //
 // A whole block becomes "never written": its crc entry is set to 0 and its
 // data is punched out of the data file (FALLOC_FL_PUNCH_HOLE), so it reads as
-// zeros, which is what crc 0 stands for. Where the data file's file system
-// cannot punch holes, zeros are written instead (the same contents, without
-// the space). The parts of blocks at either end of the range are merged with
-// zeros like any partial write, old bytes verified first.
+// zeros, which is what crc 0 stands for. In a store with bases crc 0 would
+// read the block from them, so it gets the crc of zeros instead. Where the
+// data file's file system cannot punch holes, zeros are written instead (the
+// same contents, without the space). The parts of blocks at either end of the
+// range are merged with zeros like any partial write, old bytes (through the
+// bases) verified first.
 //
 // Crashes: a discard is marked in the intent map like a write, so a crash
 // between the crc and the data update (either order) leaves a marked region,
@@ -35,6 +37,7 @@ constexpr uint64_t kUnwriteChunkBlocks = 64 * 1024;
 }  // namespace
 
 void BlockStore::Discard(int64_t offset, uint64_t len) {
+  CheckWritable("discard");
   CheckRange(offset, len, "discard");
   if (len == 0) return;
   const uint64_t bs = block_size_;
@@ -58,10 +61,7 @@ void BlockStore::Discard(int64_t offset, uint64_t len) {
 void BlockStore::ZeroPart(uint64_t block, uint64_t from, uint64_t to) {
   const uint64_t bs = block_size_;
   std::unique_ptr<uint8_t[]> buf(new uint8_t[bs]);
-  uint32_t stored;
-  ReadCrcs(block, 1, &stored);
-  FullPread(data_fd_, buf.get(), bs, block * bs, data_path_);
-  VerifyBlock(block, buf.get(), stored);
+  ReadOld(block, buf.get());
   std::memset(buf.get() + from, 0, to - from);
   FullPwrite(data_fd_, buf.get(), bs, block * bs, data_path_);
   const uint32_t crc = htole32(BlockCrc(buf.get()));
@@ -70,7 +70,8 @@ void BlockStore::ZeroPart(uint64_t block, uint64_t from, uint64_t to) {
 
 void BlockStore::Unwrite(uint64_t first, uint64_t end) {
   const uint64_t bs = block_size_;
-  const std::vector<uint32_t> zero_crcs(std::min(kUnwriteChunkBlocks, end - first), 0);
+  const uint32_t crc = bases_.empty() ? 0 : htole32(zero_block_crc_);
+  const std::vector<uint32_t> zero_crcs(std::min(kUnwriteChunkBlocks, end - first), crc);
   std::unique_ptr<uint8_t[]> zeros;  // only where holes cannot be punched
   for (uint64_t b = first; b < end; b += kUnwriteChunkBlocks) {
     const uint64_t n = std::min(kUnwriteChunkBlocks, end - b);

@@ -9,9 +9,13 @@
 // each block's data, which has no such structure.
 //
 // A block whose crc entry is 0 (never written, or all zeros) hashes to 0
-// without being read, so a sparse replica's holes cost nothing. Blocks are
-// read a chunk at a time under the chunk's stripe locks (shared, as a read
-// takes them), so a hash is never taken of a block half written.
+// without being read, so a sparse replica's holes cost nothing; so does a
+// block stored as zeros with their crc (a store with bases keeps that, see
+// block_layers.cc), so layered and flat replicas of the same bytes agree. In
+// a store with bases, blocks absent from the live layer are hashed as they
+// read, from the base they come from. Blocks are read a chunk at a time under
+// the chunk's stripe locks (shared, as a read takes them), so a hash is never
+// taken of a block half written.
 #define XXH_INLINE_ALL
 #include <endian.h>
 #include <xxhash.h>
@@ -47,16 +51,22 @@ void BlockStore::Hashes(int64_t offset, uint64_t len, uint8_t* out) {
     const uint64_t count = std::min(kHashChunkBlocks, blocks - done);
     StripeLock lock(*this, start, start + count - 1, false);
     ReadCrcs(start, count, crcs.data());
-    const bool any = std::any_of(crcs.begin(), crcs.begin() + count,
-                                 [](uint32_t c) { return c != 0; });
-    if (any) {
+    const uint64_t zeros = static_cast<uint64_t>(std::count(crcs.begin(), crcs.begin() + count, 0u));
+    const bool absent = zeros != 0 && !bases_.empty();
+    if (zeros < count || absent) {
       if (!buf) buf = std::make_unique<uint8_t[]>(kHashChunkBlocks << block_shift_);
-      FullPread(data_fd_, buf.get(), count << block_shift_, start << block_shift_,
-                data_path_);
+      if (zeros < count) {
+        FullPread(data_fd_, buf.get(), count << block_shift_, start << block_shift_,
+                  data_path_);
+      }
+      // Not checked, as live blocks are not: a hash only tells blocks apart.
+      if (absent) ResolveAbsent({start, count, nullptr, buf.get(), nullptr}, crcs.data(), false);
     }
     for (uint64_t i = 0; i < count; i++) {
-      const uint64_t h = crcs[i] == 0 ? 0 : XXH3_64bits(buf.get() + (i << block_shift_), block_size_);
-      const uint64_t le = htole64(h == 0 && crcs[i] != 0 ? 1 : h);
+      const uint8_t* p = crcs[i] == 0 ? nullptr : buf.get() + (i << block_shift_);
+      const bool zero = p == nullptr || (crcs[i] == zero_block_crc_ && AllZero(p, block_size_));
+      const uint64_t h = zero ? 0 : XXH3_64bits(p, block_size_);
+      const uint64_t le = htole64(h == 0 && !zero ? 1 : h);
       std::memcpy(out + (done + i) * 8, &le, 8);
     }
     done += count;

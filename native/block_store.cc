@@ -17,6 +17,12 @@
 // rebuilds the crc of each block in a marked region from its data, so such a
 // block reads back as its old or its new contents, like a disk; a block that
 // fails its crc outside a marked region is still reported (bit rot).
+//
+// Layers (block_layers.cc): with bases, a live crc 0 is a block absent here;
+// Read resolves such blocks through the bases, and only a range holding one
+// pays for it. A block written as zeros stores the crc of zeros instead of 0,
+// so it does not fall through. Recovery gives a torn all-zero block crc 0: a
+// write into an absent block leaves a hole until its data lands.
 #include "block_store.h"
 
 #include <endian.h>
@@ -44,23 +50,6 @@ constexpr uint32_t kMaxBlockSize = 65536;
 constexpr uint64_t kMaxSize = 1ull << 53;  // offsets arrive as JS numbers
 
 
-bool AllZero(const uint8_t* p, size_t len) {
-  constexpr size_t kStep = 256;
-  for (size_t i = 0; i < len; i += kStep) {
-    size_t n = std::min(kStep, len - i);
-    uint64_t acc = 0;
-    size_t j = 0;
-    for (; j + 8 <= n; j += 8) {
-      uint64_t w;
-      std::memcpy(&w, p + i + j, 8);
-      acc |= w;
-    }
-    for (; j < n; j++) acc |= p[i + j];
-    if (acc != 0) return false;
-  }
-  return true;
-}
-
 std::unique_ptr<uint8_t[]> Bounce(uint32_t block_size) {
   return std::unique_ptr<uint8_t[]>(new uint8_t[block_size]);
 }
@@ -71,7 +60,8 @@ std::unique_ptr<uint8_t[]> Bounce(uint32_t block_size) {
 
 BlockStore::BlockStore(std::string data_path, std::string crc_path,
                        std::string intent_path, int data_fd, int crc_fd,
-                       int intent_fd, uint64_t size, uint32_t block_size)
+                       int intent_fd, uint64_t size, uint32_t block_size,
+                       bool read_only, std::vector<Layer> bases)
     : data_path_(std::move(data_path)),
       crc_path_(std::move(crc_path)),
       intent_path_(std::move(intent_path)),
@@ -81,10 +71,14 @@ BlockStore::BlockStore(std::string data_path, std::string crc_path,
       size_(size),
       block_size_(block_size),
       block_shift_(static_cast<uint32_t>(__builtin_ctz(block_size))),
+      read_only_(read_only),
+      bases_(std::move(bases)),
       stripes_(new std::shared_mutex[kStripes]),
       intent_(new IntentMap(intent_path_, intent_fd, &health_)) {
   std::vector<uint8_t> zeros(block_size_, 0);
   zero_block_crc_ = Crc32c(zeros.data(), block_size_);
+  // Nothing a read-only store could flush: every flush is skipped.
+  if (read_only_) flushed_seq_.store(write_seq_.load());
 }
 
 BlockStore::~BlockStore() {
@@ -97,7 +91,11 @@ std::unique_ptr<BlockStore> BlockStore::Open(const std::string& data_path,
                                              const std::string& crc_path,
                                              const std::string& intent_path,
                                              int64_t size, int64_t block_size,
-                                             bool create) {
+                                             bool create,
+                                             const StoreOptions& options) {
+  if (options.read_only && create) {
+    throw Failure("EINVAL", "a read-only store cannot be created", data_path);
+  }
   if (block_size < kMinBlockSize || block_size > kMaxBlockSize ||
       (block_size & (block_size - 1)) != 0) {
     throw Failure("EINVAL", "block size " + std::to_string(block_size) +
@@ -112,7 +110,8 @@ std::unique_ptr<BlockStore> BlockStore::Open(const std::string& data_path,
   }
   const uint64_t blocks = static_cast<uint64_t>(size / block_size);
   const uint64_t crc_size = blocks * 4;
-  const int flags = O_RDWR | O_CLOEXEC | (create ? O_CREAT | O_EXCL : 0);
+  const int flags = (options.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC |
+                    (create ? O_CREAT | O_EXCL : 0);
 
   int data_fd = -1;
   int crc_fd = -1;
@@ -192,31 +191,42 @@ std::unique_ptr<BlockStore> BlockStore::Open(const std::string& data_path,
       (static_cast<uint64_t>(size) + kIntentRegionBytes - 1) >> kIntentRegionShift;
   std::vector<uint64_t> marked;
   bool reset_intent = false;
-  intent_fd = ::open(intent_path.c_str(), flags, 0600);
-  // A replica from before the intent map has none: it starts empty.
-  const bool intent_missing = !create && intent_fd < 0 && errno == ENOENT;
-  if (intent_missing) {
-    intent_fd = ::open(intent_path.c_str(), flags | O_CREAT | O_EXCL, 0600);
-  }
-  if (intent_fd < 0) throw fail(OsFailure("open", intent_path, errno));
-  intent_created = create;
+  std::vector<Layer> bases;
   try {
-    if (create || intent_missing) {
-      InitIntentFile(intent_fd, intent_path, regions);
-      SyncDirOf(intent_path);
-    } else if (!ReadIntentFile(intent_fd, intent_path, regions, &marked)) {
-      // Not a map we know: any block may be torn.
-      reset_intent = true;
-      marked.clear();
-      for (uint64_t r = 0; r < regions; r++) marked.push_back(r);
-    }
+    bases = OpenLayers(options.bases, static_cast<uint64_t>(size),
+                       static_cast<uint32_t>(block_size));
   } catch (const StoreError& e) {
     throw fail(e);
+  }
+  // A read-only store is never written: nothing to mark or recover.
+  if (!options.read_only) {
+    intent_fd = ::open(intent_path.c_str(), flags, 0600);
+    // A replica from before the intent map has none: it starts empty.
+    const bool intent_missing = !create && intent_fd < 0 && errno == ENOENT;
+    if (intent_missing) {
+      intent_fd = ::open(intent_path.c_str(), flags | O_CREAT | O_EXCL, 0600);
+    }
+    if (intent_fd < 0) throw fail(OsFailure("open", intent_path, errno));
+    intent_created = create;
+    try {
+      if (create || intent_missing) {
+        InitIntentFile(intent_fd, intent_path, regions);
+        SyncDirOf(intent_path);
+      } else if (!ReadIntentFile(intent_fd, intent_path, regions, &marked)) {
+        // Not a map we know: any block may be torn.
+        reset_intent = true;
+        marked.clear();
+        for (uint64_t r = 0; r < regions; r++) marked.push_back(r);
+      }
+    } catch (const StoreError& e) {
+      throw fail(e);
+    }
   }
   std::unique_ptr<BlockStore> store(
       new BlockStore(data_path, crc_path, intent_path, data_fd, crc_fd,
                      intent_fd, static_cast<uint64_t>(size),
-                     static_cast<uint32_t>(block_size)));
+                     static_cast<uint32_t>(block_size), options.read_only,
+                     std::move(bases)));
   store->Recover(marked, reset_intent);
   return store;
 }
@@ -240,7 +250,9 @@ void BlockStore::Recover(const std::vector<uint64_t>& regions,
     for (uint64_t i = 0; i < count; i++) {
       const uint8_t* p = buf.get() + (i << block_shift_);
       if (Matches(p, crcs[i])) continue;
-      crcs[i] = BlockCrc(p);
+      // With bases, zeros that do not match are a write into an absent block
+      // whose data never landed: absent again, it reads its old contents.
+      crcs[i] = !bases_.empty() && AllZero(p, block_size_) ? 0 : BlockCrc(p);
       changed = true;
       rebuilt++;
     }
@@ -278,7 +290,7 @@ void BlockStore::CheckRange(int64_t offset, uint64_t len,
 uint32_t BlockStore::BlockCrc(const uint8_t* data) const {
   const uint32_t c = Crc32c(data, block_size_);
   // Only a block whose crc equals that of zeros can be all zero: test just those.
-  if (c == zero_block_crc_ && AllZero(data, block_size_)) return 0;
+  if (c == zero_block_crc_ && bases_.empty() && AllZero(data, block_size_)) return 0;
   return c;
 }
 
@@ -289,12 +301,12 @@ bool BlockStore::Matches(const uint8_t* data, uint32_t stored) const {
 }
 
 void BlockStore::VerifyBlock(uint64_t block, const uint8_t* data,
-                             uint32_t stored) const {
+                             uint32_t stored, const std::string* path) const {
   if (Matches(data, stored)) return;
+  const std::string& file = path != nullptr ? *path : data_path_;
   StoreError e = Failure("ECHECKSUM", "checksum mismatch in block " +
-                                          std::to_string(block) + " of " +
-                                          data_path_,
-                         data_path_);
+                                          std::to_string(block) + " of " + file,
+                         file);
   e.block = static_cast<int64_t>(block);
   throw e;
 }
@@ -327,6 +339,7 @@ BlockStore::Span BlockStore::SpanOf(int64_t offset, size_t len) const {
 }
 
 void BlockStore::Write(int64_t offset, const uint8_t* data, size_t len) {
+  CheckWritable("write");
   CheckRange(offset, len, "write");
   if (len == 0) return;
   const uint64_t bs = block_size_;
@@ -346,19 +359,13 @@ void BlockStore::Write(int64_t offset, const uint8_t* data, size_t len) {
 
   if (head_partial) {
     head = Bounce(block_size_);
-    uint32_t stored;
-    ReadCrcs(first, 1, &stored);
-    FullPread(data_fd_, head.get(), bs, first * bs, data_path_);
-    VerifyBlock(first, head.get(), stored);
+    ReadOld(first, head.get());
     uint64_t n = std::min(end, (first + 1) * bs) - off;
     std::memcpy(head.get() + (off - first * bs), data, n);
   }
   if (tail_partial) {
     tail = Bounce(block_size_);
-    uint32_t stored;
-    ReadCrcs(last, 1, &stored);
-    FullPread(data_fd_, tail.get(), bs, last * bs, data_path_);
-    VerifyBlock(last, tail.get(), stored);
+    ReadOld(last, tail.get());
     std::memcpy(tail.get(), data + (last * bs - off), end - last * bs);
   }
 
@@ -415,11 +422,16 @@ void BlockStore::Read(int64_t offset, uint8_t* data, size_t len) {
   ReadCrcs(first, count, crcs.data());
   FullPreadv(data_fd_, iov, cnt, first * bs, data_path_);
 
-  if (head) VerifyBlock(first, head.get(), crcs[0]);
+  // With bases, blocks with live crc 0 are absent here and read from them.
+  const bool layered = !bases_.empty() &&
+                       std::find(crcs.begin(), crcs.end(), 0u) != crcs.end();
+  if (head && (!layered || crcs[0] != 0)) VerifyBlock(first, head.get(), crcs[0]);
   for (uint64_t b = mid_first; b < mid_end; b++) {
+    if (layered && crcs[b - first] == 0) continue;
     VerifyBlock(b, mid + (b - mid_first) * bs, crcs[b - first]);
   }
-  if (tail) VerifyBlock(last, tail.get(), crcs[count - 1]);
+  if (tail && (!layered || crcs[count - 1] != 0)) VerifyBlock(last, tail.get(), crcs[count - 1]);
+  if (layered) ResolveAbsent({first, count, head.get(), mid, tail.get()}, crcs.data(), true);
 
   if (head) {
     uint64_t n = std::min(end, (first + 1) * bs) - off;
@@ -461,7 +473,7 @@ void BlockStore::Close() {
   StoreError error;
   bool ok = true;
   // After a failed fdatasync the marks stay, for the next open to recover.
-  if (!health_.failed()) {
+  if (!health_.failed() && !read_only_) {
     try {
       const uint64_t seq = WriteSeq();
       if (!IsFlushed(seq)) {
@@ -491,6 +503,7 @@ void BlockStore::Abandon() {
 
 bool BlockStore::CloseFiles(StoreError* error) {
   bool ok = true;
+  for (Layer& base : bases_) base.Close();  // read-only: nothing to report
   for (auto [fd, path] : {std::pair<int*, const std::string*>{&data_fd_, &data_path_},
                           {&crc_fd_, &crc_path_},
                           {&intent_fd_, &intent_path_}}) {

@@ -1,7 +1,7 @@
 // What the files that implement BlockStore (block_store.cc, block_hashes.cc,
-// block_discard.cc) share and its interface does not show: the striped
-// reader/writer locks (see block_store.cc) and the end of a write begun in
-// the intent map.
+// block_discard.cc, block_layers.cc) share and its interface does not show:
+// the striped reader/writer locks (see block_store.cc), the end of a write
+// begun in the intent map, and a test for zeros.
 #ifndef PXD_NATIVE_BLOCK_STORE_INTERNAL_H_
 #define PXD_NATIVE_BLOCK_STORE_INTERNAL_H_
 
@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <shared_mutex>
 #include <vector>
 
@@ -18,6 +19,23 @@ namespace pxd {
 
 constexpr uint32_t kRegionShift = 5;  // 32 blocks per region
 constexpr size_t kStripes = 1024;
+
+inline bool AllZero(const uint8_t* p, size_t len) {
+  constexpr size_t kStep = 256;
+  for (size_t i = 0; i < len; i += kStep) {
+    size_t n = std::min(kStep, len - i);
+    uint64_t acc = 0;
+    size_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+      uint64_t w;
+      std::memcpy(&w, p + i + j, 8);
+      acc |= w;
+    }
+    for (; j < n; j++) acc |= p[i + j];
+    if (acc != 0) return false;
+  }
+  return true;
+}
 
 // Locks the stripes covering blocks [first, last], ascending, each once.
 class BlockStore::StripeLock {

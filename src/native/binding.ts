@@ -7,7 +7,8 @@
  * must not be changed or reused until the callback runs. Errors carry a
  * string `code`: an errno name ('ENOENT', 'ENOSPC', 'EIO', ...) or one of
  * ERANGE (outside the store), EINVAL (bad size, block size, alignment),
- * ECHECKSUM (with `block`), ECLOSED (the store was closed).
+ * ECHECKSUM (with `block`), ECLOSED (the store was closed), EROFS (a write,
+ * discard or merge on a store opened read-only).
  */
 import { existsSync } from 'node:fs'
 import path from 'node:path'
@@ -81,6 +82,42 @@ export interface NativeBinding {
     create: boolean,
     cb: ResultCallback<StoreHandle>,
   ): void
+  /**
+   * storeOpen over snapshot layers (native/block_layers.cc). `bases` is a flat list
+   * [data0, crc0, data1, crc1, ...] of frozen layers' files, nearest first; each may be
+   * smaller than the store (its blocks past its end are absent in it), never larger
+   * (EINVAL). A block whose live crc entry is 0 reads from the first base that has it
+   * (crc entry not 0), checked against that base's crc; only the last base keeps crc 0 as
+   * zeros. Writes and discards go to the live files only. readOnly opens the files
+   * O_RDONLY without an intent map (intentPath is ignored): writes and discards fail
+   * EROFS, a flush does nothing. readOnly with create is EINVAL.
+   */
+  storeOpenLayered(
+    dataPath: string,
+    crcPath: string,
+    intentPath: string,
+    size: number,
+    blockSize: number,
+    create: boolean,
+    readOnly: boolean,
+    bases: string[],
+    cb: ResultCallback<StoreHandle>,
+  ): void
+  /**
+   * Copies every block the nearest base has and the live layer lacks into the live layer
+   * (like a write: a racing write is never overwritten), then syncs its data and crc
+   * files: the view is unchanged and no longer needs that base. EINVAL without bases,
+   * EROFS when read-only.
+   */
+  storeMergeBase(handle: StoreHandle, cb: Callback): void
+  /**
+   * The same for two frozen layers' files: every block `from` has and `into` lacks is
+   * copied into `into` (data, fdatasync, then crc entries, fdatasync), so a crash midway
+   * leaves `into` over `from` reading as before. `from` is the layer right below `into`,
+   * which must have at least as many blocks (EINVAL). ECHECKSUM (with `block`) if a block
+   * of `from` does not match its crc.
+   */
+  layerMerge(fromData: string, fromCrc: string, intoData: string, intoCrc: string, blockSize: number, cb: Callback): void
   /** What the open found of a crash: regions the intent map had marked, blocks whose crc it rebuilt. */
   storeRecovery(handle: StoreHandle): StoreRecovery
   /** Any range inside the store; partial blocks are read, verified and merged. */
@@ -89,14 +126,15 @@ export interface NativeBinding {
   storeRead(handle: StoreHandle, offset: number, buf: Uint8Array, cb: Callback): void
   /**
    * XXH3-64 of each block from `offset` (block-aligned), 8 little-endian bytes per block
-   * into `out` (its length picks how many blocks); 0 for a block whose crc entry is 0.
-   * Replicas compare these: the stored crc32c is the same for any two blocks that end in
+   * into `out` (its length picks how many blocks), of the blocks as they read (through the
+   * store's layers); 0 for a block that reads as zeros. Replicas compare these: the stored crc32c is the same for any two blocks that end in
    * their own crc32c (see native/block_hashes.cc).
    */
   storeHashes(handle: StoreHandle, offset: number, out: Uint8Array, cb: Callback): void
   /**
-   * The range reads back as zeros: whole blocks get crc 0 and are punched out of the data
-   * file (the host gets their space back), the parts of blocks at either end are written
+   * The range reads back as zeros: whole blocks get crc 0 (over layers: the crc of zeros,
+   * so they do not read through) and are punched out of the data file (the host gets their
+   * space back), the parts of blocks at either end are written
    * with zeros. Marked in the intent map and made durable by a flush, like a write.
    */
   storeDiscard(handle: StoreHandle, offset: number, length: number, cb: Callback): void
