@@ -42,6 +42,7 @@ export const ErrorCodes = {
   NOT_SERVING: 'a file operation reached a node that does not serve that shared volume (any more)',
   NOT_A_CLIENT: 'a node sent file operations for a shared volume it has not mounted',
   NOT_SUPPORTED: 'the volume does not do what was asked (a discard with nodiscard=true)',
+  READ_ONLY: 'the volume is a snapshot: it is read-only',
   IN_GRACE: 'a shared volume\'s new server takes only reclaims of locks for a moment after a takeover',
 } as const
 

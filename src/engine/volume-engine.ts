@@ -255,15 +255,45 @@ export class VolumeEngine {
    * size's.
    */
   async grow(size: number): Promise<void> {
-    if (this.#closing) throw pxdError('ENGINE_CLOSED', `volume ${this.volumeId} is closed`)
-    if (this.#fenced) throw this.#fenced
     if (!Number.isSafeInteger(size) || size <= this.#size) throw pxdError('INVALID_ARGUMENT', `volume ${this.volumeId} is ${this.#size} bytes; ${size} is not larger`)
-    if (this.#copies.size > 0 || this.#members.resyncing.length > 0) throw pxdError('CONFLICT', `volume ${this.volumeId} is being resynced or scrubbed; grow it once that is done`)
-    const ran = await this.#gate.hold(async () => {
+    await this.#atOnePoint('grow', async () => {
       await this.#fanOut(this.#members.inSync, this.#members.learners, (r) => r.grow(size))
       this.#size = size
     })
-    if (!ran) throw pxdError('CONFLICT', `volume ${this.volumeId} is already growing`)
+  }
+
+  /**
+   * Snapshot `snapId` on every in-sync replica at one point in the write order: new requests
+   * wait, the ones in flight land and are flushed, then each replica freezes its contents
+   * (a replica that fails is demoted like one that failed a write). Returns the replicas that
+   * took it.
+   */
+  async snapshot(snapId: string): Promise<string[]> {
+    let took: string[] = []
+    await this.#atOnePoint('snapshot', async () => {
+      await this.#flush()
+      await this.#fanOut(this.#members.inSync, NONE, (r) => r.snapshot(snapId))
+      took = this.#members.inSync.map((r) => r.nodeId)
+    })
+    return took
+  }
+
+  /**
+   * Every in-sync replica's contents become snapshot `snapId`'s. One that fails is demoted
+   * with the whole volume dirty (its resync copies every block), so none is left in sync
+   * with contents of its own.
+   */
+  async restore(snapId: string): Promise<void> {
+    await this.#atOnePoint('restore', () => this.#fanOut(this.#members.inSync, NONE, (r) => r.restore(snapId), [0, this.#size]))
+  }
+
+  /** Run `work` with requests held and none in flight; refused while a copy runs (it works on the replicas as they are). */
+  async #atOnePoint(what: string, work: () => Promise<void>): Promise<void> {
+    if (this.#closing) throw pxdError('ENGINE_CLOSED', `volume ${this.volumeId} is closed`)
+    if (this.#fenced) throw this.#fenced
+    if (this.#copies.size > 0 || this.#members.resyncing.length > 0) throw pxdError('CONFLICT', `volume ${this.volumeId} is being resynced or scrubbed; ${what} it once that is done`)
+    const ran = await this.#gate.hold(work)
+    if (!ran) throw pxdError('CONFLICT', `volume ${this.volumeId} is busy with a grow, snapshot or restore; retry`)
   }
 
   /** Track a copy (resync, reconcile, scrub): close waits for it to stop before it lets go of the replicas. */

@@ -64,6 +64,7 @@ export type FuseServerKind = (typeof FUSE_SERVERS)[number]
 /** The errno a failed block request answers with; the cause is logged here, once (a refused discard is no failure). */
 export function errnoOf(log: Logger, op: string, err: unknown): number {
   if (isPxdError(err, 'NOT_SUPPORTED')) return constants.errno.EOPNOTSUPP
+  if (isPxdError(err, 'READ_ONLY')) return constants.errno.EROFS
   log.error({ err, op }, 'block I/O failed')
   return isPxdError(err, 'INVALID_ARGUMENT') ? constants.errno.EINVAL : constants.errno.EIO
 }

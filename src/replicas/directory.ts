@@ -58,6 +58,12 @@ export class ReplicaDirectory {
     await ReplicaClient.create(nodeId, await this.channel(nodeId), volumeId, size)
   }
 
+  /** Make the replica of a new volume on `nodeId` as a clone of snapshot `snapId` there. */
+  async clone(nodeId: string, volumeId: string, size: number, snapId: string): Promise<void> {
+    if (nodeId === this.nodeId) return this.#host.clone(volumeId, snapId, size)
+    await ReplicaClient.clone(nodeId, await this.channel(nodeId), volumeId, size, snapId)
+  }
+
   /** Delete the replica of a volume on `nodeId`; the kvdb must no longer list it there. */
   async drop(nodeId: string, volumeId: string): Promise<void> {
     if (nodeId === this.nodeId) return this.#host.drop(volumeId)

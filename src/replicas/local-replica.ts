@@ -56,6 +56,14 @@ export class LocalReplica implements Replica {
     return this.#host.storeFor(this.#at.volumeId, this.#at.epoch).readHashes(offset, length)
   }
 
+  snapshot(snapId: string): Promise<void> {
+    return this.#host.snapshot(this.#at.volumeId, this.#at.epoch, snapId)
+  }
+
+  restore(snapId: string): Promise<void> {
+    return this.#host.restore(this.#at.volumeId, this.#at.epoch, snapId)
+  }
+
   async close(): Promise<void> {
     await this.flush().catch((err: unknown) => {
       // A newer coordinator owns the replica now; nothing of ours is left to flush.

@@ -15,7 +15,10 @@
  *   hashes {vol, epoch, offset, length} -> a hash of each block's data (resync compares them)
  *   flush  {vol, epoch}                -> nothing
  *   close  {vol, epoch}                -> nothing      the coordinator lets go (a flush)
- *   drop   {vol}                       -> nothing      delete a replica the kvdb no longer lists here
+ *   drop   {vol}                       -> nothing      delete a replica (or a snapshot's layer) the kvdb no longer lists here
+ *   snapshot {vol, epoch, snap}        -> nothing      freeze the contents as snapshot layer `snap` (writes held and flushed first)
+ *   restore {vol, epoch, snap}         -> nothing      the contents become snapshot `snap`'s
+ *   clone  {vol, size, snap}           -> nothing      make the replica of new volume `vol` as a clone of snapshot `snap`
  */
 import { isErrorCode, isPxdError, PxdError, type ErrorCode } from '../errors'
 import type { OutgoingRequest, RequestOptions } from '../replication'
@@ -37,6 +40,9 @@ export const requests = {
   flush: (vol: string, epoch: number): OutgoingRequest => ({ t: 'flush', vol, epoch }),
   close: (vol: string, epoch: number): OutgoingRequest => ({ t: 'close', vol, epoch }),
   drop: (vol: string): OutgoingRequest => ({ t: 'drop', vol }),
+  snapshot: (vol: string, epoch: number, snap: string): OutgoingRequest => ({ t: 'snapshot', vol, epoch, snap }),
+  restore: (vol: string, epoch: number, snap: string): OutgoingRequest => ({ t: 'restore', vol, epoch, snap }),
+  clone: (vol: string, size: number, snap: string): OutgoingRequest => ({ t: 'clone', vol, size, snap }),
 } as const
 
 const EPOCH_BYTES = 8

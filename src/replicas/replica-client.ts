@@ -23,6 +23,9 @@ export function flushTimeoutMs(unflushed: number): number {
   return Math.min(FLUSH_TIMEOUT_MS, FLUSH_BASE_TIMEOUT_MS + Math.ceil((unflushed / FLUSH_SLOW_DISK_BYTES_PER_SECOND) * 1000))
 }
 
+/** A snapshot or restore closes, changes and reopens the replica: a few fsyncs, no data copied. */
+const LAYER_TIMEOUT_MS = 60_000
+
 export class ReplicaClient implements Replica {
   readonly nodeId: string
   readonly #link: PeerChannel
@@ -40,6 +43,11 @@ export class ReplicaClient implements Replica {
   /** Make an empty replica of a volume on the node (it must be listed there in the kvdb). */
   static async create(nodeId: string, link: PeerChannel, volumeId: string, size: number): Promise<void> {
     await call(nodeId, link, 'create', requests.create(volumeId, size))
+  }
+
+  /** Make the node's replica of a new volume as a clone of a snapshot it holds (it must be listed there in the kvdb). */
+  static async clone(nodeId: string, link: PeerChannel, volumeId: string, size: number, snapId: string): Promise<void> {
+    await call(nodeId, link, 'clone', requests.clone(volumeId, size, snapId), { timeoutMs: LAYER_TIMEOUT_MS })
   }
 
   /** Delete the node's replica of a volume that no longer lists it. */
@@ -85,6 +93,14 @@ export class ReplicaClient implements Replica {
     const covered = this.#unflushed
     await this.#call('flush', requests.flush(this.#at.volumeId, this.#at.epoch), { timeoutMs: flushTimeoutMs(covered) })
     this.#unflushed = Math.max(0, this.#unflushed - covered)
+  }
+
+  async snapshot(snapId: string): Promise<void> {
+    await this.#call('snapshot', requests.snapshot(this.#at.volumeId, this.#at.epoch, snapId), { timeoutMs: LAYER_TIMEOUT_MS })
+  }
+
+  async restore(snapId: string): Promise<void> {
+    await this.#call('restore', requests.restore(this.#at.volumeId, this.#at.epoch, snapId), { timeoutMs: LAYER_TIMEOUT_MS })
   }
 
   async close(): Promise<void> {

@@ -47,12 +47,23 @@ export class ReplicaService implements RequestHandler {
       case 'close':
         // The coordinator lets go; the replica stays open for the next one.
         return this.#host.storeFor(req.vol, req.epoch).flush()
+      case 'snapshot':
+        await this.#requirePlacedHere(req.vol)
+        return this.#host.snapshot(req.vol, req.epoch, req.snap)
+      case 'restore':
+        await this.#requirePlacedHere(req.vol)
+        return this.#host.restore(req.vol, req.epoch, req.snap)
       case 'open': {
         const volume = await this.#requirePlacedHere(req.vol)
         // A replica grows when opened at a larger size: only ever to the size the metadata store has.
         if (volume.size !== req.size) throw pxdError('CONFLICT', `volume ${req.vol} is ${volume.size} bytes in the metadata store, not ${req.size}`)
         this.#log.info({ volumeId: req.vol, epoch: req.epoch, peer }, 'replica opened by a coordinator')
         return encodeEpoch(await this.#host.open(req.vol, req.size, req.epoch))
+      }
+      case 'clone': {
+        const volume = await this.#requirePlacedHere(req.vol)
+        if (volume.size !== req.size) throw pxdError('CONFLICT', `volume ${req.vol} is ${volume.size} bytes in the metadata store, not ${req.size}`)
+        return this.#host.clone(req.vol, req.snap, req.size)
       }
       case 'create': {
         const volume = await this.#requirePlacedHere(req.vol)

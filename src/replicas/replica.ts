@@ -23,6 +23,10 @@ export interface Replica {
   hashes(offset: number, length: number): Promise<Uint8Array>
   /** Open the copy again, at the same epoch, at a larger size (the volume grew): the copy grows first. */
   grow(size: number): Promise<void>
+  /** Freeze the copy's contents as snapshot layer `snapId` (no data copied); the coordinator holds and flushes its writes first. */
+  snapshot(snapId: string): Promise<void>
+  /** The copy's contents become snapshot `snapId`'s. */
+  restore(snapId: string): Promise<void>
   /** Flush and let go; the copy itself stays on its node. */
   close(): Promise<void>
 }

@@ -59,6 +59,12 @@ export interface HashesFrame { t: 'hashes'; id: number; vol: string; epoch: numb
 export interface FlushFrame { t: 'flush'; id: number; vol: string; epoch: number }
 export interface CloseFrame { t: 'close'; id: number; vol: string; epoch: number }
 export interface DropFrame { t: 'drop'; id: number; vol: string }
+/** Freeze the replica's contents as snapshot layer `snap` (the coordinator holds and flushes its writes first). */
+export interface SnapshotFrame { t: 'snapshot'; id: number; vol: string; epoch: number; snap: string }
+/** Make this node's replica of new volume `vol` (`size` bytes) as a clone of snapshot `snap`. */
+export interface CloneFrame { t: 'clone'; id: number; vol: string; size: number; snap: string }
+/** The replica's contents become snapshot `snap`'s. */
+export interface RestoreFrame { t: 'restore'; id: number; vol: string; epoch: number; snap: string }
 /**
  * A file operation on a shared volume, from a client node to the node serving it: `data` is
  * a wire request of native/share_wire.h, the ack's data its wire reply. `xid` names the
@@ -79,7 +85,7 @@ export interface PingFrame { t: 'ping'; id: number; sent: number }
 export interface PongFrame { t: 'pong'; id: number; sent: number }
 
 export type HandshakeFrame = HelloFrame | ChallengeFrame | AuthFrame | ReadyFrame
-export type RequestFrame = CreateFrame | OpenFrame | DigestFrame | HashesFrame | WriteFrame | DiscardFrame | ReadFrame | FlushFrame | CloseFrame | DropFrame | FsOpFrame | FsCancelFrame
+export type RequestFrame = CreateFrame | OpenFrame | DigestFrame | HashesFrame | WriteFrame | DiscardFrame | ReadFrame | FlushFrame | CloseFrame | DropFrame | SnapshotFrame | RestoreFrame | CloneFrame | FsOpFrame | FsCancelFrame
 export type AckFrame = AckOkFrame | AckErrorFrame
 export type Frame = HandshakeFrame | RequestFrame | AckFrame | ErrorFrame | PingFrame | PongFrame
 export type FrameType = Frame['t']
@@ -119,6 +125,7 @@ const f = (name: string, check: Check, expect: string, optional?: true): FieldSp
 
 const ID = f('id', isPositiveId, 'a positive safe integer')
 const VOL = f('vol', isVolume, 'a volume id of 1-128 characters [A-Za-z0-9_.-], not "." or ".."')
+const SNAP = f('snap', isVolume, 'a snapshot id of 1-128 characters [A-Za-z0-9_.-], not "." or ".."')
 const EPOCH = f('epoch', isUint, 'a non-negative safe integer')
 const OFFSET = f('offset', isUint, 'a non-negative safe integer')
 const VERSION = f('v', isVersion, `protocol version ${PROTOCOL_VERSION}`)
@@ -140,6 +147,9 @@ const REQUEST_SCHEMAS = {
   flush: [ID, VOL, EPOCH],
   close: [ID, VOL, EPOCH],
   drop: [ID, VOL],
+  snapshot: [ID, VOL, EPOCH, SNAP],
+  restore: [ID, VOL, EPOCH, SNAP],
+  clone: [ID, VOL, f('size', isUint, 'a non-negative safe integer'), SNAP],
   fsop: [ID, VOL, f('xid', isPositiveId, 'a positive safe integer'), f('data', isFsOp, `bytes, at most ${MAX_FSOP_BYTES}`), f('reclaim', isTrue, 'true', true)],
   fscancel: [ID, VOL, f('xid', isPositiveId, 'a positive safe integer')],
 } as const satisfies Record<RequestType, readonly FieldSpec[]>

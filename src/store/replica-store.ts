@@ -11,13 +11,15 @@
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import { BLOCK_SIZE, CHECKSUM_BYTES, HASH_BYTES } from '../constants'
-import { pxdError, PxdError, type ErrorCode } from '../errors'
-import { native, type NativeError, type StoreHandle, type StoreRecovery } from '../native/binding'
-import { mkdirDurably, syncDir, writeFileDurably } from '../util/durable'
+import { pxdError } from '../errors'
+import { native, type StoreHandle, type StoreRecovery } from '../native/binding'
+import { mkdirDurably, renameDurably, syncDir, writeFileDurably } from '../util/durable'
+import { basesFrom, beginPending, cloneLayers, finishPending, layerFiles, removeLayer, type LayerIo, type LayerState } from './layers'
+import { closeNative, mergeBase, openNative, storeError, type StorePaths } from './native-store'
 
 const SUPERBLOCK_VERSION = 1
 
-export interface Superblock {
+export interface Superblock extends LayerState {
   version: number
   volumeId: string
   size: number
@@ -29,7 +31,7 @@ export interface Superblock {
   growingTo?: number
 }
 
-const files = (dir: string) => ({
+const files = (dir: string): StorePaths & { superblock: string } => ({
   data: path.join(dir, 'data'),
   crc: path.join(dir, 'crc'),
   intent: path.join(dir, 'intent'),
@@ -44,15 +46,20 @@ export class ReplicaStore {
    * Zeros after a clean shutdown, and for a new replica.
    */
   readonly recovery: Readonly<StoreRecovery>
+  /** A snapshot's layer, opened to be read: writes are refused (READ_ONLY), its epoch is kept in memory only. */
+  readonly readOnly: boolean
+  readonly #paths: StorePaths
   #handle: StoreHandle
   #superblock: Superblock
   #closing: Promise<void> | undefined
   #flushFailed = false
 
-  private constructor(dir: string, handle: StoreHandle, superblock: Superblock) {
+  private constructor(dir: string, handle: StoreHandle, superblock: Superblock, paths: StorePaths, readOnly = false) {
     this.dir = dir
     this.#handle = handle
     this.#superblock = superblock
+    this.#paths = paths
+    this.readOnly = readOnly
     this.recovery = native.storeRecovery(handle)
   }
 
@@ -64,20 +71,83 @@ export class ReplicaStore {
     // superblock is: writing it syncs the replica's directory, mkdirDurably its parents.
     await mkdirDurably(dir)
     const f = files(dir)
-    const handle = await openNative(f, size, true)
+    const handle = await openNative(f, size, { create: true, readOnly: false, bases: [] })
     const superblock: Superblock = {
       version: SUPERBLOCK_VERSION, volumeId, size, blockSize: BLOCK_SIZE, epoch: 0, createdAt: new Date().toISOString(),
     }
     await writeSuperblock(dir, superblock)
-    return new ReplicaStore(dir, handle, superblock)
+    return new ReplicaStore(dir, handle, superblock, f)
   }
 
   static async open(dir: string): Promise<ReplicaStore> {
     const f = files(dir)
     let superblock = await readSuperblock(dir)
+    if (superblock.pending) superblock = await finishPending(dir, superblock, layerIo(dir))
     if (superblock.growingTo !== undefined) superblock = await finishGrow(dir, superblock, superblock.growingTo)
-    const handle = await openNative(f, superblock.size, false)
-    return new ReplicaStore(dir, handle, superblock)
+    const handle = await openNative(f, superblock.size, { create: false, readOnly: false, bases: basesFrom(dir, superblock, superblock.parent) })
+    return new ReplicaStore(dir, handle, superblock, f)
+  }
+
+  /** Snapshot `layer` of the replica in `dir`, to be read (a mounted snapshot, a copy off it). */
+  static async openView(dir: string, layer: string): Promise<ReplicaStore> {
+    const superblock = await readSuperblock(dir)
+    const record = superblock.layers?.[layer]
+    if (!record || record.hidden || superblock.pending?.layer === layer) throw pxdError('UNKNOWN_VOLUME', `replica ${dir} has no snapshot ${layer}`)
+    const lf = layerFiles(dir, layer)
+    const paths = { data: lf.data, crc: lf.crc, intent: '' }
+    const handle = await openNative(paths, record.size, { create: false, readOnly: true, bases: basesFrom(dir, superblock, record.parent) })
+    const view: Superblock = { version: SUPERBLOCK_VERSION, volumeId: layer, size: record.size, blockSize: BLOCK_SIZE, epoch: 0, createdAt: record.createdAt }
+    return new ReplicaStore(lf.dir, handle, view, paths, true)
+  }
+
+  /**
+   * Freeze a closed replica's live files as snapshot layer `layer` and give it new, empty
+   * ones on top (layers.ts); no data is copied. Crash-safe: the next open finishes it.
+   */
+  static async snapshot(dir: string, layer: string): Promise<void> {
+    await ReplicaStore.#settled(dir, (sb) => beginPending(dir, sb, 'snapshot', layer, layerIo(dir)))
+  }
+
+  /** A closed replica's contents become snapshot `layer`'s: new, empty live files on it. Crash-safe like a snapshot. */
+  static async restore(dir: string, layer: string): Promise<void> {
+    await ReplicaStore.#settled(dir, (sb) => beginPending(dir, sb, 'restore', layer, layerIo(dir)))
+  }
+
+  /**
+   * Delete snapshot layer `layer` of the replica in `dir`; `open` is the replica's store
+   * while one is open (its live files take the layer's blocks through it, writes going on).
+   */
+  static async removeSnapshot(dir: string, layer: string, open: ReplicaStore | undefined): Promise<void> {
+    let superblock = await readSuperblock(dir)
+    if (superblock.pending) {
+      if (open) throw pxdError('CONFLICT', `replica ${dir} has a snapshot or restore under way`)
+      superblock = await finishPending(dir, superblock, layerIo(dir))
+    }
+    const intoLive = async () => {
+      if (open) return open.#mergeBase()
+      const store = await ReplicaStore.open(dir)
+      try {
+        await store.#mergeBase()
+      } finally {
+        await store.close()
+      }
+    }
+    const next = await removeLayer(dir, superblock, layer, layerIo(dir), intoLive)
+    // The open store keeps its superblock in memory: the layer fields follow the file.
+    if (open) open.#superblock = { ...open.#superblock, parent: next.parent, layers: next.layers } as Superblock
+    if (open && next.parent === undefined) delete open.#superblock.parent
+  }
+
+  /** Open and close (crash recovery done, every intent mark cleared), then change the closed replica. */
+  static async #settled(dir: string, change: (superblock: Superblock) => Promise<Superblock>): Promise<void> {
+    const store = await ReplicaStore.open(dir)
+    const superblock = store.superblock
+    await store.close()
+    await change(superblock as Superblock)
+  }
+
+  #mergeBase(): Promise<void> {
+    return mergeBase(this.#handle, this.dir)
   }
 
   /**
@@ -98,6 +168,24 @@ export class ReplicaStore {
     const growing = { ...superblock, growingTo: size }
     await writeSuperblock(dir, growing)
     await finishGrow(dir, growing, size)
+  }
+
+  /**
+   * A new replica `volumeId` in `dir` that reads as snapshot `layer` of the replica in
+   * `sourceDir`: its layers are hard links to the source's (no data copied), under new, empty
+   * live files. Made aside and renamed into place, so it exists whole or not at all.
+   */
+  static async clone(sourceDir: string, layer: string, dir: string, volumeId: string): Promise<ReplicaStore> {
+    const aside = `${dir}.clone`
+    await fs.rm(aside, { recursive: true, force: true })
+    await mkdirDurably(aside)
+    const state = await cloneLayers(sourceDir, await readSuperblock(sourceDir), layer, aside)
+    const superblock: Superblock = { version: SUPERBLOCK_VERSION, volumeId, blockSize: BLOCK_SIZE, epoch: 0, createdAt: new Date().toISOString(), ...state }
+    const handle = await openNative(files(aside), superblock.size, { create: true, readOnly: false, bases: basesFrom(aside, superblock, superblock.parent) })
+    await closeNative(handle, aside)
+    await writeSuperblock(aside, superblock)
+    await renameDurably(aside, dir)
+    return ReplicaStore.open(dir)
   }
 
   /** Remove a replica's files. The store must be closed. */
@@ -176,7 +264,7 @@ export class ReplicaStore {
       throw pxdError('INVALID_ARGUMENT', `checksum range ${offset}+${length} is not block-aligned inside ${this.size} bytes`)
     }
     const out = Buffer.alloc((length / BLOCK_SIZE) * CHECKSUM_BYTES)
-    const handle = await fs.open(files(this.dir).crc, 'r')
+    const handle = await fs.open(this.#paths.crc, 'r')
     try {
       await handle.read(out, 0, out.length, (offset / BLOCK_SIZE) * CHECKSUM_BYTES)
     } finally {
@@ -191,6 +279,10 @@ export class ReplicaStore {
       throw pxdError('CONFLICT', `replica ${this.dir} is at epoch ${this.#superblock.epoch}; refusing older epoch ${epoch}`)
     }
     if (epoch === this.#superblock.epoch) return
+    if (this.readOnly) {
+      this.#superblock = { ...this.#superblock, epoch }
+      return
+    }
     // On disk first: an epoch this replica acts on is one it still knows after a power cut.
     const next = { ...this.#superblock, epoch }
     await writeSuperblock(this.dir, next)
@@ -205,9 +297,7 @@ export class ReplicaStore {
       } catch (err) {
         if (!(err instanceof Error && (err as { code?: string }).code === 'STORE_CLOSED')) throw err
       } finally {
-        await new Promise<void>((resolve, reject) => {
-          native.storeClose(this.#handle, (err) => (err ? reject(storeError(err, 'close', this.dir)) : resolve()))
-        })
+        await closeNative(this.#handle, this.dir)
       }
     })()
     return this.#closing
@@ -250,29 +340,6 @@ function writeSuperblock(dir: string, superblock: Superblock): Promise<void> {
   return writeFileDurably(files(dir).superblock, JSON.stringify(superblock))
 }
 
-function openNative(f: ReturnType<typeof files>, size: number, create: boolean): Promise<StoreHandle> {
-  return new Promise((resolve, reject) => {
-    native.storeOpen(f.data, f.crc, f.intent, size, BLOCK_SIZE, create, (err, handle) => {
-      if (err || !handle) return reject(storeError(err ?? pxdError('INTERNAL', 'the addon gave no store handle'), create ? 'create' : 'open', path.dirname(f.data)))
-      resolve(handle)
-    })
-  })
-}
-
-const CODE_MAP: Record<string, ErrorCode> = {
-  ECHECKSUM: 'CHECKSUM_MISMATCH',
-  ECLOSED: 'STORE_CLOSED',
-  ERANGE: 'INVALID_ARGUMENT',
-  EINVAL: 'INVALID_ARGUMENT',
-  ENOSPC: 'NO_SPACE',
-  EEXIST: 'ALREADY_EXISTS',
-  ENOENT: 'NOT_FOUND',
-}
-
-/** The addon's error as ours; a checksum failure keeps the block it names. */
-function storeError(err: NativeError | Error, op: string, dir: string): PxdError {
-  const nativeCode = (err as NativeError).code
-  const code = (nativeCode && CODE_MAP[nativeCode]) ?? 'IO_ERROR'
-  const block = (err as NativeError).block
-  return new PxdError(code, `replica ${dir}: ${op} failed: ${err.message}`, block === undefined ? { cause: err } : { cause: err, block })
+function layerIo(dir: string): LayerIo<Superblock> {
+  return { live: files(dir), writeState: (superblock) => writeSuperblock(dir, superblock) }
 }

@@ -114,6 +114,23 @@ export class MemReplica implements Replica {
     this.#crcs = crcs
   }
 
+  /** Snapshots taken, by id: the bytes at that point, and how many flushes came before it. */
+  readonly snapshots = new Map<string, { bytes: Buffer; flushes: number }>()
+  beforeSnapshot: ((snapId: string) => Promise<void> | void) | undefined
+
+  async snapshot(snapId: string): Promise<void> {
+    await this.beforeSnapshot?.(snapId)
+    this.snapshots.set(snapId, { bytes: Buffer.from(this.bytes), flushes: this.flushes })
+  }
+
+  async restore(snapId: string): Promise<void> {
+    const snap = this.snapshots.get(snapId)
+    if (!snap) throw new PxdError('NOT_FOUND', `no snapshot ${snapId}`)
+    this.bytes.fill(0)
+    snap.bytes.copy(this.bytes)
+    this.#updateCrcs(0, this.bytes.length)
+  }
+
   close(): Promise<void> {
     this.closed++
     return Promise.resolve()

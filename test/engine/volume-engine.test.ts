@@ -24,6 +24,8 @@ class SlowReplica implements Replica {
   async read(offset: number, into: Uint8Array): Promise<void> { into.set(this.bytes.subarray(offset, offset + into.length)) }
   flush(): Promise<void> { return Promise.resolve() }
   grow(): Promise<void> { return Promise.resolve() }
+  snapshot(): Promise<void> { return Promise.resolve() }
+  restore(): Promise<void> { return Promise.resolve() }
   digest(): Promise<Uint8Array> { return Promise.resolve(new Uint8Array(0)) }
   hashes(): Promise<Uint8Array> { return Promise.resolve(new Uint8Array(0)) }
   close(): Promise<void> { return Promise.resolve() }

@@ -26,6 +26,9 @@ const samples: Frame[] = [
   { t: 'flush', id: 6, vol: 'vol-1', epoch: 3 },
   { t: 'close', id: 7, vol: 'vol-1', epoch: 3 },
   { t: 'drop', id: Number.MAX_SAFE_INTEGER, vol: 'vol-1' },
+  { t: 'snapshot', id: 4, vol: 'vol-1', epoch: 3, snap: '0123456789abcdef' },
+  { t: 'restore', id: 5, vol: 'vol-1', epoch: 3, snap: '0123456789abcdef' },
+  { t: 'clone', id: 6, vol: 'vol-2', size: 4096 * 16, snap: '0123456789abcdef' },
   { t: 'ack', id: 8, ok: true },
   { t: 'ack', id: 9, ok: true, data: randomBytes(4096) },
   { t: 'ack', id: 10, ok: false, code: 'STALE_EPOCH', message: 'epoch 2 < 3' },
@@ -58,7 +61,7 @@ test('decoded data shares the received buffer (zero-copy)', (t) => {
 })
 
 test('request kinds and payload sizes', (t) => {
-  t.deepEqual([...REQUEST_TYPES].sort(), ['close', 'create', 'digest', 'discard', 'drop', 'flush', 'fscancel', 'fsop', 'hashes', 'open', 'read', 'write'])
+  t.deepEqual([...REQUEST_TYPES].sort(), ['clone', 'close', 'create', 'digest', 'discard', 'drop', 'flush', 'fscancel', 'fsop', 'hashes', 'open', 'read', 'restore', 'snapshot', 'write'])
   for (const frame of samples) t.is(isRequest(frame), REQUEST_TYPES.has(frame.t), frame.t)
   t.is(payloadBytes({ t: 'write', id: 1, vol: 'v', epoch: 1, seq: 1, offset: 0, data: Buffer.alloc(100) }), 100)
   t.is(payloadBytes({ t: 'read', id: 1, vol: 'v', epoch: 1, offset: 0, length: 300 }), 300)

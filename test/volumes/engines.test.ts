@@ -20,7 +20,7 @@ function replica(nodeId: string, opens: boolean): Replica {
   return {
     nodeId,
     open: () => (opens ? Promise.resolve(0) : fail()),
-    write: fail, discard: fail, read: fail, digest: fail, hashes: fail, grow: fail,
+    write: fail, discard: fail, read: fail, digest: fail, hashes: fail, grow: fail, snapshot: fail, restore: fail,
     flush: () => Promise.resolve(),
     close: () => Promise.resolve(),
   }
