@@ -51,6 +51,30 @@ export class ApiClient {
     return this.#call('POST', `/v1/volumes/${encodeURIComponent(name)}/size`, { size })
   }
 
+  /** A point-in-time, read-only snapshot of a volume; `freeze: false` skips the fsfreeze of a mounted one. */
+  createSnapshot(volume: string, name: string, freeze = true): Promise<VolumeInfo> {
+    return this.#call('POST', '/v1/snapshots', { volume, name, freeze })
+  }
+
+  /** Snapshots of one volume, or of every volume. */
+  listSnapshots(volume?: string): Promise<VolumeInfo[]> {
+    return this.#call('GET', volume === undefined ? '/v1/snapshots' : `/v1/volumes/${encodeURIComponent(volume)}/snapshots`)
+  }
+
+  deleteSnapshot(name: string): Promise<void> {
+    return this.#call('DELETE', `/v1/snapshots/${encodeURIComponent(name)}`)
+  }
+
+  /** A new writable volume `name` that reads as `source` (a volume or a snapshot) and shares its unchanged blocks. */
+  clone(source: string, name: string, freeze = true): Promise<VolumeInfo> {
+    return this.#call('POST', `/v1/volumes/${encodeURIComponent(source)}/clone`, { name, freeze })
+  }
+
+  /** The volume's contents become the snapshot's (refused while it is attached). */
+  restore(volume: string, snapshot: string): Promise<VolumeInfo> {
+    return this.#call('POST', `/v1/volumes/${encodeURIComponent(volume)}/restore`, { snapshot })
+  }
+
   haUpdate(name: string, repl: number): Promise<VolumeInfo> {
     return this.#call('POST', `/v1/volumes/${encodeURIComponent(name)}/ha`, { repl })
   }

@@ -27,6 +27,7 @@ const STATUS_OF: Partial<Record<ErrorCode, number>> = {
   ALREADY_EXISTS: 409,
   IN_USE: 409,
   CONFLICT: 409,
+  READ_ONLY: 409,
   BODY_TOO_LARGE: 413,
   UNSATISFIABLE: 422,
   NO_SPACE: 507,
@@ -199,6 +200,27 @@ export class ApiServer {
         const size = body.size
         if (typeof size !== 'number' && typeof size !== 'string') throw pxdError('MALFORMED_REQUEST', 'field "size" is required (e.g. "20G")')
         return [200, await m.resizes.resize(name!, String(size))]
+      }],
+      ['GET', /^\/v1\/snapshots$/, async () => [200, await m.snapshots.list()]],
+      ['GET', /^\/v1\/volumes\/([^/]+)\/snapshots$/, async (_req, [name]) => [200, await m.snapshots.list(name!)]],
+      ['POST', /^\/v1\/snapshots$/, async (req) => {
+        const body = await readJsonObject(req)
+        if (body.freeze !== undefined && typeof body.freeze !== 'boolean') throw pxdError('MALFORMED_REQUEST', 'field "freeze" must be true or false')
+        return [201, await m.snapshots.create(requiredString(body, 'volume'), requiredString(body, 'name'), { freeze: body.freeze !== false })]
+      }],
+      ['DELETE', /^\/v1\/snapshots\/([^/]+)$/, async (_req, [name]) => {
+        await m.snapshots.requireSnapshot(name!)
+        await m.remove(name!)
+        return [200, { removed: name }]
+      }],
+      ['POST', /^\/v1\/volumes\/([^/]+)\/clone$/, async (req, [source]) => {
+        const body = await readJsonObject(req)
+        if (body.freeze !== undefined && typeof body.freeze !== 'boolean') throw pxdError('MALFORMED_REQUEST', 'field "freeze" must be true or false')
+        return [201, await m.snapshots.clone(source!, requiredString(body, 'name'), { freeze: body.freeze !== false })]
+      }],
+      ['POST', /^\/v1\/volumes\/([^/]+)\/restore$/, async (req, [name]) => {
+        const body = await readJsonObject(req)
+        return [200, await m.snapshots.restore(name!, requiredString(body, 'snapshot'))]
       }],
       ['GET', /^\/v1\/quarantine$/, async () => [200, await m.quarantined()]],
       ['DELETE', /^\/v1\/quarantine\/([^/]+)$/, async (_req, [name]) => {

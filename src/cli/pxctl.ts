@@ -8,6 +8,7 @@ import { isPxdError, messageOf } from '../errors'
 import { formatSize } from '../util/size'
 import type { SharingInfo, VolumeInfo } from '../volumes/types'
 import { drainCommand, rebalanceCommand } from './cluster-commands'
+import { cloneCommand, restoreCommand, snapshotCommand } from './snapshot-commands'
 import { formatDuration, formatPercent, plural, renderFields, renderTable } from './table'
 import { packageVersion } from './version'
 
@@ -34,7 +35,17 @@ Commands:
   volume update NAME --size N         grow a volume, mounted or not (its file system grows
                                       online where it is mounted); shrinking is refused
   volume scrub NAME                   verify every block of every replica, repair from a good one
-  volume delete NAME                  remove a volume (it must not be mounted)
+  volume delete NAME                  remove a volume (it must not be mounted, nor have snapshots)
+  volume snapshot create --name SNAP [--no-freeze] VOLUME
+                                      a point-in-time, read-only snapshot (no data copied); a
+                                      mounted file system is frozen for that instant
+  volume snapshot list [VOLUME]       snapshots, of one volume or of all
+  volume snapshot delete SNAP         delete a snapshot (its space goes back to the hosts)
+  volume restore --snapshot SNAP VOLUME
+                                      the volume's contents become the snapshot's (unmounted)
+  volume clone --name NEW [--no-freeze] SOURCE
+                                      a new writable volume that reads as SOURCE (a volume or
+                                      a snapshot) and shares its unchanged blocks
   quarantine list                     replicas this node set aside at start because the
                                       metadata store did not list them (never deleted on its own)
   quarantine purge NAME               delete one of them for good
@@ -67,6 +78,9 @@ async function main(argv: string[]): Promise<number> {
       watch: { type: 'boolean' },
       'no-wait': { type: 'boolean' },
       cancel: { type: 'boolean' },
+      name: { type: 'string' },
+      snapshot: { type: 'string' },
+      'no-freeze': { type: 'boolean' },
     },
     allowPositionals: true,
     strict: true,
@@ -85,6 +99,15 @@ async function main(argv: string[]): Promise<number> {
   const json = values.json === true
   const out = (data: unknown, human: () => string) => process.stdout.write(json ? JSON.stringify(data, null, 2) + '\n' : human())
   const [cmd, sub, name, ...extra] = positionals
+  if ((cmd === 'volume' || cmd === 'v') && (sub === 'snapshot' || sub === 'snap' || sub === 'restore' || sub === 'clone')) {
+    const flags = { name: values.name, snapshot: values.snapshot, noFreeze: values['no-freeze'] === true }
+    const usage = (message: string) => new UsageError(message)
+    if (sub === 'restore' || sub === 'clone') {
+      if (extra.length > 0) throw new UsageError(`unexpected arguments: ${extra.join(' ')}`)
+      return (sub === 'restore' ? restoreCommand : cloneCommand)(client, name, flags, out, usage)
+    }
+    return snapshotCommand(client, positionals.slice(2), flags, out, usage)
+  }
   if (extra.length > 0) throw new UsageError(`unexpected arguments: ${extra.join(' ')}`)
 
   if (cmd === 'status' && sub === undefined) {
@@ -312,6 +335,8 @@ function renderInspect(v: VolumeInfo): string {
     ['Replicas', v.replicas.map(replicaLine).join('\n' + ' '.repeat(14))],
     ...(v.sharing ? sharingFields(v.sharing) : []),
     ['Options', opts || '-'],
+    ...(v.parent ? [[v.readOnly ? 'Snapshot of' : 'Cloned from', v.readOnly ? `${v.parent} (read-only)` : v.parent] as [string, string]] : []),
+    ...(v.snapshots.length > 0 ? [['Snapshots', v.snapshots.map((s) => `${s.name} (${s.createdAt})`).join('\n' + ' '.repeat(14))] as [string, string]] : []),
     ['Created', v.createdAt],
   ])
 }

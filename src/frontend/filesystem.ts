@@ -32,11 +32,22 @@ export async function makeFilesystem(device: string, type: Filesystem, blockSize
   }
 }
 
-export async function mountFilesystem(device: string, target: string, type: Filesystem): Promise<void> {
+export async function mountFilesystem(device: string, target: string, type: Filesystem, readOnly = false): Promise<void> {
   await fs.mkdir(target, { recursive: true, mode: 0o755 })
   // noinit_itable: the inode tables already read as zeros, so ext4 need not zero them.
-  const options = type === 'ext4' ? ['-o', 'noinit_itable'] : []
+  // Read-only (a snapshot): a journal left to replay is not replayed (nothing may write the
+  // device), and an xfs may share its UUID with the volume it was taken of, mounted here too.
+  const options = readOnly ? ['-o', type === 'ext4' ? 'ro,noload' : 'ro,norecovery,nouuid'] : type === 'ext4' ? ['-o', 'noinit_itable'] : []
   await run('mount', ['-t', type, ...options, device, target])
+}
+
+/** Freeze a mounted file system (writes wait; what it had is on its device) for the instant of a snapshot. */
+export async function freezeFilesystem(target: string): Promise<void> {
+  await run('fsfreeze', ['--freeze', target])
+}
+
+export async function thawFilesystem(target: string): Promise<void> {
+  await run('fsfreeze', ['--unfreeze', target])
 }
 
 /**

@@ -27,6 +27,8 @@ export interface AttachRequest {
   formatted: boolean
   /** Told once mkfs made the file system, before it is mounted. */
   onFormatted?: () => Promise<void>
+  /** A snapshot: a read-only loop device and mount; no mkfs, no grow. */
+  readOnly?: boolean
   /**
    * Where to mount it, when not at mountpointOf(name): a shared volume taken over by a node
    * whose own users already have the client mount there is served from servedPathOf(name).
@@ -132,10 +134,12 @@ export class Frontend {
     try {
       this.#devices.add(req.id, req.device)
       undo.push(async () => this.#devices.remove(req.id))
-      const loop = await attachLoop(this.#devices.pathOf(req.id))
+      const loop = await attachLoop(this.#devices.pathOf(req.id), req.readOnly)
       undo.push(() => detachLoop(loop))
       const existing = await probeFilesystem(loop)
-      if (existing === undefined) {
+      if (existing === undefined && req.readOnly) {
+        throw pxdError('IO_ERROR', `snapshot ${req.name} holds no file system that can be read (its volume had none when it was taken)`)
+      } else if (existing === undefined) {
         // blkid also finds nothing when it cannot read the device: only a volume that
         // was never formatted may get mkfs, or a damaged one would be formatted over.
         if (req.formatted) {
@@ -151,12 +155,12 @@ export class Frontend {
         // guard against formatting over the data would never hold.
         await req.onFormatted?.()
       }
-      if (existing !== undefined && (await growUnmounted(loop, existing, req.device.size))) {
+      if (!req.readOnly && existing !== undefined && (await growUnmounted(loop, existing, req.device.size))) {
         this.#log.info({ volume: req.name, volumeId: req.id, loop }, 'file system grown to the volume\'s size before the mount')
       }
       const mountpoint = req.mountpoint ?? this.mountpointOf(req.name)
-      await mountFilesystem(loop, mountpoint, req.fs)
-      if (req.fs === 'xfs') await growFilesystem(loop, mountpoint, 'xfs')
+      await mountFilesystem(loop, mountpoint, req.fs, req.readOnly)
+      if (req.fs === 'xfs' && !req.readOnly) await growFilesystem(loop, mountpoint, 'xfs')
       this.#attached.set(req.name, { id: req.id, name: req.name, loop, mountpoint })
       this.#log.info({ volume: req.name, volumeId: req.id, loop, mountpoint }, 'volume attached')
       return mountpoint

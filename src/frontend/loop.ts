@@ -8,8 +8,8 @@ export interface LoopDevice { device: string; backingFile: string }
  * Direct I/O on the loop device: a buffered loop caches every block twice and sends
  * small requests; with direct I/O each bio reaches the FUSE file as one large request.
  */
-export async function attachLoop(file: string): Promise<string> {
-  const { stdout } = await run('losetup', ['--find', '--show', '--direct-io=on', file])
+export async function attachLoop(file: string, readOnly = false): Promise<string> {
+  const { stdout } = await run('losetup', ['--find', '--show', '--direct-io=on', ...(readOnly ? ['--read-only'] : []), file])
   const device = stdout.trim()
   if (!device.startsWith('/dev/loop')) throw pxdError('COMMAND_FAILED', `losetup printed an unexpected device name "${device}"`)
   return device

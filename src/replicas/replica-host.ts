@@ -193,7 +193,14 @@ export class ReplicaHost {
 
   /** The snapshots this node holds layers of for a volume, with when each was taken; none when it holds no replica. */
   async snapshotsOf(volumeId: string): Promise<Array<{ id: string; createdAt: string }>> {
-    const superblock = await this.#readSuperblock(volumeId)
+    let superblock = await this.#readSuperblock(volumeId)
+    if (superblock?.pending && !this.#open.has(volumeId)) {
+      // A snapshot a crash cut short: the open finishes it, so that its layer is seen.
+      await this.#locks.run(volumeId, async () => {
+        if (!this.#open.has(volumeId)) await (await ReplicaStore.open(this.dirOf(volumeId))).close()
+      })
+      superblock = await this.#readSuperblock(volumeId)
+    }
     return superblock ? snapshotsOf(superblock).map((id) => ({ id, createdAt: superblock.layers![id]!.createdAt })) : []
   }
 

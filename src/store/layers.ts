@@ -49,7 +49,7 @@ export interface LayerState {
   parent?: string
   layers?: Record<string, LayerRecord>
   /** A snapshot (freeze the live files as this layer) or a restore (new live files on it) under way. */
-  pending?: { op: 'snapshot' | 'restore'; layer: string }
+  pending?: { op: 'snapshot' | 'restore'; layer: string; at?: string }
 }
 
 export const SNAPSHOTS_DIR = 'snaps'
@@ -99,7 +99,7 @@ export interface LayerIo<T extends LayerState> {
 export async function beginPending<T extends LayerState>(dir: string, state: T, op: 'snapshot' | 'restore', layer: string, io: LayerIo<T>): Promise<T> {
   if (op === 'snapshot' && state.layers?.[layer]) throw pxdError('ALREADY_EXISTS', `replica ${dir} already has a layer ${layer}`)
   if (op === 'restore' && !state.layers?.[layer]) throw pxdError('NOT_FOUND', `replica ${dir} has no snapshot layer ${layer}`)
-  const pending: T = { ...state, pending: { op, layer } }
+  const pending: T = { ...state, pending: { op, layer, at: new Date().toISOString() } }
   await io.writeState(pending)
   return finishPending(dir, pending, io)
 }
@@ -118,7 +118,7 @@ export async function finishPending<T extends LayerState>(dir: string, state: T,
     }
     await syncDir(f.dir)
     await syncDir(dir)
-    next = { ...rest, parent: pending.layer, layers: { ...state.layers, [pending.layer]: { ...(state.parent !== undefined ? { parent: state.parent } : {}), size: state.size, createdAt: new Date().toISOString() } } } as T
+    next = { ...rest, parent: pending.layer, layers: { ...state.layers, [pending.layer]: { ...(state.parent !== undefined ? { parent: state.parent } : {}), size: state.size, createdAt: pending.at ?? new Date().toISOString() } } } as T
   } else {
     next = { ...rest, parent: pending.layer } as T
   }

@@ -63,7 +63,10 @@ export class VolumeEngines {
       volumeId = record.id
       if (record.inSync.length === 0) throw pxdError('UNSATISFIABLE', `volume ${name} has no in-sync replica left`)
       engine = await this.#open(name, record, epoch)
-      if (claim.unclean) {
+      if (claim.unclean && record.snapshotOf) {
+        // A snapshot is never written: its copies cannot differ.
+        await this.#o.attachments.markClean(name, epoch)
+      } else if (claim.unclean) {
         const copied = await engine.reconcile()
         await this.#o.attachments.markClean(name, epoch)
         this.#o.log.info({ volume: name, volumeId: record.id, copiedBytes: copied }, 'replicas reconciled after an unclean detach')
@@ -106,7 +109,9 @@ export class VolumeEngines {
         if (err) log.error({ ...where, err }, 'read repair failed: the replica keeps a bad block')
         else log.warn(where, 'read repair: checksum mismatch served from another replica and rewritten')
       },
-      demote: (failed) => this.#o.inSync.demote(name, epoch, failed, log),
+      // A snapshot is never written, so a copy that could not be opened now is still right:
+      // it stays listed (the engine serves from the others meanwhile).
+      demote: record.snapshotOf ? async () => undefined : (failed) => this.#o.inSync.demote(name, epoch, failed, log),
       readInSync: () => this.#o.inSync.inSyncOf(name),
       onFenced: (err) => this.#o.onFenced(name, engine, err, log),
     })

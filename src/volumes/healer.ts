@@ -116,6 +116,8 @@ export class Healer {
       await this.#dropTakenOver()
       for (const { value: record } of await this.#o.kvdb.list<VolumeRecord>(keys.volumes())) {
         if (this.#stopped) return
+        // A snapshot is a layer of its volume's replicas: it has no replicas of its own to heal.
+        if (record.snapshotOf) continue
         await this.#heal(record, view).catch((err) => this.#o.log.warn({ err, volume: record.name }, 'healing step failed; it is tried again'))
       }
     } catch (err) {

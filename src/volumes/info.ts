@@ -36,16 +36,18 @@ export class InfoView {
   }
 
   /** `nodes` (and `healing`): as already read (list reads them once for every volume). */
-  async info(record: VolumeRecord, nodes?: NodeInfo[], healing?: ClusterView): Promise<VolumeInfo> {
+  async info(record: VolumeRecord, nodes?: NodeInfo[], healing?: ClusterView, all?: readonly VolumeRecord[]): Promise<VolumeInfo> {
     const cluster = nodes ? Promise.resolve({ nodes, view: healing })
       : this.#o.healing ? this.#o.healing()
         : this.#o.membership.nodes().then((n) => ({ nodes: n, view: undefined }))
-    const [attachment, { nodes: known, view }, resyncs, clients] = await Promise.all([
+    const [attachment, { nodes: known, view }, resyncs, clients, records] = await Promise.all([
       this.#o.kvdb.get<AttachmentRecord>(keys.attachment(record.name)),
       cluster,
       this.#o.kvdb.list<ResyncRecord>(keys.resyncs(record.name)),
       record.spec.shared ? this.#o.kvdb.list<ShareClientRecord>(keys.shareClients(record.name)) : Promise.resolve([]),
+      all ?? (record.snapshotOf ? [] : this.#o.kvdb.list<VolumeRecord>(keys.volumes()).then((es) => es.map((e) => e.value))),
     ])
+    const snapshots = records.filter((r) => r.snapshotOf?.id === record.id).sort((a, b) => a.createdAt.localeCompare(b.createdAt))
     const online = new Set(known.filter((n) => n.online).map((n) => n.nodeId))
     const local = record.spec.shared ? this.#o.shared?.(record.name) : this.#o.attached.get(record.name)
     const att = attachment?.value
@@ -76,6 +78,9 @@ export class InfoView {
       replicas,
       lastResync: last ?? null,
       createdAt: record.createdAt,
+      parent: record.snapshotOf?.name ?? record.clonedFrom?.name ?? null,
+      readOnly: record.snapshotOf !== undefined,
+      snapshots: snapshots.map((r) => ({ name: r.name, createdAt: r.createdAt })),
       ...(record.spec.shared ? {
         sharing: {
           server: att?.nodeId ?? null,

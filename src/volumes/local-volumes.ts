@@ -181,6 +181,7 @@ export class LocalVolumes {
       id: record.id, name, fs: record.spec.fs, blockSize: record.spec.blockSize, device: discards(record.spec) ? engine : withoutDiscard(engine),
       formatted: record.formatted === true,
       onFormatted: () => this.#markFormatted(name),
+      readOnly: record.snapshotOf !== undefined,
       ...(at ? { mountpoint: at } : {}),
     })
   }

@@ -40,12 +40,17 @@ import { ResyncPace } from './resync-pace'
 import { DEFAULT_REPLACE_AFTER_MS, Healer } from './healer'
 import { ReplicaMoves } from './replica-moves'
 import { VolumeResize } from './resize'
+import { cleanUpLeftovers } from './leftovers'
+import { VolumeSnapshots } from './snapshots'
 import { ScrubScheduler } from './scrub-scheduler'
 import type { ClusterNodeInfo, VolumeInfo, VolumeRecord } from './types'
 import { SharedVolumes } from '../shares/shared-volumes'
 import type { ShareRegistry } from '../shares/share-registry'
 import type { ShareService } from '../shares/share-service'
 import type { ShareExecutor } from '../shares/executor'
+
+/** Snapshot layers no record lists are deleted once this old (a record is written within a second of its layer). */
+const LAYER_GRACE_MS = 60_000
 
 /** The mount ID used for a Mount without one (dvdcli, the Mesos isolator). */
 const ANONYMOUS_MOUNT = ''
@@ -91,7 +96,9 @@ export class VolumeManager {
   readonly #healer: Healer
   readonly moves: ReplicaMoves
   readonly resizes: VolumeResize
+  readonly snapshots: VolumeSnapshots
   #stopping = false
+  #sweeper: NodeJS.Timeout | undefined
 
   constructor(o: ManagerOptions) {
     this.#nodeId = o.nodeId
@@ -168,6 +175,21 @@ export class VolumeManager {
       info: (record) => this.#view.info(record),
       checkRunning: () => this.#checkRunning(),
     })
+    this.snapshots = new VolumeSnapshots({
+      nodeId: o.nodeId, kvdb: o.kvdb, locks: this.#locks, attached, attachedOn, log: o.log,
+      withEngine: async (name, work) => {
+        const { engine, epoch, record } = await this.#local.engines.attach(name)
+        try {
+          return await work(engine)
+        } finally {
+          await this.#local.engines.detach(name, record.id, engine, epoch)
+        }
+      },
+      dropLayers: (record) => this.#placement.drop(record),
+      cloneReplica: (nodeId, volumeId, size, snapId) => o.replicas.clone(nodeId, volumeId, size, snapId),
+      info: (record) => this.#view.info(record),
+      checkRunning: () => this.#checkRunning(),
+    })
   }
 
   /** Replicas placed here to replace lost, drained or moved ones (since start). */
@@ -185,13 +207,12 @@ export class VolumeManager {
     this.#scrubs.start()
     this.#shares.start()
     this.#healer.start()
-    const mine = new Set((await this.#records()).filter((r) => r.replicas.some((p) => p.nodeId === this.#nodeId)).map((r) => r.id))
-    // A replica the kvdb does not list is kept aside, never deleted: a wrong --cluster-id,
-    // an empty or restored etcd or a lost embedded store must not wipe the node.
-    for (const id of await this.#host.list()) {
-      if (mine.has(id)) continue
-      await this.#host.quarantine(id, 'the metadata store lists no volume with a replica of this id on this node')
-    }
+    await cleanUpLeftovers(this.#nodeId, this.#host, await this.#records(), this.#log, { replicas: true, graceMs: process.uptime() * 1000 })
+    this.#sweeper = setInterval(() => {
+      void this.#records().then((records) => cleanUpLeftovers(this.#nodeId, this.#host, records, this.#log, { replicas: false, graceMs: LAYER_GRACE_MS }))
+        .catch((err) => this.#log.debug({ err }, 'sweep for leftover snapshot layers skipped'))
+    }, LAYER_GRACE_MS)
+    this.#sweeper.unref()
   }
 
   /** Replicas set aside at start because the kvdb did not list them (this node's). */
@@ -207,7 +228,9 @@ export class VolumeManager {
   /** Create a volume, or accept an existing one when nothing requested contradicts it. */
   async create(requestedName: string, opts?: unknown): Promise<VolumeInfo> {
     const ref = parseVolumeRef(requestedName)
-    const options = mergeOptions(ref.inline, flattenOptions(opts))
+    const { parent, ...options } = mergeOptions(ref.inline, flattenOptions(opts))
+    // Docker's `--opt parent=VOL`: a snapshot of VOL.
+    if (parent !== undefined) return this.#createSnapshot(parent, ref.name, options)
     const spec = buildSpec(options)
     return this.#locks.run(ref.name, async () => {
       this.#checkRunning()
@@ -273,6 +296,8 @@ export class VolumeManager {
     await this.#locks.run(name, async () => {
       this.#checkRunning()
       const entry = await this.#requireRecord(name)
+      const snapshots = entry.value.snapshotOf ? [] : (await this.#records()).filter((r) => r.snapshotOf?.id === entry.value.id)
+      if (snapshots.length > 0) throw pxdError('IN_USE', `volume ${name} has ${snapshots.length} snapshot(s) (${snapshots.map((r) => r.name).join(', ')}); delete them first`)
       // A shared volume served here for others is refused for them, naming them.
       if (entry.value.spec.shared) await this.#shares.checkUnmounted(name)
       const held = this.#attached.get(name)
@@ -358,7 +383,7 @@ export class VolumeManager {
 
   async list(): Promise<VolumeInfo[]> {
     const [records, { nodes, view }] = await Promise.all([this.#records(), this.#healer.read()])
-    return Promise.all(records.map((r) => this.#view.info(r, nodes, view)))
+    return Promise.all(records.map((r) => this.#view.info(r, nodes, view, records)))
   }
 
   /** What each client node sent to the shared volumes this node serves, for /metrics. */
@@ -383,6 +408,7 @@ export class VolumeManager {
   /** Detach every volume (the daemon is stopping). New requests are refused from now on. */
   async stop(): Promise<void> {
     this.#stopping = true
+    clearInterval(this.#sweeper)
     this.#attachments.stop()
     this.#resyncs.stop()
     this.#scrubs.stop()
@@ -391,6 +417,15 @@ export class VolumeManager {
     for (const [name, local] of [...this.#attached]) {
       await this.#locks.run(name, () => this.#local.detach(name, local, true)).catch((err) => this.#log.error({ err, volume: name, volumeId: local.volumeId }, 'detach at shutdown failed'))
     }
+  }
+
+  /** A snapshot asked for as a create (`parent=VOL`); an existing snapshot of that volume is accepted as it is. */
+  async #createSnapshot(parent: string, name: string, options: Record<string, string>): Promise<VolumeInfo> {
+    const unknown = Object.keys(options).filter((k) => k !== 'name')
+    if (unknown.length > 0) throw pxdError('INVALID_ARGUMENT', `a snapshot (parent=${parent}) takes its volume's options; ${unknown.join(', ')} cannot be given`)
+    const existing = await this.#kvdb.get<VolumeRecord>(keys.volume(name))
+    if (existing?.value.snapshotOf?.name === parseVolumeRef(parent).name) return this.#view.info(existing.value)
+    return this.snapshots.create(parent, name)
   }
 
   async #records(): Promise<VolumeRecord[]> {

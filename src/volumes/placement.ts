@@ -22,7 +22,8 @@ export interface PlacementInput {
 /** Bytes promised to volumes on each node: the sizes of the replicas the records place there. */
 export function allocatedBytes(records: ReadonlyArray<Pick<VolumeRecord, 'spec' | 'replicas'>>): Map<string, number> {
   const allocated = new Map<string, number>()
-  for (const r of records) for (const p of r.replicas) allocated.set(p.nodeId, (allocated.get(p.nodeId) ?? 0) + r.spec.size)
+  // A snapshot's blocks are counted by the host's free space, not promised here.
+  for (const r of records) for (const p of (r as Partial<VolumeRecord>).snapshotOf ? [] : r.replicas) allocated.set(p.nodeId, (allocated.get(p.nodeId) ?? 0) + r.spec.size)
   return allocated
 }
 

@@ -57,6 +57,7 @@ export class ReplicaMoves {
       this.#o.checkRunning()
       const entry = await this.#requireRecord(name)
       const record = entry.value
+      if (record.snapshotOf) throw pxdError('READ_ONLY', `${name} is a snapshot: its replication is its volume's`)
       if (repl === record.replicas.length && repl === record.spec.repl) return this.#o.info(record)
       if ((record.retiring ?? []).length > 0) throw pxdError('CONFLICT', `volume ${name} is moving replicas (${record.retiring!.join(', ')} on the way out); retry once that is done`)
       const { next, added, removed } = await this.#o.placement.replan(record, repl, await this.#o.attachedOn(name))
@@ -99,7 +100,7 @@ export class ReplicaMoves {
 
   /** The volumes that have a replica on `nodeId`. */
   async volumesOn(nodeId: string): Promise<string[]> {
-    return (await this.#o.kvdb.list<VolumeRecord>(keys.volumes())).filter((e) => e.value.replicas.some((r) => r.nodeId === nodeId)).map((e) => e.value.name)
+    return (await this.#o.kvdb.list<VolumeRecord>(keys.volumes())).filter((e) => !e.value.snapshotOf && e.value.replicas.some((r) => r.nodeId === nodeId)).map((e) => e.value.name)
   }
 
   /**
@@ -111,7 +112,7 @@ export class ReplicaMoves {
   async rebalance(): Promise<{ move: RebalanceMove | null; busy?: string }> {
     this.#o.checkRunning()
     const [nodes, entries, drains] = await Promise.all([this.#o.membership.nodes(), this.#o.kvdb.list<VolumeRecord>(keys.volumes()), this.#o.kvdb.list(keys.drainings())])
-    const busy = entries.find((e) => (e.value.retiring ?? []).length > 0 || e.value.inSync.length < e.value.replicas.length)
+    const busy = entries.find((e) => !e.value.snapshotOf && ((e.value.retiring ?? []).length > 0 || e.value.inSync.length < e.value.replicas.length))
     if (busy) return { move: null, busy: busy.value.name }
     const draining = new Set(drains.map((d) => d.key.slice(keys.drainings().length)))
     const usable = nodes.filter((n) => n.online && n.capacity && !draining.has(n.nodeId))

@@ -47,6 +47,7 @@ export class VolumeResize {
       const entry = await this.#o.kvdb.get<VolumeRecord>(keys.volume(name))
       if (!entry) throw pxdError('NOT_FOUND', `volume ${name} not found`)
       const record = entry.value
+      if (record.snapshotOf) throw pxdError('READ_ONLY', `${name} is a snapshot; its size is its volume's when it was taken`)
       const from = record.spec.size
       if (size === from) return this.#o.info(record)
       if (size < from) throw pxdError('INVALID_ARGUMENT', `volume ${name} is ${formatSize(from)}; shrinking it to ${formatSize(size)} is refused`)

@@ -25,6 +25,13 @@ export interface VolumeRecord {
   retiring?: string[]
   /** Since when the volume has had fewer in-sync replicas than repl (set by a demotion or a new replica). */
   degradedSince?: string
+  /**
+   * A snapshot: a read-only point-in-time copy of that volume, held as a layer of the
+   * volume's replicas on `replicas` (its own id names the layer). Never healed or moved.
+   */
+  snapshotOf?: { id: string; name: string }
+  /** A clone: the volume or snapshot it was made from (its replicas share that one's blocks). */
+  clonedFrom?: { id: string; name: string }
 }
 
 /** Where a volume is attached; the epoch only ever grows (attach bumps it). */
@@ -103,6 +110,11 @@ export interface VolumeInfo {
   createdAt: string
   /** A shared volume: the node serving it and the nodes that have it mounted as clients. */
   sharing?: SharingInfo
+  /** A snapshot: the volume it was taken of; a clone: the volume or snapshot it was made from; else null. Snapshots are read-only. */
+  parent: string | null
+  readOnly: boolean
+  /** A volume's snapshots, oldest first. */
+  snapshots: Array<{ name: string; createdAt: string }>
 }
 
 export interface SharingInfo {

@@ -2,6 +2,10 @@
 import { createHash } from 'node:crypto'
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
+import { BLOCK_SIZE, HASH_BYTES } from '../../src/constants'
+import { native } from '../../src/native/binding'
+import { basesFrom, layerFiles, type LayerState } from '../../src/store/layers'
+import { closeNative, openNative } from '../../src/store/native-store'
 import { pluginCall } from './plugin-client'
 
 export const MiB = 1024 * 1024
@@ -37,4 +41,30 @@ export async function replicaFiles(node: { dataDir: string }, volumeId: string):
 export async function replicaDigest(node: { dataDir: string }, volumeId: string): Promise<string> {
   const { data, crc } = await replicaFiles(node, volumeId)
   return `${sha(data)}/${sha(crc)}`
+}
+
+/**
+ * sha256 of the hashes of every block of a node's replica of a volume as it reads (its live
+ * files over its snapshot layers), or of one snapshot `layer` of it: the files opened
+ * read-only beside the daemon's own store. Two copies that read the same have the same.
+ */
+export async function replicaViewHash(node: { dataDir: string }, volumeId: string, layer?: string): Promise<string> {
+  const dir = path.join(node.dataDir, 'replicas', volumeId)
+  const superblock = JSON.parse(await fs.readFile(path.join(dir, 'super.json'), 'utf8')) as LayerState
+  const files = layer === undefined ? { data: path.join(dir, 'data'), crc: path.join(dir, 'crc') } : layerFiles(dir, layer)
+  const top = layer === undefined ? superblock.parent : superblock.layers?.[layer]?.parent
+  const size = layer === undefined ? superblock.size : superblock.layers![layer]!.size
+  const handle = await openNative({ data: files.data, crc: files.crc, intent: '' }, size, { create: false, readOnly: true, bases: basesFrom(dir, superblock, top) })
+  const hash = createHash('sha256')
+  try {
+    const chunk = 64 * MiB
+    for (let off = 0; off < size; off += chunk) {
+      const out = Buffer.alloc((Math.min(chunk, size - off) / BLOCK_SIZE) * HASH_BYTES)
+      await new Promise<void>((resolve, reject) => native.storeHashes(handle, off, out, (err) => (err ? reject(err) : resolve())))
+      hash.update(out)
+    }
+  } finally {
+    await closeNative(handle, dir)
+  }
+  return hash.digest('hex')
 }
