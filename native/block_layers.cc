@@ -23,10 +23,15 @@
 // MergeBase copies what the nearest base has and the live layer lacks into
 // the live layer like a write (intent-marked, under the blocks' exclusive
 // stripe locks, the live crc checked again under them, so a racing write is
-// never overwritten), then syncs. LayerMerge does the same for two frozen
-// layers, from file to file: all data first, synced, then the crc entries.
+// never overwritten), then syncs and drops that base from its chain (under
+// every stripe lock). LayerMerge does the same for two frozen layers, from file to file: all data first, synced, then the crc entries.
 // Until an entry lands the block is still absent in `into` and reads from
 // `from`, which exists until the merge is done, so a crash changes nothing.
+// With `overwrite` (a collapse: the live layer copied down into the layer it
+// sits on, which then takes its place) every block `from` has is copied, over
+// what `into` has; a crash can leave such a block torn in `into`, which is
+// harmless because `from` still has it and is read first, and the collapse
+// is done again from the start.
 #include <endian.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -131,10 +136,10 @@ void WriteEntries(int fd, const std::string& path, uint64_t first, uint64_t coun
 // The blocks a merge copies: `from` has them, `into` lacks them; the first
 // and last of the chunk, false if none.
 bool Wanted(const uint32_t* from, const uint32_t* into, uint64_t count,
-            uint64_t* lo, uint64_t* hi) {
+            bool overwrite, uint64_t* lo, uint64_t* hi) {
   *lo = count;
   for (uint64_t i = 0; i < count; i++) {
-    if (from[i] == 0 || into[i] != 0) continue;
+    if (from[i] == 0 || (!overwrite && into[i] != 0)) continue;
     if (*lo == count) *lo = i;
     *hi = i;
   }
@@ -151,6 +156,19 @@ BlockStore::Layer::Layer(Layer&& other) noexcept
       blocks(other.blocks) {
   other.data_fd = -1;
   other.crc_fd = -1;
+}
+
+BlockStore::Layer& BlockStore::Layer::operator=(Layer&& other) noexcept {
+  if (this == &other) return *this;
+  Close();
+  data_path = std::move(other.data_path);
+  crc_path = std::move(other.crc_path);
+  data_fd = other.data_fd;
+  crc_fd = other.crc_fd;
+  blocks = other.blocks;
+  other.data_fd = -1;
+  other.crc_fd = -1;
+  return *this;
 }
 
 void BlockStore::Layer::Close() {
@@ -288,7 +306,7 @@ void BlockStore::MergeBase() {
     // Unlocked, only to skip chunks with nothing to copy; checked again below.
     ReadCrcs(start, count, ours.data());
     uint64_t lo = 0, hi = 0;
-    if (!Wanted(theirs.data(), ours.data(), count, &lo, &hi)) continue;
+    if (!Wanted(theirs.data(), ours.data(), count, false, &lo, &hi)) continue;
     if (!buf) buf.reset(new uint8_t[kMergeChunkBlocks << block_shift_]);
     // The base is frozen: read and checked before taking any lock.
     const uint64_t first = start + lo, last = start + hi, span = hi - lo + 1;
@@ -325,11 +343,15 @@ void BlockStore::MergeBase() {
   SyncData();
   SyncCrc();
   MarkFlushed(seq);
+  // The view no longer needs the base: it leaves the chain, so that a next merge takes the
+  // layer below it. Every stripe held: no read or write is between its lookups.
+  StripeLock all(*this, 0, (size_ >> block_shift_) - 1, true);
+  bases_.erase(bases_.begin());
 }
 
 void BlockStore::LayerMerge(const std::string& from_data, const std::string& from_crc,
                             const std::string& into_data, const std::string& into_crc,
-                            int64_t block_size) {
+                            int64_t block_size, bool overwrite) {
   CheckBlockSize(block_size);
   const uint64_t bs = static_cast<uint64_t>(block_size);
   Fd from_d, from_c, into_d, into_c;
@@ -352,11 +374,11 @@ void BlockStore::LayerMerge(const std::string& from_data, const std::string& fro
       ReadEntries(from_c.get(), from_crc, start, count, theirs.data());
       ReadEntries(into_c.get(), into_crc, start, count, ours.data());
       uint64_t lo = 0, hi = 0;
-      if (!Wanted(theirs.data(), ours.data(), count, &lo, &hi)) continue;
+      if (!Wanted(theirs.data(), ours.data(), count, overwrite, &lo, &hi)) continue;
       const uint64_t span = hi - lo + 1;
       if (pass == 1) {
         for (uint64_t i = lo; i <= hi; i++) {
-          if (ours[i] == 0) ours[i] = theirs[i];
+          if (theirs[i] != 0 && (overwrite || ours[i] == 0)) ours[i] = theirs[i];
         }
         WriteEntries(into_c.get(), into_crc, start + lo, span, ours.data() + lo);
         continue;
@@ -364,12 +386,12 @@ void BlockStore::LayerMerge(const std::string& from_data, const std::string& fro
       if (!buf) buf.reset(new uint8_t[kMergeChunkBlocks * bs]);
       FullPread(from_d.get(), buf.get(), span * bs, (start + lo) * bs, from_data);
       for (uint64_t i = lo; i <= hi;) {
-        if (theirs[i] == 0 || ours[i] != 0) {
+        if (theirs[i] == 0 || (!overwrite && ours[i] != 0)) {
           i++;
           continue;
         }
         uint64_t j = i + 1;
-        while (j <= hi && theirs[j] != 0 && ours[j] == 0) j++;
+        while (j <= hi && theirs[j] != 0 && (overwrite || ours[j] == 0)) j++;
         uint8_t* p = buf.get() + (i - lo) * bs;
         for (uint64_t b = i; b < j; b++) {
           // from's crc is never 0 here: a plain compare.

@@ -59,10 +59,12 @@ class BlockStore {
   // that `from` has (crc non-zero) and `into` lacks (crc 0): all data, an
   // fdatasync, then the crc entries and an fdatasync, so a crash in between
   // leaves `into` reading those blocks from `from` still. `from` is the layer
-  // right below `into`, which has at least as many blocks. Throws StoreError.
+  // right below `into`, which has at least as many blocks. With `overwrite`
+  // every block `from` has is copied, over `into`'s own (a collapse: `into` is
+  // the layer right below `from` and takes its place after). Throws StoreError.
   static void LayerMerge(const std::string& from_data, const std::string& from_crc,
                          const std::string& into_data, const std::string& into_crc,
-                         int64_t block_size);
+                         int64_t block_size, bool overwrite = false);
   ~BlockStore();
 
   BlockStore(const BlockStore&) = delete;
@@ -89,7 +91,8 @@ class BlockStore {
   void Discard(int64_t offset, uint64_t len);
   // Copies every block the nearest base has and the live layer lacks into
   // the live layer, then syncs both files: afterwards the store reads the
-  // same without that base. EINVAL without bases, EROFS when read-only.
+  // same without that base, which leaves its chain (a next MergeBase takes
+  // the one below). EINVAL without bases, EROFS when read-only.
   void MergeBase();
   // A flush is an fdatasync of both files, skipped when nothing was written
   // since the last one that covered every write: take WriteSeq() first, skip
@@ -122,7 +125,7 @@ class BlockStore {
     uint64_t blocks = 0;  // its crc entries; blocks past them are absent in it
     Layer() = default;
     Layer(Layer&& other) noexcept;
-    Layer& operator=(Layer&&) = delete;
+    Layer& operator=(Layer&& other) noexcept;
     ~Layer() { Close(); }
     void Close();
   };
@@ -201,7 +204,8 @@ class BlockStore {
   const uint32_t block_shift_;
   uint32_t zero_block_crc_ = 0;
   const bool read_only_;
-  // Nearest first; empty for a store of one layer.
+  // Nearest first; empty for a store of one layer. Read under a stripe lock;
+  // changed (MergeBase) only under all of them.
   std::vector<Layer> bases_;
   std::unique_ptr<std::shared_mutex[]> stripes_;
   // Writes that completed, and the count a finished flush covered.

@@ -25,16 +25,17 @@ class MergeBaseWorker : public StoreWorker {
 
 class LayerMergeWorker : public Napi::AsyncWorker {
  public:
-  LayerMergeWorker(const Napi::Function& cb, std::vector<std::string> paths,
+  LayerMergeWorker(const Napi::Function& cb, std::vector<std::string> paths, bool overwrite,
                    int64_t block_size)
       : Napi::AsyncWorker(cb, "pxd:layerMerge"),
         paths_(std::move(paths)),
-        block_size_(block_size) {}
+        block_size_(block_size),
+        overwrite_(overwrite) {}
 
  protected:
   void Execute() override {
     ok_ = Capture(error_, [this] {
-      BlockStore::LayerMerge(paths_[0], paths_[1], paths_[2], paths_[3], block_size_);
+      BlockStore::LayerMerge(paths_[0], paths_[1], paths_[2], paths_[3], block_size_, overwrite_);
     });
   }
 
@@ -46,6 +47,7 @@ class LayerMergeWorker : public Napi::AsyncWorker {
  private:
   std::vector<std::string> paths_;  // from data, from crc, into data, into crc
   int64_t block_size_;
+  bool overwrite_;
   bool ok_ = false;
   StoreError error_;
 };
@@ -93,6 +95,7 @@ Napi::Value JsStoreMergeBase(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+template <bool kOverwrite>
 Napi::Value JsLayerMerge(const Napi::CallbackInfo& info) {
   std::vector<std::string> paths;
   paths.push_back(ArgString(info, 0, "fromData"));
@@ -101,7 +104,7 @@ Napi::Value JsLayerMerge(const Napi::CallbackInfo& info) {
   paths.push_back(ArgString(info, 3, "intoCrc"));
   int64_t block_size = ArgInteger(info, 4, "blockSize");
   Napi::Function cb = ArgCallback(info, 5);
-  (new LayerMergeWorker(cb, std::move(paths), block_size))->Queue();
+  (new LayerMergeWorker(cb, std::move(paths), kOverwrite, block_size))->Queue();
   return info.Env().Undefined();
 }
 
@@ -110,7 +113,8 @@ Napi::Value JsLayerMerge(const Napi::CallbackInfo& info) {
 void InitLayers(Napi::Env env, Napi::Object exports) {
   exports.Set("storeOpenLayered", Napi::Function::New<JsStoreOpenLayered>(env, "storeOpenLayered"));
   exports.Set("storeMergeBase", Napi::Function::New<JsStoreMergeBase>(env, "storeMergeBase"));
-  exports.Set("layerMerge", Napi::Function::New<JsLayerMerge>(env, "layerMerge"));
+  exports.Set("layerMerge", Napi::Function::New<JsLayerMerge<false>>(env, "layerMerge"));
+  exports.Set("layerOverlay", Napi::Function::New<JsLayerMerge<true>>(env, "layerOverlay"));
 }
 
 }  // namespace pxd

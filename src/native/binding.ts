@@ -118,6 +118,13 @@ export interface NativeBinding {
    * of `from` does not match its crc.
    */
   layerMerge(fromData: string, fromCrc: string, intoData: string, intoCrc: string, blockSize: number, cb: Callback): void
+  /**
+   * Like layerMerge, but every block `from` has is copied, over what `into` has: a collapse,
+   * where `from` (closed live files, or a frozen layer) is copied down into `into`, the layer
+   * right below it, which then takes its place. A crash leaves blocks of `into` torn only
+   * where `from` has them (and is read first): do it again from the start.
+   */
+  layerOverlay(fromData: string, fromCrc: string, intoData: string, intoCrc: string, blockSize: number, cb: Callback): void
   /** What the open found of a crash: regions the intent map had marked, blocks whose crc it rebuilt. */
   storeRecovery(handle: StoreHandle): StoreRecovery
   /** Any range inside the store; partial blocks are read, verified and merged. */

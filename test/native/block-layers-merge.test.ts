@@ -66,7 +66,7 @@ test.serial('storeMergeBase copies the base into the live layer; writes racing i
   t.true((await view(t, live, [])).equals(want), 'the live layer alone reads the same')
 })
 
-test('storeMergeBase merges the nearest of two bases; the live layer then needs only the other', async (t) => {
+test('storeMergeBase merges the nearest of two bases, which then leaves the chain; a second merges the other', async (t) => {
   const older = await frozen(t, 2 * MiB, [[0, randomBytes(2 * MiB)]])
   const nearer = await frozen(t, 3 * MiB, [[MiB, randomBytes(MiB)], [10 * BS, Buffer.alloc(BS)], [2 * MiB, randomBytes(BS)]], [older])
   const live = files(t)
@@ -79,9 +79,15 @@ test('storeMergeBase merges the nearest of two bases; the live layer then needs 
   t.true((await readAll(h, 0, 4 * MiB)).equals(before), 'the view does not change')
   t.is(crcEntry(live, 10), native.crc32c(Buffer.alloc(BS)), "the nearer base's zero block came along")
   t.is(crcEntry(live, 0), 0, "the older base's blocks did not")
-  await closeStore(h)
   t.deepEqual([fileSha(nearer.data), fileSha(nearer.crc)], shas, 'the merged base is unchanged')
   t.true((await view(t, live, [older])).equals(before), 'without the merged base')
+  // The merged base left the chain: the next merge takes the older one.
+  await mergeBase(h)
+  t.true((await readAll(h, 0, 4 * MiB)).equals(before), 'the view does not change')
+  t.not(crcEntry(live, 0), 0, "the older base's blocks came along")
+  await t.throwsAsync<NativeError>(mergeBase(h), { code: 'EINVAL' })
+  await closeStore(h)
+  t.true((await view(t, live, [])).equals(before), 'the live files alone')
 
   const plain = await openLayered(t, files(t), { create: true })
   await t.throwsAsync<NativeError>(mergeBase(plain), { code: 'EINVAL' })
