@@ -65,7 +65,7 @@ export class LocalReplica implements Replica {
   }
 
   async close(): Promise<void> {
-    await this.flush().catch((err: unknown) => {
+    await this.#host.release(this.#at.volumeId, this.#at.epoch).catch((err: unknown) => {
       // A newer coordinator owns the replica now; nothing of ours is left to flush.
       if (!isPxdError(err, 'STALE_EPOCH') && !isPxdError(err, 'UNKNOWN_VOLUME')) throw err
     })

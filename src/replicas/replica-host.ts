@@ -15,7 +15,7 @@ import path from 'node:path'
 import type { Logger } from 'pino'
 import { VOLUME_ID_PATTERN } from '../constants'
 import { pxdError } from '../errors'
-import { layerBytes, snapshotsOf } from '../store/layers'
+import { hasCollectable, layerBytes, snapshotsOf } from '../store/layers'
 import { ReplicaStore, type Superblock } from '../store/replica-store'
 import { mkdirDurably, renameDurably, syncDir } from '../util/durable'
 import { KeyedMutex } from '../util/mutex'
@@ -43,6 +43,8 @@ export class ReplicaHost {
   readonly #locks = new KeyedMutex()
   /** Writes in flight per volume, and the opens waiting for them to land. */
   readonly #writes = new Map<string, { inflight: number; waiters: Array<() => void> }>()
+  /** Open replicas whose coordinator let go (flushed, closed its engine): nobody writes them until the next open. */
+  readonly #released = new Set<string>()
   /** Bytes written to the replicas held here since this process started (coordinators' writes and resync copies). */
   writtenBytes = 0
   #closed = false
@@ -122,6 +124,7 @@ export class ReplicaHost {
       if (store.size !== size) throw pxdError('CONFLICT', `replica ${volumeId} is ${store.size} bytes here, the coordinator says ${size}`)
       const previous = store.superblock.epoch
       await store.setEpoch(epoch)
+      this.#released.delete(volumeId)
       // Writes that started before (an older coordinator's, or a request of this one that
       // timed out on its side but still runs here) land before the new session reads or
       // resyncs anything: none can land after the open is answered.
@@ -236,10 +239,12 @@ export class ReplicaHost {
     return 0
   }
 
-  /** The replica whose layer snapshot `snapId` is, on this node. */
+  /** The replica whose layer snapshot `snapId` is, on this node (never a clone that links it). */
   async #ownerOf(snapId: string): Promise<string | undefined> {
     for (const id of await this.list()) {
-      if ((await this.#readSuperblock(id))?.layers?.[snapId]) return id
+      // A clone's copy of the layer (hidden there: a link) is not the snapshot's.
+      const layer = (await this.#readSuperblock(id))?.layers?.[snapId]
+      if (layer && !layer.hidden) return id
     }
     return undefined
   }
@@ -252,6 +257,22 @@ export class ReplicaHost {
     }
   }
 
+  /**
+   * Snapshot layers left hidden (deleted while their volume was mounted, the files above
+   * them smaller) go once nobody holds their replica: it is closed for that (an open waits).
+   */
+  async collectLayers(): Promise<void> {
+    for (const id of await this.list()) {
+      const superblock = await this.#readSuperblock(id)
+      if (!superblock || !(await hasCollectable(this.dirOf(id), superblock)) || (this.#open.has(id) && !this.#released.has(id))) continue
+      await this.#locks.run(id, async () => {
+        if (this.#open.has(id) && !this.#released.has(id)) return
+        await this.#takeOut(id)
+        if (await ReplicaStore.collectHidden(this.dirOf(id))) this.#log.info({ volumeId: id }, 'hidden snapshot layers deleted')
+      }).catch((err) => this.#log.warn({ err, volumeId: id }, 'deleting hidden snapshot layers failed'))
+    }
+  }
+
   /** Delete this node's layer of snapshot `snapId` (its space goes back; the volume reads the same). */
   async #dropSnapshot(snapId: string): Promise<void> {
     const owner = await this.#ownerOf(snapId)
@@ -259,6 +280,9 @@ export class ReplicaHost {
     await this.#locks.run(snapId, () => this.#takeOut(snapId))
     await this.#locks.run(owner, async () => {
       await this.#drained(owner)
+      // Nobody holds the replica: closed, its live files may be copied down into the layer
+      // (the cheaper way when they are the smaller); the next open opens it again.
+      if (this.#released.has(owner)) await this.#takeOut(owner)
       await ReplicaStore.removeSnapshot(this.dirOf(owner), snapId, this.#open.get(owner))
       this.#log.info({ volumeId: owner, snapId }, 'snapshot layer deleted')
     })
@@ -278,6 +302,12 @@ export class ReplicaHost {
     } finally {
       clearTimeout(timer)
     }
+  }
+
+  /** The coordinator at `epoch` lets go: a flush, and until the next open nobody writes the replica. */
+  async release(volumeId: string, epoch: number): Promise<void> {
+    await this.storeFor(volumeId, epoch).flush()
+    this.#released.add(volumeId)
   }
 
   /** The open replica for a request at `epoch`; the request's epoch must be the current one. */
@@ -348,6 +378,7 @@ export class ReplicaHost {
   async #takeOut(volumeId: string): Promise<void> {
     const store = this.#open.get(volumeId)
     this.#open.delete(volumeId)
+    this.#released.delete(volumeId)
     await store?.close()
   }
 

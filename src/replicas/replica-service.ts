@@ -46,7 +46,7 @@ export class ReplicaService implements RequestHandler {
         return this.#host.storeFor(req.vol, req.epoch).flush()
       case 'close':
         // The coordinator lets go; the replica stays open for the next one.
-        return this.#host.storeFor(req.vol, req.epoch).flush()
+        return this.#host.release(req.vol, req.epoch)
       case 'snapshot':
         await this.#requirePlacedHere(req.vol)
         return this.#host.snapshot(req.vol, req.epoch, req.snap)

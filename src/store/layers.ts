@@ -29,7 +29,7 @@ import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import { pxdError } from '../errors'
 import { mkdirDurably, syncDir } from '../util/durable'
-import { closeNative, mergeLayer, openNative, type StorePaths } from './native-store'
+import { closeNative, mergeLayer, openNative, overlayLayer, type StorePaths } from './native-store'
 
 /** A frozen layer as the superblock records it. */
 export interface LayerRecord {
@@ -48,8 +48,12 @@ export interface LayerState {
   /** The layer the live files sit on; none: they are the bottom. */
   parent?: string
   layers?: Record<string, LayerRecord>
-  /** A snapshot (freeze the live files as this layer) or a restore (new live files on it) under way. */
-  pending?: { op: 'snapshot' | 'restore'; layer: string; at?: string }
+  /**
+   * Under way: a snapshot (freeze the live files as `layer`), a restore (new live files on
+   * it), or a collapse (`child`, the live files or a layer, copied down into `layer`, whose
+   * files then take the child's place).
+   */
+  pending?: { op: 'snapshot' | 'restore' | 'collapse'; layer: string; at?: string; child?: string }
 }
 
 export const SNAPSHOTS_DIR = 'snaps'
@@ -77,6 +81,14 @@ export function snapshotsOf(state: LayerState): string[] {
   return Object.entries(state.layers ?? {}).filter(([, l]) => !l.hidden).map(([id]) => id)
 }
 
+/** Whether a hidden layer has at most one child and no clone shares it: collectHidden can delete it. */
+export async function hasCollectable(dir: string, state: LayerState): Promise<boolean> {
+  for (const [id, l] of Object.entries(state.layers ?? {})) {
+    if (l.hidden && childrenOf(state, id).length <= 1 && !(await shared(layerFiles(dir, id).data))) return true
+  }
+  return false
+}
+
 /** What sits on layer `id`: later layers, and 'live' for the live files. */
 function childrenOf(state: LayerState, id: string): string[] {
   const kids = Object.entries(state.layers ?? {}).filter(([, l]) => l.parent === id).map(([k]) => k)
@@ -93,6 +105,8 @@ function without<T extends LayerState>(state: T, id: string): T {
 export interface LayerIo<T extends LayerState> {
   live: StorePaths
   writeState(state: T): Promise<void>
+  /** The live files are open in a store (written meanwhile): they cannot be collapsed. */
+  storeOpen?: boolean
 }
 
 /** Record a snapshot or a restore as pending (durably), then carry it out. The store must be closed. */
@@ -108,6 +122,7 @@ export async function beginPending<T extends LayerState>(dir: string, state: T, 
 export async function finishPending<T extends LayerState>(dir: string, state: T, io: LayerIo<T>): Promise<T> {
   const pending = state.pending
   if (!pending) return state
+  if (pending.op === 'collapse') return finishCollapse(dir, state, io)
   const { pending: _done, ...rest } = state
   let next: T
   if (pending.op === 'snapshot') {
@@ -162,11 +177,16 @@ async function removeOne<T extends LayerState>(dir: string, state: T, id: string
     // Two children need it as it is; a layer a clone shares would be copied for nothing.
     return hide()
   } else if (kids[0] === 'live') {
+    // Copy the smaller side: the live files down into the layer (closed only), or it up.
+    if ((await bytesOf(io.live.data)) < (await bytesOf(layerFiles(dir, id).data))) {
+      return io.storeOpen ? hide() : collapse(dir, state, id, 'live', io)
+    }
     await mergeIntoLive()
     const { parent: _p, ...rest } = without(state, id)
     next = { ...rest, ...reparent } as T
   } else {
     const child = kids[0]!
+    if ((await bytesOf(layerFiles(dir, child).data)) < (await bytesOf(layerFiles(dir, id).data))) return collapse(dir, state, id, child, io)
     // A clone's layer is never written: the clone reads it too.
     if (await shared(layerFiles(dir, child).data)) return hide()
     await mergeLayer(layerFiles(dir, id), layerFiles(dir, child))
@@ -180,7 +200,7 @@ async function removeOne<T extends LayerState>(dir: string, state: T, id: string
 }
 
 /** Hidden layers that can go now go too (one with at most one child, unless a clone shares it). */
-async function collectHidden<T extends LayerState>(dir: string, state: T, io: LayerIo<T>, mergeIntoLive?: () => Promise<void>): Promise<T> {
+export async function collectHidden<T extends LayerState>(dir: string, state: T, io: LayerIo<T>, mergeIntoLive?: () => Promise<void>): Promise<T> {
   for (let progress = true; progress;) {
     progress = false
     for (const [id, layer] of Object.entries(state.layers ?? {})) {
@@ -196,6 +216,72 @@ async function collectHidden<T extends LayerState>(dir: string, state: T, io: La
     }
   }
   return state
+}
+
+/**
+ * Delete layer `id` by copying its only child down into it (the child has fewer blocks):
+ * recorded as pending first, then finishCollapse. `id`'s files end up as the child's.
+ */
+async function collapse<T extends LayerState>(dir: string, state: T, id: string, child: string, io: LayerIo<T>): Promise<T> {
+  const pending: T = { ...state, pending: { op: 'collapse', layer: id, child, at: new Date().toISOString() } }
+  await io.writeState(pending)
+  return finishCollapse(dir, pending, io)
+}
+
+/**
+ * Each step may be done already (after a crash): while both of the layer's files are there
+ * the copy is done (again) from the start; the child, still in place, is read before the
+ * layer, so blocks a cut copy left torn in the layer are never read. Then the layer's files
+ * are renamed over the child's, one at a time.
+ */
+async function finishCollapse<T extends LayerState>(dir: string, state: T, io: LayerIo<T>): Promise<T> {
+  const { layer: id, child } = state.pending as { layer: string; child: string }
+  const { pending: _done, ...rest } = state
+  const from = child === 'live' ? io.live : layerFiles(dir, child)
+  const into = layerFiles(dir, id)
+  const size = child === 'live' ? state.size : state.layers![child]!.size
+  if ((await exists(into.data)) && (await exists(into.crc))) {
+    await extend(into.data, size)
+    await extend(into.crc, (size / blockSizeOf(state)) * 4)
+    await overlayLayer(from, into)
+  }
+  for (const f of ['data', 'crc'] as const) if (await exists(into[f])) await fs.rename(into[f], from[f])
+  await syncDir(path.dirname(from.data))
+  const reparent = state.layers![id]!.parent
+  let next = without(rest as T, id)
+  if (child === 'live') {
+    const { parent: _p, ...top } = next
+    next = { ...top, ...(reparent !== undefined ? { parent: reparent } : {}) } as T
+  } else {
+    const { parent: _p, ...record } = next.layers![child]!
+    next = { ...next, layers: { ...next.layers, [child]: { ...record, ...(reparent !== undefined ? { parent: reparent } : {}) } } }
+  }
+  await io.writeState(next)
+  await fs.rm(into.dir, { recursive: true, force: true })
+  await syncDir(path.join(dir, SNAPSHOTS_DIR))
+  return next
+}
+
+/** The block size the superblock names (4096 before it did). */
+function blockSizeOf(state: LayerState): number {
+  return (state as { blockSize?: number }).blockSize ?? 4096
+}
+
+async function extend(file: string, bytes: number): Promise<void> {
+  const h = await fs.open(file, 'r+')
+  try {
+    if ((await h.stat()).size < bytes) {
+      await h.truncate(bytes)
+      await h.datasync()
+    }
+  } finally {
+    await h.close()
+  }
+}
+
+/** Host bytes a file takes (its holes not counted). */
+async function bytesOf(file: string): Promise<number> {
+  return ((await fs.stat(file).catch(() => undefined))?.blocks ?? 0) * 512
 }
 
 /** Whether another replica's directory (a clone) links the file too. */

@@ -51,6 +51,13 @@ export function mergeLayer(from: { data: string; crc: string }, into: { data: st
   })
 }
 
+/** Copy every block layer `from` has into layer `into`, over `into`'s own (a collapse: see layers.ts). */
+export function overlayLayer(from: { data: string; crc: string }, into: { data: string; crc: string }): Promise<void> {
+  return new Promise((resolve, reject) => {
+    native.layerOverlay(from.data, from.crc, into.data, into.crc, BLOCK_SIZE, (err) => (err ? reject(storeError(err, 'collapse', path.dirname(into.data))) : resolve()))
+  })
+}
+
 const CODE_MAP: Record<string, ErrorCode> = {
   ECHECKSUM: 'CHECKSUM_MISMATCH',
   ECLOSED: 'STORE_CLOSED',

@@ -14,7 +14,7 @@ import { BLOCK_SIZE, CHECKSUM_BYTES, HASH_BYTES } from '../constants'
 import { pxdError } from '../errors'
 import { native, type StoreHandle, type StoreRecovery } from '../native/binding'
 import { mkdirDurably, renameDurably, syncDir, writeFileDurably } from '../util/durable'
-import { basesFrom, beginPending, cloneLayers, finishPending, layerFiles, removeLayer, type LayerIo, type LayerState } from './layers'
+import { basesFrom, beginPending, cloneLayers, collectHidden, finishPending, layerFiles, removeLayer, type LayerIo, type LayerState } from './layers'
 import { closeNative, mergeBase, openNative, storeError, type StorePaths } from './native-store'
 
 const SUPERBLOCK_VERSION = 1
@@ -118,12 +118,28 @@ export class ReplicaStore {
    * while one is open (its live files take the layer's blocks through it, writes going on).
    */
   static async removeSnapshot(dir: string, layer: string, open: ReplicaStore | undefined): Promise<void> {
-    let superblock = await readSuperblock(dir)
-    if (superblock.pending) {
-      if (open) throw pxdError('CONFLICT', `replica ${dir} has a snapshot or restore under way`)
-      superblock = await finishPending(dir, superblock, layerIo(dir))
-    }
-    const intoLive = async () => {
+    // A closed replica is opened and closed first: its crash recovery runs and anything
+    // pending is finished, so its live files are whole before they are copied anywhere.
+    if (!open) await (await ReplicaStore.open(dir)).close()
+    const superblock = await readSuperblock(dir)
+    if (superblock.pending) throw pxdError('CONFLICT', `replica ${dir} has a snapshot or restore under way`)
+    const next = await removeLayer(dir, superblock, layer, { ...layerIo(dir), storeOpen: open !== undefined }, ReplicaStore.#intoLive(dir, open))
+    // The open store keeps its superblock in memory: the layer fields follow the file.
+    if (open) open.#superblock = { ...open.#superblock, parent: next.parent, layers: next.layers } as Superblock
+    if (open && next.parent === undefined) delete open.#superblock.parent
+  }
+
+  /** Delete the hidden layers of a closed replica that can go now (see layers.ts); whether any went. */
+  static async collectHidden(dir: string): Promise<boolean> {
+    await (await ReplicaStore.open(dir)).close()
+    const superblock = await readSuperblock(dir)
+    const next = await collectHidden(dir, superblock, layerIo(dir), ReplicaStore.#intoLive(dir, undefined))
+    return next !== superblock
+  }
+
+  /** How a layer's blocks are merged up into the live files: through the open store, or one opened for it. */
+  static #intoLive(dir: string, open: ReplicaStore | undefined): () => Promise<void> {
+    return async () => {
       if (open) return open.#mergeBase()
       const store = await ReplicaStore.open(dir)
       try {
@@ -132,10 +148,6 @@ export class ReplicaStore {
         await store.close()
       }
     }
-    const next = await removeLayer(dir, superblock, layer, layerIo(dir), intoLive)
-    // The open store keeps its superblock in memory: the layer fields follow the file.
-    if (open) open.#superblock = { ...open.#superblock, parent: next.parent, layers: next.layers } as Superblock
-    if (open && next.parent === undefined) delete open.#superblock.parent
   }
 
   /** Open and close (crash recovery done, every intent mark cleared), then change the closed replica. */

@@ -210,6 +210,7 @@ export class VolumeManager {
     await cleanUpLeftovers(this.#nodeId, this.#host, await this.#records(), this.#log, { replicas: true, graceMs: process.uptime() * 1000 })
     this.#sweeper = setInterval(() => {
       void this.#records().then((records) => cleanUpLeftovers(this.#nodeId, this.#host, records, this.#log, { replicas: false, graceMs: LAYER_GRACE_MS }))
+        .then(() => this.#host.collectLayers())
         .catch((err) => this.#log.debug({ err }, 'sweep for leftover snapshot layers skipped'))
     }, LAYER_GRACE_MS)
     this.#sweeper.unref()
