@@ -33,6 +33,7 @@ export const METRIC = {
   replicaInSync: 'pxd_volume_replica_in_sync',
   replicaOnline: 'pxd_volume_replica_online',
   replicaAllocated: 'pxd_volume_replica_allocated_bytes',
+  volumeSnapshots: 'pxd_volume_snapshots',
   volumeDegraded: 'pxd_volume_degraded',
   volumes: 'pxd_volumes',
   volumesDegraded: 'pxd_volumes_degraded',
@@ -118,6 +119,10 @@ export interface VolumeState {
   degradedSince?: string | null
   replicas: ReadonlyArray<{ nodeId: string; inSync: boolean; online: boolean; allocatedBytes?: number | null }>
   lastResync?: { nodeId: string; state: string; totalBytes: number; scannedBytes: number; copiedBytes: number } | null
+  /** A snapshot's volume (none for a volume), and a volume's snapshots. */
+  parent?: string | null
+  readOnly?: boolean
+  snapshots?: ReadonlyArray<unknown>
 }
 
 /** This node's healing counters. */
@@ -314,6 +319,8 @@ export class Metrics {
       vols.flatMap((v) => v.replicas.map((r) => ({ labels: { volume: v.name, replica: r.nodeId }, value: r.online ? 1 : 0 }))))
     gauge<VolumeState[]>(METRIC.replicaAllocated, `Host bytes the replica's files take on its node, as it last reported them (discards give them back) ${cluster}`, 'volumes', (vols) =>
       vols.flatMap((v) => v.replicas.flatMap((r) => (typeof r.allocatedBytes === 'number' ? [{ labels: { volume: v.name, replica: r.nodeId }, value: r.allocatedBytes }] : []))))
+    gauge<VolumeState[]>(METRIC.volumeSnapshots, `Snapshots of the volume ${cluster}`, 'volumes', (vols) =>
+      vols.filter((v) => !v.readOnly).map((v) => ({ labels: { volume: v.name }, value: v.snapshots?.length ?? 0 })))
     gauge<VolumeState[]>(METRIC.volumeDegraded, `1 when the volume has fewer in-sync replicas on online nodes than repl ${cluster}`, 'volumes', (vols) =>
       vols.map((v) => ({ labels: { volume: v.name }, value: v.degraded ? 1 : 0 })))
     gauge<VolumeState[]>(METRIC.volumes, `Volumes by state ${cluster}`, 'volumes', (vols) => {

@@ -61,6 +61,7 @@ export class ReplicaMoves {
       if (repl === record.replicas.length && repl === record.spec.repl) return this.#o.info(record)
       if ((record.retiring ?? []).length > 0) throw pxdError('CONFLICT', `volume ${name} is moving replicas (${record.retiring!.join(', ')} on the way out); retry once that is done`)
       const { next, added, removed } = await this.#o.placement.replan(record, repl, await this.#o.attachedOn(name))
+      await this.#refuseLosingSnapshots(`lowering the replication of ${name}`, (r) => r.snapshotOf?.id === record.id && r.replicas.some((p) => removed.includes(p.nodeId)))
       if (added.length > 0) next.degradedSince ??= new Date().toISOString()
       const ok = await this.#o.kvdb.txn({ compares: [{ key: entry.key, modRevision: entry.modRevision }], puts: [{ key: entry.key, value: next }] })
       if (!ok) throw pxdError('CONFLICT', `volume ${name} changed during ha-update; retry`)
@@ -81,6 +82,7 @@ export class ReplicaMoves {
       await this.#o.kvdb.delete(keys.draining(nodeId))
       this.#o.log.info({ node: nodeId }, 'drain cancelled: the node takes new replicas again')
     } else if (!(await this.#o.kvdb.get(keys.draining(nodeId)))) {
+      await this.#refuseLosingSnapshots(`draining ${nodeId}`, (r) => r.snapshotOf !== undefined && r.replicas.some((p) => p.nodeId === nodeId))
       await this.#o.kvdb.put(keys.draining(nodeId), { since: new Date().toISOString() })
       this.#o.log.info({ node: nodeId }, 'node draining: no new replicas go there, and each one it holds is replaced')
     }
@@ -123,7 +125,10 @@ export class ReplicaMoves {
     const emptiest = ordered[ordered.length - 1]
     if (!fullest || !emptiest || fullest === emptiest) return { move: null }
     const gap = bytes(fullest.nodeId) - bytes(emptiest.nodeId)
+    // A replica moved carries the volume, not its snapshots: volumes with snapshots stay put.
+    const snapshotted = new Set(entries.flatMap((e) => (e.value.snapshotOf ? [e.value.snapshotOf.id] : [])))
     const candidates = entries.map((e) => e.value)
+      .filter((v) => !v.snapshotOf && !snapshotted.has(v.id))
       .filter((v) => v.replicas.some((r) => r.nodeId === fullest.nodeId) && !v.replicas.some((r) => r.nodeId === emptiest.nodeId))
       .filter((v) => v.spec.size < gap && v.spec.size <= emptiest.capacity!.free)
       .sort((a, b) => b.spec.size - a.spec.size)
@@ -142,6 +147,17 @@ export class ReplicaMoves {
     })
     this.#o.log.info({ ...move, sizeText: formatSize(move.size) }, 'rebalance: moving a replica from the fullest node to the emptiest')
     return { move }
+  }
+
+  /**
+   * A replica dropped from a node takes the snapshot layers it holds with it (a new replica
+   * elsewhere gets the volume's contents only): refused while snapshots have a copy there.
+   */
+  async #refuseLosingSnapshots(what: string, losesCopy: (r: VolumeRecord) => boolean): Promise<void> {
+    const hit = (await this.#o.kvdb.list<VolumeRecord>(keys.volumes())).map((e) => e.value).filter(losesCopy)
+    if (hit.length === 0) return
+    const names = hit.map((r) => `${r.name} (of ${r.snapshotOf!.name})`).join(', ')
+    throw pxdError('IN_USE', `${what} would drop copies of snapshots ${names}: a moved replica carries its volume, not its snapshots; delete them first`)
   }
 
   async #requireRecord(name: string) {

@@ -181,6 +181,19 @@ test('docker engine creates, mounts, writes, reads and removes a pxd volume', as
   const read = await engine.dockerOk([...run, 'cat', '/data/hello'], { timeoutMs: 60_000 })
   t.is(read.trim(), payload, 'a second container reads what the first one wrote')
 
+  // A snapshot from Docker's side (--opt parent=), mounted read-only in a container: it has
+  // the file as it was, the volume has what was written after, and the snapshot refuses writes.
+  const snapshot = `${volume}-snap`
+  t.is((await engine.dockerOk(['volume', 'create', '-d', 'pxd', '--opt', `parent=${volume}`, snapshot])).trim(), snapshot)
+  await engine.dockerOk([...run, 'sh', '-c', 'echo later > /data/hello && sync'], { timeoutMs: 60_000 })
+  const snapRun = ['run', '--rm', '--network', 'none', '-v', `${snapshot}:/snap:ro`, IMAGE]
+  t.is((await engine.dockerOk([...snapRun, 'cat', '/snap/hello'], { timeoutMs: 60_000 })).trim(), payload, 'the snapshot has the file as it was')
+  t.is((await engine.dockerOk([...run, 'cat', '/data/hello'], { timeoutMs: 60_000 })).trim(), 'later', 'the volume moved on')
+  const refused = await engine.docker(['run', '--rm', '--network', 'none', '-v', `${snapshot}:/snap`, IMAGE, 'sh', '-c', 'echo x > /snap/new'], { timeoutMs: 60_000 })
+  t.not(refused.code, 0, `a write into the snapshot fails: ${refused.stderr.trim()}`)
+  t.regex(refused.stderr, /Read-only file system/)
+  t.is((await engine.dockerOk(['volume', 'rm', snapshot])).trim(), snapshot)
+
   // Grown online under a running container (xfs: a mounted ext4 grows only with
   // CAP_SYS_RESOURCE, which this host may not give): df inside it shows the new size.
   const growing = `${volume}-grow`
