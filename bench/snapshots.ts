@@ -143,7 +143,8 @@ async function main(): Promise<number> {
     await layOut(file, opts.file, 600)
     const round = async (snapshots: number) => {
       await syncAll()
-      const r: Round = { snapshots, randWrite: await run('randWrite', file), seqWrite: await run('seqWrite', file) }
+      const seqWrite = await run('seqWrite', file)
+      const r: Round = { snapshots, randWrite: await run('randWrite', file), seqWrite }
       results.rounds.push(r)
       progress(`  ${snapshots} snapshot(s): rand write ${fmt(r.randWrite.value)} IOPS, seq write ${fmt(r.seqWrite.value)} MB/s`)
     }
