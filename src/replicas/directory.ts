@@ -60,7 +60,7 @@ export class ReplicaDirectory {
 
   /** Make the replica of a new volume on `nodeId` as a clone of snapshot `snapId` there. */
   async clone(nodeId: string, volumeId: string, size: number, snapId: string): Promise<void> {
-    if (nodeId === this.nodeId) return this.#host.clone(volumeId, snapId, size)
+    if (nodeId === this.nodeId) return this.#host.layers.clone(volumeId, snapId, size)
     await ReplicaClient.clone(nodeId, await this.channel(nodeId), volumeId, size, snapId)
   }
 

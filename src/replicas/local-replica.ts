@@ -57,11 +57,11 @@ export class LocalReplica implements Replica {
   }
 
   snapshot(snapId: string): Promise<void> {
-    return this.#host.snapshot(this.#at.volumeId, this.#at.epoch, snapId)
+    return this.#host.layers.snapshot(this.#at.volumeId, this.#at.epoch, snapId)
   }
 
   restore(snapId: string): Promise<void> {
-    return this.#host.restore(this.#at.volumeId, this.#at.epoch, snapId)
+    return this.#host.layers.restore(this.#at.volumeId, this.#at.epoch, snapId)
   }
 
   async close(): Promise<void> {

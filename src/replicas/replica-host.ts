@@ -15,10 +15,11 @@ import path from 'node:path'
 import type { Logger } from 'pino'
 import { VOLUME_ID_PATTERN } from '../constants'
 import { pxdError } from '../errors'
-import { hasCollectable, layerBytes, snapshotsOf } from '../store/layers'
-import { ReplicaStore, type Superblock } from '../store/replica-store'
+import { layerBytes } from '../store/layers'
+import { ReplicaStore } from '../store/replica-store'
 import { mkdirDurably, renameDurably, syncDir } from '../util/durable'
 import { KeyedMutex } from '../util/mutex'
+import { ReplicaLayers } from './replica-layers'
 
 /** How long an open waits for writes of an earlier session to land. */
 const DRAIN_TIMEOUT_MS = 60_000
@@ -45,6 +46,8 @@ export class ReplicaHost {
   readonly #writes = new Map<string, { inflight: number; waiters: Array<() => void> }>()
   /** Open replicas whose coordinator let go (flushed, closed its engine): nobody writes them until the next open. */
   readonly #released = new Set<string>()
+  /** Snapshots, restores and clones of the replicas held here, and their layers' upkeep. */
+  readonly layers: ReplicaLayers
   /** Bytes written to the replicas held here since this process started (coordinators' writes and resync copies). */
   writtenBytes = 0
   #closed = false
@@ -53,6 +56,11 @@ export class ReplicaHost {
     this.#dir = path.join(dataDir, 'replicas')
     this.#quarantine = path.join(dataDir, 'quarantine')
     this.#log = log
+    this.layers = new ReplicaLayers({
+      open: this.#open, released: this.#released, locks: this.#locks, log,
+      dirOf: (id) => this.dirOf(id), exists: (id) => this.exists(id), list: () => this.list(),
+      storeFor: (id, epoch) => this.storeFor(id, epoch), drained: (id) => this.#drained(id), takeOut: (id) => this.#takeOut(id),
+    })
   }
 
   /** A replica's directory; anything but a volume id (16 hex digits) is refused, never joined into a path. */
@@ -101,7 +109,7 @@ export class ReplicaHost {
         store = undefined
       }
       if (!store) {
-        if (!(await this.exists(volumeId))) return this.#openView(volumeId, size, epoch)
+        if (!(await this.exists(volumeId))) return this.layers.openView(volumeId, size, epoch)
         store = await ReplicaStore.open(this.dirOf(volumeId))
         const { regions, blocks } = store.recovery
         if (regions > 0) this.#log.warn({ volumeId, regions, blocks }, `${blocks} blocks torn by a crash had their checksum rebuilt (${regions} regions checked)`)
@@ -159,135 +167,6 @@ export class ReplicaHost {
     }
   }
 
-  /**
-   * Snapshot `snapId` of the open replica at `epoch`: its live files are frozen as a layer
-   * and it goes on with new, empty ones (no data copied). The coordinator holds its writes
-   * and flushes first, so the snapshot is one point in the write order on every replica.
-   */
-  snapshot(volumeId: string, epoch: number, snapId: string): Promise<void> {
-    return this.#reopened(volumeId, epoch, (dir) => ReplicaStore.snapshot(dir, snapId), { snapId }, 'snapshot taken')
-  }
-
-  /** The open replica's contents become snapshot `snapId`'s (what was written since is gone). */
-  restore(volumeId: string, epoch: number, snapId: string): Promise<void> {
-    return this.#reopened(volumeId, epoch, (dir) => ReplicaStore.restore(dir, snapId), { snapId }, 'replica restored to a snapshot')
-  }
-
-  /**
-   * Make this node's replica of new volume `volumeId` as a clone of snapshot `snapId` (a
-   * layer of one of this node's replicas): it shares the snapshot's blocks, and writes to
-   * either never reach the other. Nothing happens when the replica exists.
-   */
-  async clone(volumeId: string, snapId: string, size: number): Promise<void> {
-    await this.#locks.run(volumeId, async () => {
-      if (this.#open.has(volumeId) || (await this.exists(volumeId))) return
-      const owner = await this.#ownerOf(snapId)
-      if (!owner) throw pxdError('UNKNOWN_VOLUME', `this node holds no snapshot ${snapId} to clone`)
-      const store = await this.#locks.run(owner, () => ReplicaStore.clone(this.dirOf(owner), snapId, this.dirOf(volumeId), volumeId))
-      if (store.size !== size) {
-        await store.close()
-        await ReplicaStore.destroy(this.dirOf(volumeId))
-        throw pxdError('CONFLICT', `snapshot ${snapId} is ${store.size} bytes here, the clone is to be ${size}`)
-      }
-      this.#open.set(volumeId, store)
-      this.#log.info({ volumeId, snapId, of: owner }, 'replica cloned from a snapshot')
-    })
-  }
-
-  /** The snapshots this node holds layers of for a volume, with when each was taken; none when it holds no replica. */
-  async snapshotsOf(volumeId: string): Promise<Array<{ id: string; createdAt: string }>> {
-    let superblock = await this.#readSuperblock(volumeId)
-    if (superblock?.pending && !this.#open.has(volumeId)) {
-      // A snapshot a crash cut short: the open finishes it, so that its layer is seen.
-      await this.#locks.run(volumeId, async () => {
-        if (!this.#open.has(volumeId)) await (await ReplicaStore.open(this.dirOf(volumeId))).close()
-      })
-      superblock = await this.#readSuperblock(volumeId)
-    }
-    return superblock ? snapshotsOf(superblock).map((id) => ({ id, createdAt: superblock.layers![id]!.createdAt })) : []
-  }
-
-  /** Close the open store, change the closed replica, open it again at the same epoch. */
-  #reopened(volumeId: string, epoch: number, change: (dir: string) => Promise<void>, fields: object, done: string): Promise<void> {
-    return this.#locks.run(volumeId, async () => {
-      const store = this.storeFor(volumeId, epoch)
-      if (store.readOnly) throw pxdError('READ_ONLY', `${volumeId} is a snapshot`)
-      await this.#drained(volumeId)
-      this.#open.delete(volumeId)
-      await store.close()
-      try {
-        await change(this.dirOf(volumeId))
-      } finally {
-        // Open again whatever happened: a change that failed half way is finished by the open.
-        this.#open.set(volumeId, await ReplicaStore.open(this.dirOf(volumeId)))
-      }
-      this.#log.info({ volumeId, epoch, ...fields }, done)
-    })
-  }
-
-  /** Open a snapshot to be read: the layer of one of this node's replicas. */
-  async #openView(snapId: string, size: number, epoch: number): Promise<number> {
-    const owner = await this.#ownerOf(snapId)
-    if (!owner) throw pxdError('UNKNOWN_VOLUME', `this node holds no replica of volume ${snapId}`)
-    const store = await ReplicaStore.openView(this.dirOf(owner), snapId)
-    if (store.size !== size) {
-      await store.close()
-      throw pxdError('CONFLICT', `snapshot ${snapId} is ${store.size} bytes here, the coordinator says ${size}`)
-    }
-    this.#open.set(snapId, store)
-    await store.setEpoch(epoch)
-    return 0
-  }
-
-  /** The replica whose layer snapshot `snapId` is, on this node (never a clone that links it). */
-  async #ownerOf(snapId: string): Promise<string | undefined> {
-    for (const id of await this.list()) {
-      // A clone's copy of the layer (hidden there: a link) is not the snapshot's.
-      const layer = (await this.#readSuperblock(id))?.layers?.[snapId]
-      if (layer && !layer.hidden) return id
-    }
-    return undefined
-  }
-
-  async #readSuperblock(volumeId: string): Promise<Superblock | undefined> {
-    try {
-      return JSON.parse(await fs.readFile(path.join(this.dirOf(volumeId), 'super.json'), 'utf8')) as Superblock
-    } catch {
-      return undefined
-    }
-  }
-
-  /**
-   * Snapshot layers left hidden (deleted while their volume was mounted, the files above
-   * them smaller) go once nobody holds their replica: it is closed for that (an open waits).
-   */
-  async collectLayers(): Promise<void> {
-    for (const id of await this.list()) {
-      const superblock = await this.#readSuperblock(id)
-      if (!superblock || !(await hasCollectable(this.dirOf(id), superblock)) || (this.#open.has(id) && !this.#released.has(id))) continue
-      await this.#locks.run(id, async () => {
-        if (this.#open.has(id) && !this.#released.has(id)) return
-        await this.#takeOut(id)
-        if (await ReplicaStore.collectHidden(this.dirOf(id))) this.#log.info({ volumeId: id }, 'hidden snapshot layers deleted')
-      }).catch((err) => this.#log.warn({ err, volumeId: id }, 'deleting hidden snapshot layers failed'))
-    }
-  }
-
-  /** Delete this node's layer of snapshot `snapId` (its space goes back; the volume reads the same). */
-  async #dropSnapshot(snapId: string): Promise<void> {
-    const owner = await this.#ownerOf(snapId)
-    if (!owner) return
-    await this.#locks.run(snapId, () => this.#takeOut(snapId))
-    await this.#locks.run(owner, async () => {
-      await this.#drained(owner)
-      // Nobody holds the replica: closed, its live files may be copied down into the layer
-      // (the cheaper way when they are the smaller); the next open opens it again.
-      if (this.#released.has(owner)) await this.#takeOut(owner)
-      await ReplicaStore.removeSnapshot(this.dirOf(owner), snapId, this.#open.get(owner))
-      this.#log.info({ volumeId: owner, snapId }, 'snapshot layer deleted')
-    })
-  }
-
   async #drained(volumeId: string): Promise<void> {
     const w = this.#writes.get(volumeId)
     if (!w) return
@@ -322,7 +201,7 @@ export class ReplicaHost {
 
   /** Close and delete a replica (its volume was removed, or this node no longer holds it). */
   async drop(volumeId: string): Promise<void> {
-    if (!(await this.exists(volumeId)) && (await this.#ownerOf(volumeId))) return this.#dropSnapshot(volumeId)
+    if (!(await this.exists(volumeId)) && (await this.layers.ownerOf(volumeId))) return this.layers.dropSnapshot(volumeId)
     await this.#locks.run(volumeId, async () => {
       await this.#takeOut(volumeId)
       await ReplicaStore.destroy(this.dirOf(volumeId))
@@ -400,7 +279,7 @@ export class ReplicaHost {
     await Promise.all((await this.list()).map(async (id) => {
       try {
         const dir = this.dirOf(id)
-        const [data, crc, superblock] = await Promise.all([fs.stat(path.join(dir, 'data')), fs.stat(path.join(dir, 'crc')), this.#readSuperblock(id)])
+        const [data, crc, superblock] = await Promise.all([fs.stat(path.join(dir, 'data')), fs.stat(path.join(dir, 'crc')), this.layers.readSuperblock(id)])
         out[id] = (data.blocks + crc.blocks) * 512 + (superblock ? await layerBytes(dir, superblock) : 0)
       } catch {
         // gone, or being made

@@ -49,10 +49,10 @@ export class ReplicaService implements RequestHandler {
         return this.#host.release(req.vol, req.epoch)
       case 'snapshot':
         await this.#requirePlacedHere(req.vol)
-        return this.#host.snapshot(req.vol, req.epoch, req.snap)
+        return this.#host.layers.snapshot(req.vol, req.epoch, req.snap)
       case 'restore':
         await this.#requirePlacedHere(req.vol)
-        return this.#host.restore(req.vol, req.epoch, req.snap)
+        return this.#host.layers.restore(req.vol, req.epoch, req.snap)
       case 'open': {
         const volume = await this.#requirePlacedHere(req.vol)
         // A replica grows when opened at a larger size: only ever to the size the metadata store has.
@@ -63,7 +63,7 @@ export class ReplicaService implements RequestHandler {
       case 'clone': {
         const volume = await this.#requirePlacedHere(req.vol)
         if (volume.size !== req.size) throw pxdError('CONFLICT', `volume ${req.vol} is ${volume.size} bytes in the metadata store, not ${req.size}`)
-        return this.#host.clone(req.vol, req.snap, req.size)
+        return this.#host.layers.clone(req.vol, req.snap, req.size)
       }
       case 'create': {
         const volume = await this.#requirePlacedHere(req.vol)

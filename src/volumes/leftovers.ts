@@ -17,6 +17,23 @@ export interface LeftoverOptions {
   graceMs: number
 }
 
+/** Snapshot layers no record lists are deleted once this old (a record is written within a second of its layer). */
+export const LAYER_GRACE_MS = 60_000
+
+/**
+ * Every LAYER_GRACE_MS: leftover snapshot layers (above), then the hidden layers whose
+ * replica nobody holds (ReplicaLayers.collectLayers). Stop it with clearInterval.
+ */
+export function sweepLeftovers(nodeId: string, host: ReplicaHost, records: () => Promise<VolumeRecord[]>, log: Logger): NodeJS.Timeout {
+  const timer = setInterval(() => {
+    void records().then((all) => cleanUpLeftovers(nodeId, host, all, log, { replicas: false, graceMs: LAYER_GRACE_MS }))
+      .then(() => host.layers.collectLayers())
+      .catch((err) => log.debug({ err }, 'sweep for leftover snapshot layers skipped'))
+  }, LAYER_GRACE_MS)
+  timer.unref()
+  return timer
+}
+
 export async function cleanUpLeftovers(nodeId: string, host: ReplicaHost, records: readonly VolumeRecord[], log: Logger, o: LeftoverOptions): Promise<void> {
   const here = (r: VolumeRecord) => r.replicas.some((p) => p.nodeId === nodeId)
   const mine = new Set(records.filter((r) => here(r) && !r.snapshotOf).map((r) => r.id))
@@ -26,7 +43,7 @@ export async function cleanUpLeftovers(nodeId: string, host: ReplicaHost, record
       if (o.replicas) await host.quarantine(id, 'the metadata store lists no volume with a replica of this id on this node')
       continue
     }
-    for (const snap of await host.snapshotsOf(id)) {
+    for (const snap of await host.layers.snapshotsOf(id)) {
       if (snapshots.has(snap.id) || Date.now() - Date.parse(snap.createdAt) < o.graceMs) continue
       log.warn({ volumeId: id, snapId: snap.id }, 'deleting a snapshot layer the metadata store does not list')
       await host.drop(snap.id).catch((err) => log.error({ err, volumeId: id, snapId: snap.id }, 'deleting a snapshot layer failed'))

@@ -108,6 +108,16 @@ export class LocalVolumes {
     }
   }
 
+  /** Open the volume's engine here for one call, no mount, and let it go after (the caller holds the volume's lock). */
+  async withEngine<T>(name: string, work: (engine: VolumeEngine) => Promise<T>): Promise<T> {
+    const { engine, epoch, record } = await this.engines.attach(name)
+    try {
+      return await work(engine)
+    } finally {
+      await this.engines.detach(name, record.id, engine, epoch)
+    }
+  }
+
   /** Take a volume nobody holds, for healing only (no mount); false when it could not be. */
   async attachForHealing(name: string, refuse: () => boolean): Promise<boolean> {
     return this.#o.locks.run(name, async () => {

@@ -40,7 +40,7 @@ import { ResyncPace } from './resync-pace'
 import { DEFAULT_REPLACE_AFTER_MS, Healer } from './healer'
 import { ReplicaMoves } from './replica-moves'
 import { VolumeResize } from './resize'
-import { cleanUpLeftovers } from './leftovers'
+import { cleanUpLeftovers, sweepLeftovers } from './leftovers'
 import { VolumeSnapshots } from './snapshots'
 import { ScrubScheduler } from './scrub-scheduler'
 import type { ClusterNodeInfo, VolumeInfo, VolumeRecord } from './types'
@@ -48,9 +48,6 @@ import { SharedVolumes } from '../shares/shared-volumes'
 import type { ShareRegistry } from '../shares/share-registry'
 import type { ShareService } from '../shares/share-service'
 import type { ShareExecutor } from '../shares/executor'
-
-/** Snapshot layers no record lists are deleted once this old (a record is written within a second of its layer). */
-const LAYER_GRACE_MS = 60_000
 
 /** The mount ID used for a Mount without one (dvdcli, the Mesos isolator). */
 const ANONYMOUS_MOUNT = ''
@@ -177,14 +174,7 @@ export class VolumeManager {
     })
     this.snapshots = new VolumeSnapshots({
       nodeId: o.nodeId, kvdb: o.kvdb, locks: this.#locks, attached, attachedOn, log: o.log,
-      withEngine: async (name, work) => {
-        const { engine, epoch, record } = await this.#local.engines.attach(name)
-        try {
-          return await work(engine)
-        } finally {
-          await this.#local.engines.detach(name, record.id, engine, epoch)
-        }
-      },
+      withEngine: (name, work) => this.#local.withEngine(name, work),
       dropLayers: (record) => this.#placement.drop(record),
       cloneReplica: (nodeId, volumeId, size, snapId) => o.replicas.clone(nodeId, volumeId, size, snapId),
       info: (record) => this.#view.info(record),
@@ -208,12 +198,7 @@ export class VolumeManager {
     this.#shares.start()
     this.#healer.start()
     await cleanUpLeftovers(this.#nodeId, this.#host, await this.#records(), this.#log, { replicas: true, graceMs: process.uptime() * 1000 })
-    this.#sweeper = setInterval(() => {
-      void this.#records().then((records) => cleanUpLeftovers(this.#nodeId, this.#host, records, this.#log, { replicas: false, graceMs: LAYER_GRACE_MS }))
-        .then(() => this.#host.collectLayers())
-        .catch((err) => this.#log.debug({ err }, 'sweep for leftover snapshot layers skipped'))
-    }, LAYER_GRACE_MS)
-    this.#sweeper.unref()
+    this.#sweeper = sweepLeftovers(this.#nodeId, this.#host, () => this.#records(), this.#log)
   }
 
   /** Replicas set aside at start because the kvdb did not list them (this node's). */
@@ -231,7 +216,7 @@ export class VolumeManager {
     const ref = parseVolumeRef(requestedName)
     const { parent, ...options } = mergeOptions(ref.inline, flattenOptions(opts))
     // Docker's `--opt parent=VOL`: a snapshot of VOL.
-    if (parent !== undefined) return this.#createSnapshot(parent, ref.name, options)
+    if (parent !== undefined) return this.snapshots.createAsVolume(parent, ref.name, options)
     const spec = buildSpec(options)
     return this.#locks.run(ref.name, async () => {
       this.#checkRunning()
@@ -281,14 +266,9 @@ export class VolumeManager {
     return this.#locks.run(name, async () => {
       this.#checkRunning()
       await this.#requireRecord(name)
-      const { engine, epoch, record } = await this.#local.engines.attach(name)
-      try {
-        const result = await engine.scrub({ signal: this.#scrubs.signal })
-        this.#log.info({ volume: name, volumeId: record.id, ...result }, 'scrub done')
-        return { volume: name, ...result }
-      } finally {
-        await this.#local.engines.detach(name, record.id, engine, epoch)
-      }
+      const result = await this.#local.withEngine(name, (engine) => engine.scrub({ signal: this.#scrubs.signal }))
+      this.#log.info({ volume: name, ...result }, 'scrub done')
+      return { volume: name, ...result }
     })
   }
 
@@ -297,8 +277,7 @@ export class VolumeManager {
     await this.#locks.run(name, async () => {
       this.#checkRunning()
       const entry = await this.#requireRecord(name)
-      const snapshots = entry.value.snapshotOf ? [] : (await this.#records()).filter((r) => r.snapshotOf?.id === entry.value.id)
-      if (snapshots.length > 0) throw pxdError('IN_USE', `volume ${name} has ${snapshots.length} snapshot(s) (${snapshots.map((r) => r.name).join(', ')}); delete them first`)
+      await this.snapshots.refuseIfSnapshotted(entry.value)
       // A shared volume served here for others is refused for them, naming them.
       if (entry.value.spec.shared) await this.#shares.checkUnmounted(name)
       const held = this.#attached.get(name)
@@ -418,15 +397,6 @@ export class VolumeManager {
     for (const [name, local] of [...this.#attached]) {
       await this.#locks.run(name, () => this.#local.detach(name, local, true)).catch((err) => this.#log.error({ err, volume: name, volumeId: local.volumeId }, 'detach at shutdown failed'))
     }
-  }
-
-  /** A snapshot asked for as a create (`parent=VOL`); an existing snapshot of that volume is accepted as it is. */
-  async #createSnapshot(parent: string, name: string, options: Record<string, string>): Promise<VolumeInfo> {
-    const unknown = Object.keys(options).filter((k) => k !== 'name')
-    if (unknown.length > 0) throw pxdError('INVALID_ARGUMENT', `a snapshot (parent=${parent}) takes its volume's options; ${unknown.join(', ')} cannot be given`)
-    const existing = await this.#kvdb.get<VolumeRecord>(keys.volume(name))
-    if (existing?.value.snapshotOf?.name === parseVolumeRef(parent).name) return this.#view.info(existing.value)
-    return this.snapshots.create(parent, name)
   }
 
   async #records(): Promise<VolumeRecord[]> {

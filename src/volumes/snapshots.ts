@@ -170,6 +170,22 @@ export class VolumeSnapshots {
     return this.#o.info(clone)
   }
 
+  /** A snapshot asked for as a create (Docker's `--opt parent=VOL`); an existing snapshot of that volume is accepted as it is. */
+  async createAsVolume(parent: string, name: string, options: Record<string, string>): Promise<VolumeInfo> {
+    const unknown = Object.keys(options).filter((k) => k !== 'name')
+    if (unknown.length > 0) throw pxdError('INVALID_ARGUMENT', `a snapshot (parent=${parent}) takes its volume's options; ${unknown.join(', ')} cannot be given`)
+    const existing = await this.#o.kvdb.get<VolumeRecord>(keys.volume(name))
+    if (existing?.value.snapshotOf?.name === parseVolumeRef(parent).name) return this.#o.info(existing.value)
+    return this.create(parent, name)
+  }
+
+  /** A volume with snapshots is not deleted: they are layers of its replicas. */
+  async refuseIfSnapshotted(record: VolumeRecord): Promise<void> {
+    if (record.snapshotOf) return
+    const snapshots = (await this.#records()).filter((r) => r.snapshotOf?.id === record.id)
+    if (snapshots.length > 0) throw pxdError('IN_USE', `volume ${record.name} has ${snapshots.length} snapshot(s) (${snapshots.map((r) => r.name).join(', ')}); delete them first`)
+  }
+
   /** Snapshots (of one volume, or of all), oldest first. */
   async list(volumeName?: string): Promise<VolumeInfo[]> {
     const all = await this.#records()
