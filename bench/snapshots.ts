@@ -119,7 +119,11 @@ async function main(): Promise<number> {
     disk: undefined as { randWrite: FioResult; seqWrite: FioResult } | undefined, rounds: [] as Round[], snapshotMs: { idle: [] as number[], underLoad: [] as number[] },
     deleteMs: [] as number[], daemonLogs: {} as Record<string, ReturnType<typeof logLevels>>, warnings, logs: [] as string[],
   }
-  const run = (id: string, file: string) => runWorkload(workload(id), { file, fileSize: opts.file, runtime: opts.runtime, ramp: 1, timeoutSeconds: opts.runtime + 180 })
+  // Each job starts with the host's dirty pages written back: the one before must not slow it down.
+  const run = async (id: string, file: string) => {
+    await syncAll()
+    return runWorkload(workload(id), { file, fileSize: opts.file, runtime: opts.runtime, ramp: 1, timeoutSeconds: opts.runtime + 180 })
+  }
   try {
     const nodes = opts.repl === 2 ? ['node-a', 'node-b'] : ['node-a']
     progress(`starting etcd and pxd ${nodes.join(', ')} on loopback`)
