@@ -17,7 +17,8 @@
  * is then released unclean, so the next attach reconciles the replicas.
  *
  * Who is in sync, learning or demoted is the ReplicaSet's (src/replicas/replica-set.ts);
- * resync and reconcile are in resync.ts, scrub in scrub.ts, repair in repair.ts, and the
+ * resync and reconcile are in resync.ts, scrub in scrub.ts, repair in repair.ts, grow,
+ * snapshot and restore in point-in-time.ts, one call on many replicas in fan-out.ts, and the
  * ordering of writes in flight against each other and against copies in inflight.ts.
  *
  * The data path allocates little: with one replica the call goes straight through, and
@@ -25,8 +26,10 @@
  */
 import { blockOf, isPxdError, pxdError, PxdError } from '../errors'
 import type { Replica } from '../replicas/replica'
-import { ReplicaSet, type MemberFailure, type ReplicaFailure, type WriteRange } from '../replicas/replica-set'
+import { ReplicaSet, type ReplicaFailure, type WriteRange } from '../replicas/replica-set'
 import type { EngineCore, EngineEvents, RepairListener } from './core'
+import { fanOut, NONE } from './fan-out'
+import { grow, restore, snapshot, type PointInTime } from './point-in-time'
 import { InflightWrites } from './inflight'
 import { RequestGate } from './request-gate'
 import { repair } from './repair'
@@ -82,6 +85,9 @@ export class VolumeEngine {
   #nextSeq = 1
   /** Requests in flight; closed while a grow runs. */
   readonly #gate = new RequestGate()
+  readonly #point: PointInTime
+  /** #fail, bound once: the fan-out of every write hands it on. */
+  readonly #failer = (err: unknown): never => this.#fail(err)
   #closing: Promise<void> | undefined
   #fenced: PxdError | undefined
   /** Copies running (resync, reconcile, scrub), each settled once it stopped. */
@@ -120,6 +126,15 @@ export class VolumeEngine {
       // Stamped with the next write's number: only a flush that starts once a later write settled clears it.
       copied: (offset, length) => { this.#members.wrote(offset, length, this.#nextSeq) },
       checkFenced: () => { if (this.#fenced) throw this.#fenced },
+    }
+    this.#point = {
+      volumeId: options.volumeId,
+      members: this.#members,
+      get size() { return engine.#size },
+      set size(size: number) { engine.#size = size },
+      hold: (what, work) => this.#atOnePoint(what, work),
+      flush: () => this.#flush(),
+      fanOut: (replicas, others, op, range) => this.#fanOut(replicas, others, op, range),
     }
   }
 
@@ -247,44 +262,18 @@ export class VolumeEngine {
     return this.#background(scrub(this.#core, options))
   }
 
-  /**
-   * The volume grew to `size` bytes. New requests wait while the ones in flight land; then
-   * every in-sync replica (and any learner) is opened again at the new size, growing first
-   * (a replica that cannot is demoted like one that failed a write, and grows at its resync);
-   * then requests go on at the new size. Refused while a copy runs: its ranges are the old
-   * size's.
-   */
-  async grow(size: number): Promise<void> {
-    if (!Number.isSafeInteger(size) || size <= this.#size) throw pxdError('INVALID_ARGUMENT', `volume ${this.volumeId} is ${this.#size} bytes; ${size} is not larger`)
-    await this.#atOnePoint('grow', async () => {
-      await this.#fanOut(this.#members.inSync, this.#members.learners, (r) => r.grow(size))
-      this.#size = size
-    })
+  /** Grow, snapshot and restore run at one point in the write order (point-in-time.ts). */
+  grow(size: number): Promise<void> {
+    return grow(this.#point, size)
   }
 
-  /**
-   * Snapshot `snapId` on every in-sync replica at one point in the write order: new requests
-   * wait, the ones in flight land and are flushed, then each replica freezes its contents
-   * (a replica that fails is demoted like one that failed a write). Returns the replicas that
-   * took it.
-   */
-  async snapshot(snapId: string): Promise<string[]> {
-    let took: string[] = []
-    await this.#atOnePoint('snapshot', async () => {
-      await this.#flush()
-      await this.#fanOut(this.#members.inSync, NONE, (r) => r.snapshot(snapId))
-      took = this.#members.inSync.map((r) => r.nodeId)
-    })
-    return took
+  /** The replicas that took it. */
+  snapshot(snapId: string): Promise<string[]> {
+    return snapshot(this.#point, snapId)
   }
 
-  /**
-   * Every in-sync replica's contents become snapshot `snapId`'s. One that fails is demoted
-   * with the whole volume dirty (its resync copies every block), so none is left in sync
-   * with contents of its own.
-   */
-  async restore(snapId: string): Promise<void> {
-    await this.#atOnePoint('restore', () => this.#fanOut(this.#members.inSync, NONE, (r) => r.restore(snapId), [0, this.#size]))
+  restore(snapId: string): Promise<void> {
+    return restore(this.#point, snapId)
   }
 
   /** Run `work` with requests held and none in flight; refused while a copy runs (it works on the replicas as they are). */
@@ -371,27 +360,8 @@ export class VolumeEngine {
     })
   }
 
-  /**
-   * Run one operation on every in-sync replica and on `others` (learners) in parallel, and
-   * settle once every call has settled. All succeeded: done (once any failure still waiting
-   * to be recorded is). Some failed: the ReplicaSet settles them (an in-sync one is demoted,
-   * durably, and the rest carry on). Every in-sync one failed, or a demotion could not be
-   * recorded: the operation fails.
-   */
-  async #fanOut(replicas: readonly Replica[], others: readonly Replica[], op: (r: Replica) => Promise<void>, range?: WriteRange): Promise<void> {
-    const calls: Array<Promise<void>> = []
-    for (const r of replicas) calls.push(start(op, r))
-    for (const r of others) calls.push(start(op, r))
-    const results = await Promise.allSettled(calls)
-    let failed: MemberFailure[] | undefined
-    for (let i = 0; i < results.length; i++) {
-      const r = results[i]!
-      if (r.status === 'fulfilled') continue
-      if (isPxdError(r.reason, 'STALE_EPOCH')) return this.#fail(r.reason)
-      ;(failed ??= []).push({ replica: i < replicas.length ? replicas[i]! : others[i - replicas.length]!, error: r.reason })
-    }
-    if (failed) return this.#members.settle(failed, replicas, range)
-    return this.#members.recorded()
+  #fanOut(replicas: readonly Replica[], others: readonly Replica[], op: (r: Replica) => Promise<void>, range?: WriteRange): Promise<void> {
+    return fanOut(this.#members, replicas, others, op, this.#failer, range)
   }
 
   /** A demotion the kvdb refused with FENCED fences the engine; any other failure passes through. */
@@ -427,23 +397,12 @@ export class VolumeEngine {
   }
 }
 
-const NONE: readonly Replica[] = []
-
 function apply(r: Replica, offset: number, length: number, data: Uint8Array | null, seq: number): Promise<void> {
   return data ? r.write(offset, data, seq) : r.discard(offset, length, seq)
 }
 
 function openOf(r: Replica): Promise<void> {
   return r.open().then(noop)
-}
-
-/** Start one replica call; one that throws at once is a rejected call like any other. */
-function start(op: (r: Replica) => Promise<void>, r: Replica): Promise<void> {
-  try {
-    return op(r)
-  } catch (err) {
-    return Promise.reject(err)
-  }
 }
 
 function noop(): void {}
