@@ -10,7 +10,7 @@ import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import type { Logger } from 'pino'
 import { pxdError } from '../errors'
-import { growFilesystem, growUnmounted, hasMkfs, listMounts, makeFilesystem, mountFilesystem, probeFilesystem, unmountFilesystem, type Filesystem } from './filesystem'
+import { growFilesystem, growUnmounted, hasMkfs, listMounts, makeFilesystem, mountFilesystem, probeFilesystem, thawFilesystem, unmountFilesystem, type Filesystem } from './filesystem'
 import { AddonFuseDevices } from './addon-fuse-devices'
 import { ATTR_CACHE_MS, type BlockDevice, type DeviceDirectory, type FuseServerKind } from './device-directory'
 import { FuseNativeDevices } from './fuse-native-devices'
@@ -98,6 +98,9 @@ export class Frontend {
     const ours = (target: string) => target.startsWith(this.mountsDir + '/') || target.startsWith(this.servedDir + '/')
     for (const m of mounts.filter((m) => ours(m.target)).reverse()) {
       this.#log.warn({ mountpoint: m.target }, 'unmounting a file system left by an earlier run')
+      // A run killed during a snapshot left it frozen: a frozen file system never finishes
+      // its (lazy) unmount, and its loop device stays attached for good. Not frozen: refused, harmless.
+      await thawFilesystem(m.target).catch(() => undefined)
       await unmountFilesystem(m.target, true).catch((err) => this.#log.error({ err, mountpoint: m.target }, 'stale unmount failed'))
     }
     for (const loop of await listLoops()) {

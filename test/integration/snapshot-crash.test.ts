@@ -9,6 +9,7 @@
  * A snapshot that was taken survives a power cut of its node.
  */
 import test from 'ava'
+import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { existsSync, promises as fs } from 'node:fs'
 import path from 'node:path'
@@ -30,6 +31,8 @@ test.after.always(async () => {
 })
 
 const api = () => new ApiClient(cluster.node('node-a').apiUrl)
+/** `losetup -a` lines of loop devices over a volume's device file (its id names the file). */
+const loopsOf = (volumeId: string): string[] => execFileSync('losetup', ['-a'], { encoding: 'utf8' }).split('\n').filter((l) => l.includes(volumeId))
 const snapDirs = async (volumeId: string): Promise<string[]> => {
   const out: string[] = []
   for (const node of cluster.nodes) {
@@ -106,6 +109,8 @@ test.serial('kill -9 of the coordinator while it takes a snapshot: the volume is
     await a.kill()
     await taking
     await cluster.start('node-a')
+    // The restart took down what the killed run left, a file system frozen for the snapshot too.
+    t.deepEqual(loopsOf(volumeId), [], `${delayMs} ms: no loop device of the volume is left attached`)
     await restartB()
     await checkVolume(t, 'crashsnap', volumeId)
     const cleaned = cluster.nodes.some((n) => n.logs().includes('deleting a snapshot layer'))
