@@ -5,8 +5,6 @@
  * store, changes the replica and opens it again at the same epoch; a snapshot id opens as
  * a read-only view of the layer of the replica that holds it.
  */
-import { promises as fs } from 'node:fs'
-import path from 'node:path'
 import type { Logger } from 'pino'
 import { pxdError } from '../errors'
 import { hasCollectable, snapshotsOf } from '../store/layers'
@@ -77,7 +75,7 @@ export class ReplicaLayers {
     if (superblock?.pending && !this.#h.open.has(volumeId)) {
       // A snapshot a crash cut short: the open finishes it, so that its layer is seen.
       await this.#h.locks.run(volumeId, async () => {
-        if (!this.#h.open.has(volumeId)) await (await ReplicaStore.open(this.#h.dirOf(volumeId))).close()
+        if (!this.#h.open.has(volumeId)) await ReplicaStore.settle(this.#h.dirOf(volumeId))
       })
       superblock = await this.readSuperblock(volumeId)
     }
@@ -126,12 +124,8 @@ export class ReplicaLayers {
     return undefined
   }
 
-  async readSuperblock(volumeId: string): Promise<Superblock | undefined> {
-    try {
-      return JSON.parse(await fs.readFile(path.join(this.#h.dirOf(volumeId), 'super.json'), 'utf8')) as Superblock
-    } catch {
-      return undefined
-    }
+  readSuperblock(volumeId: string): Promise<Superblock | undefined> {
+    return ReplicaStore.peekSuperblock(this.#h.dirOf(volumeId))
   }
 
   /**

@@ -194,8 +194,7 @@ async function removeOne<T extends LayerState>(dir: string, state: T, id: string
     next = without({ ...state, layers: { ...state.layers, [child]: { ...childRest, ...reparent } } }, id)
   }
   await io.writeState(next)
-  await fs.rm(layerFiles(dir, id).dir, { recursive: true, force: true })
-  await syncDir(path.join(dir, SNAPSHOTS_DIR))
+  await dropLayerDir(dir, id)
   return next
 }
 
@@ -257,8 +256,7 @@ async function finishCollapse<T extends LayerState>(dir: string, state: T, io: L
     next = { ...next, layers: { ...next.layers, [child]: { ...record, ...(reparent !== undefined ? { parent: reparent } : {}) } } }
   }
   await io.writeState(next)
-  await fs.rm(into.dir, { recursive: true, force: true })
-  await syncDir(path.join(dir, SNAPSHOTS_DIR))
+  await dropLayerDir(dir, id)
   return next
 }
 
@@ -317,9 +315,15 @@ export async function layerBytes(dir: string, state: LayerState): Promise<number
   let bytes = 0
   for (const id of Object.keys(state.layers ?? {})) {
     const f = layerFiles(dir, id)
-    for (const file of [f.data, f.crc]) bytes += ((await fs.stat(file).catch(() => undefined))?.blocks ?? 0) * 512
+    bytes += (await bytesOf(f.data)) + (await bytesOf(f.crc))
   }
   return bytes
+}
+
+/** A layer's directory gone, durably (the superblock no longer names it). */
+async function dropLayerDir(dir: string, id: string): Promise<void> {
+  await fs.rm(layerFiles(dir, id).dir, { recursive: true, force: true })
+  await syncDir(path.join(dir, SNAPSHOTS_DIR))
 }
 
 async function exists(file: string): Promise<boolean> {

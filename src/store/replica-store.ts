@@ -105,12 +105,12 @@ export class ReplicaStore {
    * ones on top (layers.ts); no data is copied. Crash-safe: the next open finishes it.
    */
   static async snapshot(dir: string, layer: string): Promise<void> {
-    await ReplicaStore.#settled(dir, (sb) => beginPending(dir, sb, 'snapshot', layer, layerIo(dir)))
+    await beginPending(dir, await ReplicaStore.settle(dir), 'snapshot', layer, layerIo(dir))
   }
 
   /** A closed replica's contents become snapshot `layer`'s: new, empty live files on it. Crash-safe like a snapshot. */
   static async restore(dir: string, layer: string): Promise<void> {
-    await ReplicaStore.#settled(dir, (sb) => beginPending(dir, sb, 'restore', layer, layerIo(dir)))
+    await beginPending(dir, await ReplicaStore.settle(dir), 'restore', layer, layerIo(dir))
   }
 
   /**
@@ -118,10 +118,8 @@ export class ReplicaStore {
    * while one is open (its live files take the layer's blocks through it, writes going on).
    */
   static async removeSnapshot(dir: string, layer: string, open: ReplicaStore | undefined): Promise<void> {
-    // A closed replica is opened and closed first: its crash recovery runs and anything
-    // pending is finished, so its live files are whole before they are copied anywhere.
-    if (!open) await (await ReplicaStore.open(dir)).close()
-    const superblock = await readSuperblock(dir)
+    // A closed replica is settled first, so its live files are whole before they are copied anywhere.
+    const superblock = open ? await readSuperblock(dir) : await ReplicaStore.settle(dir)
     if (superblock.pending) throw pxdError('CONFLICT', `replica ${dir} has a snapshot or restore under way`)
     const next = await removeLayer(dir, superblock, layer, { ...layerIo(dir), storeOpen: open !== undefined }, ReplicaStore.#intoLive(dir, open))
     // The open store keeps its superblock in memory: the layer fields follow the file.
@@ -131,8 +129,7 @@ export class ReplicaStore {
 
   /** Delete the hidden layers of a closed replica that can go now (see layers.ts); whether any went. */
   static async collectHidden(dir: string): Promise<boolean> {
-    await (await ReplicaStore.open(dir)).close()
-    const superblock = await readSuperblock(dir)
+    const superblock = await ReplicaStore.settle(dir)
     const next = await collectHidden(dir, superblock, layerIo(dir), ReplicaStore.#intoLive(dir, undefined))
     return next !== superblock
   }
@@ -150,12 +147,19 @@ export class ReplicaStore {
     }
   }
 
-  /** Open and close (crash recovery done, every intent mark cleared), then change the closed replica. */
-  static async #settled(dir: string, change: (superblock: Superblock) => Promise<Superblock>): Promise<void> {
+  /**
+   * Open and close a closed replica: its crash recovery runs, anything pending is finished and
+   * every intent mark cleared, so its files may be changed. Returns its superblock then.
+   */
+  static async settle(dir: string): Promise<Superblock> {
     const store = await ReplicaStore.open(dir)
-    const superblock = store.superblock
     await store.close()
-    await change(superblock as Superblock)
+    return store.#superblock
+  }
+
+  /** A replica's superblock as it is on disk; undefined when there is none to read. */
+  static peekSuperblock(dir: string): Promise<Superblock | undefined> {
+    return readSuperblock(dir).catch(() => undefined)
   }
 
   #mergeBase(): Promise<void> {

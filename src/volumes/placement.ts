@@ -20,10 +20,10 @@ export interface PlacementInput {
 }
 
 /** Bytes promised to volumes on each node: the sizes of the replicas the records place there. */
-export function allocatedBytes(records: ReadonlyArray<Pick<VolumeRecord, 'spec' | 'replicas'>>): Map<string, number> {
+export function allocatedBytes(records: ReadonlyArray<Pick<VolumeRecord, 'spec' | 'replicas' | 'snapshotOf'>>): Map<string, number> {
   const allocated = new Map<string, number>()
   // A snapshot's blocks are counted by the host's free space, not promised here.
-  for (const r of records) for (const p of (r as Partial<VolumeRecord>).snapshotOf ? [] : r.replicas) allocated.set(p.nodeId, (allocated.get(p.nodeId) ?? 0) + r.spec.size)
+  for (const r of records) for (const p of r.snapshotOf ? [] : r.replicas) allocated.set(p.nodeId, (allocated.get(p.nodeId) ?? 0) + r.spec.size)
   return allocated
 }
 

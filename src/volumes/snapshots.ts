@@ -65,21 +65,8 @@ export class VolumeSnapshots {
       const all = await this.#records()
       const count = all.filter((r) => r.snapshotOf?.id === record.id).length
       if (count >= MAX_SNAPSHOTS) throw pxdError('UNSATISFIABLE', `volume ${name} has ${count} snapshots, the most it may have; delete one first`)
-      this.#checkAllInSync(record, 'snapshot')
-      const holder = await this.#o.attachedOn(name)
-      const local = this.#o.attached.get(name)
-      if (holder !== null && holder !== this.#o.nodeId) throw pxdError('CONFLICT', `volume ${name} is attached on node ${holder}: take the snapshot there (only that node can freeze its file system)`)
-      const snapId = randomBytes(8).toString('hex')
       const started = Date.now()
-      let took: string[]
-      try {
-        took = local
-          ? await this.#takeMounted(local, snapId, options.freeze !== false)
-          : await this.#o.withEngine(name, (engine) => engine.snapshot(snapId))
-      } catch (err) {
-        await this.#o.dropLayers({ id: snapId, replicas: record.replicas })
-        throw err
-      }
+      const { snapId, took } = await this.#takeLayers(record, 'snapshot', 'take the snapshot there', options.freeze !== false)
       const snapshot: VolumeRecord = {
         id: snapId,
         name: snap,
@@ -120,17 +107,7 @@ export class VolumeSnapshots {
       if (record.snapshotOf) {
         volume = (await this.#o.kvdb.get<VolumeRecord>(keys.volume(record.snapshotOf.name)))?.value ?? record
       } else {
-        this.#checkAllInSync(record, 'clone')
-        const holder = await this.#o.attachedOn(source)
-        if (holder !== null && holder !== this.#o.nodeId) throw pxdError('CONFLICT', `volume ${source} is attached on node ${holder}: clone it there (only that node can freeze its file system)`)
-        snapId = randomBytes(8).toString('hex')
-        const local = this.#o.attached.get(source)
-        try {
-          nodes = local ? await this.#takeMounted(local, snapId, options.freeze !== false) : await this.#o.withEngine(source, (engine) => engine.snapshot(snapId))
-        } catch (err) {
-          await this.#o.dropLayers({ id: snapId, replicas: record.replicas })
-          throw err
-        }
+        ({ snapId, took: nodes } = await this.#takeLayers(record, 'clone', 'clone it there', options.freeze !== false))
         temporary = true
       }
       try {
@@ -228,6 +205,26 @@ export class VolumeSnapshots {
       this.#o.log.info({ volume: name, volumeId: record.id, snapshot: snap, snapId: snapshot.id }, 'volume restored from a snapshot')
       return this.#o.info((await this.#require(name)))
     })
+  }
+
+  /**
+   * A new snapshot layer of the volume on every in-sync replica (every replica must be in
+   * sync, and the volume attached nowhere else): through the engine it is mounted on here, or
+   * one opened for the call. Layers left by a failure are dropped. Returns its id and nodes.
+   */
+  async #takeLayers(record: VolumeRecord, what: string, elsewhere: string, freeze: boolean): Promise<{ snapId: string; took: string[] }> {
+    this.#checkAllInSync(record, what)
+    const holder = await this.#o.attachedOn(record.name)
+    if (holder !== null && holder !== this.#o.nodeId) throw pxdError('CONFLICT', `volume ${record.name} is attached on node ${holder}: ${elsewhere} (only that node can freeze its file system)`)
+    const snapId = randomBytes(8).toString('hex')
+    const local = this.#o.attached.get(record.name)
+    try {
+      const took = local ? await this.#takeMounted(local, snapId, freeze) : await this.#o.withEngine(record.name, (engine) => engine.snapshot(snapId))
+      return { snapId, took }
+    } catch (err) {
+      await this.#o.dropLayers({ id: snapId, replicas: record.replicas })
+      throw err
+    }
   }
 
   async #takeMounted(local: LocalAttachment, snapId: string, freeze: boolean): Promise<string[]> {
