@@ -10,6 +10,7 @@ import os from 'node:os'
 import path from 'node:path'
 import type { Logger } from 'pino'
 import { ApiServer, parseHostPort } from './api/server'
+import { ensureTokenFile, tokenFileOf } from './api/token-file'
 import { Membership } from './cluster/membership'
 import { capacityOf } from './util/capacity'
 import { lockDirs } from './util/dir-lock'
@@ -51,7 +52,7 @@ export interface DaemonConfig {
   peerTls?: PeerTlsFiles
   /** Seconds without a lease renewal after which a node counts as offline. */
   nodeTtl: number
-  /** File holding the API token; required when the API listens beyond loopback. */
+  /** File holding the API token (default `<dataDir>/api-token`, made at first start); required when the API listens beyond loopback. */
   apiTokenFile?: string
   /** Background scrub of attached volumes every this many seconds (0: off), at this many bytes/s. */
   scrubInterval?: number
@@ -91,7 +92,9 @@ export class Daemon {
       throw pxdError('INVALID_ARGUMENT', `the API would listen on ${c.apiListen}, beyond loopback: give it a token with --api-token-file FILE`)
     }
     await checkPreconditions()
-    const apiToken = c.apiTokenFile ? (await readSecret(c.apiTokenFile, this.#log)).toString('utf8') : undefined
+    // The operator's token file is checked before anything changes; the data dir's own is made under its lock.
+    const apiTokenFile = tokenFileOf(c.dataDir, c.apiTokenFile)
+    let apiToken = c.apiTokenFile ? (await readSecret(c.apiTokenFile, this.#log)).toString('utf8') : undefined
     const secret = c.secretFile ? await readSecret(c.secretFile, this.#log) : undefined
     await fs.mkdir(c.dataDir, { recursive: true, mode: 0o700 })
     await fs.chmod(c.dataDir, 0o700)
@@ -99,6 +102,10 @@ export class Daemon {
     // Before anything in either dir is touched: a second pxd on them stops here.
     const locks = lockDirs([c.dataDir, c.runDir])
     this.#onStop('dir locks', async () => locks.release())
+    if (apiToken === undefined) {
+      if (await ensureTokenFile(apiTokenFile)) this.#log.info({ file: apiTokenFile }, 'made the API token file; changing API calls need this token')
+      apiToken = (await readSecret(apiTokenFile, this.#log)).toString('utf8')
+    }
     this.nodeId = await resolveNodeId(c.dataDir, c.nodeId)
     const log = this.#log.child({ node: this.nodeId })
 
@@ -179,7 +186,7 @@ export class Daemon {
     metrics.provide({ healing: async () => ({ replacements: manager.replacements, replicaWrittenBytes: host.writtenBytes }) })
     metrics.provide({ peers: peerStates({ nodeId: this.nodeId, nodes: () => membership.nodes(), link: (peer) => peerLinks?.get(peer) }) })
     const readiness = nodeReadiness({ nodeId: this.nodeId, kvdb, dataDir: c.dataDir, fuseMountpoint: path.join(c.runDir, 'dev') })
-    const api = new ApiServer(manager, { nodeId: this.nodeId, version: c.version, kvdb: kvdb.description, startedAt: new Date() }, log.child({ component: 'api' }), { metrics, readiness, ...(apiToken ? { token: apiToken } : {}) })
+    const api = new ApiServer(manager, { nodeId: this.nodeId, version: c.version, kvdb: kvdb.description, startedAt: new Date() }, log.child({ component: 'api' }), { metrics, readiness, token: apiToken, tokenFile: apiTokenFile })
     this.#onStop('API', () => api.close())
     this.apiUrl = await api.listen(c.apiListen)
     log.info({ dataDir: c.dataDir, runDir: c.runDir, pluginSocket: c.pluginSocket, api: this.apiUrl, kvdb: kvdb.description, peer: peerAddress }, 'pxd ready')

@@ -1,5 +1,6 @@
 /** The HTTP API as pxctl (and tests) call it. Errors come back as PxdError with the server's code. */
 import { PxdError, pxdError, type ErrorCode, ErrorCodes } from '../errors'
+import { discoverLocalToken } from './local-token'
 import type { QuarantinedReplica } from '../replicas/replica-host'
 import type { ClusterNodeInfo, VolumeInfo } from '../volumes/types'
 
@@ -13,9 +14,15 @@ export interface NodeStatus {
   volumes: { total: number; attached: number; degraded: number }
 }
 
+/**
+ * Changing calls carry the token given here; without one, the first changing call looks for
+ * the daemon's own token file on this host (see local-token.ts), which works for root only.
+ */
 export class ApiClient {
   readonly #base: string
-  readonly #token: string | undefined
+  #token: string | undefined
+  #discovery: Promise<string | undefined> | undefined
+  #noTokenReason = ''
 
   constructor(baseUrl: string, token?: string) {
     this.#base = baseUrl.replace(/\/+$/, '')
@@ -103,14 +110,33 @@ export class ApiClient {
     return this.#call('DELETE', `/v1/quarantine/${encodeURIComponent(name)}`)
   }
 
+  /** The daemon's token file, as it names it (an open call). */
+  tokenFile(): Promise<{ path: string }> {
+    return this.#call('GET', '/v1/token-file')
+  }
+
+  async #tokenFor(method: string): Promise<string | undefined> {
+    if (this.#token !== undefined || method === 'GET') return this.#token
+    this.#discovery ??= discoverLocalToken(this.#base, (p) => this.#call('GET', p)).then((found) => {
+      if ('token' in found) return found.token
+      this.#noTokenReason = found.reason
+      return undefined
+    }, (err: unknown) => {
+      this.#noTokenReason = (err as Error).message
+      return undefined
+    })
+    return this.#discovery
+  }
+
   async #call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const token = await this.#tokenFor(method)
     let res: Response
     try {
       res = await fetch(this.#base + path, {
         method,
         headers: {
           ...(body === undefined ? {} : { 'Content-Type': 'application/json' }),
-          ...(this.#token ? { Authorization: `Bearer ${this.#token}` } : {}),
+          ...(token ? { Authorization: `Bearer ${token}` } : {}),
         },
         ...(body === undefined ? {} : { body: JSON.stringify(body) }),
         signal: AbortSignal.timeout(120_000),
@@ -128,7 +154,8 @@ export class ApiClient {
     if (!res.ok) {
       const e = (parsed as { error?: { code?: string; message?: string } } | undefined)?.error
       const code = e?.code && e.code in ErrorCodes ? (e.code as ErrorCode) : 'IO_ERROR'
-      throw new PxdError(code, e?.message ?? `pxd answered ${res.status}`)
+      const hint = code === 'UNAUTHORIZED' && !token && this.#noTokenReason ? ` (${this.#noTokenReason}: run pxctl as root or give --api-token-file)` : ''
+      throw new PxdError(code, (e?.message ?? `pxd answered ${res.status}`) + hint)
     }
     return parsed as T
   }

@@ -6,6 +6,9 @@
  *   GET /healthz  200 "ok" while the process serves HTTP
  *   GET /readyz   200 when every readiness check passes, else 503; JSON naming the checks
  *   GET /metrics  Prometheus text exposition of the node's own registry
+ *
+ * Every call that changes something (anything but GET) needs `Authorization: Bearer <token>`,
+ * on loopback too; GET /v1/token-file names the file the token is in (only root can read it).
  */
 import { timingSafeEqual } from 'node:crypto'
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
@@ -53,10 +56,11 @@ export interface ApiServerOptions {
   readiness?: Readiness
   /**
    * When set, every call that changes something (not GET) must carry
-   * `Authorization: Bearer <token>`; the daemon requires one when the API listens
-   * beyond loopback.
+   * `Authorization: Bearer <token>`; the daemon always sets one.
    */
   token?: string
+  /** Where the token is kept, for GET /v1/token-file (clients on this host read it from there). */
+  tokenFile?: string
 }
 
 /** A reply that is not JSON (/healthz, /metrics). */
@@ -74,6 +78,7 @@ export class ApiServer {
   readonly #readiness: Readiness
   readonly #server: http.Server
   readonly #token: Buffer | undefined
+  readonly #tokenFile: string | undefined
   readonly #routes: Array<[string, RegExp, Route]>
 
   constructor(manager: VolumeManager, status: StatusSource, log: Logger, options: ApiServerOptions = {}) {
@@ -85,6 +90,7 @@ export class ApiServer {
     this.#metrics.setInfo({ node: status.nodeId, version: status.version, kvdb: status.kvdb })
     this.#readiness = options.readiness ?? readinessOf({ kvdb: () => manager.nodes() })
     this.#token = options.token === undefined ? undefined : Buffer.from(options.token)
+    this.#tokenFile = options.tokenFile
     this.#routes = this.#makeRoutes()
     this.#server = createBoundedServer((req, res) => void this.#handle(req, res))
   }
@@ -154,6 +160,10 @@ export class ApiServer {
         return [report.ready ? 200 : 503, report]
       }],
       ['GET', /^\/metrics$/, async () => new TextReply(200, await this.#metrics.text(), this.#metrics.contentType)],
+      ['GET', /^\/v1\/token-file$/, async () => {
+        if (!this.#tokenFile) throw pxdError('NOT_FOUND', 'this daemon keeps no API token file')
+        return [200, { path: this.#tokenFile }]
+      }],
       ['GET', /^\/v1\/status$/, async () => [200, await this.#statusBody()]],
       ['GET', /^\/v1\/cluster\/nodes$/, async () => [200, await m.nodes()]],
       ['POST', /^\/v1\/cluster\/nodes\/([^/]+)\/drain$/, async (req, [node]) => {

@@ -52,7 +52,8 @@ Commands:
 
 Global options:
   --api URL     the daemon's API (default http://127.0.0.1:9001, or PXD_API)
-  --api-token-file FILE  the API token, when the daemon has one (or PXD_API_TOKEN_FILE)
+  --api-token-file FILE  the API token for changing calls (or PXD_API_TOKEN_FILE); without it,
+                         root on the daemon's host reads the daemon's own token file
   --json        machine-readable JSON output (sizes in bytes), also for errors (on stderr)
   -h, --help    show this help
   -v, --version print the version

@@ -29,7 +29,8 @@ Options (each also settable through the environment variable shown):
   --run-dir DIR         FUSE device dir and mounts     PXD_RUN_DIR        (default /run/pxd)
   --plugin-socket PATH  Docker plugin socket           PXD_PLUGIN_SOCKET  (default /run/docker/plugins/pxd.sock)
   --api-listen H:P      HTTP API for pxctl             PXD_API_LISTEN     (default 127.0.0.1:9001)
-  --api-token-file FILE token for changing API calls PXD_API_TOKEN_FILE (required beyond loopback)
+  --api-token-file FILE token for changing API calls PXD_API_TOKEN_FILE (default DATA_DIR/api-token,
+                        (reads stay open)                                 made at first start, mode 0600)
   --scrub-interval SEC  background scrub of attached  PXD_SCRUB_INTERVAL (default 0: off)
                         volumes every SEC seconds
   --scrub-rate SIZE     scrub pace per second         PXD_SCRUB_RATE     (default ${DEFAULT_SCRUB_RATE})

@@ -1,5 +1,7 @@
 /** Bad input on the HTTP API: a clear error with a fitting status, the daemon keeps serving, nothing changes. */
 import test from 'ava'
+import { readFileSync } from 'node:fs'
+import path from 'node:path'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { makeTempDir, removeDir, startDaemon, type Daemon } from '../helpers/daemon'
 
@@ -17,8 +19,10 @@ test.after.always(async () => {
   removeDir(dir)
 })
 
-async function call(method: string, path: string, body?: string) {
-  const res = await fetch(`${daemon.apiUrl}${path}`, { method, ...(body === undefined ? {} : { body, headers: { 'Content-Type': 'application/json' } }) })
+async function call(method: string, url: string, body?: string) {
+  const token = readFileSync(path.join(daemon.dataDir, 'api-token'), 'utf8').trim()
+  const headers = { Authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'Content-Type': 'application/json' }) }
+  const res = await fetch(`${daemon.apiUrl}${url}`, { method, headers, ...(body === undefined ? {} : { body }) })
   const text = await res.text()
   return { status: res.status, json: text ? (JSON.parse(text) as { error?: { code: string; message: string } }) : {} }
 }
