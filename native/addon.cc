@@ -33,6 +33,7 @@
 #include "block_store.h"
 #include "crc32c.h"
 #include "fuse_binding.h"
+#include "sd_notify.h"
 #include "share_binding.h"
 #include "store_binding.h"
 
@@ -657,6 +658,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFuse(env, exports);
   InitShareServer(env, exports);
   InitShareClient(env, exports);
+  InitServiceNotify(env, exports);
   return exports;
 }
 

@@ -15,7 +15,7 @@ profile=${1:-run}
 # What the daemon runs with, what building its addon takes (set-up builds it), what the tests use.
 run_pkgs=(libfuse2 e2fsprogs util-linux mount)
 build_pkgs=(libxxhash-dev)
-test_pkgs=(xfsprogs fio docker.io busybox-static iproute2 iptables procps etcd-server python3)
+test_pkgs=(xfsprogs fio docker.io busybox-static iproute2 iptables procps etcd-server python3 systemd)
 case "$profile" in
   run) pkgs=("${run_pkgs[@]}" "${build_pkgs[@]}") ;;
   test) pkgs=("${run_pkgs[@]}" "${build_pkgs[@]}" "${test_pkgs[@]}") ;;

@@ -12,6 +12,8 @@ import pretty from 'pino-pretty'
 import { Daemon, type DaemonConfig } from '../daemon'
 import { messageOf } from '../errors'
 import { FUSE_SERVERS, type FuseServerKind } from '../frontend/device-directory'
+import { native } from '../native/binding'
+import { loadConfig } from './config-file'
 import { missingNodeFlags } from './node-flags'
 import { packageVersion } from './version'
 import { DEFAULT_SCRUB_BYTES_PER_SECOND } from '../constants'
@@ -59,6 +61,8 @@ Cluster (several nodes; without --kvdb pxd is a single node with an embedded sto
   --peer-tls-cert FILE         node certificate (PEM)  PXD_PEER_TLS_CERT        mutual TLS for peer links:
   --peer-tls-key FILE          its private key (PEM)   PXD_PEER_TLS_KEY         all three or none; peers check
   --peer-tls-ca FILE           cluster CA (PEM)        PXD_PEER_TLS_CA          the CA chain and CN = node id
+  --config FILE         settings file                  PXD_CONFIG         (default /etc/pxd/pxd.conf, when
+                        ("data-dir = /srv/pxd" lines)                      it exists; flags and variables win)
   -h, --help            show this help
   -v, --version         print the version
 
@@ -98,6 +102,7 @@ async function main(argv: string[]): Promise<number> {
       args: argv,
       options: {
         ...Object.fromEntries(Object.keys(OPTIONS).map((k) => [k, { type: 'string' as const }])),
+        config: { type: 'string' },
         'log-pretty': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean', short: 'v' },
@@ -118,10 +123,18 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(`${packageVersion()}\n`)
     return 0
   }
+  let fromFile: Map<string, string>
+  try {
+    const file = typeof values.config === 'string' ? values.config : process.env.PXD_CONFIG
+    fromFile = loadConfig(file, Object.fromEntries(Object.entries(OPTIONS).map(([k, o]) => [k, o.env])))
+  } catch (err) {
+    process.stderr.write(`pxd: ${messageOf(err)}\n`)
+    return 2
+  }
   const setting = (name: keyof typeof OPTIONS): string | undefined => {
     const o = OPTIONS[name]
     const v = values[name]
-    return typeof v === 'string' ? v : (process.env[o.env] ?? o.default)
+    return typeof v === 'string' ? v : (process.env[o.env] ?? fromFile.get(name) ?? o.default)
   }
   const level = setting('log-level')!
   if (!['trace', 'debug', 'info', 'warn', 'error', 'fatal'].includes(level)) {
@@ -211,6 +224,7 @@ async function main(argv: string[]): Promise<number> {
     if (signalled) return log.warn({ signal }, 'already stopping')
     signalled = true
     log.info({ signal }, 'stopping')
+    notifyManager('STOPPING=1', log)
     void daemon.stop().then(() => process.exit(0))
   }
   process.on('SIGTERM', stopOn)
@@ -224,7 +238,17 @@ async function main(argv: string[]): Promise<number> {
     await daemon.stop()
     return 1
   }
+  notifyManager(`READY=1\nMAINPID=${process.pid}\nSTATUS=serving volumes`, log)
   return -1
+}
+
+/** Tell a service manager (systemd, Type=notify) where pxd is; nothing without $NOTIFY_SOCKET. */
+function notifyManager(state: string, log: Logger): void {
+  try {
+    native.serviceNotify(state)
+  } catch (err) {
+    log.warn({ err }, 'could not notify the service manager')
+  }
 }
 
 /** "90", "30s", "10m", "1h" as milliseconds; undefined when it is none of those. */

@@ -171,6 +171,11 @@ export interface NativeBinding {
    * code EAGAIN when another process holds the lock.
    */
   lockFile(path: string): number
+  /**
+   * Sends `state` ("READY=1", "STOPPING=1", "STATUS=...") to the service manager's
+   * $NOTIFY_SOCKET (sd_notify(3)). False when there is none; throws when sending fails.
+   */
+  serviceNotify(state: string): boolean
 }
 
 declare const fuseHandleBrand: unique symbol

@@ -19,6 +19,7 @@ export interface DaemonOptions {
   pluginSocket?: string
   commandPrefix?: string[]
   extraArgs?: string[]
+  /** Extra environment; PXD_CONFIG is /dev/null unless set here, so that a host's /etc/pxd/pxd.conf never reaches a test daemon. */
   env?: Record<string, string>
   /** Flags for node itself (e.g. --cpu-prof when profiling the daemon). */
   nodeArgs?: string[]
@@ -86,7 +87,7 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
     ...(opts.extraArgs ?? []),
   ]
   const command = [...(opts.commandPrefix ?? []), process.execPath, ...DAEMON_NODE_FLAGS, ...(opts.nodeArgs ?? []), ...args]
-  const child = spawn(command[0]!, command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } })
+  const child = spawn(command[0]!, command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, PXD_CONFIG: '/dev/null', ...opts.env } })
   guardProcess(child.pid!)
   child.once('exit', () => releaseProcess(child.pid!))
   let output = ''
