@@ -23,7 +23,8 @@ import { pxdError } from './errors'
 import type { FuseServerKind } from './frontend/device-directory'
 import { Frontend } from './frontend/frontend'
 import type { Kvdb } from './kvdb/kvdb'
-import { openKvdb } from './kvdb/open'
+import { checkKvdbSettings, openKvdb } from './kvdb/open'
+import type { KvdbSecuritySettings } from './kvdb/etcd-connection'
 import { meteredDevices, Metrics, nodeReadiness, peerStates } from './metrics'
 import { native } from './native/binding'
 import { PluginServer } from './plugin/server'
@@ -42,6 +43,8 @@ export interface DaemonConfig {
   version: string
   /** Undefined: the embedded single-node store; else etcd://host:port[,...]. */
   kvdb?: string
+  /** TLS and auth for etcd (file paths). */
+  kvdbSecurity?: KvdbSecuritySettings
   clusterId: string
   /** HOST:PORT the peer server listens on (needed with etcd). */
   peerListen?: string
@@ -81,6 +84,7 @@ export class Daemon {
   async start(): Promise<void> {
     const c = this.#config
     const clustered = Boolean(c.kvdb)
+    checkKvdbSettings(c.kvdb, c.kvdbSecurity)
     if (clustered && !c.peerListen) throw pxdError('INVALID_ARGUMENT', 'a cluster node (--kvdb etcd://...) needs --peer-listen HOST:PORT')
     if (c.peerListen && !c.advertise && /^(0\.0\.0\.0|::|\[::\]|):/.test(c.peerListen)) {
       throw pxdError('INVALID_ARGUMENT', `--peer-listen ${c.peerListen} listens on every address; say which one other nodes should dial with --advertise HOST:PORT`)
@@ -109,7 +113,7 @@ export class Daemon {
     this.nodeId = await resolveNodeId(c.dataDir, c.nodeId)
     const log = this.#log.child({ node: this.nodeId })
 
-    const kvdb: Kvdb = await openKvdb(c.kvdb, { dataDir: c.dataDir, clusterId: c.clusterId, log: log.child({ component: 'kvdb' }) })
+    const kvdb: Kvdb = await openKvdb(c.kvdb, { dataDir: c.dataDir, clusterId: c.clusterId, ...(c.kvdbSecurity ? { security: c.kvdbSecurity } : {}), log: log.child({ component: 'kvdb' }) })
     this.#onStop('metadata store', () => kvdb.close())
 
     const host = new ReplicaHost(c.dataDir, log.child({ component: 'replicas' }))

@@ -19,6 +19,7 @@ export const ErrorCodes = {
   BODY_TOO_LARGE: 'a request body exceeded the size cap',
   MALFORMED_REQUEST: 'a request body is not valid JSON of the expected shape',
   KVDB_UNAVAILABLE: 'the metadata store cannot be reached',
+  KVDB_DENIED: 'etcd refused pxd: a wrong user or password, or a role without access to the cluster prefix',
   CONFLICT: 'a compare-and-swap lost against a concurrent change',
   PRECONDITION: 'the environment lacks something pxd needs (root, /dev/fuse, a tool)',
   DIR_LOCKED: 'another pxd process holds this data dir or run dir',

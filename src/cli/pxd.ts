@@ -51,7 +51,13 @@ Options (each also settable through the environment variable shown):
                                                        is a terminal; PXD_LOG_PRETTY=0 forces JSON)
 
 Cluster (several nodes; without --kvdb pxd is a single node with an embedded store):
-  --kvdb etcd://H:P[,H:P]      etcd endpoints          PXD_KVDB
+  --kvdb etcd://H:P[,H:P]      etcd endpoints          PXD_KVDB                 (https://H:P[,H:P]: over TLS)
+  --kvdb-ca FILE               CA of etcd's cert (PEM) PXD_KVDB_CA              TLS to etcd (endpoints become https);
+                                                                                without it the system's CAs
+  --kvdb-cert FILE             client cert (PEM)       PXD_KVDB_CERT            for etcd's --client-cert-auth:
+  --kvdb-key FILE              its private key (PEM)   PXD_KVDB_KEY             both or neither
+  --kvdb-username NAME         etcd user               PXD_KVDB_USERNAME        etcd auth: both or neither; the
+  --kvdb-password-file FILE    its password (1 line)   PXD_KVDB_PASSWORD_FILE   file must not be world-readable
   --cluster-id ID              cluster name in etcd    PXD_CLUSTER_ID           (default default)
   --peer-listen H:P            peer replication port   PXD_PEER_LISTEN
   --advertise H:P              address peers dial      PXD_ADVERTISE            (default: --peer-listen)
@@ -85,6 +91,11 @@ const OPTIONS = {
   'fuse-server': { type: 'string', env: 'PXD_FUSE_SERVER', default: 'addon' },
   'log-level': { type: 'string', env: 'PXD_LOG_LEVEL', default: 'info' },
   kvdb: { type: 'string', env: 'PXD_KVDB', default: undefined },
+  'kvdb-ca': { type: 'string', env: 'PXD_KVDB_CA', default: undefined },
+  'kvdb-cert': { type: 'string', env: 'PXD_KVDB_CERT', default: undefined },
+  'kvdb-key': { type: 'string', env: 'PXD_KVDB_KEY', default: undefined },
+  'kvdb-username': { type: 'string', env: 'PXD_KVDB_USERNAME', default: undefined },
+  'kvdb-password-file': { type: 'string', env: 'PXD_KVDB_PASSWORD_FILE', default: undefined },
   'cluster-id': { type: 'string', env: 'PXD_CLUSTER_ID', default: 'default' },
   'peer-listen': { type: 'string', env: 'PXD_PEER_LISTEN', default: undefined },
   advertise: { type: 'string', env: 'PXD_ADVERTISE', default: undefined },
@@ -211,6 +222,10 @@ async function main(argv: string[]): Promise<number> {
     ...optional('advertise', 'advertise'),
     ...optional('cluster-secret-file', 'secretFile'),
     ...optional('api-token-file', 'apiTokenFile'),
+    kvdbSecurity: {
+      ca: setting('kvdb-ca'), cert: setting('kvdb-cert'), key: setting('kvdb-key'),
+      username: setting('kvdb-username'), passwordFile: setting('kvdb-password-file'),
+    },
     peerTls: { cert: setting('peer-tls-cert'), key: setting('peer-tls-key'), ca: setting('peer-tls-ca') },
   }
 

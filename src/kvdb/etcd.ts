@@ -24,38 +24,27 @@
  * key tries every REGRANT_INTERVAL_MS to get a new lease and put its latest value again;
  * when that works listeners get `undefined`.
  */
-import { circuitBreaker, ConsecutiveBreaker, handleWhen, isBrokenCircuitError, retry } from 'cockatiel'
-import { Etcd3, isRecoverableError, type IOptions, type Lease, type Namespace } from 'etcd3'
+import { isBrokenCircuitError } from 'cockatiel'
+import { Etcd3, type Lease, type Namespace } from 'etcd3'
 import type { Logger } from 'pino'
 import { isPxdError, messageOf, pxdError, type PxdError } from '../errors'
 import { Mutex } from '../util/mutex'
+import { BREAKER_FAILURES, BREAKER_OPEN_MS, CALL_DEADLINE_MS, etcdClientOptions, notSent, tlsHint, type EtcdSecurity } from './etcd-connection'
 import { checkKey, checkTtl, checkTxn, toJson } from './validate'
 import type { KvEntry, Kvdb, KvTxn, LeasedKey } from './kvdb'
 
-export const CALL_DEADLINE_MS = 5_000
-const BREAKER_FAILURES = 3
-const BREAKER_OPEN_MS = 1_000
-const RECONNECT_BACKOFF_MS = 500
-const MAX_RECONNECT_BACKOFF_MS = 1_000
-/**
- * A connection whose packets vanish (a partition, not a refusal) looks alive to TCP for
- * many minutes, and after the heal its retransmissions back off for tens of seconds: pings
- * find it dead and let gRPC dial anew. etcd refuses pings more often than every 5 s.
- */
-const KEEPALIVE_MS = 10_000
-const KEEPALIVE_TIMEOUT_MS = 2_000
+export { CALL_DEADLINE_MS }
 const REGRANT_INTERVAL_MS = 1_000
 const LEASE_WATCHDOG_MS = 200
 const CLUSTER_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/
 
-/** gRPC's words for "there was no connection to send the call on": nothing reached etcd. */
-const NOT_SENT = ['No connection established', 'ECONNREFUSED']
-
 export interface EtcdKvdbOptions {
-  /** `http://host:port` (or `host:port`) of each etcd member. */
+  /** `http://host:port`, `https://host:port` (or `host:port`) of each etcd member. */
   endpoints: string[]
   clusterId: string
   log?: Logger
+  /** TLS and etcd auth (etcd-connection.ts); with TLS every endpoint is https. */
+  security?: EtcdSecurity
 }
 
 /** What a leased key needs from its store. */
@@ -78,26 +67,9 @@ export class EtcdKvdb implements Kvdb {
   #closing: Promise<void> | undefined
 
   private constructor(options: EtcdKvdbOptions, hosts: string[]) {
-    this.description = `etcd://${hosts.map((h) => h.replace(/^https?:\/\//, '')).join(',')}`
+    this.description = `${hosts.some((h) => h.startsWith('https:')) ? 'https' : 'etcd'}://${hosts.map((h) => h.replace(/^https?:\/\//, '')).join(',')}`
     this.#log = options.log
-    const clientOptions: IOptions = {
-      hosts,
-      defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + CALL_DEADLINE_MS }),
-      dialTimeout: CALL_DEADLINE_MS,
-      grpcOptions: {
-        'grpc.initial_reconnect_backoff_ms': RECONNECT_BACKOFF_MS,
-        'grpc.max_reconnect_backoff_ms': MAX_RECONNECT_BACKOFF_MS,
-        'grpc.keepalive_time_ms': KEEPALIVE_MS,
-        'grpc.keepalive_timeout_ms': KEEPALIVE_TIMEOUT_MS,
-        'grpc.keepalive_permit_without_calls': 1,
-        'grpc.http2.max_pings_without_data': 0,
-      },
-      faultHandling: {
-        global: retry(handleWhen((err) => notSent(err)), { maxAttempts: hosts.length - 1 }),
-        host: () => circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: BREAKER_OPEN_MS, breaker: new ConsecutiveBreaker(BREAKER_FAILURES) }),
-      },
-    }
-    this.#client = new Etcd3(clientOptions)
+    this.#client = new Etcd3(etcdClientOptions(hosts, options.security))
     this.#ns = this.#client.namespace(`pxd/${options.clusterId}/`)
     this.#prefix = this.#ns.prefix
   }
@@ -108,7 +80,8 @@ export class EtcdKvdb implements Kvdb {
       throw pxdError('INVALID_ARGUMENT', `cluster id ${JSON.stringify(options.clusterId)} must be 1-128 letters, digits, '.', '_' or '-'`)
     }
     if (options.endpoints.length === 0) throw pxdError('INVALID_ARGUMENT', 'etcd needs at least one endpoint (host:port)')
-    const hosts = options.endpoints.map((e) => (/^https?:\/\//.test(e) ? e : `http://${e}`))
+    const scheme = options.security?.tls ? 'https' : 'http'
+    const hosts = options.endpoints.map((e) => `${/^https:\/\//.test(e) ? 'https' : scheme}://${e.replace(/^https?:\/\//, '')}`)
     const db = new EtcdKvdb(options, hosts)
     try {
       await db.get('members/')
@@ -225,14 +198,22 @@ export class EtcdKvdb implements Kvdb {
     if (isPxdError(err)) return err
     if (this.#closed) return pxdError('KVDB_UNAVAILABLE', `metadata store ${this.description} is closed`, err)
     const name = err instanceof Error ? err.constructor.name : ''
+    if (name === 'GRPCInvalidArgumentError' && messageOf(err).includes('user name is empty')) {
+      return pxdError('KVDB_DENIED', `metadata store ${this.description} requires authentication: give --kvdb-username and --kvdb-password-file`, err)
+    }
     if (name === 'GRPCInvalidArgumentError') {
       return pxdError('INVALID_ARGUMENT', `metadata store ${this.description} refused the request: ${messageOf(err)}`, err)
+    }
+    if (name === 'EtcdAuthenticationFailedError' || name === 'EtcdPermissionDeniedError' || name === 'GRPCUnauthenticatedError') {
+      return pxdError('KVDB_DENIED', `metadata store ${this.description} refused pxd: ${messageOf(err)} (check --kvdb-username, --kvdb-password-file and the user's role on pxd/<cluster-id>/)`, err)
     }
     let reason: string
     if (isBrokenCircuitError(err)) {
       reason = `not sent: ${BREAKER_FAILURES} calls in a row failed, the next one is tried within ${BREAKER_OPEN_MS} ms (last error: ${this.#lastFailure})`
     } else {
-      reason = messageOf(err).replace(/\.? Resolution note: ?$/, '')
+      // gRPC's TLS errors carry OpenSSL's multi-line text: one line reads better in a log.
+      reason = messageOf(err).replace(/\.? Resolution note: ?$/, '').replace(/\s*\n\s*/g, ' ')
+      reason += tlsHint(reason)
       this.#lastFailure = reason
       if (write && !notSent(err)) reason += '; the change may or may not have been applied: read it back before deciding'
     }
@@ -240,11 +221,6 @@ export class EtcdKvdb implements Kvdb {
   }
 }
 
-function notSent(err: unknown): boolean {
-  if (isBrokenCircuitError(err)) return true
-  const message = messageOf(err)
-  return NOT_SENT.some((words) => message.includes(words))
-}
 
 /**
  * One key under a lease, kept alive by etcd3's Lease and watched here: `#lease` is the

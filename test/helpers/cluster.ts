@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto'
 import { writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { freePort, makeTempDir, removeDir, startDaemon, type Daemon } from './daemon'
-import { startEtcd, type EtcdServer } from './etcd'
+import { startEtcd, type EtcdServer, type EtcdTls } from './etcd'
 import { createNetwork, type Network } from './network'
 import { startPowerLossFs, type PowerLossMount } from './power-loss'
 
@@ -45,6 +45,10 @@ export interface Cluster {
 }
 
 export interface ClusterOptions {
+  /** etcd over https (and client certificates, with clientCertAuth); nodes dial https://. */
+  etcdTls?: EtcdTls
+  /** Runs once etcd is up, before any node (e.g. enable auth); what it returns goes to every node. */
+  etcdSetup?: (etcd: EtcdServer, clusterId: string) => Promise<string[]>
   env?: Record<string, string>
   nodeArgs?: string[]
   /** More pxd flags for every node, or per node (e.g. its own TLS certificate). */
@@ -66,10 +70,20 @@ export async function startCluster(nodeIds: string[], options: ClusterOptions = 
   const dir = makeTempDir('pxd-cluster-')
   const network = options.network ? createNetwork(['etcd', ...nodeIds]) : undefined
   const disks = new Map<string, PowerLossMount>()
+  const clusterId = `test-${randomBytes(4).toString('hex')}`
   let etcd: EtcdServer
   try {
-    etcd = await startEtcd({ dir: path.join(dir, 'etcd'), ...(network ? { host: network.ip('etcd'), commandPrefix: network.enter('etcd') } : {}) })
+    etcd = await startEtcd({ dir: path.join(dir, 'etcd'), ...(options.etcdTls ? { tls: options.etcdTls } : {}), ...(network ? { host: network.ip('etcd'), commandPrefix: network.enter('etcd') } : {}) })
   } catch (err) {
+    network?.destroy()
+    removeDir(dir)
+    throw err
+  }
+  let etcdArgs: string[] = []
+  try {
+    etcdArgs = options.etcdSetup ? await options.etcdSetup(etcd, clusterId) : []
+  } catch (err) {
+    await etcd.stop().catch(() => undefined)
     network?.destroy()
     removeDir(dir)
     throw err
@@ -81,7 +95,6 @@ export async function startCluster(nodeIds: string[], options: ClusterOptions = 
   const tokenFile = path.join(dir, 'api-token')
   if (apiToken) writeFileSync(tokenFile, apiToken, { mode: 0o600 })
   const onPowerLossFs = (nodeId: string) => options.powerLoss === true || (Array.isArray(options.powerLoss) && options.powerLoss.includes(nodeId))
-  const clusterId = `test-${randomBytes(4).toString('hex')}`
   const ports = new Map<string, { api: number; peer: number }>()
   const nodes: ClusterNode[] = []
 
@@ -109,7 +122,8 @@ export async function startCluster(nodeIds: string[], options: ClusterOptions = 
       ...(options.env ? { env: options.env } : {}),
       ...(options.nodeArgs ? { nodeArgs: options.nodeArgs } : {}),
       extraArgs: [
-        '--kvdb', `etcd://${etcd.endpoint}`,
+        '--kvdb', `${etcd.tls ? 'https' : 'etcd'}://${etcd.endpoint}`,
+        ...etcdArgs,
         '--cluster-id', clusterId,
         '--peer-listen', `${host}:${p.peer}`,
         ...(apiToken ? ['--api-token-file', tokenFile] : []),

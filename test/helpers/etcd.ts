@@ -4,11 +4,17 @@
  * `restart()` brings the same member back on the same ports over the same data, so a
  * test can take the metadata store away and give it back. Only the pid started here
  * is ever signalled.
+ *
+ * With `tls` etcd serves clients over https only and, with `clientCertAuth`, asks each
+ * client for a certificate its CA signed (etcd's --client-cert-auth); `enableEtcdAuth`
+ * turns on etcd's user/password auth with a `pxd` user limited to one key prefix.
  */
 import { guardProcess, releaseProcess } from './exit-guard'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import http from 'node:http'
+import https from 'node:https'
+import { Etcd3 } from 'etcd3'
 import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
@@ -16,8 +22,10 @@ import path from 'node:path'
 export interface EtcdServer {
   /** `127.0.0.1:port`, the client endpoint (what `etcd://` takes). */
   endpoint: string
-  /** `http://127.0.0.1:port` */
+  /** `http://127.0.0.1:port` (https with `tls`) */
   url: string
+  /** With `tls`: the CA and a client certificate etcd accepts. */
+  tls?: EtcdTls
   /** Pid of the running etcd (changes on restart). */
   pid: number
   dataDir: string
@@ -43,7 +51,20 @@ const GO_ARCH: Record<string, string> = { arm64: 'arm64', arm: 'arm', ia32: '386
 const running = new Set<ChildProcess>()
 let exitHookInstalled = false
 
+export interface EtcdTls {
+  /** etcd's server certificate and key (PEM), and the CA that signed it and its clients. */
+  certFile: string
+  keyFile: string
+  caFile: string
+  /** A client certificate for the health check and enableEtcdAuth (signed by caFile). */
+  clientCertFile: string
+  clientKeyFile: string
+  /** Ask every client for a certificate signed by caFile. */
+  clientCertAuth: boolean
+}
+
 export interface EtcdOptions {
+  tls?: EtcdTls
   dir?: string
   /** The address to listen on (default 127.0.0.1): a test network member's. */
   host?: string
@@ -63,7 +84,7 @@ export async function startEtcd(opts: EtcdOptions = {}): Promise<EtcdServer> {
   mkdirSync(dir, { recursive: true })
   const [clientPort, peerPort] = await freePorts(2)
   const host = opts.host ?? '127.0.0.1'
-  const url = `http://${host}:${clientPort}`
+  const url = `${opts.tls ? 'https' : 'http'}://${host}:${clientPort}`
   const peerUrl = `http://${host}:${peerPort}`
   const args = [
     '--name', 'pxd-test',
@@ -75,6 +96,8 @@ export async function startEtcd(opts: EtcdOptions = {}): Promise<EtcdServer> {
     '--initial-cluster', `pxd-test=${peerUrl}`,
     '--initial-cluster-state', 'new',
     '--initial-cluster-token', path.basename(dir),
+    ...(opts.tls ? ['--cert-file', opts.tls.certFile, '--key-file', opts.tls.keyFile, '--trusted-ca-file', opts.tls.caFile] : []),
+    ...(opts.tls?.clientCertAuth ? ['--client-cert-auth'] : []),
     '--logger', 'zap',
     '--log-outputs', 'stderr',
   ]
@@ -119,7 +142,7 @@ export async function startEtcd(opts: EtcdOptions = {}): Promise<EtcdServer> {
     })
     for (const stream of [proc.stdout!, proc.stderr!]) stream.on('data', appendLog)
     const deadline = Date.now() + READY_TIMEOUT_MS
-    while (!(await healthy(url))) {
+    while (!(await healthy(url, opts.tls))) {
       if (exitInfo !== undefined) throw new Error(`etcd ${exitInfo} before it answered; its log:\n${tail()}`)
       if (Date.now() > deadline) {
         await signalAndWait('SIGKILL')
@@ -160,6 +183,7 @@ export async function startEtcd(opts: EtcdOptions = {}): Promise<EtcdServer> {
   const server: EtcdServer = {
     endpoint: `${host}:${clientPort}`,
     url,
+    ...(opts.tls ? { tls: opts.tls } : {}),
     get pid() { return child?.pid ?? -1 },
     dataDir,
     logs,
@@ -178,9 +202,36 @@ export async function startEtcd(opts: EtcdOptions = {}): Promise<EtcdServer> {
   return server
 }
 
-async function healthy(url: string): Promise<boolean> {
+/**
+ * Turn on etcd auth: a root user (etcd needs one), and a user `username` whose role may
+ * read and write only keys under `prefix`. Returns root's password.
+ */
+export async function enableEtcdAuth(etcd: EtcdServer, username: string, password: string, prefix: string): Promise<string> {
+  const rootPassword = `root-${Date.now()}`
+  const client = new Etcd3({ hosts: etcd.url, ...(etcd.tls ? { credentials: etcdClientCredentials(etcd.tls) } : {}) })
+  try {
+    const root = await client.user('root').create(rootPassword)
+    await root.addRole('root')
+    const role = await client.role('pxd').create()
+    await role.grant({ permission: 'Readwrite', range: client.range({ prefix }) })
+    const user = await client.user(username).create(password)
+    await user.addRole('pxd')
+    await client.auth.authEnable({})
+  } finally {
+    client.close()
+  }
+  return rootPassword
+}
+
+export function etcdClientCredentials(t: EtcdTls): { rootCertificate: Buffer; privateKey: Buffer; certChain: Buffer } {
+  return { rootCertificate: readFileSync(t.caFile), privateKey: readFileSync(t.clientKeyFile), certChain: readFileSync(t.clientCertFile) }
+}
+
+async function healthy(url: string, tls?: EtcdTls): Promise<boolean> {
   return new Promise((resolve) => {
-    const req = http.get(`${url}/health`, { timeout: 1000 }, (res) => {
+    const get = tls ? https.get : http.get
+    const tlsOptions = tls ? { ca: readFileSync(tls.caFile), cert: readFileSync(tls.clientCertFile), key: readFileSync(tls.clientKeyFile) } : {}
+    const req = get(`${url}/health`, { timeout: 1000, ...tlsOptions }, (res) => {
       let body = ''
       res.setEncoding('utf8').on('data', (d: string) => { body += d }).on('end', () => {
         try {
