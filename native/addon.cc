@@ -37,6 +37,7 @@
 #include "store_binding.h"
 
 namespace pxd {
+void InitXts(Napi::Env env, Napi::Object exports);  // xts.cc
 namespace {
 
 constexpr double kMaxSafeInteger = 9007199254740991.0;  // 2^53 - 1
@@ -657,6 +658,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFuse(env, exports);
   InitShareServer(env, exports);
   InitShareClient(env, exports);
+  InitXts(env, exports);
   return exports;
 }
 
