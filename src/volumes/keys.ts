@@ -8,8 +8,9 @@
  *   - `use_cluster_secret=true` (the default for `secure=true`): HKDF over the cluster
  *     secret the daemons share, so any node of the cluster can mount it.
  * The GCM tag authenticates the unwrap: a wrong passphrase or secret is BAD_KEY, never a
- * wrong key silently used. The volume id is the GCM additional data, so a wrapped key
- * copied to another volume's record does not unwrap there.
+ * wrong key silently used. The id of the volume the key was made for is the GCM
+ * additional data (and stored as `boundTo`): snapshots and clones share their source's
+ * key and wrapped form (their blocks are its ciphertext, sector for sector).
  */
 import { createCipheriv, createDecipheriv, hkdfSync, randomBytes, scryptSync } from 'node:crypto'
 import { readFileSync } from 'node:fs'
@@ -22,6 +23,8 @@ export type KekSource = 'passphrase' | 'secret_key' | 'cluster_secret'
 /** What the kvdb holds of a secure volume's key (base64 fields). */
 export interface WrappedKey {
   kek: KekSource
+  /** The volume the key was made for (the GCM additional data); snapshots and clones keep it. */
+  boundTo?: string
   /** secret_key: the secret file's name under --secrets-dir. */
   secretName?: string
   /** passphrase: the scrypt salt. */
@@ -110,7 +113,7 @@ export function newVolumeKey(volumeId: string, opts: KeyOptions, sources: KeySou
   const c = createCipheriv('aes-256-gcm', kek, iv)
   c.setAAD(Buffer.from(volumeId))
   const wrapped = Buffer.concat([c.update(key), c.final()])
-  return { key, wrapped: { ...head, iv: iv.toString('base64'), tag: c.getAuthTag().toString('base64'), wrapped: wrapped.toString('base64') } }
+  return { key, wrapped: { ...head, boundTo: volumeId, iv: iv.toString('base64'), tag: c.getAuthTag().toString('base64'), wrapped: wrapped.toString('base64') } }
 }
 
 /** The data key of `volumeId`; KEY_REQUIRED when its KEK cannot be had here, BAD_KEY when it does not open it. */
@@ -118,7 +121,7 @@ export function unwrapVolumeKey(volumeId: string, w: WrappedKey, opts: KeyOption
   const kek = kekOf(w, opts, sources, name)
   try {
     const d = createDecipheriv('aes-256-gcm', kek, Buffer.from(w.iv, 'base64'))
-    d.setAAD(Buffer.from(volumeId))
+    d.setAAD(Buffer.from(w.boundTo ?? volumeId))
     d.setAuthTag(Buffer.from(w.tag, 'base64'))
     const key = Buffer.concat([d.update(Buffer.from(w.wrapped, 'base64')), d.final()])
     if (key.length !== DATA_KEY_BYTES) throw new Error('bad length')

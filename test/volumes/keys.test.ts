@@ -18,8 +18,11 @@ test('cluster secret: unwraps with the same secret, BAD_KEY with another, KEY_RE
   t.deepEqual(unwrapVolumeKey('vol1', wrapped, {}, cluster), key)
   t.throws(() => unwrapVolumeKey('vol1', wrapped, {}, { clusterSecret: Buffer.from('another-cluster-secret-16+') }), { code: 'BAD_KEY' } as never)
   t.throws(() => unwrapVolumeKey('vol1', wrapped, {}, {}), { code: 'KEY_REQUIRED' } as never)
-  // Bound to its volume: the same wrapped key does not open for another volume id.
-  t.throws(() => unwrapVolumeKey('vol2', wrapped, {}, cluster), { code: 'BAD_KEY' } as never)
+  // Bound to the volume it was made for: a snapshot or clone (another id) opens it too,
+  // and a wrapped key whose binding is changed does not open.
+  t.is(wrapped.boundTo, 'vol1')
+  t.deepEqual(unwrapVolumeKey('clone-of-vol1', wrapped, {}, cluster), key)
+  t.throws(() => unwrapVolumeKey('vol1', { ...wrapped, boundTo: 'vol2' }, {}, cluster), { code: 'BAD_KEY' } as never)
 })
 
 test('passphrase: salted, never stored, required and checked at unwrap', (t) => {
