@@ -115,9 +115,10 @@ export class LocalVolumes {
    * when another node took it meanwhile (the engine is let go; attach as usual).
    */
   async adopt(name: string, local: LocalAttachment, keyOptions: KeyOptions = {}): Promise<boolean> {
+    // A missing or wrong key fails the mount and leaves the healing engine as it is.
+    const cipher = await this.#cipherOf(name, keyOptions)
     try {
       const record = (await this.#record(name)).value
-      const cipher = this.#cipherFor(record, keyOptions)
       if (cipher) local.engine.useCipher(cipher)
       await this.#o.attachments.markMounted(name, local.epoch)
       local.mountpoint = await this.#mountFs(name, record, local.engine)

@@ -4,7 +4,8 @@
  * no etcd file; it reads back, also on the other node after a failover (use_cluster_secret);
  * scrub and resync work on the ciphertext; a corrupted ciphertext block is read-repaired;
  * a passphrase volume refuses a mount without or with a wrong passphrase and changes
- * nothing, and the passphrase is in no etcd file and no log.
+ * nothing, and the passphrase is in no etcd file and no log; a secret_key volume opens
+ * with its file under --secrets-dir and not with another one.
  *
  * Peer frames are not captured here: the coordinator encrypts before any replica call
  * (src/engine/cipher.ts), and the remote replica's files holding only ciphertext is
@@ -12,7 +13,8 @@
  */
 import test from 'ava'
 import { execFileSync } from 'node:child_process'
-import { promises as fs, openSync, readSync, writeSync, closeSync, readdirSync, statSync } from 'node:fs'
+import { promises as fs, openSync, readSync, writeSync, closeSync, readdirSync, statSync, mkdtempSync, writeFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { ApiClient } from '../../src/api/client'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
@@ -23,13 +25,16 @@ import { MiB, pluginOk, replicaDigest, sha, writeSynced } from '../helpers/volum
 assertIntegrationPreconditions()
 
 let cluster: Cluster
+const secretsDir = mkdtempSync(path.join(tmpdir(), 'pxd-secrets-'))
 
 test.before(async () => {
-  cluster = await startCluster(['node-a', 'node-b'])
+  writeFileSync(path.join(secretsDir, 'k1'), 'a-volume-secret-of-enough-bytes\n', { mode: 0o600 })
+  cluster = await startCluster(['node-a', 'node-b'], { extraArgs: ['--secrets-dir', secretsDir] })
 })
 
 test.after.always(async () => {
   await cluster?.stop()
+  rmSync(secretsDir, { recursive: true, force: true })
 })
 
 const MARKER = 'PXD-SECRET-MARKER-7f3a9c'
@@ -180,4 +185,44 @@ test('control: a plain volume\'s replica file does hold the marker (the search a
   await pluginOk(holder, '/VolumeDriver.Unmount', { Name: 'plain', ID: '1' })
   const found = await filesHolding(path.join(holder.dataDir, 'replicas', info.id), MARKER)
   t.true(found.some((f) => f.endsWith('/data')), `found in ${found.join(', ')}`)
+})
+
+test('secret_key volume: opens with the file under --secrets-dir, BAD_KEY once the file changed; names cannot traverse', async (t) => {
+  const a = cluster.node('node-a')
+  const bad = await pluginCall(a.pluginSocket, '/VolumeDriver.Create', { Name: 'skbad', Opts: { size: '64M', secure: 'true', secret_key: '../k1' } })
+  t.regex(String(bad.body.Err), /invalid secret_key/)
+  await pluginOk(a, '/VolumeDriver.Create', { Name: 'sk', Opts: { size: '64M', repl: '1', secret_key: 'k1' } })
+  const info = await new ApiClient(a.apiUrl).inspectVolume('sk')
+  const holder = cluster.node(info.replicas[0]!.nodeId)
+  let mp = (await pluginOk(holder, '/VolumeDriver.Mount', { Name: 'sk', ID: '1' })).Mountpoint as string
+  const payload = markerFile()
+  await writeSynced(path.join(mp, 'marker.bin'), payload)
+  await pluginOk(holder, '/VolumeDriver.Unmount', { Name: 'sk', ID: '1' })
+  t.deepEqual(await filesHolding(path.join(holder.dataDir, 'replicas', info.id), MARKER), [])
+
+  const file = path.join(secretsDir, 'k1')
+  const original = await fs.readFile(file)
+  await fs.writeFile(file, 'another-secret-of-enough-bytes\n')
+  const wrong = await pluginCall(holder.pluginSocket, '/VolumeDriver.Mount', { Name: 'sk', ID: '2' })
+  t.regex(String(wrong.body.Err), /wrong secret/)
+  await fs.writeFile(file, original)
+  mp = (await pluginOk(holder, '/VolumeDriver.Mount', { Name: 'sk', ID: '3' })).Mountpoint as string
+  dropCaches()
+  t.is(sha(await fs.readFile(path.join(mp, 'marker.bin'))), sha(payload))
+  await pluginOk(holder, '/VolumeDriver.Unmount', { Name: 'sk', ID: '3' })
+})
+
+test('a snapshot (parent=) of a secure volume opens with its key and reads its plaintext', async (t) => {
+  const a = cluster.node('node-a')
+  await pluginOk(a, '/VolumeDriver.Create', { Name: 'ss', Opts: { size: '64M', repl: '1', secure: 'true' } })
+  const info = await new ApiClient(a.apiUrl).inspectVolume('ss')
+  const holder = cluster.node(info.replicas[0]!.nodeId)
+  const mp = (await pluginOk(holder, '/VolumeDriver.Mount', { Name: 'ss', ID: '1' })).Mountpoint as string
+  const payload = markerFile()
+  await writeSynced(path.join(mp, 'marker.bin'), payload)
+  await pluginOk(holder, '/VolumeDriver.Unmount', { Name: 'ss', ID: '1' })
+  await pluginOk(holder, '/VolumeDriver.Create', { Name: 'ss-snap', Opts: { parent: 'ss' } })
+  const cmp = (await pluginOk(holder, '/VolumeDriver.Mount', { Name: 'ss-snap', ID: 'c' })).Mountpoint as string
+  t.is(sha(await fs.readFile(path.join(cmp, 'marker.bin'))), sha(payload))
+  await pluginOk(holder, '/VolumeDriver.Unmount', { Name: 'ss-snap', ID: 'c' })
 })
