@@ -23,7 +23,8 @@
         "native/share_client.cc",
         "native/share_client_wire.cc",
         "native/share_client_binding.cc",
-        "native/sd_notify.cc"
+        "native/sd_notify.cc",
+        "native/xts.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED", "NAPI_CPP_EXCEPTIONS"],

@@ -38,6 +38,7 @@
 #include "store_binding.h"
 
 namespace pxd {
+void InitXts(Napi::Env env, Napi::Object exports);  // xts.cc
 namespace {
 
 constexpr double kMaxSafeInteger = 9007199254740991.0;  // 2^53 - 1
@@ -659,6 +660,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitShareServer(env, exports);
   InitShareClient(env, exports);
   InitServiceNotify(env, exports);
+  InitXts(env, exports);
   return exports;
 }
 

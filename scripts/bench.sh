@@ -5,9 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh test
-# `bench.sh layers|link|shared|resync|snapshots [flags]`: one of the smaller benchmarks (bench/<name>.ts).
+# `bench.sh layers|link|shared|resync|snapshots|secure [flags]`: one of the smaller benchmarks (bench/<name>.ts).
 case "${1:-}" in
-  layers|link|shared|resync|snapshots) script="$1"; shift; exec node dist/bench/"$script".js "$@" ;;
+  layers|link|shared|resync|snapshots|secure) script="$1"; shift; exec node dist/bench/"$script".js "$@" ;;
 esac
 # `bench.sh ... --resync ...`: only the resync benchmark, with the other flags.
 for a in "$@"; do

@@ -51,6 +51,8 @@ export interface DaemonConfig {
   /** HOST:PORT other nodes reach this one at (default: peerListen). */
   advertise?: string
   secretFile?: string
+  /** Where `secret_key=NAME` of a secure volume is read from (NAME is a file in it). */
+  secretsDir?: string
   /** Mutual TLS for peer links: this node's certificate and key and the cluster CA, all three or none. */
   peerTls?: PeerTlsFiles
   /** Seconds without a lease renewal after which a node counts as offline. */
@@ -174,6 +176,7 @@ export class Daemon {
       ...(c.resyncRate ? { resyncBytesPerSecond: c.resyncRate } : {}),
       ...(c.resyncConcurrency ? { resyncConcurrency: c.resyncConcurrency } : {}),
       ...(c.replaceAfterMs !== undefined ? { replaceAfterMs: c.replaceAfterMs } : {}),
+      keySources: { ...(secret ? { clusterSecret: secret } : {}), ...(c.secretsDir ? { secretsDir: c.secretsDir } : {}) },
     })
     this.#onStop('frontend', () => frontend.stop())
     await frontend.start()

@@ -5,6 +5,8 @@
  */
 export const ErrorCodes = {
   INVALID_ARGUMENT: 'bad input: a malformed value, an unknown option, a bad name',
+  KEY_REQUIRED: 'a secure volume was mounted without the key its data key is wrapped with (passphrase, secret, cluster secret)',
+  BAD_KEY: 'the key given for a secure volume does not unwrap its data key',
   NOT_FOUND: 'the named volume (or object) does not exist',
   ALREADY_EXISTS: 'a volume of that name exists with a different spec',
   IN_USE: 'the volume is mounted and cannot be removed',

@@ -62,6 +62,8 @@ Cluster (several nodes; without --kvdb pxd is a single node with an embedded sto
   --peer-listen H:P            peer replication port   PXD_PEER_LISTEN
   --advertise H:P              address peers dial      PXD_ADVERTISE            (default: --peer-listen)
   --cluster-secret-file FILE   shared secret (>=16 B)  PXD_CLUSTER_SECRET_FILE
+  --secrets-dir DIR            secure volumes'         PXD_SECRETS_DIR          (default /etc/pxd/secrets)
+                               secret_key=NAME files
   --node-ttl SECONDS           lease; a node silent    PXD_NODE_TTL             (default 5)
                                this long is offline
   --peer-tls-cert FILE         node certificate (PEM)  PXD_PEER_TLS_CERT        mutual TLS for peer links:
@@ -100,6 +102,7 @@ const OPTIONS = {
   'peer-listen': { type: 'string', env: 'PXD_PEER_LISTEN', default: undefined },
   advertise: { type: 'string', env: 'PXD_ADVERTISE', default: undefined },
   'cluster-secret-file': { type: 'string', env: 'PXD_CLUSTER_SECRET_FILE', default: undefined },
+  'secrets-dir': { type: 'string', env: 'PXD_SECRETS_DIR', default: '/etc/pxd/secrets' },
   'node-ttl': { type: 'string', env: 'PXD_NODE_TTL', default: '5' },
   'peer-tls-cert': { type: 'string', env: 'PXD_PEER_TLS_CERT', default: undefined },
   'peer-tls-key': { type: 'string', env: 'PXD_PEER_TLS_KEY', default: undefined },
@@ -221,6 +224,7 @@ async function main(argv: string[]): Promise<number> {
     ...optional('peer-listen', 'peerListen'),
     ...optional('advertise', 'advertise'),
     ...optional('cluster-secret-file', 'secretFile'),
+    ...optional('secrets-dir', 'secretsDir'),
     ...optional('api-token-file', 'apiTokenFile'),
     kvdbSecurity: {
       ca: setting('kvdb-ca'), cert: setting('kvdb-cert'), key: setting('kvdb-key'),

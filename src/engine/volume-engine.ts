@@ -25,6 +25,7 @@
  * the write payload is the caller's buffer, never copied.
  */
 import { blockOf, isPxdError, pxdError, PxdError } from '../errors'
+import { VolumeCipher } from './cipher'
 import type { Replica } from '../replicas/replica'
 import { ReplicaSet, type ReplicaFailure, type WriteRange } from '../replicas/replica-set'
 import type { EngineCore, EngineEvents, RepairListener } from './core'
@@ -57,6 +58,12 @@ export interface EngineOptions {
   readInSync?: () => Promise<string[]>
   /** How often a failed read back is tried again (READ_BACK_RETRY_MS). */
   readBackRetryMs?: number
+  /**
+   * A secure volume's cipher (cipher.ts): writes are encrypted before they reach any
+   * replica, reads decrypted after. Without it (a resync or scrub on a node without the
+   * key) the engine moves ciphertext as it is; useCipher() sets it later.
+   */
+  cipher?: VolumeCipher
   /** Told once when the engine learns it has been fenced. */
   onFenced?: (error: PxdError) => void
   /** The attach epoch this engine writes at. */
@@ -83,6 +90,7 @@ export class VolumeEngine {
   readonly #onFenced: EngineOptions['onFenced']
   readonly #events: EngineEvents | undefined
   #nextSeq = 1
+  #cipher: VolumeCipher | undefined
   /** Requests in flight; closed while a grow runs. */
   readonly #gate = new RequestGate()
   readonly #point: PointInTime
@@ -99,6 +107,7 @@ export class VolumeEngine {
     this.#size = options.size
     this.#onFenced = options.onFenced
     this.#events = options.events
+    this.#cipher = options.cipher
     const demote = options.demote
     const epoch = options.epoch ?? 0
     this.#members = new ReplicaSet({
@@ -176,12 +185,27 @@ export class VolumeEngine {
     return this.#size
   }
 
+  /** Encrypt and decrypt with `cipher` from now on (a secure volume mounted on an engine opened without its key). */
+  useCipher(cipher: VolumeCipher): void {
+    this.#cipher = cipher
+  }
+
+  get secure(): boolean {
+    return this.#cipher !== undefined
+  }
+
   write(offset: number, data: Uint8Array): Promise<void> {
     const held = this.#gate.held
     if (held) return held.then(() => this.write(offset, data))
-    const refused = this.#check(offset, data.length)
+    const cipher = this.#cipher
+    const refused = this.#check(offset, data.length) ?? (cipher && VolumeCipher.check(offset, data.length))
     if (refused) return Promise.reject(refused)
-    return this.#track(this.#write(offset, data.length, data))
+    if (!cipher || data.length === 0) return this.#track(this.#write(offset, data.length, data))
+    // The ciphertext buffer goes back to the pool once the write settled on every replica.
+    const sealed = cipher.encrypt(offset, data)
+    const p = this.#track(this.#write(offset, data.length, sealed))
+    p.then(() => cipher.release(sealed), () => cipher.release(sealed))
+    return p
   }
 
   /**
@@ -192,7 +216,7 @@ export class VolumeEngine {
   discard(offset: number, length: number): Promise<void> {
     const held = this.#gate.held
     if (held) return held.then(() => this.discard(offset, length))
-    const refused = this.#check(offset, length)
+    const refused = this.#check(offset, length) ?? (this.#cipher && VolumeCipher.check(offset, length))
     if (refused) return Promise.reject(refused)
     if (length === 0) return Promise.resolve()
     return this.#track(this.#write(offset, length, null))
@@ -296,9 +320,12 @@ export class VolumeEngine {
   read(offset: number, into: Uint8Array): Promise<void> {
     const held = this.#gate.held
     if (held) return held.then(() => this.read(offset, into))
-    const refused = this.#check(offset, into.length)
+    const cipher = this.#cipher
+    const refused = this.#check(offset, into.length) ?? (cipher && VolumeCipher.check(offset, into.length))
     if (refused) return Promise.reject(refused)
-    return this.#track(this.#readFrom(0, offset, into))
+    if (!cipher) return this.#track(this.#readFrom(0, offset, into))
+    // Decrypted only once every replica call (read repair too) is done: they see ciphertext.
+    return this.#track(this.#readFrom(0, offset, into).then(() => cipher.decrypt(offset, into)))
   }
 
   flush(): Promise<void> {

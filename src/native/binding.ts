@@ -61,6 +61,12 @@ export interface NativeBinding {
   crc32cHardware(buf: Uint8Array, init?: number): number
   crc32cSoftware(buf: Uint8Array, init?: number): number
   hasHardwareCrc32c(): boolean
+  /**
+   * AES-256-XTS (aes-xts-plain64) of `src` into `dst` (may be the same buffer): 512-byte
+   * units, unit n of the buffer tweaked with firstUnit + n. Decrypting an all-zero unit
+   * gives zeros. Synchronous; throws (code EINVAL) on a bad key or a length not a multiple of 512.
+   */
+  xtsCrypt(key: Uint8Array, src: Uint8Array, dst: Uint8Array, firstUnit: number, encrypt: boolean): void
 
   /**
    * create=true makes the three files (EEXIST if any exists) sized for `size`;

@@ -8,6 +8,8 @@
  * attach, adopt and detach; its own for the healing ones).
  */
 import type { Logger } from 'pino'
+import { VolumeCipher } from '../engine/cipher'
+import { unwrapVolumeKey, type KeyOptions, type KeySources } from './keys'
 import type { EngineEvents, VolumeEngine } from '../engine/volume-engine'
 import { isPxdError, pxdError, type PxdError } from '../errors'
 import type { Frontend } from '../frontend/frontend'
@@ -49,6 +51,8 @@ export interface LocalVolumesOptions {
   fence: (name: string) => void
   fenced: (name: string) => Promise<void>
   stopping: () => boolean
+  /** Where secure volumes' key-encryption keys come from on this node. */
+  keySources?: KeySources
 }
 
 export class LocalVolumes {
@@ -66,6 +70,21 @@ export class LocalVolumes {
     })
   }
 
+  /** The cipher of a secure volume (undefined for a plain one); KEY_REQUIRED or BAD_KEY when its key cannot be opened. */
+  async #cipherOf(name: string, keyOptions: KeyOptions): Promise<VolumeCipher | undefined> {
+    return this.#cipherFor((await this.#record(name)).value, keyOptions)
+  }
+
+  #cipherFor(record: VolumeRecord, keyOptions: KeyOptions): VolumeCipher | undefined {
+    if (!record.encryption) return undefined
+    const key = unwrapVolumeKey(record.id, record.encryption, keyOptions, this.#o.keySources ?? {}, record.name)
+    try {
+      return new VolumeCipher(key)
+    } finally {
+      key.fill(0)
+    }
+  }
+
   /** The volumes held here for healing only. */
   healing(): string[] {
     return [...this.map].filter(([, l]) => l.mountpoint === null).map(([name]) => name)
@@ -75,8 +94,11 @@ export class LocalVolumes {
    * Claim, open the replicas, build the chain; the attachment starts with no mount IDs.
    * `at`: where the file system goes, when not at the volume's mountpoint.
    */
-  async attachHere(name: string, at?: string): Promise<{ mountpoint: string; volumeId: string; epoch: number }> {
+  async attachHere(name: string, at?: string, keyOptions: KeyOptions = {}): Promise<{ mountpoint: string; volumeId: string; epoch: number }> {
+    // The key is opened before the claim: a missing or wrong key leaves no epoch bump behind.
+    const cipher = await this.#cipherOf(name, keyOptions)
     const { engine, epoch, record } = await this.engines.attach(name)
+    if (cipher) engine.useCipher(cipher)
     try {
       const mountpoint = await this.#mountFs(name, record, engine, at)
       this.map.set(name, { engine, mountpoint, mountIds: new Set(), epoch, volumeId: record.id, size: record.spec.size })
@@ -92,9 +114,12 @@ export class LocalVolumes {
    * Mount a volume held here for healing on the engine it has; its resync goes on. False
    * when another node took it meanwhile (the engine is let go; attach as usual).
    */
-  async adopt(name: string, local: LocalAttachment): Promise<boolean> {
+  async adopt(name: string, local: LocalAttachment, keyOptions: KeyOptions = {}): Promise<boolean> {
+    // A missing or wrong key fails the mount and leaves the healing engine as it is.
+    const cipher = await this.#cipherOf(name, keyOptions)
     try {
       const record = (await this.#record(name)).value
+      if (cipher) local.engine.useCipher(cipher)
       await this.#o.attachments.markMounted(name, local.epoch)
       local.mountpoint = await this.#mountFs(name, record, local.engine)
       this.#o.log.info({ volume: name, volumeId: record.id, epoch: local.epoch }, 'mounted on the engine that was healing it; its resync goes on')

@@ -34,6 +34,7 @@ import { InSyncSet } from './in-sync'
 import { LocalVolumes, type LocalAttachment } from './local-volumes'
 import { InfoView } from './info'
 import { buildSpec, flattenOptions, mergeOptions, parseVolumeRef, specConflicts } from './options'
+import { newVolumeKey, takeKeyOptions, type KeyOptions, type KeySources } from './keys'
 import { ReplicaPlacement } from './placement'
 import { Resyncs } from './resyncs'
 import { ResyncPace } from './resync-pace'
@@ -73,6 +74,8 @@ export interface ManagerOptions {
   resyncConcurrency?: number
   /** A replica whose node has been offline this long is replaced (0: never). */
   replaceAfterMs?: number
+  /** Where secure volumes' key-encryption keys come from (cluster secret, --secrets-dir). */
+  keySources?: KeySources
 }
 
 export class VolumeManager {
@@ -94,6 +97,7 @@ export class VolumeManager {
   readonly moves: ReplicaMoves
   readonly resizes: VolumeResize
   readonly snapshots: VolumeSnapshots
+  readonly #keySources: KeySources
   #stopping = false
   #sweeper: NodeJS.Timeout | undefined
 
@@ -103,6 +107,7 @@ export class VolumeManager {
     this.#kvdb = o.kvdb
     this.#host = o.host
     this.#log = o.log
+    this.#keySources = o.keySources ?? {}
     this.#attachments = new Attachments({ nodeId: o.nodeId, kvdb: o.kvdb, membership: o.membership, locks: this.#locks, log: o.log })
     const inSync = new InSyncSet({ nodeId: o.nodeId, kvdb: o.kvdb })
     this.#local = new LocalVolumes({
@@ -113,6 +118,7 @@ export class VolumeManager {
       fence: (name) => this.#shares.fence(name),
       fenced: (name) => this.#shares.fenced(name),
       stopping: () => this.#stopping,
+      keySources: this.#keySources,
     })
     const attached = (this.#attached = this.#local.map)
     const pace = new ResyncPace(o.resyncBytesPerSecond, o.resyncConcurrency)
@@ -215,6 +221,11 @@ export class VolumeManager {
   async create(requestedName: string, opts?: unknown): Promise<VolumeInfo> {
     const ref = parseVolumeRef(requestedName)
     const { parent, ...options } = mergeOptions(ref.inline, flattenOptions(opts))
+    // The key options never reach the spec (a passphrase is neither recorded nor logged).
+    const keyOptions = takeKeyOptions(options)
+    const keyed = keyOptions.passphrase !== undefined || keyOptions.secretKey !== undefined || keyOptions.useClusterSecret === true
+    if (keyed && options.secure === undefined) options.secure = 'true'
+
     // Docker's `--opt parent=VOL`: a snapshot of VOL.
     if (parent !== undefined) return this.snapshots.createAsVolume(parent, ref.name, options)
     const spec = buildSpec(options)
@@ -229,13 +240,18 @@ export class VolumeManager {
         return this.#view.info(existing.value)
       }
       const placed = await this.#placement.place(spec.repl, spec.size)
+      const id = randomBytes(8).toString('hex')
+      const secure = spec.extra.secure === 'true'
+      if (keyed && !secure) throw pxdError('INVALID_ARGUMENT', 'passphrase, secret_key and use_cluster_secret need secure=true')
+      const encryption = secure ? this.#newKey(id, keyOptions) : undefined
       const record: VolumeRecord = {
-        id: randomBytes(8).toString('hex'),
+        id,
         name: ref.name,
         spec,
         createdAt: new Date().toISOString(),
         replicas: placed.map((nodeId) => ({ nodeId })),
         inSync: placed,
+        ...(encryption ? { encryption } : {}),
       }
       // The record goes first: a node creates a replica only for a volume that names it.
       const created = await this.#kvdb.txn({
@@ -304,8 +320,20 @@ export class VolumeManager {
     })
   }
 
-  async mount(requestedName: string, mountId: string | undefined): Promise<string> {
-    const { name } = parseVolumeRef(requestedName)
+  /** A secure volume's new data key, wrapped; the key itself is dropped (the mount unwraps it). */
+  #newKey(volumeId: string, keyOptions: KeyOptions) {
+    const { key, wrapped } = newVolumeKey(volumeId, keyOptions, this.#keySources)
+    key.fill(0)
+    return wrapped
+  }
+
+  /**
+   * `requestedName` may carry the key of a secure volume inline (`name=v,passphrase=...`),
+   * or `keyOptionsIn` may: a passphrase volume needs it at every mount.
+   */
+  async mount(requestedName: string, mountId: string | undefined, keyOptionsIn?: Record<string, string>): Promise<string> {
+    const { name, inline } = parseVolumeRef(requestedName)
+    const keyOptions = takeKeyOptions({ ...inline, ...keyOptionsIn })
     const id = mountId ?? ANONYMOUS_MOUNT
     return this.#locks.run(name, async () => {
       this.#checkRunning()
@@ -317,7 +345,7 @@ export class VolumeManager {
         await this.#local.detach(name, local, false)
         local = undefined
       }
-      if (local?.mountpoint === null && !(await this.#local.adopt(name, local))) local = undefined
+      if (local?.mountpoint === null && !(await this.#local.adopt(name, local, keyOptions))) local = undefined
       if (local) {
         local.mountIds.add(id)
         return local.mountpoint!
@@ -325,7 +353,7 @@ export class VolumeManager {
       const { value: before } = await this.#requireRecord(name)
       if (before.inSync.length === 0) throw pxdError('UNSATISFIABLE', `volume ${name} has no in-sync replica left`)
       if (before.spec.shared) return this.#shares.mount(name, id)
-      const { mountpoint } = await this.#local.attachHere(name)
+      const { mountpoint } = await this.#local.attachHere(name, undefined, keyOptions)
       this.#attached.get(name)!.mountIds.add(id)
       return mountpoint
     })

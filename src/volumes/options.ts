@@ -88,7 +88,7 @@ const ACTIVE_KEYS: Record<string, Parser> = {
   sharedv4: bool,
 }
 
-/** Portworx keys accepted and recorded (shown by inspect); of these only nodiscard is acted on (see discards). */
+/** Portworx keys accepted and recorded (shown by inspect); of these only nodiscard (see discards) and secure (src/volumes/keys.ts, src/engine/cipher.ts) are acted on. */
 const RECORDED_KEYS: Record<string, Parser> = {
   io_priority: oneOf(['high', 'medium', 'low']),
   labels: text,

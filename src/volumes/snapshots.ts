@@ -75,6 +75,8 @@ export class VolumeSnapshots {
         replicas: took.map((nodeId) => ({ nodeId })),
         inSync: took,
         ...(record.formatted ? { formatted: true } : {}),
+        // A secure volume's snapshot is its ciphertext: it opens with the volume's key.
+        ...(record.encryption ? { encryption: record.encryption } : {}),
         snapshotOf: { id: record.id, name: record.name },
       }
       const ok = await this.#o.kvdb.txn({ compares: [{ key: keys.volume(snap), modRevision: 0 }], puts: [{ key: keys.volume(snap), value: snapshot }] })

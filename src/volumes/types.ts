@@ -1,3 +1,4 @@
+import type { WrappedKey } from './keys'
 import type { NodeInfo } from '../cluster/membership'
 import type { VolumeSpec } from './options'
 
@@ -15,6 +16,8 @@ export interface VolumeRecord {
    * write is acknowledged.
    */
   inSync: string[]
+  /** A secure volume's data key, wrapped (keys.ts); never the key itself. */
+  encryption?: WrappedKey
   /** mkfs ran on the first attach; from then on a missing file system is damage, not a new volume. */
   formatted?: boolean
   /**
