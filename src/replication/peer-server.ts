@@ -11,6 +11,10 @@
  * A link that breaks the protocol (undecodable or oversized frame, a request before the
  * handshake) gets an `error` frame and is closed, which costs only that link.
  *
+ * Connections that have not authenticated yet are capped per source address and in total
+ * from the TCP accept on, and must finish TLS, upgrade and handshake within one deadline
+ * (admission.ts); refusals are logged rate-limited.
+ *
  * With `tls` (tls.ts) the server speaks https and admits only clients whose certificate the
  * cluster CA signed; a `hello` must then come from the node that certificate names.
  */
@@ -22,6 +26,7 @@ import type { TLSSocket } from 'node:tls'
 import type { Logger } from 'pino'
 import { WebSocket, WebSocketServer } from 'ws'
 import { pxdError } from '../errors'
+import { Admission, DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS, RefusalLog } from './admission'
 import { checkSecret, HANDSHAKE_TIMEOUT_MS } from './auth'
 import { encodeFrame, MAX_FRAME_BYTES, PEER_PATH } from './frames'
 import { certificateNodeId, RemoteAddresses, serverTlsFailure, serverTlsOptions, type PeerTls } from './tls'
@@ -32,7 +37,7 @@ export type { RequestHandler }
 export { PEER_PATH }
 export const DEFAULT_SERVER_MAX_CONCURRENT = 256
 export const DEFAULT_SERVER_MAX_BYTES = 64 * 1024 * 1024
-/** Connections allowed to be in the handshake at once (each may hold one frame of up to MAX_FRAME_BYTES). */
+/** Unauthenticated connections allowed at once, all addresses together (each may hold one frame of up to MAX_FRAME_BYTES). */
 export const DEFAULT_MAX_HANDSHAKES = 64
 /** The first byte of a TLS handshake record: a ClientHello sent to a plain port starts with it. */
 const TLS_HANDSHAKE_RECORD = 0x16
@@ -61,8 +66,14 @@ export interface PeerServerOptions {
   maxConcurrentRequests?: number
   /** Payload bytes one link may hold at once before the server stops reading it. */
   maxBytesInFlight?: number
+  /** From the TCP accept to a completed handshake (TLS and upgrade included). */
   handshakeTimeoutMs?: number
+  /** Unauthenticated connections at once, in total. */
   maxHandshakes?: number
+  /** Unauthenticated connections at once from one source address. */
+  maxHandshakesPerAddress?: number
+  /** How often refusals of one kind from one address are summed up in the log. */
+  refusalLogIntervalMs?: number
   /** Mutual TLS (wss): this node's certificate and key, and the cluster CA. */
   tls?: PeerTls
   /**
@@ -84,6 +95,10 @@ export class PeerServer {
   readonly #releaseBuffer: ((buf: ArrayBuffer) => void) | undefined
   readonly #links = new Set<ServerLink>()
   readonly #remotes = new RemoteAddresses()
+  readonly #admission: Admission
+  readonly #refusals: RefusalLog
+  /** Raw sockets that hold an admission slot (not yet authenticated). */
+  readonly #slots = new WeakMap<Socket, Slot>()
   #http: Server | undefined
   #wss: WebSocketServer | undefined
   #closing: Promise<void> | undefined
@@ -106,11 +121,18 @@ export class PeerServer {
       handshakeTimeoutMs: o.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS,
       maxHandshakes: o.maxHandshakes ?? DEFAULT_MAX_HANDSHAKES,
     }
+    this.#admission = new Admission({ total: this.#limits.maxHandshakes, perAddress: o.maxHandshakesPerAddress ?? DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS })
+    this.#refusals = new RefusalLog(this.#log, o.refusalLogIntervalMs)
   }
 
   /** Whether the server speaks TLS (wss). */
   get tls(): boolean {
     return this.#tls !== undefined
+  }
+
+  /** Connections that hold an unauthenticated slot now. */
+  get unauthenticatedCount(): number {
+    return this.#admission.total
   }
 
   /** Links currently open (handshaking or ready). */
@@ -125,7 +147,7 @@ export class PeerServer {
       res.writeHead(426, { 'content-type': 'text/plain' }).end('pxd peer links speak WebSocket\n')
     }
     const http: Server = this.#tls ? createTlsServer(serverTlsOptions(this.#tls), onRequest) : createServer(onRequest)
-    http.on('connection', (raw: Socket) => this.#remotes.note(raw))
+    http.on('connection', (raw: Socket) => this.#admit(raw))
     http.on('clientError', (err, socket) => this.#onClientError(err, socket))
     if (this.#tls) http.on('tlsClientError', (err, socket) => this.#onTlsClientError(err, socket))
     const wss = new WebSocketServer<typeof PeerSocket>({
@@ -164,8 +186,41 @@ export class PeerServer {
       await Promise.all([...this.#links].map((link) => link.shutdown()))
       http?.closeAllConnections()
       await stopped
+      this.#refusals.close()
     })()
     return this.#closing
+  }
+
+  /** A new TCP connection: takes an unauthenticated slot with its deadline, or is closed at once. */
+  #admit(raw: Socket): void {
+    this.#remotes.note(raw)
+    const address = raw.remoteAddress ?? '?'
+    if (this.#closing) {
+      raw.destroy()
+      return
+    }
+    const refusal = this.#admission.admit(address)
+    if (refusal) {
+      this.#refusals.refused(refusal, address, refusal === 'total' ? { limit: this.#limits.maxHandshakes } : { held: this.#admission.held(address) })
+      raw.destroy()
+      return
+    }
+    const timeoutMs = this.#limits.handshakeTimeoutMs
+    const slot: Slot = { address, deadline: Date.now() + timeoutMs, timer: undefined, held: true }
+    // Until the upgrade this timer guards the slot; then the link's own timer (with the time left) does.
+    slot.timer = setTimeout(() => {
+      this.#refusals.refused('deadline', address, { timeoutMs })
+      raw.destroy()
+    }, timeoutMs)
+    this.#slots.set(raw, slot)
+    raw.once('close', () => this.#releaseSlot(slot))
+  }
+
+  #releaseSlot(slot: Slot): void {
+    clearTimeout(slot.timer)
+    if (!slot.held) return
+    slot.held = false
+    this.#admission.release(slot.address)
   }
 
   /** Bytes that are not HTTP (or, with TLS, not HTTP inside TLS): answer 400 and close. */
@@ -178,7 +233,7 @@ export class PeerServer {
     }
     const remote = this.#remotes.of(s)
     if (!this.#tls && err.rawPacket?.[0] === TLS_HANDSHAKE_RECORD) {
-      this.#log.warn({ remote, code: 'AUTH_FAILED', reason: 'a TLS client reached this plain peer port: that node uses --peer-tls-*, this one does not' }, 'peer connection refused')
+      this.#refusals.refused('a TLS client reached this plain peer port: that node uses --peer-tls-*, this one does not', s.remoteAddress ?? hostOf(remote), { remote, code: 'AUTH_FAILED' })
     } else {
       this.#log.debug({ remote, reason: err.message }, 'peer connection sent bytes that are not HTTP')
     }
@@ -188,7 +243,8 @@ export class PeerServer {
 
   #onTlsClientError(err: Error, socket: TLSSocket): void {
     const failure = serverTlsFailure(err, socket)
-    this.#log.warn({ remote: this.#remotes.of(socket), code: 'AUTH_FAILED', ...failure }, 'peer connection refused')
+    const remote = this.#remotes.of(socket)
+    this.#refusals.refused(failure.reason, hostOf(remote), { remote, code: 'AUTH_FAILED', ...failure })
   }
 
   #accept(ws: WebSocket, req: IncomingMessage): void {
@@ -197,18 +253,32 @@ export class PeerServer {
       ws.terminate()
       return
     }
-    let handshaking = 0
-    for (const link of this.#links) if (link.handshaking) handshaking++
-    if (handshaking >= this.#limits.maxHandshakes) {
-      this.#log.warn({ remote, handshaking }, 'too many peer handshakes at once: connection refused')
+    const slot = this.#slots.get(rawOf(req.socket))
+    if (!slot) {
       ws.terminate()
       return
     }
+    clearTimeout(slot.timer)
+    const limits = { ...this.#limits, handshakeTimeoutMs: Math.max(1, slot.deadline - Date.now()) }
     // With TLS only a client the CA vouches for gets here; the node its certificate names must be the one that says hello.
     const certNode = this.#tls ? certificateNodeId((req.socket as TLSSocket).getPeerCertificate()) ?? '' : undefined
-    const link = new ServerLink(ws, req.socket, this, this.#secret, this.#handler, this.#log.child({ remote }), this.#limits, certNode, this.#releaseBuffer)
+    const link = new ServerLink(ws, req.socket, this, this.#secret, this.#handler, this.#log.child({ remote }), limits, certNode, this.#releaseBuffer)
     this.#links.add(link)
+    void link.ready.then(() => this.#releaseSlot(slot))
     void link.closed.then(() => this.#links.delete(link))
   }
+}
+
+interface Slot { address: string; deadline: number; timer: NodeJS.Timeout | undefined; held: boolean }
+
+/** The raw TCP socket under a (TLS) socket: Node keeps it as `_parent`. */
+function rawOf(socket: Socket): Socket {
+  return (socket as Socket & { _parent?: Socket })._parent ?? socket
+}
+
+/** `host:port` to host (IPv6 addresses keep their colons). */
+function hostOf(remote: string): string {
+  const i = remote.lastIndexOf(':')
+  return i > 0 ? remote.slice(0, i) : remote
 }
 
