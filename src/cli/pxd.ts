@@ -58,6 +58,8 @@ Cluster (several nodes; without --kvdb pxd is a single node with an embedded sto
   --peer-tls-cert FILE         node certificate (PEM)  PXD_PEER_TLS_CERT        mutual TLS for peer links:
   --peer-tls-key FILE          its private key (PEM)   PXD_PEER_TLS_KEY         all three or none; peers check
   --peer-tls-ca FILE           cluster CA (PEM)        PXD_PEER_TLS_CA          the CA chain and CN = node id
+                               without them peer links run TLS 1.2 with a key derived from the cluster
+                               secret (PSK); PXD_PEER_PLAINTEXT=1 turns that off, for benchmarks only
   -h, --help            show this help
   -v, --version         print the version
 
@@ -132,6 +134,11 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`pxd: invalid PXD_LOG_PRETTY "${prettyEnv}": 1 or 0\n`)
     return 2
   }
+  const plainEnv = process.env.PXD_PEER_PLAINTEXT
+  if (plainEnv !== undefined && !['', '0', '1'].includes(plainEnv)) {
+    process.stderr.write(`pxd: invalid PXD_PEER_PLAINTEXT "${plainEnv}": 1 or 0\n`)
+    return 2
+  }
   const logPretty = values['log-pretty'] === true
     || (prettyEnv === '1' || prettyEnv === 'true')
     || ((prettyEnv === undefined || prettyEnv === '') && process.stdout.isTTY === true)
@@ -198,6 +205,7 @@ async function main(argv: string[]): Promise<number> {
     ...optional('cluster-secret-file', 'secretFile'),
     ...optional('api-token-file', 'apiTokenFile'),
     peerTls: { cert: setting('peer-tls-cert'), key: setting('peer-tls-key'), ca: setting('peer-tls-ca') },
+    peerPlaintext: plainEnv === '1',
   }
 
   const missing = missingNodeFlags()

@@ -15,6 +15,7 @@
  * from the TCP accept on, and must finish TLS, upgrade and handshake within one deadline
  * (admission.ts); refusals are logged rate-limited.
  *
+ * With `psk` (psk.ts) the server speaks TLS 1.2 with a key derived from the cluster secret.
  * With `tls` (tls.ts) the server speaks https and admits only clients whose certificate the
  * cluster CA signed; a `hello` must then come from the node that certificate names.
  */
@@ -29,6 +30,7 @@ import { pxdError } from '../errors'
 import { Admission, DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS, RefusalLog } from './admission'
 import { checkSecret, HANDSHAKE_TIMEOUT_MS } from './auth'
 import { encodeFrame, MAX_FRAME_BYTES, PEER_PATH } from './frames'
+import { peerPsk, serverPskFailure, serverPskOptions } from './psk'
 import { certificateNodeId, RemoteAddresses, serverTlsFailure, serverTlsOptions, type PeerTls } from './tls'
 
 import { ServerLink, type Limits, type RequestHandler } from './server-link'
@@ -76,6 +78,8 @@ export interface PeerServerOptions {
   refusalLogIntervalMs?: number
   /** Mutual TLS (wss): this node's certificate and key, and the cluster CA. */
   tls?: PeerTls
+  /** Without `tls`: TLS with a key derived from the cluster secret (psk.ts). */
+  psk?: boolean
   /**
    * Frees a received write's message buffer as soon as its handler settles, rather than at
    * a later GC (the daemon passes the addon's releaseArrayBuffer). Without it nothing is
@@ -92,6 +96,7 @@ export class PeerServer {
   readonly #log: Logger
   readonly #limits: Limits
   readonly #tls: PeerTls | undefined
+  readonly #psk: Buffer | undefined
   readonly #releaseBuffer: ((buf: ArrayBuffer) => void) | undefined
   readonly #links = new Set<ServerLink>()
   readonly #remotes = new RemoteAddresses()
@@ -111,6 +116,7 @@ export class PeerServer {
     this.#handler = o.handler
     this.#log = o.log.child({ component: 'peer-server' })
     this.#tls = o.tls
+    this.#psk = o.psk && !o.tls ? peerPsk(o.secret, o.clusterId) : undefined
     this.#releaseBuffer = o.releaseBuffer
     if (o.tls && o.tls.nodeId !== o.nodeId) {
       throw pxdError('INVALID_ARGUMENT', `the peer TLS certificate is issued to ${o.tls.nodeId}, not to this node (${o.nodeId})`)
@@ -125,9 +131,14 @@ export class PeerServer {
     this.#refusals = new RefusalLog(this.#log, o.refusalLogIntervalMs)
   }
 
-  /** Whether the server speaks TLS (wss). */
+  /** Whether the server speaks TLS (wss), with certificates or a pre-shared key. */
   get tls(): boolean {
-    return this.#tls !== undefined
+    return this.#tls !== undefined || this.#psk !== undefined
+  }
+
+  /** How links to this server are secured, for logs. */
+  get security(): 'certificate' | 'psk' | 'none' {
+    return this.#tls ? 'certificate' : this.#psk ? 'psk' : 'none'
   }
 
   /** Connections that hold an unauthenticated slot now. */
@@ -146,9 +157,11 @@ export class PeerServer {
     const onRequest = (_req: IncomingMessage, res: ServerResponse) => {
       res.writeHead(426, { 'content-type': 'text/plain' }).end('pxd peer links speak WebSocket\n')
     }
-    const http: Server = this.#tls ? createTlsServer(serverTlsOptions(this.#tls), onRequest) : createServer(onRequest)
+    const http: Server = this.#tls ? createTlsServer(serverTlsOptions(this.#tls), onRequest)
+      : this.#psk ? createTlsServer(serverPskOptions(this.#psk), onRequest) : createServer(onRequest)
     http.on('connection', (raw: Socket) => this.#admit(raw))
     http.on('clientError', (err, socket) => this.#onClientError(err, socket))
+    if (this.#psk) http.on('tlsClientError', (err, socket) => this.#onPskClientError(err, socket))
     if (this.#tls) http.on('tlsClientError', (err, socket) => this.#onTlsClientError(err, socket))
     const wss = new WebSocketServer<typeof PeerSocket>({
       WebSocket: PeerSocket,
@@ -171,7 +184,7 @@ export class PeerServer {
         http.on('error', (err) => this.#log.error({ err }, 'peer server error'))
         const addr = http.address()
         const bound = typeof addr === 'object' && addr ? { host: addr.address, port: addr.port } : { host, port }
-        this.#log.info({ ...bound, tls: this.#tls !== undefined }, 'listening for peers')
+        this.#log.info({ ...bound, tls: this.#tls !== undefined || (this.#psk ? 'psk' : false) }, 'listening for peers')
         resolve(bound)
       })
     })
@@ -232,13 +245,19 @@ export class PeerServer {
       return
     }
     const remote = this.#remotes.of(s)
-    if (!this.#tls && err.rawPacket?.[0] === TLS_HANDSHAKE_RECORD) {
+    if (!this.#tls && !this.#psk && err.rawPacket?.[0] === TLS_HANDSHAKE_RECORD) {
       this.#refusals.refused('a TLS client reached this plain peer port: that node uses --peer-tls-*, this one does not', s.remoteAddress ?? hostOf(remote), { remote, code: 'AUTH_FAILED' })
     } else {
       this.#log.debug({ remote, reason: err.message }, 'peer connection sent bytes that are not HTTP')
     }
     if (socket.writable && (err as { code?: string }).code !== 'ECONNRESET') socket.end(BAD_REQUEST)
     else socket.destroy()
+  }
+
+  #onPskClientError(err: Error, socket: TLSSocket): void {
+    const remote = this.#remotes.of(socket)
+    const failure = serverPskFailure(err)
+    this.#refusals.refused(failure.reason, hostOf(remote), { remote, code: 'AUTH_FAILED' })
   }
 
   #onTlsClientError(err: Error, socket: TLSSocket): void {
