@@ -257,13 +257,14 @@ export class PeerServer {
   #onPskClientError(err: Error, socket: TLSSocket): void {
     const remote = this.#remotes.of(socket)
     const failure = serverPskFailure(err)
-    this.#refusals.refused(failure.reason, hostOf(remote), { remote, code: 'AUTH_FAILED' })
+    // Keyed by the error code, not the message: random bytes give many different OpenSSL messages.
+    this.#refusals.refused(`tls-psk ${errorCode(err)}`, hostOf(remote), { remote, code: 'AUTH_FAILED', ...failure })
   }
 
   #onTlsClientError(err: Error, socket: TLSSocket): void {
     const failure = serverTlsFailure(err, socket)
     const remote = this.#remotes.of(socket)
-    this.#refusals.refused(failure.reason, hostOf(remote), { remote, code: 'AUTH_FAILED', ...failure })
+    this.#refusals.refused(`tls ${failure.authorizationError ?? errorCode(err)}`, hostOf(remote), { remote, code: 'AUTH_FAILED', ...failure })
   }
 
   #accept(ws: WebSocket, req: IncomingMessage): void {
@@ -293,6 +294,11 @@ interface Slot { address: string; deadline: number; timer: NodeJS.Timeout | unde
 /** The raw TCP socket under a (TLS) socket: Node keeps it as `_parent`. */
 function rawOf(socket: Socket): Socket {
   return (socket as Socket & { _parent?: Socket })._parent ?? socket
+}
+
+function errorCode(err: Error): string {
+  const code = (err as { code?: unknown }).code
+  return typeof code === 'string' ? code : 'error'
 }
 
 /** `host:port` to host (IPv6 addresses keep their colons). */
