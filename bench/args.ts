@@ -20,6 +20,8 @@ export interface BenchOptions {
   quick: boolean
   /** Who serves the daemons' FUSE device directories (pxd --fuse-server). */
   fuseServer: FuseServerKind
+  /** Peer links without their default TLS-PSK (PXD_PEER_PLAINTEXT=1), to measure what TLS costs. */
+  peerPlaintext: boolean
 }
 
 export const USAGE = `usage: npm run bench -- [flags]
@@ -39,6 +41,7 @@ Markdown table and writes bench/results/<timestamp>.json.
   --crc-runs N        runs per crc32c / memcpy figure         (default 7)
   --crc-only          only the crc32c / memcpy figures (no cluster, no fio)
   --fuse-server NAME  pxd's FUSE server: addon or fuse-native (default addon)
+  --peer-plaintext    peer links without their default TLS-PSK, to compare what TLS costs
   -h, --help          this text
 `
 
@@ -53,6 +56,7 @@ const DEFAULTS: Omit<BenchOptions, 'volumeSize'> & { volumeSize?: number } = {
   crcOnly: false,
   quick: false,
   fuseServer: 'addon',
+  peerPlaintext: false,
 }
 
 const QUICK: Partial<BenchOptions> = {
@@ -87,6 +91,9 @@ export function parseArgs(argv: string[]): BenchOptions | null {
         break
       case '--crc-only':
         crcOnly = true
+        break
+      case '--peer-plaintext':
+        explicit.peerPlaintext = true
         break
       case '--runtime':
         explicit.runtime = positiveNumber(flag, value())

@@ -3,6 +3,8 @@
  * parent holds a PeerLinks client, a forked child a PeerServer whose handler does nothing:
  * what is left is framing, the WebSocket, the socket and two event loops. Writes of each
  * size, with 1, 2 and 4 in flight, for `--seconds` each; prints MB/s and round-trip p50/p99.
+ * `--psk`: the same rows over plain WebSocket and over TLS-PSK (the daemons' default), with
+ * the ratio TLS-PSK / plain.
  * A benchmark: it asserts nothing.
  */
 import { fork } from 'node:child_process'
@@ -16,9 +18,9 @@ const CLUSTER = 'bench-link'
 const SIZES = [4096, 128 * 1024, 1024 * 1024]
 const DEPTHS = [1, 2, 4]
 
-async function serve(secret: Buffer): Promise<void> {
+async function serve(secret: Buffer, psk: boolean): Promise<void> {
   const server = new PeerServer({
-    nodeId: 'server', clusterId: CLUSTER, secret, log: pino({ level: 'silent' }),
+    nodeId: 'server', clusterId: CLUSTER, secret, log: pino({ level: 'silent' }), psk,
     handler: { handle: async () => undefined },
   })
   const { port } = await server.listen('127.0.0.1', 0)
@@ -26,18 +28,19 @@ async function serve(secret: Buffer): Promise<void> {
   process.on('disconnect', () => { void server.close().then(() => process.exit(0)) })
 }
 
-async function measure(seconds: number): Promise<void> {
-  const child = fork(__filename, ['--serve'], { execArgv: [...DAEMON_NODE_FLAGS], env: { ...process.env, PXD_BENCH_LINK_SECRET: SECRET.toString('hex') } })
+interface Row { size: number; depth: number; mbps: number; p50: string; p99: string }
+
+async function measure(seconds: number, psk: boolean): Promise<Row[]> {
+  const rows: Row[] = []
+  const child = fork(__filename, ['--serve', ...(psk ? ['--psk'] : [])], { execArgv: [...DAEMON_NODE_FLAGS], env: { ...process.env, PXD_BENCH_LINK_SECRET: SECRET.toString('hex') } })
   const port = await new Promise<number>((resolve, reject) => {
     child.once('message', (m: { port: number }) => resolve(m.port))
     child.once('exit', (code) => reject(new Error(`the server process exited (${code})`)))
   })
-  const links = new PeerLinks({ nodeId: 'client', clusterId: CLUSTER, secret: SECRET, log: pino({ level: 'silent' }) })
+  const links = new PeerLinks({ nodeId: 'client', clusterId: CLUSTER, secret: SECRET, log: pino({ level: 'silent' }), psk })
   try {
     const link = links.link('server', `127.0.0.1:${port}`)
     await link.request({ t: 'flush', vol: 'v', epoch: 1 })
-    process.stdout.write(`Peer link, two processes on loopback, no-op handler, ${seconds} s per row\n\n`)
-    process.stdout.write('| write size | in flight | MB/s | round trip p50, us | p99, us |\n| ---: | ---: | ---: | ---: | ---: |\n')
     for (const size of SIZES) {
       const data = randomBytes(size)
       for (const depth of DEPTHS) {
@@ -55,25 +58,42 @@ async function measure(seconds: number): Promise<void> {
         const elapsed = (performance.now() - start) / 1000
         lat.sort((a, b) => a - b)
         const pct = (p: number) => lat[Math.min(lat.length - 1, Math.floor(lat.length * p))]!.toFixed(0)
-        process.stdout.write(`| ${size / 1024} KiB | ${depth} | ${((lat.length * size) / elapsed / 1e6).toFixed(0)} | ${pct(0.5)} | ${pct(0.99)} |\n`)
+        rows.push({ size, depth, mbps: (lat.length * size) / elapsed / 1e6, p50: pct(0.5), p99: pct(0.99) })
       }
     }
   } finally {
     await links.close()
     child.disconnect()
   }
+  return rows
+}
+
+async function report(seconds: number, compare: boolean): Promise<void> {
+  process.stdout.write(`Peer link, two processes on loopback, no-op handler, ${seconds} s per row\n\n`)
+  const plain = await measure(seconds, false)
+  if (!compare) {
+    process.stdout.write('| write size | in flight | MB/s | round trip p50, us | p99, us |\n| ---: | ---: | ---: | ---: | ---: |\n')
+    for (const r of plain) process.stdout.write(`| ${r.size / 1024} KiB | ${r.depth} | ${r.mbps.toFixed(0)} | ${r.p50} | ${r.p99} |\n`)
+    return
+  }
+  const psk = await measure(seconds, true)
+  process.stdout.write('| write size | in flight | plain MB/s | TLS-PSK MB/s | TLS-PSK / plain | plain p50, us | TLS-PSK p50, us |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n')
+  plain.forEach((r, i) => {
+    const t = psk[i]!
+    process.stdout.write(`| ${r.size / 1024} KiB | ${r.depth} | ${r.mbps.toFixed(0)} | ${t.mbps.toFixed(0)} | ${(t.mbps / r.mbps).toFixed(2)} | ${r.p50} | ${t.p50} |\n`)
+  })
 }
 
 if (process.argv.includes('--serve')) {
-  void serve(Buffer.from(process.env.PXD_BENCH_LINK_SECRET ?? '', 'hex'))
+  void serve(Buffer.from(process.env.PXD_BENCH_LINK_SECRET ?? '', 'hex'), process.argv.includes('--psk'))
 } else {
   const i = process.argv.indexOf('--seconds')
   const seconds = i > 0 ? Number(process.argv[i + 1]) : 3
   if (!(seconds > 0)) {
-    process.stderr.write('usage: npm run bench:link -- [--seconds N]\n')
+    process.stderr.write('usage: npm run bench:link -- [--seconds N] [--psk]\n')
     process.exit(2)
   }
-  measure(seconds).then(() => process.exit(0), (err) => {
+  report(seconds, process.argv.includes('--psk')).then(() => process.exit(0), (err) => {
     process.stderr.write(`bench:link: ${(err as Error).message}\n`)
     process.exit(1)
   })

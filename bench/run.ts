@@ -160,7 +160,7 @@ async function runFioJobs(opts: BenchOptions, env: BenchEnvironment, results: Be
   const estimate = opts.repeat * WORKLOADS.length * 3 * perJob
   progress(`fio: ${opts.repeat} round(s) x ${WORKLOADS.length} jobs x 3 targets, ${opts.runtime} s + ${opts.ramp} s ramp each: about ${Math.ceil(estimate / 60)} min, plus setup`)
 
-  await env.setUp(opts.volumeSize, opts.fuseServer)
+  await env.setUp(opts.volumeSize, opts.fuseServer, opts.peerPlaintext)
   results.targets = env.targets
   const dataDir = env.local.dataDir
   results.machine.dataFs = fileSystemOf(dataDir)
@@ -256,7 +256,7 @@ function setupLine(opts: BenchOptions, r: BenchResults): string {
   if (opts.crcOnly) return 'crc32c / memcpy only (--crc-only).'
   const layout = (['host', 'repl1', 'repl2'] as const).map((t) => `${t === 'host' ? 'host' : t === 'repl1' ? 'repl=1' : 'repl=2'} ${r.layout[t]?.mbPerSecond.toFixed(0) ?? 'n/a'}`).join(', ')
   return `Medians of ${opts.repeat} interleaved round(s); each fio job ${opts.runtime} s after a ${opts.ramp} s ramp, on a ${formatSize(opts.fileSize)} file ` +
-    `(volumes ${formatSize(opts.volumeSize)}, ext4; 2 pxd nodes + etcd on loopback, both replicas on this machine's disk; FUSE server: ${opts.fuseServer}). ` +
+    `(volumes ${formatSize(opts.volumeSize)}, ext4; 2 pxd nodes + etcd on loopback, both replicas on this machine's disk; FUSE server: ${opts.fuseServer}; peer links ${opts.peerPlaintext ? 'plaintext' : 'TLS-PSK'}). ` +
     `"vs host": volume median / host median (throughput: fraction of host; latency: multiple of host). ` +
     `write+fsync latency = fio write completion latency + fsync latency at the same percentile. ` +
     `First sequential write of each file (layout, MB/s, one run): ${layout}.`

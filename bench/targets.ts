@@ -53,9 +53,9 @@ export class BenchEnvironment {
   }
 
   /** Start the cluster and create, place and mount the volumes. */
-  async setUp(volumeSize: number, fuseServer: FuseServerKind): Promise<void> {
-    this.log(`starting etcd and pxd ${NODE_IDS.join(', ')} on loopback (--fuse-server ${fuseServer})`)
-    this.#starting = startCluster(NODE_IDS, { env: { PXD_FUSE_SERVER: fuseServer } })
+  async setUp(volumeSize: number, fuseServer: FuseServerKind, peerPlaintext = false): Promise<void> {
+    this.log(`starting etcd and pxd ${NODE_IDS.join(', ')} on loopback (--fuse-server ${fuseServer}, peer links ${peerPlaintext ? 'plaintext' : 'TLS-PSK'})`)
+    this.#starting = startCluster(NODE_IDS, { env: { PXD_FUSE_SERVER: fuseServer, ...(peerPlaintext ? { PXD_PEER_PLAINTEXT: '1' } : {}) } })
     this.cluster = await this.#starting
     if (this.#teardown) throw new Error('interrupted while the cluster started')
     const a = this.local

@@ -55,6 +55,8 @@ export interface DaemonConfig {
   secretsDir?: string
   /** Mutual TLS for peer links: this node's certificate and key and the cluster CA, all three or none. */
   peerTls?: PeerTlsFiles
+  /** Peer links without TLS when no certificates are given (benchmarks only): the default is TLS-PSK. */
+  peerPlaintext?: boolean
   /** Seconds without a lease renewal after which a node counts as offline. */
   nodeTtl: number
   /** File holding the API token (default `<dataDir>/api-token`, made at first start); required when the API listens beyond loopback. */
@@ -141,13 +143,14 @@ export class Daemon {
       }
       const server = new PeerServer({
         nodeId: this.nodeId, clusterId: c.clusterId, secret, handler, log: log.child({ component: 'peer-server' }),
-        releaseBuffer: native.releaseArrayBuffer, ...(tls ? { tls } : {}),
+        releaseBuffer: native.releaseArrayBuffer, ...(tls ? { tls } : {}), psk: !c.peerPlaintext,
       })
+      if (!tls && c.peerPlaintext) log.warn('PXD_PEER_PLAINTEXT=1: peer links are not encrypted (for benchmarks only)')
       this.#onStop('peer server', () => server.close())
       const listen = parseHostPort(c.peerListen)
       const bound = await server.listen(listen.host, listen.port)
       peerAddress = c.advertise ?? `${bound.host}:${bound.port}`
-      links = new PeerLinks({ nodeId: this.nodeId, clusterId: c.clusterId, secret, log: log.child({ component: 'peer-links' }), ...(tls ? { tls } : {}) })
+      links = new PeerLinks({ nodeId: this.nodeId, clusterId: c.clusterId, secret, log: log.child({ component: 'peer-links' }), ...(tls ? { tls } : {}), psk: !c.peerPlaintext })
       const pool = links
       this.#onStop('peer links', () => pool.close())
       replicas = new ReplicaDirectory({ nodeId: this.nodeId, host, kvdb, peers: pool })

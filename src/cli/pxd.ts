@@ -69,6 +69,8 @@ Cluster (several nodes; without --kvdb pxd is a single node with an embedded sto
   --peer-tls-cert FILE         node certificate (PEM)  PXD_PEER_TLS_CERT        mutual TLS for peer links:
   --peer-tls-key FILE          its private key (PEM)   PXD_PEER_TLS_KEY         all three or none; peers check
   --peer-tls-ca FILE           cluster CA (PEM)        PXD_PEER_TLS_CA          the CA chain and CN = node id
+                               without them peer links run TLS 1.2 with a key derived from the cluster
+                               secret (PSK); PXD_PEER_PLAINTEXT=1 turns that off, for benchmarks only
   --config FILE         settings file                  PXD_CONFIG         (default /etc/pxd/pxd.conf, when
                         ("data-dir = /srv/pxd" lines)                      it exists; flags and variables win)
   -h, --help            show this help
@@ -160,6 +162,11 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`pxd: invalid PXD_LOG_PRETTY "${prettyEnv}": 1 or 0\n`)
     return 2
   }
+  const plainEnv = process.env.PXD_PEER_PLAINTEXT
+  if (plainEnv !== undefined && !['', '0', '1'].includes(plainEnv)) {
+    process.stderr.write(`pxd: invalid PXD_PEER_PLAINTEXT "${plainEnv}": 1 or 0\n`)
+    return 2
+  }
   const logPretty = values['log-pretty'] === true
     || (prettyEnv === '1' || prettyEnv === 'true')
     || ((prettyEnv === undefined || prettyEnv === '') && process.stdout.isTTY === true)
@@ -231,6 +238,7 @@ async function main(argv: string[]): Promise<number> {
       username: setting('kvdb-username'), passwordFile: setting('kvdb-password-file'),
     },
     peerTls: { cert: setting('peer-tls-cert'), key: setting('peer-tls-key'), ca: setting('peer-tls-ca') },
+    peerPlaintext: plainEnv === '1',
   }
 
   const missing = missingNodeFlags()

@@ -31,6 +31,7 @@ import {
   decodeFrame, encodeFrame, isRequest, sendFrame, validateFrame, MAX_DATA_BYTES, MAX_FRAME_BYTES, PEER_PATH, PROTOCOL_VERSION,
   type Frame, type OutgoingRequest, type RequestFrame,
 } from './frames'
+import { clientPskOptions, pskLinkFailure } from './psk'
 import { clientTlsOptions, linkFailure, type PeerTls, type TlsAttempt } from './tls'
 
 const CLOSE_GRACE_MS = 1000
@@ -56,6 +57,8 @@ export interface LinkConfig {
   pingIntervalMs: number
   deadAfterMs: number
   tls: PeerTls | undefined
+  /** TLS-PSK key (psk.ts), when there is no `tls`. */
+  psk: Buffer | undefined
 }
 /** The link is node to node, never through a browser's proxies: a zero mask lets ws skip the XOR pass. */
 const zeroMask = (mask: Buffer) => { mask.fill(0) }
@@ -238,9 +241,11 @@ export class PeerLink {
     const attempt: TlsAttempt = { secured: false }
     let ws: WebSocket
     try {
-      ws = new WebSocket(`${tls ? 'wss' : 'ws'}://${this.address}${PEER_PATH}`, {
+      const psk = this.#config.psk
+      ws = new WebSocket(`${tls || psk ? 'wss' : 'ws'}://${this.address}${PEER_PATH}`, {
         // ws hands these to tls.connect; its typings give checkServerIdentity tls.connect's older signature.
-        ...(tls ? clientTlsOptions(tls, this.peerNodeId, attempt) as unknown as ClientOptions : {}),
+        ...(tls ? clientTlsOptions(tls, this.peerNodeId, attempt) as unknown as ClientOptions
+          : psk ? clientPskOptions(psk, attempt) as unknown as ClientOptions : {}),
         perMessageDeflate: false,
         maxPayload: MAX_FRAME_BYTES,
         handshakeTimeout: this.#config.connectTimeoutMs,
@@ -265,7 +270,12 @@ export class PeerLink {
     ws.on('open', () => this.#onOpen(ws))
     ws.on('message', (data, isBinary) => this.#onMessage(ws, data, isBinary))
     ws.on('error', (err) => {
-      if (ws === this.#ws) this.#drop(ws, linkFailure(err, this.peerNodeId, this.address, this.#phase === Phase.None, this.#config.tls !== undefined, attempt), false)
+      if (ws === this.#ws) {
+        const opening = this.#phase === Phase.None
+        const failure = (this.#config.psk && pskLinkFailure(err, this.peerNodeId, this.address, opening, attempt))
+          || linkFailure(err, this.peerNodeId, this.address, opening, this.#config.tls !== undefined, attempt)
+        this.#drop(ws, failure, false)
+      }
     })
     ws.on('close', (code, reason) => {
       if (ws === this.#ws) {
@@ -363,7 +373,7 @@ export class PeerLink {
     this.#state = 'ready'
     this.#failedAttempts = 0
     this.#lastError = undefined
-    this.#log.info({ address: this.address, tls: this.#config.tls !== undefined }, 'peer link up')
+    this.#log.info({ address: this.address, tls: this.#config.tls !== undefined || (this.#config.psk ? 'psk' : false) }, 'peer link up')
     this.#ping(ws)
     this.#pingTimer = setInterval(() => this.#ping(ws), this.#config.pingIntervalMs)
     this.#pingTimer.unref()

@@ -7,6 +7,7 @@ import { checkSecret } from './auth'
 import { replicationError } from './errors'
 import { PeerLink, type LinkConfig } from './peer-link'
 import type { PeerTls } from './tls'
+import { peerPsk } from './psk'
 
 export const DEFAULT_REQUEST_TIMEOUT_MS = 8000
 export const DEFAULT_MAX_BYTES_IN_FLIGHT = 64 * 1024 * 1024
@@ -30,6 +31,8 @@ export interface PeerLinksOptions {
   deadAfterMs?: number
   /** Mutual TLS (wss): this node's certificate and key, and the cluster CA. */
   tls?: PeerTls
+  /** Without `tls`: TLS with a key derived from the cluster secret (psk.ts). */
+  psk?: boolean
 }
 
 /** One link per peer node, made on first use. */
@@ -56,6 +59,7 @@ export class PeerLinks {
       pingIntervalMs: o.pingIntervalMs ?? DEFAULT_PING_INTERVAL_MS,
       deadAfterMs: o.deadAfterMs ?? DEFAULT_DEAD_AFTER_MS,
       tls: o.tls,
+      psk: o.psk && !o.tls ? peerPsk(o.secret, o.clusterId) : undefined,
     }
     this.#log = o.log.child({ component: 'peer-link' })
   }

@@ -11,6 +11,11 @@
  * A link that breaks the protocol (undecodable or oversized frame, a request before the
  * handshake) gets an `error` frame and is closed, which costs only that link.
  *
+ * Connections that have not authenticated yet are capped per source address and in total
+ * from the TCP accept on, and must finish TLS, upgrade and handshake within one deadline
+ * (admission.ts); refusals are logged rate-limited.
+ *
+ * With `psk` (psk.ts) the server speaks TLS 1.2 with a key derived from the cluster secret.
  * With `tls` (tls.ts) the server speaks https and admits only clients whose certificate the
  * cluster CA signed; a `hello` must then come from the node that certificate names.
  */
@@ -22,8 +27,10 @@ import type { TLSSocket } from 'node:tls'
 import type { Logger } from 'pino'
 import { WebSocket, WebSocketServer } from 'ws'
 import { pxdError } from '../errors'
+import { Admission, DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS, RefusalLog } from './admission'
 import { checkSecret, HANDSHAKE_TIMEOUT_MS } from './auth'
 import { encodeFrame, MAX_FRAME_BYTES, PEER_PATH } from './frames'
+import { peerPsk, serverPskFailure, serverPskOptions } from './psk'
 import { certificateNodeId, RemoteAddresses, serverTlsFailure, serverTlsOptions, type PeerTls } from './tls'
 
 import { ServerLink, type Limits, type RequestHandler } from './server-link'
@@ -32,7 +39,7 @@ export type { RequestHandler }
 export { PEER_PATH }
 export const DEFAULT_SERVER_MAX_CONCURRENT = 256
 export const DEFAULT_SERVER_MAX_BYTES = 64 * 1024 * 1024
-/** Connections allowed to be in the handshake at once (each may hold one frame of up to MAX_FRAME_BYTES). */
+/** Unauthenticated connections allowed at once, all addresses together (each may hold one frame of up to MAX_FRAME_BYTES). */
 export const DEFAULT_MAX_HANDSHAKES = 64
 /** The first byte of a TLS handshake record: a ClientHello sent to a plain port starts with it. */
 const TLS_HANDSHAKE_RECORD = 0x16
@@ -61,10 +68,18 @@ export interface PeerServerOptions {
   maxConcurrentRequests?: number
   /** Payload bytes one link may hold at once before the server stops reading it. */
   maxBytesInFlight?: number
+  /** From the TCP accept to a completed handshake (TLS and upgrade included). */
   handshakeTimeoutMs?: number
+  /** Unauthenticated connections at once, in total. */
   maxHandshakes?: number
+  /** Unauthenticated connections at once from one source address. */
+  maxHandshakesPerAddress?: number
+  /** How often refusals of one kind from one address are summed up in the log. */
+  refusalLogIntervalMs?: number
   /** Mutual TLS (wss): this node's certificate and key, and the cluster CA. */
   tls?: PeerTls
+  /** Without `tls`: TLS with a key derived from the cluster secret (psk.ts). */
+  psk?: boolean
   /**
    * Frees a received write's message buffer as soon as its handler settles, rather than at
    * a later GC (the daemon passes the addon's releaseArrayBuffer). Without it nothing is
@@ -81,9 +96,14 @@ export class PeerServer {
   readonly #log: Logger
   readonly #limits: Limits
   readonly #tls: PeerTls | undefined
+  readonly #psk: Buffer | undefined
   readonly #releaseBuffer: ((buf: ArrayBuffer) => void) | undefined
   readonly #links = new Set<ServerLink>()
   readonly #remotes = new RemoteAddresses()
+  readonly #admission: Admission
+  readonly #refusals: RefusalLog
+  /** Raw sockets that hold an admission slot (not yet authenticated). */
+  readonly #slots = new WeakMap<Socket, Slot>()
   #http: Server | undefined
   #wss: WebSocketServer | undefined
   #closing: Promise<void> | undefined
@@ -96,6 +116,7 @@ export class PeerServer {
     this.#handler = o.handler
     this.#log = o.log.child({ component: 'peer-server' })
     this.#tls = o.tls
+    this.#psk = o.psk && !o.tls ? peerPsk(o.secret, o.clusterId) : undefined
     this.#releaseBuffer = o.releaseBuffer
     if (o.tls && o.tls.nodeId !== o.nodeId) {
       throw pxdError('INVALID_ARGUMENT', `the peer TLS certificate is issued to ${o.tls.nodeId}, not to this node (${o.nodeId})`)
@@ -106,11 +127,23 @@ export class PeerServer {
       handshakeTimeoutMs: o.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS,
       maxHandshakes: o.maxHandshakes ?? DEFAULT_MAX_HANDSHAKES,
     }
+    this.#admission = new Admission({ total: this.#limits.maxHandshakes, perAddress: o.maxHandshakesPerAddress ?? DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS })
+    this.#refusals = new RefusalLog(this.#log, o.refusalLogIntervalMs)
   }
 
-  /** Whether the server speaks TLS (wss). */
+  /** Whether the server speaks TLS (wss), with certificates or a pre-shared key. */
   get tls(): boolean {
-    return this.#tls !== undefined
+    return this.#tls !== undefined || this.#psk !== undefined
+  }
+
+  /** How links to this server are secured, for logs. */
+  get security(): 'certificate' | 'psk' | 'none' {
+    return this.#tls ? 'certificate' : this.#psk ? 'psk' : 'none'
+  }
+
+  /** Connections that hold an unauthenticated slot now. */
+  get unauthenticatedCount(): number {
+    return this.#admission.total
   }
 
   /** Links currently open (handshaking or ready). */
@@ -124,9 +157,11 @@ export class PeerServer {
     const onRequest = (_req: IncomingMessage, res: ServerResponse) => {
       res.writeHead(426, { 'content-type': 'text/plain' }).end('pxd peer links speak WebSocket\n')
     }
-    const http: Server = this.#tls ? createTlsServer(serverTlsOptions(this.#tls), onRequest) : createServer(onRequest)
-    http.on('connection', (raw: Socket) => this.#remotes.note(raw))
+    const http: Server = this.#tls ? createTlsServer(serverTlsOptions(this.#tls), onRequest)
+      : this.#psk ? createTlsServer(serverPskOptions(this.#psk), onRequest) : createServer(onRequest)
+    http.on('connection', (raw: Socket) => this.#admit(raw))
     http.on('clientError', (err, socket) => this.#onClientError(err, socket))
+    if (this.#psk) http.on('tlsClientError', (err, socket) => this.#onPskClientError(err, socket))
     if (this.#tls) http.on('tlsClientError', (err, socket) => this.#onTlsClientError(err, socket))
     const wss = new WebSocketServer<typeof PeerSocket>({
       WebSocket: PeerSocket,
@@ -149,7 +184,7 @@ export class PeerServer {
         http.on('error', (err) => this.#log.error({ err }, 'peer server error'))
         const addr = http.address()
         const bound = typeof addr === 'object' && addr ? { host: addr.address, port: addr.port } : { host, port }
-        this.#log.info({ ...bound, tls: this.#tls !== undefined }, 'listening for peers')
+        this.#log.info({ ...bound, tls: this.#tls !== undefined || (this.#psk ? 'psk' : false) }, 'listening for peers')
         resolve(bound)
       })
     })
@@ -164,8 +199,41 @@ export class PeerServer {
       await Promise.all([...this.#links].map((link) => link.shutdown()))
       http?.closeAllConnections()
       await stopped
+      this.#refusals.close()
     })()
     return this.#closing
+  }
+
+  /** A new TCP connection: takes an unauthenticated slot with its deadline, or is closed at once. */
+  #admit(raw: Socket): void {
+    this.#remotes.note(raw)
+    const address = raw.remoteAddress ?? '?'
+    if (this.#closing) {
+      raw.destroy()
+      return
+    }
+    const refusal = this.#admission.admit(address)
+    if (refusal) {
+      this.#refusals.refused(refusal, address, refusal === 'total' ? { limit: this.#limits.maxHandshakes } : { held: this.#admission.held(address) })
+      raw.destroy()
+      return
+    }
+    const timeoutMs = this.#limits.handshakeTimeoutMs
+    const slot: Slot = { address, deadline: Date.now() + timeoutMs, timer: undefined, held: true }
+    // Until the upgrade this timer guards the slot; then the link's own timer (with the time left) does.
+    slot.timer = setTimeout(() => {
+      this.#refusals.refused('deadline', address, { timeoutMs })
+      raw.destroy()
+    }, timeoutMs)
+    this.#slots.set(raw, slot)
+    raw.once('close', () => this.#releaseSlot(slot))
+  }
+
+  #releaseSlot(slot: Slot): void {
+    clearTimeout(slot.timer)
+    if (!slot.held) return
+    slot.held = false
+    this.#admission.release(slot.address)
   }
 
   /** Bytes that are not HTTP (or, with TLS, not HTTP inside TLS): answer 400 and close. */
@@ -177,8 +245,8 @@ export class PeerServer {
       return
     }
     const remote = this.#remotes.of(s)
-    if (!this.#tls && err.rawPacket?.[0] === TLS_HANDSHAKE_RECORD) {
-      this.#log.warn({ remote, code: 'AUTH_FAILED', reason: 'a TLS client reached this plain peer port: that node uses --peer-tls-*, this one does not' }, 'peer connection refused')
+    if (!this.#tls && !this.#psk && err.rawPacket?.[0] === TLS_HANDSHAKE_RECORD) {
+      this.#refusals.refused('a TLS client reached this plain peer port: that node uses --peer-tls-*, this one does not', s.remoteAddress ?? hostOf(remote), { remote, code: 'AUTH_FAILED' })
     } else {
       this.#log.debug({ remote, reason: err.message }, 'peer connection sent bytes that are not HTTP')
     }
@@ -186,9 +254,17 @@ export class PeerServer {
     else socket.destroy()
   }
 
+  #onPskClientError(err: Error, socket: TLSSocket): void {
+    const remote = this.#remotes.of(socket)
+    const failure = serverPskFailure(err)
+    // Keyed by the error code, not the message: random bytes give many different OpenSSL messages.
+    this.#refusals.refused(`tls-psk ${errorCode(err)}`, hostOf(remote), { remote, code: 'AUTH_FAILED', ...failure })
+  }
+
   #onTlsClientError(err: Error, socket: TLSSocket): void {
     const failure = serverTlsFailure(err, socket)
-    this.#log.warn({ remote: this.#remotes.of(socket), code: 'AUTH_FAILED', ...failure }, 'peer connection refused')
+    const remote = this.#remotes.of(socket)
+    this.#refusals.refused(`tls ${failure.authorizationError ?? errorCode(err)}`, hostOf(remote), { remote, code: 'AUTH_FAILED', ...failure })
   }
 
   #accept(ws: WebSocket, req: IncomingMessage): void {
@@ -197,18 +273,37 @@ export class PeerServer {
       ws.terminate()
       return
     }
-    let handshaking = 0
-    for (const link of this.#links) if (link.handshaking) handshaking++
-    if (handshaking >= this.#limits.maxHandshakes) {
-      this.#log.warn({ remote, handshaking }, 'too many peer handshakes at once: connection refused')
+    const slot = this.#slots.get(rawOf(req.socket))
+    if (!slot) {
       ws.terminate()
       return
     }
+    clearTimeout(slot.timer)
+    const limits = { ...this.#limits, handshakeTimeoutMs: Math.max(1, slot.deadline - Date.now()) }
     // With TLS only a client the CA vouches for gets here; the node its certificate names must be the one that says hello.
     const certNode = this.#tls ? certificateNodeId((req.socket as TLSSocket).getPeerCertificate()) ?? '' : undefined
-    const link = new ServerLink(ws, req.socket, this, this.#secret, this.#handler, this.#log.child({ remote }), this.#limits, certNode, this.#releaseBuffer)
+    const link = new ServerLink(ws, req.socket, this, this.#secret, this.#handler, this.#log.child({ remote }), limits, certNode, this.#releaseBuffer)
     this.#links.add(link)
+    void link.ready.then(() => this.#releaseSlot(slot))
     void link.closed.then(() => this.#links.delete(link))
   }
+}
+
+interface Slot { address: string; deadline: number; timer: NodeJS.Timeout | undefined; held: boolean }
+
+/** The raw TCP socket under a (TLS) socket: Node keeps it as `_parent`. */
+function rawOf(socket: Socket): Socket {
+  return (socket as Socket & { _parent?: Socket })._parent ?? socket
+}
+
+function errorCode(err: Error): string {
+  const code = (err as { code?: unknown }).code
+  return typeof code === 'string' ? code : 'error'
+}
+
+/** `host:port` to host (IPv6 addresses keep their colons). */
+function hostOf(remote: string): string {
+  const i = remote.lastIndexOf(':')
+  return i > 0 ? remote.slice(0, i) : remote
 }
 

@@ -43,6 +43,8 @@ const enum Phase { Hello, Auth, Ready, Closed }
 
 export class ServerLink {
   readonly closed: Promise<void>
+  /** Settles when the handshake completes; never, if the link closes before. */
+  readonly ready: Promise<void>
   readonly #ws: WebSocket
   readonly #socket: Socket
   readonly #batch: WriteBatch
@@ -68,6 +70,7 @@ export class ServerLink {
   #socketClosed = false
   #idle: (() => void) | undefined
   #onClosed!: () => void
+  #onReady!: () => void
   readonly #onDrain = () => this.#pump()
 
   constructor(ws: WebSocket, socket: Socket, server: ServerIdentity, secret: Uint8Array,
@@ -84,6 +87,7 @@ export class ServerLink {
     this.#log = log
     this.#limits = limits
     this.closed = new Promise((resolve) => { this.#onClosed = resolve })
+    this.ready = new Promise((resolve) => { this.#onReady = resolve })
     socket.setNoDelay(true)
     socket.setKeepAlive(true, TCP_KEEPALIVE_MS)
     socket.on('drain', this.#onDrain)
@@ -172,6 +176,7 @@ export class ServerLink {
     this.#phase = Phase.Ready
     this.#log = this.#log.child({ peer: this.#peer })
     this.#send({ t: 'ready' })
+    this.#onReady()
     this.#log.info('peer link up')
   }
 

@@ -8,9 +8,10 @@ import { createHash, randomBytes } from 'node:crypto'
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import pino from 'pino'
-import WebSocket from 'ws'
+import WebSocket, { type ClientOptions } from 'ws'
 import { ApiClient } from '../../src/api/client'
 import { PEER_PATH, PeerLinks, decodeFrame, encodeFrame } from '../../src/replication'
+import { clientPskOptions, peerPsk } from '../../src/replication/psk'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { startCluster, type Cluster, type ClusterNode } from '../helpers/cluster'
 import { pluginCall } from '../helpers/plugin-client'
@@ -32,7 +33,9 @@ async function replicaDigest(n: ClusterNode): Promise<string> {
 /** Send raw frames to a node's peer port; collect what it answers until it closes. */
 function rawExchange(n: ClusterNode, messages: Buffer[]): Promise<{ frames: Array<Record<string, unknown>>; closed: boolean }> {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(`ws://127.0.0.1:${n.peerPort}${PEER_PATH}`)
+    // Inside the TLS-PSK layer every node runs by default: what the frame protocol refuses.
+    const psk = clientPskOptions(peerPsk(cluster.secret, cluster.clusterId), { secured: false }) as unknown as ClientOptions
+    const ws = new WebSocket(`wss://127.0.0.1:${n.peerPort}${PEER_PATH}`, psk)
     const frames: Array<Record<string, unknown>> = []
     const timer = setTimeout(() => { ws.terminate(); resolve({ frames, closed: false }) }, 8_000)
     ws.on('open', () => { for (const m of messages) ws.send(m) })
@@ -93,7 +96,7 @@ test('random bytes and an oversized frame are refused', async (t) => {
 test('a wrong secret fails the handshake; nothing is written', async (t) => {
   const b = cluster.node('node-b')
   const before = await replicaDigest(b)
-  const impostor = new PeerLinks({ nodeId: 'intruder', clusterId: cluster.clusterId, secret: randomBytes(32), log })
+  const impostor = new PeerLinks({ nodeId: 'intruder', clusterId: cluster.clusterId, secret: randomBytes(32), log, psk: true })
   try {
     const err = await t.throwsAsync(impostor.link('node-b', `127.0.0.1:${b.peerPort}`).request(write(epoch + 5)))
     t.is((err as { code?: string }).code, 'AUTH_FAILED')
@@ -106,7 +109,7 @@ test('a wrong secret fails the handshake; nothing is written', async (t) => {
 test('an authenticated peer is still refused stale epochs, unknown volumes and writes past the end', async (t) => {
   const b = cluster.node('node-b')
   const before = await replicaDigest(b)
-  const peer = new PeerLinks({ nodeId: 'node-x', clusterId: cluster.clusterId, secret: cluster.secret, log })
+  const peer = new PeerLinks({ nodeId: 'node-x', clusterId: cluster.clusterId, secret: cluster.secret, log, psk: true })
   try {
     const link = peer.link('node-b', `127.0.0.1:${b.peerPort}`)
     const stale = await t.throwsAsync(link.request(write(epoch - 1)))

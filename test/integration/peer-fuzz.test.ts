@@ -693,7 +693,9 @@ function describeTcpReply(data: Buffer, closed: boolean): string {
 // ---------------------------------------------------------------- the test
 
 test.before(async () => {
-  cluster = await startCluster(['node-a', 'node-b'])
+  // The cases speak the peer protocol below and inside WebSocket, so the port runs without
+  // its default TLS-PSK layer here (cluster-peers.test.ts and peer-psk.test.ts cover that layer).
+  cluster = await startCluster(['node-a', 'node-b'], { env: { PXD_PEER_PLAINTEXT: '1' } })
   const a = cluster.node('node-a')
   await call(a, '/VolumeDriver.Create', { Name: 'fuzzed', Opts: { size: '32M', repl: '2' } })
   const mp = (await call(a, '/VolumeDriver.Mount', { Name: 'fuzzed', ID: 'w' })).Mountpoint as string

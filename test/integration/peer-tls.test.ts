@@ -45,8 +45,8 @@ test.before(async () => {
   for (const id of ['node-a', 'node-b']) certs.set(id, issueCert(ca, id))
   // An impostor: a certificate for node-a, from a CA the cluster does not trust.
   foreign = issueCert(makeCa(certDir, 'other-ca'), 'node-a', {}, 'foreign-')
-  // Nodes without a certificate here (node-c) start without TLS.
-  cluster = await startCluster(['node-a', 'node-b'], { extraArgs: (id) => (certs.has(id) ? tlsArgs(certs.get(id)!) : []) })
+  // Nodes without a certificate here (node-c) start without TLS (not even the default TLS-PSK).
+  cluster = await startCluster(['node-a', 'node-b'], { env: { PXD_PEER_PLAINTEXT: '1' }, extraArgs: (id) => (certs.has(id) ? tlsArgs(certs.get(id)!) : []) })
 })
 
 test.after.always(async () => {
