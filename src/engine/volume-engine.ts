@@ -346,6 +346,8 @@ export class VolumeEngine {
       await this.#gate.idle()
       await Promise.all([...this.#copies])
       const results = await Promise.allSettled([...this.#members.inSync, ...this.#members.learners].map((r) => r.close()))
+      // Nothing reads or writes through it any more: the data key leaves this process's memory.
+      this.#cipher?.destroy()
       const failed = results.find((r) => r.status === 'rejected')
       if (failed && !this.#fenced) throw (failed as PromiseRejectedResult).reason
     })()

@@ -74,3 +74,11 @@ test('I/O not aligned to 512 bytes is INVALID_ARGUMENT', async (t) => {
   await t.throwsAsync(engine.discard(512, 100), { code: 'INVALID_ARGUMENT' } as never)
   await engine.close()
 })
+
+test('closing the engine forgets the data key: the cipher encrypts nothing more', async (t) => {
+  const cipher = new VolumeCipher(randomBytes(64))
+  const engine = new VolumeEngine({ volumeId: VOLUME, size: SIZE, replicas: [new MemReplica('a', SIZE)], cipher })
+  await engine.write(0, randomBytes(BLOCK_SIZE))
+  await engine.close()
+  t.throws(() => cipher.encrypt(0, Buffer.alloc(512, 1)), undefined, 'a zeroed key (two equal halves) is refused')
+})
