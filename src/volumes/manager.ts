@@ -10,14 +10,14 @@
  * Attach claims the volume's attachment, bumping its epoch (attachments.ts); the engine
  * then opens every in-sync replica at that epoch, which fences any older coordinator. A
  * replica that fails is taken out of the in-sync set (in-sync.ts); one that is back is
- * resynced (resyncs.ts). Placement, the scrub timer and the info view have modules too.
+ * resynced (resyncs.ts). Creation (creation.ts), placement, the scrub timer and the info
+ * view have modules too.
  *
  * Healing (healer.ts) may hold a volume here with no mount (mountpoint null) to resync or
  * replace its replicas; a mount here adopts that engine (the resync goes on), a mount on
  * another node takes the volume over (the engine here is fenced and the resync continues
  * there).
  */
-import { randomBytes } from 'node:crypto'
 import type { Logger } from 'pino'
 import type { Membership } from '../cluster/membership'
 import { DirtyMap, dirtyDirOf } from '../replicas/dirty-map'
@@ -33,8 +33,9 @@ import { Attachments } from './attachments'
 import { InSyncSet } from './in-sync'
 import { LocalVolumes, type LocalAttachment } from './local-volumes'
 import { InfoView } from './info'
-import { buildSpec, flattenOptions, mergeOptions, parseVolumeRef, specConflicts } from './options'
-import { newVolumeKey, takeKeyOptions, type KeyOptions, type KeySources } from './keys'
+import { parseVolumeRef } from './options'
+import { takeKeyOptions, type KeySources } from './keys'
+import { VolumeCreation } from './creation'
 import { ReplicaPlacement } from './placement'
 import { Resyncs } from './resyncs'
 import { ResyncPace } from './resync-pace'
@@ -92,6 +93,7 @@ export class VolumeManager {
   readonly #scrubs: ScrubScheduler
   readonly #view: InfoView
   readonly #placement: ReplicaPlacement
+  readonly #creation: VolumeCreation
   readonly #shares: SharedVolumes
   readonly #healer: Healer
   readonly moves: ReplicaMoves
@@ -141,6 +143,12 @@ export class VolumeManager {
         mountpointOf: (name) => o.frontend.mountpointOf(name),
         servedPathOf: (name) => o.frontend.servedPathOf(name),
       },
+    })
+    this.#creation = new VolumeCreation({
+      kvdb: o.kvdb, locks: this.#locks, placement: this.#placement, log: o.log, keySources: this.#keySources,
+      info: (record) => this.#view.info(record),
+      checkRunning: () => this.#checkRunning(),
+      createAsSnapshot: (parent, name, options) => this.snapshots.createAsVolume(parent, name, options),
     })
     this.#view = new InfoView({ kvdb: o.kvdb, membership: o.membership, attached, shared: (name) => this.#shares.mounted(name), healing: () => this.#healer.read() })
     this.#healer = new Healer({
@@ -217,57 +225,9 @@ export class VolumeManager {
     return this.#host.purgeQuarantined(name)
   }
 
-  /** Create a volume, or accept an existing one when nothing requested contradicts it. */
-  async create(requestedName: string, opts?: unknown): Promise<VolumeInfo> {
-    const ref = parseVolumeRef(requestedName)
-    const { parent, ...options } = mergeOptions(ref.inline, flattenOptions(opts))
-    // The key options never reach the spec (a passphrase is neither recorded nor logged).
-    const keyOptions = takeKeyOptions(options)
-    const keyed = keyOptions.passphrase !== undefined || keyOptions.secretKey !== undefined || keyOptions.useClusterSecret === true
-    if (keyed && options.secure === undefined) options.secure = 'true'
-
-    // Docker's `--opt parent=VOL`: a snapshot of VOL.
-    if (parent !== undefined) return this.snapshots.createAsVolume(parent, ref.name, options)
-    const spec = buildSpec(options)
-    return this.#locks.run(ref.name, async () => {
-      this.#checkRunning()
-      const existing = await this.#kvdb.get<VolumeRecord>(keys.volume(ref.name))
-      if (existing) {
-        const conflicts = specConflicts(existing.value.spec, options)
-        if (conflicts.length > 0) {
-          throw pxdError('ALREADY_EXISTS', `volume ${ref.name} already exists with a different spec (${conflicts.join('; ')})`)
-        }
-        return this.#view.info(existing.value)
-      }
-      const placed = await this.#placement.place(spec.repl, spec.size)
-      const id = randomBytes(8).toString('hex')
-      const secure = spec.extra.secure === 'true'
-      if (keyed && !secure) throw pxdError('INVALID_ARGUMENT', 'passphrase, secret_key and use_cluster_secret need secure=true')
-      const encryption = secure ? this.#newKey(id, keyOptions) : undefined
-      const record: VolumeRecord = {
-        id,
-        name: ref.name,
-        spec,
-        createdAt: new Date().toISOString(),
-        replicas: placed.map((nodeId) => ({ nodeId })),
-        inSync: placed,
-        ...(encryption ? { encryption } : {}),
-      }
-      // The record goes first: a node creates a replica only for a volume that names it.
-      const created = await this.#kvdb.txn({
-        compares: [{ key: keys.volume(ref.name), modRevision: 0 }],
-        puts: [{ key: keys.volume(ref.name), value: record }],
-      })
-      if (!created) throw pxdError('CONFLICT', `volume ${ref.name} was created concurrently; retry`)
-      const failed = await this.#placement.create(placed, record)
-      if (failed.length > 0) {
-        await this.#kvdb.txn({ deletes: [keys.volume(ref.name)] }).catch(() => undefined)
-        await this.#placement.drop(record)
-        throw pxdError('UNSATISFIABLE', `could not create the replicas of ${ref.name}: ${failed.join('; ')}`)
-      }
-      this.#log.info({ volume: ref.name, volumeId: record.id, spec, replicas: placed }, 'volume created')
-      return this.#view.info(record)
-    })
+  /** Create a volume, or accept an existing one when nothing requested contradicts it (creation.ts). */
+  create(requestedName: string, opts?: unknown): Promise<VolumeInfo> {
+    return this.#creation.create(requestedName, opts)
   }
 
   /**
@@ -318,13 +278,6 @@ export class VolumeManager {
       await DirtyMap.forgetVolume(dirtyDirOf(this.#dataDir), entry.value.id)
       this.#log.info({ volume: name, volumeId: entry.value.id }, 'volume removed')
     })
-  }
-
-  /** A secure volume's new data key, wrapped; the key itself is dropped (the mount unwraps it). */
-  #newKey(volumeId: string, keyOptions: KeyOptions) {
-    const { key, wrapped } = newVolumeKey(volumeId, keyOptions, this.#keySources)
-    key.fill(0)
-    return wrapped
   }
 
   /**
