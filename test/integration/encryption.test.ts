@@ -7,9 +7,7 @@
  * nothing, and the passphrase is in no etcd file and no log; a secret_key volume opens
  * with its file under --secrets-dir and not with another one.
  *
- * Peer frames are not captured here: the coordinator encrypts before any replica call
- * (src/engine/cipher.ts), and the remote replica's files holding only ciphertext is
- * what the frames delivered.
+ * What crosses the peer link is captured in encryption-wire.test.ts.
  */
 import test from 'ava'
 import { execFileSync } from 'node:child_process'

@@ -8,7 +8,6 @@
 import test from 'ava'
 import { randomBytes } from 'node:crypto'
 import { promises as fs } from 'node:fs'
-import { connect, createServer, type AddressInfo, type Server } from 'node:net'
 import path from 'node:path'
 import pino from 'pino'
 import WebSocket from 'ws'
@@ -16,38 +15,25 @@ import { ApiClient } from '../../src/api/client'
 import { PEER_PATH, PeerLinks } from '../../src/replication'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { startCluster, waitFor, type Cluster } from '../helpers/cluster'
+import { startCapturingRelay, type CapturingRelay } from '../helpers/relay'
 import { pluginOk as call, replicaFiles, sha, writeSynced } from '../helpers/volume-io'
 
 assertIntegrationPreconditions()
 
 let cluster: Cluster
-let relay: Server
-const wire: Buffer[] = []
-let wireBytes = 0
+let relay: CapturingRelay
 const log = pino({ level: 'silent' })
 
 test.before(async () => {
-  relay = createServer((client) => {
-    const upstream = connect(cluster.node('node-b').peerPort, '127.0.0.1')
-    const keep = (d: Buffer) => { wire.push(d); wireBytes += d.length }
-    client.on('data', keep)
-    upstream.on('data', keep)
-    client.pipe(upstream).pipe(client)
-    client.on('error', () => upstream.destroy())
-    upstream.on('error', () => client.destroy())
-    client.on('close', () => upstream.destroy())
-    upstream.on('close', () => client.destroy())
-  })
-  await new Promise<void>((resolve) => relay.listen(0, '127.0.0.1', resolve))
-  const relayPort = (relay.address() as AddressInfo).port
+  relay = await startCapturingRelay(() => cluster.node('node-b').peerPort)
   cluster = await startCluster(['node-a', 'node-b'], {
-    extraArgs: (id) => (id === 'node-b' ? ['--advertise', `127.0.0.1:${relayPort}`] : []),
+    extraArgs: (id) => (id === 'node-b' ? ['--advertise', `127.0.0.1:${relay.port}`] : []),
   })
 })
 
 test.after.always(async () => {
   await cluster?.stop()
-  relay?.close()
+  await relay?.close()
 })
 
 test('a marker written on node-a reaches node-b and never crosses the link in the clear', async (t) => {
@@ -66,9 +52,9 @@ test('a marker written on node-a reaches node-b and never crosses the link in th
   // The replica on node-b holds the marker, so it crossed the relay...
   const { data } = await replicaFiles(b, info.id)
   t.true(data.includes(marker), 'node-b\'s replica holds the marker')
-  t.true(wireBytes > payload.length, `the relay carried ${wireBytes} bytes`)
+  t.true(relay.length > payload.length, `the relay carried ${relay.length} bytes`)
   // ...encrypted: the wire holds neither the marker nor the frame protocol's field names.
-  const all = Buffer.concat(wire)
+  const all = relay.bytes()
   t.false(all.includes(marker), 'the marker appears in the link bytes')
   t.false(all.includes(Buffer.from(PEER_PATH)), 'the WebSocket upgrade appears in the link bytes')
   t.is(all[0], 0x16, 'the link starts with a TLS handshake record')

@@ -22,7 +22,7 @@ import { mkdirSync, promises as fs, readdirSync, readFileSync, writeFileSync } f
 import os from 'node:os'
 import path from 'node:path'
 import pino from 'pino'
-import WebSocket from 'ws'
+import WebSocket, { type ClientOptions } from 'ws'
 import { ApiClient } from '../../src/api/client'
 import { EtcdKvdb } from '../../src/kvdb/etcd'
 import { keys, type LeasedKey } from '../../src/kvdb/kvdb'
@@ -30,6 +30,7 @@ import { METRIC } from '../../src/metrics'
 import { computeProof, type HandshakeParties } from '../../src/replication/auth'
 import { decodeFrame, encodeFrame, PROTOCOL_VERSION, type Frame } from '../../src/replication/frames'
 import { PEER_PATH, PeerLinks, type PeerLink } from '../../src/replication'
+import { clientPskOptions, peerPsk } from '../../src/replication/psk'
 import { ShareRegistry } from '../../src/shares/share-registry'
 import { parseExposition, sampleValue } from '../cli/exposition'
 import { startCluster, waitFor, TEST_NODE_TTL, type Cluster, type ClusterNode } from '../helpers/cluster'
@@ -144,7 +145,7 @@ async function mountTypeOf(mountpoint: string): Promise<string | undefined> {
 }
 
 function intruderLink(): PeerLink {
-  intruder ??= new PeerLinks({ nodeId: INTRUDER, clusterId: cluster.clusterId, secret: cluster.secret, log })
+  intruder ??= new PeerLinks({ nodeId: INTRUDER, clusterId: cluster.clusterId, secret: cluster.secret, log, psk: true })
   return intruder.link('node-a', `127.0.0.1:${node('node-a').peerPort}`)
 }
 
@@ -391,7 +392,9 @@ class RawPeer {
   readonly opened: Promise<boolean>
 
   constructor(port: number) {
-    this.ws = new WebSocket(`ws://127.0.0.1:${port}${PEER_PATH}`, { perMessageDeflate: false, handshakeTimeout: 10_000 })
+    // The peer port speaks TLS-PSK (the cluster's default): the TLS session is what any holder of the secret gets; the frames inside are unauthenticated.
+    const psk = clientPskOptions(peerPsk(cluster.secret, cluster.clusterId), { secured: false }) as unknown as ClientOptions
+    this.ws = new WebSocket(`wss://127.0.0.1:${port}${PEER_PATH}`, { ...psk, perMessageDeflate: false, handshakeTimeout: 10_000 })
     this.opened = new Promise((resolve) => {
       this.ws.once('open', () => resolve(true))
       this.ws.once('close', () => resolve(false))
