@@ -7,11 +7,11 @@
  * top and binds the node ids of the session.
  */
 import { hkdfSync, type BinaryLike } from 'node:crypto'
-import { isIP } from 'node:net'
-import { connect as tlsConnect, type ConnectionOptions, type TlsOptions } from 'node:tls'
+import type { ConnectionOptions, TlsOptions } from 'node:tls'
 import type { Socket } from 'node:net'
 import type { PxdError } from '../errors'
 import { replicationError } from './errors'
+import { tlsDialNoting } from './tls'
 
 /** The identity a client names; the key is the same for every node of the cluster. */
 export const PSK_IDENTITY = 'pxd-peer-link-v1'
@@ -40,13 +40,7 @@ export function clientPskOptions(psk: Buffer, attempt: { secured: boolean }): Co
     pskCallback: () => ({ psk, identity: PSK_IDENTITY }),
     // The key authenticates the server: there is no certificate to check.
     checkServerIdentity: () => undefined,
-    createConnection: (o: ConnectionOptions) => {
-      const opts = { ...o, path: undefined } as ConnectionOptions & { path?: undefined }
-      if (!opts.servername && opts.servername !== '') opts.servername = isIP(opts.host ?? '') ? '' : opts.host
-      const socket = tlsConnect(opts)
-      socket.once('secureConnect', () => { attempt.secured = true })
-      return socket
-    },
+    createConnection: tlsDialNoting(attempt),
   }
 }
 

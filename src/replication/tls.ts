@@ -159,6 +159,17 @@ export function serverTlsOptions(t: PeerTls): ServerOptions {
   return { cert: t.cert, key: t.key, ca: t.ca, requestCert: true, rejectUnauthorized: true, minVersion: TLS_MIN_VERSION }
 }
 
+/** ws's own TLS dial, plus a note in `attempt` of whether the handshake completed. */
+export function tlsDialNoting(attempt: TlsAttempt): (o: ConnectionOptions) => Socket {
+  return (o) => {
+    const opts = { ...o, path: undefined } as ConnectionOptions & { path?: undefined }
+    if (!opts.servername && opts.servername !== '') opts.servername = isIP(opts.host ?? '') ? '' : opts.host
+    const socket = tlsConnect(opts)
+    socket.once('secureConnect', () => { attempt.secured = true })
+    return socket
+  }
+}
+
 /** What one connection attempt learned about TLS, for naming its failure. */
 export interface TlsAttempt {
   /** The TLS handshake completed on this side. */
@@ -181,14 +192,7 @@ export function clientTlsOptions(t: PeerTls, peerNodeId: string, attempt: TlsAtt
       if (named === peerNodeId) return undefined
       return pxdError('PEER_MISMATCH', `its certificate is issued to ${named === undefined ? 'no CN' : `CN=${named}`}, not ${peerNodeId}`)
     },
-    // ws's own TLS dial, plus a note of whether the handshake completed.
-    createConnection: (o: ConnectionOptions) => {
-      const opts = { ...o, path: undefined } as ConnectionOptions & { path?: undefined }
-      if (!opts.servername && opts.servername !== '') opts.servername = isIP(opts.host ?? '') ? '' : opts.host
-      const socket = tlsConnect(opts)
-      socket.once('secureConnect', () => { attempt.secured = true })
-      return socket
-    },
+    createConnection: tlsDialNoting(attempt),
   }
 }
 

@@ -1,6 +1,6 @@
 /** What integration tests do with volumes again and again: write durably, hash, compare replicas. */
 import { createHash } from 'node:crypto'
-import { promises as fs } from 'node:fs'
+import { closeSync, openSync, promises as fs, readFileSync, readSync, writeSync } from 'node:fs'
 import path from 'node:path'
 import { BLOCK_SIZE, HASH_BYTES } from '../../src/constants'
 import { native } from '../../src/native/binding'
@@ -67,4 +67,24 @@ export async function replicaViewHash(node: { dataDir: string }, volumeId: strin
     await closeNative(handle, dir)
   }
   return hash.digest('hex')
+}
+
+/** Flip one byte in the middle of the replica's written data; returns the block index. */
+export function corruptOneBlock(n: { dataDir: string }, volumeId: string): number {
+  const dir = path.join(n.dataDir, 'replicas', volumeId)
+  const crcs = readFileSync(path.join(dir, 'crc'))
+  const written: number[] = []
+  for (let b = 0; b < crcs.length / 4; b++) if (crcs.readUInt32LE(b * 4) !== 0) written.push(b)
+  // The last written blocks belong to the file written last (ext4 allocates it after its metadata).
+  const block = written[written.length - 64]!
+  const fd = openSync(path.join(dir, 'data'), 'r+')
+  try {
+    const byte = Buffer.alloc(1)
+    readSync(fd, byte, 0, 1, block * 4096 + 100)
+    byte[0] = byte[0]! ^ 0xff
+    writeSync(fd, byte, 0, 1, block * 4096 + 100)
+  } finally {
+    closeSync(fd)
+  }
+  return block
 }

@@ -11,14 +11,14 @@
  */
 import test from 'ava'
 import { execFileSync } from 'node:child_process'
-import { promises as fs, openSync, readSync, writeSync, closeSync, readdirSync, statSync, mkdtempSync, writeFileSync, rmSync } from 'node:fs'
+import { promises as fs, readdirSync, statSync, mkdtempSync, writeFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { ApiClient } from '../../src/api/client'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { startCluster, waitFor, TEST_NODE_TTL, type Cluster, type ClusterNode } from '../helpers/cluster'
 import { pluginCall } from '../helpers/plugin-client'
-import { MiB, pluginOk, replicaDigest, sha, writeSynced } from '../helpers/volume-io'
+import { corruptOneBlock, MiB, pluginOk, replicaDigest, sha, writeSynced } from '../helpers/volume-io'
 
 assertIntegrationPreconditions()
 
@@ -55,24 +55,6 @@ async function filesHolding(dir: string, needle: string): Promise<string[]> {
 
 const inSyncOf = async (n: ClusterNode, name: string) => (await new ApiClient(n.apiUrl).inspectVolume(name)).replicas.filter((r) => r.inSync).map((r) => r.nodeId).sort()
 
-/** Flip one byte in the middle of the last-written blocks of a replica's data file. */
-function corruptOneBlock(n: ClusterNode, volumeId: string): number {
-  const dir = path.join(n.dataDir, 'replicas', volumeId)
-  const crcs = execFileSync('cat', [path.join(dir, 'crc')])
-  const written: number[] = []
-  for (let b = 0; b < crcs.length / 4; b++) if (crcs.readUInt32LE(b * 4) !== 0) written.push(b)
-  const block = written[written.length - 64]!
-  const fd = openSync(path.join(dir, 'data'), 'r+')
-  try {
-    const byte = Buffer.alloc(1)
-    readSync(fd, byte, 0, 1, block * 4096 + 100)
-    byte[0] = byte[0]! ^ 0xff
-    writeSync(fd, byte, 0, 1, block * 4096 + 100)
-  } finally {
-    closeSync(fd)
-  }
-  return block
-}
 
 test('secure repl=2: ciphertext on both replicas and in etcd, plaintext through the mount, failover, scrub and resync', async (t) => {
   const a = cluster.node('node-a')

@@ -5,13 +5,13 @@
  */
 import test from 'ava'
 import { randomBytes } from 'node:crypto'
-import { promises as fs, openSync, writeSync, readSync, closeSync } from 'node:fs'
+import { promises as fs } from 'node:fs'
 import { execFileSync } from 'node:child_process'
 import path from 'node:path'
 import { ApiClient } from '../../src/api/client'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
-import { startCluster, type Cluster, type ClusterNode } from '../helpers/cluster'
-import { MiB, pluginOk, replicaDigest, sha, writeSynced } from '../helpers/volume-io'
+import { startCluster, type Cluster } from '../helpers/cluster'
+import { corruptOneBlock, MiB, pluginOk, replicaDigest, sha, writeSynced } from '../helpers/volume-io'
 
 assertIntegrationPreconditions()
 
@@ -27,25 +27,6 @@ test.after.always(async () => {
 
 
 
-/** Flip one byte in the middle of the replica's written data; returns the block index. */
-function corruptOneBlock(n: ClusterNode, volumeId: string): number {
-  const dir = path.join(n.dataDir, 'replicas', volumeId)
-  const crcs = execFileSync('cat', [path.join(dir, 'crc')])
-  const written: number[] = []
-  for (let b = 0; b < crcs.length / 4; b++) if (crcs.readUInt32LE(b * 4) !== 0) written.push(b)
-  // The last written blocks belong to the file written last (ext4 allocates it after its metadata).
-  const block = written[written.length - 64]!
-  const fd = openSync(path.join(dir, 'data'), 'r+')
-  try {
-    const byte = Buffer.alloc(1)
-    readSync(fd, byte, 0, 1, block * 4096 + 100)
-    byte[0] = byte[0]! ^ 0xff
-    writeSync(fd, byte, 0, 1, block * 4096 + 100)
-  } finally {
-    closeSync(fd)
-  }
-  return block
-}
 
 const dropCaches = () => execFileSync('sh', ['-c', 'sync; echo 3 > /proc/sys/vm/drop_caches'])
 
