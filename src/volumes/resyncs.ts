@@ -21,6 +21,8 @@ import type { ResyncRecord, VolumeRecord } from './types'
 export const RESYNC_CHECK_MS = 2_000
 /** Progress goes to the kvdb at most this often. */
 export const RESYNC_PUBLISH_MS = 500
+/** Reads of the last resync record before an attempt gives up and counts as the first. */
+const PREVIOUS_READ_TRIES = 4
 
 /** What resync needs of a volume attached here. */
 export interface ResyncableVolume {
@@ -113,7 +115,7 @@ export class Resyncs {
     const key = keys.resync(name, nodeId)
     const startedAt = new Date().toISOString()
     // An unfinished earlier attempt at this replica: this one resumes it, and counts on.
-    const before = (await this.#o.kvdb.get<ResyncRecord>(key).catch(() => undefined))?.value
+    const before = await this.#previous(key, log)
     const resumed = before !== undefined && before.state !== 'done'
     const carried = resumed ? { copiedBefore: (before.copiedBefore ?? 0) + before.copiedBytes, attempt: (before.attempt ?? 1) + 1 } : { copiedBefore: 0, attempt: 1 }
     let lastPublished = 0
@@ -139,6 +141,21 @@ export class Resyncs {
     } catch (err) {
       log.warn({ err, copiedBytes: last.copiedBytes }, 'resync did not finish; it resumes while the replica is online')
       await publish(last, 'failed', messageOf(err))
+    }
+  }
+
+  /** The replica's last resync record; a read that fails is tried again before this attempt counts from 1. */
+  async #previous(key: string, log: Logger): Promise<ResyncRecord | undefined> {
+    for (let i = 1; ; i++) {
+      try {
+        return (await this.#o.kvdb.get<ResyncRecord>(key))?.value
+      } catch (err) {
+        if (i >= PREVIOUS_READ_TRIES) {
+          log.warn({ err }, 'could not read the last resync record of this replica: this attempt counts as the first')
+          return undefined
+        }
+        await new Promise((resolve) => setTimeout(resolve, 250 * i))
+      }
     }
   }
 }
