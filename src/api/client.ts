@@ -110,11 +110,6 @@ export class ApiClient {
     return this.#call('DELETE', `/v1/quarantine/${encodeURIComponent(name)}`)
   }
 
-  /** The daemon's token file, as it names it (an open call). */
-  tokenFile(): Promise<{ path: string }> {
-    return this.#call('GET', '/v1/token-file')
-  }
-
   async #tokenFor(method: string): Promise<string | undefined> {
     if (this.#token !== undefined || method === 'GET') return this.#token
     this.#discovery ??= discoverLocalToken(this.#base, (p) => this.#call('GET', p)).then((found) => {

@@ -9,6 +9,7 @@
  * A user who cannot read the file (not root) gets no token, and the daemon's refusal.
  */
 import { promises as fs } from 'node:fs'
+import { codeOf } from '../errors'
 
 const LISTEN = '0A'
 
@@ -35,15 +36,19 @@ export async function discoverLocalToken(base: string, fetchJson: (path: string)
   try {
     st = await fs.lstat(file)
   } catch (err) {
-    return { reason: `cannot read the daemon's token file ${file} (${(err as NodeJS.ErrnoException).code ?? 'error'})` }
+    return unreadable(file, err)
   }
   if (!st.isFile() || st.uid !== 0 || (st.mode & 0o077) !== 0) return { reason: `the token file ${file} is not a root-only regular file` }
   try {
     const token = (await fs.readFile(file, 'utf8')).trim()
     return token ? { token } : { reason: `the token file ${file} is empty` }
   } catch (err) {
-    return { reason: `cannot read the daemon's token file ${file} (${(err as NodeJS.ErrnoException).code ?? 'error'})` }
+    return unreadable(file, err)
   }
+}
+
+function unreadable(file: string, err: unknown): DiscoveryResult {
+  return { reason: `cannot read the daemon's token file ${file} (${codeOf(err) ?? 'error'})` }
 }
 
 function isLoopback(host: string): boolean {

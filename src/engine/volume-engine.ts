@@ -190,10 +190,6 @@ export class VolumeEngine {
     this.#cipher = cipher
   }
 
-  get secure(): boolean {
-    return this.#cipher !== undefined
-  }
-
   write(offset: number, data: Uint8Array): Promise<void> {
     const held = this.#gate.held
     if (held) return held.then(() => this.write(offset, data))

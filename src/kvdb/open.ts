@@ -9,7 +9,7 @@ import type { Logger } from 'pino'
 import { pxdError } from '../errors'
 import { EmbeddedKvdb } from './embedded'
 import { EtcdKvdb } from './etcd'
-import { loadEtcdSecurity, type KvdbSecuritySettings } from './etcd-connection'
+import { loadEtcdSecurity, type EtcdSecurity, type KvdbSecuritySettings } from './etcd-connection'
 import type { Kvdb } from './kvdb'
 
 const ACCEPTED = 'accepted: empty (embedded store), etcd://host:port[,host:port...] or https://host:port[,host:port...]'
@@ -24,27 +24,24 @@ export interface OpenKvdbOptions {
 }
 
 export async function openKvdb(spec: string | undefined, options: OpenKvdbOptions): Promise<Kvdb> {
-  const trimmed = spec?.trim() ?? ''
-  checkKvdbSettings(trimmed, options.security)
-  if (trimmed === '') return EmbeddedKvdb.open(path.join(options.dataDir, 'kvdb.json'))
-  const endpoints = parseEtcdSpec(trimmed)
-  const security = loadEtcdSecurity(options.security ?? {})
-  return EtcdKvdb.open({ endpoints, clusterId: options.clusterId, security, ...(options.log ? { log: options.log } : {}) })
+  const etcd = checkKvdbSettings(spec, options.security)
+  if (!etcd) return EmbeddedKvdb.open(path.join(options.dataDir, 'kvdb.json'))
+  return EtcdKvdb.open({ ...etcd, clusterId: options.clusterId, ...(options.log ? { log: options.log } : {}) })
 }
 
 /**
  * Check the --kvdb setting and its TLS/auth files without connecting, so the daemon
- * can refuse a bad one before it creates or locks anything.
+ * can refuse a bad one before it creates or locks anything. Returns etcd's endpoints and
+ * the files' contents, or undefined for the embedded store.
  */
-export function checkKvdbSettings(spec: string | undefined, security: KvdbSecuritySettings = {}): void {
+export function checkKvdbSettings(spec: string | undefined, security: KvdbSecuritySettings = {}): { endpoints: string[]; security: EtcdSecurity } | undefined {
   const trimmed = spec?.trim() ?? ''
   const secured = Object.values(security).some((v) => v !== undefined && v !== '')
   if (trimmed === '') {
     if (secured) throw pxdError('INVALID_ARGUMENT', '--kvdb-ca/--kvdb-cert/--kvdb-key/--kvdb-username/--kvdb-password-file are for etcd: they need --kvdb')
-    return
+    return undefined
   }
-  parseEtcdSpec(trimmed)
-  loadEtcdSecurity(security)
+  return { endpoints: parseEtcdSpec(trimmed), security: loadEtcdSecurity(security) }
 }
 
 /** `etcd://a:2379,b:2379` -> `['http://a:2379', 'http://b:2379']` (https:// stays https), or INVALID_ARGUMENT. */

@@ -73,8 +73,6 @@ const REASONS: Record<string, string> = {
   'per-address': 'too many unauthenticated connections from this address',
   total: 'too many unauthenticated connections at once',
   deadline: 'closed: the handshake did not complete within the deadline after connecting',
-  tls: 'the TLS handshake failed',
-  'tls-psk': 'the TLS-PSK handshake failed',
 }
 
 /** Rate-limited warnings for refused connections: one line per (reason, address) per interval, plus a count. */

@@ -26,7 +26,7 @@ import type { Socket } from 'node:net'
 import type { TLSSocket } from 'node:tls'
 import type { Logger } from 'pino'
 import { WebSocket, WebSocketServer } from 'ws'
-import { pxdError } from '../errors'
+import { codeOf, pxdError } from '../errors'
 import { Admission, DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS, RefusalLog } from './admission'
 import { checkSecret, HANDSHAKE_TIMEOUT_MS } from './auth'
 import { encodeFrame, MAX_FRAME_BYTES, PEER_PATH } from './frames'
@@ -297,8 +297,7 @@ function rawOf(socket: Socket): Socket {
 }
 
 function errorCode(err: Error): string {
-  const code = (err as { code?: unknown }).code
-  return typeof code === 'string' ? code : 'error'
+  return codeOf(err) ?? 'error'
 }
 
 /** `host:port` to host (IPv6 addresses keep their colons). */

@@ -9,7 +9,7 @@
 import { hkdfSync, type BinaryLike } from 'node:crypto'
 import type { ConnectionOptions, TlsOptions } from 'node:tls'
 import type { Socket } from 'node:net'
-import type { PxdError } from '../errors'
+import { codeOf, type PxdError } from '../errors'
 import { replicationError } from './errors'
 import { tlsDialNoting } from './tls'
 
@@ -46,16 +46,16 @@ export function clientPskOptions(psk: Buffer, attempt: { secured: boolean }): Co
 
 /** Names a failed TLS-PSK dial before the link opened; undefined when the error is not about TLS. */
 export function pskLinkFailure(err: Error, peer: string, address: string, opening: boolean, attempt: { secured: boolean }): PxdError | undefined {
-  const code = (err as { code?: unknown }).code
-  if (!opening || attempt.secured || typeof code !== 'string') return undefined
+  const code = codeOf(err)
+  if (!opening || attempt.secured || code === undefined) return undefined
   if (code !== 'EPROTO' && code !== 'ECONNRESET' && code !== 'EPIPE' && !code.startsWith('ERR_SSL')) return undefined
   return replicationError('AUTH_FAILED', `TLS-PSK: the handshake with node ${peer} at ${address} failed (${code}): does that node hold the same cluster secret, and run without --peer-tls-* certificates?`, err)
 }
 
 /** Why the PSK server refused a connection, for its log. */
 export function serverPskFailure(err: Error): { reason: string } {
-  const code = (err as { code?: unknown }).code
+  const code = codeOf(err)
   if (code === 'ERR_SSL_HTTP_REQUEST') return { reason: 'a plain (non-TLS) connection reached the TLS-PSK peer port: peer links are encrypted with a key from the cluster secret' }
   if (code === 'ERR_SSL_CIPHER_OPERATION_FAILED' || code === 'ERR_SSL_DECRYPTION_FAILED_OR_BAD_RECORD_MAC') return { reason: 'the TLS-PSK handshake failed: the client holds another cluster secret' }
-  return { reason: `TLS-PSK handshake failed: ${typeof code === 'string' ? `${code}: ` : ''}${err.message.split('\n')[0] ?? ''} (a client with --peer-tls-* certificates, or another cluster secret?)` }
+  return { reason: `TLS-PSK handshake failed: ${code !== undefined ? `${code}: ` : ''}${err.message.split('\n')[0] ?? ''} (a client with --peer-tls-* certificates, or another cluster secret?)` }
 }
