@@ -50,6 +50,7 @@ import { SharedVolumes } from '../shares/shared-volumes'
 import type { ShareRegistry } from '../shares/share-registry'
 import type { ShareService } from '../shares/share-service'
 import type { ShareExecutor } from '../shares/executor'
+import type { LiveVolume } from '../restart/session-file'
 
 /** The mount ID used for a Mount without one (dvdcli, the Mesos isolator). */
 const ANONYMOUS_MOUNT = ''
@@ -77,6 +78,8 @@ export interface ManagerOptions {
   replaceAfterMs?: number
   /** Where secure volumes' key-encryption keys come from (cluster secret, --secrets-dir). */
   keySources?: KeySources
+  /** After each mount and unmount (a live restart's session file follows them). */
+  changed?: () => Promise<void>
 }
 
 export class VolumeManager {
@@ -100,6 +103,7 @@ export class VolumeManager {
   readonly resizes: VolumeResize
   readonly snapshots: VolumeSnapshots
   readonly #keySources: KeySources
+  readonly #changed: (() => Promise<void>) | undefined
   #stopping = false
   #sweeper: NodeJS.Timeout | undefined
 
@@ -110,6 +114,7 @@ export class VolumeManager {
     this.#host = o.host
     this.#log = o.log
     this.#keySources = o.keySources ?? {}
+    this.#changed = o.changed
     this.#attachments = new Attachments({ nodeId: o.nodeId, kvdb: o.kvdb, membership: o.membership, locks: this.#locks, log: o.log })
     const inSync = new InSyncSet({ nodeId: o.nodeId, kvdb: o.kvdb })
     this.#local = new LocalVolumes({
@@ -202,11 +207,12 @@ export class VolumeManager {
   }
 
   /**
-   * After a restart nothing is attached here any more: say so in the kvdb. Replicas on
+   * After a restart nothing is attached here any more but what a live restart took over
+   * (`kept`, see resume): say so in the kvdb. Replicas on
    * disk the kvdb does not list are quarantined.
    */
-  async start(): Promise<void> {
-    await this.#attachments.markDetachedAfterRestart()
+  async start(kept: ReadonlySet<string> = new Set()): Promise<void> {
+    await this.#attachments.markDetachedAfterRestart(kept)
     this.#resyncs.start()
     this.#scrubs.start()
     this.#shares.start()
@@ -309,7 +315,7 @@ export class VolumeManager {
       const { mountpoint } = await this.#local.attachHere(name, undefined, keyOptions)
       this.#attached.get(name)!.mountIds.add(id)
       return mountpoint
-    })
+    }).finally(() => this.#changed?.())
   }
 
   async unmount(requestedName: string, mountId: string | undefined): Promise<void> {
@@ -326,7 +332,7 @@ export class VolumeManager {
       // The ID goes only once the detach succeeded: after EBUSY, Docker's retry detaches.
       await this.#local.detach(name, local, false)
       local.mountIds.delete(id)
-    })
+    }).finally(() => this.#changed?.())
   }
 
   /** The mountpoint while mounted on this node, else null. Throws NOT_FOUND for unknown volumes. */
@@ -368,6 +374,40 @@ export class VolumeManager {
 
   /** Detach every volume (the daemon is stopping). New requests are refused from now on. */
   async stop(): Promise<void> {
+    await this.#stopBackground()
+    await this.#detachAll(() => true)
+  }
+
+  /**
+   * A live restart, before start: take over the volumes the process before handed over
+   * (local-volumes.ts resume). Returns those that could not be; their attachment is given back.
+   */
+  async resume(volumes: LiveVolume[], clean: boolean): Promise<LiveVolume[]> {
+    const failed: LiveVolume[] = []
+    for (const v of volumes) {
+      await this.#locks.run(v.name, () => this.#local.resume(v, clean && !v.reconcile)).catch(async (err) => {
+        this.#log.error({ err, volume: v.name, volumeId: v.volumeId }, 'could not take over a volume the previous pxd left mounted')
+        failed.push(v)
+        await this.#attachments.release(v.name, v.epoch, clean ? undefined : { unclean: true }).catch(() => undefined)
+      })
+    }
+    return failed
+  }
+
+  /**
+   * Stop for a live restart: background work ends, shared volumes and those held for healing
+   * are let go as at a stop, `drain` waits until no request is in flight, and every other
+   * mounted volume's engine closes with its attachment kept (the successor resumes it).
+   */
+  async handOff(drain: () => Promise<void>): Promise<Array<Omit<LiveVolume, 'loop' | 'mountpoint'>>> {
+    const shared = new Set([...this.#attached.keys()].filter((name) => this.#shares.has(name)))
+    await this.#stopBackground()
+    await this.#detachAll((name, local) => local.mountpoint === null || shared.has(name))
+    await drain()
+    return this.#local.closeForHandoff()
+  }
+
+  async #stopBackground(): Promise<void> {
     this.#stopping = true
     clearInterval(this.#sweeper)
     this.#attachments.stop()
@@ -375,9 +415,18 @@ export class VolumeManager {
     this.#scrubs.stop()
     await this.#healer.stop()
     await this.#shares.stop()
+  }
+
+  async #detachAll(which: (name: string, local: LocalAttachment) => boolean): Promise<void> {
     for (const [name, local] of [...this.#attached]) {
+      if (!which(name, local)) continue
       await this.#locks.run(name, () => this.#local.detach(name, local, true)).catch((err) => this.#log.error({ err, volume: name, volumeId: local.volumeId }, 'detach at shutdown failed'))
     }
+  }
+
+  /** What a successor needs of each attached volume: its epoch and mount IDs (the frontend knows its loop and mount). */
+  liveVolumes(): Array<Omit<LiveVolume, 'loop' | 'mountpoint'>> {
+    return [...this.#attached].filter(([, l]) => l.mountpoint !== null).map(([name, l]) => ({ name, volumeId: l.volumeId, epoch: l.epoch, mountIds: [...l.mountIds] }))
   }
 
   async #records(): Promise<VolumeRecord[]> {

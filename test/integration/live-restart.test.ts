@@ -1,0 +1,163 @@
+/**
+ * Live restart on a real cluster (etcd, pxd processes, FUSE, loop devices, ext4): pxd is
+ * replaced under a repl=2 volume that an application keeps writing (fsynced records) and
+ * reading, and the mount never goes away.
+ * - `pxd --takeover` of a new version: the old process hands its FUSE session over and
+ *   exits; nothing the application does fails, every record is there, the epoch is the same.
+ * - kill -9 under a file-descriptor store (a stand-in for systemd's): the next pxd gets the
+ *   session from the store, takes it over, and answers what the dead one had read.
+ * The longest single write or read (the pause the restart caused) is printed.
+ */
+import test from 'ava'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { cpSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs'
+import path from 'node:path'
+import { ApiClient } from '../../src/api/client'
+import { assertIntegrationPreconditions } from '../helpers/preflight'
+import { startCluster, waitFor, type Cluster, type ClusterNode } from '../helpers/cluster'
+import { makeTempDir, removeDir } from '../helpers/daemon'
+import { startFdStore, type FdStore } from '../helpers/fd-store'
+import { REPO_ROOT } from '../helpers/paths'
+import { RECORD_BYTES, record, type RecordIoReport } from '../helpers/record-io'
+import { pluginOk } from '../helpers/volume-io'
+
+assertIntegrationPreconditions()
+
+const NEXT_VERSION = '0.1.0-next'
+let cluster: Cluster
+let store: FdStore
+let nextBuild: string
+
+test.before(async () => {
+  cluster = await startCluster(['node-a', 'node-b'])
+  store = startFdStore(cluster.dir)
+  // Another build of pxd: the same code under a new version string.
+  nextBuild = makeTempDir('pxd-next-')
+  cpSync(path.join(REPO_ROOT, 'dist'), path.join(nextBuild, 'dist'), { recursive: true })
+  cpSync(path.join(REPO_ROOT, 'bin'), path.join(nextBuild, 'bin'), { recursive: true })
+  for (const shared of ['build', 'node_modules']) symlinkSync(path.join(REPO_ROOT, shared), path.join(nextBuild, shared))
+  const pkg = JSON.parse(readFileSync(path.join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string }
+  writeFileSync(path.join(nextBuild, 'package.json'), JSON.stringify({ ...pkg, version: NEXT_VERSION }))
+})
+
+test.after.always(async () => {
+  await cluster?.stop()
+  await store?.close()
+  if (nextBuild) removeDir(nextBuild)
+})
+
+const api = (n: ClusterNode) => new ApiClient(n.apiUrl)
+
+interface App { writer: ChildProcess; reader: ChildProcess; file: string }
+
+function startApp(mountpoint: string): App {
+  const file = path.join(mountpoint, 'records')
+  writeFileSync(file, '')
+  const script = path.join(REPO_ROOT, 'dist', 'test', 'helpers', 'record-io.js')
+  const run = (mode: string) => spawn(process.execPath, [script, mode, file], { stdio: ['ignore', 'pipe', 'inherit'] })
+  return { writer: run('write'), reader: run('read'), file }
+}
+
+async function stopApp(app: App): Promise<{ writer: RecordIoReport; reader: RecordIoReport }> {
+  const report = async (child: ChildProcess) => {
+    let out = ''
+    child.stdout!.setEncoding('utf8').on('data', (d: string) => { out += d })
+    const exited = new Promise((resolve) => child.once('exit', resolve))
+    child.kill('SIGTERM')
+    await exited
+    return JSON.parse(out) as RecordIoReport
+  }
+  return { writer: await report(app.writer), reader: await report(app.reader) }
+}
+
+function mounted(mountpoint: string): string | undefined {
+  return readFileSync('/proc/self/mounts', 'utf8').split('\n').find((l) => l.split(' ')[1] === mountpoint)?.split(' ')[0]
+}
+
+/** Every record the writer wrote is in the file, in order, and nothing else. */
+function checkRecords(t: { is: (a: unknown, b: unknown, m?: string) => void; true: (a: boolean, m?: string) => void }, file: string, written: number): void {
+  const text = readFileSync(file, 'latin1')
+  t.is(text.length, written * RECORD_BYTES, 'the file holds exactly the records written')
+  let bad = -1
+  for (let seq = 0; seq < written && bad < 0; seq++) if (text.slice(seq * RECORD_BYTES, (seq + 1) * RECORD_BYTES) !== record(seq)) bad = seq
+  t.is(bad, -1, 'every record reads back as written')
+}
+
+async function mountVolume(node: ClusterNode, name: string): Promise<string> {
+  await pluginOk(node, '/VolumeDriver.Create', { Name: name, Opts: { repl: '2', size: '256M' } })
+  const reply = await pluginOk(node, '/VolumeDriver.Mount', { Name: name, ID: 'm1' })
+  return reply['Mountpoint'] as string
+}
+
+test.serial('pxd --takeover of a new version: the volume stays mounted, nothing fails, the epoch stays', async (t) => {
+  const old = cluster.node('node-a')
+  const mountpoint = await mountVolume(old, 'live-takeover')
+  const device = mounted(mountpoint)
+  const before = await api(old).inspectVolume('live-takeover')
+  const app = startApp(mountpoint)
+  await new Promise((resolve) => setTimeout(resolve, 1500))
+
+  const oldExit = new Promise<number | null>((resolve) => old.child.once('exit', (code) => resolve(code)))
+  const next = await cluster.start('node-a', { extraArgs: ['--takeover'], bin: path.join(nextBuild, 'bin', 'pxd'), after: old.child }).catch((err) => {
+    t.log(`the old pxd said:\n${old.logs()}`)
+    throw err
+  })
+  t.is(await oldExit, 0, 'the old pxd exits cleanly once it handed over')
+  t.regex(old.logs(), /FUSE session handed over/)
+  t.regex(next.logs(), /live restart: the FUSE session and its volumes were taken over/)
+  await new Promise((resolve) => setTimeout(resolve, 1500))
+
+  const reports = await stopApp(app)
+  t.log(`takeover: ${reports.writer.ops} fsynced records, longest write ${reports.writer.maxOpMs.toFixed(0)} ms, longest read ${reports.reader.maxOpMs.toFixed(0)} ms`)
+  t.deepEqual(reports.writer.errors, [], 'no write failed')
+  t.deepEqual(reports.reader.errors, [], 'no read failed')
+  t.true(reports.writer.ops > 10 && reports.reader.ops > 10)
+  t.is(mounted(mountpoint), device, 'the same device is mounted at the same place')
+  checkRecords(t, app.file, reports.writer.ops)
+
+  const after = await api(next).inspectVolume('live-takeover')
+  t.is(after.epoch, before.epoch, 'no new epoch')
+  t.is(after.attachedOn, 'node-a')
+  const self = (await api(next).listNodes()).find((n) => n.nodeId === 'node-a')
+  t.is(self?.version, NEXT_VERSION)
+  t.true(self?.online)
+
+  // The new pxd owns the mount: an unmount takes it down.
+  await pluginOk(next, '/VolumeDriver.Unmount', { Name: 'live-takeover', ID: 'm1' })
+  t.is(mounted(mountpoint), undefined)
+  await pluginOk(next, '/VolumeDriver.Remove', { Name: 'live-takeover' })
+})
+
+test.serial('kill -9 under an fd store: the next pxd takes over the same mount', async (t) => {
+  const first = await cluster.start('node-c', { env: { NOTIFY_SOCKET: store.socket, PXD_FD_STORE: '1' } })
+  await store.waitFor('pxd-fuse')
+  const mountpoint = await mountVolume(first, 'live-crash')
+  const device = mounted(mountpoint)
+  const before = await api(first).inspectVolume('live-crash')
+  const app = startApp(mountpoint)
+  await new Promise((resolve) => setTimeout(resolve, 1500))
+
+  await first.kill()
+  // The application's requests wait in the kernel meanwhile.
+  await new Promise((resolve) => setTimeout(resolve, 500))
+  const next = await cluster.start('node-c', { ...store.startWith(), env: { ...store.startWith().env, PXD_FD_STORE: '1' } })
+  t.regex(next.logs(), /the service manager kept the FUSE session/)
+  await new Promise((resolve) => setTimeout(resolve, 1500))
+
+  const reports = await stopApp(app)
+  t.log(`crash: ${reports.writer.ops} fsynced records, longest write ${reports.writer.maxOpMs.toFixed(0)} ms, longest read ${reports.reader.maxOpMs.toFixed(0)} ms`)
+  t.deepEqual(reports.writer.errors, [], 'no write failed')
+  t.deepEqual(reports.reader.errors, [], 'no read failed')
+  t.is(mounted(mountpoint), device)
+  checkRecords(t, app.file, reports.writer.ops)
+  const after = await api(next).inspectVolume('live-crash')
+  t.is(after.epoch, before.epoch)
+  t.is(after.attachedOn, 'node-c')
+
+  await pluginOk(next, '/VolumeDriver.Unmount', { Name: 'live-crash', ID: 'm1' })
+  t.is(mounted(mountpoint), undefined)
+  await pluginOk(next, '/VolumeDriver.Remove', { Name: 'live-crash' })
+  // A clean stop takes the session out of the store.
+  await next.stop()
+  await waitFor('the session to leave the fd store', async () => store.messages.some((m) => m.includes('FDSTOREREMOVE=1')))
+})
