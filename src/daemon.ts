@@ -135,8 +135,11 @@ export class Daemon {
     const shareExecutor = new ShareExecutor(log.child({ component: 'share-executor' }))
     this.#onStop('share executor', () => shareExecutor.stop())
     if (secret && c.peerListen) {
-      const lookup = (volumeId: string) => replicas.volumeById(volumeId)
-      const service = new ReplicaService(this.nodeId, host, lookup, log.child({ component: 'replica-service' }))
+      const service = new ReplicaService({
+        nodeId: this.nodeId, host, log: log.child({ component: 'replica-service' }),
+        lookup: (volumeId) => replicas.volumeById(volumeId),
+        grant: (volumeId) => replicas.grantHere(volumeId),
+      })
       // Replica frames to the replicas, a shared volume's file operations to its export.
       const handler: RequestHandler = {
         handle: (peer, req) => (req.t === 'fsop' || req.t === 'fscancel' ? shareService.handle(peer, req) : service.handle(peer, req)),
@@ -154,6 +157,8 @@ export class Daemon {
       const pool = links
       this.#onStop('peer links', () => pool.close())
       replicas = new ReplicaDirectory({ nodeId: this.nodeId, host, kvdb, peers: pool })
+      const stale = await replicas.forgetOwnGrants()
+      if (stale > 0) log.info({ grants: stale }, 'deleted replica grants this node left when it stopped')
     }
 
     const membership = new Membership({

@@ -1,11 +1,14 @@
 /**
  * Serves this node's replicas to remote coordinators: the handler behind the peer server.
  * The transport has already authenticated the peer and validated the frame's shape; here
- * each request is checked against what this node holds and applied to the replica.
+ * each request is checked against what this node holds and applied to the replica. A
+ * create, clone or drop is served only for the peer the kvdb grants it to (grants.ts);
+ * refusals are NOT_COORDINATOR, logged once per peer and interval with a count.
  */
 import type { Logger } from 'pino'
 import { pxdError } from '../errors'
-import type { RequestFrame, RequestHandler } from '../replication'
+import { RefusalLog, type RequestFrame, type RequestHandler } from '../replication'
+import { grantRefusal, type GrantedOp, type ReplicaGrant } from './grants'
 import { encodeEpoch } from './protocol'
 import type { ReplicaHost } from './replica-host'
 
@@ -14,17 +17,31 @@ export interface VolumeLookup {
   (volumeId: string): Promise<{ size: number; replicas: string[] } | undefined>
 }
 
+export interface ReplicaServiceOptions {
+  nodeId: string
+  host: ReplicaHost
+  lookup: VolumeLookup
+  /** The grant for a create or drop of this node's replica of a volume (ReplicaDirectory.grantHere). */
+  grant: (volumeId: string) => Promise<ReplicaGrant | undefined>
+  log: Logger
+  refusalLogIntervalMs?: number
+}
+
 export class ReplicaService implements RequestHandler {
   readonly #nodeId: string
   readonly #host: ReplicaHost
   readonly #lookup: VolumeLookup
+  readonly #grant: ReplicaServiceOptions['grant']
   readonly #log: Logger
+  readonly #refusals: RefusalLog
 
-  constructor(nodeId: string, host: ReplicaHost, lookup: VolumeLookup, log: Logger) {
-    this.#nodeId = nodeId
-    this.#host = host
-    this.#lookup = lookup
-    this.#log = log
+  constructor(o: ReplicaServiceOptions) {
+    this.#nodeId = o.nodeId
+    this.#host = o.host
+    this.#lookup = o.lookup
+    this.#grant = o.grant
+    this.#log = o.log
+    this.#refusals = new RefusalLog(o.log, o.refusalLogIntervalMs, { message: 'replica request refused', noun: 'replica requests' })
   }
 
   async handle(peer: string, req: RequestFrame): Promise<Uint8Array | void> {
@@ -61,16 +78,19 @@ export class ReplicaService implements RequestHandler {
         return encodeEpoch(await this.#host.open(req.vol, req.size, req.epoch))
       }
       case 'clone': {
+        await this.#requireGrant(peer, 'create', req.vol)
         const volume = await this.#requirePlacedHere(req.vol)
         if (volume.size !== req.size) throw pxdError('CONFLICT', `volume ${req.vol} is ${volume.size} bytes in the metadata store, not ${req.size}`)
         return this.#host.layers.clone(req.vol, req.snap, req.size)
       }
       case 'create': {
+        await this.#requireGrant(peer, 'create', req.vol)
         const volume = await this.#requirePlacedHere(req.vol)
         if (volume.size !== req.size) throw pxdError('CONFLICT', `volume ${req.vol} is ${volume.size} bytes in the metadata store, not ${req.size}`)
         return this.#host.create(req.vol, req.size)
       }
       case 'drop': {
+        await this.#requireGrant(peer, 'drop', req.vol)
         const volume = await this.#lookup(req.vol)
         if (volume?.replicas.includes(this.#nodeId)) {
           throw pxdError('CONFLICT', `volume ${req.vol} still lists this node as a replica; refusing to drop it`)
@@ -81,6 +101,13 @@ export class ReplicaService implements RequestHandler {
       default:
         throw pxdError('INVALID_ARGUMENT', `${req.t} is not a replica request`)
     }
+  }
+
+  async #requireGrant(peer: string, op: GrantedOp, volumeId: string): Promise<void> {
+    const why = grantRefusal(await this.#grant(volumeId), peer, op, Date.now())
+    if (why === undefined) return
+    this.#refusals.refused('not-coordinator', peer, { volumeId, op, why })
+    throw pxdError('NOT_COORDINATOR', `node ${this.#nodeId} refuses to ${op} its replica of ${volumeId} for node ${peer}: ${why}`)
   }
 
   async #requirePlacedHere(volumeId: string) {
