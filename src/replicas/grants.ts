@@ -35,7 +35,11 @@ import { randomBytes } from 'node:crypto'
 import { pxdError } from '../errors'
 import { keys, type Kvdb } from '../kvdb/kvdb'
 
-/** A grant older than this is void (its writer died before deleting it). */
+/**
+ * A grant older than this is void (its writer died before deleting it). Its age is read
+ * against the serving node's clock: nodes' clocks must agree within minutes, as the
+ * healer's offline marks already assume.
+ */
 export const GRANT_MAX_AGE_MS = 10 * 60_000
 
 export type GrantedOp = 'create' | 'drop'
