@@ -20,7 +20,9 @@
  *   - for a replacement or a retirement: the volume's attachment holder at its epoch (the
  *     healer changes the record only under that attachment);
  *   - for a volume, clone or snapshot that is gone (removed, or a create that failed): the
- *     node that deleted its record, and no other.
+ *     node that deleted its record, and no other; for a snapshot layer never recorded (a
+ *     snapshot that failed, the layer a clone of a volume is made through): the node that
+ *     took it.
  * The checks on the record stay as they were (a create needs it to list N, a drop needs it
  * not to). A drop that no grant covers is refused even when the kvdb has no record of V at
  * all: such a replica is the leftovers sweep's (leftovers.ts), which only ever quarantines
