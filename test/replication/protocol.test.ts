@@ -4,7 +4,7 @@
  * named, logged rate-limited, the dialer's link failing with the reason), and still link
  * with a node of a release that sends and accepts only the older handshake.
  */
-import test from 'ava'
+import test, { type ExecutionContext } from 'ava'
 import { WebSocketServer, type WebSocket } from 'ws'
 import { computeProof, newNonce, verifyProof, type HandshakeParties } from '../../src/replication/auth'
 import { isReplicationError } from '../../src/replication/errors'
@@ -111,23 +111,31 @@ test('a newer dialer whose range the server does not reach is refused the same w
   t.regex(err!.message, /pxd 0\.9\.0.*pxd 0\.1\.0/)
 })
 
-test('a client of an older release gets a challenge without the fields it would reject, and links', async (t) => {
+/** A hand-driven client, opened, to a server of release 0.2.0. */
+async function rawClient(t: ExecutionContext): Promise<RawClient> {
   const { server, address } = await startServer(echo(), { version: '0.2.0' })
-  t.teardown(() => server.close())
   const raw = new RawClient(address)
-  t.teardown(() => raw.close())
-  await raw.handshake()
+  t.teardown(() => { raw.close(); return server.close() })
+  await raw.opened()
+  return raw
+}
+
+test('a client of an older release gets a challenge without the fields it would reject, and links', async (t) => {
+  const raw = await rawClient(t)
+  const clientNonce = newNonce()
+  raw.send({ t: 'hello', v: PROTOCOL_VERSION, nodeId: 'old', clusterId: CLUSTER, nonce: clientNonce })
+  const ch = await raw.next('challenge') as ChallengeFrame
+  t.deepEqual(Object.keys(ch).sort(), ['nodeId', 'nonce', 'proof', 't', 'v'])
+  const parties: HandshakeParties = { clusterId: CLUSTER, clientNodeId: 'old', serverNodeId: 'server-1', clientNonce, serverNonce: ch.nonce }
+  t.true(verifyProof(SECRET, 'server', parties, ch.proof), 'the proof is the older release\'s, without terms')
+  raw.send({ t: 'auth', proof: computeProof(SECRET, 'client', parties) })
   await raw.next('ready')
   raw.send({ t: 'flush', id: 1, vol: 'v1', epoch: 1 })
   t.like(await raw.next('ack'), { id: 1, ok: true })
 })
 
 test('a new client sends its range and learns the choice in the challenge', async (t) => {
-  const { server, address } = await startServer(echo(), { version: '0.2.0' })
-  t.teardown(() => server.close())
-  const raw = new RawClient(address)
-  t.teardown(() => raw.close())
-  await raw.opened()
+  const raw = await rawClient(t)
   raw.send({ t: 'hello', v: PROTOCOL_VERSION, nodeId: 'raw', clusterId: CLUSTER, nonce: newNonce(), version: '0.2.0', protoMin: 1, protoMax: 99 })
   const ch = await raw.next('challenge') as ChallengeFrame
   t.like(ch, { version: '0.2.0', protoMin: PEER_PROTOCOLS.min, protoMax: PEER_PROTOCOLS.max, proto: PEER_PROTOCOLS.max })
