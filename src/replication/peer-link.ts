@@ -21,19 +21,19 @@
  */
 import { performance } from 'node:perf_hooks'
 import type { Logger } from 'pino'
-import { WebSocket, type ClientOptions, type RawData } from 'ws'
+import { WebSocket, type RawData } from 'ws'
 import { messageOf, type PxdError } from '../errors'
 import { WriteBatch } from './batch'
 import { ClientHandshake } from './client-handshake'
 import { isReplicationError, refusalError, replicationError, type ReplicationCode } from './errors'
 import { Call, CallQueue, CallState, onCallTimeout, type Expire } from './call'
 import {
-  decodeFrame, encodeFrame, isRequest, sendFrame, validateFrame, MAX_DATA_BYTES, MAX_FRAME_BYTES, PEER_PATH,
+  decodeFrame, encodeFrame, isRequest, sendFrame, validateFrame, MAX_DATA_BYTES,
   type Frame, type OutgoingRequest, type RequestFrame,
 } from './frames'
-import type { PeerOffer } from './protocol'
-import { clientPskOptions, pskLinkFailure } from './psk'
-import { clientTlsOptions, linkFailure, type PeerTls, type TlsAttempt } from './tls'
+import { dialPeer, type Dial, type LinkConfig } from './dial'
+
+export type { LinkConfig }
 
 const CLOSE_GRACE_MS = 1000
 const TCP_KEEPALIVE_MS = 10_000
@@ -44,27 +44,6 @@ export interface RequestOptions {
   timeoutMs?: number
   signal?: AbortSignal
 }
-
-/** What every link of a pool shares: who this node is, and the limits and timings (peer-links.ts fills them in). */
-export interface LinkConfig {
-  nodeId: string
-  clusterId: string
-  secret: Uint8Array
-  /** This node's software version and the peer protocols it speaks (protocol.ts). */
-  offer: PeerOffer
-  requestTimeoutMs: number
-  maxBytes: number
-  maxRequests: number
-  connectTimeoutMs: number
-  retryAfterMs: number
-  pingIntervalMs: number
-  deadAfterMs: number
-  tls: PeerTls | undefined
-  /** TLS-PSK key (psk.ts), when there is no `tls`. */
-  psk: Buffer | undefined
-}
-/** The link is node to node, never through a browser's proxies: a zero mask lets ws skip the XOR pass. */
-const zeroMask = (mask: Buffer) => { mask.fill(0) }
 
 const enum Phase { None, Challenge, Ready, Up }
 
@@ -255,27 +234,15 @@ export class PeerLink {
   #connect(): void {
     this.#state = 'connecting'
     this.#phase = Phase.None
-    const tls = this.#config.tls
-    const attempt: TlsAttempt = { secured: false }
-    let ws: WebSocket
+    let dial: Dial
     try {
-      const psk = this.#config.psk
-      ws = new WebSocket(`${tls || psk ? 'wss' : 'ws'}://${this.address}${PEER_PATH}`, {
-        // ws hands these to tls.connect; its typings give checkServerIdentity tls.connect's older signature.
-        ...(tls ? clientTlsOptions(tls, this.peerNodeId, attempt) as unknown as ClientOptions
-          : psk ? clientPskOptions(psk, attempt) as unknown as ClientOptions : {}),
-        perMessageDeflate: false,
-        maxPayload: MAX_FRAME_BYTES,
-        handshakeTimeout: this.#config.connectTimeoutMs,
-        followRedirects: false,
-        skipUTF8Validation: true,
-        generateMask: zeroMask,
-      })
+      dial = dialPeer(this.#config, this.peerNodeId, this.address)
     } catch (err) {
       this.#ws = undefined
       this.#afterFailure(replicationError('PEER_UNAVAILABLE', `bad address ${JSON.stringify(this.address)} for node ${this.peerNodeId}: ${messageOf(err)}`, err), false)
       return
     }
+    const ws = dial.ws
     this.#ws = ws
     this.#connectTimer = setTimeout(() => {
       this.#drop(ws, replicationError('PEER_UNAVAILABLE', `no link to node ${this.peerNodeId} at ${this.address} within ${this.#config.connectTimeoutMs} ms`), false)
@@ -288,12 +255,7 @@ export class PeerLink {
     ws.on('open', () => this.#onOpen(ws))
     ws.on('message', (data, isBinary) => this.#onMessage(ws, data, isBinary))
     ws.on('error', (err) => {
-      if (ws === this.#ws) {
-        const opening = this.#phase === Phase.None
-        const failure = (this.#config.psk && pskLinkFailure(err, this.peerNodeId, this.address, opening, attempt))
-          || linkFailure(err, this.peerNodeId, this.address, opening, this.#config.tls !== undefined, attempt)
-        this.#drop(ws, failure, false)
-      }
+      if (ws === this.#ws) this.#drop(ws, dial.failure(err, this.#phase === Phase.None), false)
     })
     ws.on('close', (code, reason) => {
       if (ws === this.#ws) {
