@@ -145,7 +145,7 @@ export class Daemon {
         handle: (peer, req) => (req.t === 'fsop' || req.t === 'fscancel' ? shareService.handle(peer, req) : service.handle(peer, req)),
       }
       const server = new PeerServer({
-        nodeId: this.nodeId, clusterId: c.clusterId, secret, handler, log: log.child({ component: 'peer-server' }),
+        nodeId: this.nodeId, clusterId: c.clusterId, secret, handler, log: log.child({ component: 'peer-server' }), version: c.version,
         releaseBuffer: native.releaseArrayBuffer, ...(tls ? { tls } : {}), psk: !c.peerPlaintext,
       })
       if (!tls && c.peerPlaintext) log.warn('PXD_PEER_PLAINTEXT=1: peer links are not encrypted (for benchmarks only)')
@@ -153,7 +153,7 @@ export class Daemon {
       const listen = parseHostPort(c.peerListen)
       const bound = await server.listen(listen.host, listen.port)
       peerAddress = c.advertise ?? `${bound.host}:${bound.port}`
-      links = new PeerLinks({ nodeId: this.nodeId, clusterId: c.clusterId, secret, log: log.child({ component: 'peer-links' }), ...(tls ? { tls } : {}), psk: !c.peerPlaintext })
+      links = new PeerLinks({ nodeId: this.nodeId, clusterId: c.clusterId, secret, version: c.version, log: log.child({ component: 'peer-links' }), ...(tls ? { tls } : {}), psk: !c.peerPlaintext })
       const pool = links
       this.#onStop('peer links', () => pool.close())
       replicas = new ReplicaDirectory({ nodeId: this.nodeId, host, kvdb, peers: pool })
