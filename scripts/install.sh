@@ -23,6 +23,7 @@ while [ $# -gt 0 ]; do
 done
 if [ "$(id -u)" != 0 ]; then echo "install.sh: run as root (pxd runs as root)" >&2; exit 1; fi
 say() { printf '[install] %s\n' "$*"; }
+. "$repo/scripts/lib/host-layout.sh"
 
 [ "$setup" = 1 ] && "$repo/scripts/setup.sh" run
 mkdir -p "$prefix/bin" "$etc/systemd/system" "$etc/pxd"
@@ -32,14 +33,12 @@ for b in pxd pxctl; do
   say "$prefix/bin/$b -> $repo/bin/$b"
 done
 unit="$etc/systemd/system/pxd.service"
-sed "s#@BINDIR@#$prefix/bin#g" "$repo/packaging/pxd.service.in" > "$unit.tmp"
-chmod 0644 "$unit.tmp"
-mv "$unit.tmp" "$unit"
+write_unit "$repo" "$prefix/bin" "$unit"
 say "wrote $unit"
 if [ -e "$etc/pxd/pxd.conf" ]; then
   say "kept $etc/pxd/pxd.conf as it is"
 else
-  install -m 0644 "$repo/packaging/pxd.conf" "$etc/pxd/pxd.conf"
+  write_config "$repo" "$etc/pxd/pxd.conf"
   say "wrote $etc/pxd/pxd.conf (every setting commented out: the defaults)"
 fi
 if [ -d /run/systemd/system ] && [ "$etc" = /etc ]; then

@@ -12,8 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 profile=${1:-run}
-# What the daemon runs with, what building its addon takes (set-up builds it), what the tests use.
-run_pkgs=(libfuse2 e2fsprogs util-linux mount)
+. scripts/lib/host-layout.sh
+# What the daemon runs with (host-layout.sh), what building its addon takes (set-up builds it), what the tests use.
+run_pkgs=("${run_packages[@]}")
 build_pkgs=(libxxhash-dev)
 test_pkgs=(xfsprogs fio docker.io busybox-static iproute2 iptables procps etcd-server python3 systemd)
 case "$profile" in
@@ -31,7 +32,7 @@ for p in "${pkgs[@]}"; do
 done
 # FUSE tools (fusermount or fusermount3): pxd mounts and unmounts as root on its own, they are
 # for whoever cleans up by hand.
-installed fuse || installed fuse3 || missing+=(fuse)
+installed "${fuse_tools[0]}" || installed "${fuse_tools[1]}" || missing+=("${fuse_tools[0]}")
 if [ "${PXD_SETUP_DRY_RUN:-0}" = 1 ]; then
   echo "would install: ${missing[*]}"
   exit 0

@@ -158,14 +158,17 @@ export class Daemon {
     const shareExecutor = new ShareExecutor(log.child({ component: 'share-executor' }))
     this.#onStop('share executor', () => shareExecutor.stop())
     if (secret && c.peerListen) {
-      const lookup = (volumeId: string) => replicas.volumeById(volumeId)
-      const service = new ReplicaService(this.nodeId, host, lookup, log.child({ component: 'replica-service' }))
+      const service = new ReplicaService({
+        nodeId: this.nodeId, host, log: log.child({ component: 'replica-service' }),
+        lookup: (volumeId) => replicas.volumeById(volumeId),
+        grant: (volumeId) => replicas.grantHere(volumeId),
+      })
       // Replica frames to the replicas, a shared volume's file operations to its export.
       const handler: RequestHandler = {
         handle: (peer, req) => (req.t === 'fsop' || req.t === 'fscancel' ? shareService.handle(peer, req) : service.handle(peer, req)),
       }
       const server = new PeerServer({
-        nodeId: this.nodeId, clusterId: c.clusterId, secret, handler, log: log.child({ component: 'peer-server' }),
+        nodeId: this.nodeId, clusterId: c.clusterId, secret, handler, log: log.child({ component: 'peer-server' }), version: c.version,
         releaseBuffer: native.releaseArrayBuffer, ...(tls ? { tls } : {}), psk: !c.peerPlaintext,
       })
       if (!tls && c.peerPlaintext) log.warn('PXD_PEER_PLAINTEXT=1: peer links are not encrypted (for benchmarks only)')
@@ -173,10 +176,12 @@ export class Daemon {
       const listen = parseHostPort(c.peerListen)
       const bound = await server.listen(listen.host, listen.port)
       peerAddress = c.advertise ?? `${bound.host}:${bound.port}`
-      links = new PeerLinks({ nodeId: this.nodeId, clusterId: c.clusterId, secret, log: log.child({ component: 'peer-links' }), ...(tls ? { tls } : {}), psk: !c.peerPlaintext })
+      links = new PeerLinks({ nodeId: this.nodeId, clusterId: c.clusterId, secret, version: c.version, log: log.child({ component: 'peer-links' }), ...(tls ? { tls } : {}), psk: !c.peerPlaintext })
       const pool = links
       this.#onStop('peer links', () => pool.close())
       replicas = new ReplicaDirectory({ nodeId: this.nodeId, host, kvdb, peers: pool })
+      const stale = await replicas.forgetOwnGrants()
+      if (stale > 0) log.info({ grants: stale }, 'deleted replica grants this node left when it stopped')
     }
 
     const membership = new Membership({

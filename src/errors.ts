@@ -27,6 +27,7 @@ export const ErrorCodes = {
   DIR_LOCKED: 'another pxd process holds this data dir or run dir',
   UNAUTHORIZED: 'a changing API call came without the API token',
   UNKNOWN_VOLUME: 'a peer named a volume this node holds no replica of',
+  NOT_COORDINATOR: 'a peer asked to create or drop a replica the metadata store does not let it change (no grant names it)',
   STALE_EPOCH: 'a frame carried an older attach epoch than the replica has accepted',
   FENCED: 'this node no longer coordinates the volume: another node attached it with a newer epoch',
   PEER_UNAVAILABLE: 'the link to a peer node is down',

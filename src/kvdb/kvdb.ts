@@ -76,4 +76,7 @@ export const keys = {
   /** A node that has a shared volume mounted as a client, under that node's lease. */
   shareClient: (name: string, nodeId: string) => `shares/${name}/${nodeId}`,
   shareClients: (name: string) => `shares/${name}/`,
+  /** Which node may create or drop the replica of volume (or snapshot layer) `volumeId` on `nodeId` now (replicas/grants.ts). */
+  replicaGrant: (volumeId: string, nodeId: string) => `grants/${volumeId}/${nodeId}`,
+  replicaGrants: () => 'grants/',
 } as const

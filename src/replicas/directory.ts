@@ -2,10 +2,13 @@
  * Where each replica of a volume is and how to reach it: the one place that decides
  * between this node's ReplicaHost and a peer's ReplicaService, resolves a node id to its
  * peer link (through the member records in the kvdb) and finds a volume by its id (what a
- * peer's request names). The volume manager and the daemon only ever ask it.
+ * peer's request names). The volume manager and the daemon only ever ask it. A create,
+ * clone or drop sent to a peer goes under a grant to this node (grants.ts): the peer serves
+ * it only for the node the kvdb names.
  */
 import { pxdError } from '../errors'
 import { keys, type Kvdb } from '../kvdb/kvdb'
+import { ReplicaGrants, type ReplicaGrant } from './grants'
 import { LocalReplica } from './local-replica'
 import type { PeerChannel } from './protocol'
 import type { Replica } from './replica'
@@ -37,12 +40,14 @@ export class ReplicaDirectory {
   readonly #host: ReplicaHost
   readonly #kvdb: Kvdb
   readonly #peers: PeerDialer | undefined
+  readonly #grants: ReplicaGrants
 
   constructor(o: ReplicaDirectoryOptions) {
     this.nodeId = o.nodeId
     this.#host = o.host
     this.#kvdb = o.kvdb
     this.#peers = o.peers
+    this.#grants = new ReplicaGrants(o.kvdb, o.nodeId)
   }
 
   /** The copy of volume `volumeId` on `nodeId`, for a coordinator at `epoch`. */
@@ -55,19 +60,32 @@ export class ReplicaDirectory {
   /** Make the (empty) replica of a volume that the kvdb places on `nodeId`. */
   async create(nodeId: string, volumeId: string, size: number): Promise<void> {
     if (nodeId === this.nodeId) return this.#host.create(volumeId, size)
-    await ReplicaClient.create(nodeId, await this.channel(nodeId), volumeId, size)
+    const link = await this.channel(nodeId)
+    await this.#grants.around(volumeId, nodeId, 'create', () => ReplicaClient.create(nodeId, link, volumeId, size))
   }
 
   /** Make the replica of a new volume on `nodeId` as a clone of snapshot `snapId` there. */
   async clone(nodeId: string, volumeId: string, size: number, snapId: string): Promise<void> {
     if (nodeId === this.nodeId) return this.#host.layers.clone(volumeId, snapId, size)
-    await ReplicaClient.clone(nodeId, await this.channel(nodeId), volumeId, size, snapId)
+    const link = await this.channel(nodeId)
+    await this.#grants.around(volumeId, nodeId, 'create', () => ReplicaClient.clone(nodeId, link, volumeId, size, snapId))
   }
 
   /** Delete the replica of a volume on `nodeId`; the kvdb must no longer list it there. */
   async drop(nodeId: string, volumeId: string): Promise<void> {
     if (nodeId === this.nodeId) return this.#host.drop(volumeId)
-    await ReplicaClient.drop(nodeId, await this.channel(nodeId), volumeId)
+    const link = await this.channel(nodeId)
+    await this.#grants.around(volumeId, nodeId, 'drop', () => ReplicaClient.drop(nodeId, link, volumeId))
+  }
+
+  /** The grant for a create or drop of this node's replica of `volumeId`: whom the kvdb lets do it now. */
+  grantHere(volumeId: string): Promise<ReplicaGrant | undefined> {
+    return this.#grants.here(volumeId)
+  }
+
+  /** At start: the grants this node wrote before it stopped are void; deletes them, says how many. */
+  forgetOwnGrants(): Promise<number> {
+    return this.#grants.forgetOwn()
   }
 
   /** The peer link to a node, at the address its member record gives. */

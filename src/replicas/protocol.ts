@@ -6,7 +6,7 @@
  * this node's error type.
  *
  * Requests and what their ack carries:
- *   create {vol, size}                 -> nothing      make an empty replica (the kvdb must list this node)
+ *   create {vol, size}                 -> nothing      make an empty replica (the kvdb must list this node, and grant the peer it: grants.ts)
  *   open   {vol, epoch, size}          -> epoch (8 B)  accept a coordinator; replies the epoch it was at before
  *   write  {vol, epoch, seq, offset, data} -> nothing
  *   discard {vol, epoch, seq, offset, length} -> nothing  the range reads as zeros (its space goes back)
@@ -15,10 +15,10 @@
  *   hashes {vol, epoch, offset, length} -> a hash of each block's data (resync compares them)
  *   flush  {vol, epoch}                -> nothing
  *   close  {vol, epoch}                -> nothing      the coordinator lets go (a flush)
- *   drop   {vol}                       -> nothing      delete a replica (or a snapshot's layer) the kvdb no longer lists here
+ *   drop   {vol}                       -> nothing      delete a replica (or a snapshot's layer) the kvdb no longer lists here (granted, as create)
  *   snapshot {vol, epoch, snap}        -> nothing      freeze the contents as snapshot layer `snap` (writes held and flushed first)
  *   restore {vol, epoch, snap}         -> nothing      the contents become snapshot `snap`'s
- *   clone  {vol, size, snap}           -> nothing      make the replica of new volume `vol` as a clone of snapshot `snap`
+ *   clone  {vol, size, snap}           -> nothing      make the replica of new volume `vol` as a clone of snapshot `snap` (granted, as create)
  */
 import { isErrorCode, isPxdError, PxdError, type ErrorCode } from '../errors'
 import type { OutgoingRequest, RequestOptions } from '../replication'

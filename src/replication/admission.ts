@@ -75,27 +75,40 @@ const REASONS: Record<string, string> = {
   deadline: 'closed: the handshake did not complete within the deadline after connecting',
 }
 
-/** Rate-limited warnings for refused connections: one line per (reason, address) per interval, plus a count. */
+/** What a RefusalLog counts: its first line's message, and the plural noun of its summaries. */
+export interface RefusalKind {
+  message: string
+  noun: string
+}
+
+const CONNECTIONS: RefusalKind = { message: 'peer connection refused', noun: 'connections' }
+
+/**
+ * Rate-limited warnings for refusals: one line per (reason, address) per interval, plus a
+ * count. Refused connections by default; `kind` names anything else refused by source.
+ */
 export class RefusalLog {
   readonly #log: Logger
   readonly #intervalMs: number
+  readonly #kind: RefusalKind
   /** Refusals counted (not logged) in the current interval, by reason and address. */
   readonly #suppressed = new Map<string, { reason: string; address: string; count: number }>()
   /** Keys already logged once in the current interval. */
   readonly #seen = new Set<string>()
   #timer: NodeJS.Timeout | undefined
 
-  constructor(log: Logger, intervalMs = DEFAULT_REFUSAL_LOG_INTERVAL_MS) {
+  constructor(log: Logger, intervalMs = DEFAULT_REFUSAL_LOG_INTERVAL_MS, kind: RefusalKind = CONNECTIONS) {
     this.#log = log
     this.#intervalMs = intervalMs
+    this.#kind = kind
   }
 
-  /** Notes one refused connection; `reason` is a short key, `detail` goes with the first line only. */
+  /** Notes one refusal; `reason` is a short key, `detail` goes with the first line only. */
   refused(reason: string, address: string, detail: Record<string, unknown> = {}): void {
     const key = `${reason}\0${address}`
     if (!this.#seen.has(key)) {
       this.#seen.add(key)
-      this.#log.warn({ remote: address, reason: REASONS[reason] ?? reason, ...detail }, 'peer connection refused')
+      this.#log.warn({ remote: address, reason: REASONS[reason] ?? reason, ...detail }, this.#kind.message)
     } else {
       const entry = this.#suppressed.get(key)
       if (entry) entry.count++
@@ -114,7 +127,7 @@ export class RefusalLog {
     const seconds = Number((this.#intervalMs / 1000).toFixed(1))
     for (const { reason, address, count } of this.#suppressed.values()) {
       this.#log.warn({ remote: address, reason: REASONS[reason] ?? reason, suppressed: count },
-        `refused ${count} more connections from ${address} in the last ${seconds}s`)
+        `refused ${count} more ${this.#kind.noun} from ${address} in the last ${seconds}s`)
     }
     this.#suppressed.clear()
     this.#seen.clear()

@@ -9,6 +9,9 @@
  *   client -> auth {proof: HMAC(client, ...)}                            server checks it
  *   server -> ready
  *
+ * Hello and challenge also carry each side's release and protocol range (protocol.ts); the
+ * proofs cover them and the protocol chosen when both sides sent them.
+ *
  * This authenticates the two ends at the start of a connection; it does not encrypt or
  * sign the frames after it (that would be TLS's job).
  */
@@ -28,6 +31,11 @@ export interface HandshakeParties {
   serverNodeId: string
   clientNonce: Uint8Array
   serverNonce: Uint8Array
+  /**
+   * The protocol terms both ends sent and settled on (protocol.ts termsOf); absent when
+   * either end is of a release before them, whose proofs do not cover them.
+   */
+  terms?: string
 }
 
 export function newNonce(): Buffer {
@@ -43,7 +51,9 @@ export function checkSecret(secret: Uint8Array): void {
 export function computeProof(secret: Uint8Array, direction: ProofDirection, p: HandshakeParties): Buffer {
   const hmac = createHmac('sha256', secret)
   // Every variable-length field is length-prefixed so no two inputs share an encoding.
-  for (const s of [LABEL, direction, p.clusterId, p.clientNodeId, p.serverNodeId]) {
+  const fields = [LABEL, direction, p.clusterId, p.clientNodeId, p.serverNodeId]
+  if (p.terms !== undefined) fields.push(p.terms)
+  for (const s of fields) {
     const bytes = Buffer.from(s, 'utf8')
     const len = Buffer.allocUnsafe(4)
     len.writeUInt32BE(bytes.length)

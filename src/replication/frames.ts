@@ -13,7 +13,13 @@ import { Packr, Unpackr } from 'msgpackr'
 import { BLOCK_SIZE, CHECKSUM_BYTES, HASH_BYTES, MAX_IO_BYTES, NODE_ID_PATTERN } from '../constants'
 import { pxdError } from '../errors'
 import { replicationError } from './errors'
+import { MAX_VERSION_CHARS, VERSION_RE } from './protocol'
 
+/**
+ * The `v` of hello and challenge: the layout of the handshake frames, 1 on every release so
+ * far. Which protocol the frames after the handshake follow, the two ends settle on in the
+ * handshake (protocol.ts).
+ */
 export const PROTOCOL_VERSION = 1
 /** The HTTP path a peer link's WebSocket upgrade asks for. */
 export const PEER_PATH = '/pxd/peer'
@@ -39,9 +45,12 @@ const CLUSTER_ID_RE = /^[A-Za-z0-9_.:@-]{1,128}$/
 /** An error code as a frame carries it: ours, or any other a peer's handler raised. */
 export const CODE_RE = /^[A-Z][A-Z0-9_]{0,63}$/
 
-// Handshake
-export interface HelloFrame { t: 'hello'; v: number; nodeId: string; clusterId: string; nonce: Uint8Array }
-export interface ChallengeFrame { t: 'challenge'; v: number; nodeId: string; nonce: Uint8Array; proof: Uint8Array }
+// Handshake. The offer fields (protocol.ts) are absent in frames of releases before them.
+/** The offer of one side: its software version and the peer protocols it speaks. */
+interface OfferFields { version?: string; protoMin?: number; protoMax?: number }
+export interface HelloFrame extends OfferFields { t: 'hello'; v: number; nodeId: string; clusterId: string; nonce: Uint8Array }
+/** `proto`: the protocol the server chose, when the hello carried a range. */
+export interface ChallengeFrame extends OfferFields { t: 'challenge'; v: number; nodeId: string; nonce: Uint8Array; proof: Uint8Array; proto?: number }
 export interface AuthFrame { t: 'auth'; proof: Uint8Array }
 export interface ReadyFrame { t: 'ready' }
 
@@ -135,6 +144,13 @@ const PROOF = f('proof', isBytes32, `${PROOF_BYTES} bytes`)
 const CODE = f('code', isCode, 'an error code [A-Z][A-Z0-9_]{0,63}')
 const MESSAGE = f('message', isMessage, `a string of at most ${MAX_MESSAGE_CHARS} characters`)
 const SENT = f('sent', isTime, 'a non-negative finite number')
+const isSoftware: Check = (v) => typeof v === 'string' && VERSION_RE.test(v)
+const isProtocol: Check = (v) => Number.isSafeInteger(v) && (v as number) >= 1
+const OFFER = [
+  f('version', isSoftware, `a software version of 1-${MAX_VERSION_CHARS} printable characters`, true),
+  f('protoMin', isProtocol, 'a positive safe integer', true),
+  f('protoMax', isProtocol, 'a positive safe integer', true),
+]
 
 const REQUEST_SCHEMAS = {
   create: [ID, VOL, f('size', isUint, 'a non-negative safe integer')],
@@ -158,8 +174,8 @@ const ACK_OK = [ID, f('ok', isTrue, 'true'), f('data', isFsOp, `bytes, at most $
 const ACK_ERROR = [ID, f('ok', isFalse, 'false'), CODE, MESSAGE, f('block', isUint, 'a non-negative safe integer', true)]
 
 const SCHEMAS: Record<Exclude<FrameType, 'ack'>, readonly FieldSpec[]> = {
-  hello: [VERSION, NODE_ID, f('clusterId', isClusterId, 'a cluster id of 1-128 characters [A-Za-z0-9_.:@-]'), NONCE],
-  challenge: [VERSION, NODE_ID, NONCE, PROOF],
+  hello: [VERSION, NODE_ID, f('clusterId', isClusterId, 'a cluster id of 1-128 characters [A-Za-z0-9_.:@-]'), NONCE, ...OFFER],
+  challenge: [VERSION, NODE_ID, NONCE, PROOF, ...OFFER, f('proto', isProtocol, 'a positive safe integer', true)],
   auth: [PROOF],
   ready: [],
   ...REQUEST_SCHEMAS,

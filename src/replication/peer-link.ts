@@ -21,18 +21,19 @@
  */
 import { performance } from 'node:perf_hooks'
 import type { Logger } from 'pino'
-import { WebSocket, type ClientOptions, type RawData } from 'ws'
+import { WebSocket, type RawData } from 'ws'
 import { messageOf, type PxdError } from '../errors'
 import { WriteBatch } from './batch'
-import { computeProof, newNonce, verifyProof, type HandshakeParties } from './auth'
+import { ClientHandshake } from './client-handshake'
 import { isReplicationError, refusalError, replicationError, type ReplicationCode } from './errors'
 import { Call, CallQueue, CallState, onCallTimeout, type Expire } from './call'
 import {
-  decodeFrame, encodeFrame, isRequest, sendFrame, validateFrame, MAX_DATA_BYTES, MAX_FRAME_BYTES, PEER_PATH, PROTOCOL_VERSION,
+  decodeFrame, encodeFrame, isRequest, sendFrame, validateFrame, MAX_DATA_BYTES,
   type Frame, type OutgoingRequest, type RequestFrame,
 } from './frames'
-import { clientPskOptions, pskLinkFailure } from './psk'
-import { clientTlsOptions, linkFailure, type PeerTls, type TlsAttempt } from './tls'
+import { dialPeer, type Dial, type LinkConfig } from './dial'
+
+export type { LinkConfig }
 
 const CLOSE_GRACE_MS = 1000
 const TCP_KEEPALIVE_MS = 10_000
@@ -43,25 +44,6 @@ export interface RequestOptions {
   timeoutMs?: number
   signal?: AbortSignal
 }
-
-/** What every link of a pool shares: who this node is, and the limits and timings (peer-links.ts fills them in). */
-export interface LinkConfig {
-  nodeId: string
-  clusterId: string
-  secret: Uint8Array
-  requestTimeoutMs: number
-  maxBytes: number
-  maxRequests: number
-  connectTimeoutMs: number
-  retryAfterMs: number
-  pingIntervalMs: number
-  deadAfterMs: number
-  tls: PeerTls | undefined
-  /** TLS-PSK key (psk.ts), when there is no `tls`. */
-  psk: Buffer | undefined
-}
-/** The link is node to node, never through a browser's proxies: a zero mask lets ws skip the XOR pass. */
-const zeroMask = (mask: Buffer) => { mask.fill(0) }
 
 const enum Phase { None, Challenge, Ready, Up }
 
@@ -76,7 +58,11 @@ export class PeerLink {
   #ws: WebSocket | undefined
   #batch: WriteBatch | undefined
   #phase = Phase.None
-  #parties: HandshakeParties | undefined
+  #handshake: ClientHandshake | undefined
+  /** The peer refused the hello with the protocol range: dial it with the older hello until the link next drops. */
+  #legacyPeer = false
+  #protocol: number | undefined
+  #peerVersion: string | undefined
   #connectTimer: NodeJS.Timeout | undefined
   #pingTimer: NodeJS.Timeout | undefined
   #lastHeard = 0
@@ -108,10 +94,21 @@ export class PeerLink {
     this.#address = address
     this.#retryAt = 0
     this.#failedAttempts = 0
+    this.#legacyPeer = false
   }
 
   get state(): LinkState {
     return this.#state
+  }
+
+  /** The peer protocol the two ends settled on for the current or last connection; undefined before one was up. */
+  get protocol(): number | undefined {
+    return this.#protocol
+  }
+
+  /** The peer's software version as its last handshake gave it; undefined before, or from a release that does not send it. */
+  get peerVersion(): string | undefined {
+    return this.#peerVersion
   }
 
   /** Round trip of the last ping, in milliseconds; undefined until one is answered on this connection. */
@@ -237,27 +234,15 @@ export class PeerLink {
   #connect(): void {
     this.#state = 'connecting'
     this.#phase = Phase.None
-    const tls = this.#config.tls
-    const attempt: TlsAttempt = { secured: false }
-    let ws: WebSocket
+    let dial: Dial
     try {
-      const psk = this.#config.psk
-      ws = new WebSocket(`${tls || psk ? 'wss' : 'ws'}://${this.address}${PEER_PATH}`, {
-        // ws hands these to tls.connect; its typings give checkServerIdentity tls.connect's older signature.
-        ...(tls ? clientTlsOptions(tls, this.peerNodeId, attempt) as unknown as ClientOptions
-          : psk ? clientPskOptions(psk, attempt) as unknown as ClientOptions : {}),
-        perMessageDeflate: false,
-        maxPayload: MAX_FRAME_BYTES,
-        handshakeTimeout: this.#config.connectTimeoutMs,
-        followRedirects: false,
-        skipUTF8Validation: true,
-        generateMask: zeroMask,
-      })
+      dial = dialPeer(this.#config, this.peerNodeId, this.address)
     } catch (err) {
       this.#ws = undefined
       this.#afterFailure(replicationError('PEER_UNAVAILABLE', `bad address ${JSON.stringify(this.address)} for node ${this.peerNodeId}: ${messageOf(err)}`, err), false)
       return
     }
+    const ws = dial.ws
     this.#ws = ws
     this.#connectTimer = setTimeout(() => {
       this.#drop(ws, replicationError('PEER_UNAVAILABLE', `no link to node ${this.peerNodeId} at ${this.address} within ${this.#config.connectTimeoutMs} ms`), false)
@@ -270,12 +255,7 @@ export class PeerLink {
     ws.on('open', () => this.#onOpen(ws))
     ws.on('message', (data, isBinary) => this.#onMessage(ws, data, isBinary))
     ws.on('error', (err) => {
-      if (ws === this.#ws) {
-        const opening = this.#phase === Phase.None
-        const failure = (this.#config.psk && pskLinkFailure(err, this.peerNodeId, this.address, opening, attempt))
-          || linkFailure(err, this.peerNodeId, this.address, opening, this.#config.tls !== undefined, attempt)
-        this.#drop(ws, failure, false)
-      }
+      if (ws === this.#ws) this.#drop(ws, dial.failure(err, this.#phase === Phase.None), false)
     })
     ws.on('close', (code, reason) => {
       if (ws === this.#ws) {
@@ -287,17 +267,9 @@ export class PeerLink {
 
   #onOpen(ws: WebSocket): void {
     if (ws !== this.#ws) return
-    this.#parties = {
-      clusterId: this.#config.clusterId,
-      clientNodeId: this.#config.nodeId,
-      serverNodeId: this.peerNodeId,
-      clientNonce: newNonce(),
-      serverNonce: Buffer.alloc(0),
-    }
+    this.#handshake = new ClientHandshake(this.#config, this.peerNodeId, this.#legacyPeer)
     this.#phase = Phase.Challenge
-    ws.send(encodeFrame({
-      t: 'hello', v: PROTOCOL_VERSION, nodeId: this.#config.nodeId, clusterId: this.#config.clusterId, nonce: this.#parties.clientNonce,
-    }))
+    ws.send(encodeFrame(this.#handshake.hello()))
   }
 
   #onMessage(ws: WebSocket, data: RawData, isBinary: boolean): void {
@@ -338,24 +310,25 @@ export class PeerLink {
   }
 
   #onHandshake(ws: WebSocket, frame: Frame): void {
+    const handshake = this.#handshake!
     if (frame.t === 'error') {
+      // Only a release before protocol negotiation answers our hello so: it refuses the fields it does not know.
+      if (frame.code === 'AUTH_REQUIRED' && this.#phase === Phase.Challenge && !handshake.legacy) return this.#redialLegacy(ws, frame.message)
       const code: ReplicationCode = frame.code === 'AUTH_FAILED' || frame.code === 'UNSUPPORTED_VERSION' ? frame.code : 'PEER_UNAVAILABLE'
       this.#drop(ws, replicationError(code, `node ${this.peerNodeId} refused the link: ${frame.code}: ${frame.message}`), false)
       return
     }
-    const parties = this.#parties!
     if (this.#phase === Phase.Challenge && frame.t === 'challenge') {
-      if (frame.nodeId !== this.peerNodeId) {
-        this.#protocolError(ws, 'PEER_MISMATCH', `${this.address} answered as node ${frame.nodeId}, not ${this.peerNodeId}`)
-        return
-      }
-      parties.serverNonce = frame.nonce
-      if (!verifyProof(this.#config.secret, 'server', parties, frame.proof)) {
-        this.#protocolError(ws, 'AUTH_FAILED', `node ${this.peerNodeId} at ${this.address} did not prove it holds the cluster secret`)
+      let auth
+      try {
+        auth = handshake.answer(frame, this.address)
+      } catch (err) {
+        const code = isReplicationError(err) ? err.code : 'BAD_FRAME'
+        this.#protocolError(ws, code, messageOf(err))
         return
       }
       this.#phase = Phase.Ready
-      ws.send(encodeFrame({ t: 'auth', proof: computeProof(this.#config.secret, 'client', parties) }))
+      ws.send(encodeFrame(auth))
       return
     }
     if (this.#phase === Phase.Ready && frame.t === 'ready') {
@@ -365,15 +338,33 @@ export class PeerLink {
     this.#protocolError(ws, 'BAD_FRAME', `unexpected ${frame.t} frame during the handshake`)
   }
 
+  /** The same connection attempt once more, at once, with the hello an older release takes; nothing was sent on it yet. */
+  #redialLegacy(ws: WebSocket, reason: string): void {
+    this.#legacyPeer = true
+    this.#ws = undefined
+    this.#batch = undefined
+    this.#handshake = undefined
+    clearTimeout(this.#connectTimer)
+    this.#connectTimer = undefined
+    ws.terminate()
+    this.#log.info({ address: this.address, reason }, 'peer predates protocol negotiation: linking with the older handshake')
+    this.#connect()
+  }
+
   #onReady(ws: WebSocket): void {
     clearTimeout(this.#connectTimer)
     this.#connectTimer = undefined
-    this.#parties = undefined
+    this.#protocol = this.#handshake!.protocol
+    this.#peerVersion = this.#handshake!.peerVersion
+    this.#handshake = undefined
     this.#phase = Phase.Up
     this.#state = 'ready'
     this.#failedAttempts = 0
     this.#lastError = undefined
-    this.#log.info({ address: this.address, tls: this.#config.tls !== undefined || (this.#config.psk ? 'psk' : false) }, 'peer link up')
+    this.#log.info({
+      address: this.address, tls: this.#config.tls !== undefined || (this.#config.psk ? 'psk' : false),
+      protocol: this.#protocol, peerVersion: this.#peerVersion ?? 'unknown',
+    }, 'peer link up')
     this.#ping(ws)
     this.#pingTimer = setInterval(() => this.#ping(ws), this.#config.pingIntervalMs)
     this.#pingTimer.unref()
@@ -406,8 +397,10 @@ export class PeerLink {
     this.#ws = undefined
     this.#batch = undefined
     this.#phase = Phase.None
-    this.#parties = undefined
+    this.#handshake = undefined
     this.#rttMs = undefined
+    // The peer may come back as another release: the next connection offers the range again.
+    if (wasUp) this.#legacyPeer = false
     clearTimeout(this.#connectTimer)
     clearInterval(this.#pingTimer)
     this.#connectTimer = this.#pingTimer = undefined

@@ -7,6 +7,7 @@ import { checkSecret } from './auth'
 import { replicationError } from './errors'
 import { PeerLink, type LinkConfig } from './peer-link'
 import type { PeerTls } from './tls'
+import { ownOffer, type ProtocolRange } from './protocol'
 import { peerPsk } from './psk'
 
 export const DEFAULT_REQUEST_TIMEOUT_MS = 8000
@@ -22,6 +23,10 @@ export interface PeerLinksOptions {
   clusterId: string
   secret: Uint8Array
   log: Logger
+  /** This node's software version, sent to every peer in the handshake. */
+  version?: string
+  /** The peer protocols these links speak (protocol.ts): this build's PEER_PROTOCOLS unless a test stands in for another release. */
+  protocols?: ProtocolRange
   requestTimeoutMs?: number
   maxBytesInFlight?: number
   maxRequestsInFlight?: number
@@ -51,6 +56,7 @@ export class PeerLinks {
       nodeId: o.nodeId,
       clusterId: o.clusterId,
       secret: o.secret,
+      offer: ownOffer(o.version, o.protocols),
       requestTimeoutMs: o.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS,
       maxBytes: o.maxBytesInFlight ?? DEFAULT_MAX_BYTES_IN_FLIGHT,
       maxRequests: o.maxRequestsInFlight ?? DEFAULT_MAX_REQUESTS_IN_FLIGHT,

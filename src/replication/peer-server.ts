@@ -15,6 +15,9 @@
  * from the TCP accept on, and must finish TLS, upgrade and handshake within one deadline
  * (admission.ts); refusals are logged rate-limited.
  *
+ * The handshake also settles the peer protocol (protocol.ts): a client with no version in
+ * common is refused with UNSUPPORTED_VERSION, logged rate-limited like the other refusals.
+ *
  * With `psk` (psk.ts) the server speaks TLS 1.2 with a key derived from the cluster secret.
  * With `tls` (tls.ts) the server speaks https and admits only clients whose certificate the
  * cluster CA signed; a `hello` must then come from the node that certificate names.
@@ -30,6 +33,7 @@ import { codeOf, pxdError } from '../errors'
 import { Admission, DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS, RefusalLog } from './admission'
 import { checkSecret, HANDSHAKE_TIMEOUT_MS } from './auth'
 import { encodeFrame, MAX_FRAME_BYTES, PEER_PATH } from './frames'
+import { ownOffer, type PeerOffer, type ProtocolRange } from './protocol'
 import { peerPsk, serverPskFailure, serverPskOptions } from './psk'
 import { certificateNodeId, RemoteAddresses, serverTlsFailure, serverTlsOptions, type PeerTls } from './tls'
 
@@ -64,6 +68,13 @@ export interface PeerServerOptions {
   secret: Uint8Array
   handler: RequestHandler
   log: Logger
+  /** This node's software version, sent to every peer in the handshake. */
+  version?: string
+  /**
+   * The peer protocols this server speaks (protocol.ts): this build's PEER_PROTOCOLS unless
+   * a test stands in for another release.
+   */
+  protocols?: ProtocolRange
   /** Handler calls one link may have running at once. */
   maxConcurrentRequests?: number
   /** Payload bytes one link may hold at once before the server stops reading it. */
@@ -94,6 +105,7 @@ export class PeerServer {
   readonly #secret: Uint8Array
   readonly #handler: RequestHandler
   readonly #log: Logger
+  readonly #offer: PeerOffer
   readonly #limits: Limits
   readonly #tls: PeerTls | undefined
   readonly #psk: Buffer | undefined
@@ -114,6 +126,7 @@ export class PeerServer {
     this.clusterId = o.clusterId
     this.#secret = o.secret
     this.#handler = o.handler
+    this.#offer = ownOffer(o.version, o.protocols)
     this.#log = o.log.child({ component: 'peer-server' })
     this.#tls = o.tls
     this.#psk = o.psk && !o.tls ? peerPsk(o.secret, o.clusterId) : undefined
@@ -282,7 +295,13 @@ export class PeerServer {
     const limits = { ...this.#limits, handshakeTimeoutMs: Math.max(1, slot.deadline - Date.now()) }
     // With TLS only a client the CA vouches for gets here; the node its certificate names must be the one that says hello.
     const certNode = this.#tls ? certificateNodeId((req.socket as TLSSocket).getPeerCertificate()) ?? '' : undefined
-    const link = new ServerLink(ws, req.socket, this, this.#secret, this.#handler, this.#log.child({ remote }), limits, certNode, this.#releaseBuffer)
+    const identity = {
+      nodeId: this.nodeId,
+      clusterId: this.clusterId,
+      offer: this.#offer,
+      refuse: (reason: string, detail: Record<string, unknown>) => this.#refusals.refused(reason, hostOf(remote), { remote, ...detail }),
+    }
+    const link = new ServerLink(ws, req.socket, identity, this.#secret, this.#handler, this.#log.child({ remote }), limits, certNode, this.#releaseBuffer)
     this.#links.add(link)
     void link.ready.then(() => this.#releaseSlot(slot))
     void link.closed.then(() => this.#links.delete(link))

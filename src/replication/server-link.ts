@@ -14,8 +14,9 @@ import { computeProof, newNonce, verifyProof, type HandshakeParties } from './au
 import { isReplicationError, type ReplicationCode } from './errors'
 import {
   decodeFrame, isRequest, sendFrame, payloadBytes, CODE_RE, MAX_FSOP_BYTES, MAX_HANDSHAKE_FRAME_BYTES,
-  MAX_MESSAGE_CHARS, PROTOCOL_VERSION, type AckErrorFrame, type AckFrame, type Frame, type RequestFrame,
+  MAX_MESSAGE_CHARS, PROTOCOL_VERSION, type AckErrorFrame, type AckFrame, type ChallengeFrame, type Frame, type RequestFrame,
 } from './frames'
+import { incompatibility, negotiate, offerFields, offerOf, termsOf, type PeerOffer } from './protocol'
 
 /** How long a closing link may take to finish the WebSocket close handshake. */
 const CLOSE_GRACE_MS = 1000
@@ -33,10 +34,13 @@ export interface RequestHandler {
 
 export interface Limits { maxCalls: number; maxBytes: number; handshakeTimeoutMs: number; maxHandshakes: number }
 
-/** What a link needs to know of its server. */
+/** What a link needs of its server: who it is, what it offers, and its rate-limited refusal log. */
 export interface ServerIdentity {
   readonly nodeId: string
   readonly clusterId: string
+  readonly offer: PeerOffer
+  /** Logs a refused connection, rate-limited per reason and source address. */
+  refuse(reason: string, detail: Record<string, unknown>): void
 }
 
 const enum Phase { Hello, Auth, Ready, Closed }
@@ -57,6 +61,8 @@ export class ServerLink {
   #log: Logger
   #phase = Phase.Hello
   #peer = ''
+  #protocol: number | undefined
+  #peerVersion: string | undefined
   #parties: HandshakeParties | undefined
   #handshakeTimer: NodeJS.Timeout | undefined
   #closeTimer: NodeJS.Timeout | undefined
@@ -98,6 +104,16 @@ export class ServerLink {
       this.#fail('HANDSHAKE_TIMEOUT', `handshake not completed within ${limits.handshakeTimeoutMs} ms`)
     }, limits.handshakeTimeoutMs)
     log.debug('peer connection accepted')
+  }
+
+  /** The peer protocol settled on in the handshake; undefined before. */
+  get protocol(): number | undefined {
+    return this.#protocol
+  }
+
+  /** The peer's software version, once its hello arrived; undefined from a release that does not send it. */
+  get peerVersion(): string | undefined {
+    return this.#peerVersion
   }
 
   get handshaking(): boolean {
@@ -149,6 +165,19 @@ export class ServerLink {
       const named = this.#certNode === '' ? 'a certificate that names no node (no subject CN)' : `the TLS certificate of node ${this.#certNode}`
       return this.#fail('AUTH_FAILED', `node ${frame.nodeId} presented ${named}`)
     }
+    let offer: PeerOffer
+    try {
+      offer = offerOf(frame)
+    } catch (err) {
+      return this.#fail('AUTH_REQUIRED', messageOf(err))
+    }
+    const own = this.#server.offer
+    const proto = negotiate(own.protocols, offer.protocols)
+    if (proto === undefined) {
+      const message = incompatibility({ nodeId: this.#server.nodeId, offer: own }, { nodeId: frame.nodeId, offer })
+      this.#server.refuse(`no peer protocol in common with ${offer.protocols.min}-${offer.protocols.max}`, { code: 'UNSUPPORTED_VERSION', peer: frame.nodeId, message })
+      return this.#fail('UNSUPPORTED_VERSION', message, 'silent')
+    }
     const parties: HandshakeParties = {
       clusterId: frame.clusterId,
       clientNodeId: frame.nodeId,
@@ -156,13 +185,18 @@ export class ServerLink {
       clientNonce: frame.nonce,
       serverNonce: newNonce(),
     }
+    // A client of a release before the offer fields rejects a challenge that has them.
+    if (!offer.legacy) parties.terms = termsOf(offer, own, proto)
     this.#parties = parties
     this.#peer = frame.nodeId
+    this.#protocol = proto
+    this.#peerVersion = offer.version
     this.#phase = Phase.Auth
-    this.#send({
+    const challenge: ChallengeFrame = {
       t: 'challenge', v: PROTOCOL_VERSION, nodeId: this.#server.nodeId, nonce: parties.serverNonce,
       proof: computeProof(this.#secret, 'server', parties),
-    })
+    }
+    this.#send(offer.legacy ? challenge : { ...challenge, ...offerFields(own), proto })
   }
 
   #onAuth(frame: Frame): void {
@@ -177,7 +211,7 @@ export class ServerLink {
     this.#log = this.#log.child({ peer: this.#peer })
     this.#send({ t: 'ready' })
     this.#onReady()
-    this.#log.info('peer link up')
+    this.#log.info({ protocol: this.#protocol, peerVersion: this.#peerVersion ?? 'unknown' }, 'peer link up')
   }
 
   #onReadyFrame(frame: Frame): void {
@@ -270,10 +304,10 @@ export class ServerLink {
     sendFrame(this.#ws, frame)
   }
 
-  /** Protocol failure or shutdown: an `error` frame, then close. */
-  #fail(code: ReplicationCode, message: string, level: 'warn' | 'info' = 'warn'): void {
+  /** Protocol failure or shutdown: an `error` frame, then close ('silent': the caller logged it). */
+  #fail(code: ReplicationCode, message: string, level: 'warn' | 'info' | 'silent' = 'warn'): void {
     if (this.#phase === Phase.Closed) return
-    this.#log[level]({ code, reason: message, peer: this.#peer || undefined }, 'closing peer link')
+    if (level !== 'silent') this.#log[level]({ code, reason: message, peer: this.#peer || undefined }, 'closing peer link')
     this.#send({ t: 'error', code, message: message.slice(0, MAX_MESSAGE_CHARS) })
     this.#close(code === 'SHUTTING_DOWN' ? 1001 : 1008)
   }

@@ -5,13 +5,15 @@
  */
 import test from 'ava'
 import { createHash, randomBytes } from 'node:crypto'
-import { promises as fs } from 'node:fs'
+import { promises as fs, readFileSync } from 'node:fs'
 import path from 'node:path'
 import pino from 'pino'
 import WebSocket, { type ClientOptions } from 'ws'
 import { ApiClient } from '../../src/api/client'
 import { PEER_PATH, PeerLinks, decodeFrame, encodeFrame } from '../../src/replication'
+import { PEER_PROTOCOLS } from '../../src/replication/protocol'
 import { clientPskOptions, peerPsk } from '../../src/replication/psk'
+import { REPO_ROOT } from '../helpers/paths'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { startCluster, type Cluster, type ClusterNode } from '../helpers/cluster'
 import { pluginCall } from '../helpers/plugin-client'
@@ -124,6 +126,17 @@ test('an authenticated peer is still refused stale epochs, unknown volumes and w
     await peer.close()
   }
   t.is(await replicaDigest(b), before, 'no block changed')
+})
+
+test('the daemons settle the peer protocol and learn each other\'s release in the handshake', (t) => {
+  const version = (JSON.parse(readFileSync(path.join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string }).version
+  for (const [n, other] of [[cluster.node('node-a'), 'node-b'], [cluster.node('node-b'), 'node-a']] as const) {
+    // The other node's links, not this file's hand-made clients (which send the older hello).
+    const ups = n.logs().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>)
+      .filter((r) => r.msg === 'peer link up' && r.peer === other)
+    t.true(ups.length > 0, `${n.nodeId} logged a peer link up with ${other}`)
+    for (const up of ups) t.like(up, { protocol: PEER_PROTOCOLS.max, peerVersion: version }, JSON.stringify(up))
+  }
 })
 
 test('the daemon keeps serving after all of the above', async (t) => {

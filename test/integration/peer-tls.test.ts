@@ -3,7 +3,8 @@
  * dir, a two-node cluster started with --peer-tls-*, a replicated volume written on one
  * node and read on the other. Then what TLS keeps out: a plain ws:// client, a client
  * certificate from another CA, a TLS node dialling a node without TLS. None of them
- * gets a frame in, and no replica changes.
+ * gets a frame in, and no replica changes. A node with a valid certificate and the secret
+ * but no grant cannot drop or create a replica.
  */
 import test from 'ava'
 import { randomBytes } from 'node:crypto'
@@ -17,7 +18,7 @@ import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { startCluster, waitFor, type Cluster } from '../helpers/cluster'
 import { makeTempDir, removeDir } from '../helpers/daemon'
 import { pluginCall } from '../helpers/plugin-client'
-import { issueCert, makeCa, tlsArgs, type NodeCert } from '../helpers/tls'
+import { issueCert, makeCa, tlsArgs, type NodeCert, type TestCa } from '../helpers/tls'
 import { pluginOk as call, replicaDigest, sha, writeSynced } from '../helpers/volume-io'
 
 assertIntegrationPreconditions()
@@ -26,6 +27,7 @@ let cluster: Cluster
 let certDir = ''
 const certs = new Map<string, NodeCert>()
 let foreign: NodeCert
+let clusterCa: TestCa
 let volumeId = ''
 let before = ''
 const payload = randomBytes(3 * 1024 * 1024)
@@ -41,7 +43,7 @@ async function replicaDigests(): Promise<string> {
 
 test.before(async () => {
   certDir = makeTempDir('pxd-peer-tls-')
-  const ca = makeCa(certDir)
+  const ca = clusterCa = makeCa(certDir)
   for (const id of ['node-a', 'node-b']) certs.set(id, issueCert(ca, id))
   // An impostor: a certificate for node-a, from a CA the cluster does not trust.
   foreign = issueCert(makeCa(certDir, 'other-ca'), 'node-a', {}, 'foreign-')
@@ -128,6 +130,24 @@ test('a valid certificate without the cluster secret is refused: the secret hand
   } finally {
     await wrong.close()
   }
+})
+
+test('a peer with a valid certificate and the cluster secret but no grant cannot drop or create a replica', async (t) => {
+  const b = cluster.node('node-b')
+  // node-a's own identity (it created the volume, and coordinates nothing now), and a node the CA signed that holds nothing.
+  const stranger = issueCert(clusterCa, 'node-x')
+  for (const [id, cert] of [['node-a', certs.get('node-a')!], ['node-x', stranger]] as const) {
+    const links = new PeerLinks({ nodeId: id, clusterId: cluster.clusterId, secret: cluster.secret, log, tls: material(cert, id) })
+    try {
+      for (const req of [{ t: 'drop', vol: volumeId }, { t: 'create', vol: volumeId, size: 32 * 1024 * 1024 }] as const) {
+        const e = await t.throwsAsync(links.link('node-b', `127.0.0.1:${b.peerPort}`).request(req))
+        t.is((e as { code?: string }).code, 'NOT_COORDINATOR', `${id}: ${req.t}: ${e?.message ?? ''}`)
+      }
+    } finally {
+      await links.close()
+    }
+  }
+  t.regex(b.logs(), /"msg":"replica request refused"/)
 })
 
 test('a TLS node cannot link to a node without TLS, and says why', async (t) => {

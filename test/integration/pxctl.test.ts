@@ -3,7 +3,9 @@ import test from 'ava'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { makeTempDir, removeDir, startDaemon, type Daemon } from '../helpers/daemon'
 import { pluginCall } from '../helpers/plugin-client'
-import { PXCTL_BIN, PXD_BIN } from '../helpers/paths'
+import { readFileSync } from 'node:fs'
+import path from 'node:path'
+import { PXCTL_BIN, PXD_BIN, REPO_ROOT } from '../helpers/paths'
 import { runCommand } from '../helpers/run'
 
 assertIntegrationPreconditions()
@@ -44,6 +46,18 @@ test('status', async (t) => {
   const json = JSON.parse((await pxctl('--json', 'status')).stdout) as { nodeId: string; capacity: { total: number } }
   t.is(json.nodeId, 'node-a')
   t.true(json.capacity.total > 0)
+})
+
+test('cluster list shows each node with the version it runs', async (t) => {
+  const version = (JSON.parse(readFileSync(path.join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string }).version
+  const list = await pxctl('cluster', 'list')
+  t.is(list.code, 0, list.stderr)
+  t.regex(list.stdout, /^NODE\s+STATE\s+PEER ADDRESS\s+USED\s+FREE\s+VERSION$/m)
+  const row = list.stdout.split('\n').find((l) => l.startsWith('node-a '))
+  t.truthy(row, list.stdout)
+  t.is(row!.trim().split(/\s+/).at(-1), version)
+  const json = JSON.parse((await pxctl('--json', 'cluster', 'list')).stdout) as Array<{ nodeId: string; version: string }>
+  t.deepEqual(json.map((n) => [n.nodeId, n.version]), [['node-a', version]])
 })
 
 test('volume create, list, inspect (with mountpoint while mounted), delete', async (t) => {

@@ -44,7 +44,7 @@ test('a replica opened at a larger size grows, its written data kept; a stale ep
   t.true(isPxdError(stale, 'STALE_EPOCH'), String(stale))
   t.is(host.storeFor(id, 3).size, 2 * MiB, 'a stale coordinator grows nothing')
 
-  const service = new ReplicaService('node-a', host, async () => ({ size: 2 * MiB, replicas: ['node-a'] }), pino({ level: 'silent' }))
+  const service = new ReplicaService({ nodeId: 'node-a', host, lookup: async () => ({ size: 2 * MiB, replicas: ['node-a'] }), grant: async () => undefined, log: pino({ level: 'silent' }) })
   const err = await t.throwsAsync(service.handle('node-b', { t: 'open', id: 1, vol: id, epoch: 3, size: 8 * MiB }))
   t.true(isPxdError(err, 'CONFLICT'), String(err))
   t.is(host.storeFor(id, 3).size, 2 * MiB, 'a peer cannot grow a replica past its record')
