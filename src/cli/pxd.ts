@@ -297,11 +297,14 @@ async function main(argv: string[]): Promise<number> {
  */
 async function serviceRestarting(log: Logger): Promise<boolean> {
   try {
-    const cgroup = await readFile('/proc/self/cgroup', 'utf8')
-    const unit = /([^/]+\.service)\s*$/m.exec(cgroup)?.[1]
-    if (!unit) return false
+    // The unit is named by this process's cgroup under systemd; pxd.service otherwise.
+    const cgroup = await readFile('/proc/self/cgroup', 'utf8').catch(() => '')
+    const unit = /([^/]+\.service)\s*$/m.exec(cgroup)?.[1] ?? 'pxd.service'
     const { stdout } = await execFileAsync('systemctl', ['list-jobs', '--no-legend', '--plain', unit], { timeout: 3_000 })
-    return stdout.split('\n').some((line) => line.trim().split(/\s+/)[2]?.includes('restart'))
+    return stdout.split('\n').some((line) => {
+      const [, name, type] = line.trim().split(/\s+/)
+      return name === unit && type !== undefined && type.includes('restart')
+    })
   } catch (err) {
     log.warn({ err }, 'cannot tell whether systemd restarts pxd: stopping as usual')
     return false

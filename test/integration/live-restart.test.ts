@@ -161,3 +161,43 @@ test.serial('kill -9 under an fd store: the next pxd takes over the same mount',
   await next.stop()
   await waitFor('the session to leave the fd store', async () => store.messages.some((m) => m.includes('FDSTOREREMOVE=1')))
 })
+
+/** A stand-in for systemctl on the daemon's PATH: `list-jobs` shows a job of type `job` for pxd.service. */
+function fakeSystemctl(dir: string, job: 'restart' | 'stop'): string {
+  const bin = path.join(dir, `systemctl-${job}`)
+  mkdirSync(bin, { recursive: true })
+  writeFileSync(path.join(bin, 'systemctl'), `#!/bin/sh\n[ "$1" = list-jobs ] && echo "42 pxd.service ${job} running"\nexit 0\n`, { mode: 0o755 })
+  return `${bin}:${process.env['PATH'] ?? '/usr/bin:/bin'}`
+}
+
+test.serial('SIGTERM of a systemctl restart leaves the session in the fd store; SIGTERM of a stop unmounts', async (t) => {
+  const restarting = { NOTIFY_SOCKET: store.socket, PXD_FD_STORE: '1', PATH: fakeSystemctl(cluster.dir, 'restart') }
+  const first = await cluster.start('node-d', { env: restarting })
+  await store.waitFor('pxd-fuse')
+  const mountpoint = await mountVolume(first, 'live-sigterm')
+  const device = mounted(mountpoint)
+  const before = await api(first).inspectVolume('live-sigterm')
+  const app = startApp(mountpoint)
+  await new Promise((resolve) => setTimeout(resolve, 1000))
+
+  const exited = new Promise<number | null>((resolve) => first.child.once('exit', (code) => resolve(code)))
+  first.child.kill('SIGTERM')
+  t.is(await exited, 0)
+  t.regex(first.logs(), /the service is restarting: handing the FUSE session to the fd store/)
+  t.is(mounted(mountpoint), device, 'the volume stays mounted while no pxd runs')
+  const next = await cluster.start('node-d', { ...store.startWith(), env: { ...store.startWith().env, PXD_FD_STORE: '1', PATH: fakeSystemctl(cluster.dir, 'stop') } })
+  await new Promise((resolve) => setTimeout(resolve, 1000))
+  const reports = await stopApp(app)
+  t.log(`systemctl restart: ${reports.writer.ops} fsynced records, longest write ${reports.writer.maxOpMs.toFixed(0)} ms`)
+  t.deepEqual(reports.writer.errors, [])
+  t.deepEqual(reports.reader.errors, [])
+  checkRecords(t, app.file, reports.writer.ops)
+  t.is((await api(next).inspectVolume('live-sigterm')).epoch, before.epoch)
+
+  // A stop (no restart job): everything is taken down as before, and the store let go.
+  const stopped = new Promise<number | null>((resolve) => next.child.once('exit', (code) => resolve(code)))
+  next.child.kill('SIGTERM')
+  t.is(await stopped, 0)
+  t.is(mounted(mountpoint), undefined, 'a stop unmounts the volume')
+  t.true(store.messages.some((m) => m.includes('FDSTOREREMOVE=1')))
+})
