@@ -204,6 +204,24 @@ export class LocalVolumes {
     this.#o.attached(v.name)
   }
 
+  /** resume() for each volume handed over, under its lock; those that failed have their attachment given back and are returned. */
+  async resumeAll(volumes: LiveVolume[], clean: boolean): Promise<LiveVolume[]> {
+    const failed: LiveVolume[] = []
+    for (const v of volumes) {
+      await this.#o.locks.run(v.name, () => this.resume(v, clean && !v.reconcile)).catch(async (err) => {
+        this.#o.log.error({ err, volume: v.name, volumeId: v.volumeId }, 'could not take over a volume the previous pxd left mounted')
+        failed.push(v)
+        await this.#o.attachments.release(v.name, v.epoch, clean ? undefined : { unclean: true }).catch(() => undefined)
+      })
+    }
+    return failed
+  }
+
+  /** What a successor needs of each mounted volume: its epoch and mount IDs (the frontend knows its loop and mount). */
+  live(): Array<Omit<LiveVolume, 'loop' | 'mountpoint'>> {
+    return [...this.map].filter(([, l]) => l.mountpoint !== null).map(([name, l]) => ({ name, volumeId: l.volumeId, epoch: l.epoch, mountIds: [...l.mountIds] }))
+  }
+
   /**
    * The end of a handoff, once no request is in flight: every mounted volume's engine
    * closes (its replicas flushed) and its attachment stays, for the successor to resume.

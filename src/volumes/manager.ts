@@ -20,7 +20,6 @@
  */
 import type { Logger } from 'pino'
 import type { Membership } from '../cluster/membership'
-import { DirtyMap, dirtyDirOf } from '../replicas/dirty-map'
 import type { QuarantinedReplica, ReplicaHost } from '../replicas/replica-host'
 import type { ReplicaDirectory } from '../replicas/directory'
 import type { EngineEvents, ScrubResult } from '../engine/volume-engine'
@@ -36,6 +35,7 @@ import { InfoView } from './info'
 import { parseVolumeRef } from './options'
 import { takeKeyOptions, type KeySources } from './keys'
 import { VolumeCreation } from './creation'
+import { VolumeRemoval } from './removal'
 import { ReplicaPlacement } from './placement'
 import { Resyncs } from './resyncs'
 import { ResyncPace } from './resync-pace'
@@ -97,6 +97,7 @@ export class VolumeManager {
   readonly #view: InfoView
   readonly #placement: ReplicaPlacement
   readonly #creation: VolumeCreation
+  readonly #removal: VolumeRemoval
   readonly #shares: SharedVolumes
   readonly #healer: Healer
   readonly moves: ReplicaMoves
@@ -191,6 +192,10 @@ export class VolumeManager {
       info: (record) => this.#view.info(record),
       checkRunning: () => this.#checkRunning(),
     })
+    this.#removal = new VolumeRemoval({
+      dataDir: o.dataDir, kvdb: o.kvdb, locks: this.#locks, attachments: this.#attachments, attached, local: this.#local, shares: this.#shares,
+      snapshots: () => this.snapshots, placement: this.#placement, requireRecord: (name) => this.#requireRecord(name), checkRunning: () => this.#checkRunning(), log: o.log,
+    })
     this.snapshots = new VolumeSnapshots({
       nodeId: o.nodeId, kvdb: o.kvdb, locks: this.#locks, attached, attachedOn, log: o.log,
       withEngine: (name, work) => this.#local.withEngine(name, work),
@@ -254,36 +259,9 @@ export class VolumeManager {
     })
   }
 
-  async remove(requestedName: string): Promise<void> {
-    const { name } = parseVolumeRef(requestedName)
-    await this.#locks.run(name, async () => {
-      this.#checkRunning()
-      const entry = await this.#requireRecord(name)
-      await this.snapshots.refuseIfSnapshotted(entry.value)
-      // A shared volume served here for others is refused for them, naming them.
-      if (entry.value.spec.shared) await this.#shares.checkUnmounted(name)
-      const held = this.#attached.get(name)
-      if (held?.mountpoint === null) await this.#local.detach(name, held, false)
-      if (this.#attached.has(name) || this.#shares.has(name)) throw pxdError('IN_USE', `volume ${name} is mounted on this node; unmount it first`)
-      let attachment = await this.#attachments.get(name)
-      // Held elsewhere for healing only: take it (fencing that resync), then remove.
-      if (attachment?.value.nodeId && attachment.value.purpose === 'resync') {
-        await this.#attachments.claim(name)
-        attachment = await this.#attachments.get(name)
-      } else if (attachment?.value.nodeId) throw pxdError('IN_USE', `volume ${name} is attached on node ${attachment.value.nodeId}`)
-      const progress = (await this.#kvdb.list(keys.resyncs(name))).map((e) => e.key)
-      const ok = await this.#kvdb.txn({
-        compares: [
-          { key: keys.volume(name), modRevision: entry.modRevision },
-          { key: keys.attachment(name), modRevision: attachment?.modRevision ?? 0 },
-        ],
-        deletes: [keys.volume(name), keys.attachment(name), ...progress],
-      })
-      if (!ok) throw pxdError('CONFLICT', `volume ${name} changed while it was being removed; retry`)
-      await this.#placement.drop(entry.value)
-      await DirtyMap.forgetVolume(dirtyDirOf(this.#dataDir), entry.value.id)
-      this.#log.info({ volume: name, volumeId: entry.value.id }, 'volume removed')
-    })
+  /** Remove a volume nobody has mounted, with its replicas (removal.ts). */
+  remove(requestedName: string): Promise<void> {
+    return this.#removal.remove(requestedName)
   }
 
   /**
@@ -378,20 +356,9 @@ export class VolumeManager {
     await this.#detachAll(() => true)
   }
 
-  /**
-   * A live restart, before start: take over the volumes the process before handed over
-   * (local-volumes.ts resume). Returns those that could not be; their attachment is given back.
-   */
-  async resume(volumes: LiveVolume[], clean: boolean): Promise<LiveVolume[]> {
-    const failed: LiveVolume[] = []
-    for (const v of volumes) {
-      await this.#locks.run(v.name, () => this.#local.resume(v, clean && !v.reconcile)).catch(async (err) => {
-        this.#log.error({ err, volume: v.name, volumeId: v.volumeId }, 'could not take over a volume the previous pxd left mounted')
-        failed.push(v)
-        await this.#attachments.release(v.name, v.epoch, clean ? undefined : { unclean: true }).catch(() => undefined)
-      })
-    }
-    return failed
+  /** A live restart, before start: take over the volumes the process before handed over; returns those it could not. */
+  resume(volumes: LiveVolume[], clean: boolean): Promise<LiveVolume[]> {
+    return this.#local.resumeAll(volumes, clean)
   }
 
   /**
@@ -424,10 +391,11 @@ export class VolumeManager {
     }
   }
 
-  /** What a successor needs of each attached volume: its epoch and mount IDs (the frontend knows its loop and mount). */
+  /** What a successor needs of each attached volume (local-volumes.ts). */
   liveVolumes(): Array<Omit<LiveVolume, 'loop' | 'mountpoint'>> {
-    return [...this.#attached].filter(([, l]) => l.mountpoint !== null).map(([name, l]) => ({ name, volumeId: l.volumeId, epoch: l.epoch, mountIds: [...l.mountIds] }))
+    return this.#local.live()
   }
+
 
   async #records(): Promise<VolumeRecord[]> {
     return (await this.#kvdb.list<VolumeRecord>(keys.volumes())).map((e) => e.value)
