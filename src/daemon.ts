@@ -11,6 +11,7 @@
  * their attachments held, gives the session's descriptor away and keeps its node lease
  * (the successor renews the node's records before the lease runs out).
  */
+import { spawn } from 'node:child_process'
 import { promises as fs, constants as fsConstants } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -259,7 +260,7 @@ export class Daemon {
     metrics.provide({ healing: async () => ({ replacements: manager.replacements, replicaWrittenBytes: host.writtenBytes }) })
     metrics.provide({ peers: peerStates({ nodeId: this.nodeId, nodes: () => membership.nodes(), link: (peer) => peerLinks?.get(peer) }) })
     const readiness = nodeReadiness({ nodeId: this.nodeId, kvdb, dataDir: c.dataDir, fuseMountpoint: path.join(c.runDir, 'dev') })
-    const api = new ApiServer(manager, { nodeId: this.nodeId, version: c.version, kvdb: kvdb.description, startedAt: new Date() }, log.child({ component: 'api' }), { metrics, readiness, token: apiToken, tokenFile: apiTokenFile })
+    const api = new ApiServer(manager, { nodeId: this.nodeId, version: c.version, kvdb: kvdb.description, startedAt: new Date() }, log.child({ component: 'api' }), { metrics, readiness, token: apiToken, tokenFile: apiTokenFile, restart: async () => spawnSuccessor(Boolean(frontend.liveState()), log) })
     this.#onStop('API', () => api.close())
     this.apiUrl = await api.listen(c.apiListen)
     if (frontend.liveState()) {
@@ -327,6 +328,21 @@ export class Daemon {
   #onStop(name: string, step: () => Promise<void>): void {
     this.#stopSteps.push([name, step])
   }
+}
+
+/**
+ * `pxctl node restart` without a service manager: this pxd's command line again (the code
+ * on disk now, a new version if one was installed) with --takeover, detached, on the same
+ * output; it asks for the handoff once it runs, and this process exits when it is done.
+ */
+function spawnSuccessor(live: boolean, log: Logger): { pid: number } {
+  if (process.env['NOTIFY_SOCKET']) throw pxdError('PRECONDITION', 'pxd runs under a service manager: restart it with `systemctl restart pxd` (every volume stays mounted)')
+  if (!live) throw pxdError('PRECONDITION', 'a restart in place needs the addon\'s FUSE server (--fuse-server addon)')
+  const args = [...process.execArgv, ...process.argv.slice(1).filter((a) => a !== '--takeover'), '--takeover']
+  const child = spawn(process.execPath, args, { detached: true, stdio: 'inherit', env: process.env })
+  child.unref()
+  log.info({ pid: child.pid }, 'restarting in place: a successor takes over')
+  return { pid: child.pid ?? 0 }
 }
 
 /** A message to the service manager ($NOTIFY_SOCKET), descriptors attached; a failure is logged. */

@@ -6,18 +6,23 @@
  *   exits; nothing the application does fails, every record is there, the epoch is the same.
  * - kill -9 under a file-descriptor store (a stand-in for systemd's): the next pxd gets the
  *   session from the store, takes it over, and answers what the dead one had read.
+ * - SIGTERM while systemd restarts the unit (stand-ins for systemctl and the fd store).
+ * - `pxctl node restart`: the daemon starts its own successor, which takes over.
  * The longest single write or read (the pause the restart caused) is printed.
  */
 import test from 'ava'
 import { spawn, type ChildProcess } from 'node:child_process'
-import { cpSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs'
+import { cpSync, existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { ApiClient } from '../../src/api/client'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { startCluster, waitFor, type Cluster, type ClusterNode } from '../helpers/cluster'
 import { makeTempDir, removeDir } from '../helpers/daemon'
 import { startFdStore, type FdStore } from '../helpers/fd-store'
-import { REPO_ROOT } from '../helpers/paths'
+import { PXCTL_BIN, REPO_ROOT } from '../helpers/paths'
+import { guardProcess, releaseProcess } from '../helpers/exit-guard'
+import { pluginCall } from '../helpers/plugin-client'
+import { runCommand } from '../helpers/run'
 import { RECORD_BYTES, record, type RecordIoReport } from '../helpers/record-io'
 import { pluginOk } from '../helpers/volume-io'
 
@@ -200,4 +205,38 @@ test.serial('SIGTERM of a systemctl restart leaves the session in the fd store; 
   t.is(await stopped, 0)
   t.is(mounted(mountpoint), undefined, 'a stop unmounts the volume')
   t.true(store.messages.some((m) => m.includes('FDSTOREREMOVE=1')))
+})
+
+test.serial('pxctl node restart: a successor of the same command line takes over, every volume stays mounted', async (t) => {
+  const old = cluster.node('node-a')
+  const mountpoint = await mountVolume(old, 'live-pxctl')
+  const device = mounted(mountpoint)
+  const before = await api(old).inspectVolume('live-pxctl')
+  const app = startApp(mountpoint)
+  await new Promise((resolve) => setTimeout(resolve, 1000))
+
+  const oldExit = new Promise<number | null>((resolve) => old.child.once('exit', (code) => resolve(code)))
+  const r = await runCommand(PXCTL_BIN, ['--api', old.apiUrl, '--json', 'node', 'restart'], 30_000)
+  t.is(r.code, 0, r.out)
+  const pid = (JSON.parse(r.out) as { pid: number }).pid
+  guardProcess(pid)
+  try {
+    t.is(await oldExit, 0)
+    await waitFor('the successor to serve the plugin socket', async () => (await pluginCall(old.pluginSocket, '/Plugin.Activate', {})).status === 200, 30_000)
+    await new Promise((resolve) => setTimeout(resolve, 1000))
+    const reports = await stopApp(app)
+    t.log(`pxctl node restart: ${reports.writer.ops} fsynced records, longest write ${reports.writer.maxOpMs.toFixed(0)} ms`)
+    t.deepEqual(reports.writer.errors, [])
+    t.deepEqual(reports.reader.errors, [])
+    t.is(mounted(mountpoint), device)
+    checkRecords(t, app.file, reports.writer.ops)
+    t.is((await api(old).inspectVolume('live-pxctl')).epoch, before.epoch)
+    await pluginOk(old, '/VolumeDriver.Unmount', { Name: 'live-pxctl', ID: 'm1' })
+    t.is(mounted(mountpoint), undefined)
+  } finally {
+    // The successor is this test's too: ended by its pid.
+    process.kill(pid, 'SIGTERM')
+    await waitFor('the successor to exit', async () => !existsSync(`/proc/${pid}`), 60_000)
+    releaseProcess(pid)
+  }
 })
