@@ -10,7 +10,7 @@
  * - `pxctl node restart`: the daemon starts its own successor, which takes over.
  * The longest single write or read (the pause the restart caused) is printed.
  */
-import test from 'ava'
+import test, { type ExecutionContext } from 'ava'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { cpSync, existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
@@ -88,21 +88,42 @@ function checkRecords(t: { is: (a: unknown, b: unknown, m?: string) => void; tru
   t.is(bad, -1, 'every record reads back as written')
 }
 
-async function mountVolume(node: ClusterNode, name: string): Promise<string> {
+/** A repl=2 volume mounted on `node`, an application writing and reading it, and what it was before the restart. */
+interface Load { name: string; mountpoint: string; device: string | undefined; epoch: number; app: App }
+
+async function underLoad(node: ClusterNode, name: string): Promise<Load> {
   await pluginOk(node, '/VolumeDriver.Create', { Name: name, Opts: { repl: '2', size: '256M' } })
-  const reply = await pluginOk(node, '/VolumeDriver.Mount', { Name: name, ID: 'm1' })
-  return reply['Mountpoint'] as string
+  const mountpoint = (await pluginOk(node, '/VolumeDriver.Mount', { Name: name, ID: 'm1' }))['Mountpoint'] as string
+  const epoch = (await api(node).inspectVolume(name)).epoch
+  const app = startApp(mountpoint)
+  await new Promise((resolve) => setTimeout(resolve, 1500))
+  return { name, mountpoint, device: mounted(mountpoint), epoch, app }
 }
+
+/** After the restart: the application saw no error, the same mount, every record, the same epoch; the new pxd unmounts it. */
+async function checkAfterRestart(t: ExecutionContext, what: string, load: Load, next: ClusterNode, nodeId: string): Promise<void> {
+  await new Promise((resolve) => setTimeout(resolve, 1000))
+  const reports = await stopApp(load.app)
+  t.log(`${what}: ${reports.writer.ops} fsynced records, longest write ${reports.writer.maxOpMs.toFixed(0)} ms, longest read ${reports.reader.maxOpMs.toFixed(0)} ms`)
+  t.deepEqual(reports.writer.errors, [], 'no write failed')
+  t.deepEqual(reports.reader.errors, [], 'no read failed')
+  t.true(reports.writer.ops > 10 && reports.reader.ops > 10)
+  t.is(mounted(load.mountpoint), load.device, 'the same device is mounted at the same place')
+  checkRecords(t, load.app.file, reports.writer.ops)
+  const after = await api(next).inspectVolume(load.name)
+  t.is(after.epoch, load.epoch, 'no new epoch')
+  t.is(after.attachedOn, nodeId)
+  // The new pxd owns the mount: an unmount takes it down.
+  await pluginOk(next, '/VolumeDriver.Unmount', { Name: load.name, ID: 'm1' })
+  t.is(mounted(load.mountpoint), undefined)
+}
+
+const exitOf = (n: ClusterNode) => new Promise<number | null>((resolve) => n.child.once('exit', (code) => resolve(code)))
 
 test.serial('pxd --takeover of a new version: the volume stays mounted, nothing fails, the epoch stays', async (t) => {
   const old = cluster.node('node-a')
-  const mountpoint = await mountVolume(old, 'live-takeover')
-  const device = mounted(mountpoint)
-  const before = await api(old).inspectVolume('live-takeover')
-  const app = startApp(mountpoint)
-  await new Promise((resolve) => setTimeout(resolve, 1500))
-
-  const oldExit = new Promise<number | null>((resolve) => old.child.once('exit', (code) => resolve(code)))
+  const load = await underLoad(old, 'live-takeover')
+  const oldExit = exitOf(old)
   const next = await cluster.start('node-a', { extraArgs: ['--takeover'], bin: path.join(nextBuild, 'bin', 'pxd'), after: old.child }).catch((err) => {
     t.log(`the old pxd said:\n${old.logs()}`)
     throw err
@@ -110,57 +131,23 @@ test.serial('pxd --takeover of a new version: the volume stays mounted, nothing 
   t.is(await oldExit, 0, 'the old pxd exits cleanly once it handed over')
   t.regex(old.logs(), /FUSE session handed over/)
   t.regex(next.logs(), /live restart: the FUSE session and its volumes were taken over/)
-  await new Promise((resolve) => setTimeout(resolve, 1500))
-
-  const reports = await stopApp(app)
-  t.log(`takeover: ${reports.writer.ops} fsynced records, longest write ${reports.writer.maxOpMs.toFixed(0)} ms, longest read ${reports.reader.maxOpMs.toFixed(0)} ms`)
-  t.deepEqual(reports.writer.errors, [], 'no write failed')
-  t.deepEqual(reports.reader.errors, [], 'no read failed')
-  t.true(reports.writer.ops > 10 && reports.reader.ops > 10)
-  t.is(mounted(mountpoint), device, 'the same device is mounted at the same place')
-  checkRecords(t, app.file, reports.writer.ops)
-
-  const after = await api(next).inspectVolume('live-takeover')
-  t.is(after.epoch, before.epoch, 'no new epoch')
-  t.is(after.attachedOn, 'node-a')
+  await checkAfterRestart(t, 'takeover', load, next, 'node-a')
   const self = (await api(next).listNodes()).find((n) => n.nodeId === 'node-a')
   t.is(self?.version, NEXT_VERSION)
   t.true(self?.online)
-
-  // The new pxd owns the mount: an unmount takes it down.
-  await pluginOk(next, '/VolumeDriver.Unmount', { Name: 'live-takeover', ID: 'm1' })
-  t.is(mounted(mountpoint), undefined)
   await pluginOk(next, '/VolumeDriver.Remove', { Name: 'live-takeover' })
 })
 
 test.serial('kill -9 under an fd store: the next pxd takes over the same mount', async (t) => {
   const first = await cluster.start('node-c', { env: { NOTIFY_SOCKET: store.socket, PXD_FD_STORE: '1' } })
   await store.waitFor('pxd-fuse')
-  const mountpoint = await mountVolume(first, 'live-crash')
-  const device = mounted(mountpoint)
-  const before = await api(first).inspectVolume('live-crash')
-  const app = startApp(mountpoint)
-  await new Promise((resolve) => setTimeout(resolve, 1500))
-
+  const load = await underLoad(first, 'live-crash')
   await first.kill()
   // The application's requests wait in the kernel meanwhile.
   await new Promise((resolve) => setTimeout(resolve, 500))
   const next = await cluster.start('node-c', { ...store.startWith(), env: { ...store.startWith().env, PXD_FD_STORE: '1' } })
   t.regex(next.logs(), /the service manager kept the FUSE session/)
-  await new Promise((resolve) => setTimeout(resolve, 1500))
-
-  const reports = await stopApp(app)
-  t.log(`crash: ${reports.writer.ops} fsynced records, longest write ${reports.writer.maxOpMs.toFixed(0)} ms, longest read ${reports.reader.maxOpMs.toFixed(0)} ms`)
-  t.deepEqual(reports.writer.errors, [], 'no write failed')
-  t.deepEqual(reports.reader.errors, [], 'no read failed')
-  t.is(mounted(mountpoint), device)
-  checkRecords(t, app.file, reports.writer.ops)
-  const after = await api(next).inspectVolume('live-crash')
-  t.is(after.epoch, before.epoch)
-  t.is(after.attachedOn, 'node-c')
-
-  await pluginOk(next, '/VolumeDriver.Unmount', { Name: 'live-crash', ID: 'm1' })
-  t.is(mounted(mountpoint), undefined)
+  await checkAfterRestart(t, 'kill -9', load, next, 'node-c')
   await pluginOk(next, '/VolumeDriver.Remove', { Name: 'live-crash' })
   // A clean stop takes the session out of the store.
   await next.stop()
@@ -176,46 +163,31 @@ function fakeSystemctl(dir: string, job: 'restart' | 'stop'): string {
 }
 
 test.serial('SIGTERM of a systemctl restart leaves the session in the fd store; SIGTERM of a stop unmounts', async (t) => {
-  const restarting = { NOTIFY_SOCKET: store.socket, PXD_FD_STORE: '1', PATH: fakeSystemctl(cluster.dir, 'restart') }
-  const first = await cluster.start('node-d', { env: restarting })
+  const first = await cluster.start('node-d', { env: { NOTIFY_SOCKET: store.socket, PXD_FD_STORE: '1', PATH: fakeSystemctl(cluster.dir, 'restart') } })
   await store.waitFor('pxd-fuse')
-  const mountpoint = await mountVolume(first, 'live-sigterm')
-  const device = mounted(mountpoint)
-  const before = await api(first).inspectVolume('live-sigterm')
-  const app = startApp(mountpoint)
-  await new Promise((resolve) => setTimeout(resolve, 1000))
-
-  const exited = new Promise<number | null>((resolve) => first.child.once('exit', (code) => resolve(code)))
+  const load = await underLoad(first, 'live-sigterm')
+  const exited = exitOf(first)
   first.child.kill('SIGTERM')
   t.is(await exited, 0)
   t.regex(first.logs(), /the service is restarting: handing the FUSE session to the fd store/)
-  t.is(mounted(mountpoint), device, 'the volume stays mounted while no pxd runs')
+  t.is(mounted(load.mountpoint), load.device, 'the volume stays mounted while no pxd runs')
   const next = await cluster.start('node-d', { ...store.startWith(), env: { ...store.startWith().env, PXD_FD_STORE: '1', PATH: fakeSystemctl(cluster.dir, 'stop') } })
-  await new Promise((resolve) => setTimeout(resolve, 1000))
-  const reports = await stopApp(app)
-  t.log(`systemctl restart: ${reports.writer.ops} fsynced records, longest write ${reports.writer.maxOpMs.toFixed(0)} ms`)
-  t.deepEqual(reports.writer.errors, [])
-  t.deepEqual(reports.reader.errors, [])
-  checkRecords(t, app.file, reports.writer.ops)
-  t.is((await api(next).inspectVolume('live-sigterm')).epoch, before.epoch)
+  await checkAfterRestart(t, 'systemctl restart', load, next, 'node-d')
 
   // A stop (no restart job): everything is taken down as before, and the store let go.
-  const stopped = new Promise<number | null>((resolve) => next.child.once('exit', (code) => resolve(code)))
+  await pluginOk(next, '/VolumeDriver.Mount', { Name: 'live-sigterm', ID: 'm2' })
+  t.truthy(mounted(load.mountpoint))
+  const stopped = exitOf(next)
   next.child.kill('SIGTERM')
   t.is(await stopped, 0)
-  t.is(mounted(mountpoint), undefined, 'a stop unmounts the volume')
+  t.is(mounted(load.mountpoint), undefined, 'a stop unmounts the volume')
   t.true(store.messages.some((m) => m.includes('FDSTOREREMOVE=1')))
 })
 
 test.serial('pxctl node restart: a successor of the same command line takes over, every volume stays mounted', async (t) => {
   const old = cluster.node('node-a')
-  const mountpoint = await mountVolume(old, 'live-pxctl')
-  const device = mounted(mountpoint)
-  const before = await api(old).inspectVolume('live-pxctl')
-  const app = startApp(mountpoint)
-  await new Promise((resolve) => setTimeout(resolve, 1000))
-
-  const oldExit = new Promise<number | null>((resolve) => old.child.once('exit', (code) => resolve(code)))
+  const load = await underLoad(old, 'live-pxctl')
+  const oldExit = exitOf(old)
   const r = await runCommand(PXCTL_BIN, ['--api', old.apiUrl, '--json', 'node', 'restart'], 30_000)
   t.is(r.code, 0, r.out)
   const pid = (JSON.parse(r.out) as { pid: number }).pid
@@ -223,16 +195,8 @@ test.serial('pxctl node restart: a successor of the same command line takes over
   try {
     t.is(await oldExit, 0)
     await waitFor('the successor to serve the plugin socket', async () => (await pluginCall(old.pluginSocket, '/Plugin.Activate', {})).status === 200, 30_000)
-    await new Promise((resolve) => setTimeout(resolve, 1000))
-    const reports = await stopApp(app)
-    t.log(`pxctl node restart: ${reports.writer.ops} fsynced records, longest write ${reports.writer.maxOpMs.toFixed(0)} ms`)
-    t.deepEqual(reports.writer.errors, [])
-    t.deepEqual(reports.reader.errors, [])
-    t.is(mounted(mountpoint), device)
-    checkRecords(t, app.file, reports.writer.ops)
-    t.is((await api(old).inspectVolume('live-pxctl')).epoch, before.epoch)
-    await pluginOk(old, '/VolumeDriver.Unmount', { Name: 'live-pxctl', ID: 'm1' })
-    t.is(mounted(mountpoint), undefined)
+    // The successor answers on the same socket and port: `old` names them.
+    await checkAfterRestart(t, 'pxctl node restart', load, old, 'node-a')
   } finally {
     // The successor is this test's too: ended by its pid.
     process.kill(pid, 'SIGTERM')
