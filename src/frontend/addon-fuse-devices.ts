@@ -91,6 +91,10 @@ export class AddonFuseDevices implements DeviceDirectory {
     return native.fuseServe(this.#requireHandle(), resend)
   }
 
+  get mounted(): boolean {
+    return this.#handle !== undefined
+  }
+
   /** What a successor needs to adopt this session. */
   table(): FuseSessionTable {
     return native.fuseSession(this.#requireHandle())

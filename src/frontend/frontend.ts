@@ -247,7 +247,7 @@ export class Frontend {
 
   /** What a successor adopts (the device files by nodeid), and the loop and mount of each attached volume; undefined without the addon's server. */
   liveState(): { fuse: FuseSessionTable; attached: Array<{ name: string; loop: string; mountpoint: string }> } | undefined {
-    if (!(this.#devices instanceof AddonFuseDevices)) return undefined
+    if (!(this.#devices instanceof AddonFuseDevices) || !this.#devices.mounted) return undefined
     return { fuse: this.#devices.table(), attached: [...this.#attached.values()] }
   }
 

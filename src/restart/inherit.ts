@@ -65,6 +65,8 @@ export async function fromServiceManager(runDir: string, log: Logger): Promise<I
 export async function takeOver(runDir: string, version: string, log: Logger, timeoutMs = 60_000): Promise<InheritedSession> {
   const control = handoffSocketOf(runDir)
   const inbox = path.join(runDir, `takeover-${process.pid}.sock`)
+  const st = await fs.stat(control).catch(() => undefined)
+  if (!st?.isSocket()) throw pxdError('HANDOFF_FAILED', `no running pxd answers at ${control}: there is no handoff socket (is pxd running with --run-dir ${runDir}?)`)
   await fs.rm(inbox, { force: true })
   const inboxFd = native.bindDatagram(inbox)
   let received: number | undefined

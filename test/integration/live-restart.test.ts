@@ -204,3 +204,17 @@ test.serial('pxctl node restart: a successor of the same command line takes over
     releaseProcess(pid)
   }
 })
+
+test.serial('pxd --takeover with no pxd running on the dirs fails at start, saying so, and makes nothing', async (t) => {
+  const dir = makeTempDir('pxd-takeover-')
+  try {
+    const r = await runCommand(process.execPath, [path.join(REPO_ROOT, 'bin', 'pxd'), '--takeover', '--data-dir', path.join(dir, 'data'), '--run-dir', path.join(dir, 'run'),
+      '--plugin-socket', path.join(dir, 'pxd.sock'), '--api-listen', '127.0.0.1:1'], 30_000)
+    t.is(r.code, 1, r.out)
+    t.regex(r.stderr, /no running pxd answers at .*handoff\.sock/)
+    t.false(existsSync(path.join(dir, 'data')), 'no data dir was made')
+    t.false(existsSync(path.join(dir, 'pxd.sock')))
+  } finally {
+    removeDir(dir)
+  }
+})
