@@ -13,6 +13,7 @@
         "native/store_io.cc",
         "native/crc32c.cc",
         "native/fuse_server.cc",
+        "native/fuse_session.cc",
         "native/fuse_binding.cc",
         "native/share_server.cc",
         "native/share_server_wire.cc",
@@ -23,7 +24,7 @@
         "native/share_client.cc",
         "native/share_client_wire.cc",
         "native/share_client_binding.cc",
-        "native/sd_notify.cc",
+        "native/unix_datagram.cc",
         "native/xts.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

@@ -33,7 +33,7 @@
 #include "block_store.h"
 #include "crc32c.h"
 #include "fuse_binding.h"
-#include "sd_notify.h"
+#include "unix_datagram.h"
 #include "share_binding.h"
 #include "store_binding.h"
 
@@ -659,7 +659,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFuse(env, exports);
   InitShareServer(env, exports);
   InitShareClient(env, exports);
-  InitServiceNotify(env, exports);
+  InitUnixDatagram(env, exports);
   InitXts(env, exports);
   return exports;
 }

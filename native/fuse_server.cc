@@ -55,15 +55,7 @@ FuseServer::FuseServer(const Options& o, FuseSink* sink)
       slot_bytes_(kDataOffset + o.max_request_bytes),
       sink_(sink),
       mounted_at_(static_cast<int64_t>(std::time(nullptr))) {
-  if (o.max_request_bytes < 32 * 1024 || o.max_request_bytes > (1u << 20) ||
-      o.max_request_bytes % kPage != 0) {
-    throw FuseError("EINVAL", 0, "max request bytes must be a multiple of 4096 in [32 KiB, 1 MiB]");
-  }
-  if (o.slots < 2 || o.slots > 1024) throw FuseError("EINVAL", 0, "slots must be in [2, 1024]");
-  pool_ = std::make_shared<SlotPool>(o.slots, slot_bytes_);
-  requests_.resize(o.slots);
-  for (uint32_t i = o.slots; i-- > 0;) free_slots_.push_back(i);
-
+  InitSlots(o.slots);
   fd_ = open("/dev/fuse", O_RDWR | O_CLOEXEC | O_NONBLOCK);
   if (fd_ < 0) throw SysError("open", "/dev/fuse");
   stop_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -81,7 +73,17 @@ FuseServer::FuseServer(const Options& o, FuseSink* sink)
     throw e;
   }
   mounted_ = true;
-  reader_ = std::thread([this] { Serve(); });
+  reader_ = std::thread([this] { ServeLoop(); });
+}
+
+void FuseServer::InitSlots(uint32_t slots) {
+  if (max_request_bytes_ < 32 * 1024 || max_request_bytes_ > (1u << 20) || max_request_bytes_ % kPage != 0) {
+    throw FuseError("EINVAL", 0, "max request bytes must be a multiple of 4096 in [32 KiB, 1 MiB]");
+  }
+  if (slots < 2 || slots > 1024) throw FuseError("EINVAL", 0, "slots must be in [2, 1024]");
+  pool_ = std::make_shared<SlotPool>(slots, slot_bytes_);
+  requests_.resize(slots);
+  for (uint32_t i = slots; i-- > 0;) free_slots_.push_back(i);
 }
 
 FuseServer::~FuseServer() {
@@ -196,7 +198,7 @@ void FuseServer::ReleaseSlot(uint32_t slot) {
   slots_cv_.notify_one();
 }
 
-void FuseServer::Serve() {
+void FuseServer::ServeLoop() {
   // The kernel may wait on this thread to write back pages (the loop device
   // writes here): let its own allocations not recurse into I/O, and spare it
   // the throttling of ordinary writers. Needs CAP_SYS_RESOURCE and Linux 5.6;

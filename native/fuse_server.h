@@ -96,6 +96,23 @@ class FuseServer {
 
   // Opens /dev/fuse, mounts it at options.mountpoint and starts serving.
   FuseServer(const Options& options, FuseSink* sink);
+
+  // A session another process mounted and served (a live restart,
+  // fuse_session.cc): the kernel's connection on `fd` (owned from now on), the
+  // files it knows by nodeid. Nothing is served until Serve(): bind the files
+  // first (BindFile), so no request reaches a volume that is not open yet.
+  struct AdoptedFile {
+    std::string name;
+    uint64_t nodeid = 0;
+    uint64_t size = 0;
+  };
+  struct Adopted {
+    int fd = -1;
+    std::vector<AdoptedFile> files;
+    uint64_t next_nodeid = 2;
+    int64_t mounted_at = 0;
+  };
+  FuseServer(const Options& options, FuseSink* sink, const Adopted& adopted);
   ~FuseServer();
   FuseServer(const FuseServer&) = delete;
   FuseServer& operator=(const FuseServer&) = delete;
@@ -114,6 +131,29 @@ class FuseServer {
   // slot. For a READ, the data is the first `result` bytes at the slot's
   // data area.
   void Reply(uint32_t slot, int64_t result);
+
+  // An adopted file's requests carry `key` from now on; false when there is
+  // no such file.
+  bool BindFile(const std::string& name, uint32_t key);
+  // Starts the reader of an adopted session. Files never bound are removed
+  // first. With `resend`, the kernel is asked to send again every request the
+  // earlier process read and never answered (FUSE_NOTIFY_RESEND, Linux 6.9);
+  // false when it cannot.
+  bool Serve(bool resend);
+  // The session's files as the kernel knows them (what a successor adopts).
+  std::vector<AdoptedFile> Files() const;
+  uint64_t next_nodeid() const;
+  int64_t mounted_at() const { return mounted_at_; }
+  // The connection's descriptor (for the service manager's fd store); still owned here.
+  int fd() const { return fd_; }
+  // Requests with the sink now.
+  uint32_t InFlight();
+  // Stops reading requests; those with the sink may still be answered. The
+  // kernel queues what comes meanwhile.
+  void StopReading();
+  // Gives the connection away (the caller owns the returned descriptor) and
+  // stops: no unmount, nothing answered any more.
+  int Export();
 
   // Unmounts and stops the reader thread. Without `lazy` it fails with EBUSY
   // while a loop device holds a file (and keeps serving); with it the mount
@@ -137,7 +177,8 @@ class FuseServer {
     uint64_t lookups = 0;  // the kernel's references, dropped by FORGET
   };
 
-  void Serve();
+  void ServeLoop();
+  void InitSlots(uint32_t slots);
   bool AcquireSlot(uint32_t* slot);
   void ReleaseSlot(uint32_t slot);
   void Handle(uint32_t slot, uint8_t* msg, size_t len);
@@ -178,6 +219,7 @@ class FuseServer {
   bool mounted_ = false;
   std::thread reader_;
   int64_t mounted_at_;
+  bool reading_stopped_ = false;
 
   std::mutex slots_mu_;
   std::condition_variable slots_cv_;

@@ -4,7 +4,14 @@
  * replica host, peer server and links, membership, frontend (cleanup of a crashed run,
  * FUSE mount), volume manager, plugin socket, API. Stop runs in reverse, so no request
  * arrives at a part that is already gone.
+ *
+ * A live restart (src/restart/) changes two steps of each: the successor adopts the FUSE
+ * session instead of mounting one and resumes the volumes handed over before the volume
+ * manager starts; the predecessor, stopping for a handoff, keeps those volumes mounted and
+ * their attachments held, gives the session's descriptor away and keeps its node lease
+ * (the successor renews the node's records before the lease runs out).
  */
+import { spawn } from 'node:child_process'
 import { promises as fs, constants as fsConstants } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -33,6 +40,15 @@ import { ShareRegistry } from './shares/share-registry'
 import { ShareService } from './shares/share-service'
 import { ShareExecutor } from './shares/executor'
 import { VolumeManager } from './volumes/manager'
+import { FD_NAME, fromServiceManager, takeOver, type InheritedSession } from './restart/inherit'
+import { HandoffServer } from './restart/handoff-server'
+import { removeSession, SessionRecorder, sessionOf, writeSession } from './restart/session-file'
+
+/** How long a handoff waits for the FUSE requests already read to be answered. */
+const HANDOFF_DRAIN_MS = 30_000
+
+/** Where a stopping pxd sends its FUSE session: to a successor, or nowhere (the service manager's fd store has it). */
+export type HandoffTarget = { send(fd: number): void } | 'fd-store'
 
 export interface DaemonConfig {
   dataDir: string
@@ -70,6 +86,10 @@ export interface DaemonConfig {
   replaceAfterMs?: number
   /** Who serves the FUSE device directory (default addon). */
   fuseServer?: FuseServerKind
+  /** Take the FUSE session and mounted volumes over from the pxd running on these dirs (`--takeover`). */
+  takeover?: boolean
+  /** The service manager keeps descriptors for the next start ($FDSTORE): the FUSE session is stored there. */
+  fdStore?: boolean
 }
 
 export class Daemon {
@@ -77,6 +97,7 @@ export class Daemon {
   readonly #log: Logger
   readonly #stopSteps: Array<[string, () => Promise<void>]> = []
   #stopping: Promise<void> | undefined
+  #handoff: HandoffTarget | undefined
   apiUrl = ''
   nodeId = ''
 
@@ -100,6 +121,8 @@ export class Daemon {
       throw pxdError('INVALID_ARGUMENT', `the API would listen on ${c.apiListen}, beyond loopback: give it a token with --api-token-file FILE`)
     }
     await checkPreconditions()
+    // Before the dir locks: the running pxd lets go of them once it handed over.
+    let inherited: InheritedSession | undefined = c.takeover ? await takeOver(c.runDir, c.version, this.#log) : undefined
     // The operator's token file is checked before anything changes; the data dir's own is made under its lock.
     const apiTokenFile = tokenFileOf(c.dataDir, c.apiTokenFile)
     let apiToken = c.apiTokenFile ? (await readSecret(c.apiTokenFile, this.#log)).toString('utf8') : undefined
@@ -114,6 +137,7 @@ export class Daemon {
       if (await ensureTokenFile(apiTokenFile)) this.#log.info({ file: apiTokenFile }, 'made the API token file; changing API calls need this token')
       apiToken = (await readSecret(apiTokenFile, this.#log)).toString('utf8')
     }
+    inherited ??= await fromServiceManager(c.runDir, this.#log)
     this.nodeId = await resolveNodeId(c.dataDir, c.nodeId)
     const log = this.#log.child({ node: this.nodeId })
 
@@ -169,13 +193,16 @@ export class Daemon {
       allocated: () => host.allocated(),
       log: log.child({ component: 'membership' }),
     })
-    this.#onStop('membership', () => membership.stop())
+    this.#onStop('membership', () => membership.stop({ keepLease: this.#handoff !== undefined }))
     await membership.start()
     isMember = (nodeId) => membership.isOnline(nodeId)
 
     const metrics = new Metrics({ log: log.child({ component: 'metrics' }) })
     const frontend = new Frontend(c.runDir, log.child({ component: 'frontend' }), c.fuseServer, meteredDevices(metrics))
-    const manager = new VolumeManager({
+    let manager: VolumeManager | undefined
+    const session = new SessionRecorder(c.runDir, c.version, { frontend: () => frontend.liveState(), volumes: () => manager?.liveVolumes() ?? [] })
+    const recordSession = () => session.changed().catch((err) => log.warn({ err }, 'could not write the live session file'))
+    manager = new VolumeManager({
       nodeId: this.nodeId, dataDir: c.dataDir, kvdb, frontend, host, membership, replicas, log: log.child({ component: 'volumes' }),
       shares: { registry: shareRegistry, service: shareService, executor: shareExecutor, log: log.child({ component: 'shares' }) },
       engineEvents: (name) => metrics.volume(name),
@@ -185,12 +212,44 @@ export class Daemon {
       ...(c.resyncConcurrency ? { resyncConcurrency: c.resyncConcurrency } : {}),
       ...(c.replaceAfterMs !== undefined ? { replaceAfterMs: c.replaceAfterMs } : {}),
       keySources: { ...(secret ? { clusterSecret: secret } : {}), ...(c.secretsDir ? { secretsDir: c.secretsDir } : {}) },
+      changed: recordSession,
     })
-    this.#onStop('frontend', () => frontend.stop())
-    await frontend.start()
+    const volumes = manager
+    let handedOver: Awaited<ReturnType<VolumeManager['handOff']>> = []
+    this.#onStop('frontend', async () => {
+      if (this.#handoff && frontend.liveState()) return this.#finishHandoff(frontend, handedOver, c)
+      await frontend.stop()
+      await removeSession(c.runDir)
+      if (c.fdStore) notifyServiceManager(`FDSTOREREMOVE=1\nFDNAME=${FD_NAME}`, log)
+    })
+    await frontend.start(inherited)
+    let kept = new Set<string>()
+    if (inherited) {
+      const failed = await volumes.resume(inherited.session.volumes, inherited.clean)
+      // Always asked: a predecessor that died left requests it read and never answered.
+      const resent = frontend.serve(true)
+      for (const v of failed) await frontend.abandon(v)
+      kept = new Set(inherited.session.volumes.filter((v) => !failed.includes(v)).map((v) => v.name))
+      log.info({ from: inherited.from, clean: inherited.clean, volumes: kept.size, failed: failed.length, resent }, 'live restart: the FUSE session and its volumes were taken over')
+    }
+    if (c.fdStore && inherited?.from !== 'fd-store') {
+      const live = frontend.liveState()
+      if (live) notifyServiceManager(`FDSTORE=1\nFDNAME=${FD_NAME}`, log, [live.fuse.fd])
+    }
 
-    this.#onStop('volumes', () => manager.stop())
-    await manager.start()
+    this.#onStop('volumes', async () => {
+      if (!this.#handoff) return volumes.stop()
+      try {
+        handedOver = await volumes.handOff(() => frontend.drain(HANDOFF_DRAIN_MS))
+      } catch (err) {
+        this.#handoffError = err as Error
+        this.#handoff = undefined
+        log.error({ err }, 'the handoff failed: stopping as usual')
+        await volumes.stop()
+      }
+    })
+    await volumes.start(kept)
+    await recordSession()
 
     const plugin = new PluginServer(c.pluginSocket, manager, log.child({ component: 'plugin' }))
     this.#onStop('plugin socket', () => plugin.close())
@@ -201,10 +260,54 @@ export class Daemon {
     metrics.provide({ healing: async () => ({ replacements: manager.replacements, replicaWrittenBytes: host.writtenBytes }) })
     metrics.provide({ peers: peerStates({ nodeId: this.nodeId, nodes: () => membership.nodes(), link: (peer) => peerLinks?.get(peer) }) })
     const readiness = nodeReadiness({ nodeId: this.nodeId, kvdb, dataDir: c.dataDir, fuseMountpoint: path.join(c.runDir, 'dev') })
-    const api = new ApiServer(manager, { nodeId: this.nodeId, version: c.version, kvdb: kvdb.description, startedAt: new Date() }, log.child({ component: 'api' }), { metrics, readiness, token: apiToken, tokenFile: apiTokenFile })
+    const api = new ApiServer(manager, { nodeId: this.nodeId, version: c.version, kvdb: kvdb.description, startedAt: new Date() }, log.child({ component: 'api' }), { metrics, readiness, token: apiToken, tokenFile: apiTokenFile, restart: async () => spawnSuccessor(Boolean(frontend.liveState()), log) })
     this.#onStop('API', () => api.close())
     this.apiUrl = await api.listen(c.apiListen)
+    if (frontend.liveState()) {
+      const handoff = new HandoffServer(c.runDir, log.child({ component: 'handoff' }), (req) => this.handOff(req))
+      this.#onStop('handoff socket', () => handoff.close())
+      await handoff.listen()
+    }
     log.info({ dataDir: c.dataDir, runDir: c.runDir, pluginSocket: c.pluginSocket, api: this.apiUrl, kvdb: kvdb.description, peer: peerAddress }, 'pxd ready')
+  }
+
+  /**
+   * Stop for a live restart: every volume stays mounted, and the FUSE session goes to
+   * `target`. Fails (and then stops as usual) when the stop had begun already.
+   */
+  async handOff(target: HandoffTarget): Promise<void> {
+    if (this.#stopping) throw pxdError('DAEMON_STOPPING', 'pxd is already stopping')
+    this.#handoff = target
+    await this.stop()
+    const failed = this.#handoffError
+    // A failure is told to the successor before the process goes.
+    setTimeout(() => this.onHandedOff?.(failed === undefined), failed ? 200 : 0)
+    if (failed) throw failed
+  }
+
+  /** Called once a stop for a handoff is over, handed over or not (the process should exit now). */
+  onHandedOff: ((handedOver: boolean) => void) | undefined
+
+  #handoffError: Error | undefined
+
+  /** The frontend's part of a handoff: the session file a last time, then the descriptor to whoever takes it. */
+  async #finishHandoff(frontend: Frontend, volumes: Awaited<ReturnType<VolumeManager['handOff']>>, c: DaemonConfig): Promise<void> {
+    const target = this.#handoff!
+    try {
+      const live = frontend.liveState()!
+      await writeSession(c.runDir, sessionOf(process.pid, c.version, true, live.fuse, live.attached, volumes))
+      const fd = frontend.handOff()
+      try {
+        if (target !== 'fd-store') target.send(fd)
+      } finally {
+        native.closeDescriptor(fd)
+      }
+      this.#log.info({ volumes: volumes.length }, 'FUSE session handed over; every volume stays mounted')
+    } catch (err) {
+      this.#handoffError = err as Error
+      this.#log.error({ err }, 'the handoff failed: stopping as usual')
+      await frontend.stop()
+    }
   }
 
   /** Idempotent: every started part is stopped once, in reverse order, even when one fails. */
@@ -224,6 +327,30 @@ export class Daemon {
 
   #onStop(name: string, step: () => Promise<void>): void {
     this.#stopSteps.push([name, step])
+  }
+}
+
+/**
+ * `pxctl node restart` without a service manager: this pxd's command line again (the code
+ * on disk now, a new version if one was installed) with --takeover, detached, on the same
+ * output; it asks for the handoff once it runs, and this process exits when it is done.
+ */
+function spawnSuccessor(live: boolean, log: Logger): { pid: number } {
+  if (process.env['NOTIFY_SOCKET']) throw pxdError('PRECONDITION', 'pxd runs under a service manager: restart it with `systemctl restart pxd` (every volume stays mounted)')
+  if (!live) throw pxdError('PRECONDITION', 'a restart in place needs the addon\'s FUSE server (--fuse-server addon)')
+  const args = [...process.execArgv, ...process.argv.slice(1).filter((a) => a !== '--takeover'), '--takeover']
+  const child = spawn(process.execPath, args, { detached: true, stdio: 'inherit', env: process.env })
+  child.unref()
+  log.info({ pid: child.pid }, 'restarting in place: a successor takes over')
+  return { pid: child.pid ?? 0 }
+}
+
+/** A message to the service manager ($NOTIFY_SOCKET), descriptors attached; a failure is logged. */
+function notifyServiceManager(state: string, log: Logger, fds?: number[]): void {
+  try {
+    native.serviceNotify(state, fds)
+  } catch (err) {
+    log.warn({ err }, 'could not notify the service manager')
   }
 }
 

@@ -90,6 +90,11 @@ export class ApiClient {
     return this.#call('POST', `/v1/cluster/nodes/${encodeURIComponent(nodeId)}/drain`, { cancel })
   }
 
+  /** Start a successor that takes this node's pxd over; its pid. */
+  restartNode(): Promise<{ restarting: boolean; pid: number }> {
+    return this.#call('POST', '/v1/node/restart', {})
+  }
+
   removeNode(nodeId: string): Promise<{ removed: string }> {
     return this.#call('DELETE', `/v1/cluster/nodes/${encodeURIComponent(nodeId)}`)
   }

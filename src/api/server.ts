@@ -46,6 +46,8 @@ export interface StatusSource {
 }
 
 export interface ApiServerOptions {
+  /** POST /v1/node/restart: start a successor that takes this pxd over (every volume stays mounted). */
+  restart?: () => Promise<{ pid: number }>
   /**
    * The node's metrics. Providers it lacks for volumes and capacity are taken from the
    * manager. Default: a Metrics of this server's own (process metrics and volume state,
@@ -78,6 +80,7 @@ export class ApiServer {
   readonly #readiness: Readiness
   readonly #server: http.Server
   readonly #token: Buffer | undefined
+  readonly #restart: (() => Promise<{ pid: number }>) | undefined
   readonly #tokenFile: string | undefined
   readonly #routes: Array<[string, RegExp, Route]>
 
@@ -91,6 +94,7 @@ export class ApiServer {
     this.#readiness = options.readiness ?? readinessOf({ kvdb: () => manager.nodes() })
     this.#token = options.token === undefined ? undefined : Buffer.from(options.token)
     this.#tokenFile = options.tokenFile
+    this.#restart = options.restart
     this.#routes = this.#makeRoutes()
     this.#server = createBoundedServer((req, res) => void this.#handle(req, res))
   }
@@ -231,6 +235,11 @@ export class ApiServer {
       ['POST', /^\/v1\/volumes\/([^/]+)\/restore$/, async (req, [name]) => {
         const body = await readJsonObject(req)
         return [200, await m.snapshots.restore(name!, requiredString(body, 'snapshot'))]
+      }],
+      ['POST', /^\/v1\/node\/restart$/, async (req) => {
+        req.resume()
+        if (!this.#restart) throw pxdError('PRECONDITION', 'this pxd cannot restart itself')
+        return [202, { restarting: true, ...(await this.#restart()) }]
       }],
       ['GET', /^\/v1\/quarantine$/, async () => [200, await m.quarantined()]],
       ['DELETE', /^\/v1\/quarantine\/([^/]+)$/, async (_req, [name]) => {

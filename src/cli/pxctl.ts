@@ -24,6 +24,9 @@ Commands:
                                       move every replica off NODE (mounted volumes too) and
                                       place no new one there; follows until it is empty
   cluster remove NODE                 forget an offline NODE that holds no replica
+  node restart                        restart this node's pxd in place (a new version, if one
+                                      was installed): every volume stays mounted, I/O pauses;
+                                      under systemd use "systemctl restart pxd"
   cluster rebalance                   move replicas from the fullest nodes to the emptiest,
                                       one volume at a time, printing each move
   volume create NAME [--size 10G] [--repl 1] [--fs ext4] [--shared] [--opt KEY=VALUE ...]
@@ -137,6 +140,11 @@ async function main(argv: string[]): Promise<number> {
     }
     await client.removeNode(name)
     out({ removed: name }, () => `Node ${name} removed from the cluster\n`)
+    return 0
+  }
+  if (cmd === 'node' && sub === 'restart' && name === undefined) {
+    const r = await client.restartNode()
+    out(r, () => `pxd is restarting in place: process ${r.pid} takes over; volumes stay mounted\n`)
     return 0
   }
   if (cmd === 'cluster' && sub === 'rebalance' && name === undefined) {

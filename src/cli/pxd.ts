@@ -4,9 +4,14 @@
  * when stdout is a terminal or with --log-pretty. pino-pretty runs as a synchronous stream
  * in this thread, not as a worker transport, so nothing logged before exit is lost.
  * SIGTERM/SIGINT stop it cleanly: volumes unmounted, loop devices detached, FUSE
- * unmounted, stores flushed.
+ * unmounted, stores flushed. Two ways keep every volume mounted instead (a live restart,
+ * src/restart/): `pxd --takeover` started beside the running one takes its FUSE session
+ * over; under systemd with a file-descriptor store, SIGTERM of a `systemctl restart` leaves
+ * the session in the store for the next start.
  */
-import { parseArgs } from 'node:util'
+import { parseArgs, promisify } from 'node:util'
+import { execFile } from 'node:child_process'
+import { readFile } from 'node:fs/promises'
 import pino, { type Logger } from 'pino'
 import pretty from 'pino-pretty'
 import { Daemon, type DaemonConfig } from '../daemon'
@@ -18,6 +23,8 @@ import { missingNodeFlags } from './node-flags'
 import { packageVersion } from './version'
 import { DEFAULT_SCRUB_BYTES_PER_SECOND } from '../constants'
 import { parseSize } from '../util/size'
+
+const execFileAsync = promisify(execFile)
 
 /** The default --scrub-rate, as the flag takes it. */
 const DEFAULT_SCRUB_RATE = `${DEFAULT_SCRUB_BYTES_PER_SECOND / 1024 ** 2}M`
@@ -71,6 +78,8 @@ Cluster (several nodes; without --kvdb pxd is a single node with an embedded sto
   --peer-tls-ca FILE           cluster CA (PEM)        PXD_PEER_TLS_CA          the CA chain and CN = node id
                                without them peer links run TLS 1.2 with a key derived from the cluster
                                secret (PSK); PXD_PEER_PLAINTEXT=1 turns that off, for benchmarks only
+  --takeover            take over from the pxd running PXD_TAKEOVER=1     a live restart or upgrade: every
+                        on these dirs                                      volume stays mounted, I/O pauses
   --config FILE         settings file                  PXD_CONFIG         (default /etc/pxd/pxd.conf, when
                         ("data-dir = /srv/pxd" lines)                      it exists; flags and variables win)
   -h, --help            show this help
@@ -120,6 +129,7 @@ async function main(argv: string[]): Promise<number> {
         ...Object.fromEntries(Object.keys(OPTIONS).map((k) => [k, { type: 'string' as const }])),
         config: { type: 'string' },
         'log-pretty': { type: 'boolean' },
+        takeover: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean', short: 'v' },
       },
@@ -239,6 +249,9 @@ async function main(argv: string[]): Promise<number> {
     },
     peerTls: { cert: setting('peer-tls-cert'), key: setting('peer-tls-key'), ca: setting('peer-tls-ca') },
     peerPlaintext: plainEnv === '1',
+    takeover: values.takeover === true || process.env['PXD_TAKEOVER'] === '1',
+    // systemd (254 and later) says how many descriptors it keeps; PXD_FD_STORE=1 for older ones.
+    fdStore: Boolean(process.env['NOTIFY_SOCKET']) && (Number(process.env['FDSTORE'] ?? 0) > 0 || process.env['PXD_FD_STORE'] === '1'),
   }
 
   const missing = missingNodeFlags()
@@ -246,13 +259,22 @@ async function main(argv: string[]): Promise<number> {
     log.warn({ missing }, `node was started without ${missing.join(' ')}: large replicated writes will cost frequent full GCs (start pxd through bin/pxd or scripts/start.sh)`)
   }
   const daemon = new Daemon(config, log)
+  daemon.onHandedOff = (ok) => process.exit(ok ? 0 : 1)
   let signalled = false
   const stopOn = (signal: NodeJS.Signals) => {
     if (signalled) return log.warn({ signal }, 'already stopping')
     signalled = true
-    log.info({ signal }, 'stopping')
     notifyManager('STOPPING=1', log)
-    void daemon.stop().then(() => process.exit(0))
+    void (async () => {
+      if (config.fdStore && signal === 'SIGTERM' && (await serviceRestarting(log))) {
+        log.info({ signal }, 'the service is restarting: handing the FUSE session to the fd store, every volume stays mounted')
+        await daemon.handOff('fd-store').catch(() => undefined)
+        return
+      }
+      log.info({ signal }, 'stopping')
+      await daemon.stop()
+      process.exit(0)
+    })()
   }
   process.on('SIGTERM', stopOn)
   process.on('SIGINT', stopOn)
@@ -267,6 +289,26 @@ async function main(argv: string[]): Promise<number> {
   }
   notifyManager(`READY=1\nMAINPID=${process.pid}\nSTATUS=serving volumes`, log)
   return -1
+}
+
+/**
+ * Whether systemd is restarting this unit (a restart job runs for it) rather than stopping
+ * it: only then does a stop leave the volumes mounted for the next start.
+ */
+async function serviceRestarting(log: Logger): Promise<boolean> {
+  try {
+    // The unit is named by this process's cgroup under systemd; pxd.service otherwise.
+    const cgroup = await readFile('/proc/self/cgroup', 'utf8').catch(() => '')
+    const unit = /([^/]+\.service)\s*$/m.exec(cgroup)?.[1] ?? 'pxd.service'
+    const { stdout } = await execFileAsync('systemctl', ['list-jobs', '--no-legend', '--plain', unit], { timeout: 3_000 })
+    return stdout.split('\n').some((line) => {
+      const [, name, type] = line.trim().split(/\s+/)
+      return name === unit && type !== undefined && type.includes('restart')
+    })
+  } catch (err) {
+    log.warn({ err }, 'cannot tell whether systemd restarts pxd: stopping as usual')
+    return false
+  }
 }
 
 /** Tell a service manager (systemd, Type=notify) where pxd is; nothing without $NOTIFY_SOCKET. */

@@ -70,9 +70,10 @@ export class Membership {
     this.#timer.unref()
   }
 
-  async stop(): Promise<void> {
+  /** `keepLease`: a live restart, whose successor renews this node's records before the lease runs out; the node stays online. */
+  async stop(options: { keepLease?: boolean } = {}): Promise<void> {
     if (this.#timer) clearInterval(this.#timer)
-    await this.#lease?.revoke()
+    if (!options.keepLease) await this.#lease?.revoke()
   }
 
   /** Every known node, with online = holding a live lease. */

@@ -5,6 +5,11 @@
  * that holds them, and are answered with fuseReply once the volume's BlockDevice settles. A
  * device without `discard` (nodiscard=true) answers discards with EOPNOTSUPP.
  *
+ * A live restart (src/restart/) hands the mount's session from one process to the next:
+ * the successor adopts it (`adopt`), binds each file it takes over to its volume (`bind`),
+ * and only then serves (`serve`); the predecessor stops reading, waits for what it read to
+ * be answered (`drain`) and gives the descriptor away (`export`), never unmounting.
+ *
  * A slot's data area is a view made once at mount: a WRITE's payload already sits there
  * (page-aligned), and READ data is put there, so the bytes pass between the kernel, the
  * block store and the peer socket without a copy in this process.
@@ -12,7 +17,7 @@
 import { promises as fs } from 'node:fs'
 import { constants } from 'node:os'
 import type { Logger } from 'pino'
-import { FuseKind, native, type FuseHandle } from '../native/binding'
+import { FuseKind, native, type AdoptedFuseSession, type FuseHandle, type FuseSessionTable } from '../native/binding'
 import { pxdError } from '../errors'
 import { errnoOf, notSupported, type BlockDevice, type DeviceDirectory } from './device-directory'
 
@@ -50,10 +55,76 @@ export class AddonFuseDevices implements DeviceDirectory {
     } catch (err) {
       throw pxdError('PRECONDITION', `cannot mount the FUSE device directory at ${this.mountpoint}: ${(err as Error).message}`, err)
     }
+    this.#use(handle)
+    this.#log.info({ mountpoint: this.mountpoint, server: 'addon', maxRequestBytes: this.#maxRequestBytes }, 'FUSE device directory mounted')
+  }
+
+  /** Take over the session a predecessor mounted here; nothing is served before `serve`. */
+  adopt(session: AdoptedFuseSession & { maxRequestBytes: number }): void {
+    let handle: FuseHandle
+    try {
+      handle = native.fuseAdopt(this.mountpoint, session.maxRequestBytes, SLOTS, this.#onRequest, session)
+    } catch (err) {
+      throw pxdError('HANDOFF_FAILED', `cannot adopt the FUSE session of ${this.mountpoint}: ${(err as Error).message}`, err)
+    }
+    this.#use(handle)
+    this.#log.info({ mountpoint: this.mountpoint, files: session.files.length }, 'FUSE device directory taken over from the previous pxd')
+  }
+
+  #use(handle: FuseHandle): void {
     const layout = native.fuseLayout(handle)
     this.#views = Array.from({ length: layout.slots }, (_, i) => new Uint8Array(layout.memory, i * layout.slotBytes + layout.dataOffset, layout.maxRequestBytes))
     this.#handle = handle
-    this.#log.info({ mountpoint: this.mountpoint, server: 'addon', maxRequestBytes: layout.maxRequestBytes }, 'FUSE device directory mounted')
+  }
+
+  /** An adopted file is served by `device` from now on. */
+  bind(name: string, device: BlockDevice): void {
+    const handle = this.#requireHandle()
+    const key = this.#nextKey++
+    if (!native.fuseBindFile(handle, name, key)) throw pxdError('HANDOFF_FAILED', `the adopted FUSE session has no device file ${name}`)
+    this.#byKey.set(key, device)
+    this.#keyOf.set(name, key)
+  }
+
+  /** Start serving an adopted session (unbound files are dropped); `resend`: ask the kernel again for what a dead predecessor read. */
+  serve(resend: boolean): boolean {
+    return native.fuseServe(this.#requireHandle(), resend)
+  }
+
+  get mounted(): boolean {
+    return this.#handle !== undefined
+  }
+
+  /** What a successor needs to adopt this session. */
+  table(): FuseSessionTable {
+    return native.fuseSession(this.#requireHandle())
+  }
+
+  /** Stop reading requests and wait until every one read was answered (the kernel queues the rest). */
+  async drain(timeoutMs: number): Promise<void> {
+    const handle = this.#requireHandle()
+    let left = native.fuseStopReading(handle)
+    const deadline = Date.now() + timeoutMs
+    while (left > 0) {
+      if (Date.now() > deadline) throw pxdError('HANDOFF_FAILED', `${left} FUSE requests were still unanswered after ${timeoutMs} ms`)
+      await new Promise((resolve) => setTimeout(resolve, 2))
+      left = native.fuseInFlight(handle)
+    }
+  }
+
+  /** Give the session's descriptor away (the caller owns it); nothing is unmounted. */
+  export(): number {
+    const fd = native.fuseExport(this.#requireHandle())
+    this.#handle = undefined
+    this.#views = []
+    this.#byKey.clear()
+    this.#keyOf.clear()
+    return fd
+  }
+
+  #requireHandle(): FuseHandle {
+    if (!this.#handle) throw pxdError('PRECONDITION', 'the FUSE device directory is not mounted')
+    return this.#handle
   }
 
   async unmount(lazy = false): Promise<void> {

@@ -2,7 +2,10 @@
  * How an attached volume reaches a container: device file on the node's FUSE mount ->
  * loop device -> file system (made on first use) -> <run-dir>/mounts/<volume-name>.
  * Attach builds the chain, detach takes it down in reverse, and start() first removes
- * whatever a crashed earlier run left mounted or attached under the run dir. A
+ * whatever a crashed earlier run left mounted or attached under the run dir, except what a
+ * live restart takes over (src/restart/): then the FUSE session is adopted, each volume
+ * handed over is bound to its new engine (`resume`) before anything is served, and a
+ * volume that could not be taken over is taken down (`abandon`). A
  * DeviceWrapper, if given, stands between each volume's device and the device directory
  * (metrics time every request that way: src/metrics/instrument.ts).
  */
@@ -16,6 +19,9 @@ import { ATTR_CACHE_MS, type BlockDevice, type DeviceDirectory, type FuseServerK
 import { FuseNativeDevices } from './fuse-native-devices'
 import { attachLoop, detachLoop, listLoops, refreshLoopSize } from './loop'
 import { run } from '../util/exec'
+import type { InheritedSession } from '../restart/inherit'
+import type { LiveVolume } from '../restart/session-file'
+import type { FuseSessionTable } from '../native/binding'
 
 export interface AttachRequest {
   id: string
@@ -84,18 +90,25 @@ export class Frontend {
     return path.join(this.servedDir, name)
   }
 
-  async start(): Promise<void> {
+  /** `inherited`: the FUSE session of a live restart, adopted instead of a new mount (serve it once its volumes are bound). */
+  async start(inherited?: InheritedSession): Promise<void> {
     await fs.mkdir(this.mountsDir, { recursive: true, mode: 0o755 })
     await fs.mkdir(this.servedDir, { recursive: true, mode: 0o700 })
-    await this.cleanupStale()
-    await this.#devices.mount()
+    await this.cleanupStale(inherited?.session.volumes)
+    if (inherited) this.#live().adopt({ ...inherited.session.fuse, fd: inherited.fd })
+    else await this.#devices.mount()
   }
 
-  /** Unmount what an earlier run left under the run dir, detach its loops, drop its FUSE mount. */
-  async cleanupStale(): Promise<void> {
+  /**
+   * Unmount what an earlier run left under the run dir, detach its loops, drop its FUSE
+   * mount; with `kept` (a live restart), that session's mount and the volumes it hands over stay.
+   */
+  async cleanupStale(kept?: LiveVolume[]): Promise<void> {
     const devDir = this.#devices.mountpoint
     const mounts = await listMounts()
-    const ours = (target: string) => target.startsWith(this.mountsDir + '/') || target.startsWith(this.servedDir + '/')
+    const keptMounts = new Set(kept?.map((v) => v.mountpoint))
+    const keptLoops = new Set(kept?.map((v) => v.loop))
+    const ours = (target: string) => !keptMounts.has(target) && (target.startsWith(this.mountsDir + '/') || target.startsWith(this.servedDir + '/'))
     for (const m of mounts.filter((m) => ours(m.target)).reverse()) {
       this.#log.warn({ mountpoint: m.target }, 'unmounting a file system left by an earlier run')
       // A run killed during a snapshot left it frozen: a frozen file system never finishes
@@ -104,11 +117,11 @@ export class Frontend {
       await unmountFilesystem(m.target, true).catch((err) => this.#log.error({ err, mountpoint: m.target }, 'stale unmount failed'))
     }
     for (const loop of await listLoops()) {
-      if (!loop.backingFile.startsWith(devDir + '/')) continue
+      if (!loop.backingFile.startsWith(devDir + '/') || keptLoops.has(loop.device)) continue
       this.#log.warn({ loop: loop.device, file: loop.backingFile }, 'detaching a loop device left by an earlier run')
       await detachLoop(loop.device).catch((err) => this.#log.error({ err, loop: loop.device }, 'stale loop detach failed'))
     }
-    if (mounts.some((m) => m.target === devDir)) {
+    if (kept === undefined && mounts.some((m) => m.target === devDir)) {
       this.#log.warn({ mountpoint: devDir }, 'removing a FUSE mount left by an earlier run')
       await run('umount', ['--lazy', devDir]).catch((err) => this.#log.error({ err }, 'stale FUSE unmount failed'))
     }
@@ -207,6 +220,53 @@ export class Frontend {
     this.#devices.remove(a.id)
     await fs.rmdir(a.mountpoint).catch(() => undefined)
     this.#log.info({ volume: name, volumeId: a.id }, 'volume detached')
+  }
+
+  /** A volume handed over by a live restart is served by `device` (its loop and mount stay as they are). */
+  resume(v: LiveVolume, device: BlockDevice): void {
+    const wrapped = this.#wrapDevice?.(v.name, device)
+    this.#live().bind(v.volumeId, wrapped?.device ?? device)
+    if (wrapped) this.#wrapped.set(v.name, wrapped)
+    this.#attached.set(v.name, { id: v.volumeId, name: v.name, loop: v.loop, mountpoint: v.mountpoint })
+    this.#log.info({ volume: v.name, volumeId: v.volumeId, loop: v.loop, mountpoint: v.mountpoint }, 'volume taken over: its mount stayed up')
+  }
+
+  /** A volume handed over that could not be taken over: its mount and loop go (after `serve`: its file answers EIO then). */
+  async abandon(v: LiveVolume): Promise<void> {
+    this.#log.warn({ volume: v.name, volumeId: v.volumeId, mountpoint: v.mountpoint }, 'taking down a mount the previous pxd left that this one cannot serve')
+    await thawFilesystem(v.mountpoint).catch(() => undefined)
+    await unmountFilesystem(v.mountpoint, true).catch((err) => this.#log.error({ err, mountpoint: v.mountpoint }, 'unmount failed'))
+    await detachLoop(v.loop).catch((err) => this.#log.error({ err, loop: v.loop }, 'loop detach failed'))
+    await fs.rmdir(v.mountpoint).catch(() => undefined)
+  }
+
+  /** Serve an adopted session; `resend`: the kernel sends again what a dead predecessor read and never answered. */
+  serve(resend: boolean): boolean {
+    return this.#live().serve(resend)
+  }
+
+  /** What a successor adopts (the device files by nodeid), and the loop and mount of each attached volume; undefined without the addon's server. */
+  liveState(): { fuse: FuseSessionTable; attached: Array<{ name: string; loop: string; mountpoint: string }> } | undefined {
+    if (!(this.#devices instanceof AddonFuseDevices) || !this.#devices.mounted) return undefined
+    return { fuse: this.#devices.table(), attached: [...this.#attached.values()] }
+  }
+
+  /** Stop taking requests and wait for those read to be answered (a handoff; the kernel queues the rest). */
+  drain(timeoutMs: number): Promise<void> {
+    return this.#live().drain(timeoutMs)
+  }
+
+  /** The end of a handoff: the session's descriptor, now the caller's; every mount stays. */
+  handOff(): number {
+    for (const wrapped of this.#wrapped.values()) wrapped.release()
+    this.#wrapped.clear()
+    this.#attached.clear()
+    return this.#live().export()
+  }
+
+  #live(): AddonFuseDevices {
+    if (!(this.#devices instanceof AddonFuseDevices)) throw pxdError('PRECONDITION', 'a live restart needs the addon\'s FUSE server (--fuse-server addon)')
+    return this.#devices
   }
 
   async stop(): Promise<void> {

@@ -181,7 +181,15 @@ export interface NativeBinding {
    * Sends `state` ("READY=1", "STOPPING=1", "STATUS=...") to the service manager's
    * $NOTIFY_SOCKET (sd_notify(3)). False when there is none; throws when sending fails.
    */
-  serviceNotify(state: string): boolean
+  serviceNotify(state: string, fds?: number[]): boolean
+  /** One unix datagram to the socket at `path` ("@name": abstract), with descriptors attached (SCM_RIGHTS). */
+  sendDatagram(path: string, payload: string, fds?: number[]): void
+  /** A datagram socket bound at a new absolute path (mode 0600); its descriptor. */
+  bindDatagram(path: string): number
+  /** The next datagram on a bound socket, waited for on a worker thread; rejects with ETIMEDOUT after `timeoutMs`. */
+  receiveDatagram(fd: number, timeoutMs: number): Promise<{ payload: string; fds: number[] }>
+  /** Closes a descriptor this process got from a datagram or from its parent (never 0-2). */
+  closeDescriptor(fd: number): void
 }
 
 declare const fuseHandleBrand: unique symbol
@@ -239,6 +247,38 @@ export interface FuseBinding {
   fuseSetFileSize(handle: FuseHandle, name: string, size: number): void
   /** Without lazy, throws code EBUSY while the mount is in use (and keeps serving). Idempotent. */
   fuseUnmount(handle: FuseHandle, lazy?: boolean): void
+  /**
+   * Takes over a session another process mounted (a live restart): `session.fd` is its
+   * /dev/fuse descriptor, owned from now on. Serves nothing until fuseServe; bind the files first.
+   */
+  fuseAdopt(mountpoint: string, maxRequestBytes: number, slots: number, onRequest: FuseRequestHandler, session: AdoptedFuseSession): FuseHandle
+  /** An adopted file's requests carry `key` (> 0) from now on; false when the session has no such file. */
+  fuseBindFile(handle: FuseHandle, name: string, key: number): boolean
+  /** Starts reading an adopted session; unbound files are removed first. `resend`: the kernel sends again what a dead predecessor read and never answered (false when it cannot). */
+  fuseServe(handle: FuseHandle, resend: boolean): boolean
+  /** What a successor adopts: the files by nodeid, and the counters. */
+  fuseSession(handle: FuseHandle): FuseSessionTable
+  /** Stops reading requests (the kernel queues them); returns the requests still with JS. */
+  fuseStopReading(handle: FuseHandle): number
+  fuseInFlight(handle: FuseHandle): number
+  /** Gives the session's descriptor away (now the caller's) without an unmount; the handle is done. */
+  fuseExport(handle: FuseHandle): number
+}
+
+export interface FuseSessionTable {
+  files: Array<{ name: string; nodeid: number; size: number }>
+  nextNodeid: number
+  mountedAt: number
+  maxRequestBytes: number
+  /** The connection's descriptor, still the handle's (for the service manager's fd store). */
+  fd: number
+}
+
+export interface AdoptedFuseSession {
+  fd: number
+  files: Array<{ name: string; nodeid: number; size: number }>
+  nextNodeid: number
+  mountedAt: number
 }
 
 /** The folder holding package.json, found by walking up from this file. */

@@ -48,10 +48,10 @@ export class Attachments {
     return this.#o.kvdb.get<AttachmentRecord>(keys.attachment(name))
   }
 
-  /** After a restart nothing is attached here any more: say so for every volume this node held. */
-  async markDetachedAfterRestart(): Promise<void> {
+  /** After a restart nothing is attached here any more: say so for every volume this node held, but those `kept` (a live restart took them over). */
+  async markDetachedAfterRestart(kept: ReadonlySet<string> = new Set()): Promise<void> {
     for (const entry of await this.#o.kvdb.list<AttachmentRecord>(keys.attachments())) {
-      if (entry.value.nodeId !== this.#o.nodeId) continue
+      if (entry.value.nodeId !== this.#o.nodeId || kept.has(entry.key.slice(keys.attachments().length))) continue
       const ok = await this.#o.kvdb.txn({
         compares: [{ key: entry.key, modRevision: entry.modRevision }],
         // A background resync wrote nothing the in-sync replicas could disagree on.

@@ -79,6 +79,24 @@ export class VolumeEngines {
     }
   }
 
+  /**
+   * Open the engine again at the epoch this node still holds (a live restart took the volume
+   * over from the process before): no claim. After a crash of that process a write may have
+   * reached some replicas only: they are made equal first.
+   */
+  async resume(name: string, record: VolumeRecord, epoch: number, clean: boolean): Promise<VolumeEngine> {
+    const engine = await this.#open(name, record, epoch)
+    if (clean || record.snapshotOf) return engine
+    try {
+      const copied = await engine.reconcile()
+      this.#o.log.info({ volume: name, volumeId: record.id, copiedBytes: copied }, 'replicas reconciled after the previous pxd died')
+      return engine
+    } catch (err) {
+      await engine.close().catch(() => undefined)
+      throw err
+    }
+  }
+
   /** Close an engine that is not (or no longer) mounted and give the attachment back. Never throws. */
   async detach(name: string, volumeId: string, engine: VolumeEngine | undefined, epoch: number): Promise<void> {
     const log = this.#o.log

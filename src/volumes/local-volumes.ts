@@ -22,6 +22,7 @@ import { releaseOptions, VolumeEngines } from './engines'
 import { CAS_RETRIES, type InSyncSet } from './in-sync'
 import { discards } from './options'
 import type { VolumeRecord } from './types'
+import type { LiveVolume } from '../restart/session-file'
 
 export interface LocalAttachment {
   engine: VolumeEngine
@@ -180,6 +181,60 @@ export class LocalVolumes {
       await this.detach(name, local, false)
       this.#o.log.info({ volume: name, volumeId: local.volumeId }, 'healing done: volume let go')
     })
+  }
+
+  /**
+   * A live restart: take over a volume the process before left mounted, at the epoch it
+   * held, when this node still holds it then (nobody took it meanwhile); its mount and loop
+   * stay. A secure volume needs a key this node can open again (cluster secret, a named
+   * secret): a passphrase was never kept. `clean`: the predecessor answered everything.
+   */
+  async resume(v: LiveVolume, clean: boolean): Promise<void> {
+    const attachment = (await this.#o.attachments.get(v.name))?.value
+    if (!attachment || attachment.nodeId !== this.#o.nodeId || attachment.epoch !== v.epoch || attachment.purpose) {
+      throw pxdError('FENCED', `volume ${v.name} is no longer held here at epoch ${v.epoch}`)
+    }
+    const record = (await this.#record(v.name)).value
+    if (record.id !== v.volumeId) throw pxdError('FENCED', `volume ${v.name} is another volume now (${record.id})`)
+    const cipher = this.#cipherFor(record, {})
+    const engine = await this.engines.resume(v.name, record, v.epoch, clean)
+    if (cipher) engine.useCipher(cipher)
+    this.#o.frontend.resume(v, discards(record.spec) ? engine : withoutDiscard(engine))
+    this.map.set(v.name, { engine, mountpoint: v.mountpoint, mountIds: new Set(v.mountIds), epoch: v.epoch, volumeId: record.id, size: record.spec.size })
+    this.#o.attached(v.name)
+  }
+
+  /** resume() for each volume handed over, under its lock; those that failed have their attachment given back and are returned. */
+  async resumeAll(volumes: LiveVolume[], clean: boolean): Promise<LiveVolume[]> {
+    const failed: LiveVolume[] = []
+    for (const v of volumes) {
+      await this.#o.locks.run(v.name, () => this.resume(v, clean && !v.reconcile)).catch(async (err) => {
+        this.#o.log.error({ err, volume: v.name, volumeId: v.volumeId }, 'could not take over a volume the previous pxd left mounted')
+        failed.push(v)
+        await this.#o.attachments.release(v.name, v.epoch, clean ? undefined : { unclean: true }).catch(() => undefined)
+      })
+    }
+    return failed
+  }
+
+  /** What a successor needs of each mounted volume: its epoch and mount IDs (the frontend knows its loop and mount). */
+  live(): Array<Omit<LiveVolume, 'loop' | 'mountpoint'>> {
+    return [...this.map].filter(([, l]) => l.mountpoint !== null).map(([name, l]) => ({ name, volumeId: l.volumeId, epoch: l.epoch, mountIds: [...l.mountIds] }))
+  }
+
+  /**
+   * The end of a handoff, once no request is in flight: every mounted volume's engine
+   * closes (its replicas flushed) and its attachment stays, for the successor to resume.
+   */
+  async closeForHandoff(): Promise<Array<Omit<LiveVolume, 'loop' | 'mountpoint'>>> {
+    const out: Array<Omit<LiveVolume, 'loop' | 'mountpoint'>> = []
+    for (const [name, local] of [...this.map]) {
+      if (local.mountpoint === null) continue
+      this.map.delete(name)
+      await local.engine.close().catch((err) => this.#o.log.error({ err, volume: name }, 'closing the volume engine failed; the successor opens it again'))
+      out.push({ name, volumeId: local.volumeId, epoch: local.epoch, mountIds: [...local.mountIds], ...(local.engine.diverged ? { reconcile: true } : {}) })
+    }
+    return out
   }
 
   /** Unmount (when mounted), close the engine and give the attachment back. */

@@ -20,7 +20,6 @@
  */
 import type { Logger } from 'pino'
 import type { Membership } from '../cluster/membership'
-import { DirtyMap, dirtyDirOf } from '../replicas/dirty-map'
 import type { QuarantinedReplica, ReplicaHost } from '../replicas/replica-host'
 import type { ReplicaDirectory } from '../replicas/directory'
 import type { EngineEvents, ScrubResult } from '../engine/volume-engine'
@@ -36,6 +35,7 @@ import { InfoView } from './info'
 import { parseVolumeRef } from './options'
 import { takeKeyOptions, type KeySources } from './keys'
 import { VolumeCreation } from './creation'
+import { VolumeRemoval } from './removal'
 import { ReplicaPlacement } from './placement'
 import { Resyncs } from './resyncs'
 import { ResyncPace } from './resync-pace'
@@ -50,6 +50,7 @@ import { SharedVolumes } from '../shares/shared-volumes'
 import type { ShareRegistry } from '../shares/share-registry'
 import type { ShareService } from '../shares/share-service'
 import type { ShareExecutor } from '../shares/executor'
+import type { LiveVolume } from '../restart/session-file'
 
 /** The mount ID used for a Mount without one (dvdcli, the Mesos isolator). */
 const ANONYMOUS_MOUNT = ''
@@ -77,6 +78,8 @@ export interface ManagerOptions {
   replaceAfterMs?: number
   /** Where secure volumes' key-encryption keys come from (cluster secret, --secrets-dir). */
   keySources?: KeySources
+  /** After each mount and unmount (a live restart's session file follows them). */
+  changed?: () => Promise<void>
 }
 
 export class VolumeManager {
@@ -94,12 +97,14 @@ export class VolumeManager {
   readonly #view: InfoView
   readonly #placement: ReplicaPlacement
   readonly #creation: VolumeCreation
+  readonly #removal: VolumeRemoval
   readonly #shares: SharedVolumes
   readonly #healer: Healer
   readonly moves: ReplicaMoves
   readonly resizes: VolumeResize
   readonly snapshots: VolumeSnapshots
   readonly #keySources: KeySources
+  readonly #changed: (() => Promise<void>) | undefined
   #stopping = false
   #sweeper: NodeJS.Timeout | undefined
 
@@ -110,6 +115,7 @@ export class VolumeManager {
     this.#host = o.host
     this.#log = o.log
     this.#keySources = o.keySources ?? {}
+    this.#changed = o.changed
     this.#attachments = new Attachments({ nodeId: o.nodeId, kvdb: o.kvdb, membership: o.membership, locks: this.#locks, log: o.log })
     const inSync = new InSyncSet({ nodeId: o.nodeId, kvdb: o.kvdb })
     this.#local = new LocalVolumes({
@@ -186,6 +192,10 @@ export class VolumeManager {
       info: (record) => this.#view.info(record),
       checkRunning: () => this.#checkRunning(),
     })
+    this.#removal = new VolumeRemoval({
+      dataDir: o.dataDir, kvdb: o.kvdb, locks: this.#locks, attachments: this.#attachments, attached, local: this.#local, shares: this.#shares,
+      snapshots: () => this.snapshots, placement: this.#placement, requireRecord: (name) => this.#requireRecord(name), checkRunning: () => this.#checkRunning(), log: o.log,
+    })
     this.snapshots = new VolumeSnapshots({
       nodeId: o.nodeId, kvdb: o.kvdb, locks: this.#locks, attached, attachedOn, log: o.log,
       withEngine: (name, work) => this.#local.withEngine(name, work),
@@ -202,11 +212,12 @@ export class VolumeManager {
   }
 
   /**
-   * After a restart nothing is attached here any more: say so in the kvdb. Replicas on
+   * After a restart nothing is attached here any more but what a live restart took over
+   * (`kept`, see resume): say so in the kvdb. Replicas on
    * disk the kvdb does not list are quarantined.
    */
-  async start(): Promise<void> {
-    await this.#attachments.markDetachedAfterRestart()
+  async start(kept: ReadonlySet<string> = new Set()): Promise<void> {
+    await this.#attachments.markDetachedAfterRestart(kept)
     this.#resyncs.start()
     this.#scrubs.start()
     this.#shares.start()
@@ -248,36 +259,9 @@ export class VolumeManager {
     })
   }
 
-  async remove(requestedName: string): Promise<void> {
-    const { name } = parseVolumeRef(requestedName)
-    await this.#locks.run(name, async () => {
-      this.#checkRunning()
-      const entry = await this.#requireRecord(name)
-      await this.snapshots.refuseIfSnapshotted(entry.value)
-      // A shared volume served here for others is refused for them, naming them.
-      if (entry.value.spec.shared) await this.#shares.checkUnmounted(name)
-      const held = this.#attached.get(name)
-      if (held?.mountpoint === null) await this.#local.detach(name, held, false)
-      if (this.#attached.has(name) || this.#shares.has(name)) throw pxdError('IN_USE', `volume ${name} is mounted on this node; unmount it first`)
-      let attachment = await this.#attachments.get(name)
-      // Held elsewhere for healing only: take it (fencing that resync), then remove.
-      if (attachment?.value.nodeId && attachment.value.purpose === 'resync') {
-        await this.#attachments.claim(name)
-        attachment = await this.#attachments.get(name)
-      } else if (attachment?.value.nodeId) throw pxdError('IN_USE', `volume ${name} is attached on node ${attachment.value.nodeId}`)
-      const progress = (await this.#kvdb.list(keys.resyncs(name))).map((e) => e.key)
-      const ok = await this.#kvdb.txn({
-        compares: [
-          { key: keys.volume(name), modRevision: entry.modRevision },
-          { key: keys.attachment(name), modRevision: attachment?.modRevision ?? 0 },
-        ],
-        deletes: [keys.volume(name), keys.attachment(name), ...progress],
-      })
-      if (!ok) throw pxdError('CONFLICT', `volume ${name} changed while it was being removed; retry`)
-      await this.#placement.drop(entry.value)
-      await DirtyMap.forgetVolume(dirtyDirOf(this.#dataDir), entry.value.id)
-      this.#log.info({ volume: name, volumeId: entry.value.id }, 'volume removed')
-    })
+  /** Remove a volume nobody has mounted, with its replicas (removal.ts). */
+  remove(requestedName: string): Promise<void> {
+    return this.#removal.remove(requestedName)
   }
 
   /**
@@ -309,7 +293,7 @@ export class VolumeManager {
       const { mountpoint } = await this.#local.attachHere(name, undefined, keyOptions)
       this.#attached.get(name)!.mountIds.add(id)
       return mountpoint
-    })
+    }).finally(() => this.#changed?.())
   }
 
   async unmount(requestedName: string, mountId: string | undefined): Promise<void> {
@@ -326,7 +310,7 @@ export class VolumeManager {
       // The ID goes only once the detach succeeded: after EBUSY, Docker's retry detaches.
       await this.#local.detach(name, local, false)
       local.mountIds.delete(id)
-    })
+    }).finally(() => this.#changed?.())
   }
 
   /** The mountpoint while mounted on this node, else null. Throws NOT_FOUND for unknown volumes. */
@@ -368,6 +352,29 @@ export class VolumeManager {
 
   /** Detach every volume (the daemon is stopping). New requests are refused from now on. */
   async stop(): Promise<void> {
+    await this.#stopBackground()
+    await this.#detachAll(() => true)
+  }
+
+  /** A live restart, before start: take over the volumes the process before handed over; returns those it could not. */
+  resume(volumes: LiveVolume[], clean: boolean): Promise<LiveVolume[]> {
+    return this.#local.resumeAll(volumes, clean)
+  }
+
+  /**
+   * Stop for a live restart: background work ends, shared volumes and those held for healing
+   * are let go as at a stop, `drain` waits until no request is in flight, and every other
+   * mounted volume's engine closes with its attachment kept (the successor resumes it).
+   */
+  async handOff(drain: () => Promise<void>): Promise<Array<Omit<LiveVolume, 'loop' | 'mountpoint'>>> {
+    const shared = new Set([...this.#attached.keys()].filter((name) => this.#shares.has(name)))
+    await this.#stopBackground()
+    await this.#detachAll((name, local) => local.mountpoint === null || shared.has(name))
+    await drain()
+    return this.#local.closeForHandoff()
+  }
+
+  async #stopBackground(): Promise<void> {
     this.#stopping = true
     clearInterval(this.#sweeper)
     this.#attachments.stop()
@@ -375,10 +382,20 @@ export class VolumeManager {
     this.#scrubs.stop()
     await this.#healer.stop()
     await this.#shares.stop()
+  }
+
+  async #detachAll(which: (name: string, local: LocalAttachment) => boolean): Promise<void> {
     for (const [name, local] of [...this.#attached]) {
+      if (!which(name, local)) continue
       await this.#locks.run(name, () => this.#local.detach(name, local, true)).catch((err) => this.#log.error({ err, volume: name, volumeId: local.volumeId }, 'detach at shutdown failed'))
     }
   }
+
+  /** What a successor needs of each attached volume (local-volumes.ts). */
+  liveVolumes(): Array<Omit<LiveVolume, 'loop' | 'mountpoint'>> {
+    return this.#local.live()
+  }
+
 
   async #records(): Promise<VolumeRecord[]> {
     return (await this.#kvdb.list<VolumeRecord>(keys.volumes())).map((e) => e.value)

@@ -30,8 +30,8 @@ export interface Cluster {
   secret: Buffer
   nodes: ClusterNode[]
   node(id: string): ClusterNode
-  /** Start (or start again, same dirs and ports) one node. */
-  start(nodeId: string): Promise<ClusterNode>
+  /** Start (or start again, same dirs and ports) one node; `more` flags, another build, a pxd to take over from. */
+  start(nodeId: string, more?: NodeStartOptions): Promise<ClusterNode>
   /**
    * The node loses power: kill -9, then its disk drops what was not durable (every dirty
    * page, or a random half of them with `seed`). Start it again with `start`.
@@ -42,6 +42,16 @@ export interface Cluster {
   /** The API token every node asks of changing calls, with `network` (its APIs are beyond loopback). */
   apiToken?: string
   stop(): Promise<void>
+}
+
+export interface NodeStartOptions {
+  extraArgs?: string[]
+  bin?: string
+  after?: Daemon['child']
+  env?: Record<string, string>
+  /** Run the daemon under this (after the cluster's own prefix). */
+  commandPrefix?: string[]
+  inheritFds?: number[]
 }
 
 export interface ClusterOptions {
@@ -98,7 +108,7 @@ export async function startCluster(nodeIds: string[], options: ClusterOptions = 
   const ports = new Map<string, { api: number; peer: number }>()
   const nodes: ClusterNode[] = []
 
-  const start = async (nodeId: string): Promise<ClusterNode> => {
+  const start = async (nodeId: string, more: NodeStartOptions = {}): Promise<ClusterNode> => {
     let p = ports.get(nodeId)
     if (!p) {
       p = { api: await freePort(), peer: await freePort() }
@@ -111,7 +121,7 @@ export async function startCluster(nodeIds: string[], options: ClusterOptions = 
       disks.set(nodeId, disk)
     }
     const host = network ? network.ip(nodeId) : '127.0.0.1'
-    const prefix = [...(network ? network.enter(nodeId) : []), ...(options.commandPrefix?.(nodeId) ?? [])]
+    const prefix = [...(network ? network.enter(nodeId) : []), ...(options.commandPrefix?.(nodeId) ?? []), ...(more.commandPrefix ?? [])]
     const daemon = await startDaemon({
       dir: nodeDir,
       nodeId,
@@ -119,7 +129,8 @@ export async function startCluster(nodeIds: string[], options: ClusterOptions = 
       ...(network ? { apiHost: host } : {}),
       ...(prefix.length > 0 ? { commandPrefix: prefix } : {}),
       ...(options.pluginSocket ? { pluginSocket: options.pluginSocket(nodeId) } : {}),
-      ...(options.env ? { env: options.env } : {}),
+      ...(options.env || more.env ? { env: { ...options.env, ...more.env } } : {}),
+      ...(more.inheritFds ? { inheritFds: more.inheritFds } : {}),
       ...(options.nodeArgs ? { nodeArgs: options.nodeArgs } : {}),
       extraArgs: [
         '--kvdb', `${etcd.tls ? 'https' : 'etcd'}://${etcd.endpoint}`,
@@ -130,7 +141,10 @@ export async function startCluster(nodeIds: string[], options: ClusterOptions = 
         '--cluster-secret-file', secretFile,
         '--node-ttl', String(TEST_NODE_TTL),
         ...(typeof options.extraArgs === 'function' ? options.extraArgs(nodeId) : options.extraArgs ?? []),
+        ...(more.extraArgs ?? []),
       ],
+      ...(more.bin ? { bin: more.bin } : {}),
+      ...(more.after ? { after: more.after } : {}),
     })
     const node: ClusterNode = Object.assign(daemon, { nodeId, peerPort: p.peer }, disk ? { disk } : {})
     const i = nodes.findIndex((n) => n.nodeId === nodeId)

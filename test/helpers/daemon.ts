@@ -27,6 +27,12 @@ export interface DaemonOptions {
   apiPort?: number
   /** The address the API listens on (default 127.0.0.1); beyond loopback it needs --api-token-file. */
   apiHost?: string
+  /** bin/pxd of another build (another version) in place of this checkout's. */
+  bin?: string
+  /** A pxd this one takes over from (--takeover): ready only once that one exited and this one answers. */
+  after?: ChildProcess
+  /** Descriptors the daemon inherits as 3, 4, ... (what a service manager passes with LISTEN_FDS). */
+  inheritFds?: number[]
 }
 
 export interface Daemon {
@@ -78,7 +84,7 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
   const pluginSocket = opts.pluginSocket ?? path.join(dir, 'plugins', 'pxd.sock')
   const apiPort = opts.apiPort ?? (await freePort())
   const args = [
-    PXD_BIN,
+    opts.bin ?? PXD_BIN,
     '--data-dir', dataDir,
     '--run-dir', runDir,
     '--plugin-socket', pluginSocket,
@@ -87,7 +93,7 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
     ...(opts.extraArgs ?? []),
   ]
   const command = [...(opts.commandPrefix ?? []), process.execPath, ...DAEMON_NODE_FLAGS, ...(opts.nodeArgs ?? []), ...args]
-  const child = spawn(command[0]!, command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, PXD_CONFIG: '/dev/null', ...opts.env } })
+  const child = spawn(command[0]!, command.slice(1), { stdio: ['ignore', 'pipe', 'pipe', ...(opts.inheritFds ?? [])], env: { ...process.env, PXD_CONFIG: '/dev/null', ...opts.env } })
   guardProcess(child.pid!)
   child.once('exit', () => releaseProcess(child.pid!))
   let output = ''
@@ -117,7 +123,8 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
     if (child.exitCode !== null || child.signalCode !== null) {
       throw new Error(`pxd exited during start (${child.exitCode ?? child.signalCode}):\n${output}`)
     }
-    try {
+    const predecessorGone = !opts.after || opts.after.exitCode !== null || opts.after.signalCode !== null
+    if (predecessorGone) try {
       const reply = await pluginCall(pluginSocket, '/Plugin.Activate', {})
       if (reply.status === 200) return daemon
     } catch {

@@ -7,7 +7,7 @@
 // nothing else. dockerd gets all of its paths under the test's temp dir. The image is a
 // static busybox imported from a tarball, since nothing can be pulled.
 import test, { type ExecutionContext } from 'ava'
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs'
 import { request } from 'node:http'
 import { tmpdir } from 'node:os'
@@ -106,24 +106,45 @@ async function loopDevicesUnder(dir: string, ns?: MountNamespace): Promise<strin
   return r.stdout.split('\n').filter((line) => line.includes(dir))
 }
 
-test('docker engine creates, mounts, writes, reads and removes a pxd volume', async (t) => {
+/**
+ * The start of every test here: preconditions (a missing one fails the test), a temp dir,
+ * the teardown (always), then dockerWithPxd. Undefined when a precondition is missing.
+ */
+async function begin(t: ExecutionContext): Promise<(DockerSetup & { state: SetupState }) | undefined> {
   t.timeout(TEST_TIMEOUT_MS)
   const missing = missingPreconditions()
   if (missing.length > 0) {
     t.fail(`cannot run the docker integration test, missing: ${missing.join('; ')}`)
-    return
+    return undefined
   }
   const started = Date.now()
-  const log = (line: string): void => t.log(line)
   const dir = mkdtempSync(join(tmpdir(), 'pxd-docker-'))
-  let ns: MountNamespace | undefined
-  let engine: DockerEngine | undefined
-  let daemon: Daemon | undefined
+  const state: SetupState = {}
+  t.teardown(async () => teardown(t, dir, () => ({ ns: state.ns, engine: state.engine, daemon: state.daemon }), started))
+  return { ...(await dockerWithPxd(t, state, dir)), state }
+}
 
-  t.teardown(async () => teardown(t, dir, () => ({ ns, engine, daemon }), started))
+/** What a test started so far; the daemon is replaced when a successor takes over. */
+interface SetupState { ns?: MountNamespace; engine?: DockerEngine; daemon?: Daemon }
 
+interface DockerSetup {
+  dir: string
+  pxdDir: string
+  pluginSocket: string
+  ns: MountNamespace
+  engine: DockerEngine
+  daemon: Daemon
+}
+
+/**
+ * Steps 1-4 of every test here: a private mount namespace, pxd serving the plugin socket
+ * that dockerd discovers there, dockerd, and the local busybox image. `state` always holds
+ * what was started so far (for teardown, pass or fail).
+ */
+async function dockerWithPxd(t: ExecutionContext, state: SetupState, dir: string): Promise<DockerSetup> {
+  const log = (line: string): void => t.log(line)
   // 1. Private mount namespace, with only our plugin socket for dockerd to discover.
-  ns = await createMountNamespace()
+  const ns = (state.ns = await createMountNamespace())
   log(`mount namespace held by pid ${ns.holderPid} (${UNSHARE} --mount --propagation private sleep infinity)`)
   await ns.mountTmpfs('/run')
   await ns.mountTmpfs('/run/docker/plugins')
@@ -138,17 +159,25 @@ test('docker engine creates, mounts, writes, reads and removes a pxd volume', as
   // probes it (it connects to the path it was given, from outside the namespace).
   const pluginSocket = ns.hostPath(PLUGIN_SOCKET)
   // debug: pxd then logs every plugin request, which shows in CI what Docker asked of it.
-  daemon = await startDaemon({ dir: pxdDir, pluginSocket, commandPrefix: ns.prefix, extraArgs: ['--log-level', 'debug'] })
+  const daemon = (state.daemon = await startDaemon({ dir: pxdDir, pluginSocket, commandPrefix: ns.prefix, extraArgs: ['--log-level', 'debug'] }))
   log(`pxd pid ${daemon.pid}, --plugin-socket ${daemon.pluginSocket}, api ${daemon.apiUrl}`)
   t.true(existsSync(ns.hostPath(PLUGIN_SOCKET)), `pxd's socket is ${PLUGIN_SOCKET} in the namespace`)
   const activate = await pluginCall(pluginSocket, 'Plugin.Activate', {})
   t.deepEqual(activate['Implements'], ['VolumeDriver'], `Plugin.Activate answered ${JSON.stringify(activate)}`)
 
   // 3. dockerd in the same namespace, everything under the temp dir.
-  engine = await startDockerEngine({ dir, commandPrefix: ns.prefix, log })
+  const engine = (state.engine = await startDockerEngine({ dir, commandPrefix: ns.prefix, log }))
 
   // 4. A local image: static busybox, no pull.
   await importBusyboxImage(engine, IMAGE, dir)
+  return { dir, pxdDir, pluginSocket, ns, engine, daemon }
+}
+
+test('docker engine creates, mounts, writes, reads and removes a pxd volume', async (t) => {
+  const setup = await begin(t)
+  if (!setup) return
+  const log = (line: string): void => t.log(line)
+  const { dir, pluginSocket, engine, daemon } = setup
 
   // 5. The volume's life through docker.
   const volume = `pxd-it-${randomBytes(4).toString('hex')}`
@@ -228,6 +257,47 @@ test('docker engine creates, mounts, writes, reads and removes a pxd volume', as
   // informative only, the assertions above are the test).
   const requests = pluginRequestsIn(daemon.logs())
   log(`plugin requests in pxd's log: ${requests.length > 0 ? requests.join(', ') : '(none found)'}`)
+})
+
+test('a live restart under running containers: pxd --takeover, a writer and a reader container never notice', async (t) => {
+  const setup = await begin(t)
+  if (!setup) return
+  const { pxdDir, pluginSocket, ns, engine, daemon: old, state } = setup
+
+  const volume = `pxd-live-${randomBytes(4).toString('hex')}`
+  t.is((await engine.dockerOk(['volume', 'create', '-d', 'pxd', '--opt', 'size=256M', volume])).trim(), volume)
+  const run = ['run', '--network', 'none', '-v', `${volume}:/data`, IMAGE, 'sh', '-c']
+  // Each record is 64 bytes, fsynced (busybox sync FILE) before the next, until /data/stop appears.
+  const writer = (await engine.dockerOk([run[0]!, '-d', ...run.slice(1), 'i=0; while [ ! -e /data/stop ]; do printf \'%063d\\n\' $i >> /data/records && sync /data/records || echo "ERROR write $i"; i=$((i+1)); done; echo DONE $i'])).trim()
+  const reader = (await engine.dockerOk([run[0]!, '-d', ...run.slice(1), 'while [ ! -e /data/records ]; do sleep 0.1; done; while [ ! -e /data/stop ]; do cat /data/records > /dev/null || echo "ERROR read"; done; echo DONE'])).trim()
+  await new Promise((resolve) => setTimeout(resolve, 1500))
+  const lines = async () => Number((await engine.dockerOk(['exec', writer, 'wc', '-l', '/data/records'])).trim().split(/\s+/)[0])
+  const beforeTakeover = await lines()
+
+  const oldExit = new Promise<number | null>((resolve) => old.child.once('exit', (code) => resolve(code)))
+  state.daemon = await startDaemon({ dir: pxdDir, pluginSocket, commandPrefix: ns.prefix, extraArgs: ['--log-level', 'debug', '--takeover'], after: old.child })
+  t.is(await oldExit, 0, 'the old pxd handed over and exited')
+  t.regex(state.daemon.logs(), /live restart: the FUSE session and its volumes were taken over/)
+  await new Promise((resolve) => setTimeout(resolve, 1000))
+  t.true(await lines() > beforeTakeover, 'the writer went on writing after the takeover')
+  await engine.dockerOk(['run', '--rm', ...run.slice(1), 'touch /data/stop'])
+
+  let written = 0
+  for (const [name, id] of [['writer', writer], ['reader', reader]] as const) {
+    t.is((await engine.dockerOk(['wait', id], { timeoutMs: 60_000 })).trim(), '0', `the ${name} container exited 0`)
+    const logs = await engine.dockerOk(['logs', id])
+    t.false(logs.includes('ERROR'), `the ${name} container saw no error:\n${logs}`)
+    const done = /DONE ?(\d*)/.exec(logs)
+    t.truthy(done, `the ${name} container finished:\n${logs}`)
+    if (name === 'writer') written = Number(done?.[1])
+  }
+  t.log(`${beforeTakeover} records before the takeover, ${written} in all`)
+  let expected = ''
+  for (let i = 0; i < written; i++) expected += `${String(i).padStart(63, '0')}\n`
+  const sum = (await engine.dockerOk(['run', '--rm', '--network', 'none', '-v', `${volume}:/data`, IMAGE, 'md5sum', '/data/records'])).trim().split(/\s+/)[0]
+  t.is(sum, createHash('md5').update(expected).digest('hex'), 'every record is there, in order')
+  await engine.dockerOk(['rm', writer, reader])
+  t.is((await engine.dockerOk(['volume', 'rm', volume])).trim(), volume)
 })
 
 /** Endpoints of the `plugin request` debug lines in pxd's JSON log, in order. */
