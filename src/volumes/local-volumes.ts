@@ -86,6 +86,13 @@ export class LocalVolumes {
     }
   }
 
+  /** KEY_REQUIRED or BAD_KEY unless `keyOptions` open the volume's key; nothing for a plain volume. */
+  async checkKey(name: string, keyOptions: KeyOptions): Promise<void> {
+    const record = (await this.#record(name)).value
+    if (!record.encryption) return
+    unwrapVolumeKey(record.id, record.encryption, keyOptions, this.#o.keySources ?? {}, record.name).fill(0)
+  }
+
   /** The volumes held here for healing only. */
   healing(): string[] {
     return [...this.map].filter(([, l]) => l.mountpoint === null).map(([name]) => name)

@@ -136,7 +136,8 @@ export class VolumeManager {
     this.#shares = new SharedVolumes({
       nodeId: o.nodeId, registry: o.shares.registry, service: o.shares.service, executor: o.shares.executor, locks: this.#locks, log: o.shares.log,
       host: {
-        attach: (name, mountpoint) => this.#local.attachHere(name, mountpoint),
+        attach: (name, mountpoint, keyOptions) => this.#local.attachHere(name, mountpoint, keyOptions),
+        checkKey: (name, keyOptions) => this.#local.checkKey(name, keyOptions),
         detach: async (name) => this.#attached.has(name) && this.#local.detach(name, this.#attached.get(name)!, false),
         // A node holding it for healing only serves nothing: the mount takes it over.
         holder: async (name) => {
@@ -274,7 +275,7 @@ export class VolumeManager {
     const id = mountId ?? ANONYMOUS_MOUNT
     return this.#locks.run(name, async () => {
       this.#checkRunning()
-      if (this.#shares.has(name)) return this.#shares.mount(name, id)
+      if (this.#shares.has(name)) return this.#shares.mount(name, id, keyOptions)
       let local = this.#attached.get(name)
       // Held here for healing: a shared volume is let go (the share attaches it its own way);
       // any other is mounted on the engine it has, and its resync goes on.
@@ -289,7 +290,7 @@ export class VolumeManager {
       }
       const { value: before } = await this.#requireRecord(name)
       if (before.inSync.length === 0) throw pxdError('UNSATISFIABLE', `volume ${name} has no in-sync replica left`)
-      if (before.spec.shared) return this.#shares.mount(name, id)
+      if (before.spec.shared) return this.#shares.mount(name, id, keyOptions)
       const { mountpoint } = await this.#local.attachHere(name, undefined, keyOptions)
       this.#attached.get(name)!.mountIds.add(id)
       return mountpoint
