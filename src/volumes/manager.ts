@@ -33,7 +33,7 @@ import { InSyncSet } from './in-sync'
 import { LocalVolumes, type LocalAttachment } from './local-volumes'
 import { InfoView } from './info'
 import { parseVolumeRef } from './options'
-import { takeKeyOptions, type KeySources } from './keys'
+import { takeKeyOptions, type KeyOptions, type KeySources } from './keys'
 import { VolumeCreation } from './creation'
 import { VolumeRemoval } from './removal'
 import { ReplicaPlacement } from './placement'
@@ -358,8 +358,8 @@ export class VolumeManager {
   }
 
   /** A live restart, before start: take over the volumes the process before handed over; returns those it could not. */
-  resume(volumes: LiveVolume[], clean: boolean): Promise<LiveVolume[]> {
-    return this.#local.resumeAll(volumes, clean)
+  resume(volumes: LiveVolume[], clean: boolean, keys?: Record<string, KeyOptions>): Promise<LiveVolume[]> {
+    return this.#local.resumeAll(volumes, clean, keys)
   }
 
   /**
@@ -395,6 +395,11 @@ export class VolumeManager {
   /** What a successor needs of each attached volume (local-volumes.ts). */
   liveVolumes(): Array<Omit<LiveVolume, 'loop' | 'mountpoint'>> {
     return this.#local.live()
+  }
+
+  /** The passphrases of mounted volumes, for a successor only (never written to a disk). */
+  liveKeys(): Record<string, KeyOptions> {
+    return this.#local.liveKeys()
   }
 
 

@@ -183,6 +183,27 @@ test('shared passphrase volume: every node mounts it with the passphrase only, t
   }
 })
 
+test('a clone of a secure volume is secure with the same key: it reads back through its mount, holds only ciphertext, and needs the passphrase', async (t) => {
+  const a = cluster.node('node-a')
+  const pass = 'clone-pass-phrase-0b7e1'
+  await pluginOk(a, '/VolumeDriver.Create', { Name: `name=csrc,passphrase=${pass}`, Opts: { size: '64M', repl: '2', secure: 'true' } })
+  let mp = (await pluginOk(a, '/VolumeDriver.Mount', { Name: `name=csrc,passphrase=${pass}`, ID: '1' })).Mountpoint as string
+  const payload = markerFile()
+  await writeSynced(path.join(mp, 'marker.bin'), payload)
+  await pluginOk(a, '/VolumeDriver.Unmount', { Name: 'csrc', ID: '1' })
+  const api = new ApiClient(a.apiUrl)
+  const clone = await api.clone('csrc', 'cclone')
+  t.is(clone.name, 'cclone')
+  const none = await pluginCall(a.pluginSocket, '/VolumeDriver.Mount', { Name: 'cclone', ID: '2' })
+  t.regex(String(none.body.Err), /passphrase/, 'the clone needs the passphrase too')
+  mp = (await pluginOk(a, '/VolumeDriver.Mount', { Name: `name=cclone,passphrase=${pass}`, ID: '3' })).Mountpoint as string
+  dropCaches()
+  t.is(sha(await fs.readFile(path.join(mp, 'marker.bin'))), sha(payload), 'the clone reads back the plaintext')
+  await writeSynced(path.join(mp, 'after-clone.bin'), payload)
+  await pluginOk(a, '/VolumeDriver.Unmount', { Name: 'cclone', ID: '3' })
+  for (const n of cluster.nodes) t.deepEqual(await filesHolding(n.dataDir, MARKER), [], `no plaintext in ${n.nodeId}'s data dir`)
+})
+
 test('control: a plain volume\'s replica file does hold the marker (the search above can find it)', async (t) => {
   const a = cluster.node('node-a')
   await pluginOk(a, '/VolumeDriver.Create', { Name: 'plain', Opts: { size: '64M', repl: '1' } })
