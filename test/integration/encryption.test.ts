@@ -170,7 +170,7 @@ test('shared passphrase volume: every node mounts it with the passphrase only, t
   // node-b would be a client of node-a's server: it needs the passphrase all the same.
   const clientNone = await pluginCall(b.pluginSocket, '/VolumeDriver.Mount', { Name: 'spp', ID: 'b0' })
   t.regex(String(clientNone.body.Err), /passphrase/, 'a client mount without the passphrase is refused')
-  const clientWrong = await pluginCall(b.pluginSocket, '/VolumeDriver.Mount', { Name: 'name=spp,passphrase=not-it', ID: 'b0' })
+  const clientWrong = await pluginCall(b.pluginSocket, '/VolumeDriver.Mount', { Name: 'name=spp,passphrase=not-the-right-one', ID: 'b0' })
   t.regex(String(clientWrong.body.Err), /wrong passphrase/)
   t.false((await fs.readFile('/proc/mounts', 'utf8')).includes(`${b.runDir}/mounts/spp `), 'nothing mounted on node-b')
   const mpB = (await pluginOk(b, '/VolumeDriver.Mount', { Name: ref, ID: 'b1' })).Mountpoint as string
