@@ -6,10 +6,13 @@
 //   descriptor for the next start of the service;
 // - a live restart's handoff: the running pxd sends its FUSE session's
 //   descriptor to the socket its successor bound.
-// Receiving waits on a worker thread, never on the JS thread.
+// Receiving waits on a worker thread, never on the JS thread. Also memfdCreate: an
+// anonymous in-memory file (never on a disk), for what the fd store keeps beside the
+// session (the keys of mounted secure volumes).
 #include "unix_datagram.h"
 
 #include <poll.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -209,6 +212,15 @@ Napi::Value JsCloseDescriptor(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// memfdCreate(name) -> fd: an anonymous file in memory, close-on-exec.
+Napi::Value JsMemfdCreate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "memfdCreate(name: string)");
+  int fd = memfd_create(info[0].As<Napi::String>().Utf8Value().c_str(), MFD_CLOEXEC);
+  if (fd < 0) throw Napi::Error::New(env, Errno("memfd_create"));
+  return Napi::Number::New(env, fd);
+}
+
 }  // namespace
 
 void InitUnixDatagram(Napi::Env env, Napi::Object exports) {
@@ -217,6 +229,7 @@ void InitUnixDatagram(Napi::Env env, Napi::Object exports) {
   exports.Set("bindDatagram", Napi::Function::New<JsBindDatagram>(env, "bindDatagram"));
   exports.Set("receiveDatagram", Napi::Function::New<JsReceiveDatagram>(env, "receiveDatagram"));
   exports.Set("closeDescriptor", Napi::Function::New<JsCloseDescriptor>(env, "closeDescriptor"));
+  exports.Set("memfdCreate", Napi::Function::New<JsMemfdCreate>(env, "memfdCreate"));
 }
 
 }  // namespace pxd

@@ -11,7 +11,6 @@
  * their attachments held, gives the session's descriptor away and keeps its node lease
  * (the successor renews the node's records before the lease runs out).
  */
-import { spawn } from 'node:child_process'
 import { promises as fs, constants as fsConstants } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -43,12 +42,14 @@ import { VolumeManager } from './volumes/manager'
 import { FD_NAME, fromServiceManager, takeOver, type InheritedSession } from './restart/inherit'
 import { HandoffServer } from './restart/handoff-server'
 import { removeSession, SessionRecorder, sessionOf, writeSession } from './restart/session-file'
+import { KEYS_FD_NAME, KeysFile, type HandedKeys } from './restart/handed-keys'
+import { spawnSuccessor } from './restart/successor'
 
 /** How long a handoff waits for the FUSE requests already read to be answered. */
 const HANDOFF_DRAIN_MS = 30_000
 
 /** Where a stopping pxd sends its FUSE session: to a successor, or nowhere (the service manager's fd store has it). */
-export type HandoffTarget = { send(fd: number): void } | 'fd-store'
+export type HandoffTarget = { send(fd: number, keys: HandedKeys): void } | 'fd-store'
 
 export interface DaemonConfig {
   dataDir: string
@@ -201,7 +202,12 @@ export class Daemon {
     const frontend = new Frontend(c.runDir, log.child({ component: 'frontend' }), c.fuseServer, meteredDevices(metrics))
     let manager: VolumeManager | undefined
     const session = new SessionRecorder(c.runDir, c.version, { frontend: () => frontend.liveState(), volumes: () => manager?.liveVolumes() ?? [] })
-    const recordSession = () => session.changed().catch((err) => log.warn({ err }, 'could not write the live session file'))
+    // Under the fd store, the passphrases of mounted volumes sit beside the session, in memory only.
+    const keysFile = c.fdStore ? (inherited?.keysFile ?? KeysFile.create()) : undefined
+    const recordSession = async () => {
+      await session.changed().catch((err) => log.warn({ err }, 'could not write the live session file'))
+      if (keysFile && manager) keysFile.write(manager.liveKeys())
+    }
     manager = new VolumeManager({
       nodeId: this.nodeId, dataDir: c.dataDir, kvdb, frontend, host, membership, replicas, log: log.child({ component: 'volumes' }),
       shares: { registry: shareRegistry, service: shareService, executor: shareExecutor, log: log.child({ component: 'shares' }) },
@@ -216,16 +222,20 @@ export class Daemon {
     })
     const volumes = manager
     let handedOver: Awaited<ReturnType<VolumeManager['handOff']>> = []
+    let handedKeys: HandedKeys = {}
     this.#onStop('frontend', async () => {
-      if (this.#handoff && frontend.liveState()) return this.#finishHandoff(frontend, handedOver, c)
+      if (this.#handoff && frontend.liveState()) return this.#finishHandoff(frontend, handedOver, handedKeys, c)
       await frontend.stop()
       await removeSession(c.runDir)
-      if (c.fdStore) notifyServiceManager(`FDSTOREREMOVE=1\nFDNAME=${FD_NAME}`, log)
+      if (c.fdStore) {
+        notifyServiceManager(`FDSTOREREMOVE=1\nFDNAME=${FD_NAME}`, log)
+        notifyServiceManager(`FDSTOREREMOVE=1\nFDNAME=${KEYS_FD_NAME}`, log)
+      }
     })
     await frontend.start(inherited)
     let kept = new Set<string>()
     if (inherited) {
-      const failed = await volumes.resume(inherited.session.volumes, inherited.clean)
+      const failed = await volumes.resume(inherited.session.volumes, inherited.clean, inherited.keys)
       // Always asked: a predecessor that died left requests it read and never answered.
       const resent = frontend.serve(true)
       for (const v of failed) await frontend.abandon(v)
@@ -236,10 +246,12 @@ export class Daemon {
       const live = frontend.liveState()
       if (live) notifyServiceManager(`FDSTORE=1\nFDNAME=${FD_NAME}`, log, [live.fuse.fd])
     }
+    if (keysFile && inherited?.keysFile === undefined) notifyServiceManager(`FDSTORE=1\nFDNAME=${KEYS_FD_NAME}`, log, [keysFile.fd])
 
     this.#onStop('volumes', async () => {
       if (!this.#handoff) return volumes.stop()
       try {
+        handedKeys = volumes.liveKeys()
         handedOver = await volumes.handOff(() => frontend.drain(HANDOFF_DRAIN_MS))
       } catch (err) {
         this.#handoffError = err as Error
@@ -291,14 +303,14 @@ export class Daemon {
   #handoffError: Error | undefined
 
   /** The frontend's part of a handoff: the session file a last time, then the descriptor to whoever takes it. */
-  async #finishHandoff(frontend: Frontend, volumes: Awaited<ReturnType<VolumeManager['handOff']>>, c: DaemonConfig): Promise<void> {
+  async #finishHandoff(frontend: Frontend, volumes: Awaited<ReturnType<VolumeManager['handOff']>>, keys: HandedKeys, c: DaemonConfig): Promise<void> {
     const target = this.#handoff!
     try {
       const live = frontend.liveState()!
       await writeSession(c.runDir, sessionOf(process.pid, c.version, true, live.fuse, live.attached, volumes))
       const fd = frontend.handOff()
       try {
-        if (target !== 'fd-store') target.send(fd)
+        if (target !== 'fd-store') target.send(fd, keys)
       } finally {
         native.closeDescriptor(fd)
       }
@@ -328,21 +340,6 @@ export class Daemon {
   #onStop(name: string, step: () => Promise<void>): void {
     this.#stopSteps.push([name, step])
   }
-}
-
-/**
- * `pxctl node restart` without a service manager: this pxd's command line again (the code
- * on disk now, a new version if one was installed) with --takeover, detached, on the same
- * output; it asks for the handoff once it runs, and this process exits when it is done.
- */
-function spawnSuccessor(live: boolean, log: Logger): { pid: number } {
-  if (process.env['NOTIFY_SOCKET']) throw pxdError('PRECONDITION', 'pxd runs under a service manager: restart it with `systemctl restart pxd` (every volume stays mounted)')
-  if (!live) throw pxdError('PRECONDITION', 'a restart in place needs the addon\'s FUSE server (--fuse-server addon)')
-  const args = [...process.execArgv, ...process.argv.slice(1).filter((a) => a !== '--takeover'), '--takeover']
-  const child = spawn(process.execPath, args, { detached: true, stdio: 'inherit', env: process.env })
-  child.unref()
-  log.info({ pid: child.pid }, 'restarting in place: a successor takes over')
-  return { pid: child.pid ?? 0 }
 }
 
 /** A message to the service manager ($NOTIFY_SOCKET), descriptors attached; a failure is logged. */

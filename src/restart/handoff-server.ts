@@ -14,10 +14,11 @@ import type { Logger } from 'pino'
 import { messageOf } from '../errors'
 import { native } from '../native/binding'
 import { FD_NAME, handoffSocketOf } from './inherit'
+import type { HandedKeys } from './handed-keys'
 
 export interface HandoffRequest {
-  /** Sends the session's descriptor to the successor. */
-  send(fd: number): void
+  /** Sends the session's descriptor to the successor, with the keys it could not open itself. */
+  send(fd: number, keys: HandedKeys): void
   /** The successor's version, as it says. */
   version: string
 }
@@ -91,7 +92,7 @@ export class HandoffServer {
     this.#busy = true
     this.#log.info({ successor: version }, 'a successor asked for the FUSE session: handing over')
     try {
-      await this.#onRequest({ version, send: (fd) => native.sendDatagram(inbox, JSON.stringify({ fdname: FD_NAME }), [fd]) })
+      await this.#onRequest({ version, send: (fd, keys) => native.sendDatagram(inbox, JSON.stringify({ fdname: FD_NAME, keys }), [fd]) })
     } catch (err) {
       this.#log.error({ err }, 'the handoff failed')
       conn.end(JSON.stringify({ error: messageOf(err) }) + '\n')

@@ -19,6 +19,7 @@ import type { Logger } from 'pino'
 import { pxdError } from '../errors'
 import { native } from '../native/binding'
 import { readSession, type LiveSession } from './session-file'
+import { KEYS_FD_NAME, KeysFile, parseHandedKeys, type HandedKeys } from './handed-keys'
 
 /** The name the descriptor is stored under in the service manager's fd store. */
 export const FD_NAME = 'pxd-fuse'
@@ -29,6 +30,10 @@ export interface InheritedSession {
   /** The predecessor handed over cleanly (nothing in flight), or died (its unanswered requests must be sent again). */
   clean: boolean
   from: 'fd-store' | 'handoff'
+  /** Keys the successor could not open itself (handed-keys.ts). */
+  keys: HandedKeys
+  /** Under the fd store: the memory file they came in, stored there already (kept for reuse). */
+  keysFile?: KeysFile
 }
 
 export function handoffSocketOf(runDir: string): string {
@@ -44,18 +49,30 @@ export async function fromServiceManager(runDir: string, log: Logger): Promise<I
   for (const key of ['LISTEN_FDS', 'LISTEN_PID', 'LISTEN_FDNAMES']) delete env[key]
   if (!forUs || !Number.isInteger(count) || count < 1) return undefined
   let fd: number | undefined
+  let keysFile: KeysFile | undefined
   for (let i = 0; i < count; i++) {
     if (names[i] === FD_NAME && fd === undefined) fd = 3 + i
+    else if (names[i] === KEYS_FD_NAME && keysFile === undefined) keysFile = new KeysFile(3 + i)
     else native.closeDescriptor(3 + i)
   }
-  if (fd === undefined) return undefined
+  if (fd === undefined) {
+    keysFile?.close()
+    return undefined
+  }
   try {
     const session = await readSession(runDir)
     log.info({ fd, volumes: session.volumes.length, handedOff: session.handedOff, from: session.pid }, 'the service manager kept the FUSE session: taking it over')
-    return { fd, session, clean: session.handedOff, from: 'fd-store' }
+    let keys: HandedKeys = {}
+    try {
+      keys = keysFile?.read() ?? {}
+    } catch (err) {
+      log.error({ err }, 'the keys kept beside the FUSE session cannot be read: volumes opened with a passphrase are not taken over')
+    }
+    return { fd, session, clean: session.handedOff, from: 'fd-store', keys, ...(keysFile ? { keysFile } : {}) }
   } catch (err) {
     // Without its table the session cannot be served: letting it go ends it (its mounts fail, the start cleans them up).
     native.closeDescriptor(fd)
+    keysFile?.close()
     log.error({ err }, 'the service manager kept a FUSE session, but not what it serves: starting without it')
     return undefined
   }
@@ -96,11 +113,13 @@ export async function takeOver(runDir: string, version: string, log: Logger, tim
     ])
     received = message.fds[0]
     for (const extra of message.fds.slice(1)) native.closeDescriptor(extra)
-    if (received === undefined || JSON.parse(message.payload).fdname !== FD_NAME) throw pxdError('HANDOFF_FAILED', 'the running pxd sent no FUSE session')
+    const payload = JSON.parse(message.payload) as { fdname?: unknown; keys?: unknown }
+    if (received === undefined || payload.fdname !== FD_NAME) throw pxdError('HANDOFF_FAILED', 'the running pxd sent no FUSE session')
+    const keys = parseHandedKeys(payload.keys)
     const text = await withTimeout(closed, timeoutMs, 'the running pxd did not finish stopping')
     if (refusalOf(text) !== '') throw pxdError('HANDOFF_FAILED', `the running pxd failed while handing over: ${refusalOf(text)}`)
     const session = await readSession(runDir)
-    return { fd: received, session, clean: session.handedOff, from: 'handoff' }
+    return { fd: received, session, clean: session.handedOff, from: 'handoff', keys }
   } catch (err) {
     if (received !== undefined) native.closeDescriptor(received)
     throw err

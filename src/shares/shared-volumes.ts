@@ -24,6 +24,11 @@ import { ShareExport } from './share-export'
 import { ShareMount, type Route } from './share-mount'
 import type { ShareClientRecord, ShareRegistry } from './share-registry'
 import type { ShareService } from './share-service'
+import type { KeyOptions } from '../volumes/keys'
+
+function newState(name: string, mountId: string, keyOptions: KeyOptions): ShareState {
+  return { name, since: new Date().toISOString(), mountIds: new Set([mountId]), client: undefined, registration: undefined, export: undefined, epoch: 0, keyOptions }
+}
 
 /** How often a serving node checks its clients (lease expiries) and whether it may detach. */
 export const CLIENT_CHECK_MS = 2_000
@@ -36,8 +41,10 @@ export const GRACE_MS = 5_000
 
 /** What the volume manager lends: attach and detach as for any volume, and who holds what. */
 export interface ShareHost {
-  /** Claim and attach here, the file system mounted at `mountpoint` (default: the volume's mountpoint). */
-  attach(name: string, mountpoint?: string): Promise<{ mountpoint: string; volumeId: string; epoch: number }>
+  /** Claim and attach here, the file system mounted at `mountpoint` (default: the volume's mountpoint); a secure volume opens with `keyOptions`. */
+  attach(name: string, mountpoint?: string, keyOptions?: KeyOptions): Promise<{ mountpoint: string; volumeId: string; epoch: number }>
+  /** KEY_REQUIRED or BAD_KEY unless `keyOptions` open a secure volume's key (nothing for a plain one). */
+  checkKey(name: string, keyOptions: KeyOptions): Promise<void>
   detach(name: string): Promise<unknown>
   /** The node holding the volume's attachment now and its epoch, or null. */
   holder(name: string): Promise<{ nodeId: string; epoch: number } | null>
@@ -59,6 +66,8 @@ interface ShareState {
   /** This node serves the volume, attached at this epoch. */
   export: ShareExport | undefined
   epoch: number
+  /** What opens a secure volume's key here: a client keeps it for a takeover. */
+  keyOptions: KeyOptions
 }
 
 export interface SharedVolumesOptions {
@@ -89,17 +98,22 @@ export class SharedVolumes {
     this.#timer.unref()
   }
 
-  /** Under the volume's lock. Returns the mountpoint. */
-  async mount(name: string, mountId: string): Promise<string> {
+  /**
+   * Under the volume's lock. Returns the mountpoint. A secure volume needs its key on every
+   * node that mounts it, client or server: a client that has it can serve after a takeover,
+   * and one without it never reads the volume through another node.
+   */
+  async mount(name: string, mountId: string, keyOptions: KeyOptions = {}): Promise<string> {
     this.#held.add(name)
     try {
-      return await this.#mount(name, mountId)
+      await this.#o.host.checkKey(name, keyOptions)
+      return await this.#mount(name, mountId, keyOptions)
     } finally {
       this.#held.delete(name)
     }
   }
 
-  async #mount(name: string, mountId: string): Promise<string> {
+  async #mount(name: string, mountId: string, keyOptions: KeyOptions): Promise<string> {
     const st = this.#states.get(name)
     if (st && (st.client || st.export?.root === this.#o.host.mountpointOf(name))) {
       st.mountIds.add(mountId)
@@ -117,14 +131,14 @@ export class SharedVolumes {
       const holder = (await this.#o.host.holder(name))?.nodeId ?? null
       if (holder === null || holder === this.#o.nodeId || !(await this.#o.host.isOnline(holder))) {
         try {
-          return await this.#serve(name, mountId)
+          return await this.#serve(name, mountId, keyOptions)
         } catch (err) {
           // Another node attached it meanwhile: be its client.
           if (!(codeOf(err) === 'IN_USE' || codeOf(err) === 'CONFLICT') || attempt >= 3) throw err
           continue
         }
       }
-      return this.#mountClient(name, mountId)
+      return this.#mountClient(name, mountId, keyOptions)
     }
   }
 
@@ -230,8 +244,8 @@ export class SharedVolumes {
     this.#states.clear()
   }
 
-  async #serve(name: string, mountId: string): Promise<string> {
-    const st: ShareState = { name, since: new Date().toISOString(), mountIds: new Set([mountId]), client: undefined, registration: undefined, export: undefined, epoch: 0 }
+  async #serve(name: string, mountId: string, keyOptions: KeyOptions): Promise<string> {
+    const st = newState(name, mountId, keyOptions)
     const { mountpoint, volumeId } = await this.#export(st)
     this.#states.set(name, st)
     this.#o.log.info({ volume: name, volumeId, epoch: st.epoch }, 'serving shared volume')
@@ -240,7 +254,7 @@ export class SharedVolumes {
 
   /** Attach here (file system at `at`, default the mountpoint) and serve it: the state gets the export and its epoch. */
   async #export(st: ShareState, at?: string): Promise<{ mountpoint: string; volumeId: string }> {
-    const { mountpoint, volumeId, epoch } = await this.#o.host.attach(st.name, at)
+    const { mountpoint, volumeId, epoch } = await this.#o.host.attach(st.name, at, st.keyOptions)
     try {
       st.export = await ShareExport.open(this.#o.executor, st.name, volumeId, mountpoint, this.#o.log, await this.#graceFor(st.name))
     } catch (err) {
@@ -252,8 +266,8 @@ export class SharedVolumes {
     return { mountpoint, volumeId }
   }
 
-  async #mountClient(name: string, mountId: string): Promise<string> {
-    const st: ShareState = { name, since: new Date().toISOString(), mountIds: new Set([mountId]), client: undefined, registration: undefined, export: undefined, epoch: 0 }
+  async #mountClient(name: string, mountId: string, keyOptions: KeyOptions): Promise<string> {
+    const st = newState(name, mountId, keyOptions)
     st.registration = await this.#o.registry.register(name, this.#record(st))
     try {
       st.client = this.#newClient(name)

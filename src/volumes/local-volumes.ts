@@ -32,6 +32,8 @@ export interface LocalAttachment {
   epoch: number
   volumeId: string
   size: number
+  /** The passphrase it was opened with, if any: a live restart hands it to the successor (src/restart/handed-keys.ts). */
+  passphrase?: string
 }
 
 export interface LocalVolumesOptions {
@@ -54,6 +56,11 @@ export interface LocalVolumesOptions {
   stopping: () => boolean
   /** Where secure volumes' key-encryption keys come from on this node. */
   keySources?: KeySources
+}
+
+/** A secure volume opened with a passphrase keeps it (for a live restart); any other keeps nothing. */
+function passphraseOf(cipher: VolumeCipher | undefined, keyOptions: KeyOptions): { passphrase?: string } {
+  return cipher && keyOptions.passphrase !== undefined ? { passphrase: keyOptions.passphrase } : {}
 }
 
 export class LocalVolumes {
@@ -86,6 +93,13 @@ export class LocalVolumes {
     }
   }
 
+  /** KEY_REQUIRED or BAD_KEY unless `keyOptions` open the volume's key; nothing for a plain volume. */
+  async checkKey(name: string, keyOptions: KeyOptions): Promise<void> {
+    const record = (await this.#record(name)).value
+    if (!record.encryption) return
+    unwrapVolumeKey(record.id, record.encryption, keyOptions, this.#o.keySources ?? {}, record.name).fill(0)
+  }
+
   /** The volumes held here for healing only. */
   healing(): string[] {
     return [...this.map].filter(([, l]) => l.mountpoint === null).map(([name]) => name)
@@ -102,7 +116,7 @@ export class LocalVolumes {
     if (cipher) engine.useCipher(cipher)
     try {
       const mountpoint = await this.#mountFs(name, record, engine, at)
-      this.map.set(name, { engine, mountpoint, mountIds: new Set(), epoch, volumeId: record.id, size: record.spec.size })
+      this.map.set(name, { engine, mountpoint, mountIds: new Set(), epoch, volumeId: record.id, size: record.spec.size, ...passphraseOf(cipher, keyOptions) })
       this.#o.attached(name)
       return { mountpoint, volumeId: record.id, epoch }
     } catch (err) {
@@ -121,6 +135,7 @@ export class LocalVolumes {
     try {
       const record = (await this.#record(name)).value
       if (cipher) local.engine.useCipher(cipher)
+      Object.assign(local, passphraseOf(cipher, keyOptions))
       await this.#o.attachments.markMounted(name, local.epoch)
       local.mountpoint = await this.#mountFs(name, record, local.engine)
       this.#o.log.info({ volume: name, volumeId: record.id, epoch: local.epoch }, 'mounted on the engine that was healing it; its resync goes on')
@@ -189,32 +204,37 @@ export class LocalVolumes {
    * stay. A secure volume needs a key this node can open again (cluster secret, a named
    * secret): a passphrase was never kept. `clean`: the predecessor answered everything.
    */
-  async resume(v: LiveVolume, clean: boolean): Promise<void> {
+  async resume(v: LiveVolume, clean: boolean, keyOptions: KeyOptions = {}): Promise<void> {
     const attachment = (await this.#o.attachments.get(v.name))?.value
     if (!attachment || attachment.nodeId !== this.#o.nodeId || attachment.epoch !== v.epoch || attachment.purpose) {
       throw pxdError('FENCED', `volume ${v.name} is no longer held here at epoch ${v.epoch}`)
     }
     const record = (await this.#record(v.name)).value
     if (record.id !== v.volumeId) throw pxdError('FENCED', `volume ${v.name} is another volume now (${record.id})`)
-    const cipher = this.#cipherFor(record, {})
+    const cipher = this.#cipherFor(record, keyOptions)
     const engine = await this.engines.resume(v.name, record, v.epoch, clean)
     if (cipher) engine.useCipher(cipher)
     this.#o.frontend.resume(v, discards(record.spec) ? engine : withoutDiscard(engine))
-    this.map.set(v.name, { engine, mountpoint: v.mountpoint, mountIds: new Set(v.mountIds), epoch: v.epoch, volumeId: record.id, size: record.spec.size })
+    this.map.set(v.name, { engine, mountpoint: v.mountpoint, mountIds: new Set(v.mountIds), epoch: v.epoch, volumeId: record.id, size: record.spec.size, ...passphraseOf(cipher, keyOptions) })
     this.#o.attached(v.name)
   }
 
   /** resume() for each volume handed over, under its lock; those that failed have their attachment given back and are returned. */
-  async resumeAll(volumes: LiveVolume[], clean: boolean): Promise<LiveVolume[]> {
+  async resumeAll(volumes: LiveVolume[], clean: boolean, keys: Record<string, KeyOptions> = {}): Promise<LiveVolume[]> {
     const failed: LiveVolume[] = []
     for (const v of volumes) {
-      await this.#o.locks.run(v.name, () => this.resume(v, clean && !v.reconcile)).catch(async (err) => {
+      await this.#o.locks.run(v.name, () => this.resume(v, clean && !v.reconcile, keys[v.name])).catch(async (err) => {
         this.#o.log.error({ err, volume: v.name, volumeId: v.volumeId }, 'could not take over a volume the previous pxd left mounted')
         failed.push(v)
         await this.#o.attachments.release(v.name, v.epoch, clean ? undefined : { unclean: true }).catch(() => undefined)
       })
     }
     return failed
+  }
+
+  /** The passphrases of mounted secure volumes, by name: what a successor could not open itself. */
+  liveKeys(): Record<string, KeyOptions> {
+    return Object.fromEntries([...this.map].filter(([, l]) => l.mountpoint !== null && l.passphrase !== undefined).map(([name, l]) => [name, { passphrase: l.passphrase! }]))
   }
 
   /** What a successor needs of each mounted volume: its epoch and mount IDs (the frontend knows its loop and mount). */

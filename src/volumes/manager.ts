@@ -33,7 +33,7 @@ import { InSyncSet } from './in-sync'
 import { LocalVolumes, type LocalAttachment } from './local-volumes'
 import { InfoView } from './info'
 import { parseVolumeRef } from './options'
-import { takeKeyOptions, type KeySources } from './keys'
+import { takeKeyOptions, type KeyOptions, type KeySources } from './keys'
 import { VolumeCreation } from './creation'
 import { VolumeRemoval } from './removal'
 import { ReplicaPlacement } from './placement'
@@ -136,7 +136,8 @@ export class VolumeManager {
     this.#shares = new SharedVolumes({
       nodeId: o.nodeId, registry: o.shares.registry, service: o.shares.service, executor: o.shares.executor, locks: this.#locks, log: o.shares.log,
       host: {
-        attach: (name, mountpoint) => this.#local.attachHere(name, mountpoint),
+        attach: (name, mountpoint, keyOptions) => this.#local.attachHere(name, mountpoint, keyOptions),
+        checkKey: (name, keyOptions) => this.#local.checkKey(name, keyOptions),
         detach: async (name) => this.#attached.has(name) && this.#local.detach(name, this.#attached.get(name)!, false),
         // A node holding it for healing only serves nothing: the mount takes it over.
         holder: async (name) => {
@@ -274,7 +275,7 @@ export class VolumeManager {
     const id = mountId ?? ANONYMOUS_MOUNT
     return this.#locks.run(name, async () => {
       this.#checkRunning()
-      if (this.#shares.has(name)) return this.#shares.mount(name, id)
+      if (this.#shares.has(name)) return this.#shares.mount(name, id, keyOptions)
       let local = this.#attached.get(name)
       // Held here for healing: a shared volume is let go (the share attaches it its own way);
       // any other is mounted on the engine it has, and its resync goes on.
@@ -289,7 +290,7 @@ export class VolumeManager {
       }
       const { value: before } = await this.#requireRecord(name)
       if (before.inSync.length === 0) throw pxdError('UNSATISFIABLE', `volume ${name} has no in-sync replica left`)
-      if (before.spec.shared) return this.#shares.mount(name, id)
+      if (before.spec.shared) return this.#shares.mount(name, id, keyOptions)
       const { mountpoint } = await this.#local.attachHere(name, undefined, keyOptions)
       this.#attached.get(name)!.mountIds.add(id)
       return mountpoint
@@ -357,8 +358,8 @@ export class VolumeManager {
   }
 
   /** A live restart, before start: take over the volumes the process before handed over; returns those it could not. */
-  resume(volumes: LiveVolume[], clean: boolean): Promise<LiveVolume[]> {
-    return this.#local.resumeAll(volumes, clean)
+  resume(volumes: LiveVolume[], clean: boolean, keys?: Record<string, KeyOptions>): Promise<LiveVolume[]> {
+    return this.#local.resumeAll(volumes, clean, keys)
   }
 
   /**
@@ -394,6 +395,11 @@ export class VolumeManager {
   /** What a successor needs of each attached volume (local-volumes.ts). */
   liveVolumes(): Array<Omit<LiveVolume, 'loop' | 'mountpoint'>> {
     return this.#local.live()
+  }
+
+  /** The passphrases of mounted volumes, for a successor only (never written to a disk). */
+  liveKeys(): Record<string, KeyOptions> {
+    return this.#local.liveKeys()
   }
 
 

@@ -546,11 +546,13 @@ test('the runtime stage installs the Debian packages pxd needs and one for each 
   const { runtime } = facts()
   const installed = aptInstalled(runtime)
   const problems: string[] = []
-  // scripts/setup.sh's list for running the daemon (as opposed to testing it).
+  // What the daemon runs with (as opposed to what testing it takes): scripts/lib/host-layout.sh's
+  // list, which scripts/setup.sh and the Debian package use too.
   const setup = readFileSync(path.join(REPO_ROOT, 'scripts', 'setup.sh'), 'utf8')
-  const runPkgs = /^run_pkgs=\(([^)]*)\)/m.exec(setup)?.[1]?.trim().split(/\s+/) ?? []
-  t.true(runPkgs.length > 0, 'scripts/setup.sh names run_pkgs')
-  for (const p of runPkgs) if (!installed.includes(p)) problems.push(`scripts/setup.sh run_pkgs has ${p}; the runtime stage does not install it`)
+  const layout = readFileSync(path.join(REPO_ROOT, 'scripts', 'lib', 'host-layout.sh'), 'utf8')
+  const runPkgs = /^run_packages=\(([^)]*)\)/m.exec(layout)?.[1]?.trim().split(/\s+/) ?? []
+  t.true(runPkgs.length > 0, 'scripts/lib/host-layout.sh names run_packages')
+  for (const p of runPkgs) if (!installed.includes(p)) problems.push(`scripts/lib/host-layout.sh run_packages has ${p}; the runtime stage does not install it`)
   // What building the addon takes is the build stage's, and only its.
   const buildPkgs = /^build_pkgs=\(([^)]*)\)/m.exec(setup)?.[1]?.trim().split(/\s+/) ?? []
   t.true(buildPkgs.length > 0, 'scripts/setup.sh names build_pkgs')

@@ -5,7 +5,8 @@
  * scrub and resync work on the ciphertext; a corrupted ciphertext block is read-repaired;
  * a passphrase volume refuses a mount without or with a wrong passphrase and changes
  * nothing, and the passphrase is in no etcd file and no log; a secret_key volume opens
- * with its file under --secrets-dir and not with another one.
+ * with its file under --secrets-dir and not with another one; a shared passphrase volume
+ * needs the passphrase on every node that mounts it, server or client.
  *
  * What crosses the peer link is captured in encryption-wire.test.ts.
  */
@@ -153,6 +154,54 @@ test('passphrase volume: a mount without or with a wrong passphrase fails and ch
   }
   t.deepEqual(await filesHolding(cluster.etcd.dataDir, pass), [], 'no etcd file holds the passphrase')
   t.deepEqual(await filesHolding(cluster.etcd.dataDir, MARKER), [], 'no etcd file holds the marker')
+})
+
+test('shared passphrase volume: every node mounts it with the passphrase only, the server and its clients alike; plaintext only through the mounts', async (t) => {
+  const a = cluster.node('node-a')
+  const b = cluster.node('node-b')
+  const pass = 'shared-pass-phrase-5d20e'
+  const ref = `name=spp,passphrase=${pass}`
+  await pluginOk(a, '/VolumeDriver.Create', { Name: ref, Opts: { size: '64M', repl: '2', secure: 'true', shared: 'true' } })
+  const none = await pluginCall(a.pluginSocket, '/VolumeDriver.Mount', { Name: 'spp', ID: 'x' })
+  t.regex(String(none.body.Err), /passphrase/, 'the first mount needs the passphrase')
+  const mpA = (await pluginOk(a, '/VolumeDriver.Mount', { Name: ref, ID: 'a1' })).Mountpoint as string
+  const payload = markerFile()
+  await writeSynced(path.join(mpA, 'marker.bin'), payload)
+  // node-b would be a client of node-a's server: it needs the passphrase all the same.
+  const clientNone = await pluginCall(b.pluginSocket, '/VolumeDriver.Mount', { Name: 'spp', ID: 'b0' })
+  t.regex(String(clientNone.body.Err), /passphrase/, 'a client mount without the passphrase is refused')
+  const clientWrong = await pluginCall(b.pluginSocket, '/VolumeDriver.Mount', { Name: 'name=spp,passphrase=not-the-right-one', ID: 'b0' })
+  t.regex(String(clientWrong.body.Err), /wrong passphrase/)
+  t.false((await fs.readFile('/proc/mounts', 'utf8')).includes(`${b.runDir}/mounts/spp `), 'nothing mounted on node-b')
+  const mpB = (await pluginOk(b, '/VolumeDriver.Mount', { Name: ref, ID: 'b1' })).Mountpoint as string
+  t.is(sha(await fs.readFile(path.join(mpB, 'marker.bin'))), sha(payload), 'the client reads the plaintext')
+  await pluginOk(b, '/VolumeDriver.Unmount', { Name: 'spp', ID: 'b1' })
+  await pluginOk(a, '/VolumeDriver.Unmount', { Name: 'spp', ID: 'a1' })
+  for (const n of cluster.nodes) {
+    t.deepEqual(await filesHolding(n.dataDir, MARKER), [], `no plaintext in ${n.nodeId}'s data dir`)
+    t.false(n.logs().includes(pass), `${n.nodeId}'s log does not hold the passphrase`)
+  }
+})
+
+test('a clone of a secure volume is secure with the same key: it reads back through its mount, holds only ciphertext, and needs the passphrase', async (t) => {
+  const a = cluster.node('node-a')
+  const pass = 'clone-pass-phrase-0b7e1'
+  await pluginOk(a, '/VolumeDriver.Create', { Name: `name=csrc,passphrase=${pass}`, Opts: { size: '64M', repl: '2', secure: 'true' } })
+  let mp = (await pluginOk(a, '/VolumeDriver.Mount', { Name: `name=csrc,passphrase=${pass}`, ID: '1' })).Mountpoint as string
+  const payload = markerFile()
+  await writeSynced(path.join(mp, 'marker.bin'), payload)
+  await pluginOk(a, '/VolumeDriver.Unmount', { Name: 'csrc', ID: '1' })
+  const api = new ApiClient(a.apiUrl)
+  const clone = await api.clone('csrc', 'cclone')
+  t.is(clone.name, 'cclone')
+  const none = await pluginCall(a.pluginSocket, '/VolumeDriver.Mount', { Name: 'cclone', ID: '2' })
+  t.regex(String(none.body.Err), /passphrase/, 'the clone needs the passphrase too')
+  mp = (await pluginOk(a, '/VolumeDriver.Mount', { Name: `name=cclone,passphrase=${pass}`, ID: '3' })).Mountpoint as string
+  dropCaches()
+  t.is(sha(await fs.readFile(path.join(mp, 'marker.bin'))), sha(payload), 'the clone reads back the plaintext')
+  await writeSynced(path.join(mp, 'after-clone.bin'), payload)
+  await pluginOk(a, '/VolumeDriver.Unmount', { Name: 'cclone', ID: '3' })
+  for (const n of cluster.nodes) t.deepEqual(await filesHolding(n.dataDir, MARKER), [], `no plaintext in ${n.nodeId}'s data dir`)
 })
 
 test('control: a plain volume\'s replica file does hold the marker (the search above can find it)', async (t) => {

@@ -91,9 +91,11 @@ function checkRecords(t: { is: (a: unknown, b: unknown, m?: string) => void; tru
 /** A repl=2 volume mounted on `node`, an application writing and reading it, and what it was before the restart. */
 interface Load { name: string; mountpoint: string; device: string | undefined; epoch: number; app: App }
 
-async function underLoad(node: ClusterNode, name: string): Promise<Load> {
-  await pluginOk(node, '/VolumeDriver.Create', { Name: name, Opts: { repl: '2', size: '256M' } })
-  const mountpoint = (await pluginOk(node, '/VolumeDriver.Mount', { Name: name, ID: 'm1' }))['Mountpoint'] as string
+/** `passphrase`: a secure volume opened with it (the successor gets it in memory only). */
+async function underLoad(node: ClusterNode, name: string, passphrase?: string): Promise<Load> {
+  const ref = passphrase ? `name=${name},passphrase=${passphrase}` : name
+  await pluginOk(node, '/VolumeDriver.Create', { Name: ref, Opts: { repl: '2', size: '256M', ...(passphrase ? { secure: 'true' } : {}) } })
+  const mountpoint = (await pluginOk(node, '/VolumeDriver.Mount', { Name: ref, ID: 'm1' }))['Mountpoint'] as string
   const epoch = (await api(node).inspectVolume(name)).epoch
   const app = startApp(mountpoint)
   await new Promise((resolve) => setTimeout(resolve, 1500))
@@ -120,9 +122,17 @@ async function checkAfterRestart(t: ExecutionContext, what: string, load: Load, 
 
 const exitOf = (n: ClusterNode) => new Promise<number | null>((resolve) => n.child.once('exit', (code) => resolve(code)))
 
-test.serial('pxd --takeover of a new version: the volume stays mounted, nothing fails, the epoch stays', async (t) => {
+/** The passphrase is in no file the restart wrote and no log. */
+function checkPassphraseNowhere(t: ExecutionContext, node: ClusterNode, passphrase: string, logs: string[]): void {
+  t.false(readFileSync(path.join(node.runDir, 'session.json'), 'utf8').includes(passphrase), 'the session file holds no passphrase')
+  for (const l of logs) t.false(l.includes(passphrase), 'no log holds the passphrase')
+}
+
+const PASSPHRASE = 'live-restart-pass-3c9d'
+
+test.serial('pxd --takeover of a new version: a passphrase volume stays mounted, nothing fails, the epoch stays', async (t) => {
   const old = cluster.node('node-a')
-  const load = await underLoad(old, 'live-takeover')
+  const load = await underLoad(old, 'live-takeover', PASSPHRASE)
   const oldExit = exitOf(old)
   const next = await cluster.start('node-a', { extraArgs: ['--takeover'], bin: path.join(nextBuild, 'bin', 'pxd'), after: old.child }).catch((err) => {
     t.log(`the old pxd said:\n${old.logs()}`)
@@ -132,22 +142,25 @@ test.serial('pxd --takeover of a new version: the volume stays mounted, nothing 
   t.regex(old.logs(), /FUSE session handed over/)
   t.regex(next.logs(), /live restart: the FUSE session and its volumes were taken over/)
   await checkAfterRestart(t, 'takeover', load, next, 'node-a')
+  checkPassphraseNowhere(t, next, PASSPHRASE, [old.logs(), next.logs()])
   const self = (await api(next).listNodes()).find((n) => n.nodeId === 'node-a')
   t.is(self?.version, NEXT_VERSION)
   t.true(self?.online)
   await pluginOk(next, '/VolumeDriver.Remove', { Name: 'live-takeover' })
 })
 
-test.serial('kill -9 under an fd store: the next pxd takes over the same mount', async (t) => {
+test.serial('kill -9 under an fd store: the next pxd takes over the same mount (a passphrase volume: its key waits in the store)', async (t) => {
   const first = await cluster.start('node-c', { env: { NOTIFY_SOCKET: store.socket, PXD_FD_STORE: '1' } })
   await store.waitFor('pxd-fuse')
-  const load = await underLoad(first, 'live-crash')
+  await store.waitFor('pxd-keys')
+  const load = await underLoad(first, 'live-crash', PASSPHRASE)
   await first.kill()
   // The application's requests wait in the kernel meanwhile.
   await new Promise((resolve) => setTimeout(resolve, 500))
   const next = await cluster.start('node-c', { ...store.startWith(), env: { ...store.startWith().env, PXD_FD_STORE: '1' } })
   t.regex(next.logs(), /the service manager kept the FUSE session/)
   await checkAfterRestart(t, 'kill -9', load, next, 'node-c')
+  checkPassphraseNowhere(t, next, PASSPHRASE, [first.logs(), next.logs()])
   await pluginOk(next, '/VolumeDriver.Remove', { Name: 'live-crash' })
   // A clean stop takes the session out of the store.
   await next.stop()

@@ -243,16 +243,18 @@ type RefusedKind = keyof typeof REFUSED
 const ANSWERS: Record<RefusedKind, readonly string[]> = {
   'stale-epoch': ['STALE_EPOCH'],
   'future-epoch': ['STALE_EPOCH'],
-  // A drop of a replica this node does not hold succeeds: there is nothing to remove.
-  'unknown-volume': ['UNKNOWN_VOLUME', 'ok'],
+  // A drop of a replica this node does not hold succeeds: there is nothing to remove. A
+  // create or drop comes with no grant in the kvdb (src/replicas/grants.ts): refused.
+  'unknown-volume': ['UNKNOWN_VOLUME', 'ok', 'NOT_COORDINATOR'],
   'write-past-end': ['INVALID_ARGUMENT'],
   'read-past-end': ['INVALID_ARGUMENT'],
   'read-in-range': ['ok'],
   'digest-misaligned-offset': ['INVALID_ARGUMENT'],
   'digest-past-end': ['INVALID_ARGUMENT'],
   'open-conflict': ['CONFLICT'],
-  'create-existing': ['ok', 'CONFLICT'],
-  'drop-listed': ['CONFLICT'],
+  // No node holds a grant for the fuzzer's creates and drops: every one is refused first.
+  'create-existing': ['NOT_COORDINATOR'],
+  'drop-listed': ['NOT_COORDINATOR'],
   ping: [],
 }
 
