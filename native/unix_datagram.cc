@@ -221,6 +221,20 @@ Napi::Value JsMemfdCreate(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
+// peekByte(fd) -> the first byte waiting on a stream socket, without taking it; -1 when
+// nothing has arrived yet, -2 when the peer closed. (A peer port tells TLS from plain
+// HTTP by it during a rolling upgrade, before any reader takes the socket.)
+Napi::Value JsPeekByte(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsNumber()) throw Napi::TypeError::New(env, "peekByte(fd: number)");
+  unsigned char b = 0;
+  ssize_t n = recv(info[0].As<Napi::Number>().Int32Value(), &b, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (n == 1) return Napi::Number::New(env, b);
+  if (n == 0) return Napi::Number::New(env, -2);
+  if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return Napi::Number::New(env, -1);
+  return Napi::Number::New(env, -2);
+}
+
 }  // namespace
 
 void InitUnixDatagram(Napi::Env env, Napi::Object exports) {
@@ -230,6 +244,7 @@ void InitUnixDatagram(Napi::Env env, Napi::Object exports) {
   exports.Set("receiveDatagram", Napi::Function::New<JsReceiveDatagram>(env, "receiveDatagram"));
   exports.Set("closeDescriptor", Napi::Function::New<JsCloseDescriptor>(env, "closeDescriptor"));
   exports.Set("memfdCreate", Napi::Function::New<JsMemfdCreate>(env, "memfdCreate"));
+  exports.Set("peekByte", Napi::Function::New<JsPeekByte>(env, "peekByte"));
 }
 
 }  // namespace pxd

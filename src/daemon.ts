@@ -74,6 +74,8 @@ export interface DaemonConfig {
   peerTls?: PeerTlsFiles
   /** Peer links without TLS when no certificates are given (benchmarks only): the default is TLS-PSK. */
   peerPlaintext?: boolean
+  /** During a rolling upgrade from a release whose links were plain: accept and dial plain links too, beside TLS-PSK. */
+  peerAcceptPlaintext?: boolean
   /** Seconds without a lease renewal after which a node counts as offline. */
   nodeTtl: number
   /** File holding the API token (default `<dataDir>/api-token`, made at first start); required when the API listens beyond loopback. */
@@ -171,14 +173,14 @@ export class Daemon {
       }
       const server = new PeerServer({
         nodeId: this.nodeId, clusterId: c.clusterId, secret, handler, log: log.child({ component: 'peer-server' }), version: c.version,
-        releaseBuffer: native.releaseArrayBuffer, ...(tls ? { tls } : {}), psk: !c.peerPlaintext,
+        releaseBuffer: native.releaseArrayBuffer, ...(tls ? { tls } : {}), psk: !c.peerPlaintext, acceptPlaintext: c.peerAcceptPlaintext === true, peekByte: native.peekByte,
       })
       if (!tls && c.peerPlaintext) log.warn('PXD_PEER_PLAINTEXT=1: peer links are not encrypted (for benchmarks only)')
       this.#onStop('peer server', () => server.close())
       const listen = parseHostPort(c.peerListen)
       const bound = await server.listen(listen.host, listen.port)
       peerAddress = c.advertise ?? `${bound.host}:${bound.port}`
-      links = new PeerLinks({ nodeId: this.nodeId, clusterId: c.clusterId, secret, version: c.version, log: log.child({ component: 'peer-links' }), ...(tls ? { tls } : {}), psk: !c.peerPlaintext })
+      links = new PeerLinks({ nodeId: this.nodeId, clusterId: c.clusterId, secret, version: c.version, log: log.child({ component: 'peer-links' }), ...(tls ? { tls } : {}), psk: !c.peerPlaintext, plaintextFallback: c.peerAcceptPlaintext === true })
       const pool = links
       this.#onStop('peer links', () => pool.close())
       replicas = new ReplicaDirectory({ nodeId: this.nodeId, host, kvdb, peers: pool })

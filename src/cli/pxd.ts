@@ -78,6 +78,9 @@ Cluster (several nodes; without --kvdb pxd is a single node with an embedded sto
   --peer-tls-ca FILE           cluster CA (PEM)        PXD_PEER_TLS_CA          the CA chain and CN = node id
                                without them peer links run TLS 1.2 with a key derived from the cluster
                                secret (PSK); PXD_PEER_PLAINTEXT=1 turns that off, for benchmarks only
+  --peer-accept-plaintext      rolling upgrade from a  PXD_PEER_ACCEPT_PLAINTEXT=1
+                               release whose peer links had no TLS: plain links are accepted
+                               and dialed too, beside TLS-PSK; drop it once every node is upgraded
   --takeover            take over from the pxd running PXD_TAKEOVER=1     a live restart or upgrade: every
                         on these dirs                                      volume stays mounted, I/O pauses
   --config FILE         settings file                  PXD_CONFIG         (default /etc/pxd/pxd.conf, when
@@ -130,6 +133,7 @@ async function main(argv: string[]): Promise<number> {
         config: { type: 'string' },
         'log-pretty': { type: 'boolean' },
         takeover: { type: 'boolean' },
+        'peer-accept-plaintext': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean', short: 'v' },
       },
@@ -250,6 +254,7 @@ async function main(argv: string[]): Promise<number> {
     peerTls: { cert: setting('peer-tls-cert'), key: setting('peer-tls-key'), ca: setting('peer-tls-ca') },
     peerPlaintext: plainEnv === '1',
     takeover: values.takeover === true || process.env['PXD_TAKEOVER'] === '1',
+    peerAcceptPlaintext: values['peer-accept-plaintext'] === true || process.env['PXD_PEER_ACCEPT_PLAINTEXT'] === '1',
     // systemd (254 and later) says how many descriptors it keeps; PXD_FD_STORE=1 for older ones.
     fdStore: Boolean(process.env['NOTIFY_SOCKET']) && (Number(process.env['FDSTORE'] ?? 0) > 0 || process.env['PXD_FD_STORE'] === '1'),
   }

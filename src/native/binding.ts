@@ -188,6 +188,8 @@ export interface NativeBinding {
   bindDatagram(path: string): number
   /** The next datagram on a bound socket, waited for on a worker thread; rejects with ETIMEDOUT after `timeoutMs`. */
   receiveDatagram(fd: number, timeoutMs: number): Promise<{ payload: string; fds: number[] }>
+  /** The first byte waiting on a stream socket, not taken from it; -1 when none yet, -2 when the peer closed. */
+  peekByte(fd: number): number
   /** An anonymous file in memory (memfd_create), never on a disk; its descriptor. */
   memfdCreate(name: string): number
   /** Closes a descriptor this process got from a datagram or from its parent (never 0-2). */

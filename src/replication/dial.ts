@@ -27,6 +27,11 @@ export interface LinkConfig {
   tls: PeerTls | undefined
   /** TLS-PSK key (psk.ts), when there is no `tls`. */
   psk: Buffer | undefined
+  /**
+   * During a rolling upgrade from a release without TLS-PSK (--peer-accept-plaintext): the
+   * addresses that answered a TLS dial as a plain HTTP server, dialed without TLS from then on.
+   */
+  plaintextPeers?: Set<string>
 }
 
 /** The link is node to node, never through a browser's proxies: a zero mask lets ws skip the XOR pass. */
@@ -40,7 +45,8 @@ export interface Dial {
 
 /** Opens the WebSocket to `address`; throws what ws throws for a bad address. */
 export function dialPeer(config: LinkConfig, peerNodeId: string, address: string): Dial {
-  const { tls, psk } = config
+  const { tls, plaintextPeers } = config
+  const psk = plaintextPeers?.has(address) ? undefined : config.psk
   const attempt: TlsAttempt = { secured: false }
   const ws = new WebSocket(`${tls || psk ? 'wss' : 'ws'}://${address}${PEER_PATH}`, {
     // ws hands these to tls.connect; its typings give checkServerIdentity tls.connect's older signature.
@@ -55,7 +61,10 @@ export function dialPeer(config: LinkConfig, peerNodeId: string, address: string
   })
   return {
     ws,
-    failure: (err, opening) => (psk && pskLinkFailure(err, peerNodeId, address, opening, attempt))
-      || linkFailure(err, peerNodeId, address, opening, tls !== undefined, attempt),
+    failure: (err, opening) => {
+      // An HTTP server's answer to a ClientHello: an older release, without TLS on its links.
+      if (psk && plaintextPeers && opening && !attempt.secured && /wrong version number|WRONG_VERSION_NUMBER|packet length too long/i.test(`${(err as { code?: string }).code ?? ''} ${err.message}`)) plaintextPeers.add(address)
+      return (psk && pskLinkFailure(err, peerNodeId, address, opening, attempt)) || linkFailure(err, peerNodeId, address, opening, tls !== undefined, attempt)
+    },
   }
 }

@@ -38,6 +38,8 @@ export interface PeerLinksOptions {
   tls?: PeerTls
   /** Without `tls`: TLS with a key derived from the cluster secret (psk.ts). */
   psk?: boolean
+  /** With `psk`: a peer that answers TLS as a plain HTTP server (an older release) is dialed without TLS from then on. */
+  plaintextFallback?: boolean
 }
 
 /** One link per peer node, made on first use. */
@@ -66,6 +68,7 @@ export class PeerLinks {
       deadAfterMs: o.deadAfterMs ?? DEFAULT_DEAD_AFTER_MS,
       tls: o.tls,
       psk: o.psk && !o.tls ? peerPsk(o.secret, o.clusterId) : undefined,
+      ...(o.plaintextFallback && o.psk && !o.tls ? { plaintextPeers: new Set<string>() } : {}),
     }
     this.#log = o.log.child({ component: 'peer-link' })
   }

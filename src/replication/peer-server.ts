@@ -25,7 +25,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { createServer as createTlsServer } from 'node:https'
 import type { Duplex } from 'node:stream'
-import type { Socket } from 'node:net'
+import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net'
 import type { TLSSocket } from 'node:tls'
 import type { Logger } from 'pino'
 import { WebSocket, WebSocketServer } from 'ws'
@@ -92,6 +92,14 @@ export interface PeerServerOptions {
   /** Without `tls`: TLS with a key derived from the cluster secret (psk.ts). */
   psk?: boolean
   /**
+   * With `psk`, during a rolling upgrade from a release whose links were plain WebSocket:
+   * plain links are accepted on the same port too (the first byte tells a TLS ClientHello
+   * from an HTTP request). Both still pass the cluster-secret handshake.
+   */
+  acceptPlaintext?: boolean
+  /** With `acceptPlaintext`: the first byte waiting on a socket descriptor, not taken (the daemon passes the addon's peekByte): -1 none yet, -2 closed. */
+  peekByte?: (fd: number) => number
+  /**
    * Frees a received write's message buffer as soon as its handler settles, rather than at
    * a later GC (the daemon passes the addon's releaseArrayBuffer). Without it nothing is
    * released early.
@@ -116,8 +124,12 @@ export class PeerServer {
   readonly #refusals: RefusalLog
   /** Raw sockets that hold an admission slot (not yet authenticated). */
   readonly #slots = new WeakMap<Socket, Slot>()
-  #http: Server | undefined
-  #wss: WebSocketServer | undefined
+  /** The listening server, and the HTTP servers behind it (one, or the TLS-PSK and the plain one). */
+  #front: NetServer | undefined
+  #http: Server[] = []
+  #wss: WebSocketServer[] = []
+  readonly #acceptPlaintext: boolean
+  readonly #peekByte: ((fd: number) => number) | undefined
   #closing: Promise<void> | undefined
 
   constructor(o: PeerServerOptions) {
@@ -131,6 +143,9 @@ export class PeerServer {
     this.#tls = o.tls
     this.#psk = o.psk && !o.tls ? peerPsk(o.secret, o.clusterId) : undefined
     this.#releaseBuffer = o.releaseBuffer
+    this.#peekByte = o.peekByte
+    this.#acceptPlaintext = o.acceptPlaintext === true && this.#psk !== undefined
+    if (this.#acceptPlaintext && !o.peekByte) throw pxdError('INVALID_ARGUMENT', 'acceptPlaintext needs peekByte')
     if (o.tls && o.tls.nodeId !== o.nodeId) {
       throw pxdError('INVALID_ARGUMENT', `the peer TLS certificate is issued to ${o.tls.nodeId}, not to this node (${o.nodeId})`)
     }
@@ -166,38 +181,64 @@ export class PeerServer {
 
   listen(host: string, port: number): Promise<{ host: string; port: number }> {
     if (this.#closing) return Promise.reject(pxdError('DAEMON_STOPPING', 'the peer server is closed'))
-    if (this.#http) return Promise.reject(pxdError('INVALID_ARGUMENT', 'the peer server is already listening'))
+    if (this.#front) return Promise.reject(pxdError('INVALID_ARGUMENT', 'the peer server is already listening'))
     const onRequest = (_req: IncomingMessage, res: ServerResponse) => {
       res.writeHead(426, { 'content-type': 'text/plain' }).end('pxd peer links speak WebSocket\n')
     }
     const http: Server = this.#tls ? createTlsServer(serverTlsOptions(this.#tls), onRequest)
       : this.#psk ? createTlsServer(serverPskOptions(this.#psk), onRequest) : createServer(onRequest)
-    http.on('connection', (raw: Socket) => this.#admit(raw))
-    http.on('clientError', (err, socket) => this.#onClientError(err, socket))
     if (this.#psk) http.on('tlsClientError', (err, socket) => this.#onPskClientError(err, socket))
     if (this.#tls) http.on('tlsClientError', (err, socket) => this.#onTlsClientError(err, socket))
-    const wss = new WebSocketServer<typeof PeerSocket>({
-      WebSocket: PeerSocket,
-      server: http,
-      path: PEER_PATH,
-      maxPayload: MAX_FRAME_BYTES,
-      perMessageDeflate: false,
-      clientTracking: false,
-      skipUTF8Validation: true,
-    })
-    wss.on('connection', (ws, req) => this.#accept(ws, req))
-    wss.on('error', (err) => this.#log.error({ err }, 'peer server error'))
-    this.#http = http
-    this.#wss = wss
+    const plain = this.#acceptPlaintext ? createServer(onRequest) : undefined
+    this.#http = plain ? [http, plain] : [http]
+    for (const server of this.#http) {
+      server.on('clientError', (err, socket) => this.#onClientError(err, socket))
+      const wss = new WebSocketServer<typeof PeerSocket>({
+        WebSocket: PeerSocket,
+        server,
+        path: PEER_PATH,
+        maxPayload: MAX_FRAME_BYTES,
+        perMessageDeflate: false,
+        clientTracking: false,
+        skipUTF8Validation: true,
+      })
+      wss.on('connection', (ws, req) => this.#accept(ws, req))
+      wss.on('error', (err) => this.#log.error({ err }, 'peer server error'))
+      this.#wss.push(wss)
+    }
+    let front: NetServer = http
+    if (plain) {
+      // One port for both: a TLS record starts with 0x16 (handshake), an HTTP request with a
+      // letter. The byte is peeked at, not read: the TLS and HTTP servers take the socket's
+      // handle as it is, and would never see bytes read from it in JavaScript.
+      front = createNetServer({ pauseOnConnect: true }, (raw) => {
+        this.#admit(raw)
+        const fd = (raw as Socket & { _handle?: { fd?: number } })._handle?.fd ?? -1
+        const sniff = (): void => {
+          if (raw.destroyed) return
+          const first = fd >= 0 ? this.#peekByte!(fd) : -2
+          if (first === -1) return void setTimeout(sniff, 1)
+          if (first === -2) return void raw.destroy()
+          const to = first === 0x16 ? http : plain
+          to.emit('connection', raw)
+          raw.resume()
+        }
+        sniff()
+      })
+    } else {
+      http.on('connection', (raw: Socket) => this.#admit(raw))
+    }
+    this.#front = front
     return new Promise((resolve, reject) => {
       const onError = (err: Error) => reject(pxdError('PRECONDITION', `cannot listen for peers on ${host}:${port}: ${err.message}`, err))
-      http.once('error', onError)
-      http.listen(port, host, () => {
-        http.off('error', onError)
-        http.on('error', (err) => this.#log.error({ err }, 'peer server error'))
-        const addr = http.address()
+      front.once('error', onError)
+      front.listen(port, host, () => {
+        front.off('error', onError)
+        front.on('error', (err) => this.#log.error({ err }, 'peer server error'))
+        const addr = front.address()
         const bound = typeof addr === 'object' && addr ? { host: addr.address, port: addr.port } : { host, port }
         this.#log.info({ ...bound, tls: this.#tls !== undefined || (this.#psk ? 'psk' : false) }, 'listening for peers')
+        if (plain) this.#log.warn('peer links without TLS are accepted too (--peer-accept-plaintext), for a rolling upgrade from a release without TLS-PSK: turn it off once every node runs this one')
         resolve(bound)
       })
     })
@@ -206,11 +247,11 @@ export class PeerServer {
   /** Stops accepting, closes every link, waits for the handler calls in flight. Idempotent. */
   close(): Promise<void> {
     this.#closing ??= (async () => {
-      const http = this.#http
-      const stopped = http?.listening ? new Promise<void>((resolve) => http.close(() => resolve())) : Promise.resolve()
-      this.#wss?.close()
+      const front = this.#front
+      const stopped = front?.listening ? new Promise<void>((resolve) => front.close(() => resolve())) : Promise.resolve()
+      for (const wss of this.#wss) wss.close()
       await Promise.all([...this.#links].map((link) => link.shutdown()))
-      http?.closeAllConnections()
+      for (const http of this.#http) http.closeAllConnections()
       await stopped
       this.#refusals.close()
     })()
