@@ -6,6 +6,8 @@
 import { execFileSync } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
 import path from 'node:path'
+import WebSocket from 'ws'
+import { PEER_PATH } from '../../src/replication'
 
 export interface TestCa {
   dir: string
@@ -62,4 +64,16 @@ export function issueCert(ca: TestCa, nodeId: string, o: CertOptions = {}, prefi
 /** The pxd flags for a node's certificate. */
 export function tlsArgs(c: NodeCert): string[] {
   return ['--peer-tls-cert', c.certFile, '--peer-tls-key', c.keyFile, '--peer-tls-ca', c.caFile]
+}
+
+/**
+ * A plain ws:// dial of a peer port: the error it ends in, or an Error "opened" when the
+ * WebSocket opened (which a TLS peer port must never let happen).
+ */
+export function plainDialError(port: number): Promise<Error> {
+  return new Promise<Error>((resolve) => {
+    const ws = new WebSocket(`ws://127.0.0.1:${port}${PEER_PATH}`)
+    ws.on('open', () => { ws.terminate(); resolve(new Error('opened')) })
+    ws.on('error', (e) => resolve(e))
+  })
 }

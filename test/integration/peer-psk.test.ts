@@ -10,12 +10,12 @@ import { randomBytes } from 'node:crypto'
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import pino from 'pino'
-import WebSocket from 'ws'
 import { ApiClient } from '../../src/api/client'
 import { PEER_PATH, PeerLinks } from '../../src/replication'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { startCluster, waitFor, type Cluster } from '../helpers/cluster'
 import { startCapturingRelay, type CapturingRelay } from '../helpers/relay'
+import { plainDialError } from '../helpers/tls'
 import { pluginOk as call, replicaFiles, sha, writeSynced } from '../helpers/volume-io'
 
 assertIntegrationPreconditions()
@@ -67,11 +67,7 @@ test('a marker written on node-a reaches node-b and never crosses the link in th
 
 test('a plain ws:// client is refused, and so is a TLS-PSK client with another secret', async (t) => {
   const b = cluster.node('node-b')
-  const err = await new Promise<Error>((resolve) => {
-    const ws = new WebSocket(`ws://127.0.0.1:${b.peerPort}${PEER_PATH}`)
-    ws.on('open', () => { ws.terminate(); resolve(new Error('opened')) })
-    ws.on('error', (e) => resolve(e))
-  })
+  const err = await plainDialError(b.peerPort)
   t.not(err.message, 'opened')
   await waitFor('node-b to log the plain connection', async () => /plain \(non-TLS\) connection reached the TLS-PSK peer port/.test(b.logs()), 5000)
   // Without the psk option a client is plain, and is refused as well.

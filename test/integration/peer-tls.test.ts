@@ -11,14 +11,13 @@ import { randomBytes } from 'node:crypto'
 import { promises as fs, readFileSync } from 'node:fs'
 import path from 'node:path'
 import pino from 'pino'
-import WebSocket from 'ws'
 import { ApiClient } from '../../src/api/client'
-import { PEER_PATH, PeerLinks, type PeerTls } from '../../src/replication'
+import { PeerLinks, type PeerTls } from '../../src/replication'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { startCluster, waitFor, type Cluster } from '../helpers/cluster'
 import { makeTempDir, removeDir } from '../helpers/daemon'
 import { pluginCall } from '../helpers/plugin-client'
-import { issueCert, makeCa, tlsArgs, type NodeCert, type TestCa } from '../helpers/tls'
+import { issueCert, makeCa, plainDialError, tlsArgs, type NodeCert, type TestCa } from '../helpers/tls'
 import { pluginOk as call, replicaDigest, sha, writeSynced } from '../helpers/volume-io'
 
 assertIntegrationPreconditions()
@@ -82,11 +81,7 @@ test('a repl=2 volume written on node-a is read back on node-b, over TLS links',
 
 test('a plain ws:// connection to a TLS peer port fails; the node logs it', async (t) => {
   const b = cluster.node('node-b')
-  const err = await new Promise<Error>((resolve) => {
-    const ws = new WebSocket(`ws://127.0.0.1:${b.peerPort}${PEER_PATH}`)
-    ws.on('open', () => { ws.terminate(); resolve(new Error('opened')) })
-    ws.on('error', (e) => resolve(e))
-  })
+  const err = await plainDialError(b.peerPort)
   t.not(err.message, 'opened')
   // A plain node with the real secret gets no further.
   const plain = new PeerLinks({ nodeId: 'node-a', clusterId: cluster.clusterId, secret: cluster.secret, log })
