@@ -226,7 +226,7 @@ export class Daemon {
     let handedOver: Awaited<ReturnType<VolumeManager['handOff']>> = []
     let handedKeys: HandedKeys = {}
     this.#onStop('frontend', async () => {
-      if (this.#handoff && frontend.liveState()) return this.#finishHandoff(frontend, handedOver, handedKeys, c)
+      if (this.#handoff && frontend.live) return this.#finishHandoff(frontend, handedOver, handedKeys, c)
       await frontend.stop()
       await removeSession(c.runDir)
       if (c.fdStore) {
@@ -274,10 +274,10 @@ export class Daemon {
     metrics.provide({ healing: async () => ({ replacements: manager.replacements, replicaWrittenBytes: host.writtenBytes }) })
     metrics.provide({ peers: peerStates({ nodeId: this.nodeId, nodes: () => membership.nodes(), link: (peer) => peerLinks?.get(peer) }) })
     const readiness = nodeReadiness({ nodeId: this.nodeId, kvdb, dataDir: c.dataDir, fuseMountpoint: path.join(c.runDir, 'dev') })
-    const api = new ApiServer(manager, { nodeId: this.nodeId, version: c.version, kvdb: kvdb.description, startedAt: new Date() }, log.child({ component: 'api' }), { metrics, readiness, token: apiToken, tokenFile: apiTokenFile, restart: async () => spawnSuccessor(Boolean(frontend.liveState()), log) })
+    const api = new ApiServer(manager, { nodeId: this.nodeId, version: c.version, kvdb: kvdb.description, startedAt: new Date() }, log.child({ component: 'api' }), { metrics, readiness, token: apiToken, tokenFile: apiTokenFile, restart: async () => spawnSuccessor(frontend.live, log) })
     this.#onStop('API', () => api.close())
     this.apiUrl = await api.listen(c.apiListen)
-    if (frontend.liveState()) {
+    if (frontend.live) {
       const handoff = new HandoffServer(c.runDir, log.child({ component: 'handoff' }), (req) => this.handOff(req))
       this.#onStop('handoff socket', () => handoff.close())
       await handoff.listen()
@@ -344,8 +344,8 @@ export class Daemon {
   }
 }
 
-/** A message to the service manager ($NOTIFY_SOCKET), descriptors attached; a failure is logged. */
-function notifyServiceManager(state: string, log: Logger, fds?: number[]): void {
+/** A message to the service manager ($NOTIFY_SOCKET, Type=notify), descriptors attached; nothing without one; a failure is logged. */
+export function notifyServiceManager(state: string, log: Logger, fds?: number[]): void {
   try {
     native.serviceNotify(state, fds)
   } catch (err) {

@@ -14,10 +14,9 @@ import { execFile } from 'node:child_process'
 import { readFile } from 'node:fs/promises'
 import pino, { type Logger } from 'pino'
 import pretty from 'pino-pretty'
-import { Daemon, type DaemonConfig } from '../daemon'
+import { Daemon, notifyServiceManager, type DaemonConfig } from '../daemon'
 import { messageOf } from '../errors'
 import { FUSE_SERVERS, type FuseServerKind } from '../frontend/device-directory'
-import { native } from '../native/binding'
 import { loadConfig } from './config-file'
 import { missingNodeFlags } from './node-flags'
 import { packageVersion } from './version'
@@ -269,7 +268,7 @@ async function main(argv: string[]): Promise<number> {
   const stopOn = (signal: NodeJS.Signals) => {
     if (signalled) return log.warn({ signal }, 'already stopping')
     signalled = true
-    notifyManager('STOPPING=1', log)
+    notifyServiceManager('STOPPING=1', log)
     void (async () => {
       if (config.fdStore && signal === 'SIGTERM' && (await serviceRestarting(log))) {
         log.info({ signal }, 'the service is restarting: handing the FUSE session to the fd store, every volume stays mounted')
@@ -292,7 +291,7 @@ async function main(argv: string[]): Promise<number> {
     await daemon.stop()
     return 1
   }
-  notifyManager(`READY=1\nMAINPID=${process.pid}\nSTATUS=serving volumes`, log)
+  notifyServiceManager(`READY=1\nMAINPID=${process.pid}\nSTATUS=serving volumes`, log)
   return -1
 }
 
@@ -313,15 +312,6 @@ async function serviceRestarting(log: Logger): Promise<boolean> {
   } catch (err) {
     log.warn({ err }, 'cannot tell whether systemd restarts pxd: stopping as usual')
     return false
-  }
-}
-
-/** Tell a service manager (systemd, Type=notify) where pxd is; nothing without $NOTIFY_SOCKET. */
-function notifyManager(state: string, log: Logger): void {
-  try {
-    native.serviceNotify(state)
-  } catch (err) {
-    log.warn({ err }, 'could not notify the service manager')
   }
 }
 

@@ -245,10 +245,15 @@ export class Frontend {
     return this.#live().serve(resend)
   }
 
+  /** Whether a live restart can hand this session over: the addon's server serves the device directory. */
+  get live(): boolean {
+    return this.#devices instanceof AddonFuseDevices && this.#devices.mounted
+  }
+
   /** What a successor adopts (the device files by nodeid), and the loop and mount of each attached volume; undefined without the addon's server. */
   liveState(): { fuse: FuseSessionTable; attached: Array<{ name: string; loop: string; mountpoint: string }> } | undefined {
-    if (!(this.#devices instanceof AddonFuseDevices) || !this.#devices.mounted) return undefined
-    return { fuse: this.#devices.table(), attached: [...this.#attached.values()] }
+    if (!this.live) return undefined
+    return { fuse: this.#live().table(), attached: [...this.#attached.values()] }
   }
 
   /** Stop taking requests and wait for those read to be answered (a handoff; the kernel queues the rest). */
