@@ -219,7 +219,6 @@ class FuseServer {
   bool mounted_ = false;
   std::thread reader_;
   int64_t mounted_at_;
-  bool reading_stopped_ = false;
 
   std::mutex slots_mu_;
   std::condition_variable slots_cv_;

@@ -119,8 +119,8 @@ uint64_t FuseServer::next_nodeid() const {
 
 uint32_t FuseServer::InFlight() {
   std::lock_guard<std::mutex> lock(slots_mu_);
-  // The reader holds one slot while it waits for a request.
-  const size_t idle = free_slots_.size() + (reader_.joinable() && !reading_stopped_ ? 1 : 0);
+  // The reader holds one slot while it waits for a request (until StopReading joined it).
+  const size_t idle = free_slots_.size() + (reader_.joinable() ? 1 : 0);
   return static_cast<uint32_t>(requests_.size() - std::min(idle, requests_.size()));
 }
 
@@ -133,8 +133,6 @@ void FuseServer::StopReading() {
   uint64_t one = 1;
   if (stop_fd_ >= 0) (void)!write(stop_fd_, &one, sizeof one);
   if (reader_.joinable()) reader_.join();
-  std::lock_guard<std::mutex> lock(slots_mu_);
-  reading_stopped_ = true;
 }
 
 int FuseServer::Export() {

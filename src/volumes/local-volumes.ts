@@ -84,8 +84,8 @@ export class LocalVolumes {
   }
 
   #cipherFor(record: VolumeRecord, keyOptions: KeyOptions): VolumeCipher | undefined {
-    if (!record.encryption) return undefined
-    const key = unwrapVolumeKey(record.id, record.encryption, keyOptions, this.#o.keySources ?? {}, record.name)
+    const key = this.#unwrap(record, keyOptions)
+    if (!key) return undefined
     try {
       return new VolumeCipher(key)
     } finally {
@@ -93,11 +93,14 @@ export class LocalVolumes {
     }
   }
 
+  /** A secure volume's data key (the caller zeroes it); undefined for a plain one; KEY_REQUIRED or BAD_KEY. */
+  #unwrap(record: VolumeRecord, keyOptions: KeyOptions): Buffer | undefined {
+    return record.encryption ? unwrapVolumeKey(record.id, record.encryption, keyOptions, this.#o.keySources ?? {}, record.name) : undefined
+  }
+
   /** KEY_REQUIRED or BAD_KEY unless `keyOptions` open the volume's key; nothing for a plain volume. */
   async checkKey(name: string, keyOptions: KeyOptions): Promise<void> {
-    const record = (await this.#record(name)).value
-    if (!record.encryption) return
-    unwrapVolumeKey(record.id, record.encryption, keyOptions, this.#o.keySources ?? {}, record.name).fill(0)
+    this.#unwrap((await this.#record(name)).value, keyOptions)?.fill(0)
   }
 
   /** The volumes held here for healing only. */
