@@ -16,6 +16,7 @@ import { promises as fs, readdirSync, statSync, mkdtempSync, writeFileSync, rmSy
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { ApiClient } from '../../src/api/client'
+import { parseVolumeRef } from '../../src/volumes/options'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { startCluster, waitFor, TEST_NODE_TTL, type Cluster, type ClusterNode } from '../helpers/cluster'
 import { pluginCall } from '../helpers/plugin-client'
@@ -38,6 +39,15 @@ test.after.always(async () => {
 
 const MARKER = 'PXD-SECRET-MARKER-7f3a9c'
 const markerFile = (): Buffer => Buffer.from(MARKER.repeat(Math.ceil(MiB / MARKER.length)).slice(0, MiB))
+/** Mount `ref` on `node` as mount `id`, write the marker file through it, unmount; the bytes written. */
+async function writeMarkerThrough(node: ClusterNode, ref: string, id: string): Promise<Buffer> {
+  const mp = (await pluginOk(node, '/VolumeDriver.Mount', { Name: ref, ID: id })).Mountpoint as string
+  const payload = markerFile()
+  await writeSynced(path.join(mp, 'marker.bin'), payload)
+  await pluginOk(node, '/VolumeDriver.Unmount', { Name: parseVolumeRef(ref).name, ID: id })
+  return payload
+}
+
 const dropCaches = () => execFileSync('sh', ['-c', 'sync; echo 3 > /proc/sys/vm/drop_caches'])
 
 /** Every regular file under `dir` whose bytes contain `needle`. */
@@ -125,10 +135,7 @@ test('passphrase volume: a mount without or with a wrong passphrase fails and ch
   const info = await api.inspectVolume('pp')
   const holder = cluster.node(info.replicas[0]!.nodeId)
   const hapi = new ApiClient(holder.apiUrl)
-  let mp = (await pluginOk(holder, '/VolumeDriver.Mount', { Name: `name=pp,passphrase=${pass}`, ID: '1' })).Mountpoint as string
-  const payload = markerFile()
-  await writeSynced(path.join(mp, 'marker.bin'), payload)
-  await pluginOk(holder, '/VolumeDriver.Unmount', { Name: 'pp', ID: '1' })
+  const payload = await writeMarkerThrough(holder, `name=pp,passphrase=${pass}`, '1')
   const before = await hapi.inspectVolume('pp')
   const digest = await replicaDigest(holder, info.id)
 
@@ -143,7 +150,7 @@ test('passphrase volume: a mount without or with a wrong passphrase fails and ch
   const mounts = await fs.readFile('/proc/mounts', 'utf8')
   t.false(mounts.includes(`/pp `), 'nothing mounted')
 
-  mp = (await pluginOk(holder, '/VolumeDriver.Mount', { Name: `name=pp,passphrase=${pass}`, ID: '4' })).Mountpoint as string
+  const mp = (await pluginOk(holder, '/VolumeDriver.Mount', { Name: `name=pp,passphrase=${pass}`, ID: '4' })).Mountpoint as string
   dropCaches()
   t.is(sha(await fs.readFile(path.join(mp, 'marker.bin'))), sha(payload))
   await pluginOk(holder, '/VolumeDriver.Unmount', { Name: 'pp', ID: '4' })
@@ -187,16 +194,13 @@ test('a clone of a secure volume is secure with the same key: it reads back thro
   const a = cluster.node('node-a')
   const pass = 'clone-pass-phrase-0b7e1'
   await pluginOk(a, '/VolumeDriver.Create', { Name: `name=csrc,passphrase=${pass}`, Opts: { size: '64M', repl: '2', secure: 'true' } })
-  let mp = (await pluginOk(a, '/VolumeDriver.Mount', { Name: `name=csrc,passphrase=${pass}`, ID: '1' })).Mountpoint as string
-  const payload = markerFile()
-  await writeSynced(path.join(mp, 'marker.bin'), payload)
-  await pluginOk(a, '/VolumeDriver.Unmount', { Name: 'csrc', ID: '1' })
+  const payload = await writeMarkerThrough(a, `name=csrc,passphrase=${pass}`, '1')
   const api = new ApiClient(a.apiUrl)
   const clone = await api.clone('csrc', 'cclone')
   t.is(clone.name, 'cclone')
   const none = await pluginCall(a.pluginSocket, '/VolumeDriver.Mount', { Name: 'cclone', ID: '2' })
   t.regex(String(none.body.Err), /passphrase/, 'the clone needs the passphrase too')
-  mp = (await pluginOk(a, '/VolumeDriver.Mount', { Name: `name=cclone,passphrase=${pass}`, ID: '3' })).Mountpoint as string
+  const mp = (await pluginOk(a, '/VolumeDriver.Mount', { Name: `name=cclone,passphrase=${pass}`, ID: '3' })).Mountpoint as string
   dropCaches()
   t.is(sha(await fs.readFile(path.join(mp, 'marker.bin'))), sha(payload), 'the clone reads back the plaintext')
   await writeSynced(path.join(mp, 'after-clone.bin'), payload)
@@ -223,10 +227,7 @@ test('secret_key volume: opens with the file under --secrets-dir, BAD_KEY once t
   await pluginOk(a, '/VolumeDriver.Create', { Name: 'sk', Opts: { size: '64M', repl: '1', secret_key: 'k1' } })
   const info = await new ApiClient(a.apiUrl).inspectVolume('sk')
   const holder = cluster.node(info.replicas[0]!.nodeId)
-  let mp = (await pluginOk(holder, '/VolumeDriver.Mount', { Name: 'sk', ID: '1' })).Mountpoint as string
-  const payload = markerFile()
-  await writeSynced(path.join(mp, 'marker.bin'), payload)
-  await pluginOk(holder, '/VolumeDriver.Unmount', { Name: 'sk', ID: '1' })
+  const payload = await writeMarkerThrough(holder, 'sk', '1')
   t.deepEqual(await filesHolding(path.join(holder.dataDir, 'replicas', info.id), MARKER), [])
 
   const file = path.join(secretsDir, 'k1')
@@ -235,7 +236,7 @@ test('secret_key volume: opens with the file under --secrets-dir, BAD_KEY once t
   const wrong = await pluginCall(holder.pluginSocket, '/VolumeDriver.Mount', { Name: 'sk', ID: '2' })
   t.regex(String(wrong.body.Err), /wrong secret/)
   await fs.writeFile(file, original)
-  mp = (await pluginOk(holder, '/VolumeDriver.Mount', { Name: 'sk', ID: '3' })).Mountpoint as string
+  const mp = (await pluginOk(holder, '/VolumeDriver.Mount', { Name: 'sk', ID: '3' })).Mountpoint as string
   dropCaches()
   t.is(sha(await fs.readFile(path.join(mp, 'marker.bin'))), sha(payload))
   await pluginOk(holder, '/VolumeDriver.Unmount', { Name: 'sk', ID: '3' })
@@ -246,10 +247,7 @@ test('a snapshot (parent=) of a secure volume opens with its key and reads its p
   await pluginOk(a, '/VolumeDriver.Create', { Name: 'ss', Opts: { size: '64M', repl: '1', secure: 'true' } })
   const info = await new ApiClient(a.apiUrl).inspectVolume('ss')
   const holder = cluster.node(info.replicas[0]!.nodeId)
-  const mp = (await pluginOk(holder, '/VolumeDriver.Mount', { Name: 'ss', ID: '1' })).Mountpoint as string
-  const payload = markerFile()
-  await writeSynced(path.join(mp, 'marker.bin'), payload)
-  await pluginOk(holder, '/VolumeDriver.Unmount', { Name: 'ss', ID: '1' })
+  const payload = await writeMarkerThrough(holder, 'ss', '1')
   await pluginOk(holder, '/VolumeDriver.Create', { Name: 'ss-snap', Opts: { parent: 'ss' } })
   const cmp = (await pluginOk(holder, '/VolumeDriver.Mount', { Name: 'ss-snap', ID: 'c' })).Mountpoint as string
   t.is(sha(await fs.readFile(path.join(cmp, 'marker.bin'))), sha(payload))
