@@ -89,6 +89,8 @@ export interface DaemonConfig {
   replaceAfterMs?: number
   /** Who serves the FUSE device directory (default addon). */
   fuseServer?: FuseServerKind
+  /** Seconds a FUSE request may wait for its answer before the kernel aborts the connection (0: no bound; default none). */
+  fuseRequestTimeout?: number
   /** Take the FUSE session and mounted volumes over from the pxd running on these dirs (`--takeover`). */
   takeover?: boolean
   /** The service manager keeps descriptors for the next start ($FDSTORE): the FUSE session is stored there. */
@@ -201,7 +203,7 @@ export class Daemon {
     isMember = (nodeId) => membership.isOnline(nodeId)
 
     const metrics = new Metrics({ log: log.child({ component: 'metrics' }) })
-    const frontend = new Frontend(c.runDir, log.child({ component: 'frontend' }), c.fuseServer, meteredDevices(metrics))
+    const frontend = new Frontend(c.runDir, log.child({ component: 'frontend' }), c.fuseServer, meteredDevices(metrics), c.fuseRequestTimeout)
     let manager: VolumeManager | undefined
     const session = new SessionRecorder(c.runDir, c.version, { frontend: () => frontend.liveState(), volumes: () => manager?.liveVolumes() ?? [] })
     // Under the fd store, the passphrases of mounted volumes sit beside the session, in memory only.
