@@ -11,7 +11,11 @@
 // server; its views in JS keep the memory alive after the server is gone.
 #include "fuse_binding.h"
 
+#include <poll.h>
+
+#include <cerrno>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 
@@ -378,6 +382,17 @@ Napi::Value JsFuseUnmount(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// fuseSessionAborted(fd) -> whether the kernel aborted the FUSE connection on fd (a
+// request outlived the connection's timeout, or someone aborted it through
+// /sys/fs/fuse/connections): poll answers POLLERR then. Reads nothing.
+Napi::Value JsFuseSessionAborted(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1) throw Napi::TypeError::New(env, "fuseSessionAborted(fd)");
+  pollfd p{static_cast<int>(ArgSafeInteger(info[0], "fd")), POLLIN, 0};
+  if (poll(&p, 1, 0) < 0) throw Napi::Error::New(env, std::string("poll: ") + std::strerror(errno));
+  return Napi::Boolean::New(env, (p.revents & (POLLERR | POLLNVAL)) != 0);
+}
+
 }  // namespace
 
 void InitFuse(Napi::Env env, Napi::Object exports) {
@@ -395,6 +410,7 @@ void InitFuse(Napi::Env env, Napi::Object exports) {
   exports.Set("fuseStopReading", Napi::Function::New<JsFuseStopReading>(env, "fuseStopReading"));
   exports.Set("fuseInFlight", Napi::Function::New<JsFuseInFlight>(env, "fuseInFlight"));
   exports.Set("fuseExport", Napi::Function::New<JsFuseExport>(env, "fuseExport"));
+  exports.Set("fuseSessionAborted", Napi::Function::New<JsFuseSessionAborted>(env, "fuseSessionAborted"));
 }
 
 }  // namespace pxd

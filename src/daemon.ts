@@ -142,7 +142,11 @@ export class Daemon {
       if (await ensureTokenFile(apiTokenFile)) this.#log.info({ file: apiTokenFile }, 'made the API token file; changing API calls need this token')
       apiToken = (await readSecret(apiTokenFile, this.#log)).toString('utf8')
     }
-    inherited ??= await fromServiceManager(c.runDir, this.#log)
+    inherited ??= await fromServiceManager(c.runDir, this.#log, () => {
+      // A kept session this start cannot serve: the store lets go of it too.
+      notifyServiceManager(`FDSTOREREMOVE=1\nFDNAME=${FD_NAME}`, this.#log)
+      notifyServiceManager(`FDSTOREREMOVE=1\nFDNAME=${KEYS_FD_NAME}`, this.#log)
+    })
     this.nodeId = await resolveNodeId(c.dataDir, c.nodeId)
     const log = this.#log.child({ node: this.nodeId })
 

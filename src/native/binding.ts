@@ -271,6 +271,8 @@ export interface FuseBinding {
   fuseInFlight(handle: FuseHandle): number
   /** Gives the session's descriptor away (now the caller's) without an unmount; the handle is done. */
   fuseExport(handle: FuseHandle): number
+  /** Whether the kernel aborted the FUSE connection on `fd` (a request outlived its timeout): such a session cannot be served. */
+  fuseSessionAborted(fd: number): boolean
 }
 
 export interface FuseSessionTable {

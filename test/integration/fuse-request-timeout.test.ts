@@ -2,7 +2,8 @@
  * The bound on a FUSE request's wait (--fuse-request-timeout, FUSE_REQUEST_TIMEOUT of Linux
  * 6.14), with pxd killed -9 while a stand-in for systemd's fd store keeps the session:
  * - no successor comes: a read on the volume fails within the bound (plus the kernel's check
- *   period) instead of waiting for ever in D state;
+ *   period) instead of waiting for ever in D state; pxd started later lets the dead session go
+ *   (and the store with it), cleans up, and the volume mounts again with its data;
  * - a successor comes within the bound: the read is answered, and the connection is still up
  *   well past the bound.
  * The kernel checks for expired requests every 15 s and never bounds a request below that
@@ -11,13 +12,13 @@
  */
 import test, { type ExecutionContext } from 'ava'
 import { spawn } from 'node:child_process'
-import { existsSync } from 'node:fs'
+import { existsSync, promises as fs } from 'node:fs'
 import { randomBytes } from 'node:crypto'
 import path from 'node:path'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { cleanupRunDir, leftoversUnder, makeTempDir, removeDir, startDaemon, type Daemon } from '../helpers/daemon'
 import { startFdStore, type FdStore } from '../helpers/fd-store'
-import { pluginOk, writeSynced } from '../helpers/volume-io'
+import { pluginOk, sha, writeSynced } from '../helpers/volume-io'
 
 assertIntegrationPreconditions()
 
@@ -48,7 +49,7 @@ function within(read: Promise<Read>, ms: number): Promise<Read | undefined> {
 }
 
 /** A daemon under the fd store with `timeout`, a mounted volume holding a synced file; fails (never skips) without the kernel feature. */
-async function mountedUnderStore(t: ExecutionContext, dir: string, store: FdStore, timeout: number): Promise<{ daemon: Daemon; file: string } | undefined> {
+async function mountedUnderStore(t: ExecutionContext, dir: string, store: FdStore, timeout: number): Promise<{ daemon: Daemon; file: string; written: string } | undefined> {
   if (!existsSync(KERNEL_FEATURE)) {
     t.fail(`this kernel has no FUSE request timeouts (FUSE_REQUEST_TIMEOUT, Linux 6.14): ${KERNEL_FEATURE} is missing`)
     return undefined
@@ -57,13 +58,14 @@ async function mountedUnderStore(t: ExecutionContext, dir: string, store: FdStor
   await store.waitFor('pxd-fuse')
   if (!new RegExp(`a FUSE request unanswered for ${timeout} s makes the kernel abort the connection`).test(daemon.logs())) {
     t.fail(`the kernel did not take the request timeout at FUSE_INIT (FUSE_REQUEST_TIMEOUT not offered); pxd said:\n${daemon.logs()}`)
-    return { daemon, file: '' }
+    return { daemon, file: '', written: '' }
   }
   await pluginOk(daemon, '/VolumeDriver.Create', { Name: 'bounded', Opts: { size: '64M' } })
   const mountpoint = (await pluginOk(daemon, '/VolumeDriver.Mount', { Name: 'bounded', ID: 'b1' }))['Mountpoint'] as string
   const file = path.join(mountpoint, 'data.bin')
-  await writeSynced(file, randomBytes(1024 * 1024))
-  return { daemon, file }
+  const data = randomBytes(1024 * 1024)
+  await writeSynced(file, data)
+  return { daemon, file, written: sha(data) }
 }
 
 /**
@@ -103,6 +105,18 @@ test.serial('kill -9 and no successor: a read on the volume fails within the bou
     const next = await within(readBlock(m.file).done, SLACK_S * 1000)
     t.truthy(next, 'a later read does not wait')
     t.not(next?.code, 0)
+
+    // The next start (systemd's, later) gets the dead session from the store: it lets it go and starts afresh.
+    const removals = () => store.messages.filter((msg) => msg.includes('FDSTOREREMOVE=1') && msg.includes('FDNAME=pxd-fuse')).length
+    const removedBefore = removals()
+    const startWith = store.startWith()
+    daemon = await startDaemon({ dir, ...startWith, env: { ...startWith.env, PXD_FD_STORE: '1' }, extraArgs: ['--fuse-request-timeout', String(timeout)] })
+    t.regex(daemon.logs(), /the kernel aborted the FUSE session the service manager kept/)
+    t.true(removals() > removedBefore, 'the store is told to let the dead session go')
+    t.deepEqual(leftoversUnder(path.join(daemon.runDir, 'mounts')), [], 'the dead mount is gone')
+    const again = await pluginOk(daemon, '/VolumeDriver.Mount', { Name: 'bounded', ID: 'b2' })
+    t.is(sha(await fs.readFile(path.join(again['Mountpoint'] as string, 'data.bin'))), m.written, 'the fsynced data is there')
+    await pluginOk(daemon, '/VolumeDriver.Unmount', { Name: 'bounded', ID: 'b2' })
   } finally {
     await cleanUp(t, dir, store, daemon, reader?.done)
   }
