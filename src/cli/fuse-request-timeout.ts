@@ -10,7 +10,13 @@
 import { readFileSync } from 'node:fs'
 import { pxdError } from '../errors'
 
-export const DEFAULT_FUSE_REQUEST_TIMEOUT_SECONDS = 60
+/**
+ * Above the longest wait pxd's own data path may take over a request: a flush to a slow
+ * replica waits up to FLUSH_TIMEOUT_MS (120 s) before it is demoted through the kvdb
+ * (two calls of at most 5 s each); with a bound under that, one slow replica's flush
+ * would abort every volume of the node.
+ */
+export const DEFAULT_FUSE_REQUEST_TIMEOUT_SECONDS = 180
 /** fuse_init_out.request_timeout is a u16. */
 export const MAX_FUSE_REQUEST_TIMEOUT_SECONDS = 65_535
 export const KERNEL_MAX_REQUEST_TIMEOUT_FILE = '/proc/sys/fs/fuse/max_request_timeout'

@@ -53,7 +53,7 @@ Options (each also settable through the environment variable shown):
   --fuse-server NAME    who serves the FUSE device    PXD_FUSE_SERVER    (default addon)
                         dir: addon (C++, async direct I/O, 1 MiB requests)
                         or fuse-native (libfuse 2: one 128 KiB request at a time)
-  --fuse-request-timeout SEC  a FUSE request left    PXD_FUSE_REQUEST_TIMEOUT (default 60; 0: none)
+  --fuse-request-timeout SEC  a FUSE request left    PXD_FUSE_REQUEST_TIMEOUT (default 180; 0: none)
                         unanswered this long (pxd died, no successor came) makes the kernel
                         fail I/O to every volume here instead of letting it wait (Linux 6.14)
   --log-level LEVEL     trace|debug|info|warn|error    PXD_LOG_LEVEL      (default info)

@@ -30,7 +30,7 @@ test('whole seconds from 0 (no bound) to 65535 are taken', (t) => {
   t.is(parseFuseRequestTimeout('5'), 5)
   t.is(parseFuseRequestTimeout(' 60 '), 60)
   t.is(parseFuseRequestTimeout('65535'), 65535)
-  t.is(DEFAULT_FUSE_REQUEST_TIMEOUT_SECONDS, 60)
+  t.is(DEFAULT_FUSE_REQUEST_TIMEOUT_SECONDS, 180)
 })
 
 test('a negative, fractional, non-numeric or empty value, or one past the u16 of fuse_init_out, is refused saying what is taken', (t) => {
@@ -61,7 +61,7 @@ test("the kernel's limit is read from its sysctl; a missing file, 0 or garbage i
 test('--help lists the flag with its variable and default', async (t) => {
   const r = await pxd(['--help'])
   t.is(r.code, 0)
-  t.regex(r.stdout, /--fuse-request-timeout SEC .* PXD_FUSE_REQUEST_TIMEOUT \(default 60; 0: none\)/)
+  t.regex(r.stdout, /--fuse-request-timeout SEC .* PXD_FUSE_REQUEST_TIMEOUT \(default 180; 0: none\)/)
 })
 
 test('a bad value by flag, by variable or in the config file stops pxd at start, naming it, before it makes its data dir', async (t) => {
