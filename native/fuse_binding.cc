@@ -11,7 +11,11 @@
 // server; its views in JS keep the memory alive after the server is gone.
 #include "fuse_binding.h"
 
+#include <poll.h>
+
+#include <cerrno>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 
@@ -22,6 +26,7 @@ namespace {
 
 const napi_type_tag kFuseTag = {0x7078645f66757365ull, 0x5f73657276657221ull};
 constexpr uintptr_t kStoppedEvent = ~uintptr_t{0};
+constexpr uintptr_t kInitEvent = ~uintptr_t{1};
 
 class JsFuse : public FuseSink {
  public:
@@ -30,6 +35,7 @@ class JsFuse : public FuseSink {
   napi_ref memory = nullptr;
   bool unmounted = false;
   int stop_errno = 0;
+  uint16_t request_timeout = 0;
 
   void Dispatch(uint32_t slot) override {
     napi_call_threadsafe_function(tsfn, reinterpret_cast<void*>(uintptr_t{slot} + 1), napi_tsfn_nonblocking);
@@ -37,6 +43,10 @@ class JsFuse : public FuseSink {
   void Stopped(int os_errno) override {
     stop_errno = os_errno;
     napi_call_threadsafe_function(tsfn, reinterpret_cast<void*>(kStoppedEvent), napi_tsfn_nonblocking);
+  }
+  void Initialized(uint16_t seconds) override {
+    request_timeout = seconds;
+    napi_call_threadsafe_function(tsfn, reinterpret_cast<void*>(kInitEvent), napi_tsfn_nonblocking);
   }
 };
 
@@ -48,12 +58,13 @@ void CallJs(napi_env env, napi_value fn, void* context, void* data) {
   if (self->unmounted) return;
   uintptr_t tag = reinterpret_cast<uintptr_t>(data);
   double argv_n[5];
-  if (tag == kStoppedEvent) {
-    argv_n[0] = static_cast<double>(FuseKind::kStopped);
+  if (tag == kStoppedEvent || tag == kInitEvent) {
+    const bool stopped = tag == kStoppedEvent;
+    argv_n[0] = static_cast<double>(stopped ? FuseKind::kStopped : FuseKind::kInit);
     argv_n[1] = -1;
     argv_n[2] = 0;
     argv_n[3] = 0;
-    argv_n[4] = self->stop_errno;
+    argv_n[4] = stopped ? self->stop_errno : self->request_timeout;
   } else {
     uint32_t slot = static_cast<uint32_t>(tag - 1);
     const FuseRequest& r = self->server->request(slot);
@@ -182,9 +193,14 @@ Napi::Value NewHandle(Napi::Env env, Napi::Value on_request, Make make) {
   return Napi::Value(env, handle);
 }
 
-// fuseMount(mountpoint, maxRequestBytes, slots, onRequest) -> handle
+// fuseMount(mountpoint, maxRequestBytes, slots, onRequest[, requestTimeoutSeconds]) -> handle
 Napi::Value JsFuseMount(const Napi::CallbackInfo& info) {
-  FuseServer::Options o = ArgOptions(info, "fuseMount(mountpoint, maxRequestBytes, slots, onRequest)");
+  FuseServer::Options o = ArgOptions(info, "fuseMount(mountpoint, maxRequestBytes, slots, onRequest[, requestTimeoutSeconds])");
+  if (info.Length() > 4 && !info[4].IsUndefined()) {
+    const uint32_t seconds = ArgUint32(info, 4, "requestTimeoutSeconds");
+    if (seconds > UINT16_MAX) throw Napi::RangeError::New(info.Env(), "requestTimeoutSeconds must be at most 65535");
+    o.request_timeout = static_cast<uint16_t>(seconds);
+  }
   return NewHandle(info.Env(), info[3], [&](FuseSink* sink) { return std::make_unique<FuseServer>(o, sink); });
 }
 
@@ -366,6 +382,17 @@ Napi::Value JsFuseUnmount(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// fuseSessionAborted(fd) -> whether the kernel aborted the FUSE connection on fd (a
+// request outlived the connection's timeout, or someone aborted it through
+// /sys/fs/fuse/connections): poll answers POLLERR then. Reads nothing.
+Napi::Value JsFuseSessionAborted(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1) throw Napi::TypeError::New(env, "fuseSessionAborted(fd)");
+  pollfd p{static_cast<int>(ArgSafeInteger(info[0], "fd")), POLLIN, 0};
+  if (poll(&p, 1, 0) < 0) throw Napi::Error::New(env, std::string("poll: ") + std::strerror(errno));
+  return Napi::Boolean::New(env, (p.revents & (POLLERR | POLLNVAL)) != 0);
+}
+
 }  // namespace
 
 void InitFuse(Napi::Env env, Napi::Object exports) {
@@ -383,6 +410,7 @@ void InitFuse(Napi::Env env, Napi::Object exports) {
   exports.Set("fuseStopReading", Napi::Function::New<JsFuseStopReading>(env, "fuseStopReading"));
   exports.Set("fuseInFlight", Napi::Function::New<JsFuseInFlight>(env, "fuseInFlight"));
   exports.Set("fuseExport", Napi::Function::New<JsFuseExport>(env, "fuseExport"));
+  exports.Set("fuseSessionAborted", Napi::Function::New<JsFuseSessionAborted>(env, "fuseSessionAborted"));
 }
 
 }  // namespace pxd

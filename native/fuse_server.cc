@@ -31,6 +31,12 @@ constexpr uint32_t kFopenParallelDirectWrites = 1u << 6;
 constexpr uint64_t kValidSeconds = 1;
 // Linux 5.6; the header this is built with may predate it.
 constexpr int kPrSetIoFlusher = 57;
+// FUSE_REQUEST_TIMEOUT (protocol 7.43, Linux 6.14): bit 42 of the INIT flags, that is
+// bit 10 of flags2, and fuse_init_out.request_timeout, a u16 of seconds at byte 40
+// (in the unused words of older headers).
+constexpr uint32_t kRequestTimeoutFlags2 = 1u << (42 - 32);
+constexpr size_t kRequestTimeoutOffset = 40;
+static_assert(sizeof(fuse_init_out) == 64, "fuse_init_out is 64 bytes since 7.23");
 
 FuseError SysError(const char* what, const std::string& detail) {
   int e = errno;
@@ -52,6 +58,7 @@ FuseServer::FuseServer(const Options& o, FuseSink* sink)
     : mountpoint_(o.mountpoint),
       max_request_bytes_(o.max_request_bytes),
       max_background_(o.max_background),
+      request_timeout_(o.request_timeout),
       slot_bytes_(kDataOffset + o.max_request_bytes),
       sink_(sink),
       mounted_at_(static_cast<int64_t>(std::time(nullptr))) {
@@ -383,8 +390,16 @@ void FuseServer::OnInit(uint64_t unique, const uint8_t* in, size_t in_len) {
   out.max_write = max_request_bytes_;
   out.time_gran = 1;
   out.max_pages = static_cast<uint16_t>(max_request_bytes_ / kPage);
+  // The kernel aborts the connection once a request waited this long for its answer.
+  const bool bounded = request_timeout_ > 0 && (arg.flags & FUSE_INIT_EXT) != 0 && (arg.flags2 & kRequestTimeoutFlags2) != 0;
+  if (bounded) {
+    out.flags |= FUSE_INIT_EXT;
+    out.flags2 = kRequestTimeoutFlags2;
+    std::memcpy(reinterpret_cast<uint8_t*>(&out) + kRequestTimeoutOffset, &request_timeout_, sizeof request_timeout_);
+  }
   // Before 7.23 the reply was 24 bytes; the kernel checks the size it gets.
   ReplyBytes(unique, 0, &out, out.minor < 23 ? 24 : sizeof out);
+  sink_->Initialized(bounded ? request_timeout_ : 0);
 }
 
 void FuseServer::FillAttr(void* attr_out, uint64_t nodeid, const File* file) const {

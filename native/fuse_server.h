@@ -63,6 +63,7 @@ enum class FuseKind : uint32_t {
   kWrite = 2,
   kFlush = 3,  // FLUSH (a handle closed) and FSYNC alike
   kDiscard = 4,  // FALLOCATE punching a hole or zeroing a range
+  kInit = 5,  // INIT answered; length carries the request timeout in force (s), 0 if none
 };
 
 // What the sink is told about a request; lives in the slot's table entry.
@@ -80,6 +81,9 @@ class FuseSink {
   // Called on the reader thread; must only queue the slot for later.
   virtual void Dispatch(uint32_t slot) = 0;
   virtual void Stopped(int os_errno) = 0;
+  // Called on the reader thread once INIT is answered: the request timeout the
+  // kernel was asked for (seconds), 0 when none was asked or the kernel offers none.
+  virtual void Initialized(uint16_t request_timeout) { (void)request_timeout; }
 };
 
 class FuseServer {
@@ -92,6 +96,9 @@ class FuseServer {
     uint32_t max_request_bytes = 1 << 20;  // a multiple of 4096, <= 1 MiB
     uint32_t slots = 32;
     uint16_t max_background = 16;
+    // Seconds a request may wait for its answer before the kernel aborts the
+    // whole connection (FUSE_REQUEST_TIMEOUT, Linux 6.14); 0: no bound.
+    uint16_t request_timeout = 0;
   };
 
   // Opens /dev/fuse, mounts it at options.mountpoint and starts serving.
@@ -209,6 +216,7 @@ class FuseServer {
   const std::string mountpoint_;
   const uint32_t max_request_bytes_;
   const uint16_t max_background_;
+  const uint16_t request_timeout_;
   const size_t slot_bytes_;
   FuseSink* const sink_;
   std::shared_ptr<SlotPool> pool_;

@@ -40,6 +40,7 @@ FuseServer::FuseServer(const Options& o, FuseSink* sink, const Adopted& adopted)
     : mountpoint_(o.mountpoint),
       max_request_bytes_(o.max_request_bytes),
       max_background_(o.max_background),
+      request_timeout_(o.request_timeout),  // the connection keeps the one set at its INIT
       slot_bytes_(kDataOffset + o.max_request_bytes),
       sink_(sink),
       mounted_at_(adopted.mounted_at) {

@@ -89,6 +89,8 @@ export interface DaemonConfig {
   replaceAfterMs?: number
   /** Who serves the FUSE device directory (default addon). */
   fuseServer?: FuseServerKind
+  /** Seconds a FUSE request may wait for its answer before the kernel aborts the connection (0: no bound; default none). */
+  fuseRequestTimeout?: number
   /** Take the FUSE session and mounted volumes over from the pxd running on these dirs (`--takeover`). */
   takeover?: boolean
   /** The service manager keeps descriptors for the next start ($FDSTORE): the FUSE session is stored there. */
@@ -140,7 +142,11 @@ export class Daemon {
       if (await ensureTokenFile(apiTokenFile)) this.#log.info({ file: apiTokenFile }, 'made the API token file; changing API calls need this token')
       apiToken = (await readSecret(apiTokenFile, this.#log)).toString('utf8')
     }
-    inherited ??= await fromServiceManager(c.runDir, this.#log)
+    inherited ??= await fromServiceManager(c.runDir, this.#log, () => {
+      // A kept session this start cannot serve: the store lets go of it too.
+      notifyServiceManager(`FDSTOREREMOVE=1\nFDNAME=${FD_NAME}`, this.#log)
+      notifyServiceManager(`FDSTOREREMOVE=1\nFDNAME=${KEYS_FD_NAME}`, this.#log)
+    })
     this.nodeId = await resolveNodeId(c.dataDir, c.nodeId)
     const log = this.#log.child({ node: this.nodeId })
 
@@ -201,7 +207,7 @@ export class Daemon {
     isMember = (nodeId) => membership.isOnline(nodeId)
 
     const metrics = new Metrics({ log: log.child({ component: 'metrics' }) })
-    const frontend = new Frontend(c.runDir, log.child({ component: 'frontend' }), c.fuseServer, meteredDevices(metrics))
+    const frontend = new Frontend(c.runDir, log.child({ component: 'frontend' }), c.fuseServer, meteredDevices(metrics), c.fuseRequestTimeout)
     let manager: VolumeManager | undefined
     const session = new SessionRecorder(c.runDir, c.version, { frontend: () => frontend.liveState(), volumes: () => manager?.liveVolumes() ?? [] })
     // Under the fd store, the passphrases of mounted volumes sit beside the session, in memory only.

@@ -18,6 +18,7 @@ import { Daemon, notifyServiceManager, type DaemonConfig } from '../daemon'
 import { messageOf } from '../errors'
 import { FUSE_SERVERS, type FuseServerKind } from '../frontend/device-directory'
 import { loadConfig } from './config-file'
+import { DEFAULT_FUSE_REQUEST_TIMEOUT_SECONDS, kernelMaxRequestTimeout, parseFuseRequestTimeout } from './fuse-request-timeout'
 import { missingNodeFlags } from './node-flags'
 import { packageVersion } from './version'
 import { DEFAULT_SCRUB_BYTES_PER_SECOND } from '../constants'
@@ -52,6 +53,9 @@ Options (each also settable through the environment variable shown):
   --fuse-server NAME    who serves the FUSE device    PXD_FUSE_SERVER    (default addon)
                         dir: addon (C++, async direct I/O, 1 MiB requests)
                         or fuse-native (libfuse 2: one 128 KiB request at a time)
+  --fuse-request-timeout SEC  a FUSE request left    PXD_FUSE_REQUEST_TIMEOUT (default 180; 0: none)
+                        unanswered this long (pxd died, no successor came) makes the kernel
+                        fail I/O to every volume here instead of letting it wait (Linux 6.14)
   --log-level LEVEL     trace|debug|info|warn|error    PXD_LOG_LEVEL      (default info)
   --log-pretty          readable log lines, not JSON   PXD_LOG_PRETTY=1   (default: only when stdout
                                                        is a terminal; PXD_LOG_PRETTY=0 forces JSON)
@@ -104,6 +108,7 @@ const OPTIONS = {
   'replace-after': { type: 'string', env: 'PXD_REPLACE_AFTER', default: '10m' },
   'node-id': { type: 'string', env: 'PXD_NODE_ID', default: undefined },
   'fuse-server': { type: 'string', env: 'PXD_FUSE_SERVER', default: 'addon' },
+  'fuse-request-timeout': { type: 'string', env: 'PXD_FUSE_REQUEST_TIMEOUT', default: String(DEFAULT_FUSE_REQUEST_TIMEOUT_SECONDS) },
   'log-level': { type: 'string', env: 'PXD_LOG_LEVEL', default: 'info' },
   kvdb: { type: 'string', env: 'PXD_KVDB', default: undefined },
   'kvdb-ca': { type: 'string', env: 'PXD_KVDB_CA', default: undefined },
@@ -221,6 +226,13 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`pxd: invalid --fuse-server "${fuseServer}": ${FUSE_SERVERS.join(' or ')}\n`)
     return 2
   }
+  let fuseRequestTimeout: number
+  try {
+    fuseRequestTimeout = parseFuseRequestTimeout(setting('fuse-request-timeout')!, kernelMaxRequestTimeout())
+  } catch (err) {
+    process.stderr.write(`pxd: ${messageOf(err)}\n`)
+    return 2
+  }
   const optional = (name: keyof typeof OPTIONS, key: string) => {
     const v = setting(name)
     return v ? { [key]: v } : {}
@@ -239,6 +251,7 @@ async function main(argv: string[]): Promise<number> {
     resyncConcurrency,
     replaceAfterMs,
     fuseServer: fuseServer as FuseServerKind,
+    fuseRequestTimeout,
     ...optional('node-id', 'nodeId'),
     ...optional('kvdb', 'kvdb'),
     ...optional('peer-listen', 'peerListen'),

@@ -10,6 +10,12 @@
  * and only then serves (`serve`); the predecessor stops reading, waits for what it read to
  * be answered (`drain`) and gives the descriptor away (`export`), never unmounting.
  *
+ * The kernel is asked at INIT to bound how long a request may wait for its answer
+ * (`requestTimeout`, seconds; FUSE_REQUEST_TIMEOUT, Linux 6.14): once one waited that long,
+ * it aborts the connection and I/O to every volume here fails instead of hanging, as when
+ * pxd died and no successor came. The bound belongs to the connection: a successor keeps
+ * the one its first server set (the session table carries it).
+ *
  * A slot's data area is a view made once at mount: a WRITE's payload already sits there
  * (page-aligned), and READ data is put there, so the bytes pass between the kernel, the
  * block store and the peer socket without a copy in this process.
@@ -34,6 +40,9 @@ export class AddonFuseDevices implements DeviceDirectory {
   readonly mountpoint: string
   readonly #log: Logger
   readonly #maxRequestBytes: number
+  readonly #requestTimeout: number
+  /** The bound the kernel enforces on this connection (s; 0: none), once known. */
+  #boundInForce: number | undefined
   readonly #byKey = new Map<number, BlockDevice>()
   readonly #keyOf = new Map<string, number>()
   #nextKey = 1
@@ -41,17 +50,19 @@ export class AddonFuseDevices implements DeviceDirectory {
   /** Slot i's whole data area. */
   #views: Uint8Array[] = []
 
-  constructor(mountpoint: string, log: Logger, maxRequestBytes = ADDON_MAX_REQUEST_BYTES) {
+  /** `requestTimeout`: seconds asked of the kernel at mount (0: no bound), at most 65535. */
+  constructor(mountpoint: string, log: Logger, maxRequestBytes = ADDON_MAX_REQUEST_BYTES, requestTimeout = 0) {
     this.mountpoint = mountpoint
     this.#log = log
     this.#maxRequestBytes = maxRequestBytes
+    this.#requestTimeout = requestTimeout
   }
 
   async mount(): Promise<void> {
     await fs.mkdir(this.mountpoint, { recursive: true, mode: 0o700 })
     let handle: FuseHandle
     try {
-      handle = native.fuseMount(this.mountpoint, this.#maxRequestBytes, SLOTS, this.#onRequest)
+      handle = native.fuseMount(this.mountpoint, this.#maxRequestBytes, SLOTS, this.#onRequest, this.#requestTimeout)
     } catch (err) {
       throw pxdError('PRECONDITION', `cannot mount the FUSE device directory at ${this.mountpoint}: ${(err as Error).message}`, err)
     }
@@ -60,7 +71,7 @@ export class AddonFuseDevices implements DeviceDirectory {
   }
 
   /** Take over the session a predecessor mounted here; nothing is served before `serve`. */
-  adopt(session: AdoptedFuseSession & { maxRequestBytes: number }): void {
+  adopt(session: AdoptedFuseSession & { maxRequestBytes: number; requestTimeout?: number }): void {
     let handle: FuseHandle
     try {
       handle = native.fuseAdopt(this.mountpoint, session.maxRequestBytes, SLOTS, this.#onRequest, session)
@@ -68,7 +79,11 @@ export class AddonFuseDevices implements DeviceDirectory {
       throw pxdError('HANDOFF_FAILED', `cannot adopt the FUSE session of ${this.mountpoint}: ${(err as Error).message}`, err)
     }
     this.#use(handle)
-    this.#log.info({ mountpoint: this.mountpoint, files: session.files.length }, 'FUSE device directory taken over from the previous pxd')
+    this.#boundInForce = session.requestTimeout
+    this.#log.info({ mountpoint: this.mountpoint, files: session.files.length, requestTimeout: session.requestTimeout }, 'FUSE device directory taken over from the previous pxd')
+    if (session.requestTimeout !== undefined && session.requestTimeout !== this.#requestTimeout) {
+      this.#log.info({ inForce: session.requestTimeout, asked: this.#requestTimeout }, 'the FUSE connection keeps the request timeout set when it was mounted; --fuse-request-timeout applies from the next mount (a stop and start)')
+    }
   }
 
   #use(handle: FuseHandle): void {
@@ -97,7 +112,8 @@ export class AddonFuseDevices implements DeviceDirectory {
 
   /** What a successor needs to adopt this session. */
   table(): FuseSessionTable {
-    return native.fuseSession(this.#requireHandle())
+    const table = native.fuseSession(this.#requireHandle())
+    return this.#boundInForce === undefined ? table : { ...table, requestTimeout: this.#boundInForce }
   }
 
   /** Stop reading requests and wait until every one read was answered (the kernel queues the rest). */
@@ -167,6 +183,16 @@ export class AddonFuseDevices implements DeviceDirectory {
     this.#byKey.delete(key)
   }
 
+  /** The kernel answered INIT: `granted` is the bound it enforces (s), 0 when it offers none. */
+  #initialized(granted: number): void {
+    this.#boundInForce = granted
+    if (granted > 0) {
+      this.#log.info({ requestTimeout: granted }, `a FUSE request unanswered for ${granted} s makes the kernel abort the connection: I/O to the volumes fails then instead of waiting for a pxd`)
+    } else if (this.#requestTimeout > 0) {
+      this.#log.info({ requestTimeout: this.#requestTimeout }, 'this kernel cannot bound how long a FUSE request waits (FUSE_REQUEST_TIMEOUT, Linux 6.14): while no pxd serves them, I/O to the volumes waits until one does')
+    }
+  }
+
   // An arrow function: the addon calls it with no receiver.
   readonly #onRequest = (kind: FuseKind, slot: number, key: number, offset: number, length: number): void => {
     const handle = this.#handle
@@ -174,6 +200,7 @@ export class AddonFuseDevices implements DeviceDirectory {
       this.#log.error({ mountpoint: this.mountpoint, errno: length }, 'the FUSE device directory stopped serving (unmounted from outside?)')
       return
     }
+    if (kind === FuseKind.Init) return this.#initialized(length)
     if (!handle) return
     const device = this.#byKey.get(key)
     if (!device) return native.fuseReply(handle, slot, -constants.errno.EIO)
@@ -199,4 +226,4 @@ export class AddonFuseDevices implements DeviceDirectory {
   }
 }
 
-const OP_NAMES = ['stopped', 'read', 'write', 'flush', 'discard'] as const
+const OP_NAMES = ['stopped', 'read', 'write', 'flush', 'discard', 'init'] as const

@@ -14,7 +14,7 @@ import path from 'node:path'
 import type { Logger } from 'pino'
 import { pxdError } from '../errors'
 import { growFilesystem, growUnmounted, hasMkfs, listMounts, makeFilesystem, mountFilesystem, probeFilesystem, thawFilesystem, unmountFilesystem, type Filesystem } from './filesystem'
-import { AddonFuseDevices } from './addon-fuse-devices'
+import { ADDON_MAX_REQUEST_BYTES, AddonFuseDevices } from './addon-fuse-devices'
 import { ATTR_CACHE_MS, type BlockDevice, type DeviceDirectory, type FuseServerKind } from './device-directory'
 import { FuseNativeDevices } from './fuse-native-devices'
 import { attachLoop, detachLoop, listLoops, refreshLoopSize } from './loop'
@@ -65,12 +65,15 @@ export class Frontend {
   /** The wrapped devices of attached volumes, by volume name. */
   readonly #wrapped = new Map<string, WrappedDevice>()
 
-  constructor(runDir: string, log: Logger, fuseServer: FuseServerKind = 'addon', wrapDevice?: DeviceWrapper) {
+  /** `fuseRequestTimeout`: seconds a FUSE request may wait before the kernel aborts the connection (0: no bound). */
+  constructor(runDir: string, log: Logger, fuseServer: FuseServerKind = 'addon', wrapDevice?: DeviceWrapper, fuseRequestTimeout = 0) {
     this.runDir = runDir
     this.#log = log
     this.#wrapDevice = wrapDevice
     const devDir = path.join(runDir, 'dev')
-    this.#devices = fuseServer === 'addon' ? new AddonFuseDevices(devDir, log) : new FuseNativeDevices(devDir, log)
+    this.#devices = fuseServer === 'addon'
+      ? new AddonFuseDevices(devDir, log, ADDON_MAX_REQUEST_BYTES, fuseRequestTimeout)
+      : new FuseNativeDevices(devDir, log, fuseRequestTimeout)
   }
 
   get mountsDir(): string {

@@ -28,9 +28,13 @@ export class FuseNativeDevices implements DeviceDirectory {
   #fuse: Fuse | undefined
   readonly #mountedAt = Math.floor(Date.now() / 1000) * 1000
 
-  constructor(mountpoint: string, log: Logger) {
+  readonly #requestTimeout: number
+
+  /** `requestTimeout`: what --fuse-request-timeout asked for; libfuse 2 cannot ask the kernel for it. */
+  constructor(mountpoint: string, log: Logger, requestTimeout = 0) {
     this.mountpoint = mountpoint
     this.#log = log
+    this.#requestTimeout = requestTimeout
   }
 
   async mount(): Promise<void> {
@@ -40,6 +44,9 @@ export class FuseNativeDevices implements DeviceDirectory {
     await new Promise<void>((resolve, reject) => fuse.mount((err) => (err ? reject(err) : resolve())))
     this.#fuse = fuse
     this.#log.info({ mountpoint: this.mountpoint, server: 'fuse-native', maxRequestBytes: LIBFUSE2_MAX_REQUEST_BYTES }, 'FUSE device directory mounted')
+    if (this.#requestTimeout > 0) {
+      this.#log.info({ requestTimeout: this.#requestTimeout }, 'libfuse 2 cannot ask the kernel to bound how long a FUSE request waits: --fuse-request-timeout needs --fuse-server addon')
+    }
   }
 
   async unmount(_lazy?: boolean): Promise<void> {

@@ -211,6 +211,8 @@ export const enum FuseKind {
   Flush = 3,
   /** FALLOCATE punching a hole or zeroing a range (a loop device's discard or write-zeroes). */
   Discard = 4,
+  /** The kernel's INIT was answered (once per mount): `length` is the request timeout in force, in seconds (0: none). */
+  Init = 5,
 }
 
 /**
@@ -234,8 +236,10 @@ export interface FuseBinding {
    * Opens /dev/fuse, mounts it at `mountpoint` (an existing directory) and serves it on a
    * thread of the addon. Throws an Error with code (EBUSY, ENOENT, EPERM, EIO, EINVAL).
    * maxRequestBytes: a multiple of 4096 in [32 KiB, 1 MiB]; slots: requests in flight, [2, 1024].
+   * requestTimeoutSeconds (0 or absent: none, at most 65535): asked of the kernel at INIT, where it
+   * offers it (FUSE_REQUEST_TIMEOUT): once a request waited that long, it aborts the connection.
    */
-  fuseMount(mountpoint: string, maxRequestBytes: number, slots: number, onRequest: FuseRequestHandler): FuseHandle
+  fuseMount(mountpoint: string, maxRequestBytes: number, slots: number, onRequest: FuseRequestHandler, requestTimeoutSeconds?: number): FuseHandle
   fuseLayout(handle: FuseHandle): FuseLayout
   /** Answers a request: bytes read or written (0 for a flush), or -errno. */
   fuseReply(handle: FuseHandle, slot: number, result: number): void
@@ -267,6 +271,8 @@ export interface FuseBinding {
   fuseInFlight(handle: FuseHandle): number
   /** Gives the session's descriptor away (now the caller's) without an unmount; the handle is done. */
   fuseExport(handle: FuseHandle): number
+  /** Whether the kernel aborted the FUSE connection on `fd` (a request outlived its timeout): such a session cannot be served. */
+  fuseSessionAborted(fd: number): boolean
 }
 
 export interface FuseSessionTable {
@@ -276,6 +282,8 @@ export interface FuseSessionTable {
   maxRequestBytes: number
   /** The connection's descriptor, still the handle's (for the service manager's fd store). */
   fd: number
+  /** Not the addon's: the request timeout (s) the kernel enforces, as the device directory learnt it at INIT. */
+  requestTimeout?: number
 }
 
 export interface AdoptedFuseSession {

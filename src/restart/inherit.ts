@@ -40,8 +40,12 @@ export function handoffSocketOf(runDir: string): string {
   return path.join(runDir, 'handoff.sock')
 }
 
-/** The session passed by the service manager, if any; descriptors that are not ours are closed. */
-export async function fromServiceManager(runDir: string, log: Logger): Promise<InheritedSession | undefined> {
+/**
+ * The session passed by the service manager, if any; descriptors that are not ours are closed.
+ * One kept but not servable (the kernel aborted it, or its table is gone) is closed and
+ * `forget` is called: the store must let go of it too.
+ */
+export async function fromServiceManager(runDir: string, log: Logger, forget: () => void = () => undefined): Promise<InheritedSession | undefined> {
   const env = process.env
   const count = Number(env['LISTEN_FDS'] ?? 0)
   const forUs = Number(env['LISTEN_PID']) === process.pid
@@ -59,6 +63,14 @@ export async function fromServiceManager(runDir: string, log: Logger): Promise<I
     keysFile?.close()
     return undefined
   }
+  if (native.fuseSessionAborted(fd)) {
+    // Its mounts only fail now: letting it go, the start cleans them up and mounts afresh.
+    native.closeDescriptor(fd)
+    keysFile?.close()
+    forget()
+    log.warn({ fd }, 'the kernel aborted the FUSE session the service manager kept (a request waited past --fuse-request-timeout while no pxd served it): starting without it; its volumes are taken down and can be mounted again')
+    return undefined
+  }
   try {
     const session = await readSession(runDir)
     log.info({ fd, volumes: session.volumes.length, handedOff: session.handedOff, from: session.pid }, 'the service manager kept the FUSE session: taking it over')
@@ -73,6 +85,7 @@ export async function fromServiceManager(runDir: string, log: Logger): Promise<I
     // Without its table the session cannot be served: letting it go ends it (its mounts fail, the start cleans them up).
     native.closeDescriptor(fd)
     keysFile?.close()
+    forget()
     log.error({ err }, 'the service manager kept a FUSE session, but not what it serves: starting without it')
     return undefined
   }

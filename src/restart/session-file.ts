@@ -71,6 +71,7 @@ export async function readSession(runDir: string): Promise<LiveSession> {
       Array.isArray(x.mountIds) && x.mountIds.every((id) => typeof id === 'string')
   }
   if (!fuse || !Array.isArray(fuse.files) || !fuse.files.every(fileOk) || !counts(fuse.nextNodeid) || !counts(fuse.mountedAt) || !counts(fuse.maxRequestBytes) ||
+    (fuse.requestTimeout !== undefined && !counts(fuse.requestTimeout)) ||
     !Array.isArray(s.volumes) || !s.volumes.every(volumeOk) || typeof s.handedOff !== 'boolean') {
     throw pxdError('HANDOFF_FAILED', `${file} is not a valid live session`)
   }
