@@ -21,6 +21,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -45,7 +46,11 @@ void BlockStore::Hashes(int64_t offset, uint64_t len, uint8_t* out) {
   const uint64_t first = static_cast<uint64_t>(offset) >> block_shift_;
   const uint64_t blocks = len >> block_shift_;
   std::vector<uint32_t> crcs(std::min(blocks, kHashChunkBlocks));
-  std::unique_ptr<uint8_t[]> buf;
+  // Page-aligned, so that a direct read lands in it without a bounce.
+  struct Free {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  std::unique_ptr<uint8_t, Free> buf;
   for (uint64_t done = 0; done < blocks;) {
     const uint64_t start = first + done;
     const uint64_t count = std::min(kHashChunkBlocks, blocks - done);
@@ -54,10 +59,16 @@ void BlockStore::Hashes(int64_t offset, uint64_t len, uint8_t* out) {
     const uint64_t zeros = static_cast<uint64_t>(std::count(crcs.begin(), crcs.begin() + count, 0u));
     const bool absent = zeros != 0 && !bases_.empty();
     if (zeros < count || absent) {
-      if (!buf) buf = std::make_unique<uint8_t[]>(kHashChunkBlocks << block_shift_);
+      if (!buf) {
+        buf.reset(static_cast<uint8_t*>(std::aligned_alloc(4096, kHashChunkBlocks << block_shift_)));
+        if (!buf) throw Failure("ENOMEM", "no memory for a hash buffer of " + data_path_, data_path_);
+      }
       if (zeros < count) {
-        FullPread(data_fd_, buf.get(), count << block_shift_, start << block_shift_,
-                  data_path_);
+        iovec iov{buf.get(), count << block_shift_};
+        if (!direct_.Transfer(false, &iov, 1, start << block_shift_, iov.iov_len, data_path_)) {
+          FullPread(data_fd_, buf.get(), count << block_shift_, start << block_shift_,
+                    data_path_);
+        }
       }
       // Not checked, as live blocks are not: a hash only tells blocks apart.
       if (absent) ResolveAbsent({start, count, nullptr, buf.get(), nullptr}, crcs.data(), false);
