@@ -27,7 +27,8 @@
  * is still missing. The target is flushed after every scan chunk that copied something, so
  * what was copied stays copied even if the target's node loses power. `pace` is awaited
  * before each run is copied (the node's rate limit), outside the copy lock, so writes
- * are never held back by it. Up to RESYNC_COPIES_IN_FLIGHT runs are copied at once, each
+ * are never held back by it. The next range's hashes are compared while this one's runs
+ * copy. Up to RESYNC_COPIES_IN_FLIGHT runs are copied at once, each
  * under its own copy lock, while the volume's user is quiet; while it is active (a request
  * in the last FOREGROUND_QUIET_MS) the resync yields: one copy at a time, each followed by
  * a rest FOREGROUND_REST_FACTOR times as long as it took, so the user's requests keep most
@@ -49,7 +50,7 @@ export const RESYNC_REGION_BYTES = 128 * 1024
 /** Adjacent differing regions are copied together, up to this much at once. */
 export const RESYNC_COPY_BYTES = 1024 * 1024
 /** Copies of disjoint runs a resync keeps in flight (each under its own copy lock). */
-export const RESYNC_COPIES_IN_FLIGHT = 4
+export const RESYNC_COPIES_IN_FLIGHT = 8
 /** The volume's user counts as active this long after its last request. */
 export const FOREGROUND_QUIET_MS = 500
 /** While the user is active, a resync copies one run at a time and rests this many times as long as each copy took. */
@@ -92,9 +93,7 @@ export async function resync(core: EngineCore, target: Replica, commit: () => Pr
       copiedBytes: 0,
     }
     let unflushed = 0
-    const yielding = foregroundWatch(core)
-    for (const [offset, length] of ranges) {
-      const copied = await syncRange(core, target, offset, length, options.pace, yielding)
+    await eachRange(core, target, ranges, options.pace, foregroundWatch(core), async (length, copied) => {
       progress.copiedBytes += copied
       unflushed += copied
       if (unflushed >= RESYNC_SCAN_BYTES) {
@@ -103,7 +102,7 @@ export async function resync(core: EngineCore, target: Replica, commit: () => Pr
       }
       progress.scannedBytes += length
       options.onProgress?.({ ...progress })
-    }
+    })
     await target.flush()
     check(core, target)
     await core.members.promote(target, () => commitOutcome(core, target.nodeId, commit))
@@ -150,18 +149,52 @@ async function commitOutcome(core: EngineCore, nodeId: string, commit: () => Pro
 export async function reconcile(core: EngineCore): Promise<number> {
   let copied = 0
   for (const target of core.members.inSync.slice(1)) {
-    for (const [offset, length] of chunks(core.size, RESYNC_SCAN_BYTES)) copied += await syncRange(core, target, offset, length)
+    await eachRange(core, target, chunks(core.size, RESYNC_SCAN_BYTES), undefined, never, async (_length, bytes) => {
+      copied += bytes
+    })
   }
   return copied
 }
 
-/** Compare one range's block hashes and copy the regions that differ; returns bytes copied. */
-async function syncRange(core: EngineCore, target: Replica, offset: number, length: number, pace?: (bytes: number) => Promise<void>, yielding: () => boolean = never): Promise<number> {
+/**
+ * Compare each range's block hashes and copy the regions that differ, in order; the next
+ * range is compared while this one's regions copy, so the disks never wait for a compare.
+ * `done` is told each range's length and the bytes copied in it, in order.
+ */
+async function eachRange(
+  core: EngineCore,
+  target: Replica,
+  ranges: ReadonlyArray<readonly [number, number]>,
+  pace: ((bytes: number) => Promise<void>) | undefined,
+  yielding: () => boolean,
+  done: (length: number, copied: number) => Promise<void>,
+): Promise<void> {
+  const compareAt = (i: number) => {
+    const [offset, length] = ranges[i]!
+    const compared = compare(core, target, offset, length)
+    // Seen when awaited; a copy that fails first leaves it unawaited.
+    compared.catch(() => {})
+    return compared
+  }
+  let next = ranges.length > 0 ? compareAt(0) : undefined
+  for (let i = 0; i < ranges.length; i++) {
+    const { source, runs } = await next!
+    next = i + 1 < ranges.length ? compareAt(i + 1) : undefined
+    await done(ranges[i]![1], await copyDiffering(core, source, target, runs, pace, yielding))
+  }
+}
+
+/** The source for a range and the runs of it that differ on the target. */
+async function compare(core: EngineCore, target: Replica, offset: number, length: number): Promise<{ source: Replica; runs: Array<[number, number]> }> {
   const source = core.members.readable[0]
   if (!source) throw pxdError('IO_ERROR', `volume ${core.volumeId}: no in-sync replica to resync from`)
   const [want, have] = await Promise.all([source.hashes(offset, length), target.hashes(offset, length)])
   check(core, target)
-  const runs = differingRuns(want, have, offset, length, core.size)
+  return { source, runs: differingRuns(want, have, offset, length, core.size) }
+}
+
+/** Copy the runs, up to RESYNC_COPIES_IN_FLIGHT at once; returns the bytes copied. */
+async function copyDiffering(core: EngineCore, source: Replica, target: Replica, runs: ReadonlyArray<readonly [number, number]>, pace?: (bytes: number) => Promise<void>, yielding: () => boolean = never): Promise<number> {
   let copied = 0
   let next = 0
   let copying = 0
