@@ -85,7 +85,9 @@ class BlockStore {
   // bases), 8 little-endian bytes per block into `out`, 0 for a block that
   // reads as zeros by its crc entry (see block_hashes.cc: replicas compare
   // these, never their crcs).
-  void Hashes(int64_t offset, uint64_t len, uint8_t* out);
+  // With `data` (len bytes), the range as Read returns it goes there too,
+  // checked (ECHECKSUM) as Read checks it.
+  void Hashes(int64_t offset, uint64_t len, uint8_t* out, uint8_t* data = nullptr);
   // The range reads back as zeros from now on: whole blocks get crc 0 (never
   // written; with bases the crc of zeros, so they do not fall through) and
   // are punched out of the data file, so the host gets their space back; the
