@@ -11,6 +11,7 @@
         "native/layer_binding.cc",
         "native/intent_map.cc",
         "native/store_io.cc",
+        "native/direct_io.cc",
         "native/crc32c.cc",
         "native/fuse_server.cc",
         "native/fuse_session.cc",

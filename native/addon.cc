@@ -155,20 +155,29 @@ class ReadWorker : public StoreWorker {
   size_t len_;
 };
 
-// Hashes of a block-aligned range into `out` (8 bytes per block).
+// Hashes of a block-aligned range into `out` (8 bytes per block); with a data
+// buffer, the range's checked bytes too.
 class HashWorker : public StoreWorker {
  public:
   HashWorker(const Napi::Function& cb, HandlePtr h, int64_t offset,
-             Napi::Uint8Array out)
+             Napi::Uint8Array out, Napi::Uint8Array data)
       : StoreWorker(cb, "pxd:storeHashes", std::move(h)),
         offset_(offset),
         out_ref_(Napi::Persistent(out.As<Napi::Object>())),
         out_(out.Data()),
-        blocks_(out.ByteLength() / 8) {}
+        blocks_(out.ByteLength() / 8),
+        data_ref_(data.IsEmpty() ? Napi::ObjectReference() : Napi::Persistent(data.As<Napi::Object>())),
+        data_(data.IsEmpty() ? nullptr : data.Data()),
+        data_len_(data.IsEmpty() ? 0 : data.ByteLength()) {}
 
  protected:
   void Run(BlockStore& store) override {
-    store.Hashes(offset_, blocks_ * store.block_size(), out_);
+    const uint64_t len = blocks_ * store.block_size();
+    if (data_ != nullptr && data_len_ != len) {
+      throw Failure("EINVAL", "hashes: the data buffer holds " + std::to_string(data_len_) +
+                                  " bytes, the range " + std::to_string(len));
+    }
+    store.Hashes(offset_, len, out_, data_);
   }
 
  private:
@@ -176,6 +185,9 @@ class HashWorker : public StoreWorker {
   Napi::ObjectReference out_ref_;
   uint8_t* out_;
   uint64_t blocks_;
+  Napi::ObjectReference data_ref_;
+  uint8_t* data_;
+  size_t data_len_;
 };
 
 // A discard of a range: zeros from now on, whole blocks punched out.
@@ -509,7 +521,9 @@ Napi::Value JsStoreHashes(const Napi::CallbackInfo& info) {
   if (out.ByteLength() % 8 != 0) {
     throw Napi::TypeError::New(info.Env(), "hashes: the output buffer must hold 8 bytes per block");
   }
-  (new HashWorker(cb, std::move(h), offset, out))->Start();
+  // Optional: where the range's data goes too.
+  Napi::Uint8Array data = info.Length() > 4 && !info[4].IsUndefined() ? ArgBuffer(info, 4) : Napi::Uint8Array();
+  (new HashWorker(cb, std::move(h), offset, out, data))->Start();
   return info.Env().Undefined();
 }
 

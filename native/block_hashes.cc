@@ -16,11 +16,15 @@
 // read, from the base they come from. Blocks are read a chunk at a time under
 // the chunk's stripe locks (shared, as a read takes them), so a hash is never
 // taken of a block half written.
+//
+// With a data buffer the range's bytes are returned too, checked as a read
+// checks them: a resync that copies what differs reads its source once.
 #define XXH_INLINE_ALL
 #include <endian.h>
 #include <xxhash.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -34,7 +38,7 @@ namespace {
 constexpr uint64_t kHashChunkBlocks = 256;
 }  // namespace
 
-void BlockStore::Hashes(int64_t offset, uint64_t len, uint8_t* out) {
+void BlockStore::Hashes(int64_t offset, uint64_t len, uint8_t* out, uint8_t* data) {
   CheckRange(offset, len, "hash");
   if (offset % block_size_ != 0 || len % block_size_ != 0) {
     throw Failure("EINVAL", "hashes of " + std::to_string(len) + " bytes at " +
@@ -45,25 +49,50 @@ void BlockStore::Hashes(int64_t offset, uint64_t len, uint8_t* out) {
   const uint64_t first = static_cast<uint64_t>(offset) >> block_shift_;
   const uint64_t blocks = len >> block_shift_;
   std::vector<uint32_t> crcs(std::min(blocks, kHashChunkBlocks));
-  std::unique_ptr<uint8_t[]> buf;
+  // Page-aligned, so that a direct read lands in it without a bounce.
+  struct Free {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  std::unique_ptr<uint8_t, Free> own;
   for (uint64_t done = 0; done < blocks;) {
     const uint64_t start = first + done;
     const uint64_t count = std::min(kHashChunkBlocks, blocks - done);
+    const size_t bytes = count << block_shift_;
     StripeLock lock(*this, start, start + count - 1, false);
     ReadCrcs(start, count, crcs.data());
     const uint64_t zeros = static_cast<uint64_t>(std::count(crcs.begin(), crcs.begin() + count, 0u));
     const bool absent = zeros != 0 && !bases_.empty();
+    uint8_t* buf = data != nullptr ? data + (done << block_shift_) : nullptr;
     if (zeros < count || absent) {
-      if (!buf) buf = std::make_unique<uint8_t[]>(kHashChunkBlocks << block_shift_);
-      if (zeros < count) {
-        FullPread(data_fd_, buf.get(), count << block_shift_, start << block_shift_,
-                  data_path_);
+      if (buf == nullptr) {
+        if (!own) {
+          own.reset(static_cast<uint8_t*>(std::aligned_alloc(4096, kHashChunkBlocks << block_shift_)));
+          if (!own) throw Failure("ENOMEM", "no memory for a hash buffer of " + data_path_, data_path_);
+        }
+        buf = own.get();
       }
-      // Not checked, as live blocks are not: a hash only tells blocks apart.
-      if (absent) ResolveAbsent({start, count, nullptr, buf.get(), nullptr}, crcs.data(), false);
+      if (zeros < count) {
+        iovec iov{buf, bytes};
+        if (!direct_.Transfer(false, &iov, 1, start << block_shift_, bytes, data_path_)) {
+          FullPread(data_fd_, buf, bytes, start << block_shift_, data_path_);
+        }
+      } else {
+        std::memset(buf, 0, bytes);
+      }
+      // The data a caller takes is checked, as a read checks it; a hash alone only
+      // tells blocks apart, and is not.
+      if (data != nullptr) {
+        for (uint64_t i = 0; i < count; i++) {
+          if (absent && crcs[i] == 0) continue;
+          VerifyBlock(start + i, buf + (i << block_shift_), crcs[i]);
+        }
+      }
+      if (absent) ResolveAbsent({start, count, nullptr, buf, nullptr}, crcs.data(), data != nullptr);
+    } else if (buf != nullptr) {
+      std::memset(buf, 0, bytes);  // every block unwritten: zeros, unread
     }
     for (uint64_t i = 0; i < count; i++) {
-      const uint8_t* p = crcs[i] == 0 ? nullptr : buf.get() + (i << block_shift_);
+      const uint8_t* p = crcs[i] == 0 ? nullptr : buf + (i << block_shift_);
       const bool zero = p == nullptr || (crcs[i] == zero_block_crc_ && AllZero(p, block_size_));
       const uint64_t h = zero ? 0 : XXH3_64bits(p, block_size_);
       const uint64_t le = htole64(h == 0 && !zero ? 1 : h);

@@ -75,6 +75,7 @@ BlockStore::BlockStore(std::string data_path, std::string crc_path,
       bases_(std::move(bases)),
       stripes_(new std::shared_mutex[kStripes]),
       intent_(new IntentMap(intent_path_, intent_fd, &health_)) {
+  direct_.Open(data_fd_, !read_only_);
   std::vector<uint8_t> zeros(block_size_, 0);
   zero_block_crc_ = Crc32c(zeros.data(), block_size_);
   // Nothing a read-only store could flush: every flush is skipped.
@@ -388,7 +389,9 @@ void BlockStore::Write(int64_t offset, const uint8_t* data, size_t len) {
     iov[cnt++] = {tail.get(), bs};
     crcs[count - 1] = htole32(BlockCrc(tail.get()));
   }
-  FullPwritev(data_fd_, iov, cnt, first * bs, data_path_);
+  if (!direct_.Transfer(true, iov, cnt, first * bs, count * bs, data_path_)) {
+    FullPwritev(data_fd_, iov, cnt, first * bs, data_path_);
+  }
   WriteCrcs(first, count, crcs.data());
 }
 
@@ -420,7 +423,9 @@ void BlockStore::Read(int64_t offset, uint8_t* data, size_t len) {
 
   StripeLock lock(*this, first, last, false);
   ReadCrcs(first, count, crcs.data());
-  FullPreadv(data_fd_, iov, cnt, first * bs, data_path_);
+  if (!direct_.Transfer(false, iov, cnt, first * bs, count * bs, data_path_)) {
+    FullPreadv(data_fd_, iov, cnt, first * bs, data_path_);
+  }
 
   // With bases, blocks with live crc 0 are absent here and read from them.
   const bool layered = !bases_.empty() &&
@@ -504,6 +509,7 @@ void BlockStore::Abandon() {
 bool BlockStore::CloseFiles(StoreError* error) {
   bool ok = true;
   for (Layer& base : bases_) base.Close();  // read-only: nothing to report
+  direct_.Close();  // read and write only: nothing of its own to report
   for (auto [fd, path] : {std::pair<int*, const std::string*>{&data_fd_, &data_path_},
                           {&crc_fd_, &crc_path_},
                           {&intent_fd_, &intent_path_}}) {

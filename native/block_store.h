@@ -23,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include "direct_io.h"
 #include "intent_map.h"
 #include "store_io.h"
 
@@ -74,6 +75,8 @@ class BlockStore {
   uint32_t block_size() const { return block_size_; }
   const std::string& data_path() const { return data_path_; }
   const Recovery& recovery() const { return recovery_; }
+  // The O_DIRECT descriptor of the data file, -1 when it stays buffered (for tests).
+  int direct_fd() const { return direct_.fd(); }
   bool read_only() const { return read_only_; }
 
   void Write(int64_t offset, const uint8_t* data, size_t len);
@@ -82,7 +85,9 @@ class BlockStore {
   // bases), 8 little-endian bytes per block into `out`, 0 for a block that
   // reads as zeros by its crc entry (see block_hashes.cc: replicas compare
   // these, never their crcs).
-  void Hashes(int64_t offset, uint64_t len, uint8_t* out);
+  // With `data` (len bytes), the range as Read returns it goes there too,
+  // checked (ECHECKSUM) as Read checks it.
+  void Hashes(int64_t offset, uint64_t len, uint8_t* out, uint8_t* data = nullptr);
   // The range reads back as zeros from now on: whole blocks get crc 0 (never
   // written; with bases the crc of zeros, so they do not fall through) and
   // are punched out of the data file, so the host gets their space back; the
@@ -197,6 +202,8 @@ class BlockStore {
   const std::string crc_path_;
   const std::string intent_path_;
   int data_fd_;
+  // The data file again, O_DIRECT, for large transfers (direct_io.h).
+  DirectIo direct_;
   int crc_fd_;
   int intent_fd_;
   const uint64_t size_;

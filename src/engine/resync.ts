@@ -25,15 +25,27 @@
  * starts again after an interruption (a coordinator restart, a mount taking the volume over,
  * a lost link) compares everything (hashes only, 8 bytes per block) but copies only what
  * is still missing. The target is flushed after every scan chunk that copied something, so
- * what was copied stays copied even if the target's node loses power. `pace` is awaited
- * before each run is copied (the node's rate limit), outside the copy lock, so writes
- * are never held back by it. Up to RESYNC_COPIES_IN_FLIGHT runs are copied at once, each
+ * what was copied stays copied even if the target's node loses power.
+ *
+ * Reading the source once: when the source is on this node (Replica.readHashed: a
+ * background resync, a mount on a node with a replica), only the target's hashes are
+ * taken ahead; each piece of RESYNC_COPY_BYTES is then read from the source with its
+ * hashes in one pass under the copy lock, and only its differing regions are written.
+ * Comparing hashes taken earlier on the target is sound: the target got every write
+ * since, so a block equal then is equal now (a block that differs then may be equal by
+ * now: copied anyway, harmless). Otherwise the source's hashes are compared first and
+ * the differing runs read again to be copied.
+ *
+ * `pace` (the node's rate limit) is awaited outside the copy lock, so writes are never
+ * held back by it: before each run is copied, or after a piece for what it copied. The
+ * next range is compared while this one copies. Up to RESYNC_COPIES_IN_FLIGHT runs are
+ * copied at once, each
  * under its own copy lock, while the volume's user is quiet; while it is active (a request
  * in the last FOREGROUND_QUIET_MS) the resync yields: one copy at a time, each followed by
  * a rest FOREGROUND_REST_FACTOR times as long as it took, so the user's requests keep most
  * of the disk and the CPU.
  */
-import { BLOCK_SIZE } from '../constants'
+import { BLOCK_SIZE, HASH_BYTES } from '../constants'
 import { isPxdError, pxdError } from '../errors'
 import type { Replica } from '../replicas/replica'
 import type { CommitOutcome } from '../replicas/replica-set'
@@ -49,7 +61,7 @@ export const RESYNC_REGION_BYTES = 128 * 1024
 /** Adjacent differing regions are copied together, up to this much at once. */
 export const RESYNC_COPY_BYTES = 1024 * 1024
 /** Copies of disjoint runs a resync keeps in flight (each under its own copy lock). */
-export const RESYNC_COPIES_IN_FLIGHT = 4
+export const RESYNC_COPIES_IN_FLIGHT = 8
 /** The volume's user counts as active this long after its last request. */
 export const FOREGROUND_QUIET_MS = 500
 /** While the user is active, a resync copies one run at a time and rests this many times as long as each copy took. */
@@ -92,9 +104,7 @@ export async function resync(core: EngineCore, target: Replica, commit: () => Pr
       copiedBytes: 0,
     }
     let unflushed = 0
-    const yielding = foregroundWatch(core)
-    for (const [offset, length] of ranges) {
-      const copied = await syncRange(core, target, offset, length, options.pace, yielding)
+    await eachRange(core, target, ranges, options.pace, foregroundWatch(core), async (length, copied) => {
       progress.copiedBytes += copied
       unflushed += copied
       if (unflushed >= RESYNC_SCAN_BYTES) {
@@ -103,7 +113,7 @@ export async function resync(core: EngineCore, target: Replica, commit: () => Pr
       }
       progress.scannedBytes += length
       options.onProgress?.({ ...progress })
-    }
+    })
     await target.flush()
     check(core, target)
     await core.members.promote(target, () => commitOutcome(core, target.nodeId, commit))
@@ -150,18 +160,79 @@ async function commitOutcome(core: EngineCore, nodeId: string, commit: () => Pro
 export async function reconcile(core: EngineCore): Promise<number> {
   let copied = 0
   for (const target of core.members.inSync.slice(1)) {
-    for (const [offset, length] of chunks(core.size, RESYNC_SCAN_BYTES)) copied += await syncRange(core, target, offset, length)
+    await eachRange(core, target, chunks(core.size, RESYNC_SCAN_BYTES), undefined, never, async (_length, bytes) => {
+      copied += bytes
+    })
   }
   return copied
 }
 
-/** Compare one range's block hashes and copy the regions that differ; returns bytes copied. */
-async function syncRange(core: EngineCore, target: Replica, offset: number, length: number, pace?: (bytes: number) => Promise<void>, yielding: () => boolean = never): Promise<number> {
+/**
+ * Compare each range's block hashes and copy the regions that differ, in order; the next
+ * range is compared while this one's regions copy, so the disks never wait for a compare.
+ * `done` is told each range's length and the bytes copied in it, in order.
+ */
+async function eachRange(
+  core: EngineCore,
+  target: Replica,
+  ranges: ReadonlyArray<readonly [number, number]>,
+  pace: ((bytes: number) => Promise<void>) | undefined,
+  yielding: () => boolean,
+  done: (length: number, copied: number) => Promise<void>,
+): Promise<void> {
+  const compareAt = (i: number) => {
+    const [offset, length] = ranges[i]!
+    const compared = compare(core, target, offset, length)
+    // Seen when awaited; a copy that fails first leaves it unawaited.
+    compared.catch(() => {})
+    return compared
+  }
+  let next = ranges.length > 0 ? compareAt(0) : undefined
+  for (let i = 0; i < ranges.length; i++) {
+    const compared = await next!
+    next = i + 1 < ranges.length ? compareAt(i + 1) : undefined
+    await done(ranges[i]![1], await copyDiffering(core, target, compared, pace, yielding))
+  }
+}
+
+/**
+ * What to copy of a range: the runs that differ on the target, or, when the source is on
+ * this node and reads its data and hashes in one pass, every piece of the range with the
+ * target's hashes to compare each with once it is read (the source is read once, not twice).
+ */
+interface Compared {
+  source: Replica
+  units: Array<[number, number]>
+  /** The target's hashes of the range from `offset`: each unit is a piece, compared as it is copied. */
+  have?: { offset: number; hashes: Uint8Array }
+}
+
+async function compare(core: EngineCore, target: Replica, offset: number, length: number): Promise<Compared> {
   const source = core.members.readable[0]
   if (!source) throw pxdError('IO_ERROR', `volume ${core.volumeId}: no in-sync replica to resync from`)
+  if (source.readHashed) {
+    const hashes = await target.hashes(offset, length)
+    check(core, target)
+    return { source, units: pieces(offset, length), have: { offset, hashes } }
+  }
   const [want, have] = await Promise.all([source.hashes(offset, length), target.hashes(offset, length)])
   check(core, target)
-  const runs = differingRuns(want, have, offset, length, core.size)
+  return { source, units: differingRuns(want, have, offset, length, core.size) }
+}
+
+/** [offset, offset + length) in pieces of RESYNC_COPY_BYTES that start at multiples of it. */
+export function pieces(offset: number, length: number): Array<[number, number]> {
+  const out: Array<[number, number]> = []
+  for (let at = offset, end = offset + length; at < end; ) {
+    const next = Math.min(end, at - (at % RESYNC_COPY_BYTES) + RESYNC_COPY_BYTES)
+    out.push([at, next - at])
+    at = next
+  }
+  return out
+}
+
+/** Copy the runs, up to RESYNC_COPIES_IN_FLIGHT at once; returns the bytes copied. */
+async function copyDiffering(core: EngineCore, target: Replica, { source, units: runs, have }: Compared, pace?: (bytes: number) => Promise<void>, yielding: () => boolean = never): Promise<number> {
   let copied = 0
   let next = 0
   let copying = 0
@@ -178,13 +249,20 @@ async function syncRange(core: EngineCore, target: Replica, offset: number, leng
       copying++
       try {
         check(core, target)
-        if (pace) {
-          await pace(len)
-          check(core, target)
-        }
         const began = Date.now()
-        await copyRegion(core, source, target, start, len)
-        copied += len
+        if (have) {
+          // What a piece copies is known once it is read: the rate is paid after, outside the lock.
+          const bytes = await copyPiece(core, source, target, start, len, have)
+          copied += bytes
+          if (pace && bytes > 0) await pace(bytes)
+        } else {
+          if (pace) {
+            await pace(len)
+            check(core, target)
+          }
+          await copyRegion(core, source, target, start, len)
+          copied += len
+        }
         if (yielding()) await sleep((Date.now() - began) * FOREGROUND_REST_FACTOR)
       } catch (error) {
         failed ??= { error }
@@ -242,23 +320,61 @@ async function copyRegion(core: EngineCore, source: Replica, target: Replica, st
     try {
       await source.read(start, buf)
     } catch (err) {
-      // A torn or rotten block on the source: take the region from each other replica in
-      // turn (in a reconcile, it may be the target itself) and mend the source on the way.
-      if (!isPxdError(err, 'CHECKSUM_MISMATCH')) throw err
-      core.events?.checksumFailure()
-      await readFromOthers(core, source, start, buf, err)
-      await source.write(start, buf, 0)
-      core.copied(start, length)
-      core.events?.repaired()
-      core.onRepair?.(source.nodeId, start, length)
+      await mendSource(core, source, start, buf, err)
     }
-    // A region of zeros (discarded, or never written on the source) is discarded on the
-    // target: the same contents, and the target's host gets the space back too.
-    if (buf.equals(ZEROS.subarray(0, length))) await target.discard(start, length, 0)
-    else await target.write(start, buf, 0)
-    core.copied(start, length)
+    await put(core, target, start, buf)
   })
   check(core, target)
+}
+
+/**
+ * Copy the blocks of one piece that differ from the target's hashes (`have`, taken before
+ * the lock: the target got every write since, so a block equal then is equal now), the
+ * source read once for its data and its hashes; returns the bytes copied.
+ */
+async function copyPiece(core: EngineCore, source: Replica, target: Replica, start: number, length: number, have: { offset: number; hashes: Uint8Array }): Promise<number> {
+  let copied = 0
+  await core.writes.withCopyLock(start, length, async () => {
+    const buf = Buffer.allocUnsafe(length)
+    let runs: Array<[number, number]>
+    try {
+      const want = await source.readHashed!(start, buf)
+      const from = ((start - have.offset) / BLOCK_SIZE) * HASH_BYTES
+      runs = differingRuns(want, have.hashes.subarray(from, from + want.length), start, length, Math.min(core.size, start + length))
+    } catch (err) {
+      await mendSource(core, source, start, buf, err)
+      runs = [[start, length]]
+    }
+    await Promise.all(runs.map(([at, len]) => put(core, target, at, buf.subarray(at - start, at - start + len))))
+    for (const [, len] of runs) copied += len
+  })
+  check(core, target)
+  return copied
+}
+
+/**
+ * A torn or rotten block on the source: take the range from each other replica in turn (in
+ * a reconcile, it may be the target itself) and mend the source on the way.
+ */
+async function mendSource(core: EngineCore, source: Replica, start: number, buf: Buffer, err: unknown): Promise<void> {
+  if (!isPxdError(err, 'CHECKSUM_MISMATCH')) throw err
+  core.events?.checksumFailure()
+  await readFromOthers(core, source, start, buf, err)
+  await source.write(start, buf, 0)
+  core.copied(start, buf.length)
+  core.events?.repaired()
+  core.onRepair?.(source.nodeId, start, buf.length)
+}
+
+/**
+ * Write one copied range to the target. A range of zeros (discarded, or never written on
+ * the source) is discarded on the target: the same contents, and the target's host gets
+ * the space back too.
+ */
+async function put(core: EngineCore, target: Replica, start: number, data: Buffer): Promise<void> {
+  if (data.equals(ZEROS.subarray(0, data.length))) await target.discard(start, data.length, 0)
+  else await target.write(start, data, 0)
+  core.copied(start, data.length)
 }
 
 /** What a copied region is compared with (memcmp): no copy is longer. */

@@ -141,9 +141,10 @@ export interface NativeBinding {
    * XXH3-64 of each block from `offset` (block-aligned), 8 little-endian bytes per block
    * into `out` (its length picks how many blocks), of the blocks as they read (through the
    * store's layers); 0 for a block that reads as zeros. Replicas compare these: the stored crc32c is the same for any two blocks that end in
-   * their own crc32c (see native/block_hashes.cc).
+   * their own crc32c (see native/block_hashes.cc). With `data` (as long as the range), the
+   * range's bytes go there too, checked as storeRead checks them: one pass over the disk.
    */
-  storeHashes(handle: StoreHandle, offset: number, out: Uint8Array, cb: Callback): void
+  storeHashes(handle: StoreHandle, offset: number, out: Uint8Array, cb: Callback, data?: Uint8Array): void
   /**
    * The range reads back as zeros: whole blocks get crc 0 (over layers: the crc of zeros,
    * so they do not read through) and are punched out of the data file (the host gets their

@@ -56,6 +56,10 @@ export class LocalReplica implements Replica {
     return this.#host.storeFor(this.#at.volumeId, this.#at.epoch).readHashes(offset, length)
   }
 
+  async readHashed(offset: number, into: Uint8Array): Promise<Uint8Array> {
+    return this.#host.storeFor(this.#at.volumeId, this.#at.epoch).readWithHashes(offset, into)
+  }
+
   snapshot(snapId: string): Promise<void> {
     return this.#host.layers.snapshot(this.#at.volumeId, this.#at.epoch, snapId)
   }

@@ -21,6 +21,11 @@ export interface Replica {
    * compares these, never crcs (any two blocks ending in their own crc32c share a crc32c).
    */
   hashes(offset: number, length: number): Promise<Uint8Array>
+  /**
+   * A copy on this node only: reads the range (block-aligned) into `into`, checked as read
+   * checks it, and resolves to its hashes, in one pass over the disk (a resync's source).
+   */
+  readHashed?(offset: number, into: Uint8Array): Promise<Uint8Array>
   /** Open the copy again, at the same epoch, at a larger size (the volume grew): the copy grows first. */
   grow(size: number): Promise<void>
   /** Freeze the copy's contents as snapshot layer `snapId` (no data copied); the coordinator holds and flushes its writes first. */

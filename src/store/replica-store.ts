@@ -270,6 +270,17 @@ export class ReplicaStore {
     })
   }
 
+  /** Reads `into.length` bytes at `offset` as read does and resolves to their block hashes (readHashes): one pass over the disk. */
+  readWithHashes(offset: number, into: Uint8Array): Promise<Buffer> {
+    if (offset % BLOCK_SIZE !== 0 || into.length % BLOCK_SIZE !== 0 || offset < 0 || offset + into.length > this.size) {
+      return Promise.reject(pxdError('INVALID_ARGUMENT', `read range ${offset}+${into.length} is not block-aligned inside ${this.size} bytes`))
+    }
+    const out = Buffer.alloc((into.length / BLOCK_SIZE) * HASH_BYTES)
+    return new Promise((resolve, reject) => {
+      native.storeHashes(this.#handle, offset, out, (err) => (err ? reject(storeError(err, 'read', this.dir)) : resolve(out)), into)
+    })
+  }
+
   /**
    * The stored crc32c (4 bytes, little-endian) of each block in [offset, offset+length):
    * what scrub counts written blocks by (never what replicas compare: readHashes). An

@@ -96,12 +96,33 @@ export class MemReplica implements Replica {
 
   /** As the store's: a hash of each block's data (sha256's first 8 bytes here), 0 where the crc is 0. */
   async hashes(offset: number, length: number): Promise<Uint8Array> {
+    this.hashed.push([offset, length])
+    return this.#hashesOf(offset, length)
+  }
+
+  #hashesOf(offset: number, length: number): Uint8Array {
     const out = Buffer.alloc((length / BLOCK_SIZE) * HASH_BYTES)
     for (let i = 0; i < length / BLOCK_SIZE; i++) {
       const b = offset / BLOCK_SIZE + i
       if (this.#crcs[b] !== 0) createHash('sha256').update(this.#block(b)).digest().copy(out, i * HASH_BYTES, 0, HASH_BYTES)
     }
     return out
+  }
+
+  /** Set by onePass(): as a local store's, the range's data and hashes in one read. */
+  readHashed?: (offset: number, into: Uint8Array) => Promise<Uint8Array>
+  /** Calls of hashes() and of readHashed(), in order: [offset, length]. */
+  readonly hashed: Array<[number, number]> = []
+  readonly readsHashed: Array<[number, number]> = []
+
+  /** Serve readHashed too, as a replica on the coordinator's node does. */
+  onePass(): this {
+    this.readHashed = async (offset, into) => {
+      this.readsHashed.push([offset, into.length])
+      await this.read(offset, into)
+      return this.#hashesOf(offset, into.length)
+    }
+    return this
   }
 
   async grow(size: number): Promise<void> {

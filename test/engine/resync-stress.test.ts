@@ -25,10 +25,11 @@ function prng(seed: number): () => number {
   }
 }
 
-async function race(seed: number, writes: number): Promise<boolean> {
+async function race(seed: number, writes: number, onePass = false): Promise<boolean> {
   const rand = prng(seed)
   const start = randomBytes(SIZE)
   const a = new MemReplica('a', SIZE).load(start)
+  if (onePass) a.onePass()
   const stale = Buffer.from(start)
   // b missed some regions' writes.
   for (let r = 0; r < 64; r++) if (rand() < 0.4) randomBytes(RESYNC_REGION_BYTES).copy(stale, r * RESYNC_REGION_BYTES)
@@ -62,4 +63,10 @@ test('the same with no writer during the copy (several copies in flight)', async
   const bad: number[] = []
   for (let seed = 100; seed <= 110; seed++) if (!(await race(seed, 0))) bad.push(seed)
   t.deepEqual(bad, [])
+})
+
+test('the same with a source on the coordinator\'s node, read once for its data and hashes', async (t) => {
+  const bad: number[] = []
+  for (let seed = 200; seed <= 229; seed++) if (!(await race(seed, 300, true))) bad.push(seed)
+  t.deepEqual(bad, [], 'seeds whose target differed')
 })

@@ -3,11 +3,11 @@
  * compare. They must tell apart blocks whose crc32c is the same.
  */
 import test, { type ExecutionContext } from 'ava'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { BLOCK_SIZE, HASH_BYTES } from '../../src/constants'
-import { isPxdError } from '../../src/errors'
+import { blockOf, isPxdError } from '../../src/errors'
 import { ReplicaStore } from '../../src/store/replica-store'
 import { selfChecksummedBlock } from '../helpers/self-checksummed'
 
@@ -57,4 +57,36 @@ test('a hash range that is not block-aligned or runs past the end is refused', a
     const err = await t.throwsAsync(s.readHashes(offset, length))
     t.true(isPxdError(err, 'INVALID_ARGUMENT'), `${offset}+${length}: ${err?.message}`)
   }
+})
+
+test('read with hashes returns the range as read does and the same hashes, in one pass; holes read as zeros', async (t) => {
+  const s = await store(t)
+  const data = Buffer.alloc(SIZE / 2)
+  for (let b = 0; b < data.length / BLOCK_SIZE; b += 3) data.fill(b % 251 + 1, b * BLOCK_SIZE, (b + 1) * BLOCK_SIZE)
+  await s.write(BLOCK_SIZE, data)
+  const into = Buffer.alloc(SIZE, 0xee) // not zeros: holes must be filled
+  const hashes = await s.readWithHashes(0, into)
+  const read = Buffer.alloc(SIZE)
+  await s.read(0, read)
+  t.true(into.equals(read), 'the data as read returns it')
+  t.true(hashes.equals(await s.readHashes(0, SIZE)), 'the hashes as readHashes returns them')
+  await t.throwsAsync(s.readWithHashes(100, Buffer.alloc(BLOCK_SIZE)), { message: /block-aligned/ })
+})
+
+test('read with hashes checks the data: a rotten block fails with its number, as a read does', async (t) => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'pxd-hashes-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const s = await ReplicaStore.create(path.join(dir, 'r'), '0123456789abcdef', SIZE)
+  await s.write(0, Buffer.alloc(8 * BLOCK_SIZE, 7))
+  await s.close()
+  const dataFile = path.join(dir, 'r', 'data')
+  const fd = openSync(dataFile, 'r+')
+  writeSync(fd, Buffer.from([0x55]), 0, 1, 5 * BLOCK_SIZE + 17)
+  closeSync(fd)
+  const again = await ReplicaStore.open(path.join(dir, 'r'))
+  t.teardown(() => again.close())
+  const err = await t.throwsAsync(again.readWithHashes(0, Buffer.alloc(64 * BLOCK_SIZE)))
+  t.true(isPxdError(err, 'CHECKSUM_MISMATCH'), String(err))
+  t.is(blockOf(err), 5)
+  t.truthy(await again.readHashes(0, 64 * BLOCK_SIZE), 'hashes alone still answer: they only tell blocks apart')
 })

@@ -207,3 +207,22 @@ test('argument types are checked synchronously', (t) => {
   ]
   for (const [fn, args] of bad) t.throws(() => loose[fn]!(...args), { instanceOf: TypeError }, fn)
 })
+
+test('hashes with data over layers return the blocks as they read, checked in the base they come from', async (t) => {
+  const base = await frozen(t, 4 * MiB, [[0, randomBytes(2 * MiB)]])
+  const h = await openLayered(t, files(t), { create: true, bases: [base] })
+  await writeStore(h, MiB - BS, randomBytes(3 * BS))
+  await writeStore(h, 3 * MiB, randomBytes(BS))
+  const data = Buffer.alloc(4 * MiB, 0xee)
+  const hashes = Buffer.alloc((4 * MiB / BS) * 8)
+  await done((cb) => native.storeHashes(h, 0, hashes, cb, data))
+  t.true(data.equals(await readAll(h, 0, 4 * MiB)), 'the data as read returns it')
+  const alone = Buffer.alloc(hashes.length)
+  await done((cb) => native.storeHashes(h, 0, alone, cb))
+  t.true(hashes.equals(alone), 'the hashes as without data')
+  flipByte(base.data, 5 * BS + 3)
+  const err = await t.throwsAsync(done((cb) => native.storeHashes(h, 0, Buffer.alloc(64 * 8), cb, Buffer.alloc(64 * BS))))
+  t.is((err as NativeError).code, 'ECHECKSUM', 'a rotten block in the base fails the read with data')
+  await t.notThrowsAsync(done((cb) => native.storeHashes(h, 0, Buffer.alloc(64 * 8), cb)), 'hashes alone do not check')
+  await t.throwsAsync(done((cb) => native.storeHashes(h, 0, Buffer.alloc(64 * 8), cb, Buffer.alloc(63 * BS))), { message: /data buffer/ })
+})

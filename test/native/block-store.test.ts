@@ -570,19 +570,22 @@ test('a handle dropped without close() is freed by GC, files closed', async (t) 
   v8.setFlagsFromString('--expose-gc')
   const gc = vm.runInNewContext('gc') as () => void
   const dir = tempDir(t)
-  const fdsInDir = () =>
-    fs.readdirSync('/proc/self/fd').filter((fd) => {
+  const openInDir = () =>
+    fs.readdirSync('/proc/self/fd').flatMap((fd) => {
       try {
-        return fs.readlinkSync(`/proc/self/fd/${fd}`).startsWith(dir)
+        const target = fs.readlinkSync(`/proc/self/fd/${fd}`)
+        return target.startsWith(dir) ? [target] : []
       } catch {
-        return false
+        return []
       }
-    }).length
+    })
+  const fdsInDir = () => openInDir().length
   // Open and use the store in a callback chain that keeps no reference after.
   await new Promise<void>((resolve, reject) =>
     native.storeOpen(path.join(dir, 'data'), path.join(dir, 'crc'), path.join(dir, 'intent'), MiB, BS, true, (err, h) => {
       if (err) return reject(err)
-      t.is(fdsInDir(), 3)
+      // data, crc and intent map; the data file may be open twice (once O_DIRECT).
+      t.is(new Set(openInDir()).size, 3)
       native.storeWrite(h!, 0, Buffer.alloc(BS, 1), (werr) => (werr ? reject(werr) : resolve()))
     }),
   )
