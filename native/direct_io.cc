@@ -124,18 +124,9 @@ bool DirectIo::Move(bool write, const iovec* iov, int cnt, uint64_t off, const s
                     path);
     }
     off += static_cast<uint64_t>(n);
-    size_t left = static_cast<size_t>(n);
-    while (cnt > 0 && left >= cur->iov_len) {
-      left -= cur->iov_len;
-      cur++;
-      cnt--;
-    }
-    if (cnt > 0 && left > 0) {
-      // A short transfer that ends mid-piece: what is left may not be aligned.
-      cur->iov_base = static_cast<uint8_t*>(cur->iov_base) + left;
-      cur->iov_len -= left;
-      if (!Aligned(cur, cnt)) return false;
-    }
+    AdvanceIov(cur, cnt, static_cast<size_t>(n));
+    // After a short transfer that ended mid-piece, what is left may not be aligned.
+    if (cnt > 0 && !Aligned(cur, cnt)) return false;
   }
   return true;
 }

@@ -77,10 +77,7 @@ StoreError OsFailure(const char* syscall, const std::string& path, int err) {
   return e;
 }
 
-namespace {
-
-// Skips the first `n` bytes of an iovec array.
-void Advance(iovec*& iov, int& cnt, size_t n) {
+void AdvanceIov(iovec*& iov, int& cnt, size_t n) {
   while (cnt > 0 && n >= iov->iov_len) {
     n -= iov->iov_len;
     iov++;
@@ -92,12 +89,9 @@ void Advance(iovec*& iov, int& cnt, size_t n) {
   }
 }
 
-// preadv/pwritev until every byte moved: retries EINTR and short transfers.
-}  // namespace
-
 void FullPreadv(int fd, iovec* iov, int cnt, uint64_t off,
                 const std::string& path) {
-  Advance(iov, cnt, 0);
+  AdvanceIov(iov, cnt, 0);
   while (cnt > 0) {
     ssize_t n = cnt == 1 ? ::pread(fd, iov->iov_base, iov->iov_len, off)
                          : ::preadv(fd, iov, cnt, off);
@@ -112,13 +106,13 @@ void FullPreadv(int fd, iovec* iov, int cnt, uint64_t off,
                     path);
     }
     off += n;
-    Advance(iov, cnt, n);
+    AdvanceIov(iov, cnt, n);
   }
 }
 
 void FullPwritev(int fd, iovec* iov, int cnt, uint64_t off,
                  const std::string& path) {
-  Advance(iov, cnt, 0);
+  AdvanceIov(iov, cnt, 0);
   while (cnt > 0) {
     ssize_t n = cnt == 1 ? ::pwrite(fd, iov->iov_base, iov->iov_len, off)
                          : ::pwritev(fd, iov, cnt, off);
@@ -132,7 +126,7 @@ void FullPwritev(int fd, iovec* iov, int cnt, uint64_t off,
                     path);
     }
     off += n;
-    Advance(iov, cnt, n);
+    AdvanceIov(iov, cnt, n);
   }
 }
 

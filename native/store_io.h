@@ -49,6 +49,9 @@ StoreError Failure(const char* code, std::string message,
                    const std::string& path = std::string());
 StoreError OsFailure(const char* syscall, const std::string& path, int err);
 
+// Skips the first `n` bytes of an iovec array (moves `iov`, lowers `cnt`, trims the first left).
+void AdvanceIov(iovec*& iov, int& cnt, size_t n);
+
 // pread/pwrite (or their vector forms) until every byte moved: retry EINTR and
 // short transfers; throw StoreError.
 void FullPreadv(int fd, iovec* iov, int cnt, uint64_t off, const std::string& path);

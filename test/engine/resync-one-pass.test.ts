@@ -32,19 +32,6 @@ test('the source is read once per piece and never asked for hashes; only the dif
   t.deepEqual(engine.inSync, ['a', 'b'])
 })
 
-test('a rotten block on a one-pass source: its piece comes from another replica, the source is mended', async (t) => {
-  const a = new MemReplica('a', SIZE).onePass().fill(0, 8192, 1)
-  const b = new MemReplica('b', SIZE).fill(0, 8192, 1)
-  a.corrupt(1)
-  const c = new MemReplica('c', SIZE)
-  const repairs: Array<[string, number, number]> = []
-  const engine = new VolumeEngine({ volumeId: VOLUME, size: SIZE, replicas: [a, b], onRepair: (n, o, l) => repairs.push([n, o, l]) })
-  await engine.resync(c, () => Promise.resolve())
-  t.deepEqual(repairs, [['a', 0, PIECE]])
-  t.true(c.bytes.equals(b.bytes))
-  await t.notThrowsAsync(a.read(0, Buffer.alloc(8192)), 'the source reads clean again')
-})
-
 test('a paced one-pass resync pays for what it copied after the copy, outside the copy lock', async (t) => {
   const a = new MemReplica('a', SIZE).onePass().fill(0, PIECE, 3)
   const b = new MemReplica('b', SIZE)

@@ -257,18 +257,21 @@ test('reconcile makes every in-sync replica equal to the first, copying only wha
   t.is(await engine.reconcile(), 0, 'nothing left to copy')
 })
 
-test('a rotten block on the resync source is taken from another replica and mended on the source', async (t) => {
-  const a = new MemReplica('a', SIZE).fill(0, 8192, 1)
-  const b = new MemReplica('b', SIZE).fill(0, 8192, 1)
-  a.corrupt(1)
-  const c = new MemReplica('c', SIZE)
-  const repairs: Array<[string, number, number]> = []
-  const engine = new VolumeEngine({ volumeId: VOLUME, size: SIZE, replicas: [a, b], onRepair: (n, o, l) => repairs.push([n, o, l]) })
-  await engine.resync(c, () => Promise.resolve())
-  t.deepEqual(repairs, [['a', 0, REGION]])
-  t.true(c.bytes.equals(b.bytes))
-  await t.notThrowsAsync(a.read(0, Buffer.alloc(8192)), 'the source reads clean again')
-})
+for (const onePass of [false, true]) {
+  test(`a rotten block on the resync source is taken from another replica and mended on the source${onePass ? ' (source read once: its whole piece)' : ''}`, async (t) => {
+    const a = new MemReplica('a', SIZE).fill(0, 8192, 1)
+    if (onePass) a.onePass()
+    const b = new MemReplica('b', SIZE).fill(0, 8192, 1)
+    a.corrupt(1)
+    const c = new MemReplica('c', SIZE)
+    const repairs: Array<[string, number, number]> = []
+    const engine = new VolumeEngine({ volumeId: VOLUME, size: SIZE, replicas: [a, b], onRepair: (n, o, l) => repairs.push([n, o, l]) })
+    await engine.resync(c, () => Promise.resolve())
+    t.deepEqual(repairs, [['a', 0, onePass ? RESYNC_COPY_BYTES : REGION]])
+    t.true(c.bytes.equals(b.bytes))
+    await t.notThrowsAsync(a.read(0, Buffer.alloc(8192)), 'the source reads clean again')
+  })
+}
 
 test('a rotten block on the resync source is taken from each other replica in turn until one has it good', async (t) => {
   const [a, b, c] = ['a', 'b', 'c'].map((n) => new MemReplica(n, SIZE).fill(0, 8192, 1)) as [MemReplica, MemReplica, MemReplica]
