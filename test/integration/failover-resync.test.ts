@@ -135,15 +135,33 @@ test('ha-update 1 -> 2 -> 3 -> 2 while a writer runs; data intact at each step',
   const written = new Map<string, string>()
   let stop = false
   let writerError: unknown
+  let writes = 0
+  // A check holds the writer between two files: it reads only files no write is changing.
+  let held: Promise<void> | undefined
+  let idle: (() => void) | undefined
   const writer = (async () => {
-    for (let i = 0; !stop; i++) {
+    // Over and over the same 64 files (16 MiB): a writer faster than the changes must not fill the 128 MiB volume.
+    for (let i = 0; !stop; i++, writes++) {
+      while (held) {
+        idle?.()
+        await held
+      }
       const data = randomBytes(256 * 1024)
-      await writeSynced(path.join(mp, `w${i}`), data)
-      written.set(`w${i}`, sha(data))
+      await writeSynced(path.join(mp, `w${i % 64}`), data)
+      written.set(`w${i % 64}`, sha(data))
     }
   })().catch((err) => { writerError = err })
   const checkData = async (step: string) => {
-    for (const [file, digest] of written) t.is(sha(await fs.readFile(path.join(mp, file))), digest, `${file} after ${step}`)
+    let release!: () => void
+    held = new Promise<void>((resolve) => { release = resolve })
+    await Promise.race([new Promise<void>((resolve) => { idle = resolve }), writer])
+    try {
+      for (const [file, digest] of written) t.is(sha(await fs.readFile(path.join(mp, file))), digest, `${file} after ${step}`)
+    } finally {
+      held = undefined
+      idle = undefined
+      release()
+    }
   }
 
   for (const repl of [2, 3]) {
@@ -159,7 +177,7 @@ test('ha-update 1 -> 2 -> 3 -> 2 while a writer runs; data intact at each step',
   stop = true
   await writer
   t.is(writerError, undefined, 'the writer never saw an error')
-  t.true(written.size > 3, `${written.size} files written during the changes`)
+  t.true(writes > 3, `${writes} files written during the changes`)
   await checkData('lowering to 2')
   const final = await api.inspectVolume('ha')
   t.false(final.degraded)
