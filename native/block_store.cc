@@ -389,10 +389,17 @@ void BlockStore::Write(int64_t offset, const uint8_t* data, size_t len) {
     iov[cnt++] = {tail.get(), bs};
     crcs[count - 1] = htole32(BlockCrc(tail.get()));
   }
-  if (!direct_.Transfer(true, iov, cnt, first * bs, count * bs, data_path_)) {
+  if (!(count * bs >= kDirectMinBytes && Unwritten(first, count) &&
+        direct_.Transfer(true, iov, cnt, first * bs, count * bs, data_path_))) {
     FullPwritev(data_fd_, iov, cnt, first * bs, data_path_);
   }
   WriteCrcs(first, count, crcs.data());
+}
+
+bool BlockStore::Unwritten(uint64_t first, uint64_t count) const {
+  std::vector<uint32_t> crcs(count);
+  ReadCrcs(first, count, crcs.data());
+  return std::all_of(crcs.begin(), crcs.end(), [](uint32_t c) { return c == 0; });
 }
 
 void BlockStore::Read(int64_t offset, uint8_t* data, size_t len) {
@@ -423,9 +430,7 @@ void BlockStore::Read(int64_t offset, uint8_t* data, size_t len) {
 
   StripeLock lock(*this, first, last, false);
   ReadCrcs(first, count, crcs.data());
-  if (!direct_.Transfer(false, iov, cnt, first * bs, count * bs, data_path_)) {
-    FullPreadv(data_fd_, iov, cnt, first * bs, data_path_);
-  }
+  FullPreadv(data_fd_, iov, cnt, first * bs, data_path_);
 
   // With bases, blocks with live crc 0 are absent here and read from them.
   const bool layered = !bases_.empty() &&

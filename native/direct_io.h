@@ -1,12 +1,16 @@
 // Direct I/O beside the page cache, for a store's large transfers.
 //
-// A store's data file is opened once more with O_DIRECT, and transfers of at
-// least kDirectMinBytes whose offset and length are page-aligned go through
-// that descriptor: a resync, a snapshot merge or a long sequential write moves
-// gigabytes that nobody reads back from memory soon, and through the page cache
-// each of those bytes costs a copy into a freshly allocated page (on a guest
-// whose memory the host backs lazily, the dearest part of the whole write).
-// Small transfers stay buffered, where the cache helps.
+// A store's data file is opened once more with O_DIRECT, and the transfers the
+// store hands it (at least kDirectMinBytes, offset and length page-aligned) go
+// through that descriptor: a write into blocks never written (a resync into a
+// new replica, a first write of a volume's region) and the reads behind block
+// hashes (a resync's compare, its source read once). Those move gigabytes that
+// nobody reads back from memory soon, and through the page cache each byte costs
+// a copy into a freshly allocated page (on a guest whose memory the host backs
+// lazily, the dearest part of the whole write). Overwrites and the volume's own
+// reads stay buffered: there the cache is warm, write-back is asynchronous and
+// readahead runs ahead of a sequential reader, which direct I/O gave up (in
+// the main bench, seq read fell to a third and seq write at repl=1 by a third).
 //
 // Mixing is coherent: a direct transfer writes back and drops the cached pages
 // of its range first. Only whole pages go direct, and the store's stripe locks
