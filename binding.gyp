@@ -4,6 +4,8 @@
       "target_name": "pxd_native",
       "sources": [
         "native/addon.cc",
+        "native/store_binding.cc",
+        "native/store_io_binding.cc",
         "native/block_store.cc",
         "native/block_hashes.cc",
         "native/block_discard.cc",

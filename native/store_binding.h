@@ -1,7 +1,8 @@
 // What the block store's JS bindings share: the handle JS holds a store by,
 // the base of a request on an open store, and the callback and argument
-// helpers. addon.cc has the store's own functions; layer_binding.cc the
-// snapshot layers' ones (storeOpenLayered, storeMergeBase, layerMerge).
+// helpers (store_binding.cc). addon.cc has the store's open and close,
+// store_io_binding.cc its I/O, layer_binding.cc the snapshot layers' functions
+// (storeOpenLayered, storeMergeBase, layerMerge).
 #ifndef PXD_NATIVE_STORE_BINDING_H_
 #define PXD_NATIVE_STORE_BINDING_H_
 
@@ -127,6 +128,8 @@ Napi::Function ArgCallback(const Napi::CallbackInfo& info, size_t i);
 std::string ArgString(const Napi::CallbackInfo& info, size_t i, const char* name);
 bool ArgBoolean(const Napi::CallbackInfo& info, size_t i, const char* name);
 
+// Registers storeWrite, storeRead, storeHashes, storeDiscard and storeFlush (store_io_binding.cc).
+void InitStoreIo(Napi::Env env, Napi::Object exports);
 // Registers storeOpenLayered, storeMergeBase and layerMerge.
 void InitLayers(Napi::Env env, Napi::Object exports);
 
