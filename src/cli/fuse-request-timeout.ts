@@ -9,6 +9,7 @@
  */
 import { readFileSync } from 'node:fs'
 import { pxdError } from '../errors'
+import { FLUSH_TIMEOUT_MS } from '../replicas/replica-client'
 
 /**
  * Above the longest wait pxd's own data path may take over a request: a flush to a slow
@@ -35,6 +36,16 @@ export function parseFuseRequestTimeout(text: string, kernelMax = 0): number {
     throw pxdError('INVALID_ARGUMENT', `--fuse-request-timeout ${seconds} is above this kernel's limit of ${kernelMax} s (${KERNEL_MAX_REQUEST_TIMEOUT_FILE}); the kernel would use ${kernelMax} s`)
   }
   return seconds
+}
+
+/**
+ * What to warn of at start when the bound is below the longest wait of pxd's own (a flush
+ * to a slow replica, before it is demoted): such a flush would abort every volume of the
+ * node. Undefined for no bound, or one above it.
+ */
+export function boundBelowFlushLimit(seconds: number): string | undefined {
+  if (seconds === 0 || seconds * 1000 > FLUSH_TIMEOUT_MS) return undefined
+  return `--fuse-request-timeout ${seconds} s is not above the ${FLUSH_TIMEOUT_MS / 1000} s a flush to a slow replica may wait before the replica is demoted: such a flush makes the kernel abort the FUSE connection, and every volume of this node fails (EIO)`
 }
 
 /** The kernel's limit on FUSE request timeouts (s); 0 when it sets none or has no such setting. */

@@ -18,7 +18,7 @@ import { Daemon, notifyServiceManager, type DaemonConfig } from '../daemon'
 import { messageOf } from '../errors'
 import { FUSE_SERVERS, type FuseServerKind } from '../frontend/device-directory'
 import { loadConfig } from './config-file'
-import { DEFAULT_FUSE_REQUEST_TIMEOUT_SECONDS, kernelMaxRequestTimeout, parseFuseRequestTimeout } from './fuse-request-timeout'
+import { boundBelowFlushLimit, DEFAULT_FUSE_REQUEST_TIMEOUT_SECONDS, kernelMaxRequestTimeout, parseFuseRequestTimeout } from './fuse-request-timeout'
 import { missingNodeFlags } from './node-flags'
 import { packageVersion } from './version'
 import { DEFAULT_SCRUB_BYTES_PER_SECOND } from '../constants'
@@ -271,6 +271,8 @@ async function main(argv: string[]): Promise<number> {
     fdStore: Boolean(process.env['NOTIFY_SOCKET']) && (Number(process.env['FDSTORE'] ?? 0) > 0 || process.env['PXD_FD_STORE'] === '1'),
   }
 
+  const short = boundBelowFlushLimit(fuseRequestTimeout)
+  if (short) log.warn({ fuseRequestTimeout }, short)
   const missing = missingNodeFlags()
   if (missing.length > 0) {
     log.warn({ missing }, `node was started without ${missing.join(' ')}: large replicated writes will cost frequent full GCs (start pxd through bin/pxd or scripts/start.sh)`)

@@ -8,7 +8,8 @@ import { execFile } from 'node:child_process'
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { DEFAULT_FUSE_REQUEST_TIMEOUT_SECONDS, kernelMaxRequestTimeout, parseFuseRequestTimeout } from '../../src/cli/fuse-request-timeout'
+import { boundBelowFlushLimit, DEFAULT_FUSE_REQUEST_TIMEOUT_SECONDS, kernelMaxRequestTimeout, parseFuseRequestTimeout } from '../../src/cli/fuse-request-timeout'
+import { FLUSH_TIMEOUT_MS } from '../../src/replicas/replica-client'
 import { PXD_BIN } from '../helpers/paths'
 
 function pxd(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stderr: string; stdout: string }> {
@@ -56,6 +57,14 @@ test("the kernel's limit is read from its sysctl; a missing file, 0 or garbage i
   t.is(kernelMaxRequestTimeout(file), 300)
   writeFileSync(file, 'x\n')
   t.is(kernelMaxRequestTimeout(file), 0)
+})
+
+test('a bound not above the longest flush wait is warned of at start; none, or the default, is not', (t) => {
+  t.regex(boundBelowFlushLimit(60) ?? '', /flush to a slow replica .* every volume of this node fails/)
+  t.truthy(boundBelowFlushLimit(FLUSH_TIMEOUT_MS / 1000))
+  t.is(boundBelowFlushLimit(FLUSH_TIMEOUT_MS / 1000 + 1), undefined)
+  t.is(boundBelowFlushLimit(0), undefined, 'no bound: nothing to abort')
+  t.is(boundBelowFlushLimit(DEFAULT_FUSE_REQUEST_TIMEOUT_SECONDS), undefined, 'the default sits above it')
 })
 
 test('--help lists the flag with its variable and default', async (t) => {
