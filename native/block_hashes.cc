@@ -24,7 +24,6 @@
 #include <xxhash.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -49,11 +48,7 @@ void BlockStore::Hashes(int64_t offset, uint64_t len, uint8_t* out, uint8_t* dat
   const uint64_t first = static_cast<uint64_t>(offset) >> block_shift_;
   const uint64_t blocks = len >> block_shift_;
   std::vector<uint32_t> crcs(std::min(blocks, kHashChunkBlocks));
-  // Page-aligned, so that a direct read lands in it without a bounce.
-  struct Free {
-    void operator()(uint8_t* p) const { std::free(p); }
-  };
-  std::unique_ptr<uint8_t, Free> own;
+  AlignedBuffer own;  // a direct read lands in it without a bounce
   for (uint64_t done = 0; done < blocks;) {
     const uint64_t start = first + done;
     const uint64_t count = std::min(kHashChunkBlocks, blocks - done);
@@ -66,7 +61,7 @@ void BlockStore::Hashes(int64_t offset, uint64_t len, uint8_t* out, uint8_t* dat
     if (zeros < count || absent) {
       if (buf == nullptr) {
         if (!own) {
-          own.reset(static_cast<uint8_t*>(std::aligned_alloc(4096, kHashChunkBlocks << block_shift_)));
+          own = AllocAligned(kHashChunkBlocks << block_shift_);
           if (!own) throw Failure("ENOMEM", "no memory for a hash buffer of " + data_path_, data_path_);
         }
         buf = own.get();

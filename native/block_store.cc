@@ -357,6 +357,13 @@ void BlockStore::Write(int64_t offset, const uint8_t* data, size_t len) {
   std::unique_ptr<uint8_t[]> head;
   std::unique_ptr<uint8_t[]> tail;
   StripeLock lock(*this, first, last, true);
+  // A large write into blocks never written (all crc 0) goes direct (direct_io.h); the
+  // entries are read into `crcs`, which the new ones then overwrite.
+  bool unwritten = false;
+  if (count * bs >= kDirectMinBytes) {
+    ReadCrcs(first, count, crcs.data());
+    unwritten = std::all_of(crcs.begin(), crcs.end(), [](uint32_t c) { return c == 0; });
+  }
 
   if (head_partial) {
     head = Bounce(block_size_);
@@ -389,17 +396,10 @@ void BlockStore::Write(int64_t offset, const uint8_t* data, size_t len) {
     iov[cnt++] = {tail.get(), bs};
     crcs[count - 1] = htole32(BlockCrc(tail.get()));
   }
-  if (!(count * bs >= kDirectMinBytes && Unwritten(first, count) &&
-        direct_.Transfer(true, iov, cnt, first * bs, count * bs, data_path_))) {
+  if (!(unwritten && direct_.Transfer(true, iov, cnt, first * bs, count * bs, data_path_))) {
     FullPwritev(data_fd_, iov, cnt, first * bs, data_path_);
   }
   WriteCrcs(first, count, crcs.data());
-}
-
-bool BlockStore::Unwritten(uint64_t first, uint64_t count) const {
-  std::vector<uint32_t> crcs(count);
-  ReadCrcs(first, count, crcs.data());
-  return std::all_of(crcs.begin(), crcs.end(), [](uint32_t c) { return c == 0; });
 }
 
 void BlockStore::Read(int64_t offset, uint8_t* data, size_t len) {

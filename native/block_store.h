@@ -196,9 +196,6 @@ class BlockStore {
   // zeros), their data punched out.
   void Unwrite(uint64_t first, uint64_t end);
   void ReadCrcs(uint64_t first, uint64_t count, uint32_t* out) const;
-  // Whether every block of [first, first + count) has crc 0 (never written, zeros, or
-  // absent from this layer): a write there goes direct (direct_io.h).
-  bool Unwritten(uint64_t first, uint64_t count) const;
   void WriteCrcs(uint64_t first, uint64_t count, const uint32_t* crcs) const;
 
   const std::string data_path_;

@@ -22,14 +22,9 @@ constexpr size_t kBounceBytes = 1 << 20;
 // iovecs taken as they are (a store's request has at most three).
 constexpr int kMaxPieces = 4;
 
-struct FreeDeleter {
-  void operator()(uint8_t* p) const { std::free(p); }
-};
-
 // This thread's bounce buffer, made at its first use and kept.
 uint8_t* Bounce() {
-  thread_local std::unique_ptr<uint8_t, FreeDeleter> buf(
-      static_cast<uint8_t*>(std::aligned_alloc(kPageBytes, kBounceBytes)));
+  thread_local AlignedBuffer buf = AllocAligned(kBounceBytes);
   return buf.get();
 }
 
@@ -55,6 +50,14 @@ void Gather(const iovec* iov, int cnt, size_t from, uint8_t* flat, size_t n, boo
 }
 
 }  // namespace
+
+void FreeDeleter::operator()(uint8_t* p) const { std::free(p); }
+
+AlignedBuffer AllocAligned(size_t bytes) {
+  // aligned_alloc wants a size that is a multiple of the alignment.
+  const size_t rounded = (bytes + kPageBytes - 1) / kPageBytes * kPageBytes;
+  return AlignedBuffer(static_cast<uint8_t*>(std::aligned_alloc(kPageBytes, rounded)));
+}
 
 void DirectIo::Open(int fd, bool writable) {
   Close();

@@ -34,11 +34,21 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 namespace pxd {
 
 constexpr size_t kDirectMinBytes = 64 << 10;
+
+// Page-aligned memory, freed with free(): a buffer a direct transfer lands in
+// as it is, without a bounce.
+struct FreeDeleter {
+  void operator()(uint8_t* p) const;
+};
+using AlignedBuffer = std::unique_ptr<uint8_t, FreeDeleter>;
+// Null when out of memory.
+AlignedBuffer AllocAligned(size_t bytes);
 
 class DirectIo {
  public:

@@ -181,21 +181,14 @@ class FlushWorker : public StoreWorker {
   bool last_ = false;
 };
 
-Napi::Value JsStoreWrite(const Napi::CallbackInfo& info) {
+// storeWrite and storeRead: (handle, offset, buffer, cb).
+template <typename Worker>
+Napi::Value JsStoreTransfer(const Napi::CallbackInfo& info) {
   HandlePtr h = ArgHandle(info, 0);
   int64_t offset = ArgInteger(info, 1, "offset");
   Napi::Uint8Array buf = ArgBuffer(info, 2);
   Napi::Function cb = ArgCallback(info, 3);
-  (new WriteWorker(cb, std::move(h), offset, buf))->Start();
-  return info.Env().Undefined();
-}
-
-Napi::Value JsStoreRead(const Napi::CallbackInfo& info) {
-  HandlePtr h = ArgHandle(info, 0);
-  int64_t offset = ArgInteger(info, 1, "offset");
-  Napi::Uint8Array buf = ArgBuffer(info, 2);
-  Napi::Function cb = ArgCallback(info, 3);
-  (new ReadWorker(cb, std::move(h), offset, buf))->Start();
+  (new Worker(cb, std::move(h), offset, buf))->Start();
   return info.Env().Undefined();
 }
 
@@ -244,8 +237,8 @@ Napi::Value JsStoreFlush(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void InitStoreIo(Napi::Env env, Napi::Object exports) {
-  exports.Set("storeWrite", Napi::Function::New<JsStoreWrite>(env, "storeWrite"));
-  exports.Set("storeRead", Napi::Function::New<JsStoreRead>(env, "storeRead"));
+  exports.Set("storeWrite", Napi::Function::New<JsStoreTransfer<WriteWorker>>(env, "storeWrite"));
+  exports.Set("storeRead", Napi::Function::New<JsStoreTransfer<ReadWorker>>(env, "storeRead"));
   exports.Set("storeHashes", Napi::Function::New<JsStoreHashes>(env, "storeHashes"));
   exports.Set("storeDiscard", Napi::Function::New<JsStoreDiscard>(env, "storeDiscard"));
   exports.Set("storeFlush", Napi::Function::New<JsStoreFlush>(env, "storeFlush"));

@@ -261,23 +261,21 @@ export class ReplicaStore {
    * 0 (never written, or zeros) is 0, unread.
    */
   readHashes(offset: number, length: number): Promise<Buffer> {
-    if (offset % BLOCK_SIZE !== 0 || length % BLOCK_SIZE !== 0 || offset < 0 || offset + length > this.size) {
-      return Promise.reject(pxdError('INVALID_ARGUMENT', `hash range ${offset}+${length} is not block-aligned inside ${this.size} bytes`))
-    }
-    const out = Buffer.alloc((length / BLOCK_SIZE) * HASH_BYTES)
-    return new Promise((resolve, reject) => {
-      native.storeHashes(this.#handle, offset, out, (err) => (err ? reject(storeError(err, 'hash', this.dir)) : resolve(out)))
-    })
+    return this.#hashes('hash', offset, length)
   }
 
   /** Reads `into.length` bytes at `offset` as read does and resolves to their block hashes (readHashes): one pass over the disk. */
   readWithHashes(offset: number, into: Uint8Array): Promise<Buffer> {
-    if (offset % BLOCK_SIZE !== 0 || into.length % BLOCK_SIZE !== 0 || offset < 0 || offset + into.length > this.size) {
-      return Promise.reject(pxdError('INVALID_ARGUMENT', `read range ${offset}+${into.length} is not block-aligned inside ${this.size} bytes`))
+    return this.#hashes('read', offset, into.length, into)
+  }
+
+  #hashes(op: 'hash' | 'read', offset: number, length: number, into?: Uint8Array): Promise<Buffer> {
+    if (offset % BLOCK_SIZE !== 0 || length % BLOCK_SIZE !== 0 || offset < 0 || offset + length > this.size) {
+      return Promise.reject(pxdError('INVALID_ARGUMENT', `${op} range ${offset}+${length} is not block-aligned inside ${this.size} bytes`))
     }
-    const out = Buffer.alloc((into.length / BLOCK_SIZE) * HASH_BYTES)
+    const out = Buffer.alloc((length / BLOCK_SIZE) * HASH_BYTES)
     return new Promise((resolve, reject) => {
-      native.storeHashes(this.#handle, offset, out, (err) => (err ? reject(storeError(err, 'read', this.dir)) : resolve(out)), into)
+      native.storeHashes(this.#handle, offset, out, (err) => (err ? reject(storeError(err, op, this.dir)) : resolve(out)), into)
     })
   }
 
