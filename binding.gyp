@@ -26,6 +26,7 @@
         "native/share_server_binding.cc",
         "native/share_client.cc",
         "native/share_client_wire.cc",
+        "native/share_client_handoff.cc",
         "native/share_client_binding.cc",
         "native/unix_datagram.cc",
         "native/xts.cc"

@@ -57,27 +57,53 @@ bool NormalizeHandle(const uint8_t* p, size_t len, std::string* out) {
 ShareClient::ShareClient(const Options& o, ClientSink* sink)
     : mountpoint_(o.mountpoint), attr_timeout_ms_(o.attr_timeout_ms), slot_bytes_(SlotBytes()), sink_(sink) {
   if (o.slots < 2 || o.slots > kMaxSlots) throw FuseError("EINVAL", 0, "slots must be in [2, 256]");
-  if (!S_ISDIR(o.root_mode)) throw FuseError("EINVAL", 0, "the root must be a directory");
-  std::string root;
-  if (!NormalizeHandle(reinterpret_cast<const uint8_t*>(o.root_handle.data()), o.root_handle.size(), &root)) {
-    throw FuseError("EINVAL", 0, "the root handle is not a wire handle");
+  const bool adopt = o.adopt_fd >= 0;
+  // An adopted connection is closed if the client cannot start (it cannot be served then).
+  struct AdoptGuard {
+    int fd;
+    ~AdoptGuard() {
+      if (fd >= 0) close(fd);
+    }
+  } guard{o.adopt_fd};
+  if (adopt) {
+    if (!LoadTable(o.table, o.next_nodeid)) throw FuseError("EINVAL", 0, "the nodeid table is malformed");
+  } else {
+    if (!S_ISDIR(o.root_mode)) throw FuseError("EINVAL", 0, "the root must be a directory");
+    std::string root;
+    if (!NormalizeHandle(reinterpret_cast<const uint8_t*>(o.root_handle.data()), o.root_handle.size(), &root)) {
+      throw FuseError("EINVAL", 0, "the root handle is not a wire handle");
+    }
+    if (o.fsname.empty() || o.fsname.find_first_of(", \t\n") != std::string::npos) {
+      throw FuseError("EINVAL", 0, "fsname must be a non-empty word without commas");
+    }
+    nodes_[FUSE_ROOT_ID] = Node{root, 1};
+    nodeids_[root] = FUSE_ROOT_ID;
   }
-  if (o.fsname.empty() || o.fsname.find_first_of(", \t\n") != std::string::npos) {
-    throw FuseError("EINVAL", 0, "fsname must be a non-empty word without commas");
-  }
-  nodes_[FUSE_ROOT_ID] = Node{root, 1};
-  nodeids_[root] = FUSE_ROOT_ID;
 
   pool_ = std::make_shared<SlotPool>(o.slots, slot_bytes_);
   slots_.resize(o.slots);
   for (uint32_t i = o.slots; i-- > 0;) free_slots_.push_back(i);
 
-  fd_ = open("/dev/fuse", O_RDWR | O_CLOEXEC | O_NONBLOCK);
-  if (fd_ < 0) throw SysError("open", "/dev/fuse");
   stop_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (stop_fd_ < 0) {
-    FuseError e = SysError("eventfd", "");
-    close(fd_);
+  if (stop_fd_ < 0) throw SysError("eventfd", "");
+  if (adopt) {
+    const int fl = fcntl(o.adopt_fd, F_GETFL);
+    if (fl < 0 || fcntl(o.adopt_fd, F_SETFL, fl | O_NONBLOCK) != 0 || fcntl(o.adopt_fd, F_SETFD, FD_CLOEXEC) != 0) {
+      FuseError e = SysError("fcntl", "of the adopted FUSE connection");
+      close(stop_fd_);
+      throw e;
+    }
+    // Ours from here on: closed when the client stops, as one it opened.
+    fd_ = o.adopt_fd;
+    guard.fd = -1;
+    mounted_ = true;
+    reader_ = std::thread([this] { Serve(); });
+    return;
+  }
+  fd_ = open("/dev/fuse", O_RDWR | O_CLOEXEC | O_NONBLOCK);
+  if (fd_ < 0) {
+    FuseError e = SysError("open", "/dev/fuse");
+    close(stop_fd_);
     throw e;
   }
   char mode[16];
@@ -100,7 +126,7 @@ ShareClient::~ShareClient() {
   Stop();
 }
 
-void ShareClient::Stop() {
+void ShareClient::StopReader() {
   {
     std::lock_guard<std::mutex> lock(slots_mu_);
     stopping_ = true;
@@ -111,6 +137,10 @@ void ShareClient::Stop() {
     (void)!write(stop_fd_, &one, sizeof one);
   }
   if (reader_.joinable()) reader_.join();
+}
+
+void ShareClient::Stop() {
+  StopReader();
   if (fd_ >= 0) {
     // A lazily detached mount still has users: their requests end now.
     for (uint32_t i = 0; i < slots(); i++) {

@@ -82,9 +82,16 @@ class ShareClient {
     uint32_t root_mode = 0;   // S_IFDIR | permissions
     uint32_t slots = 32;      // 2..256
     uint32_t attr_timeout_ms = 1000;
+    // A live restart: serve this connection (mounted at mountpoint, INIT done)
+    // instead of mounting one, with the nodeid table HandOff() gave. The root
+    // handle, mode and fsname are not used then.
+    int adopt_fd = -1;
+    std::string table;
+    uint64_t next_nodeid = 0;
   };
 
-  // Opens /dev/fuse, mounts it and starts the reader thread. Throws FuseError.
+  // Opens /dev/fuse, mounts it and starts the reader thread; or adopts a
+  // connection (Options::adopt_fd). Throws FuseError.
   ShareClient(const Options& options, ClientSink* sink);
   // Detaches lazily if still mounted, and stops.
   ~ShareClient();
@@ -107,6 +114,14 @@ class ShareClient {
   // throws EBUSY while the mount is in use, and keeps serving. Requests still
   // pending are answered ENOTCONN. Idempotent.
   void Unmount(bool lazy);
+
+  // A live restart, in two steps. Pause: the reader stops reading (the kernel
+  // queues what comes meanwhile); requests pending stay answerable. HandOff,
+  // once none is pending: gives up the connection (returned, open, still
+  // mounted) and writes the nodeid table for Options::table; the client is
+  // stopped then. Throws FuseError (EBUSY: requests still pending).
+  void Pause();
+  int HandOff(std::string* table, uint64_t* next_nodeid);
 
   ClientStats stats() const;
   const std::shared_ptr<SlotPool>& pool() const { return pool_; }
@@ -144,6 +159,9 @@ class ShareClient {
   void OnInterrupt(const uint8_t* in, size_t in_len);
   void ReplyError(uint64_t unique, int os_errno);
   void Stop();
+  void StopReader();
+  // Fills the nodeid table from Options::table; false when malformed.
+  bool LoadTable(const std::string& table, uint64_t next_nodeid);
   // The caller's supplementary groups (cached per pid for a second).
   const Groups& GroupsOf(uint32_t pid);
 

@@ -160,33 +160,19 @@ Napi::Uint8Array ArgBytes(const Napi::CallbackInfo& info, size_t i, const char* 
   return info[i].As<Napi::Uint8Array>();
 }
 
-// shareClientMount(mountpoint, rootHandle, rootAttr, options, onEvent) -> handle
-Napi::Value JsMount(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() < 5 || !info[0].IsString() || !info[3].IsObject() || !info[4].IsFunction()) {
-    throw Napi::TypeError::New(env, "shareClientMount(mountpoint, rootHandle, rootAttr, options, onEvent)");
-  }
-  ShareClient::Options o;
-  o.mountpoint = info[0].As<Napi::String>().Utf8Value();
-  Napi::Uint8Array handle_bytes = ArgBytes(info, 1, "rootHandle");
-  o.root_handle.assign(reinterpret_cast<const char*>(handle_bytes.Data()), handle_bytes.ByteLength());
-  Napi::Uint8Array attr = ArgBytes(info, 2, "rootAttr");
-  if (attr.ByteLength() < sizeof(fuse_attr_out)) throw Napi::TypeError::New(env, "rootAttr must be a fuse_attr_out");
-  std::memcpy(&o.root_mode, attr.Data() + offsetof(fuse_attr_out, attr) + offsetof(fuse_attr, mode),
-              sizeof o.root_mode);
-  Napi::Object opts = info[3].As<Napi::Object>();
-  Napi::Value fsname = opts.Get("fsname");
-  if (!fsname.IsString()) throw Napi::TypeError::New(env, "options.fsname must be a string");
-  o.fsname = fsname.As<Napi::String>().Utf8Value();
+void ReadOptions(Napi::Env env, const Napi::Object& opts, ShareClient::Options* o) {
   Napi::Value slots = opts.Get("slots");
-  if (!slots.IsUndefined()) o.slots = ToUint32(env, slots, "options.slots");
+  if (!slots.IsUndefined()) o->slots = ToUint32(env, slots, "options.slots");
   Napi::Value timeout = opts.Get("attrTimeoutMs");
-  if (!timeout.IsUndefined()) o.attr_timeout_ms = ToUint32(env, timeout, "options.attrTimeoutMs");
+  if (!timeout.IsUndefined()) o->attr_timeout_ms = ToUint32(env, timeout, "options.attrTimeoutMs");
+}
 
+// Starts the client (mounting, or adopting a connection) and wraps it in a JS handle.
+Napi::Value StartClient(Napi::Env env, const ShareClient::Options& o, const Napi::Value& on_event) {
   auto self = std::make_shared<JsShareClient>();
   auto* tsfn_ref = new ClientPtr(self);
   napi_value name = Napi::String::New(env, "pxd-share-client");
-  if (napi_create_threadsafe_function(env, info[4], nullptr, name, 0, 1, tsfn_ref, FinalizeTsfn, tsfn_ref, CallJs,
+  if (napi_create_threadsafe_function(env, on_event, nullptr, name, 0, 1, tsfn_ref, FinalizeTsfn, tsfn_ref, CallJs,
                                       &self->tsfn) != napi_ok) {
     delete tsfn_ref;
     throw Napi::Error::New(env, "cannot create the share client's event queue");
@@ -217,6 +203,49 @@ Napi::Value JsMount(const Napi::CallbackInfo& info) {
     throw Napi::Error::New(env, "cannot create a share client handle");
   }
   return Napi::Value(env, handle);
+}
+
+// shareClientMount(mountpoint, rootHandle, rootAttr, options, onEvent) -> handle
+Napi::Value JsMount(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 5 || !info[0].IsString() || !info[3].IsObject() || !info[4].IsFunction()) {
+    throw Napi::TypeError::New(env, "shareClientMount(mountpoint, rootHandle, rootAttr, options, onEvent)");
+  }
+  ShareClient::Options o;
+  o.mountpoint = info[0].As<Napi::String>().Utf8Value();
+  Napi::Uint8Array handle_bytes = ArgBytes(info, 1, "rootHandle");
+  o.root_handle.assign(reinterpret_cast<const char*>(handle_bytes.Data()), handle_bytes.ByteLength());
+  Napi::Uint8Array attr = ArgBytes(info, 2, "rootAttr");
+  if (attr.ByteLength() < sizeof(fuse_attr_out)) throw Napi::TypeError::New(env, "rootAttr must be a fuse_attr_out");
+  std::memcpy(&o.root_mode, attr.Data() + offsetof(fuse_attr_out, attr) + offsetof(fuse_attr, mode),
+              sizeof o.root_mode);
+  Napi::Object opts = info[3].As<Napi::Object>();
+  Napi::Value fsname = opts.Get("fsname");
+  if (!fsname.IsString()) throw Napi::TypeError::New(env, "options.fsname must be a string");
+  o.fsname = fsname.As<Napi::String>().Utf8Value();
+  ReadOptions(env, opts, &o);
+  return StartClient(env, o, info[4]);
+}
+
+// shareClientAdopt(fd, mountpoint, table, nextNodeid, options, onEvent) -> handle
+Napi::Value JsAdopt(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 6 || !info[1].IsString() || !info[4].IsObject() || !info[5].IsFunction()) {
+    throw Napi::TypeError::New(env, "shareClientAdopt(fd, mountpoint, table, nextNodeid, options, onEvent)");
+  }
+  ShareClient::Options o;
+  o.adopt_fd = static_cast<int>(ArgUint32(info, 0, "fd"));
+  o.mountpoint = info[1].As<Napi::String>().Utf8Value();
+  Napi::Uint8Array table = ArgBytes(info, 2, "table");
+  o.table.assign(reinterpret_cast<const char*>(table.Data()), table.ByteLength());
+  if (!info[3].IsNumber()) throw Napi::TypeError::New(env, "nextNodeid must be a number");
+  const double next = info[3].As<Napi::Number>().DoubleValue();
+  if (!(next >= 2 && next <= 9007199254740991.0) || next != static_cast<double>(static_cast<uint64_t>(next))) {
+    throw Napi::TypeError::New(env, "nextNodeid must be an integer above 1");
+  }
+  o.next_nodeid = static_cast<uint64_t>(next);
+  ReadOptions(env, info[4].As<Napi::Object>(), &o);
+  return StartClient(env, o, info[5]);
 }
 
 ShareClient& Mounted(const Napi::CallbackInfo& info, JsShareClient& c) {
@@ -285,6 +314,34 @@ Napi::Value JsUnmount(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// shareClientPause(handle): the reader stops; pending requests stay answerable.
+Napi::Value JsPause(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  JsShareClient& c = ArgClient(info);
+  Mounted(info, c).Pause();
+  return env.Undefined();
+}
+
+// shareClientHandOff(handle) -> { fd, table, nextNodeid }; the handle is let go of.
+Napi::Value JsHandOff(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  JsShareClient& c = ArgClient(info);
+  std::string table;
+  uint64_t next = 0;
+  int fd;
+  try {
+    fd = Mounted(info, c).HandOff(&table, &next);
+  } catch (const FuseError& e) {
+    ThrowFuseError(env, e);
+  }
+  Release(env, c);
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("fd", fd);
+  out.Set("table", Napi::Buffer<char>::Copy(env, table.data(), table.size()));
+  out.Set("nextNodeid", static_cast<double>(next));
+  return out;
+}
+
 Napi::Value JsStats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   JsShareClient& c = ArgClient(info);
@@ -304,6 +361,9 @@ Napi::Value JsStats(const Napi::CallbackInfo& info) {
 
 void InitShareClient(Napi::Env env, Napi::Object exports) {
   exports.Set("shareClientMount", Napi::Function::New<JsMount>(env, "shareClientMount"));
+  exports.Set("shareClientAdopt", Napi::Function::New<JsAdopt>(env, "shareClientAdopt"));
+  exports.Set("shareClientPause", Napi::Function::New<JsPause>(env, "shareClientPause"));
+  exports.Set("shareClientHandOff", Napi::Function::New<JsHandOff>(env, "shareClientHandOff"));
   exports.Set("shareClientLayout", Napi::Function::New<JsLayout>(env, "shareClientLayout"));
   exports.Set("shareClientReply", Napi::Function::New<JsReply>(env, "shareClientReply"));
   exports.Set("shareClientFail", Napi::Function::New<JsFail>(env, "shareClientFail"));

@@ -41,15 +41,14 @@ import { ShareExecutor } from './shares/executor'
 import { VolumeManager } from './volumes/manager'
 import { FD_NAME, fromServiceManager, takeOver, type InheritedSession } from './restart/inherit'
 import { HandoffServer } from './restart/handoff-server'
-import { removeSession, SessionRecorder, sessionOf, writeSession } from './restart/session-file'
+import { removeSession, SessionRecorder } from './restart/session-file'
+import { finishHandoff, type Handed, type HandoffTarget } from './restart/finish-handoff'
 import { KEYS_FD_NAME, KeysFile, type HandedKeys } from './restart/handed-keys'
 import { spawnSuccessor } from './restart/successor'
 
 /** How long a handoff waits for the FUSE requests already read to be answered. */
 const HANDOFF_DRAIN_MS = 30_000
 
-/** Where a stopping pxd sends its FUSE session: to a successor, or nowhere (the service manager's fd store has it). */
-export type HandoffTarget = { send(fd: number, keys: HandedKeys): void } | 'fd-store'
 
 export interface DaemonConfig {
   dataDir: string
@@ -146,7 +145,7 @@ export class Daemon {
       // A kept session this start cannot serve: the store lets go of it too.
       notifyServiceManager(`FDSTOREREMOVE=1\nFDNAME=${FD_NAME}`, this.#log)
       notifyServiceManager(`FDSTOREREMOVE=1\nFDNAME=${KEYS_FD_NAME}`, this.#log)
-    })
+    }, (names) => { for (const name of names) notifyServiceManager(`FDSTOREREMOVE=1\nFDNAME=${name}`, this.#log) })
     this.nodeId = await resolveNodeId(c.dataDir, c.nodeId)
     const log = this.#log.child({ node: this.nodeId })
 
@@ -229,10 +228,13 @@ export class Daemon {
       changed: recordSession,
     })
     const volumes = manager
-    let handedOver: Awaited<ReturnType<VolumeManager['handOff']>> = []
+    let handedOver: Handed = { volumes: [], shares: [] }
     let handedKeys: HandedKeys = {}
     this.#onStop('frontend', async () => {
-      if (this.#handoff && frontend.live) return this.#finishHandoff(frontend, handedOver, handedKeys, c)
+      if (this.#handoff && frontend.live) {
+        this.#handoffError = await finishHandoff({ frontend, target: this.#handoff, handed: handedOver, keys: handedKeys, runDir: c.runDir, version: c.version, log, notify: (state, fds) => notifyServiceManager(state, log, fds) })
+        return
+      }
       await frontend.stop()
       await removeSession(c.runDir)
       if (c.fdStore) {
@@ -244,6 +246,7 @@ export class Daemon {
     let kept = new Set<string>()
     if (inherited) {
       const failed = await volumes.resume(inherited.session.volumes, inherited.clean, inherited.keys)
+      await volumes.resumeShares(inherited.session.shares ?? [], inherited.shareFds, inherited.keys)
       // Always asked: a predecessor that died left requests it read and never answered.
       const resent = frontend.serve(true)
       for (const v of failed) await frontend.abandon(v)
@@ -309,26 +312,6 @@ export class Daemon {
   onHandedOff: ((handedOver: boolean) => void) | undefined
 
   #handoffError: Error | undefined
-
-  /** The frontend's part of a handoff: the session file a last time, then the descriptor to whoever takes it. */
-  async #finishHandoff(frontend: Frontend, volumes: Awaited<ReturnType<VolumeManager['handOff']>>, keys: HandedKeys, c: DaemonConfig): Promise<void> {
-    const target = this.#handoff!
-    try {
-      const live = frontend.liveState()!
-      await writeSession(c.runDir, sessionOf(process.pid, c.version, true, live.fuse, live.attached, volumes))
-      const fd = frontend.handOff()
-      try {
-        if (target !== 'fd-store') target.send(fd, keys)
-      } finally {
-        native.closeDescriptor(fd)
-      }
-      this.#log.info({ volumes: volumes.length }, 'FUSE session handed over; every volume stays mounted')
-    } catch (err) {
-      this.#handoffError = err as Error
-      this.#log.error({ err }, 'the handoff failed: stopping as usual')
-      await frontend.stop()
-    }
-  }
 
   /** Idempotent: every started part is stopped once, in reverse order, even when one fails. */
   stop(): Promise<void> {

@@ -73,7 +73,8 @@ export class Membership {
   /** `keepLease`: a live restart, whose successor renews this node's records before the lease runs out; the node stays online. */
   async stop(options: { keepLease?: boolean } = {}): Promise<void> {
     if (this.#timer) clearInterval(this.#timer)
-    if (!options.keepLease) await this.#lease?.revoke()
+    if (options.keepLease) this.#lease?.release()
+    else await this.#lease?.revoke()
   }
 
   /** Every known node, with online = holding a live lease. */

@@ -97,19 +97,20 @@ export class Frontend {
   async start(inherited?: InheritedSession): Promise<void> {
     await fs.mkdir(this.mountsDir, { recursive: true, mode: 0o755 })
     await fs.mkdir(this.servedDir, { recursive: true, mode: 0o700 })
-    await this.cleanupStale(inherited?.session.volumes)
+    await this.cleanupStale(inherited?.session.volumes, inherited?.session.shares?.map((s) => s.mountpoint))
     if (inherited) this.#live().adopt({ ...inherited.session.fuse, fd: inherited.fd })
     else await this.#devices.mount()
   }
 
   /**
    * Unmount what an earlier run left under the run dir, detach its loops, drop its FUSE
-   * mount; with `kept` (a live restart), that session's mount and the volumes it hands over stay.
+   * mount; with `kept` (a live restart), that session's mount and the volumes it hands over
+   * stay, and so do the shared volumes' client mounts at `keptShares`.
    */
-  async cleanupStale(kept?: LiveVolume[]): Promise<void> {
+  async cleanupStale(kept?: LiveVolume[], keptShares: string[] = []): Promise<void> {
     const devDir = this.#devices.mountpoint
     const mounts = await listMounts()
-    const keptMounts = new Set(kept?.map((v) => v.mountpoint))
+    const keptMounts = new Set([...(kept?.map((v) => v.mountpoint) ?? []), ...keptShares])
     const keptLoops = new Set(kept?.map((v) => v.loop))
     const ours = (target: string) => !keptMounts.has(target) && (target.startsWith(this.mountsDir + '/') || target.startsWith(this.servedDir + '/'))
     for (const m of mounts.filter((m) => ours(m.target)).reverse()) {

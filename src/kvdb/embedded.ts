@@ -101,6 +101,8 @@ export class EmbeddedKvdb implements Kvdb {
         // Like an etcd lease: the key goes only if this lease still holds it.
         if (this.#entries.get(key)?.lease === lease) await this.#commit([], [key], undefined)
       }),
+      // In-process leases end with the process; the file's next opening drops the key.
+      release: () => { revoked = true },
     }
   }
 

@@ -291,6 +291,12 @@ class EtcdLeasedKey implements LeasedKey {
     })
   }
 
+  release(): void {
+    if (this.#revoked) return
+    this.abandon()
+    this.#host.forget(this)
+  }
+
   /** Stop renewing without telling etcd (the store is closing and etcd did not answer). */
   abandon(): void {
     this.#state = 'revoked'

@@ -50,6 +50,12 @@ export interface LeasedKey {
   onChange(listener: (lost: Error | undefined) => void): void
   /** Delete the key and revoke the lease. Idempotent. */
   revoke(): Promise<void>
+  /**
+   * Stop renewing and let go, leaving the key to its lease: it lasts until the TTL runs out
+   * unless a successor (a live restart) puts it again first. The store's close no longer
+   * revokes it. Idempotent.
+   */
+  release(): void
 }
 
 /** Key layout, in one place, so both stores and every caller agree. */

@@ -52,6 +52,15 @@ export interface ShareClientStats {
   nodes: number
 }
 
+/** A client's connection given up for a live restart (shareClientHandOff), for shareClientAdopt. */
+export interface HandedShareClient {
+  /** The /dev/fuse connection, still mounted; the caller owns it now. */
+  fd: number
+  /** The nodeid table: per node its nodeid, lookup count and the server's handle. */
+  table: Uint8Array
+  nextNodeid: number
+}
+
 export interface ShareClientBinding {
   /**
    * Mounts a FUSE file system at `mountpoint` (existing dir) whose root is the wire handle `rootHandle`
@@ -76,6 +85,26 @@ export interface ShareClientBinding {
     options: ShareClientMountOptions,
     onEvent: ShareClientEventHandler,
   ): ShareClientHandle
+  /**
+   * A live restart: serve the connection `fd` (mounted at `mountpoint`) that a predecessor handed over,
+   * with its nodeid table, as shareClientMount would. The client owns `fd` from here on (also when this
+   * throws: then it is closed). Throws code EINVAL for a malformed table.
+   */
+  shareClientAdopt(
+    fd: number,
+    mountpoint: string,
+    table: Uint8Array,
+    nextNodeid: number,
+    options: Omit<ShareClientMountOptions, 'fsname'>,
+    onEvent: ShareClientEventHandler,
+  ): ShareClientHandle
+  /** The reader stops reading (the kernel queues new requests); what is pending is still answered as usual. */
+  shareClientPause(handle: ShareClientHandle): void
+  /**
+   * After shareClientPause, once nothing is pending (else code EBUSY): gives the connection up, still
+   * mounted, with the nodeid table; the handle is unmounted for JS from then on.
+   */
+  shareClientHandOff(handle: ShareClientHandle): HandedShareClient
   shareClientLayout(handle: ShareClientHandle): ShareClientLayout
   /**
    * Answer the request in `slot` with the server's wire reply (WireReply | handle | body). A malformed

@@ -13,12 +13,12 @@ import { promises as fs } from 'node:fs'
 import type { Logger } from 'pino'
 import { messageOf } from '../errors'
 import { native } from '../native/binding'
-import { FD_NAME, handoffSocketOf } from './inherit'
+import { FD_NAME, handoffSocketOf, type NamedFd } from './inherit'
 import type { HandedKeys } from './handed-keys'
 
 export interface HandoffRequest {
-  /** Sends the session's descriptor to the successor, with the keys it could not open itself. */
-  send(fd: number, keys: HandedKeys): void
+  /** Sends the session's descriptors (the FUSE session's first) to the successor, with the keys it could not open itself. */
+  send(fds: NamedFd[], keys: HandedKeys): void
   /** The successor's version, as it says. */
   version: string
 }
@@ -92,7 +92,10 @@ export class HandoffServer {
     this.#busy = true
     this.#log.info({ successor: version }, 'a successor asked for the FUSE session: handing over')
     try {
-      await this.#onRequest({ version, send: (fd, keys) => native.sendDatagram(inbox, JSON.stringify({ fdname: FD_NAME, keys }), [fd]) })
+      await this.#onRequest({
+        version,
+        send: (fds, keys) => native.sendDatagram(inbox, JSON.stringify({ fdname: FD_NAME, fdnames: fds.map((f) => f.name), keys }), fds.map((f) => f.fd)),
+      })
     } catch (err) {
       this.#log.error({ err }, 'the handoff failed')
       conn.end(JSON.stringify({ error: messageOf(err) }) + '\n')

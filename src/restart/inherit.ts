@@ -20,9 +20,13 @@ import { pxdError } from '../errors'
 import { native } from '../native/binding'
 import { readSession, type LiveSession } from './session-file'
 import { KEYS_FD_NAME, KeysFile, parseHandedKeys, type HandedKeys } from './handed-keys'
+import { SHARE_FD_PREFIX } from '../shares/share-handoff'
 
 /** The name the descriptor is stored under in the service manager's fd store. */
 export const FD_NAME = 'pxd-fuse'
+
+/** A descriptor with the name it travels under. */
+export interface NamedFd { name: string; fd: number }
 
 export interface InheritedSession {
   fd: number
@@ -34,6 +38,8 @@ export interface InheritedSession {
   keys: HandedKeys
   /** Under the fd store: the memory file they came in, stored there already (kept for reuse). */
   keysFile?: KeysFile
+  /** Client connections of shared volumes (session.shares), by name; the successor owns them. */
+  shareFds: Map<string, number>
 }
 
 export function handoffSocketOf(runDir: string): string {
@@ -43,9 +49,10 @@ export function handoffSocketOf(runDir: string): string {
 /**
  * The session passed by the service manager, if any; descriptors that are not ours are closed.
  * One kept but not servable (the kernel aborted it, or its table is gone) is closed and
- * `forget` is called: the store must let go of it too.
+ * `forget` is called: the store must let go of it too. Shared volumes' client connections
+ * (`pxd-share-*`) are taken out of the store (`forgetShares`) in any case.
  */
-export async function fromServiceManager(runDir: string, log: Logger, forget: () => void = () => undefined): Promise<InheritedSession | undefined> {
+export async function fromServiceManager(runDir: string, log: Logger, forget: () => void = () => undefined, forgetShares: (names: string[]) => void = () => undefined): Promise<InheritedSession | undefined> {
   const env = process.env
   const count = Number(env['LISTEN_FDS'] ?? 0)
   const forUs = Number(env['LISTEN_PID']) === process.pid
@@ -54,19 +61,28 @@ export async function fromServiceManager(runDir: string, log: Logger, forget: ()
   if (!forUs || !Number.isInteger(count) || count < 1) return undefined
   let fd: number | undefined
   let keysFile: KeysFile | undefined
+  const shareFds = new Map<string, number>()
   for (let i = 0; i < count; i++) {
-    if (names[i] === FD_NAME && fd === undefined) fd = 3 + i
-    else if (names[i] === KEYS_FD_NAME && keysFile === undefined) keysFile = new KeysFile(3 + i)
+    const name = names[i] ?? ''
+    if (name === FD_NAME && fd === undefined) fd = 3 + i
+    else if (name === KEYS_FD_NAME && keysFile === undefined) keysFile = new KeysFile(3 + i)
+    else if (name.startsWith(SHARE_FD_PREFIX) && !shareFds.has(name)) shareFds.set(name, 3 + i)
     else native.closeDescriptor(3 + i)
+  }
+  const closeShares = () => {
+    for (const shareFd of shareFds.values()) native.closeDescriptor(shareFd)
+    forgetShares([...shareFds.keys()])
   }
   if (fd === undefined) {
     keysFile?.close()
+    closeShares()
     return undefined
   }
   if (native.fuseSessionAborted(fd)) {
     // Its mounts only fail now: letting it go, the start cleans them up and mounts afresh.
     native.closeDescriptor(fd)
     keysFile?.close()
+    closeShares()
     forget()
     log.warn({ fd }, 'the kernel aborted the FUSE session the service manager kept (a request waited past --fuse-request-timeout while no pxd served it): starting without it; its volumes are taken down and can be mounted again')
     return undefined
@@ -80,11 +96,14 @@ export async function fromServiceManager(runDir: string, log: Logger, forget: ()
     } catch (err) {
       log.error({ err }, 'the keys kept beside the FUSE session cannot be read: volumes opened with a passphrase are not taken over')
     }
-    return { fd, session, clean: session.handedOff, from: 'fd-store', keys, ...(keysFile ? { keysFile } : {}) }
+    // The client connections are the successor's now: the store lets go of them (a crash later ends them).
+    forgetShares([...shareFds.keys()])
+    return { fd, session, clean: session.handedOff, from: 'fd-store', keys, ...(keysFile ? { keysFile } : {}), shareFds }
   } catch (err) {
     // Without its table the session cannot be served: letting it go ends it (its mounts fail, the start cleans them up).
     native.closeDescriptor(fd)
     keysFile?.close()
+    closeShares()
     forget()
     log.error({ err }, 'the service manager kept a FUSE session, but not what it serves: starting without it')
     return undefined
@@ -100,6 +119,7 @@ export async function takeOver(runDir: string, version: string, log: Logger, tim
   await fs.rm(inbox, { force: true })
   const inboxFd = native.bindDatagram(inbox)
   let received: number | undefined
+  const shareFds = new Map<string, number>()
   try {
     const conn = net.createConnection(control)
     const closed = new Promise<string>((resolve, reject) => {
@@ -125,16 +145,22 @@ export async function takeOver(runDir: string, version: string, log: Logger, tim
       }),
     ])
     received = message.fds[0]
-    for (const extra of message.fds.slice(1)) native.closeDescriptor(extra)
-    const payload = JSON.parse(message.payload) as { fdname?: unknown; keys?: unknown }
+    const payload = JSON.parse(message.payload) as { fdname?: unknown; fdnames?: unknown; keys?: unknown }
+    const fdnames = Array.isArray(payload.fdnames) ? payload.fdnames : []
+    message.fds.slice(1).forEach((extra, i) => {
+      const name = fdnames[i + 1]
+      if (typeof name === 'string' && name.startsWith(SHARE_FD_PREFIX) && !shareFds.has(name)) shareFds.set(name, extra)
+      else native.closeDescriptor(extra)
+    })
     if (received === undefined || payload.fdname !== FD_NAME) throw pxdError('HANDOFF_FAILED', 'the running pxd sent no FUSE session')
     const keys = parseHandedKeys(payload.keys)
     const text = await withTimeout(closed, timeoutMs, 'the running pxd did not finish stopping')
     if (refusalOf(text) !== '') throw pxdError('HANDOFF_FAILED', `the running pxd failed while handing over: ${refusalOf(text)}`)
     const session = await readSession(runDir)
-    return { fd: received, session, clean: session.handedOff, from: 'handoff', keys }
+    return { fd: received, session, clean: session.handedOff, from: 'handoff', keys, shareFds }
   } catch (err) {
     if (received !== undefined) native.closeDescriptor(received)
+    for (const shareFd of shareFds.values()) native.closeDescriptor(shareFd)
     throw err
   } finally {
     native.closeDescriptor(inboxFd)

@@ -13,6 +13,7 @@ import path from 'node:path'
 import { pxdError } from '../errors'
 import { writeFileDurably } from '../util/durable'
 import type { FuseSessionTable } from '../native/binding'
+import { isLiveShare, type LiveShare } from '../shares/share-handoff'
 
 export const SESSION_FORMAT = 1
 
@@ -36,6 +37,8 @@ export interface LiveSession {
   handedOff: boolean
   fuse: FuseSessionTable
   volumes: LiveVolume[]
+  /** Client mounts of shared volumes handed over (a clean handoff only), each with a descriptor of its own. */
+  shares?: LiveShare[]
 }
 
 export function sessionFileOf(runDir: string): string {
@@ -72,7 +75,8 @@ export async function readSession(runDir: string): Promise<LiveSession> {
   }
   if (!fuse || !Array.isArray(fuse.files) || !fuse.files.every(fileOk) || !counts(fuse.nextNodeid) || !counts(fuse.mountedAt) || !counts(fuse.maxRequestBytes) ||
     (fuse.requestTimeout !== undefined && !counts(fuse.requestTimeout)) ||
-    !Array.isArray(s.volumes) || !s.volumes.every(volumeOk) || typeof s.handedOff !== 'boolean') {
+    !Array.isArray(s.volumes) || !s.volumes.every(volumeOk) || typeof s.handedOff !== 'boolean' ||
+    (s.shares !== undefined && (!Array.isArray(s.shares) || !s.shares.every(isLiveShare)))) {
     throw pxdError('HANDOFF_FAILED', `${file} is not a valid live session`)
   }
   return s as LiveSession
@@ -85,13 +89,13 @@ export interface SessionSources {
 }
 
 /** Joins the two halves of each volume; one without both (mid-attach) is left out. */
-export function sessionOf(pid: number, version: string, handedOff: boolean, fuse: FuseSessionTable, attached: Array<{ name: string; loop: string; mountpoint: string }>, volumes: Array<Omit<LiveVolume, 'loop' | 'mountpoint'>>): LiveSession {
+export function sessionOf(pid: number, version: string, handedOff: boolean, fuse: FuseSessionTable, attached: Array<{ name: string; loop: string; mountpoint: string }>, volumes: Array<Omit<LiveVolume, 'loop' | 'mountpoint'>>, shares: LiveShare[] = []): LiveSession {
   const byName = new Map(attached.map((a) => [a.name, a]))
   const live = volumes.flatMap((v) => {
     const a = byName.get(v.name)
     return a ? [{ ...v, loop: a.loop, mountpoint: a.mountpoint }] : []
   })
-  return { format: SESSION_FORMAT, pid, version, handedOff, fuse, volumes: live }
+  return { format: SESSION_FORMAT, pid, version, handedOff, fuse, volumes: live, ...(shares.length > 0 ? { shares } : {}) }
 }
 
 /**

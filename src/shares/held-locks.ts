@@ -57,6 +57,15 @@ export class HeldLocks {
     }
   }
 
+  /** Every granted operation as it was sent, for a successor (a live restart): `restore` takes them back. */
+  saved(): Buffer[] {
+    return [...this.#ops.values()].flat()
+  }
+
+  restore(ops: readonly Buffer[]): void {
+    for (const op of ops) this.settled(Op.SETLK, op)
+  }
+
   /** The operations to send a new server, in order, each as a non-blocking SETLK. */
   toReclaim(): Buffer[] {
     const out: Buffer[] = []

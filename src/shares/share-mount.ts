@@ -18,6 +18,7 @@ import { codeOf, pxdError } from '../errors'
 import { native } from '../native/binding'
 import { ShareClientEvent, type ShareClientHandle } from '../native/share-client-binding'
 import { HeldLocks } from './held-locks'
+import type { HandedMount } from './share-handoff'
 import { parseWrite, UnstableWrites } from './unstable-writes'
 import { appliesOnce, errorReply, firstHandle, opcodeOf, Op, replyError, WIRE_REPLY_BYTES } from './wire'
 
@@ -125,6 +126,63 @@ export class ShareMount {
     this.#commits = setInterval(() => void this.#tick(), 1000)
     this.#commits.unref()
     this.#log.info({ volume: this.name, mountpoint: this.mountpoint, server: this.#route?.server }, 'shared volume mounted as a client')
+  }
+
+  /**
+   * A live restart: serve the connection a predecessor handed over (`fd`, still mounted),
+   * with the locks it held and its server, as if this process had mounted it.
+   */
+  static adopt(o: ShareMountOptions, handed: HandedMount, fd: number): ShareMount {
+    const m = new ShareMount(o)
+    try {
+      m.#handle = native.shareClientAdopt(fd, o.mountpoint, Buffer.from(handed.table, 'base64'), handed.nextNodeid, { attrTimeoutMs: m.#attrTimeoutMs }, m.#onEvent)
+    } catch (err) {
+      throw pxdError('HANDOFF_FAILED', `cannot take over the mount of shared volume ${o.name} at ${o.mountpoint}: ${(err as Error).message}`, err)
+    }
+    m.#memory = native.shareClientLayout(m.#handle).memory
+    m.#locks.restore(handed.locks.map((l) => Buffer.from(l, 'base64')))
+    for (const key of handed.lost) m.#unstable.markLost(key)
+    m.#lastServer = handed.server
+    m.#commits = setInterval(() => void m.#tick(), 1000)
+    m.#commits.unref()
+    return m
+  }
+
+  /** A live restart, first step: no new request is read (the kernel queues them); those read are still answered. */
+  pause(): void {
+    if (this.#handle) native.shareClientPause(this.#handle)
+  }
+
+  /**
+   * A live restart, after pause(): once every request read was answered, every write the
+   * server acknowledged is made durable there (the successor keeps no copies), and the
+   * connection is given up, still mounted. HANDOFF_FAILED when that cannot be done in time.
+   */
+  async handOff(timeoutMs: number): Promise<{ handed: HandedMount; fd: number }> {
+    const deadline = Date.now() + timeoutMs
+    while (this.#pending.size > 0) {
+      if (Date.now() > deadline) throw pxdError('HANDOFF_FAILED', `shared volume ${this.name} still has ${this.#pending.size} requests in flight`)
+      await new Promise((resolve) => setTimeout(resolve, 5))
+    }
+    clearInterval(this.#commits)
+    const route = await this.#currentRoute()
+    for (const { key, request, upTo } of this.#unstable.due(Number.POSITIVE_INFINITY)) {
+      const reply = await route.send(this.#nextXid++, request, Math.max(1, deadline - Date.now()))
+      if (replyError(reply) !== 0) throw pxdError('HANDOFF_FAILED', `committing the writes to shared volume ${this.name} failed: errno ${-replyError(reply)}`)
+      this.#unstable.committed(route.server, key, upTo)
+    }
+    if (this.#unstable.bytes > 0) throw pxdError('HANDOFF_FAILED', `shared volume ${this.name} has writes its server did not make durable`)
+    const given = native.shareClientHandOff(this.#handle!)
+    this.#closed = true
+    this.#handle = undefined
+    const handed: HandedMount = {
+      table: Buffer.from(given.table).toString('base64'),
+      nextNodeid: given.nextNodeid,
+      locks: this.#locks.saved().map((l) => l.toString('base64')),
+      lost: this.#unstable.lostFiles(),
+      server: route.server,
+    }
+    return { handed, fd: given.fd }
   }
 
   /**

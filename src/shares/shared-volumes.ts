@@ -16,19 +16,15 @@
  */
 import type { Logger } from 'pino'
 import { codeOf, pxdError } from '../errors'
-import type { LeasedKey } from '../kvdb/kvdb'
-import type { PeerChannel } from '../replicas/protocol'
-import type { KeyedMutex } from '../util/mutex'
-import type { ShareExecutor } from './executor'
+import { unmountFilesystem } from '../frontend/filesystem'
+import { native } from '../native/binding'
 import { ShareExport } from './share-export'
 import { ShareMount, type Route } from './share-mount'
-import type { ShareClientRecord, ShareRegistry } from './share-registry'
-import type { ShareService } from './share-service'
+import { localRoute, remoteRoute } from './share-routes'
+import { SHARE_FD_PREFIX, type LiveShare } from './share-handoff'
+import type { ShareClientRecord } from './share-registry'
+import { newState, type ShareState, type SharedVolumesOptions } from './share-state'
 import type { KeyOptions } from '../volumes/keys'
-
-function newState(name: string, mountId: string, keyOptions: KeyOptions): ShareState {
-  return { name, since: new Date().toISOString(), mountIds: new Set([mountId]), client: undefined, registration: undefined, export: undefined, epoch: 0, keyOptions }
-}
 
 /** How often a serving node checks its clients (lease expiries) and whether it may detach. */
 export const CLIENT_CHECK_MS = 2_000
@@ -38,47 +34,6 @@ export const CLIENT_CHECK_MS = 2_000
  * seconds cover a takeover; other lock requests wait meanwhile (they are asked again).
  */
 export const GRACE_MS = 5_000
-
-/** What the volume manager lends: attach and detach as for any volume, and who holds what. */
-export interface ShareHost {
-  /** Claim and attach here, the file system mounted at `mountpoint` (default: the volume's mountpoint); a secure volume opens with `keyOptions`. */
-  attach(name: string, mountpoint?: string, keyOptions?: KeyOptions): Promise<{ mountpoint: string; volumeId: string; epoch: number }>
-  /** KEY_REQUIRED or BAD_KEY unless `keyOptions` open a secure volume's key (nothing for a plain one). */
-  checkKey(name: string, keyOptions: KeyOptions): Promise<void>
-  detach(name: string): Promise<unknown>
-  /** The node holding the volume's attachment now and its epoch, or null. */
-  holder(name: string): Promise<{ nodeId: string; epoch: number } | null>
-  isOnline(nodeId: string): Promise<boolean>
-  channel(nodeId: string): Promise<PeerChannel>
-  /** The volume's id (what peer frames name). */
-  volumeId(name: string): Promise<string>
-  mountpointOf(name: string): string
-  servedPathOf(name: string): string
-}
-
-interface ShareState {
-  name: string
-  since: string
-  mountIds: Set<string>
-  /** This node's users reach the volume through the FUSE client. */
-  client: ShareMount | undefined
-  registration: LeasedKey | undefined
-  /** This node serves the volume, attached at this epoch. */
-  export: ShareExport | undefined
-  epoch: number
-  /** What opens a secure volume's key here: a client keeps it for a takeover. */
-  keyOptions: KeyOptions
-}
-
-export interface SharedVolumesOptions {
-  nodeId: string
-  host: ShareHost
-  registry: ShareRegistry
-  service: ShareService
-  executor: ShareExecutor
-  locks: KeyedMutex
-  log: Logger
-}
 
 export class SharedVolumes {
   readonly #o: SharedVolumesOptions
@@ -91,6 +46,77 @@ export class SharedVolumes {
 
   constructor(o: SharedVolumesOptions) {
     this.#o = o
+  }
+
+  /**
+   * A live restart: every volume mounted here as a client hands its FUSE connection over,
+   * still mounted (share-handoff.ts); its registration is left for the successor to put
+   * again. One that cannot (its server is gone, its requests do not end) stays, and the
+   * stop unmounts it as before; so does every volume this node serves.
+   */
+  async handOff(timeoutMs: number): Promise<Array<{ share: LiveShare; fd: number }>> {
+    const clients = [...this.#states.values()].filter((st) => st.client && !st.export)
+    for (const st of clients) st.client!.pause()
+    const out: Array<{ share: LiveShare; fd: number }> = []
+    for (const st of clients) {
+      try {
+        const { handed, fd } = await st.client!.handOff(timeoutMs)
+        st.registration?.release()
+        this.#states.delete(st.name)
+        const { passphrase: _secret, ...keyOptions } = st.keyOptions
+        out.push({ fd, share: { name: st.name, mountpoint: st.client!.mountpoint, mountIds: [...st.mountIds], since: st.since, keyOptions, fdname: `${SHARE_FD_PREFIX}${out.length}`, mount: handed } })
+      } catch (err) {
+        this.#o.log.error({ err, volume: st.name }, 'the shared volume\'s client mount cannot be handed over: it is unmounted')
+      }
+    }
+    return out
+  }
+
+  /**
+   * A live restart: serve the client mount a predecessor handed over (`fd`). On failure
+   * the connection is closed and the mount, dead then, detached.
+   */
+  async adopt(share: LiveShare, fd: number, passphrase: string | undefined): Promise<void> {
+    const st = newState(share.name, share.mountIds[0] ?? '', { ...share.keyOptions, ...(passphrase !== undefined ? { passphrase } : {}) })
+    st.mountIds = new Set(share.mountIds)
+    st.since = share.since
+    try {
+      st.client = ShareMount.adopt({ name: share.name, mountpoint: share.mountpoint, resolve: (stale) => this.#routeOf(share.name, stale), log: this.#o.log }, share.mount, fd)
+    } catch (err) {
+      await unmountFilesystem(share.mountpoint, true).catch(() => undefined)
+      throw err
+    }
+    this.#states.set(share.name, st)
+    st.registration = await this.#o.registry.register(share.name, this.#record(st)).catch((err) => {
+      this.#o.log.warn({ err, volume: share.name }, 'could not register as a client of the shared volume again; retrying when the server is next looked up')
+      return undefined
+    })
+  }
+
+  /**
+   * A live restart, before start: adopt() each client mount handed over, under the
+   * volume's lock; a descriptor nobody names is closed.
+   */
+  async resumeAll(shares: readonly LiveShare[], fds: Map<string, number>, keys: Record<string, { passphrase?: string }>): Promise<void> {
+    for (const share of shares) {
+      const fd = fds.get(share.fdname)
+      fds.delete(share.fdname)
+      await this.#o.locks.run(share.name, async () => {
+        if (fd === undefined) throw pxdError('HANDOFF_FAILED', `the connection of ${share.fdname} did not come`)
+        await this.adopt(share, fd, keys[share.name]?.passphrase)
+        this.#o.log.info({ volume: share.name, mountpoint: share.mountpoint }, 'live restart: the shared volume\'s client mount was taken over')
+      }).catch(async (err) => {
+        this.#o.log.error({ err, volume: share.name }, 'could not take over the client mount of a shared volume: it is unmounted')
+        if (fd === undefined) await unmountFilesystem(share.mountpoint, true).catch(() => undefined)
+      })
+    }
+    for (const fd of fds.values()) native.closeDescriptor(fd)
+    fds.clear()
+  }
+
+  /** The passphrases of secure volumes mounted here as clients (kept for a takeover), for a successor only. */
+  liveKeys(): Record<string, { passphrase: string }> {
+    return Object.fromEntries([...this.#states.values()].filter((st) => st.client && !st.export && st.keyOptions.passphrase !== undefined).map((st) => [st.name, { passphrase: st.keyOptions.passphrase! }]))
   }
 
   start(): void {
@@ -294,13 +320,13 @@ export class SharedVolumes {
       // A node that served the volume (and so was no client) is one again.
       const st = this.#states.get(name)
       if (st && !st.export && !st.registration) st.registration = await this.#o.registry.register(name, this.#record(st))
-      return this.#remoteRoute(name, holder.nodeId, holder.epoch)
+      return remoteRoute(await this.#o.host.channel(holder.nodeId), await this.#volumeIdOf(name), holder.nodeId, holder.epoch)
     }
     const serveHere = async () => {
       const st = this.#states.get(name)
       if (!st || this.#stopping) throw pxdError('ABORTED', `shared volume ${name} is no longer mounted here`)
       if (!st.export) await this.#takeOver(st)
-      return this.#localRoute(st.export!, st.epoch)
+      return localRoute(this.#o.nodeId, st.export!, st.epoch)
     }
     const current = this.#states.get(name)?.export
     if (current && !current.closed) return serveHere()
@@ -314,32 +340,6 @@ export class SharedVolumes {
     await st.registration?.revoke().catch(() => undefined)
     st.registration = undefined
     this.#o.log.info({ volume: st.name, volumeId }, 'serving shared volume after a takeover')
-  }
-
-  #localRoute(exp: ShareExport, epoch: number): Route {
-    const self = this.#o.nodeId
-    return {
-      server: `${self}@${epoch}`,
-      send: async (xid, request, _timeoutMs, reclaim) => {
-        if (exp.closed) throw pxdError('NOT_SERVING', `shared volume ${exp.name} is no longer served here`)
-        return exp.exec(self, xid, request, reclaim === true)
-      },
-      cancel: (xid) => exp.cancel(self, xid),
-    }
-  }
-
-  async #remoteRoute(name: string, server: string, epoch: number): Promise<Route> {
-    const channel = await this.#o.host.channel(server)
-    const vol = await this.#volumeIdOf(name)
-    return {
-      server: `${server}@${epoch}`,
-      send: async (xid, data, timeoutMs, reclaim) => {
-        const reply = await channel.request({ t: 'fsop', vol, xid, data, ...(reclaim ? { reclaim: true as const } : {}) }, { timeoutMs })
-        if (!reply) throw pxdError('IO_ERROR', `node ${server} answered a file operation with no reply`)
-        return reply
-      },
-      cancel: (xid) => void channel.request({ t: 'fscancel', vol, xid }).catch(() => undefined),
-    }
   }
 
   /** A new server with clients (whose locks the last one held) grants only their reclaims at first. */

@@ -101,6 +101,17 @@ export class UnstableWrites {
     return true
   }
 
+  /** Files whose next fsync must fail, for a successor (a live restart). */
+  lostFiles(): string[] {
+    return [...this.#files].filter(([, f]) => f.lost).map(([key]) => key)
+  }
+
+  markLost(key: string): void {
+    const file = this.#files.get(key)
+    if (file) file.lost = true
+    else this.#files.set(key, { handle: Buffer.alloc(0), fh: 0n, writes: [], lost: true })
+  }
+
   /**
    * Another server (`server`) took over: the writes the others held, oldest first, to send
    * it again. Appends among them are dropped and their file marked lost.

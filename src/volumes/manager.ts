@@ -47,6 +47,7 @@ import { VolumeSnapshots } from './snapshots'
 import { ScrubScheduler } from './scrub-scheduler'
 import type { ClusterNodeInfo, VolumeInfo, VolumeRecord } from './types'
 import { SharedVolumes } from '../shares/shared-volumes'
+import type { LiveShare } from '../shares/share-handoff'
 import type { ShareRegistry } from '../shares/share-registry'
 import type { ShareService } from '../shares/share-service'
 import type { ShareExecutor } from '../shares/executor'
@@ -54,6 +55,8 @@ import type { LiveVolume } from '../restart/session-file'
 
 /** The mount ID used for a Mount without one (dvdcli, the Mesos isolator). */
 const ANONYMOUS_MOUNT = ''
+/** How long a live restart waits for a shared volume's client mount to answer what it read and commit its writes. */
+const SHARE_HANDOFF_MS = 20_000
 
 export interface ManagerOptions {
   nodeId: string
@@ -363,16 +366,22 @@ export class VolumeManager {
   }
 
   /**
-   * Stop for a live restart: background work ends, shared volumes and those held for healing
-   * are let go as at a stop, `drain` waits until no request is in flight, and every other
+   * Stop for a live restart: client mounts of shared volumes are handed over, background
+   * work ends, served shared volumes and those held for healing are let go as at a stop, `drain` waits until no request is in flight, and every other
    * mounted volume's engine closes with its attachment kept (the successor resumes it).
    */
-  async handOff(drain: () => Promise<void>): Promise<Array<Omit<LiveVolume, 'loop' | 'mountpoint'>>> {
+  async handOff(drain: () => Promise<void>): Promise<{ volumes: Array<Omit<LiveVolume, 'loop' | 'mountpoint'>>; shares: Array<{ share: LiveShare; fd: number }> }> {
+    const shares = await this.#shares.handOff(SHARE_HANDOFF_MS)
     const shared = new Set([...this.#attached.keys()].filter((name) => this.#shares.has(name)))
     await this.#stopBackground()
     await this.#detachAll((name, local) => local.mountpoint === null || shared.has(name))
     await drain()
-    return this.#local.closeForHandoff()
+    return { volumes: await this.#local.closeForHandoff(), shares }
+  }
+
+  /** A live restart, before start: the client mounts of shared volumes handed over (shared-volumes.ts). */
+  resumeShares(shares: readonly LiveShare[], fds: Map<string, number>, keys: Record<string, KeyOptions> = {}): Promise<void> {
+    return this.#shares.resumeAll(shares, fds, keys)
   }
 
   async #stopBackground(): Promise<void> {
@@ -399,7 +408,7 @@ export class VolumeManager {
 
   /** The passphrases of mounted volumes, for a successor only (never written to a disk). */
   liveKeys(): Record<string, KeyOptions> {
-    return this.#local.liveKeys()
+    return { ...this.#shares.liveKeys(), ...this.#local.liveKeys() }
   }
 
 

@@ -11,8 +11,7 @@
  * The longest single write or read (the pause the restart caused) is printed.
  */
 import test, { type ExecutionContext } from 'ava'
-import { spawn, type ChildProcess } from 'node:child_process'
-import { cpSync, existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs'
+import { cpSync, existsSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { ApiClient } from '../../src/api/client'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
@@ -23,7 +22,7 @@ import { PXCTL_BIN, REPO_ROOT } from '../helpers/paths'
 import { guardProcess, releaseProcess } from '../helpers/exit-guard'
 import { pluginCall } from '../helpers/plugin-client'
 import { runCommand } from '../helpers/run'
-import { RECORD_BYTES, record, type RecordIoReport } from '../helpers/record-io'
+import { checkRecords, fakeSystemctl, mounted, startApp, stopApp, type App } from '../helpers/record-app'
 import { pluginOk } from '../helpers/volume-io'
 
 assertIntegrationPreconditions()
@@ -52,41 +51,6 @@ test.after.always(async () => {
 })
 
 const api = (n: ClusterNode) => new ApiClient(n.apiUrl)
-
-interface App { writer: ChildProcess; reader: ChildProcess; file: string }
-
-function startApp(mountpoint: string): App {
-  const file = path.join(mountpoint, 'records')
-  writeFileSync(file, '')
-  const script = path.join(REPO_ROOT, 'dist', 'test', 'helpers', 'record-io.js')
-  const run = (mode: string) => spawn(process.execPath, [script, mode, file], { stdio: ['ignore', 'pipe', 'inherit'] })
-  return { writer: run('write'), reader: run('read'), file }
-}
-
-async function stopApp(app: App): Promise<{ writer: RecordIoReport; reader: RecordIoReport }> {
-  const report = async (child: ChildProcess) => {
-    let out = ''
-    child.stdout!.setEncoding('utf8').on('data', (d: string) => { out += d })
-    const exited = new Promise((resolve) => child.once('exit', resolve))
-    child.kill('SIGTERM')
-    await exited
-    return JSON.parse(out) as RecordIoReport
-  }
-  return { writer: await report(app.writer), reader: await report(app.reader) }
-}
-
-function mounted(mountpoint: string): string | undefined {
-  return readFileSync('/proc/self/mounts', 'utf8').split('\n').find((l) => l.split(' ')[1] === mountpoint)?.split(' ')[0]
-}
-
-/** Every record the writer wrote is in the file, in order, and nothing else. */
-function checkRecords(t: { is: (a: unknown, b: unknown, m?: string) => void; true: (a: boolean, m?: string) => void }, file: string, written: number): void {
-  const text = readFileSync(file, 'latin1')
-  t.is(text.length, written * RECORD_BYTES, 'the file holds exactly the records written')
-  let bad = -1
-  for (let seq = 0; seq < written && bad < 0; seq++) if (text.slice(seq * RECORD_BYTES, (seq + 1) * RECORD_BYTES) !== record(seq)) bad = seq
-  t.is(bad, -1, 'every record reads back as written')
-}
 
 /** A repl=2 volume mounted on `node`, an application writing and reading it, and what it was before the restart. */
 interface Load { name: string; mountpoint: string; device: string | undefined; epoch: number; app: App }
@@ -166,14 +130,6 @@ test.serial('kill -9 under an fd store: the next pxd takes over the same mount (
   await next.stop()
   await waitFor('the session to leave the fd store', async () => store.messages.some((m) => m.includes('FDSTOREREMOVE=1')))
 })
-
-/** A stand-in for systemctl on the daemon's PATH: `list-jobs` shows a job of type `job` for pxd.service. */
-function fakeSystemctl(dir: string, job: 'restart' | 'stop'): string {
-  const bin = path.join(dir, `systemctl-${job}`)
-  mkdirSync(bin, { recursive: true })
-  writeFileSync(path.join(bin, 'systemctl'), `#!/bin/sh\n[ "$1" = list-jobs ] && echo "42 pxd.service ${job} running"\nexit 0\n`, { mode: 0o755 })
-  return `${bin}:${process.env['PATH'] ?? '/usr/bin:/bin'}`
-}
 
 test.serial('SIGTERM of a systemctl restart leaves the session in the fd store; SIGTERM of a stop unmounts', async (t) => {
   const first = await cluster.start('node-d', { env: { NOTIFY_SOCKET: store.socket, PXD_FD_STORE: '1', PATH: fakeSystemctl(cluster.dir, 'restart') } })

@@ -64,3 +64,14 @@ test('an unlock of the whole file, a close (FLUSH) of the owner, or a RELEASE th
   h.settled(RELEASE, ownerOp(RELEASE, 2, 9n, 1))
   t.is(h.size, 0)
 })
+
+test('what a live restart saves restores the same locks, in the same order', (t) => {
+  const h = new HeldLocks()
+  h.settled(SETLKW, lk(SETLKW, 1, 7n, 0n, 99n, F_WRLCK))
+  h.settled(SETLK, lk(SETLK, 1, 7n, 10n, 19n, F_UNLCK))
+  h.settled(SETLK, lk(SETLK, 2, 9n, 0n, 0n, F_WRLCK, true))
+  const next = new HeldLocks()
+  next.restore(h.saved().map((b) => Buffer.from(b.toString('base64'), 'base64')))
+  t.is(next.size, h.size)
+  t.deepEqual(next.toReclaim(), h.toReclaim())
+})
