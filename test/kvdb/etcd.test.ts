@@ -103,6 +103,20 @@ test('etcd: close revokes the leases it holds', async (t) => {
   t.is(await observer.get('alive/n1'), undefined)
 })
 
+test('etcd: a released lease is left to its TTL: close does not revoke it, a successor\'s put takes the key over', async (t) => {
+  const id = clusterId()
+  const holder = await EtcdKvdb.open({ endpoints: [etcd!.url], clusterId: id })
+  const observer = await openOn(t, etcd!, id)
+  const leased = await holder.putLeased('alive/n1', 'old', 2)
+  leased.release()
+  await holder.close()
+  t.is((await observer.get('alive/n1'))?.value, 'old', 'still there after the close')
+  const successor = await observer.putLeased('alive/n1', 'new', 30)
+  await new Promise((resolve) => setTimeout(resolve, 4500))
+  t.is((await observer.get('alive/n1'))?.value, 'new', 'the old lease expired without taking the successor\'s key')
+  await successor.revoke()
+})
+
 test('etcd: a lease outlives its TTL while its holder runs', async (t) => {
   const db = await openOn(t, etcd!)
   const changes: Array<Error | undefined> = []
