@@ -174,7 +174,7 @@ export class Daemon {
       })
       // Replica frames to the replicas, a shared volume's file operations to its export.
       const handler: RequestHandler = {
-        handle: (peer, req) => (req.t === 'fsop' || req.t === 'fscancel' ? shareService.handle(peer, req) : service.handle(peer, req)),
+        handle: (peer, req, protocol) => (req.t === 'fsop' || req.t === 'fscancel' ? shareService.handle(peer, req, protocol) : service.handle(peer, req)),
       }
       const server = new PeerServer({
         nodeId: this.nodeId, clusterId: c.clusterId, secret, handler, log: log.child({ component: 'peer-server' }), version: c.version,
@@ -246,7 +246,7 @@ export class Daemon {
     let kept = new Set<string>()
     if (inherited) {
       const failed = await volumes.resume(inherited.session.volumes, inherited.clean, inherited.keys)
-      await volumes.resumeShares(inherited.session.shares ?? [], inherited.shareFds, inherited.keys)
+      await volumes.resumeShares(inherited.session.shares ?? [], inherited.shareFds, inherited.keys, inherited.session.volumes.filter((v) => !failed.includes(v)))
       // Always asked: a predecessor that died left requests it read and never answered.
       const resent = frontend.serve(true)
       for (const v of failed) await frontend.abandon(v)

@@ -48,6 +48,7 @@ export const ErrorCodes = {
   NOT_SUPPORTED: 'the volume does not do what was asked (a discard with nodiscard=true)',
   READ_ONLY: 'the volume is a snapshot: it is read-only',
   IN_GRACE: 'a shared volume\'s new server takes only reclaims of locks for a moment after a takeover',
+  SERVER_RESTARTED: 'a shared volume\'s server restarted in place: its client takes its locks again before anything else',
   HANDOFF_FAILED: 'a live restart could not take over the running pxd\'s FUSE session',
 } as const
 

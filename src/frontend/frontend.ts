@@ -97,7 +97,7 @@ export class Frontend {
   async start(inherited?: InheritedSession): Promise<void> {
     await fs.mkdir(this.mountsDir, { recursive: true, mode: 0o755 })
     await fs.mkdir(this.servedDir, { recursive: true, mode: 0o700 })
-    await this.cleanupStale(inherited?.session.volumes, inherited?.session.shares?.map((s) => s.mountpoint))
+    await this.cleanupStale(inherited?.session.volumes, inherited?.session.shares?.flatMap((s) => [s.client?.mountpoint, s.served?.root].filter((m): m is string => m !== undefined)))
     if (inherited) this.#live().adopt({ ...inherited.session.fuse, fd: inherited.fd })
     else await this.#devices.mount()
   }

@@ -23,8 +23,12 @@ import type { ChallengeFrame, HelloFrame } from './frames'
 
 export interface ProtocolRange { readonly min: number; readonly max: number }
 
-/** The peer protocols this build speaks. */
-export const PEER_PROTOCOLS: ProtocolRange = { min: 1, max: 1 }
+/**
+ * The peer protocols this build speaks. 2: a shared volume's server may refuse a file
+ * operation with SERVER_RESTARTED, which its client answers by taking its locks again;
+ * a client of protocol 1 does not know that code, and is served without it.
+ */
+export const PEER_PROTOCOLS: ProtocolRange = { min: 1, max: 2 }
 /** What a node of a release before the range fields speaks. */
 export const LEGACY_PROTOCOLS: ProtocolRange = { min: 1, max: 1 }
 /** Longest software version a handshake carries. */

@@ -29,7 +29,8 @@ const TCP_KEEPALIVE_MS = 10_000
  * memory is released then, and later reads of it see an empty view.
  */
 export interface RequestHandler {
-  handle(peerNodeId: string, req: RequestFrame): Promise<Uint8Array | void>
+  /** `protocol`: the peer protocol the link settled on (protocol.ts). */
+  handle(peerNodeId: string, req: RequestFrame, protocol: number): Promise<Uint8Array | void>
 }
 
 export interface Limits { maxCalls: number; maxBytes: number; handshakeTimeoutMs: number; maxHandshakes: number }
@@ -267,7 +268,7 @@ export class ServerLink {
     this.#bytes += bytes
     let ack: AckFrame
     try {
-      const data = await this.#handler.handle(this.#peer, req)
+      const data = await this.#handler.handle(this.#peer, req, this.#protocol ?? 1)
       if (data === undefined) ack = { t: 'ack', id: req.id, ok: true }
       else if (!(data instanceof Uint8Array)) throw pxdError('INTERNAL', 'request handler resolved with something other than bytes')
       else if (data.length > MAX_FSOP_BYTES) ack = this.#errorAck(req, 'FRAME_TOO_LARGE', `reply of ${data.length} bytes exceeds ${MAX_FSOP_BYTES}`)

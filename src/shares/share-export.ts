@@ -13,6 +13,11 @@
  *
  * Clients are numbered per node for the executor, which keys locks and open references by
  * that number; dropClient releases all of them.
+ *
+ * After a live restart of this node (share-handoff.ts) the export opens again over the same
+ * file system, with the last one's reply cache; the locks went with the old executor, so
+ * each client it had is answered SERVER_RESTARTED until it has taken its locks again (its
+ * reclaims, then a ROOT marked as a reclaim to say it is done), within the grace period.
  */
 import type { Logger } from 'pino'
 import { pxdError } from '../errors'
@@ -33,6 +38,16 @@ export interface ClientCounters { ops: number; bytes: number }
 
 interface Cached { reply: Promise<Uint8Array>; at: number }
 
+/** A reply cache entry for a successor: key (`node/xid`), the reply (base64), when it was made (ms). */
+export type SavedReply = [string, string, number]
+
+/** What a live restart hands a new export of the same volume. */
+export interface ExportResume {
+  replies: readonly SavedReply[]
+  /** Client nodes that must reclaim their locks before anything else. */
+  reclaimFrom: Iterable<string>
+}
+
 export class ShareExport {
   readonly name: string
   readonly volumeId: string
@@ -50,9 +65,12 @@ export class ShareExport {
   #fenced = false
   #graceUntil = 0
   #closed: Promise<void> | undefined
+  readonly #reclaimFrom = new Set<string>()
+  /** The reply cache as close() left it. */
+  #saved = new Map<string, Cached>()
 
-  /** `graceMs`: how long only reclaimed locks are granted (a server that took over from another). */
-  static async open(executor: ShareExecutor, name: string, volumeId: string, root: string, log: Logger, graceMs = 0): Promise<ShareExport> {
+  /** `graceMs`: how long only reclaimed locks are granted (a server that took over from another, or restarted: `resume`). */
+  static async open(executor: ShareExecutor, name: string, volumeId: string, root: string, log: Logger, graceMs = 0, resume?: ExportResume): Promise<ShareExport> {
     let slot: ExportSlot
     try {
       slot = await executor.open(root, volumeId, THREADS)
@@ -61,6 +79,8 @@ export class ShareExport {
     }
     const exp = new ShareExport(executor, slot, name, volumeId, root, log)
     exp.#graceUntil = Date.now() + graceMs
+    for (const [key, reply, at] of resume?.replies ?? []) exp.#replies.set(key, { reply: Promise.resolve(Buffer.from(reply, 'base64')), at })
+    for (const client of resume?.reclaimFrom ?? []) exp.#reclaimFrom.add(client)
     return exp
   }
 
@@ -80,7 +100,15 @@ export class ShareExport {
    * NOT_SERVING once the export was fenced (another node attached the volume): what this
    * node's file system answers then is no answer, the client asks the new server.
    */
-  exec(client: string, xid: number, request: Uint8Array, reclaim = false): Promise<Uint8Array> {
+  exec(client: string, xid: number, request: Uint8Array, reclaim = false, canReclaim = true): Promise<Uint8Array> {
+    if (this.#reclaimFrom.has(client)) {
+      if (!canReclaim) {
+        // A client of an older release cannot be asked: served as it is, its locks are gone.
+        this.#reclaimFrom.delete(client)
+        this.#log.warn({ volume: this.name, client }, 'a client of an older release cannot take its locks again after this server\'s restart')
+      } else if (!reclaim) return Promise.reject(pxdError('SERVER_RESTARTED', `the server of shared volume ${this.name} restarted: take your locks again first`))
+      else if (opcodeOf(request) === Op.ROOT) this.#reclaimFrom.delete(client)
+    }
     if (!reclaim && Date.now() < this.#graceUntil) {
       const op = opcodeOf(request)
       if (op === Op.SETLK || op === Op.SETLKW) return Promise.reject(pxdError('IN_GRACE', `shared volume ${this.name} takes only reclaimed locks for a moment`))
@@ -123,6 +151,7 @@ export class ShareExport {
 
   /** A client unmounted or its lease expired: its locks and open files are let go. */
   dropClient(client: string): void {
+    this.#reclaimFrom.delete(client)
     const id = this.#clientIds.get(client)
     if (id === undefined) return
     this.#clientIds.delete(client)
@@ -143,12 +172,20 @@ export class ShareExport {
     return this.#executor.stats(this.#slot)
   }
 
+  /** After close(): the replies of applied-once operations still kept, for a successor. */
+  async savedReplies(): Promise<SavedReply[]> {
+    const out: SavedReply[] = []
+    for (const [key, cached] of this.#saved) out.push([key, Buffer.from(await cached.reply).toString('base64'), cached.at])
+    return out
+  }
+
   /** Waits for the requests in flight, then closes every descriptor. Idempotent. */
   close(): Promise<void> {
     this.#closed ??= (async () => {
       clearInterval(this.#sweep)
       for (const cancel of [...this.#waits.values()]) cancel()
       await this.#executor.close(this.#slot)
+      this.#saved = new Map(this.#replies)
       this.#replies.clear()
     })()
     return this.#closed

@@ -1,17 +1,18 @@
 /**
- * What a live restart hands over of a shared volume that this node mounts as a client
- * (ShareMount.handOff, SharedVolumes.handOff): the FUSE connection itself travels as a
- * descriptor (named `pxd-share-<n>` in the handoff datagram or the service manager's fd
- * store), and this record, in the session file, says what it serves: the nodeid table the
- * kernel's nodeids mean, the locks held (to reclaim from a later server), the files whose
- * next fsync must fail, and the server it was talking to. Written only by a clean handoff:
- * after a crash the table is gone with the process, and so is the connection.
- *
- * A volume this node serves is not handed over: its clients find it again after the
- * restart (they wait for a server, as for a takeover) and reclaim their locks then.
+ * What a live restart hands over of each shared volume on this node (share-restart.ts),
+ * in the session file, written by a clean handoff only:
+ * - a client mount: the FUSE connection itself travels as a descriptor (named
+ *   `pxd-share-<n>` in the handoff datagram or the service manager's fd store); the record
+ *   says what it serves: the nodeid table the kernel's nodeids mean, the locks held (to
+ *   reclaim from a later server), the files whose next fsync must fail, and its server;
+ * - a volume served here: it stays attached and mounted like any other volume (the session's
+ *   volumes); the record names the export's root and its reply cache, so that an operation
+ *   sent again after the restart is answered, not applied twice.
+ * After a crash the nodeid tables are gone with the process, and so are the connections.
  */
 import path from 'node:path'
 import type { KeyOptions } from '../volumes/keys'
+import type { SavedReply } from './share-export'
 
 /** Descriptor names of handed-over client connections start with this. */
 export const SHARE_FD_PREFIX = 'pxd-share-'
@@ -30,28 +31,42 @@ export interface HandedMount {
 
 export interface LiveShare {
   name: string
-  mountpoint: string
   mountIds: string[]
   since: string
   /** How a secure volume's key opens here; a passphrase travels with the handed keys, never here. */
   keyOptions: Omit<KeyOptions, 'passphrase'>
-  /** The name its descriptor came under. */
-  fdname: string
-  mount: HandedMount
+  /** This node's users reach it through the FUSE client mount at `mountpoint`, whose descriptor came as `fdname`. */
+  client?: { mountpoint: string; fdname: string; mount: HandedMount }
+  /** This node serves it from the file system at `root`. */
+  served?: { root: string; replies: SavedReply[] }
 }
 
 const strings = (v: unknown) => Array.isArray(v) && v.every((x) => typeof x === 'string')
+
+const absolute = (v: unknown) => typeof v === 'string' && path.isAbsolute(v)
+
+function isClient(v: unknown): boolean {
+  const c = v as Partial<NonNullable<LiveShare['client']>> | null
+  if (typeof c !== 'object' || c === null) return false
+  const m = c.mount as Partial<HandedMount> | undefined
+  return absolute(c.mountpoint) && typeof c.fdname === 'string' && c.fdname.startsWith(SHARE_FD_PREFIX) &&
+    typeof m === 'object' && m !== null && typeof m.table === 'string' && Number.isSafeInteger(m.nextNodeid) && (m.nextNodeid ?? 0) > 1 &&
+    strings(m.locks) && strings(m.lost) && typeof m.server === 'string'
+}
+
+function isServed(v: unknown): boolean {
+  const s = v as Partial<NonNullable<LiveShare['served']>> | null
+  if (typeof s !== 'object' || s === null || !absolute(s.root) || !Array.isArray(s.replies)) return false
+  return s.replies.every((r) => Array.isArray(r) && r.length === 3 && typeof r[0] === 'string' && typeof r[1] === 'string' && Number.isFinite(r[2]))
+}
 
 /** Whether `v` is a LiveShare as this version writes it. */
 export function isLiveShare(v: unknown): v is LiveShare {
   const s = v as Partial<LiveShare> | null
   if (typeof s !== 'object' || s === null) return false
-  const m = s.mount as Partial<HandedMount> | undefined
   const k = s.keyOptions as Partial<KeyOptions> | undefined
-  return typeof s.name === 'string' && typeof s.mountpoint === 'string' && path.isAbsolute(s.mountpoint) && strings(s.mountIds) &&
-    typeof s.since === 'string' && typeof s.fdname === 'string' && s.fdname.startsWith(SHARE_FD_PREFIX) &&
+  return typeof s.name === 'string' && strings(s.mountIds) && typeof s.since === 'string' &&
     typeof k === 'object' && k !== null && k.passphrase === undefined &&
     (k.secretKey === undefined || typeof k.secretKey === 'string') && (k.useClusterSecret === undefined || typeof k.useClusterSecret === 'boolean') &&
-    typeof m === 'object' && m !== null && typeof m.table === 'string' && Number.isSafeInteger(m.nextNodeid) && (m.nextNodeid ?? 0) > 1 &&
-    strings(m.locks) && strings(m.lost) && typeof m.server === 'string'
+    (s.client !== undefined || s.served !== undefined) && (s.client === undefined || isClient(s.client)) && (s.served === undefined || isServed(s.served))
 }

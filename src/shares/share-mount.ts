@@ -19,20 +19,9 @@ import { native } from '../native/binding'
 import { ShareClientEvent, type ShareClientHandle } from '../native/share-client-binding'
 import { HeldLocks } from './held-locks'
 import type { HandedMount } from './share-handoff'
+import { rootRequest, type Route, type RouteResolver } from './share-routes'
 import { parseWrite, UnstableWrites } from './unstable-writes'
 import { appliesOnce, errorReply, firstHandle, opcodeOf, Op, replyError, WIRE_REPLY_BYTES } from './wire'
-
-/** How a request reaches the node serving the volume now. */
-export interface Route {
-  /** The serving node and its attach epoch: another epoch is another server, even on the same node. */
-  readonly server: string
-  /** `reclaim`: a lock this client held from the previous server. */
-  send(xid: number, request: Uint8Array, timeoutMs: number, reclaim?: boolean): Promise<Uint8Array>
-  cancel(xid: number): void
-}
-
-/** Finds the serving node (taking the volume over if nobody serves it); `stale` is the route that just failed. */
-export type RouteResolver = (stale: Route | undefined) => Promise<Route>
 
 const READAHEAD_KB = 1024
 /** A request waits this long for a server before the kernel gets EIO. */
@@ -48,7 +37,7 @@ const ENOTCONN = 107
 const ESTALE = 116
 
 /** Codes that mean "this server is gone or is not the server": look again and resend. */
-const REROUTE = ['IN_GRACE', 'NOT_SERVING', 'NOT_A_CLIENT', 'LINK_CLOSED', 'PEER_UNAVAILABLE', 'PEER_TIMEOUT', 'SHUTTING_DOWN', 'PEER_MISMATCH', 'KVDB_UNAVAILABLE', 'CONFLICT', 'IN_USE'] as const
+const REROUTE = ['IN_GRACE', 'SERVER_RESTARTED', 'NOT_SERVING', 'NOT_A_CLIENT', 'LINK_CLOSED', 'PEER_UNAVAILABLE', 'PEER_TIMEOUT', 'SHUTTING_DOWN', 'PEER_MISMATCH', 'KVDB_UNAVAILABLE', 'CONFLICT', 'IN_USE'] as const
 
 interface Pending {
   xid: number
@@ -82,6 +71,8 @@ export class ShareMount {
   #ticking = false
   /** The code of the last failed route lookup, logged once until a route is found. */
   #routeFailure: string | undefined
+  /** The server restarted in place (SERVER_RESTARTED): the locks are taken again before the next request. */
+  #reclaimDue = false
   #handle: ShareClientHandle | undefined
   #memory: ArrayBuffer | undefined
   #route: Route | undefined
@@ -105,9 +96,7 @@ export class ShareMount {
 
   /** Asks the server for the root, then mounts. */
   async mount(): Promise<void> {
-    const root = Buffer.alloc(32)
-    root.writeUInt32LE(Op.ROOT, 0)
-    const reply = await this.#call(root, Date.now() + REQUEST_TIMEOUT_MS)
+    const reply = await this.#call(rootRequest(), Date.now() + REQUEST_TIMEOUT_MS)
     const error = replyError(reply)
     if (error !== 0) throw pxdError('IO_ERROR', `the server of shared volume ${this.name} refused its root: errno ${-error}`)
     const view = Buffer.from(reply.buffer, reply.byteOffset, reply.byteLength)
@@ -272,8 +261,9 @@ export class ShareMount {
   /**
    * Once a second: while this client holds locks or unstable writes, check that its server
    * is still the volume's server, and find the new one while it has none (a takeover is acted
-   * on at once, not at the next request: the new server's grace for reclaims is short); then
-   * the background commits.
+   * on at once, not at the next request: the new server's grace for reclaims is short), or,
+   * holding locks, ask the same server for the root, which one that restarted in place
+   * answers SERVER_RESTARTED (the locks go again then); then the background commits.
    */
   async #tick(): Promise<void> {
     if (this.#ticking || this.#closed) return
@@ -290,6 +280,9 @@ export class ShareMount {
           if (now && now.server !== route.server && this.#route === route) {
             this.#route = undefined
             await this.#currentRoute().catch(() => undefined)
+          } else if (this.#locks.size > 0) {
+            // The same server may have restarted in place: it says so (SERVER_RESTARTED), and the locks go again.
+            await this.#call(rootRequest(), Date.now() + REQUEST_TIMEOUT_MS).catch(() => undefined)
           }
         }
       }
@@ -318,6 +311,13 @@ export class ShareMount {
    * then the writes the last one may have lost, in order, then a commit of each file.
    */
   async #replay(route: Route): Promise<void> {
+    await this.#reclaimLocks(route)
+    const writes = await this.#unstable.replay(route, () => this.#nextXid++, REQUEST_TIMEOUT_MS)
+    if (writes > 0) this.#log.warn({ volume: this.name, server: route.server, writes }, 'wrote again what the last server acknowledged but may not have made durable')
+  }
+
+  /** The locks this client holds, sent again as reclaims, then a ROOT reclaim that says it is done. */
+  async #reclaimLocks(route: Route): Promise<void> {
     const locks = this.#locks.toReclaim()
     const errnos: number[] = []
     const handles: string[] = []
@@ -333,21 +333,8 @@ export class ShareMount {
       if (errnos.length > 0) this.#log.error({ volume: this.name, server: route.server, lost: errnos.length, errnos, handles, reclaimed: locks.length - errnos.length }, 'locks held from the last server could not all be taken again on the new one')
       else this.#log.info({ volume: this.name, server: route.server, reclaimed: locks.length }, 'locks held from the last server taken again on the new one')
     }
-    const writes = this.#unstable.toReplay(route.server)
-    if (writes.length === 0) return
-    this.#log.warn({ volume: this.name, server: route.server, writes: writes.length }, 'writing again what the last server acknowledged but may not have made durable')
-    const files = new Map<string, Buffer>()
-    for (const { key, request } of writes) {
-      const reply = await route.send(this.#nextXid++, request, REQUEST_TIMEOUT_MS)
-      if (replyError(reply) !== 0) throw pxdError('IO_ERROR', `replaying a write on ${this.name} failed: errno ${-replyError(reply)}`)
-      this.#unstable.moved(key, request, route.server)
-      files.set(key, request)
-    }
-    for (const due of this.#unstable.due(Number.POSITIVE_INFINITY)) {
-      if (!files.has(due.key)) continue
-      const reply = await route.send(this.#nextXid++, due.request, REQUEST_TIMEOUT_MS)
-      if (replyError(reply) === 0) this.#unstable.committed(route.server, due.key, due.upTo)
-    }
+    // Done: a server that restarted in place answers this client again (share-export.ts).
+    await route.send(this.#nextXid++, rootRequest(), REQUEST_TIMEOUT_MS, true)
   }
 
   /** The root request, before there is a mount. */
@@ -372,6 +359,7 @@ export class ShareMount {
         return reply
       } catch (err) {
         if (!REROUTE.some((code) => codeOf(err) === code)) throw err
+        if (codeOf(err) === 'SERVER_RESTARTED') this.#reclaimDue = true
         if (route !== undefined && this.#route === route) this.#route = undefined
         if (Date.now() > deadline) throw Object.assign(pxdError('PEER_UNAVAILABLE', `no node serves shared volume ${this.name}`, err), { errno: EIO })
         await new Promise((resolve) => setTimeout(resolve, delay))
@@ -385,6 +373,8 @@ export class ShareMount {
       try {
         const route = await this.#resolve(undefined)
         if (this.#lastServer !== undefined && route.server !== this.#lastServer) await this.#replay(route)
+        else if (this.#reclaimDue) await this.#reclaimLocks(route)
+        this.#reclaimDue = false
         if (route.server !== this.#lastServer) this.#log.info({ volume: this.name, server: route.server }, 'shared volume served by')
         this.#lastServer = route.server
         this.#routeFailure = undefined

@@ -1,11 +1,31 @@
 /**
- * The two ways a client mount's requests reach a shared volume's server (share-mount.ts
- * Route): this node's own export, or a peer's over the peer channel.
+ * How a client mount's requests reach a shared volume's server (a Route, which
+ * share-mount.ts asks a RouteResolver for): this node's own export, or a peer's over the
+ * peer channel.
  */
 import { pxdError } from '../errors'
 import type { PeerChannel } from '../replicas/protocol'
 import type { ShareExport } from './share-export'
-import type { Route } from './share-mount'
+import { Op } from './wire'
+
+/** How a request reaches the node serving the volume now. */
+export interface Route {
+  /** The serving node and its attach epoch: another epoch is another server, even on the same node. */
+  readonly server: string
+  /** `reclaim`: a lock this client held from the previous server. */
+  send(xid: number, request: Uint8Array, timeoutMs: number, reclaim?: boolean): Promise<Uint8Array>
+  cancel(xid: number): void
+}
+
+/** Finds the serving node (taking the volume over if nobody serves it); `stale` is the route that just failed. */
+export type RouteResolver = (stale: Route | undefined) => Promise<Route>
+
+/** A ROOT request: what a mount asks first, and what tells a server this client is there. */
+export function rootRequest(): Buffer {
+  const root = Buffer.alloc(32)
+  root.writeUInt32LE(Op.ROOT, 0)
+  return root
+}
 
 /** To the export on this node (`self`), attached at `epoch`. */
 export function localRoute(self: string, exp: ShareExport, epoch: number): Route {

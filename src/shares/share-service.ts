@@ -48,12 +48,13 @@ export class ShareService {
     return this.#exports.get(volumeId)
   }
 
-  async handle(peer: string, req: FsOpFrame | FsCancelFrame): Promise<Uint8Array | void> {
+  /** `protocol`: the peer link's (2 and later: the client takes its locks again when asked, SERVER_RESTARTED). */
+  async handle(peer: string, req: FsOpFrame | FsCancelFrame, protocol = 1): Promise<Uint8Array | void> {
     const exp = this.#exports.get(req.vol)
     if (!exp || exp.closed) throw pxdError('NOT_SERVING', `node does not serve shared volume ${req.vol}`)
     await this.#requireClient(exp, peer)
     if (req.t === 'fscancel') return exp.cancel(peer, req.xid)
-    return exp.exec(peer, req.xid, req.data, req.reclaim === true)
+    return exp.exec(peer, req.xid, req.data, req.reclaim === true, protocol >= 2)
   }
 
   /** A client is a live member of the cluster with a record of its mount. */

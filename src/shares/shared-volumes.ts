@@ -16,12 +16,11 @@
  */
 import type { Logger } from 'pino'
 import { codeOf, pxdError } from '../errors'
-import { unmountFilesystem } from '../frontend/filesystem'
-import { native } from '../native/binding'
 import { ShareExport } from './share-export'
-import { ShareMount, type Route } from './share-mount'
-import { localRoute, remoteRoute } from './share-routes'
-import { SHARE_FD_PREFIX, type LiveShare } from './share-handoff'
+import { ShareMount } from './share-mount'
+import { localRoute, remoteRoute, type Route } from './share-routes'
+import type { LiveShare } from './share-handoff'
+import { handOffShares, resumeShares, type HandedShare, type RestartHost, type ServedAttachment } from './share-restart'
 import type { ShareClientRecord } from './share-registry'
 import { newState, type ShareState, type SharedVolumesOptions } from './share-state'
 import type { KeyOptions } from '../volumes/keys'
@@ -48,70 +47,18 @@ export class SharedVolumes {
     this.#o = o
   }
 
-  /**
-   * A live restart: every volume mounted here as a client hands its FUSE connection over,
-   * still mounted (share-handoff.ts); its registration is left for the successor to put
-   * again. One that cannot (its server is gone, its requests do not end) stays, and the
-   * stop unmounts it as before; so does every volume this node serves.
-   */
-  async handOff(timeoutMs: number): Promise<Array<{ share: LiveShare; fd: number }>> {
-    const clients = [...this.#states.values()].filter((st) => st.client && !st.export)
-    for (const st of clients) st.client!.pause()
-    const out: Array<{ share: LiveShare; fd: number }> = []
-    for (const st of clients) {
-      try {
-        const { handed, fd } = await st.client!.handOff(timeoutMs)
-        st.registration?.release()
-        this.#states.delete(st.name)
-        const { passphrase: _secret, ...keyOptions } = st.keyOptions
-        out.push({ fd, share: { name: st.name, mountpoint: st.client!.mountpoint, mountIds: [...st.mountIds], since: st.since, keyOptions, fdname: `${SHARE_FD_PREFIX}${out.length}`, mount: handed } })
-      } catch (err) {
-        this.#o.log.error({ err, volume: st.name }, 'the shared volume\'s client mount cannot be handed over: it is unmounted')
-      }
-    }
-    return out
+  /** A live restart: what each volume on this node hands over (share-restart.ts). */
+  handOff(timeoutMs: number): Promise<HandedShare[]> {
+    return handOffShares(this.#restartHost(), timeoutMs)
   }
 
-  /**
-   * A live restart: serve the client mount a predecessor handed over (`fd`). On failure
-   * the connection is closed and the mount, dead then, detached.
-   */
-  async adopt(share: LiveShare, fd: number, passphrase: string | undefined): Promise<void> {
-    const st = newState(share.name, share.mountIds[0] ?? '', { ...share.keyOptions, ...(passphrase !== undefined ? { passphrase } : {}) })
-    st.mountIds = new Set(share.mountIds)
-    st.since = share.since
-    try {
-      st.client = ShareMount.adopt({ name: share.name, mountpoint: share.mountpoint, resolve: (stale) => this.#routeOf(share.name, stale), log: this.#o.log }, share.mount, fd)
-    } catch (err) {
-      await unmountFilesystem(share.mountpoint, true).catch(() => undefined)
-      throw err
-    }
-    this.#states.set(share.name, st)
-    st.registration = await this.#o.registry.register(share.name, this.#record(st)).catch((err) => {
-      this.#o.log.warn({ err, volume: share.name }, 'could not register as a client of the shared volume again; retrying when the server is next looked up')
-      return undefined
-    })
+  /** A live restart, before start: the volumes handed over (share-restart.ts). */
+  resumeAll(shares: readonly LiveShare[], fds: Map<string, number>, keys: Record<string, { passphrase?: string }>, attached: readonly ServedAttachment[]): Promise<void> {
+    return resumeShares(this.#restartHost(), shares, fds, keys, attached)
   }
 
-  /**
-   * A live restart, before start: adopt() each client mount handed over, under the
-   * volume's lock; a descriptor nobody names is closed.
-   */
-  async resumeAll(shares: readonly LiveShare[], fds: Map<string, number>, keys: Record<string, { passphrase?: string }>): Promise<void> {
-    for (const share of shares) {
-      const fd = fds.get(share.fdname)
-      fds.delete(share.fdname)
-      await this.#o.locks.run(share.name, async () => {
-        if (fd === undefined) throw pxdError('HANDOFF_FAILED', `the connection of ${share.fdname} did not come`)
-        await this.adopt(share, fd, keys[share.name]?.passphrase)
-        this.#o.log.info({ volume: share.name, mountpoint: share.mountpoint }, 'live restart: the shared volume\'s client mount was taken over')
-      }).catch(async (err) => {
-        this.#o.log.error({ err, volume: share.name }, 'could not take over the client mount of a shared volume: it is unmounted')
-        if (fd === undefined) await unmountFilesystem(share.mountpoint, true).catch(() => undefined)
-      })
-    }
-    for (const fd of fds.values()) native.closeDescriptor(fd)
-    fds.clear()
+  #restartHost(): RestartHost {
+    return { o: this.#o, states: this.#states, routeOf: (name, stale) => this.#routeOf(name, stale), register: (st) => this.#o.registry.register(st.name, this.#record(st)), graceMs: GRACE_MS }
   }
 
   /** The passphrases of secure volumes mounted here as clients (kept for a takeover), for a successor only. */

@@ -13,7 +13,9 @@
  * older than COMMIT_AFTER_MS, or all of them together beyond COMMIT_BYTES, gets an fsync
  * of its own (commitRequest).
  */
-import { firstHandle, Op, WIRE_REQUEST_BYTES } from './wire'
+import { pxdError } from '../errors'
+import type { Route } from './share-routes'
+import { firstHandle, Op, replyError, WIRE_REQUEST_BYTES } from './wire'
 
 export const COMMIT_AFTER_MS = 2_000
 export const COMMIT_BYTES = 64 * 1024 * 1024
@@ -130,6 +132,27 @@ export class UnstableWrites {
       }
     }
     return out.sort((x, y) => x.seq - y.seq)
+  }
+
+  /**
+   * Another server took over (`route`): toReplay()'s writes sent to it in order, then a
+   * commit of each file they touched. Returns how many were written again.
+   */
+  async replay(route: Route, xid: () => number, timeoutMs: number): Promise<number> {
+    const writes = this.toReplay(route.server)
+    const files = new Set<string>()
+    for (const { key, request } of writes) {
+      const reply = await route.send(xid(), request, timeoutMs)
+      if (replyError(reply) !== 0) throw pxdError('IO_ERROR', `writing again on a new server failed: errno ${-replyError(reply)}`)
+      this.moved(key, request, route.server)
+      files.add(key)
+    }
+    for (const due of this.due(Number.POSITIVE_INFINITY)) {
+      if (!files.has(due.key)) continue
+      const reply = await route.send(xid(), due.request, timeoutMs)
+      if (replyError(reply) === 0) this.committed(route.server, due.key, due.upTo)
+    }
+    return writes.length
   }
 
   /** A replayed write is now held by `server`. */

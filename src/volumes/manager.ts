@@ -48,6 +48,7 @@ import { ScrubScheduler } from './scrub-scheduler'
 import type { ClusterNodeInfo, VolumeInfo, VolumeRecord } from './types'
 import { SharedVolumes } from '../shares/shared-volumes'
 import type { LiveShare } from '../shares/share-handoff'
+import type { HandedShare } from '../shares/share-restart'
 import type { ShareRegistry } from '../shares/share-registry'
 import type { ShareService } from '../shares/share-service'
 import type { ShareExecutor } from '../shares/executor'
@@ -366,11 +367,11 @@ export class VolumeManager {
   }
 
   /**
-   * Stop for a live restart: client mounts of shared volumes are handed over, background
-   * work ends, served shared volumes and those held for healing are let go as at a stop, `drain` waits until no request is in flight, and every other
+   * Stop for a live restart: shared volumes are handed over (share-restart.ts), background
+   * work ends, those held for healing (and shared ones that could not be) are let go as at a stop, `drain` waits until no request is in flight, and every other
    * mounted volume's engine closes with its attachment kept (the successor resumes it).
    */
-  async handOff(drain: () => Promise<void>): Promise<{ volumes: Array<Omit<LiveVolume, 'loop' | 'mountpoint'>>; shares: Array<{ share: LiveShare; fd: number }> }> {
+  async handOff(drain: () => Promise<void>): Promise<{ volumes: Array<Omit<LiveVolume, 'loop' | 'mountpoint'>>; shares: HandedShare[] }> {
     const shares = await this.#shares.handOff(SHARE_HANDOFF_MS)
     const shared = new Set([...this.#attached.keys()].filter((name) => this.#shares.has(name)))
     await this.#stopBackground()
@@ -379,9 +380,15 @@ export class VolumeManager {
     return { volumes: await this.#local.closeForHandoff(), shares }
   }
 
-  /** A live restart, before start: the client mounts of shared volumes handed over (shared-volumes.ts). */
-  resumeShares(shares: readonly LiveShare[], fds: Map<string, number>, keys: Record<string, KeyOptions> = {}): Promise<void> {
-    return this.#shares.resumeAll(shares, fds, keys)
+  /**
+   * A live restart, before start: the shared volumes handed over (share-restart.ts). After a
+   * crash none was written: a shared volume `resumed` here is served again all the same
+   * (its client mount, if it had one, died with the process).
+   */
+  async resumeShares(shares: readonly LiveShare[], fds: Map<string, number>, handedKeys: Record<string, KeyOptions>, resumed: readonly LiveVolume[]): Promise<void> {
+    const shared: LiveVolume[] = []
+    for (const v of resumed) if ((await this.#kvdb.get<VolumeRecord>(keys.volume(v.name)))?.value.spec.shared) shared.push(v)
+    return this.#shares.resumeAll(shares, fds, handedKeys, shared)
   }
 
   async #stopBackground(): Promise<void> {
@@ -403,7 +410,11 @@ export class VolumeManager {
 
   /** What a successor needs of each attached volume (local-volumes.ts). */
   liveVolumes(): Array<Omit<LiveVolume, 'loop' | 'mountpoint'>> {
-    return this.#local.live()
+    // A shared volume's mount IDs are its share's: a successor after a crash serves it with them.
+    return this.#local.live().map((v) => {
+      const shared = this.#shares.mounted(v.name)
+      return shared ? { ...v, mountIds: [...shared.mountIds] } : v
+    })
   }
 
   /** The passphrases of mounted volumes, for a successor only (never written to a disk). */

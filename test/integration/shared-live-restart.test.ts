@@ -1,14 +1,19 @@
 /**
- * Live restart of a node that mounts a shared volume as a client (real etcd, real pxd
- * processes, the addon's FUSE client, the serving node's ext4): the client mount's FUSE
- * connection goes to the next pxd with its nodeid table, so the mount stays, an
- * application on it keeps writing fsynced records and reading them without an error, and
- * a lock held on it stays held (the server never saw the client go).
- * - `pxd --takeover`: the connection passes over the handoff socket.
- * - SIGTERM while systemd restarts the unit: it waits in the fd store (a stand-in).
+ * Live restart of the nodes of a shared volume (real etcd, real pxd processes, the addon's
+ * FUSE client, the serving node's ext4), while an application on a client mount keeps
+ * writing fsynced records and reading them, and holds a lock:
+ * - a client node: its FUSE connection goes to the next pxd with its nodeid table, by
+ *   `pxd --takeover` (the handoff socket) and by a systemctl restart (the fd store, a
+ *   stand-in): the mount stays, nothing fails, the lock stays held (the server never saw
+ *   the client go);
+ * - the serving node, by `pxd --takeover` and by kill -9 under the fd store: the volume
+ *   stays attached and mounted at the same epoch, the clients' requests wait and go on,
+ *   and each client takes its locks again (the new server asks it to, in a grace period),
+ *   the idle holder of one too.
  */
 import test, { type ExecutionContext } from 'ava'
 import path from 'node:path'
+import { ApiClient } from '../../src/api/client'
 import { startCluster, waitFor, type Cluster, type ClusterNode } from '../helpers/cluster'
 import { startFdStore, type FdStore } from '../helpers/fd-store'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
@@ -22,6 +27,8 @@ const VOLUME = 'shlive'
 let cluster: Cluster
 let store: FdStore
 const mp: Record<string, string> = {}
+/** Every application started, ended by pid after the tests whatever happened. */
+const apps: App[] = []
 
 test.before(async () => {
   cluster = await startCluster(['node-a', 'node-b'])
@@ -34,6 +41,7 @@ test.before(async () => {
 
 test.after.always(async () => {
   endAllChildren()
+  for (const app of apps) for (const child of [app.writer, app.reader]) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
   for (const id of ['node-c', 'node-b', 'node-a']) await pluginOk(cluster.node(id), '/VolumeDriver.Unmount', { Name: VOLUME, ID: `m-${id}` }).catch(() => undefined)
   await cluster?.stop()
   await store?.close()
@@ -47,6 +55,7 @@ interface Load { app: App; lock: Child; lockFile: string; mountId: string | unde
 
 async function underLoad(id: string): Promise<Load> {
   const app = startApp(mp[id]!, `records-${id}`)
+  apps.push(app)
   const lockFile = `lock-${id}`
   const lock = await holdLock('lockf', path.join(mp[id]!, lockFile))
   await sleep(1500)
@@ -81,7 +90,7 @@ test.serial('pxd --takeover on a client node: the shared mount stays, nothing fa
   })
   t.is(await oldExit, 0, 'the old pxd exits cleanly once it handed over')
   t.regex(old.logs(), /"sharedClients":1.*FUSE session handed over/)
-  t.regex(next.logs(), /the shared volume's client mount was taken over/)
+  t.regex(next.logs(), /"client":"[^"]+".*live restart: the shared volume was taken over/)
   await checkAfter(t, 'takeover', 'node-b', load)
   // The new pxd owns the mount: its unmount takes it down.
   await pluginOk(next, '/VolumeDriver.Unmount', { Name: VOLUME, ID: 'm-node-b' })
@@ -97,9 +106,80 @@ test.serial('SIGTERM of a systemctl restart on a client node: the connection wai
   await store.waitFor('pxd-share-0')
   t.truthy(mounted(mp['node-c']!), 'the client mount stays while no pxd runs')
   const next = await cluster.start('node-c', { ...store.startWith(), env: { ...store.startWith().env, PXD_FD_STORE: '1', PATH: fakeSystemctl(cluster.dir, 'stop') } })
-  t.regex(next.logs(), /the shared volume's client mount was taken over/)
+  t.regex(next.logs(), /"client":"[^"]+".*live restart: the shared volume was taken over/)
   await waitFor('the store to let go of the client connection', async () => store.messages.some((m) => m.includes('FDSTOREREMOVE=1\nFDNAME=pxd-share-0')))
   await checkAfter(t, 'systemctl restart', 'node-c', load)
   await pluginOk(next, '/VolumeDriver.Unmount', { Name: VOLUME, ID: 'm-node-c' })
   t.is(mounted(mp['node-c']!), undefined)
+})
+
+
+/** Node `id`'s client mount and the lock `file` on it, held by a process with nothing else to do. */
+async function idleLock(id: string, file: string): Promise<Child> {
+  return holdLock('lockf', path.join(mp[id]!, file))
+}
+
+const RECLAIMED = /locks held from the last server taken again on the new one/g
+const reclaims = (id: string) => cluster.node(id).logs().match(RECLAIMED)?.length ?? 0
+
+test.serial('pxd --takeover on the serving node: the volume stays served at the same epoch, clients go on and take their locks again', async (t) => {
+  mp['node-b'] = (await pluginOk(cluster.node('node-b'), '/VolumeDriver.Mount', { Name: VOLUME, ID: 'm-node-b' })).Mountpoint as string
+  mp['node-c'] = (await pluginOk(cluster.node('node-c'), '/VolumeDriver.Mount', { Name: VOLUME, ID: 'm-node-c' })).Mountpoint as string
+  const old = cluster.node('node-a')
+  const epoch = (await new ApiClient(old.apiUrl).inspectVolume(VOLUME)).epoch
+  const serverMount = mountIdOf(mp['node-a']!)
+  const load = await underLoad('node-b')
+  const idle = await idleLock('node-c', 'lock-idle')
+  const [b, c] = [reclaims('node-b'), reclaims('node-c')]
+  const oldExit = exitOf(old)
+  const next = await cluster.start('node-a', { extraArgs: ['--takeover'], after: old.child })
+  t.is(await oldExit, 0)
+  t.regex(next.logs(), /"served":true.*live restart: the shared volume was taken over/)
+  await waitFor('both clients to take their locks again', async () => reclaims('node-b') > b && reclaims('node-c') > c, 20_000)
+  t.is(mountIdOf(mp['node-a']!), serverMount, 'the server\'s file system was never unmounted')
+  t.regex(await tryLock('lockf', path.join(mp['node-a']!, 'lock-idle')), /^(EAGAIN|EACCES)$/, 'the idle holder\'s lock is held again')
+  await checkAfter(t, 'server takeover', 'node-b', load)
+  idle.send('release')
+  t.is(await idle.exited(), 0)
+  t.is(await tryLock('lockf', path.join(mp['node-a']!, 'lock-idle')), 'ok')
+  const after = await new ApiClient(next.apiUrl).inspectVolume(VOLUME)
+  t.is(after.epoch, epoch, 'no new epoch')
+  t.is(after.sharing?.server, 'node-a')
+})
+
+test.serial('kill -9 of the serving node under the fd store: the next pxd serves the volume again, its clients go on', async (t) => {
+  const name = 'shcrash'
+  const server = cluster.node('node-c')
+  await pluginOk(server, '/VolumeDriver.Create', { Name: name, Opts: { size: '256M', repl: '2', shared: 'true' } })
+  const served = (await pluginOk(server, '/VolumeDriver.Mount', { Name: name, ID: 'c1' })).Mountpoint as string
+  const client = (await pluginOk(cluster.node('node-b'), '/VolumeDriver.Mount', { Name: name, ID: 'b1' })).Mountpoint as string
+  try {
+    const epoch = (await new ApiClient(server.apiUrl).inspectVolume(name)).epoch
+    const app = startApp(client)
+    apps.push(app)
+    const lock = await holdLock('lockf', path.join(client, 'lock'))
+    await sleep(1500)
+    const before = reclaims('node-b')
+    await server.kill()
+    await sleep(500)
+    const next = await cluster.start('node-c', { ...store.startWith(), env: { ...store.startWith().env, PXD_FD_STORE: '1' } })
+    t.regex(next.logs(), /"served":true.*live restart: the shared volume was taken over/)
+    await waitFor('the client to take its lock again', async () => reclaims('node-b') > before, 20_000)
+    t.regex(await tryLock('lockf', path.join(served, 'lock')), /^(EAGAIN|EACCES)$/, 'the client\'s lock is held again')
+    await sleep(1000)
+    const reports = await stopApp(app)
+    t.log(`server kill -9: ${reports.writer.ops} fsynced records, longest write ${reports.writer.maxOpMs.toFixed(0)} ms`)
+    t.deepEqual(reports.writer.errors, [], 'no write failed')
+    t.deepEqual(reports.reader.errors, [], 'no read failed')
+    checkRecords(t, path.join(served, path.basename(app.file)), reports.writer.ops)
+    lock.send('release')
+    t.is(await lock.exited(), 0)
+    t.is((await new ApiClient(next.apiUrl).inspectVolume(name)).epoch, epoch, 'no new epoch')
+    // The new pxd knows the server's own mount: its unmount is the last but the client's.
+    await pluginOk(cluster.node('node-b'), '/VolumeDriver.Unmount', { Name: name, ID: 'b1' })
+    await pluginOk(next, '/VolumeDriver.Unmount', { Name: name, ID: 'c1' })
+    await waitFor('the volume to be detached', async () => mounted(served) === undefined, 20_000)
+  } finally {
+    await pluginOk(cluster.node('node-b'), '/VolumeDriver.Unmount', { Name: name, ID: 'b1' }).catch(() => undefined)
+  }
 })
