@@ -16,6 +16,7 @@
         "native/direct_io.cc",
         "native/crc32c.cc",
         "native/fuse_server.cc",
+        "native/fuse_directory.cc",
         "native/fuse_session.cc",
         "native/fuse_binding.cc",
         "native/share_server.cc",
