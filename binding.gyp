@@ -7,6 +7,7 @@
         "native/store_binding.cc",
         "native/store_io_binding.cc",
         "native/block_store.cc",
+        "native/block_open.cc",
         "native/block_hashes.cc",
         "native/block_discard.cc",
         "native/block_layers.cc",

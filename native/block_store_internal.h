@@ -1,5 +1,5 @@
-// What the files that implement BlockStore (block_store.cc, block_hashes.cc,
-// block_discard.cc, block_layers.cc) share and its interface does not show:
+// What the files that implement BlockStore (block_store.cc, block_open.cc,
+// block_hashes.cc, block_discard.cc, block_layers.cc) share and its interface does not show:
 // the striped reader/writer locks (see block_store.cc), the end of a write
 // begun in the intent map, and a test for zeros.
 #ifndef PXD_NATIVE_BLOCK_STORE_INTERNAL_H_
