@@ -11,6 +11,7 @@
         "native/block_hashes.cc",
         "native/block_discard.cc",
         "native/block_layers.cc",
+        "native/block_merge.cc",
         "native/layer_binding.cc",
         "native/intent_map.cc",
         "native/store_io.cc",
