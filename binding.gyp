@@ -21,6 +21,7 @@
         "native/fuse_directory.cc",
         "native/fuse_session.cc",
         "native/fuse_binding.cc",
+        "native/fuse_session_binding.cc",
         "native/share_server.cc",
         "native/share_server_wire.cc",
         "native/share_server_ops.cc",
