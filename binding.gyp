@@ -25,6 +25,7 @@
         "native/share_server.cc",
         "native/share_server_wire.cc",
         "native/share_server_ops.cc",
+        "native/share_server_names.cc",
         "native/share_server_io.cc",
         "native/share_server_tables.cc",
         "native/share_server_binding.cc",
