@@ -1,9 +1,12 @@
-// What the files that implement BlockStore (block_store.cc, block_hashes.cc,
-// block_discard.cc, block_layers.cc) share and its interface does not show:
-// the striped reader/writer locks (see block_store.cc), the end of a write
-// begun in the intent map, and a test for zeros.
+// What the files that implement BlockStore (block_store.cc, block_open.cc,
+// block_hashes.cc, block_discard.cc, block_layers.cc, block_merge.cc) share
+// and its interface does not show: the striped reader/writer locks (see
+// block_store.cc), the end of a write begun in the intent map, a test for
+// zeros, and opening and reading a layer's files.
 #ifndef PXD_NATIVE_BLOCK_STORE_INTERNAL_H_
 #define PXD_NATIVE_BLOCK_STORE_INTERNAL_H_
+
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -11,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 #include <shared_mutex>
+#include <string>
 #include <vector>
 
 #include "block_store.h"
@@ -98,6 +102,36 @@ class EndWrite {
   IntentMap& intent_;
   const uint64_t r0_, r1_;
 };
+
+// A file descriptor closed when it goes out of scope.
+class Fd {
+ public:
+  Fd() = default;
+  ~Fd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  int get() const { return fd_; }
+  void reset(int fd) { fd_ = fd; }
+  int release() {
+    const int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+// Opens one layer's two files and returns its block count: its crc file's
+// entries, which its data file must match (block_layers.cc).
+uint64_t OpenLayerFiles(const std::string& data_path, const std::string& crc_path,
+                        uint64_t block_size, int flags, Fd* data, Fd* crc);
+
+// Reads `count` crc entries of a layer from block `first`, in host order.
+void ReadEntries(int fd, const std::string& path, uint64_t first, uint64_t count,
+                 uint32_t* out);
 
 }  // namespace pxd
 

@@ -9,16 +9,18 @@
 // function, so a request still queued when JS unmounts finds it alive (and
 // is dropped). The slot memory is one external ArrayBuffer made once per
 // server; its views in JS keep the memory alive after the server is gone.
+//
+// Here: mounting, the request queue, replies and the file table's functions.
+// A live restart's hand-over of the session (fuseAdopt, fuseSession,
+// fuseExport, ...) is in fuse_session_binding.cc; fuse_binding_internal.h has
+// what the two share.
 #include "fuse_binding.h"
 
-#include <poll.h>
-
-#include <cerrno>
 #include <cstdint>
-#include <cstring>
 #include <memory>
 #include <string>
 
+#include "fuse_binding_internal.h"
 #include "fuse_server.h"
 
 namespace pxd {
@@ -27,30 +29,6 @@ namespace {
 const napi_type_tag kFuseTag = {0x7078645f66757365ull, 0x5f73657276657221ull};
 constexpr uintptr_t kStoppedEvent = ~uintptr_t{0};
 constexpr uintptr_t kInitEvent = ~uintptr_t{1};
-
-class JsFuse : public FuseSink {
- public:
-  std::unique_ptr<FuseServer> server;
-  napi_threadsafe_function tsfn = nullptr;
-  napi_ref memory = nullptr;
-  bool unmounted = false;
-  int stop_errno = 0;
-  uint16_t request_timeout = 0;
-
-  void Dispatch(uint32_t slot) override {
-    napi_call_threadsafe_function(tsfn, reinterpret_cast<void*>(uintptr_t{slot} + 1), napi_tsfn_nonblocking);
-  }
-  void Stopped(int os_errno) override {
-    stop_errno = os_errno;
-    napi_call_threadsafe_function(tsfn, reinterpret_cast<void*>(kStoppedEvent), napi_tsfn_nonblocking);
-  }
-  void Initialized(uint16_t seconds) override {
-    request_timeout = seconds;
-    napi_call_threadsafe_function(tsfn, reinterpret_cast<void*>(kInitEvent), napi_tsfn_nonblocking);
-  }
-};
-
-using JsFusePtr = std::shared_ptr<JsFuse>;
 
 void CallJs(napi_env env, napi_value fn, void* context, void* data) {
   if (env == nullptr || fn == nullptr) return;
@@ -86,17 +64,6 @@ void CallJs(napi_env env, napi_value fn, void* context, void* data) {
 
 void FinalizeTsfn(napi_env, void* context, void*) { delete static_cast<JsFusePtr*>(context); }
 
-// Lets go of the JS side: no request reaches JS any more, and the slot memory
-// is left to the ArrayBuffer's views.
-void Release(napi_env env, JsFuse& f) {
-  f.unmounted = true;
-  napi_release_threadsafe_function(f.tsfn, napi_tsfn_release);
-  if (f.memory != nullptr) {
-    napi_delete_reference(env, f.memory);
-    f.memory = nullptr;
-  }
-}
-
 // Unmounts and stops the server; safe to call twice.
 void Shutdown(napi_env env, JsFuse& f, bool lazy) {
   if (f.unmounted) return;
@@ -125,74 +92,6 @@ void FinalizeMemory(napi_env, void*, void* hint) { delete static_cast<std::share
   throw err;
 }
 
-JsFuse& ArgFuse(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsExternal()) throw Napi::TypeError::New(env, "argument 0 must be a FUSE handle");
-  bool ok = false;
-  if (napi_check_object_type_tag(env, info[0], &kFuseTag, &ok) != napi_ok || !ok) {
-    throw Napi::TypeError::New(env, "argument 0 is not a FUSE handle");
-  }
-  return **info[0].As<Napi::External<JsFusePtr>>().Data();
-}
-
-uint32_t ArgUint32(const Napi::CallbackInfo& info, size_t i, const char* what) {
-  if (info.Length() <= i || !info[i].IsNumber()) throw Napi::TypeError::New(info.Env(), std::string(what) + " must be a number");
-  double v = info[i].As<Napi::Number>().DoubleValue();
-  if (!(v >= 0 && v <= 4294967295.0) || v != static_cast<double>(static_cast<uint32_t>(v))) {
-    throw Napi::TypeError::New(info.Env(), std::string(what) + " must be an unsigned 32-bit integer");
-  }
-  return static_cast<uint32_t>(v);
-}
-
-FuseServer::Options ArgOptions(const Napi::CallbackInfo& info, const char* usage) {
-  if (info.Length() < 4 || !info[0].IsString() || !info[3].IsFunction()) throw Napi::TypeError::New(info.Env(), usage);
-  FuseServer::Options o;
-  o.mountpoint = info[0].As<Napi::String>().Utf8Value();
-  o.max_request_bytes = ArgUint32(info, 1, "maxRequestBytes");
-  o.slots = ArgUint32(info, 2, "slots");
-  return o;
-}
-
-// A handle over the server `make` builds: the request queue to `on_request`,
-// the slot memory as one ArrayBuffer.
-template <typename Make>
-Napi::Value NewHandle(Napi::Env env, Napi::Value on_request, Make make) {
-  auto self = std::make_shared<JsFuse>();
-  auto* tsfn_ref = new JsFusePtr(self);
-  napi_value name = Napi::String::New(env, "pxd-fuse");
-  if (napi_create_threadsafe_function(env, on_request, nullptr, name, 0, 1, tsfn_ref, FinalizeTsfn, tsfn_ref, CallJs,
-                                      &self->tsfn) != napi_ok) {
-    delete tsfn_ref;
-    throw Napi::Error::New(env, "cannot create the FUSE request queue");
-  }
-  // The mount itself keeps nothing alive: the daemon decides when to exit.
-  napi_unref_threadsafe_function(env, self->tsfn);
-  try {
-    self->server = make(self.get());
-  } catch (const FuseError& e) {
-    Release(env, *self);
-    ThrowFuseError(env, e);
-  }
-  auto* pool = new std::shared_ptr<SlotPool>(self->server->pool());
-  napi_value memory;
-  if (napi_create_external_arraybuffer(env, (*pool)->base(), (*pool)->bytes(), FinalizeMemory, pool, &memory) !=
-      napi_ok) {
-    delete pool;
-    Shutdown(env, *self, true);
-    throw Napi::Error::New(env, "cannot expose the FUSE request buffers");
-  }
-  napi_create_reference(env, memory, 1, &self->memory);
-
-  auto* handle_ref = new JsFusePtr(self);
-  napi_value handle;
-  if (napi_create_external(env, handle_ref, FinalizeHandle, nullptr, &handle) != napi_ok ||
-      napi_type_tag_object(env, handle, &kFuseTag) != napi_ok) {
-    Shutdown(env, *self, true);
-    throw Napi::Error::New(env, "cannot create a FUSE handle");
-  }
-  return Napi::Value(env, handle);
-}
-
 // fuseMount(mountpoint, maxRequestBytes, slots, onRequest[, requestTimeoutSeconds]) -> handle
 Napi::Value JsFuseMount(const Napi::CallbackInfo& info) {
   FuseServer::Options o = ArgOptions(info, "fuseMount(mountpoint, maxRequestBytes, slots, onRequest[, requestTimeoutSeconds])");
@@ -202,102 +101,6 @@ Napi::Value JsFuseMount(const Napi::CallbackInfo& info) {
     o.request_timeout = static_cast<uint16_t>(seconds);
   }
   return NewHandle(info.Env(), info[3], [&](FuseSink* sink) { return std::make_unique<FuseServer>(o, sink); });
-}
-
-double ArgSafeInteger(const Napi::Value& v, const char* what) {
-  double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
-  if (!(d >= 0 && d <= 9007199254740991.0) || d != static_cast<double>(static_cast<uint64_t>(d))) {
-    throw Napi::TypeError::New(v.Env(), std::string(what) + " must be a safe non-negative integer");
-  }
-  return d;
-}
-
-// fuseAdopt(mountpoint, maxRequestBytes, slots, onRequest, { fd, files: [{ name, nodeid, size }], nextNodeid, mountedAt })
-// -> handle. Serves nothing until fuseServe.
-Napi::Value JsFuseAdopt(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  const char* usage = "fuseAdopt(mountpoint, maxRequestBytes, slots, onRequest, { fd, files, nextNodeid, mountedAt })";
-  FuseServer::Options o = ArgOptions(info, usage);
-  if (info.Length() < 5 || !info[4].IsObject()) throw Napi::TypeError::New(env, usage);
-  Napi::Object s = info[4].As<Napi::Object>();
-  FuseServer::Adopted a;
-  a.fd = static_cast<int>(ArgSafeInteger(s.Get("fd"), "fd"));
-  a.next_nodeid = static_cast<uint64_t>(ArgSafeInteger(s.Get("nextNodeid"), "nextNodeid"));
-  a.mounted_at = static_cast<int64_t>(ArgSafeInteger(s.Get("mountedAt"), "mountedAt"));
-  Napi::Value files = s.Get("files");
-  if (!files.IsArray()) throw Napi::TypeError::New(env, "files must be an array");
-  Napi::Array arr = files.As<Napi::Array>();
-  for (uint32_t i = 0; i < arr.Length(); i++) {
-    Napi::Value e = arr.Get(i);
-    if (!e.IsObject() || !e.As<Napi::Object>().Get("name").IsString()) throw Napi::TypeError::New(env, "each file needs a name");
-    Napi::Object f = e.As<Napi::Object>();
-    a.files.push_back({f.Get("name").As<Napi::String>().Utf8Value(), static_cast<uint64_t>(ArgSafeInteger(f.Get("nodeid"), "nodeid")),
-                       static_cast<uint64_t>(ArgSafeInteger(f.Get("size"), "size"))});
-  }
-  return NewHandle(env, info[3], [&](FuseSink* sink) { return std::make_unique<FuseServer>(o, sink, a); });
-}
-
-// fuseBindFile(handle, name, key) -> false when the session has no such file.
-Napi::Value JsFuseBindFile(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  JsFuse& f = ArgFuse(info);
-  if (info.Length() < 3 || !info[1].IsString()) throw Napi::TypeError::New(env, "fuseBindFile(handle, name, key)");
-  uint32_t key = ArgUint32(info, 2, "key");
-  if (key == 0) throw Napi::RangeError::New(env, "key 0 is reserved for unbound files");
-  return Napi::Boolean::New(env, f.server->BindFile(info[1].As<Napi::String>().Utf8Value(), key));
-}
-
-// fuseServe(handle, resend) -> whether the kernel took the resend request.
-Napi::Value JsFuseServe(const Napi::CallbackInfo& info) {
-  JsFuse& f = ArgFuse(info);
-  if (f.unmounted) throw Napi::Error::New(info.Env(), "the FUSE server is unmounted");
-  return Napi::Boolean::New(info.Env(), f.server->Serve(info.Length() > 1 && info[1].ToBoolean().Value()));
-}
-
-// fuseSession(handle) -> { files, nextNodeid, mountedAt, maxRequestBytes, fd }: what a successor adopts.
-Napi::Value JsFuseSession(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  JsFuse& f = ArgFuse(info);
-  if (f.unmounted) throw Napi::Error::New(env, "the FUSE server is unmounted");
-  std::vector<FuseServer::AdoptedFile> files = f.server->Files();
-  Napi::Array arr = Napi::Array::New(env, files.size());
-  for (size_t i = 0; i < files.size(); i++) {
-    Napi::Object e = Napi::Object::New(env);
-    e.Set("name", files[i].name);
-    e.Set("nodeid", static_cast<double>(files[i].nodeid));
-    e.Set("size", static_cast<double>(files[i].size));
-    arr.Set(static_cast<uint32_t>(i), e);
-  }
-  Napi::Object out = Napi::Object::New(env);
-  out.Set("files", arr);
-  out.Set("nextNodeid", static_cast<double>(f.server->next_nodeid()));
-  out.Set("mountedAt", static_cast<double>(f.server->mounted_at()));
-  out.Set("maxRequestBytes", f.server->max_request_bytes());
-  out.Set("fd", f.server->fd());
-  return out;
-}
-
-// fuseStopReading(handle) -> requests still with JS.
-Napi::Value JsFuseStopReading(const Napi::CallbackInfo& info) {
-  JsFuse& f = ArgFuse(info);
-  if (f.unmounted) return Napi::Number::New(info.Env(), 0);
-  f.server->StopReading();
-  return Napi::Number::New(info.Env(), f.server->InFlight());
-}
-
-Napi::Value JsFuseInFlight(const Napi::CallbackInfo& info) {
-  JsFuse& f = ArgFuse(info);
-  return Napi::Number::New(info.Env(), f.unmounted ? 0 : f.server->InFlight());
-}
-
-// fuseExport(handle) -> fd: the session's descriptor, now the caller's; the handle is done.
-Napi::Value JsFuseExport(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  JsFuse& f = ArgFuse(info);
-  if (f.unmounted) throw Napi::Error::New(env, "the FUSE server is unmounted");
-  int fd = f.server->Export();
-  Release(env, f);
-  return Napi::Number::New(env, fd);
 }
 
 // fuseLayout(handle) -> { memory, slots, slotBytes, dataOffset, maxRequestBytes }
@@ -382,18 +185,99 @@ Napi::Value JsFuseUnmount(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// fuseSessionAborted(fd) -> whether the kernel aborted the FUSE connection on fd (a
-// request outlived the connection's timeout, or someone aborted it through
-// /sys/fs/fuse/connections): poll answers POLLERR then. Reads nothing.
-Napi::Value JsFuseSessionAborted(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() < 1) throw Napi::TypeError::New(env, "fuseSessionAborted(fd)");
-  pollfd p{static_cast<int>(ArgSafeInteger(info[0], "fd")), POLLIN, 0};
-  if (poll(&p, 1, 0) < 0) throw Napi::Error::New(env, std::string("poll: ") + std::strerror(errno));
-  return Napi::Boolean::New(env, (p.revents & (POLLERR | POLLNVAL)) != 0);
+}  // namespace
+
+void JsFuse::Dispatch(uint32_t slot) {
+  napi_call_threadsafe_function(tsfn, reinterpret_cast<void*>(uintptr_t{slot} + 1), napi_tsfn_nonblocking);
 }
 
-}  // namespace
+void JsFuse::Stopped(int os_errno) {
+  stop_errno = os_errno;
+  napi_call_threadsafe_function(tsfn, reinterpret_cast<void*>(kStoppedEvent), napi_tsfn_nonblocking);
+}
+
+void JsFuse::Initialized(uint16_t seconds) {
+  request_timeout = seconds;
+  napi_call_threadsafe_function(tsfn, reinterpret_cast<void*>(kInitEvent), napi_tsfn_nonblocking);
+}
+
+// Lets go of the JS side: no request reaches JS any more, and the slot memory
+// is left to the ArrayBuffer's views.
+void Release(napi_env env, JsFuse& f) {
+  f.unmounted = true;
+  napi_release_threadsafe_function(f.tsfn, napi_tsfn_release);
+  if (f.memory != nullptr) {
+    napi_delete_reference(env, f.memory);
+    f.memory = nullptr;
+  }
+}
+
+JsFuse& ArgFuse(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsExternal()) throw Napi::TypeError::New(env, "argument 0 must be a FUSE handle");
+  bool ok = false;
+  if (napi_check_object_type_tag(env, info[0], &kFuseTag, &ok) != napi_ok || !ok) {
+    throw Napi::TypeError::New(env, "argument 0 is not a FUSE handle");
+  }
+  return **info[0].As<Napi::External<JsFusePtr>>().Data();
+}
+
+uint32_t ArgUint32(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  if (info.Length() <= i || !info[i].IsNumber()) throw Napi::TypeError::New(info.Env(), std::string(what) + " must be a number");
+  double v = info[i].As<Napi::Number>().DoubleValue();
+  if (!(v >= 0 && v <= 4294967295.0) || v != static_cast<double>(static_cast<uint32_t>(v))) {
+    throw Napi::TypeError::New(info.Env(), std::string(what) + " must be an unsigned 32-bit integer");
+  }
+  return static_cast<uint32_t>(v);
+}
+
+FuseServer::Options ArgOptions(const Napi::CallbackInfo& info, const char* usage) {
+  if (info.Length() < 4 || !info[0].IsString() || !info[3].IsFunction()) throw Napi::TypeError::New(info.Env(), usage);
+  FuseServer::Options o;
+  o.mountpoint = info[0].As<Napi::String>().Utf8Value();
+  o.max_request_bytes = ArgUint32(info, 1, "maxRequestBytes");
+  o.slots = ArgUint32(info, 2, "slots");
+  return o;
+}
+
+// A handle over the server `make` builds: the request queue to `on_request`,
+// the slot memory as one ArrayBuffer.
+Napi::Value NewHandle(Napi::Env env, Napi::Value on_request, const MakeServer& make) {
+  auto self = std::make_shared<JsFuse>();
+  auto* tsfn_ref = new JsFusePtr(self);
+  napi_value name = Napi::String::New(env, "pxd-fuse");
+  if (napi_create_threadsafe_function(env, on_request, nullptr, name, 0, 1, tsfn_ref, FinalizeTsfn, tsfn_ref, CallJs,
+                                      &self->tsfn) != napi_ok) {
+    delete tsfn_ref;
+    throw Napi::Error::New(env, "cannot create the FUSE request queue");
+  }
+  // The mount itself keeps nothing alive: the daemon decides when to exit.
+  napi_unref_threadsafe_function(env, self->tsfn);
+  try {
+    self->server = make(self.get());
+  } catch (const FuseError& e) {
+    Release(env, *self);
+    ThrowFuseError(env, e);
+  }
+  auto* pool = new std::shared_ptr<SlotPool>(self->server->pool());
+  napi_value memory;
+  if (napi_create_external_arraybuffer(env, (*pool)->base(), (*pool)->bytes(), FinalizeMemory, pool, &memory) !=
+      napi_ok) {
+    delete pool;
+    Shutdown(env, *self, true);
+    throw Napi::Error::New(env, "cannot expose the FUSE request buffers");
+  }
+  napi_create_reference(env, memory, 1, &self->memory);
+
+  auto* handle_ref = new JsFusePtr(self);
+  napi_value handle;
+  if (napi_create_external(env, handle_ref, FinalizeHandle, nullptr, &handle) != napi_ok ||
+      napi_type_tag_object(env, handle, &kFuseTag) != napi_ok) {
+    Shutdown(env, *self, true);
+    throw Napi::Error::New(env, "cannot create a FUSE handle");
+  }
+  return Napi::Value(env, handle);
+}
 
 void InitFuse(Napi::Env env, Napi::Object exports) {
   exports.Set("fuseMount", Napi::Function::New<JsFuseMount>(env, "fuseMount"));
@@ -403,14 +287,7 @@ void InitFuse(Napi::Env env, Napi::Object exports) {
   exports.Set("fuseRemoveFile", Napi::Function::New<JsFuseRemoveFile>(env, "fuseRemoveFile"));
   exports.Set("fuseSetFileSize", Napi::Function::New<JsFuseSetFileSize>(env, "fuseSetFileSize"));
   exports.Set("fuseUnmount", Napi::Function::New<JsFuseUnmount>(env, "fuseUnmount"));
-  exports.Set("fuseAdopt", Napi::Function::New<JsFuseAdopt>(env, "fuseAdopt"));
-  exports.Set("fuseBindFile", Napi::Function::New<JsFuseBindFile>(env, "fuseBindFile"));
-  exports.Set("fuseServe", Napi::Function::New<JsFuseServe>(env, "fuseServe"));
-  exports.Set("fuseSession", Napi::Function::New<JsFuseSession>(env, "fuseSession"));
-  exports.Set("fuseStopReading", Napi::Function::New<JsFuseStopReading>(env, "fuseStopReading"));
-  exports.Set("fuseInFlight", Napi::Function::New<JsFuseInFlight>(env, "fuseInFlight"));
-  exports.Set("fuseExport", Napi::Function::New<JsFuseExport>(env, "fuseExport"));
-  exports.Set("fuseSessionAborted", Napi::Function::New<JsFuseSessionAborted>(env, "fuseSessionAborted"));
+  InitFuseSession(env, exports);
 }
 
 }  // namespace pxd

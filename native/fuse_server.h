@@ -17,6 +17,10 @@
 // request handed to the sink owns its slot until Reply(); the payload of a
 // WRITE lands page-aligned at slot + kDataOffset, and READ data is put there.
 // No copy is made between the kernel and the block store or the peer socket.
+//
+// Where it lives: fuse_server.cc has the connection, the slots, the reader and
+// the data requests; fuse_directory.cc the file table and the metadata
+// requests; fuse_session.cc the hand-over of a session to another process.
 #ifndef PXD_NATIVE_FUSE_SERVER_H_
 #define PXD_NATIVE_FUSE_SERVER_H_
 
@@ -199,7 +203,9 @@ class FuseServer {
   void OnGetattr(uint64_t unique, uint64_t nodeid);
   void OnSetattr(uint64_t unique, uint64_t nodeid, const uint8_t* in, size_t in_len);
   void OnOpen(uint64_t unique, uint64_t nodeid);
+  void OnOpendir(uint64_t unique, uint64_t nodeid);
   void OnReaddir(uint64_t unique, uint64_t nodeid, const uint8_t* in, size_t in_len);
+  void OnStatfs(uint64_t unique);
   void OnForget(uint64_t nodeid, uint64_t nlookup);
   void OnBatchForget(const uint8_t* in, size_t in_len);
   bool OnData(uint32_t slot, uint64_t unique, uint32_t opcode, uint64_t nodeid,

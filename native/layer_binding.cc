@@ -1,7 +1,8 @@
-// JS bindings of a block store's snapshot layers (block_layers.cc): opening
-// a store over base layers or read-only, merging its nearest base into it,
-// and merging two frozen layers' files. Same conventions as addon.cc: type
-// errors thrown synchronously, the rest through a node-style callback.
+// JS bindings of a block store's snapshot layers (block_layers.cc, merges in
+// block_merge.cc): opening a store over base layers or read-only, merging its
+// nearest base into it, and merging two frozen layers' files. Same
+// conventions as addon.cc: type errors thrown synchronously, the rest through
+// a node-style callback.
 #include <napi.h>
 
 #include <string>

@@ -13,8 +13,9 @@
 //
 // Files: share_server.cc (threads, credentials, replies), share_server_tables.cc
 // (handles, open files, lock descriptors), share_server_wire.cc (parsing and
-// dispatch), share_server_ops.cc (names, attributes, opens) and
-// share_server_io.cc (data, directories, locks, xattrs).
+// dispatch), share_server_ops.cc (attributes, opens, entry replies),
+// share_server_names.cc (making and removing names) and share_server_io.cc
+// (data, directories, locks, xattrs).
 #ifndef PXD_NATIVE_SHARE_SERVER_H_
 #define PXD_NATIVE_SHARE_SERVER_H_
 
@@ -262,15 +263,17 @@ ReplyBuf OpRoot(ShareServer& s, const ServerRequest& r);
 ReplyBuf OpGetattr(ShareServer& s, const ServerRequest& r);
 ReplyBuf OpLookup(ShareServer& s, const ServerRequest& r);
 ReplyBuf OpSetattr(ShareServer& s, const ServerRequest& r);
+ReplyBuf OpOpen(ShareServer& s, const ServerRequest& r);
+ReplyBuf OpCreate(ShareServer& s, const ServerRequest& r);
+ReplyBuf OpAccess(ShareServer& s, const ServerRequest& r);
+
+// The opcodes of share_server_names.cc.
 ReplyBuf OpReadlink(ShareServer& s, const ServerRequest& r);
 ReplyBuf OpSymlink(ShareServer& s, const ServerRequest& r);
 ReplyBuf OpMknodMkdir(ShareServer& s, const ServerRequest& r);
 ReplyBuf OpUnlink(ShareServer& s, const ServerRequest& r);  // UNLINK RMDIR
 ReplyBuf OpRename(ShareServer& s, const ServerRequest& r);  // RENAME RENAME2
 ReplyBuf OpLink(ShareServer& s, const ServerRequest& r);
-ReplyBuf OpOpen(ShareServer& s, const ServerRequest& r);
-ReplyBuf OpCreate(ShareServer& s, const ServerRequest& r);
-ReplyBuf OpAccess(ShareServer& s, const ServerRequest& r);
 
 // The opcodes of share_server_io.cc.
 ReplyBuf OpRead(ShareServer& s, const ServerRequest& r);
@@ -308,6 +311,13 @@ int OpenByHandle(int mount_fd, const HandleKey& key, int flags);
 void FdPath(int fd, char (&out)[32]);
 // The fh's flags, checked: -EINVAL for bits outside kFhFlagsMask.
 int FhFlags(uint64_t fh, uint32_t* flags);
+// The entry reply of `fd` (an O_PATH descriptor of the new entry), followed by
+// `extra` bytes of body; caches the descriptor as its handle's
+// (share_server_ops.cc).
+ReplyBuf EntryReply(ShareServer& s, const FdRef& fd, const void* extra = nullptr, size_t extra_len = 0,
+                    HandleKey* key_out = nullptr, ino_t* ino_out = nullptr);
+// Looks up a name just made in `dir` and answers its entry (share_server_ops.cc).
+ReplyBuf NewEntry(ShareServer& s, int dir, const char* name);
 
 template <typename T>
 bool BodyStruct(const ServerRequest& r, T* out, size_t at) {

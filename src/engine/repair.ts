@@ -2,9 +2,12 @@
  * Repair: rewrite whole blocks of a replica that failed their checksum from another
  * in-sync replica (each in turn until one serves them), with overlapping writes held back (the copy lock), so the bytes copied
  * are the ones every replica has. Read repair and scrub both use it.
+ *
+ * The engine's reads come through readRepairing: the first in-sync replica that can serve,
+ * falling back to the next, and a block that failed its checksum rewritten once served.
  */
 import { BLOCK_SIZE } from '../constants'
-import { pxdError } from '../errors'
+import { blockOf, isPxdError, pxdError } from '../errors'
 import type { Replica } from '../replicas/replica'
 import type { EngineCore } from './core'
 
@@ -44,4 +47,25 @@ export async function readFromOthers(core: EngineCore, bad: Replica, offset: num
     }
   }
   throw last
+}
+
+/**
+ * Read from the first in-sync replica that can serve. A block that fails its checksum is
+ * served from the next replica and then rewritten on the bad one (read repair); with no
+ * other replica the read fails, naming the block, and never returns wrong bytes. A
+ * STALE_EPOCH goes to `fail` (the engine is fenced).
+ */
+export async function readRepairing(core: EngineCore, offset: number, into: Uint8Array, fail: (err: unknown) => never, index = 0): Promise<void> {
+  const replica = core.members.readable[index]
+  if (!replica) throw pxdError('IO_ERROR', `volume ${core.volumeId}: no replica could serve the read at ${offset}`)
+  try {
+    await replica.read(offset, into)
+  } catch (err) {
+    if (isPxdError(err, 'STALE_EPOCH')) return fail(err)
+    const corrupt = isPxdError(err, 'CHECKSUM_MISMATCH')
+    if (corrupt) core.events?.checksumFailure()
+    if (index + 1 >= core.members.readable.length) throw err
+    await readRepairing(core, offset, into, fail, index + 1)
+    if (corrupt) await repair(core, replica, offset, into.length, blockOf(err))
+  }
 }

@@ -17,23 +17,25 @@
  * is then released unclean, so the next attach reconciles the replicas.
  *
  * Who is in sync, learning or demoted is the ReplicaSet's (src/replicas/replica-set.ts);
- * resync and reconcile are in resync.ts, scrub in scrub.ts, repair in repair.ts, grow,
- * snapshot and restore in point-in-time.ts, one call on many replicas in fan-out.ts, and the
- * ordering of writes in flight against each other and against copies in inflight.ts.
+ * whether the engine is fenced is fence.ts's; resync and reconcile are in resync.ts, scrub
+ * in scrub.ts, reads that fall back to the next replica and read repair in repair.ts, grow,
+ * snapshot and restore in point-in-time.ts, one call on many replicas in fan-out.ts, and
+ * the ordering of writes in flight against each other and against copies in inflight.ts.
  *
  * The data path allocates little: with one replica the call goes straight through, and
  * the write payload is the caller's buffer, never copied.
  */
-import { blockOf, isPxdError, pxdError, PxdError } from '../errors'
+import { pxdError, PxdError } from '../errors'
 import { VolumeCipher } from './cipher'
 import type { Replica } from '../replicas/replica'
 import { ReplicaSet, type ReplicaFailure, type WriteRange } from '../replicas/replica-set'
 import type { EngineCore, EngineEvents, RepairListener } from './core'
 import { fanOut, NONE } from './fan-out'
+import { Fence } from './fence'
 import { grow, restore, snapshot, type PointInTime } from './point-in-time'
 import { InflightWrites } from './inflight'
 import { RequestGate } from './request-gate'
-import { repair } from './repair'
+import { readRepairing } from './repair'
 import { READ_BACK_RETRY_MS, reconcile, resync, type ResyncOptions, type ResyncProgress } from './resync'
 import { scrub, type ScrubOptions, type ScrubResult } from './scrub'
 
@@ -87,17 +89,13 @@ export class VolumeEngine {
   readonly #members: ReplicaSet
   readonly #writes = new InflightWrites()
   readonly #core: EngineCore
-  readonly #onFenced: EngineOptions['onFenced']
-  readonly #events: EngineEvents | undefined
+  readonly #fence: Fence
   #nextSeq = 1
   #cipher: VolumeCipher | undefined
   /** Requests in flight; closed while a grow runs. */
   readonly #gate = new RequestGate()
   readonly #point: PointInTime
-  /** #fail, bound once: the fan-out of every write hands it on. */
-  readonly #failer = (err: unknown): never => this.#fail(err)
   #closing: Promise<void> | undefined
-  #fenced: PxdError | undefined
   /** Copies running (resync, reconcile, scrub), each settled once it stopped. */
   readonly #copies = new Set<Promise<void>>()
 
@@ -105,8 +103,7 @@ export class VolumeEngine {
     if (options.replicas.length === 0) throw pxdError('UNSATISFIABLE', `volume ${options.volumeId} has no in-sync replica`)
     this.volumeId = options.volumeId
     this.#size = options.size
-    this.#onFenced = options.onFenced
-    this.#events = options.events
+    const fence = this.#fence = new Fence(options.volumeId, options.onFenced)
     this.#cipher = options.cipher
     const demote = options.demote
     const epoch = options.epoch ?? 0
@@ -114,7 +111,7 @@ export class VolumeEngine {
       volumeId: options.volumeId,
       replicas: options.replicas,
       epoch,
-      ...(demote ? { demote: (failed: ReplicaFailure[]) => demote(failed).catch((err: unknown) => this.#fenceOn(err)) } : {}),
+      ...(demote ? { demote: (failed: ReplicaFailure[]) => demote(failed).catch((err: unknown) => fence.demotionFailed(err)) } : {}),
       dirtyDir: options.dirtyDir,
       outOfSync: options.outOfSync,
     })
@@ -131,10 +128,10 @@ export class VolumeEngine {
       readBackRetryMs: options.readBackRetryMs ?? READ_BACK_RETRY_MS,
       foreground: { requests: 0 },
       get closing() { return engine.#closing !== undefined },
-      get fenced() { return engine.#fenced !== undefined },
+      get fenced() { return fence.error !== undefined },
       // Stamped with the next write's number: only a flush that starts once a later write settled clears it.
       copied: (offset, length) => { this.#members.wrote(offset, length, this.#nextSeq) },
-      checkFenced: () => { if (this.#fenced) throw this.#fenced },
+      checkFenced: () => { if (fence.error) throw fence.error },
     }
     this.#point = {
       volumeId: options.volumeId,
@@ -236,7 +233,7 @@ export class VolumeEngine {
     members.wrote(offset, length, seq)
     const replicas = members.inSync
     const learners = members.learners
-    if (replicas.length === 1 && learners.length === 0 && !members.unrecorded) return apply(replicas[0]!, offset, length, data, seq).catch((err) => this.#fail(err))
+    if (replicas.length === 1 && learners.length === 0 && !members.unrecorded) return apply(replicas[0]!, offset, length, data, seq).catch(this.#fence.fail)
     const range: WriteRange = [offset, length]
     return this.#fanOut(replicas, learners, (r) => apply(r, offset, length, data, seq), range)
   }
@@ -299,7 +296,7 @@ export class VolumeEngine {
   /** Run `work` with requests held and none in flight; refused while a copy runs (it works on the replicas as they are). */
   async #atOnePoint(what: string, work: () => Promise<void>): Promise<void> {
     if (this.#closing) throw pxdError('ENGINE_CLOSED', `volume ${this.volumeId} is closed`)
-    if (this.#fenced) throw this.#fenced
+    if (this.#fence.error) throw this.#fence.error
     if (this.#copies.size > 0 || this.#members.resyncing.length > 0) throw pxdError('CONFLICT', `volume ${this.volumeId} is being resynced or scrubbed; ${what} it once that is done`)
     const ran = await this.#gate.hold(work)
     if (!ran) throw pxdError('CONFLICT', `volume ${this.volumeId} is busy with a grow, snapshot or restore; retry`)
@@ -319,16 +316,16 @@ export class VolumeEngine {
     const cipher = this.#cipher
     const refused = this.#check(offset, into.length) ?? (cipher && VolumeCipher.check(offset, into.length))
     if (refused) return Promise.reject(refused)
-    if (!cipher) return this.#track(this.#readFrom(0, offset, into))
+    if (!cipher) return this.#track(readRepairing(this.#core, offset, into, this.#fence.fail))
     // Decrypted only once every replica call (read repair too) is done: they see ciphertext.
-    return this.#track(this.#readFrom(0, offset, into).then(() => cipher.decrypt(offset, into)))
+    return this.#track(readRepairing(this.#core, offset, into, this.#fence.fail).then(() => cipher.decrypt(offset, into)))
   }
 
   flush(): Promise<void> {
     const held = this.#gate.held
     if (held) return held.then(() => this.flush())
     if (this.#closing) return Promise.reject(pxdError('ENGINE_CLOSED', `volume ${this.volumeId} is closed`))
-    if (this.#fenced) return Promise.reject(this.#fenced)
+    if (this.#fence.error) return Promise.reject(this.#fence.error)
     return this.#track(this.#flush())
   }
 
@@ -345,29 +342,9 @@ export class VolumeEngine {
       // Nothing reads or writes through it any more: the data key leaves this process's memory.
       this.#cipher?.destroy()
       const failed = results.find((r) => r.status === 'rejected')
-      if (failed && !this.#fenced) throw (failed as PromiseRejectedResult).reason
+      if (failed && !this.#fence.error) throw (failed as PromiseRejectedResult).reason
     })()
     return this.#closing
-  }
-
-  /**
-   * Read from the first in-sync replica that can serve. A block that fails its checksum is
-   * served from the next replica and then rewritten on the bad one (read repair); with no
-   * other replica the read fails, naming the block, and never returns wrong bytes.
-   */
-  async #readFrom(index: number, offset: number, into: Uint8Array): Promise<void> {
-    const replica = this.#members.readable[index]
-    if (!replica) throw pxdError('IO_ERROR', `volume ${this.volumeId}: no replica could serve the read at ${offset}`)
-    try {
-      await replica.read(offset, into)
-    } catch (err) {
-      if (isPxdError(err, 'STALE_EPOCH')) return this.#fail(err)
-      const corrupt = isPxdError(err, 'CHECKSUM_MISMATCH')
-      if (corrupt) this.#events?.checksumFailure()
-      if (index + 1 >= this.#members.readable.length) throw err
-      await this.#readFrom(index + 1, offset, into)
-      if (corrupt) await repair(this.#core, replica, offset, into.length, blockOf(err))
-    }
   }
 
   /**
@@ -386,30 +363,13 @@ export class VolumeEngine {
   }
 
   #fanOut(replicas: readonly Replica[], others: readonly Replica[], op: (r: Replica) => Promise<void>, range?: WriteRange): Promise<void> {
-    return fanOut(this.#members, replicas, others, op, this.#failer, range)
-  }
-
-  /** A demotion the kvdb refused with FENCED fences the engine; any other failure passes through. */
-  #fenceOn(err: unknown): never {
-    if (isPxdError(err, 'FENCED')) this.#fail(err)
-    throw err
-  }
-
-  #fail(err: unknown): never {
-    if (isPxdError(err, 'STALE_EPOCH') || isPxdError(err, 'FENCED')) {
-      if (!this.#fenced) {
-        this.#fenced = pxdError('FENCED', `volume ${this.volumeId} was attached elsewhere with a newer epoch; this node can no longer write it`, err)
-        this.#onFenced?.(this.#fenced)
-      }
-      throw this.#fenced
-    }
-    throw err
+    return fanOut(this.#members, replicas, others, op, this.#fence.fail, range)
   }
 
   /** Why a request cannot start, or undefined. Returned, not thrown: callers get a rejected promise. */
   #check(offset: number, length: number): PxdError | undefined {
     if (this.#closing) return pxdError('ENGINE_CLOSED', `volume ${this.volumeId} is closed`)
-    if (this.#fenced) return this.#fenced
+    if (this.#fence.error) return this.#fence.error
     if (offset < 0 || length < 0 || offset + length > this.#size) {
       return pxdError('INVALID_ARGUMENT', `I/O at ${offset}+${length} is outside volume ${this.volumeId} of ${this.#size} bytes`)
     }

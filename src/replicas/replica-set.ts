@@ -46,9 +46,13 @@
  * since its last completed flush, stamped with the write's sequence number (a copy's with the
  * next one). A flush that succeeded clears those of the writes settled when it started; a
  * failed one clears nothing.
+ *
+ * The joining, learner and committing members, their failures and a commit's window are
+ * kept by learners.ts; the set decides their transitions and keeps everything else.
  */
 import { pxdError } from '../errors'
 import { DirtyMaps, firstRegion, lastRegion, UnflushedRegions, type DirtyMap } from './dirty-map'
+import { Learners } from './learners'
 import type { Replica } from './replica'
 
 export type ReplicaState = 'joining' | 'learner' | 'committing' | 'in-sync' | 'demoting' | 'unrecorded' | 'out-of-sync'
@@ -85,12 +89,6 @@ export interface ReplicaSetOptions {
   outOfSync?: string[] | undefined
 }
 
-/** A committing member's window: the ranges it failed, and what the requests it failed wait on. */
-interface CommitWindow {
-  ranges: WriteRange[]
-  wait: { promise: Promise<void>; settle: (outcome?: Promise<void>) => void } | undefined
-}
-
 export class ReplicaSet {
   readonly #volumeId: string
   readonly #demote: ReplicaSetOptions['demote']
@@ -98,12 +96,7 @@ export class ReplicaSet {
   #inSync: readonly Replica[]
   /** In-sync but not unrecorded ones (all of them should every one be unrecorded). */
   #readable: readonly Replica[]
-  #committingList: readonly Replica[] = []
-  /** Learners and committing ones: they get every write. */
-  #learners: readonly Replica[] = []
-  readonly #joining = new Set<Replica>()
-  readonly #committing = new Map<Replica, CommitWindow>()
-  readonly #learnerErrors = new Map<Replica, unknown>()
+  readonly #resyncs = new Learners()
   readonly #demoting = new Set<Replica>()
   readonly #unrecorded = new Map<Replica, { error: unknown; ranges: WriteRange[] }>()
   readonly #outOfSync: Set<string>
@@ -136,17 +129,17 @@ export class ReplicaSet {
 
   /** Learners whose commit is under way: they get every flush besides the in-sync ones. */
   get committing(): readonly Replica[] {
-    return this.#committingList
+    return this.#resyncs.committing
   }
 
   /** Learners and committing members: they get every write besides the in-sync ones. */
   get learners(): readonly Replica[] {
-    return this.#learners
+    return this.#resyncs.learners
   }
 
   /** Nodes being resynced (joining, learner or committing). */
   get resyncing(): string[] {
-    return [...this.#joining, ...this.#learners].map((r) => r.nodeId)
+    return this.#resyncs.resyncing
   }
 
   /** Whether a failure is waiting for its demotion to be recorded (the write path then takes the slow road). */
@@ -163,9 +156,7 @@ export class ReplicaSet {
     for (const r of this.#inSync) {
       if (r.nodeId === nodeId) return this.#demoting.has(r) ? 'demoting' : this.#unrecorded.has(r) ? 'unrecorded' : 'in-sync'
     }
-    for (const r of this.#learners) if (r.nodeId === nodeId) return this.#committing.has(r) ? 'committing' : 'learner'
-    for (const r of this.#joining) if (r.nodeId === nodeId) return 'joining'
-    return this.#outOfSync.has(nodeId) ? 'out-of-sync' : undefined
+    return this.#resyncs.stateOf(nodeId) ?? (this.#outOfSync.has(nodeId) ? 'out-of-sync' : undefined)
   }
 
   dirtyMapOf(nodeId: string): DirtyMap | undefined {
@@ -210,11 +201,10 @@ export class ReplicaSet {
     let first: MemberFailure | undefined
     let failedInSync = 0
     for (const f of failures) {
-      const window = this.#committing.get(f.replica)
-      if (window) (waits ??= []).push(this.#failedInWindow(f, window, range))
-      else if (this.#learners.includes(f.replica) || this.#joining.has(f.replica)) this.#remember(f)
+      const taken = this.#resyncs.failed(f.replica, f.error, range)
+      if (typeof taken === 'object') (waits ??= []).push(taken)
       // No longer a member (a learner whose resync ended): every write marked its map first.
-      else if (this.#inSync.includes(f.replica) || among.includes(f.replica)) {
+      else if (!taken && (this.#inSync.includes(f.replica) || among.includes(f.replica))) {
         ;(demote ??= []).push(f)
         if (among.includes(f.replica)) {
           failedInSync++
@@ -224,7 +214,7 @@ export class ReplicaSet {
     }
     if (demote) {
       if (failedInSync === among.length || !this.#demote) {
-        if (range && (among.length > 1 || this.#committing.size > 0)) this.#diverged = true
+        if (range && (among.length > 1 || this.#resyncs.committing.length > 0)) this.#diverged = true
         throw (first ?? demote[0]!).error
       }
       await this.#queueDemotion(demote, range ? [range] : [])
@@ -245,19 +235,18 @@ export class ReplicaSet {
     if (state !== undefined && state !== 'out-of-sync') {
       throw pxdError('CONFLICT', `volume ${this.#volumeId}: the replica on node ${learner.nodeId} is ${state} already`)
     }
-    this.#joining.add(learner)
+    this.#resyncs.join(learner)
   }
 
   /** joining -> learner: it gets every write from now on. */
   learn(learner: Replica): void {
-    this.#joining.delete(learner)
-    this.#learners = [...this.#learners, learner]
+    this.#resyncs.learn(learner)
     this.#unflushed.track(learner)
   }
 
   /** Throws the failure remembered for a learner, if any. */
   checkLearner(learner: Replica): void {
-    const err = this.#learnerErrors.get(learner)
+    const err = this.#resyncs.errorOf(learner)
     if (err !== undefined) throw err
   }
 
@@ -267,11 +256,10 @@ export class ReplicaSet {
    */
   async promote(learner: Replica, commit: () => Promise<CommitOutcome>): Promise<void> {
     this.checkLearner(learner)
-    const window: CommitWindow = { ranges: [], wait: undefined }
-    this.#committing.set(learner, window)
+    const window = this.#resyncs.commit(learner)
     this.#derive()
     const outcome = await commit().catch((error: unknown): CommitOutcome => ({ promoted: undefined, error }))
-    this.#committing.delete(learner)
+    this.#resyncs.committed(learner)
     this.#derive()
     if (!outcome.promoted) {
       // Unknown to the end: the kvdb may say in sync. Nothing it may lack is acknowledged.
@@ -279,10 +267,10 @@ export class ReplicaSet {
       window.wait?.settle(outcome.promoted === undefined ? Promise.reject(outcome.error) : undefined)
       throw outcome.error
     }
-    this.#learners = this.#learners.filter((l) => l !== learner)
+    this.#resyncs.promoted(learner)
     this.#inSync = [...this.#inSync, learner]
     this.#outOfSync.delete(learner.nodeId)
-    const failure = this.#learnerErrors.get(learner)
+    const failure = this.#resyncs.errorOf(learner)
     if (failure === undefined) {
       this.#derive()
       await this.#dirty.discard(learner.nodeId)
@@ -316,10 +304,7 @@ export class ReplicaSet {
 
   /** The resync is over: no longer joining or a learner; out of sync unless promoted. */
   leave(learner: Replica): void {
-    this.#joining.delete(learner)
-    this.#committing.delete(learner)
-    this.#learners = this.#learners.filter((l) => l !== learner)
-    this.#learnerErrors.delete(learner)
+    this.#resyncs.leave(learner)
     if (!this.#inSync.includes(learner)) {
       this.#unflushed.drop(learner)
       this.#outOfSync.add(learner.nodeId)
@@ -330,23 +315,6 @@ export class ReplicaSet {
   #derive(): void {
     const readable = this.#unrecorded.size === 0 ? this.#inSync : this.#inSync.filter((r) => !this.#unrecorded.has(r))
     this.#readable = readable.length > 0 ? readable : this.#inSync
-    this.#committingList = [...this.#committing.keys()]
-  }
-
-  #remember(f: MemberFailure): void {
-    if (!this.#learnerErrors.has(f.replica)) this.#learnerErrors.set(f.replica, f.error)
-  }
-
-  #failedInWindow(f: MemberFailure, window: CommitWindow, range: WriteRange | undefined): Promise<void> {
-    this.#remember(f)
-    if (range) window.ranges.push(range)
-    if (!window.wait) {
-      let settle!: (outcome?: Promise<void>) => void
-      const promise = new Promise<void>((resolve) => { settle = resolve })
-      promise.catch(noop)
-      window.wait = { promise, settle }
-    }
-    return window.wait.promise
   }
 
   #queueDemotion(failures: readonly MemberFailure[], ranges: readonly WriteRange[]): Promise<void> {

@@ -1,8 +1,9 @@
 /**
  * One link to a peer node (the pool is peer-links.ts), carrying every volume's requests.
  * It connects when a request needs it, runs the handshake (auth.ts, checking that the
- * server is the node expected), numbers requests and matches acks to them. It knows
- * nothing of what a request means, and never retries one: that is the caller's policy.
+ * server is the node expected), numbers requests and hands them to its call window
+ * (call-window.ts: flow control, acks, timeouts and aborts). It knows nothing of what a
+ * request means, and never retries one: that is the caller's policy.
  *
  * - Timeouts: each request has its own deadline, counted from the call (time spent waiting
  *   for the connection or for room counts too).
@@ -25,8 +26,9 @@ import { WebSocket, type RawData } from 'ws'
 import { messageOf, type PxdError } from '../errors'
 import { WriteBatch } from './batch'
 import { ClientHandshake } from './client-handshake'
-import { isReplicationError, refusalError, replicationError, type ReplicationCode } from './errors'
-import { Call, CallQueue, CallState, onCallTimeout, type Expire } from './call'
+import { isReplicationError, replicationError, type ReplicationCode } from './errors'
+import { Call, onCallTimeout } from './call'
+import { CallWindow } from './call-window'
 import {
   decodeFrame, encodeFrame, isRequest, sendFrame, validateFrame, MAX_DATA_BYTES,
   type Frame, type OutgoingRequest, type RequestFrame,
@@ -52,7 +54,7 @@ export class PeerLink {
   #address: string
   readonly #config: LinkConfig
   readonly #log: Logger
-  readonly #expire: Expire = (call, code) => this.#expireCall(call, code)
+  readonly #window: CallWindow
   #state: LinkState = 'down'
   #closed = false
   #ws: WebSocket | undefined
@@ -71,16 +73,25 @@ export class PeerLink {
   #failedAttempts = 0
   #rttMs: number | undefined
   #nextId = 1
-  readonly #pending = new Map<number, Call>()
-  #bytesInFlight = 0
-  #requestsInFlight = 0
-  readonly #queue = new CallQueue()
 
   constructor(peerNodeId: string, address: string, config: LinkConfig, log: Logger) {
     this.peerNodeId = peerNodeId
     this.#address = address
     this.#config = config
     this.#log = log
+    this.#window = new CallWindow(config, peerNodeId, {
+      transmit: (call) => {
+        this.#batch?.hold()
+        sendFrame(this.#ws!, call.frame!)
+      },
+      // A payload is sent from the caller's memory, uncopied, and the caller may reuse that
+      // memory once this call fails: while anything is still queued on the socket (it may be
+      // this payload), the link goes, queue and all, rather than let other bytes reach the
+      // peer under this write.
+      abandoned: (call) => {
+        if ('data' in call.frame! && this.#ws && this.#ws.bufferedAmount > 0) this.#ws.terminate()
+      },
+    })
   }
 
   /** host:port of the peer's server ([v6]:port for IPv6). */
@@ -118,16 +129,16 @@ export class PeerLink {
 
   /** Payload bytes sent and not yet acknowledged. */
   get bytesInFlight(): number {
-    return this.#bytesInFlight
+    return this.#window.bytesInFlight
   }
 
   get requestsInFlight(): number {
-    return this.#requestsInFlight
+    return this.#window.requestsInFlight
   }
 
   /** Requests waiting for the connection or for room in the window. */
   get waiting(): number {
-    return this.#queue.waiting
+    return this.#window.waiting
   }
 
   /**
@@ -153,18 +164,14 @@ export class PeerLink {
       return Promise.reject(replicationError('PEER_UNAVAILABLE',
         `node ${this.peerNodeId} at ${this.address} is unreachable: ${this.#lastError?.message ?? 'down'}`, this.#lastError))
     }
-    const call = new Call(frame, opts?.timeoutMs ?? this.#config.requestTimeoutMs, this.#expire)
-    call.timer = setTimeout(onCallTimeout, call.timeoutMs, call, this.#expire)
+    const expire = this.#window.expire
+    const call = new Call(frame, opts?.timeoutMs ?? this.#config.requestTimeoutMs, expire)
+    call.timer = setTimeout(onCallTimeout, call.timeoutMs, call, expire)
     if (signal) {
       call.signal = signal
       signal.addEventListener('abort', call, { once: true })
     }
-    if (this.#state === 'ready' && this.#queue.waiting === 0 && this.#fits(call.bytes)) {
-      this.#send(call)
-    } else {
-      this.#queue.push(call)
-      if (this.#state === 'down') this.#connect()
-    }
+    if (!this.#window.submit(call, this.#state === 'ready') && this.#state === 'down') this.#connect()
     return call.promise
   }
 
@@ -180,55 +187,8 @@ export class PeerLink {
     const ws = this.#ws
     const err = replicationError('LINK_CLOSED', `the link to node ${this.peerNodeId} is closed`)
     if (ws) this.#drop(ws, err, false)
-    else this.#failWaiting(err)
+    else this.#window.failWaiting(err)
     if (ws && ws.readyState !== WebSocket.CLOSED) await new Promise<void>((resolve) => ws.once('close', () => resolve()))
-  }
-
-  #fits(bytes: number): boolean {
-    return this.#requestsInFlight < this.#config.maxRequests &&
-      (this.#bytesInFlight + bytes <= this.#config.maxBytes || this.#bytesInFlight === 0)
-  }
-
-  #send(call: Call): void {
-    this.#pending.set(call.id, call)
-    this.#bytesInFlight += call.bytes
-    this.#requestsInFlight++
-    call.state = CallState.Sent
-    this.#batch?.hold()
-    sendFrame(this.#ws!, call.frame!)
-  }
-
-  /** Sends waiting requests, in order, while the window has room. */
-  #pump(): void {
-    this.#queue.pump(this.#fitsFn, this.#sendFn)
-  }
-
-  readonly #fitsFn = (bytes: number) => this.#fits(bytes)
-  readonly #sendFn = (call: Call) => this.#send(call)
-
-  #expireCall(call: Call, code: 'PEER_TIMEOUT' | 'ABORTED'): void {
-    if (call.state === CallState.Done) return
-    if (call.state === CallState.Waiting) this.#queue.ended()
-    // A payload is sent from the caller's memory, uncopied, and the caller may reuse that
-    // memory once this call fails: while anything is still queued on the socket (it may be
-    // this payload), the link goes, queue and all, rather than let other bytes reach the
-    // peer under this write.
-    if (call.state === CallState.Sent && 'data' in call.frame! && this.#ws && this.#ws.bufferedAmount > 0) this.#ws.terminate()
-    call.state = CallState.Done
-    clearTimeout(call.timer)
-    call.signal?.removeEventListener('abort', call)
-    const what = `${call.frame!.t} #${call.id} to node ${this.peerNodeId}`
-    call.frame = undefined
-    call.reject(code === 'ABORTED'
-      ? replicationError('ABORTED', `${what} aborted`, call.signal?.reason)
-      : replicationError('PEER_TIMEOUT', `${what} not acknowledged within ${call.timeoutMs} ms`))
-  }
-
-  #finish(call: Call): void {
-    call.state = CallState.Done
-    clearTimeout(call.timer)
-    if (call.signal) call.signal.removeEventListener('abort', call)
-    call.frame = undefined
   }
 
   #connect(): void {
@@ -286,17 +246,7 @@ export class PeerLink {
     this.#lastHeard = performance.now()
     if (this.#phase === Phase.Up) {
       if (frame.t === 'ack') {
-        const call = this.#pending.get(frame.id)
-        if (call === undefined) return
-        this.#pending.delete(frame.id)
-        this.#bytesInFlight -= call.bytes
-        this.#requestsInFlight--
-        if (call.state === CallState.Sent) {
-          this.#finish(call)
-          if (frame.ok) call.resolve(frame.data as Buffer | undefined)
-          else call.reject(refusalError(this.peerNodeId, frame))
-        }
-        if (this.#queue.waiting > 0) this.#pump()
+        this.#window.ack(frame)
       } else if (frame.t === 'pong') {
         this.#rttMs = performance.now() - frame.sent
       } else if (frame.t === 'error') {
@@ -368,7 +318,7 @@ export class PeerLink {
     this.#ping(ws)
     this.#pingTimer = setInterval(() => this.#ping(ws), this.#config.pingIntervalMs)
     this.#pingTimer.unref()
-    this.#pump()
+    this.#window.pump()
   }
 
   #ping(ws: WebSocket): void {
@@ -414,15 +364,7 @@ export class PeerLink {
     } else {
       ws.terminate()
     }
-    const pending = [...this.#pending.values()]
-    this.#pending.clear()
-    this.#bytesInFlight = 0
-    this.#requestsInFlight = 0
-    for (const call of pending) {
-      if (call.state !== CallState.Sent) continue
-      this.#finish(call)
-      call.reject(err)
-    }
+    this.#window.failSent(err)
     this.#afterFailure(err, wasUp)
   }
 
@@ -438,13 +380,6 @@ export class PeerLink {
       const loud = this.#failedAttempts++ === 0 || err.code === 'AUTH_FAILED' || err.code === 'PEER_MISMATCH'
       if (err.code !== 'LINK_CLOSED') this.#log[loud ? 'warn' : 'debug']({ code: err.code, reason: err.message, address: this.address }, 'cannot link to peer')
     }
-    this.#failWaiting(err)
-  }
-
-  #failWaiting(err: Error): void {
-    for (const call of this.#queue.drain()) {
-      this.#finish(call)
-      call.reject(err)
-    }
+    this.#window.failWaiting(err)
   }
 }

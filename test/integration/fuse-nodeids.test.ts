@@ -1,5 +1,5 @@
 /**
- * The addon's FUSE server (native/fuse_server.cc) and files that go and come back under
+ * The addon's FUSE server (its file table: native/fuse_directory.cc) and files that go and come back under
  * the same name: the next attach of a volume on a node adds its device file again. A
  * loop device of the earlier attach, fenced and lazily detached, may still hold the old
  * file open; it must never reach the new one (two ext4 instances on one volume). Every

@@ -1,5 +1,5 @@
 /**
- * Merging snapshot layers (native/block_layers.cc): storeMergeBase copies the nearest
+ * Merging snapshot layers (native/block_merge.cc): storeMergeBase copies the nearest
  * base's blocks into a live store without losing a racing write, layerMerge does the same
  * for two frozen layers' files, and a layered store recovers torn writes to old or new.
  */
