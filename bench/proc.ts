@@ -77,6 +77,20 @@ export function treeCpuSeconds(roots: number[]): number {
   return treeTicks(roots, processes()) / CLOCK_TICKS
 }
 
+/** Pids of the processes (kernel threads included) whose name is `comm`. */
+export function pidsNamed(comm: string): number[] {
+  const out: number[] = []
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue
+    try {
+      if (readFileSync(`/proc/${name}/comm`, 'utf8').trim() === comm) out.push(Number(name))
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return out
+}
+
 /** VmRSS in bytes from a /proc/<pid>/status text (0 for a process without one, e.g. a zombie). */
 export function parseVmRss(status: string): number {
   const m = /^VmRSS:\s+(\d+)\s+kB$/m.exec(status)

@@ -44,6 +44,8 @@ export interface ScaleResults {
   createMs: number[]
   /** Each volume's first mount (makes its ext4), in order. */
   mountMs: number[]
+  /** Seconds from the last mount until the kernel's ext4lazyinit thread was gone. */
+  lazyInitSeconds: number
   memory: { none?: MemorySample; mounted?: MemorySample; afterWrites?: MemorySample }
   /** First write of the files, all at once: MB/s. */
   layout: { host?: number; pxd?: number }
@@ -65,7 +67,8 @@ export function renderScale(head: string, r: ScaleResults): string {
     `First write of the files (all at once): host ${fmt(r.layout.host ?? Number.NaN)} MB/s, pxd ${fmt(r.layout.pxd ?? Number.NaN)} MB/s.`, '']
   out.push('| figure | value | target |', '| --- | ---: | --- |')
   if (r.mountMs.length > 0) {
-    out.push(`| mount (first, with mkfs), median of ${r.mountMs.length} | ${fmt(median(r.mountMs))} ms | |`, `| mount, max | ${fmt(Math.max(...r.mountMs))} ms | |`)
+    out.push(`| mount (first, with mkfs), median of ${r.mountMs.length} | ${fmt(median(r.mountMs))} ms | |`, `| mount, max | ${fmt(Math.max(...r.mountMs))} ms | |`,
+      `| background inode table init after the last mount (ext4lazyinit) | ${fmt(r.lazyInitSeconds)} s | |`)
   }
   const { none, mounted, afterWrites } = r.memory
   if (none) out.push(`| pxd RSS, no volume | ${fmt(none.bytes / MiB)} MiB | |`)

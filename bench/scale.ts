@@ -3,7 +3,8 @@
  * volumes. etcd and one daemon on loopback; --volumes repl=1 volumes created and mounted
  * one after another through the plugin socket (each first mount makes the ext4). Figures:
  * the time of each mount; the daemon's resident memory (VmRSS of pxd and its children,
- * bench/proc.ts) with no volume and with all of them mounted and idle, so MiB per idle
+ * bench/proc.ts) with no volume and with all of them mounted and idle (once the kernel's
+ * background inode table init of the new ext4s is done), so MiB per idle
  * mounted volume (target <= 8); aggregate 1 MiB seq write MB/s with one fio job per
  * volume on 1, 4 and 16 volumes at once against as many jobs on files in the data dir,
  * interleaved per round (target >= 0.7 of the host at 16), with pxd's CPU per GB.
@@ -23,13 +24,15 @@ import { UsageError } from './args'
 import { cpuWindow } from './cpu'
 import { FioError, runFio, stopRunningFio, syncAll, WORKLOADS } from './fio'
 import { cpuBusy, fileSystemOf, logLevels, machine, machineLine, RESULTS_DIR, saveLogs } from './host'
-import { treeRss } from './proc'
+import { pidsNamed, treeRss } from './proc'
 import { parseScaleArgs, SCALE_USAGE, type ScaleOptions } from './scale-args'
 import { renderScale, type MemorySample, type ScaleResults, type WriteRun } from './scale-report'
 
 const MOUNT_ID = 'pxd-bench-scale'
 const NODE = 'node-a'
 const HANG_MARGIN_S = 180
+/** Longest wait for the new file systems' background inode table init before going on. */
+const LAZY_INIT_TIMEOUT_S = 300
 const progress = (line: string) => process.stderr.write(`[bench:scale] ${line}\n`)
 const SEQ_WRITE = WORKLOADS.find((w) => w.id === 'seqWrite')!
 
@@ -142,6 +145,18 @@ async function measure(o: ScaleOptions, r: ScaleResults): Promise<void> {
     checkDaemon()
   }
 
+  // Each new ext4 writes its inode tables in the background (lazy_itable_init) through pxd:
+  // until the kernel's ext4lazyinit thread is done (it exits then), the volumes are not idle.
+  progress('waiting for the new file systems to initialise their inode tables (ext4lazyinit)')
+  const t0 = performance.now()
+  while (pidsNamed('ext4lazyinit').length > 0 && performance.now() - t0 < LAZY_INIT_TIMEOUT_S * 1000) {
+    await new Promise((resolve) => setTimeout(resolve, 1000))
+    checkDaemon()
+  }
+  r.lazyInitSeconds = (performance.now() - t0) / 1000
+  if (pidsNamed('ext4lazyinit').length > 0) r.warnings.push(`ext4lazyinit still ran after ${LAZY_INIT_TIMEOUT_S} s: the idle memory and the writes overlap its inode table writes`)
+  progress(`  ${r.lazyInitSeconds.toFixed(0)} s`)
+
   progress(`pxd's memory with ${o.volumes} idle mounted volumes (${o.settle} reads, 1 s apart)`)
   r.memory.mounted = await memory(a.pid, o.settle)
   progress(`  ${(r.memory.mounted.bytes / 2 ** 20).toFixed(1)} MiB`)
@@ -201,7 +216,7 @@ async function main(): Promise<number> {
   const m = machine(startedAt)
   const r: ScaleResults = {
     schema: 1, startedAt: startedAt.toISOString(), finishedAt: '', completed: false, machine: m, options: opts,
-    createMs: [], mountMs: [], memory: {}, layout: {}, runs: [], daemonLogs: {}, warnings: [], logs: [],
+    createMs: [], mountMs: [], lazyInitSeconds: 0, memory: {}, layout: {}, runs: [], daemonLogs: {}, warnings: [], logs: [],
   }
   m.busyBefore = await cpuBusy(2000)
   if (m.busyBefore > 0.25) r.warnings.push(`the machine was ${Math.round(m.busyBefore * 100)}% busy in the 2 s before the run: other work skews the figures`)
