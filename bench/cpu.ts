@@ -11,8 +11,7 @@
  */
 import type { FioResult, WorkloadId } from './fio'
 import { treeCpuSeconds } from './proc'
-import type { RunRecord } from './report'
-import { fmt } from './report'
+import { fmt, type RunRecord } from './report'
 import { median } from './stats'
 import type { TargetId } from './targets'
 
