@@ -43,6 +43,8 @@ Markdown table and writes bench/results/<timestamp>.json.
   --fuse-server NAME  pxd's FUSE server: addon or fuse-native (default addon)
   --peer-plaintext    peer links without their default TLS-PSK, to compare what TLS costs
   -h, --help          this text
+
+npm run bench -- --resync [flags] or --scale [flags] runs only that benchmark (see its --help).
 `
 
 export class UsageError extends Error {}

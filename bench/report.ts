@@ -2,6 +2,7 @@
  * From per-run numbers to the summary (medians, ratios to the host, targets met or
  * missed), and from the summary to Markdown.
  */
+import type { CpuFigure } from './cpu'
 import type { CrcResults } from './crc'
 import type { FioResult, WorkloadId } from './fio'
 import { median } from './stats'
@@ -13,6 +14,8 @@ export interface RunRecord {
   target: TargetId
   startedAt: string
   result: FioResult
+  /** pxd's CPU while the job measured (bench/cpu.ts). */
+  cpu?: CpuFigure
 }
 
 export interface Goal {
@@ -97,6 +100,8 @@ export interface MarkdownInput {
   setupLine: string
   rows: SummaryRow[]
   crc: CrcResults | undefined
+  /** The CPU table's lines (bench/cpu.ts), after the main table. */
+  cpu: string[]
   warnings: string[]
 }
 
@@ -117,7 +122,7 @@ export function renderMarkdown(input: MarkdownInput): string {
       ]
       out.push(`| ${cells.join(' | ')} |`)
     }
-    out.push('')
+    out.push('', ...input.cpu)
   }
   if (input.crc) {
     out.push(`| in process, ${input.crc.bufferBytes / 1024 / 1024} MiB buffer | GB/s | target |`, '| --- | ---: | --- |')

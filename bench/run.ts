@@ -19,6 +19,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { formatSize } from '../src/util/size'
 import { parseArgs, USAGE, UsageError, type BenchOptions } from './args'
+import { cpuWindow, renderCpuTable } from './cpu'
 import { measureCrc, type CrcResults } from './crc'
 import { dropCaches, FioError, layOut, runWorkload, stopRunningFio, syncAll, WORKLOADS } from './fio'
 import { cpuBusy, fileSystemOf, logLevels, machine, machineLine, RESULTS_DIR, saveLogs, type Machine } from './host'
@@ -150,6 +151,7 @@ async function main(): Promise<number> {
     setupLine: setupLine(opts, results),
     rows: results.summary,
     crc: results.crc,
+    cpu: renderCpuTable(results.runs),
     warnings: results.warnings,
   }) + '\n')
   return results.completed ? 0 : 1
@@ -184,6 +186,7 @@ async function runFioJobs(opts: BenchOptions, env: BenchEnvironment, results: Be
         await (w.dropCaches ? dropCaches() : syncAll())
         bail()
         const startedAt = new Date().toISOString()
+        const cpu = cpuWindow(env.cluster?.nodes.map((n) => n.pid) ?? [], opts.ramp)
         const result = await runWorkload(w, {
           file: t.file,
           fileSize: opts.fileSize,
@@ -193,7 +196,7 @@ async function runFioJobs(opts: BenchOptions, env: BenchEnvironment, results: Be
         })
         bail()
         checkDaemons(env)
-        results.runs.push({ round, workload: w.id, target: t.id, startedAt, result })
+        results.runs.push({ round, workload: w.id, target: t.id, startedAt, result, cpu: cpu.finish(w.id, result) })
         const figure = result.latency
           ? `p50 ${(result.latency.p50 / 1000).toFixed(2)} ms, p99 ${(result.latency.p99 / 1000).toFixed(2)} ms (write p99 ${(result.latency.write.p99 / 1000).toFixed(2)} + fsync p99 ${(result.latency.fsync.p99 / 1000).toFixed(2)})`
           : w.id.startsWith('seq') ? `${result.value.toFixed(0)} MB/s` : `${result.value.toFixed(0)} IOPS`

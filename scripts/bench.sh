@@ -5,16 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh test
-# `bench.sh layers|link|shared|resync|snapshots|secure [flags]`: one of the smaller benchmarks (bench/<name>.ts).
+# `bench.sh layers|link|shared|resync|snapshots|secure|scale [flags]`: one of the smaller benchmarks (bench/<name>.ts).
 case "${1:-}" in
-  layers|link|shared|resync|snapshots|secure) script="$1"; shift; exec node dist/bench/"$script".js "$@" ;;
+  layers|link|shared|resync|snapshots|secure|scale) script="$1"; shift; exec node dist/bench/"$script".js "$@" ;;
 esac
-# `bench.sh ... --resync ...`: only the resync benchmark, with the other flags.
+# `bench.sh ... --resync ...` / `bench.sh ... --scale ...`: only that benchmark, with the other flags.
 for a in "$@"; do
-  if [ "$a" = --resync ]; then
+  if [ "$a" = --resync ] || [ "$a" = --scale ]; then
     rest=()
-    for b in "$@"; do [ "$b" = --resync ] || rest+=("$b"); done
-    exec node dist/bench/resync.js "${rest[@]}"
+    for b in "$@"; do [ "$b" = "$a" ] || rest+=("$b"); done
+    exec node dist/bench/"${a#--}".js "${rest[@]}"
   fi
 done
 
