@@ -13,7 +13,7 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { lookup } from 'node:dns/promises'
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
@@ -114,7 +114,10 @@ export class GlusterPeers {
       await this.#until(`${v.name}'s bricks online`, async () => (onlineBricks(await this.#cli(['volume', 'status', v.name])) === bricks.length) || undefined)
       const mountpoint = path.join(dir, 'mnt', v.id)
       mkdirSync(mountpoint)
-      await run('mount', ['-t', 'glusterfs', '-o', `log-file=${path.join(dir, 'log', `mount-${v.id}.log`)}`, `${host}:/${v.name}`, mountpoint])
+      const mountLog = `mount-${v.id}.log`
+      await run('mount', ['-t', 'glusterfs', '-o', `log-file=${path.join(dir, 'log', mountLog)}`, `${host}:/${v.name}`, mountpoint]).catch((err: Error) => {
+        throw new Error(`${err.message}\nlast lines of the client's log:\n${this.#logTail(mountLog)}`)
+      })
       this.#mounted.push(mountpoint)
       const target: PeerTarget = { id: v.id, label: v.label, file: path.join(mountpoint, this.fioFile), version, volume: { name: v.name, bricks, mountpoint } }
       this.targets.push(target)
@@ -127,7 +130,7 @@ export class GlusterPeers {
   exited(): string | undefined {
     const g = this.#glusterd
     if (!g || (g.exitCode === null && g.signalCode === null)) return undefined
-    return `glusterd (pid ${g.pid}) exited (${g.exitCode ?? g.signalCode}) during the benchmark; its log: ${path.join(this.#dir!, 'log', 'glusterd.log')}`
+    return `glusterd (pid ${g.pid}) exited (${g.exitCode ?? g.signalCode}); last lines of its log:\n${this.#logTail('glusterd.log')}`
   }
 
   teardown(): Promise<string[]> {
@@ -172,6 +175,15 @@ export class GlusterPeers {
     return problems
   }
 
+  /** The end of one of the logs in the temp dir, which teardown removes. */
+  #logTail(name: string, lines = 15): string {
+    try {
+      return readFileSync(path.join(this.#dir!, 'log', name), 'utf8').trimEnd().split('\n').slice(-lines).join('\n')
+    } catch {
+      return `(no ${name})`
+    }
+  }
+
   #socket(): string {
     return path.join(this.#dir!, 'run', 'glusterd.socket')
   }
@@ -188,7 +200,7 @@ export class GlusterPeers {
       if (died) throw new Error(died)
       if (this.#teardown) throw new Error('interrupted')
       if (await probe()) return
-      if (Date.now() > deadline) throw new Error(`${what}: not within ${READY_TIMEOUT_MS / 1000} s (logs in ${path.join(this.#dir!, 'log')})`)
+      if (Date.now() > deadline) throw new Error(`${what}: not within ${READY_TIMEOUT_MS / 1000} s; last lines of glusterd's log:\n${this.#logTail('glusterd.log')}`)
       await new Promise((resolve) => setTimeout(resolve, 250))
     }
   }
@@ -257,9 +269,18 @@ async function stopProcessesNaming(dir: string): Promise<void> {
   let alive = pids.filter((pid) => signal(pid, 'SIGTERM'))
   for (let i = 0; i < 50 && alive.length > 0; i++) {
     await new Promise((resolve) => setTimeout(resolve, 100))
-    alive = alive.filter((pid) => existsSync(`/proc/${pid}`) && !readFileSync(`/proc/${pid}/stat`, 'utf8').includes(') Z '))
+    alive = alive.filter(running)
   }
   for (const pid of alive) signal(pid, 'SIGKILL')
+}
+
+/** Not gone and not a zombie waiting for its parent (init, for a daemon). */
+function running(pid: number): boolean {
+  try {
+    return !readFileSync(`/proc/${pid}/stat`, 'utf8').includes(') Z ')
+  } catch {
+    return false
+  }
 }
 
 /** Every path under these dirs (the dirs too), without following links. */
