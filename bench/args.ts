@@ -22,6 +22,8 @@ export interface BenchOptions {
   fuseServer: FuseServerKind
   /** Peer links without their default TLS-PSK (PXD_PEER_PLAINTEXT=1), to measure what TLS costs. */
   peerPlaintext: boolean
+  /** GlusterFS beside pxd: a one-brick and a replica-2 volume in the same rounds. */
+  peers: boolean
 }
 
 export const USAGE = `usage: npm run bench -- [flags]
@@ -42,6 +44,9 @@ Markdown table and writes bench/results/<timestamp>.json.
   --crc-only          only the crc32c / memcpy figures (no cluster, no fio)
   --fuse-server NAME  pxd's FUSE server: addon or fuse-native (default addon)
   --peer-plaintext    peer links without their default TLS-PSK, to compare what TLS costs
+  --peers             also every job on GlusterFS (a one-brick and a replica-2 volume on
+                      this disk, FUSE client), interleaved; npm run bench installs
+                      glusterfs-server/-client if missing
   -h, --help          this text
 
 npm run bench -- --resync [flags] or --scale [flags] runs only that benchmark (see its --help).
@@ -59,6 +64,7 @@ const DEFAULTS: Omit<BenchOptions, 'volumeSize'> & { volumeSize?: number } = {
   quick: false,
   fuseServer: 'addon',
   peerPlaintext: false,
+  peers: false,
 }
 
 const QUICK: Partial<BenchOptions> = {
@@ -96,6 +102,9 @@ export function parseArgs(argv: string[]): BenchOptions | null {
         break
       case '--peer-plaintext':
         explicit.peerPlaintext = true
+        break
+      case '--peers':
+        explicit.peers = true
         break
       case '--runtime':
         explicit.runtime = positiveNumber(flag, value())

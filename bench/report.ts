@@ -6,12 +6,12 @@ import type { CpuFigure } from './cpu'
 import type { CrcResults } from './crc'
 import type { FioResult, WorkloadId } from './fio'
 import { median } from './stats'
-import type { TargetId } from './targets'
+import type { AnyTargetId, TargetId } from './targets'
 
 export interface RunRecord {
   round: number
   workload: WorkloadId
-  target: TargetId
+  target: AnyTargetId
   startedAt: string
   result: FioResult
   /** pxd's CPU while the job measured (bench/cpu.ts). */
@@ -44,7 +44,7 @@ export interface SummaryRow {
   goal: Partial<Record<VolumeTargetId, GoalOutcome>>
 }
 
-interface RowSpec {
+export interface RowSpec {
   key: string
   workload: WorkloadId
   label: string
@@ -55,7 +55,7 @@ interface RowSpec {
 }
 
 /** The figures of the table and their targets (from the issue). */
-const ROWS: RowSpec[] = [
+export const ROWS: RowSpec[] = [
   { key: 'seqWrite', workload: 'seqWrite', label: 'seq write 1 MiB', unit: 'MB/s', better: 'higher', pick: (r) => r.value, goals: { repl1: { op: '>=', value: 0.4 }, repl2: { op: '>=', value: 0.25 } } },
   { key: 'seqRead', workload: 'seqRead', label: 'seq read 1 MiB', unit: 'MB/s', better: 'higher', pick: (r) => r.value, goals: { repl1: { op: '>=', value: 0.5 }, repl2: { op: '>=', value: 0.5 } } },
   { key: 'randWrite', workload: 'randWrite', label: 'rand write 4 KiB QD16', unit: 'IOPS', better: 'higher', pick: (r) => r.value, goals: { repl1: { op: '>=', value: 0.1 }, repl2: { op: '>=', value: 0.07 } } },

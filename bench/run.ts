@@ -5,7 +5,8 @@
  * 2. A 2-node cluster on loopback (etcd + two pxd daemons), a repl=1 volume on node-a and
  *    a repl=2 volume on node-a + node-b, both mounted on node-a.
  * 3. The same fio jobs on a file in node-a's data dir (host), on the repl=1 volume and on
- *    the repl=2 volume, interleaved host, repl=1, repl=2 per job, for N rounds.
+ *    the repl=2 volume, interleaved host, repl=1, repl=2 per job, for N rounds; with
+ *    --peers, on a one-brick and a replica-2 GlusterFS volume too (gluster.ts).
  * 4. Medians, ratios to host, targets met or missed: Markdown on stdout, everything (raw
  *    per-run numbers too) in bench/results/<timestamp>.json.
  *
@@ -21,10 +22,12 @@ import { formatSize } from '../src/util/size'
 import { parseArgs, USAGE, UsageError, type BenchOptions } from './args'
 import { cpuWindow, renderCpuTable } from './cpu'
 import { measureCrc, type CrcResults } from './crc'
+import type { PeerTarget } from './gluster'
+import { peerSetupLine, renderPeerMarkdown, summarizePeers, type PeerRow } from './gluster-report'
 import { dropCaches, FioError, layOut, runWorkload, stopRunningFio, syncAll, WORKLOADS } from './fio'
 import { cpuBusy, fileSystemOf, logLevels, machine, machineLine, RESULTS_DIR, saveLogs, type Machine } from './host'
 import { CRC_GOAL_GBPS, renderMarkdown, summarize, type RunRecord, type SummaryRow } from './report'
-import { BenchEnvironment, type Target, type TargetId } from './targets'
+import { BenchEnvironment, type AnyTargetId, type Target } from './targets'
 
 /** Seconds past runtime + ramp before a fio job counts as hung. */
 const HANG_MARGIN_S = 120
@@ -44,11 +47,13 @@ interface BenchResults {
   error?: string
   machine: Machine
   options: BenchOptions
-  targets: Target[]
+  targets: Array<Target | PeerTarget>
   /** The first, sequential write of each fio file (into fresh space), one run. */
-  layout: Partial<Record<TargetId, { mbPerSecond: number; seconds: number }>>
+  layout: Partial<Record<AnyTargetId, { mbPerSecond: number; seconds: number }>>
   runs: RunRecord[]
   summary: SummaryRow[]
+  /** --peers: pxd beside GlusterFS, row by row (Gluster's raw runs are in `runs`). */
+  peers?: PeerRow[]
   crc?: CrcResults & { goalGBps: number; met: boolean | null }
   /** Volume state after the fio jobs: a repl=2 volume that went degraded ran as repl=1. */
   volumesAfter: Record<string, { degraded: boolean; replicas: Array<{ nodeId: string; inSync: boolean; online: boolean }> }>
@@ -141,6 +146,7 @@ async function main(): Promise<number> {
   results.finishedAt = new Date().toISOString()
   results.machine.loadAverage.end = os.loadavg()
   results.summary = summarize(results.runs)
+  if (opts.peers) results.peers = summarizePeers(results.runs, results.summary)
   const file = path.join(RESULTS_DIR, `${stamp}.json`)
   mkdirSync(RESULTS_DIR, { recursive: true })
   writeFileSync(file, JSON.stringify(results, null, 2) + '\n')
@@ -153,17 +159,18 @@ async function main(): Promise<number> {
     crc: results.crc,
     cpu: renderCpuTable(results.runs),
     warnings: results.warnings,
-  }) + '\n')
+  }) + '\n' + (results.peers ? renderPeerMarkdown(results.peers, peerSetupLine(results.targets, results.layout)) + '\n' : ''))
   return results.completed ? 0 : 1
 }
 
 async function runFioJobs(opts: BenchOptions, env: BenchEnvironment, results: BenchResults): Promise<void> {
   const perJob = opts.runtime + opts.ramp + 1.5
-  const estimate = opts.repeat * WORKLOADS.length * 3 * perJob
-  progress(`fio: ${opts.repeat} round(s) x ${WORKLOADS.length} jobs x 3 targets, ${opts.runtime} s + ${opts.ramp} s ramp each: about ${Math.ceil(estimate / 60)} min, plus setup`)
+  const targetCount = opts.peers ? 5 : 3
+  const estimate = opts.repeat * WORKLOADS.length * targetCount * perJob
+  progress(`fio: ${opts.repeat} round(s) x ${WORKLOADS.length} jobs x ${targetCount} targets, ${opts.runtime} s + ${opts.ramp} s ramp each: about ${Math.ceil(estimate / 60)} min, plus setup`)
 
-  await env.setUp(opts.volumeSize, opts.fuseServer, opts.peerPlaintext)
-  results.targets = env.targets
+  await env.setUp(opts.volumeSize, opts.fuseServer, opts.peerPlaintext, opts.peers)
+  results.targets = env.fioTargets
   const dataDir = env.local.dataDir
   results.machine.dataFs = fileSystemOf(dataDir)
   checkFreeSpace(dataDir, opts)
@@ -171,7 +178,7 @@ async function runFioJobs(opts: BenchOptions, env: BenchEnvironment, results: Be
 
   // Lay out each file once so reads hit real data and writes overwrite allocated blocks
   // on every target alike (pxd's replicas are sparse until written).
-  for (const t of env.targets) {
+  for (const t of env.fioTargets) {
     progress(`laying out ${formatSize(opts.fileSize)} on ${t.label}: ${t.file}`)
     const r = await layOut(t.file, opts.fileSize, LAYOUT_TIMEOUT_S)
     results.layout[t.id] = r
@@ -182,7 +189,7 @@ async function runFioJobs(opts: BenchOptions, env: BenchEnvironment, results: Be
 
   for (let round = 1; round <= opts.repeat; round++) {
     for (const w of WORKLOADS) {
-      for (const t of env.targets) {
+      for (const t of env.fioTargets) {
         await (w.dropCaches ? dropCaches() : syncAll())
         bail()
         const startedAt = new Date().toISOString()
@@ -230,6 +237,8 @@ function checkDaemons(env: BenchEnvironment): void {
   if (dead) {
     throw new Error(`pxd ${dead.nodeId} (pid ${dead.pid}) exited (${dead.child.exitCode ?? dead.child.signalCode}) during the benchmark; last log lines:\n${dead.logs().split('\n').slice(-30).join('\n')}`)
   }
+  const glusterd = env.peers?.exited()
+  if (glusterd) throw new Error(glusterd)
 }
 
 function bail(): void {
@@ -250,8 +259,9 @@ function preconditions(): string[] {
 function checkFreeSpace(dir: string, opts: BenchOptions): void {
   const s = statfsSync(dir)
   const free = s.bavail * s.bsize
-  // host file + repl=1 replica + two repl=2 replicas of the file, plus ext4 metadata.
-  const need = 4 * opts.fileSize + 512 * 1024 * 1024
+  // host file + repl=1 replica + two repl=2 replicas of the file, plus ext4 metadata;
+  // with --peers, Gluster's one brick and two replica bricks.
+  const need = (opts.peers ? 7 : 4) * opts.fileSize + 512 * 1024 * 1024
   if (free < need) throw new Error(`the file system under ${dir} has ${formatSize(free)} free; this run needs about ${formatSize(need)} (lower --size)`)
 }
 

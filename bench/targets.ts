@@ -2,12 +2,13 @@
  * What the fio jobs run against: a 2-node pxd cluster on loopback (etcd + two daemons as
  * separate processes, from the test harness), a repl=1 volume held by node-a and a repl=2
  * volume on node-a + node-b, both mounted on node-a, and a plain file in node-a's data dir
- * as the host baseline. Everything made here is undone by `teardown()`, which may be
- * called at any point, more than once.
+ * as the host baseline; with --peers, GlusterFS beside them (gluster.ts). Everything made
+ * here is undone by `teardown()`, which may be called at any point, more than once.
  */
 import { existsSync, rmSync } from 'node:fs'
 import path from 'node:path'
 import { ApiClient } from '../src/api/client'
+import { GlusterPeers, type PeerTarget, type PeerTargetId } from './gluster'
 import type { VolumeInfo } from '../src/volumes/types'
 import type { FuseServerKind } from '../src/frontend/device-directory'
 import { startCluster, waitFor, type Cluster, type ClusterNode } from '../test/helpers/cluster'
@@ -15,6 +16,8 @@ import { leftoversUnder } from '../test/helpers/daemon'
 import { pluginCall } from '../test/helpers/plugin-client'
 
 export type TargetId = 'host' | 'repl1' | 'repl2'
+/** pxd's targets and, with --peers, GlusterFS's. */
+export type AnyTargetId = TargetId | PeerTargetId
 
 export interface Target {
   id: TargetId
@@ -36,6 +39,8 @@ export type Log = (line: string) => void
 export class BenchEnvironment {
   cluster: Cluster | undefined
   readonly targets: Target[] = []
+  /** GlusterFS beside pxd (--peers). */
+  peers: GlusterPeers | undefined
   /** Volumes created (name -> node whose socket created it), for teardown. */
   readonly #created = new Map<string, ClusterNode>()
   /** Volumes mounted (name -> node it is mounted on). */
@@ -52,8 +57,15 @@ export class BenchEnvironment {
     return this.cluster.node(LOCAL_NODE)
   }
 
-  /** Start the cluster and create, place and mount the volumes. */
-  async setUp(volumeSize: number, fuseServer: FuseServerKind, peerPlaintext = false): Promise<void> {
+  /** pxd's targets, then Gluster's: what the fio jobs run on, in this order. */
+  get fioTargets(): Array<Target | PeerTarget> {
+    return [...this.targets, ...(this.peers?.targets ?? [])]
+  }
+
+  /** Start the cluster and create, place and mount the volumes; with `peers`, Gluster's too. */
+  async setUp(volumeSize: number, fuseServer: FuseServerKind, peerPlaintext = false, peers = false): Promise<void> {
+    const missing = peers ? await GlusterPeers.missing() : []
+    if (missing.length > 0) throw new Error(`--peers: ${missing.join('; ')}`)
     this.log(`starting etcd and pxd ${NODE_IDS.join(', ')} on loopback (--fuse-server ${fuseServer}, peer links ${peerPlaintext ? 'plaintext' : 'TLS-PSK'})`)
     this.#starting = startCluster(NODE_IDS, { env: { PXD_FUSE_SERVER: fuseServer, ...(peerPlaintext ? { PXD_PEER_PLAINTEXT: '1' } : {}) } })
     this.cluster = await this.#starting
@@ -86,6 +98,10 @@ export class BenchEnvironment {
         volume: { name: info.name, id: info.id, mountpoint, replicas: info.replicas.map((r) => r.nodeId) },
       })
       this.log(`${label}: volume ${info.name} (${info.id}) on ${info.replicas.map((r) => r.nodeId).join(' + ')}, mounted on ${node.nodeId} at ${mountpoint}`)
+    }
+    if (peers && !this.#teardown) {
+      this.peers = new GlusterPeers(this.log, FIO_FILE)
+      await this.peers.setUp()
     }
   }
 
@@ -138,6 +154,7 @@ export class BenchEnvironment {
         problems.push(`${this.cluster.dir} is left behind${left.length > 0 ? `: ${left.join(', ')}` : ''}`)
       }
     }
+    if (this.peers) problems.push(...await this.peers.teardown())
     return problems
   }
 

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Benchmarks (not tests): fio against the host disk, a repl=1 and a repl=2 pxd volume, then
-# a shared volume's FUSE client against the ext4 of the node serving it, in one run. Sets
-# itself up like the tests do; prints tables and writes bench/results/*.json.
+# Benchmarks (not tests): fio against the host disk, a repl=1 and a repl=2 pxd volume (and
+# GlusterFS beside them with --peers), then a shared volume's FUSE client against the ext4
+# of the node serving it, in one run. Sets itself up like the tests do; prints tables and
+# writes bench/results/*.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh test
+# `--peers`: GlusterFS beside pxd in the main bench; its packages only then.
+for a in "$@"; do
+  if [ "$a" = --peers ]; then scripts/peers-setup.sh; break; fi
+done
 # `bench.sh layers|link|shared|resync|snapshots|secure|scale [flags]`: one of the smaller benchmarks (bench/<name>.ts).
 case "${1:-}" in
   layers|link|shared|resync|snapshots|secure|scale) script="$1"; shift; exec node dist/bench/"$script".js "$@" ;;
