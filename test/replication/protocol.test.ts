@@ -82,7 +82,7 @@ test('a peer with no protocol in common is refused at the handshake: both releas
   const { log, records } = captureLog()
   const handler = echo()
   const { server, address } = await startServer(handler, { log, version: '0.3.0', protocols: { min: 3, max: 4 }, refusalLogIntervalMs: 300 })
-  const links = makeLinks({ version: '0.1.0', retryAfterMs: 1 })
+  const links = makeLinks({ version: '0.1.0', protocols: { min: 1, max: 1 }, retryAfterMs: 1 })
   t.teardown(() => Promise.all([links.close(), server.close()]))
   const link = links.link('server-1', address)
   for (let i = 0; i < 3; i++) {
