@@ -5,6 +5,8 @@ import os from 'node:os'
 import path from 'node:path'
 import type { Cluster } from '../test/helpers/cluster'
 import { REPO_ROOT } from '../test/helpers/paths'
+import { UsageError } from './args'
+import { stopRunningFio } from './fio'
 
 /** Where every bench writes its results (and the logs of a failed run). */
 export const RESULTS_DIR = path.join(REPO_ROOT, 'bench', 'results')
@@ -118,4 +120,36 @@ export function machine(now: Date): Machine {
 export function machineLine(m: Machine): string {
   const fsText = m.dataFs ? `, data dir on ${m.dataFs.source} (${m.dataFs.fstype})` : ''
   return `Machine: ${m.cores} cores, ${m.cpuModel}, ${m.kernel}, Node ${m.node}, ${m.fio}, pxd ${m.pxdCommit}${fsText}, ${m.date}`
+}
+
+/** The flags by `parse`, or the exit code: 0 once `usage` is printed for --help, 2 (usage on stderr) for a bad flag. */
+export function flagsOrExit<T extends object>(parse: (argv: string[]) => T | null, usage: string): T | number {
+  try {
+    const parsed = parse(process.argv.slice(2))
+    if (parsed === null) return (process.stdout.write(usage), 0)
+    return parsed
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err
+    process.stderr.write(`${err.message}\n\n${usage}`)
+    return 2
+  }
+}
+
+/**
+ * On SIGINT or SIGTERM: fio stops, `teardown` runs, what it could not undo is printed, and
+ * the process exits 130; a second signal only says to wait. The bench's loops ask the
+ * returned function whether to stop.
+ */
+export function exitOnSignal(progress: (line: string) => void, stopping: string, teardown: () => Promise<string[]>): () => boolean {
+  let signalled = false
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, () => {
+    if (signalled) return progress(`${signal}: still cleaning up, please wait`)
+    signalled = true
+    progress(`${signal}: ${stopping}`)
+    void stopRunningFio().then(teardown).then((problems) => {
+      for (const p of problems) progress(`cleanup: ${p}`)
+      process.exit(130)
+    })
+  })
+  return () => signalled
 }

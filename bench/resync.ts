@@ -18,9 +18,9 @@ import type { ResyncRecord, VolumeInfo } from '../src/volumes/types'
 import { startCluster, waitFor, type Cluster, type ClusterNode } from '../test/helpers/cluster'
 import { leftoversUnder } from '../test/helpers/daemon'
 import { MiB, pluginOk } from '../test/helpers/volume-io'
-import { UsageError } from './args'
 import { dropCaches, FioError, layOut, runWorkload, stopRunningFio, syncAll, WORKLOADS, type FioResult, type SyncLatency } from './fio'
-import { cpuBusy, fileSystemOf, logLevels, machine, machineLine, RESULTS_DIR, saveLogs } from './host'
+import { UsageError } from './args'
+import { cpuBusy, exitOnSignal, fileSystemOf, flagsOrExit, logLevels, machine, machineLine, RESULTS_DIR, saveLogs } from './host'
 import { fmt } from './report'
 
 const [A, B] = ['node-a', 'node-b'] as const
@@ -90,7 +90,7 @@ interface LatencyRun { result: FioResult; latency: SyncLatency; start: number; e
 let opts: Options
 let cluster: Cluster | undefined
 let starting: Promise<Cluster> | undefined
-let signalled = false
+let interrupted = () => false
 let stoppedB = false
 /** Both nodes' --resync-rate (null: pxd's default), read at every start of a node. */
 let rate: string | null = null
@@ -108,7 +108,7 @@ const never = () => new Promise<number>(() => undefined)
 async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs: number, everyMs: number): Promise<T> {
   const r = await waitFor(what, async () => {
     const dead = cluster?.nodes.find((n) => (n.child.exitCode !== null || n.child.signalCode !== null) && !(n.nodeId === B && stoppedB))
-    if (signalled || dead) return { bad: signalled ? 'interrupted' : `pxd ${dead!.nodeId} (pid ${dead!.pid}) exited; last log lines:\n${dead!.logs().split('\n').slice(-30).join('\n')}` }
+    if (interrupted() || dead) return { bad: interrupted() ? 'interrupted' : `pxd ${dead!.nodeId} (pid ${dead!.pid}) exited; last log lines:\n${dead!.logs().split('\n').slice(-30).join('\n')}` }
     const v = await fn()
     return v === undefined || v === false ? undefined : { v }
   }, timeoutMs, everyMs)
@@ -287,24 +287,10 @@ function teardown(): Promise<string[]> {
 }
 
 async function main(): Promise<number> {
-  try {
-    const parsed = parseArgs(process.argv.slice(2))
-    if (!parsed) return (process.stdout.write(USAGE), 0)
-    opts = parsed
-  } catch (err) {
-    if (!(err instanceof UsageError)) throw err
-    process.stderr.write(`${err.message}\n\n${USAGE}`)
-    return 2
-  }
-  for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, () => {
-    if (signalled) return progress(`${signal}: still cleaning up, please wait`)
-    signalled = true
-    progress(`${signal}: stopping fio, unmounting, stopping the cluster`)
-    void stopRunningFio().then(teardown).then((problems) => {
-      for (const p of problems) progress(`cleanup: ${p}`)
-      process.exit(130)
-    })
-  })
+  const flags = flagsOrExit(parseArgs, USAGE)
+  if (typeof flags === 'number') return flags
+  opts = flags
+  interrupted = exitOnSignal(progress, 'stopping fio, unmounting, stopping the cluster', teardown)
   const startedAt = new Date()
   const stamp = startedAt.toISOString().replace(/:/g, '-')
   const warnings: string[] = []
@@ -335,7 +321,7 @@ async function main(): Promise<number> {
     }
     results.completed = true
   } catch (err) {
-    if (signalled) return never()
+    if (interrupted()) return never()
     results.error = err instanceof Error ? err.message : String(err)
     progress(`FAILED: ${results.error}`)
     warnings.push(`the run failed: ${results.error.split('\n')[0]!}`)
@@ -346,7 +332,7 @@ async function main(): Promise<number> {
     if (counts.errors > 0) warnings.push(`pxd ${n.nodeId} logged ${counts.errors} error line(s) (first in the JSON's daemonLogs)`)
   }
   for (const p of await teardown()) progress(`cleanup: ${p}`)
-  if (signalled) return never()
+  if (interrupted()) return never()
   results.finishedAt = new Date().toISOString()
   m.loadAverage.end = os.loadavg()
   mkdirSync(RESULTS_DIR, { recursive: true })

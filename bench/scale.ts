@@ -20,10 +20,9 @@ import { formatSize } from '../src/util/size'
 import { startCluster, waitFor, type Cluster } from '../test/helpers/cluster'
 import { leftoversUnder } from '../test/helpers/daemon'
 import { pluginOk } from '../test/helpers/volume-io'
-import { UsageError } from './args'
 import { cpuWindow } from './cpu'
 import { FioError, runFio, stopRunningFio, syncAll, WORKLOADS } from './fio'
-import { cpuBusy, fileSystemOf, logLevels, machine, machineLine, RESULTS_DIR, saveLogs } from './host'
+import { cpuBusy, exitOnSignal, fileSystemOf, flagsOrExit, logLevels, machine, machineLine, RESULTS_DIR, saveLogs } from './host'
 import { pidsNamed, treeRss } from './proc'
 import { parseScaleArgs, SCALE_USAGE, type ScaleOptions } from './scale-args'
 import { renderScale, type MemorySample, type ScaleResults, type WriteRun } from './scale-report'
@@ -40,7 +39,7 @@ let cluster: Cluster | undefined
 const created: string[] = []
 const mounted: string[] = []
 const hostFiles: string[] = []
-let signalled = false
+let interrupted = () => false
 let teardownRun: Promise<string[]> | undefined
 
 function teardown(): Promise<string[]> {
@@ -103,7 +102,7 @@ function checkDaemon(): void {
   if (a && (a.child.exitCode !== null || a.child.signalCode !== null)) {
     throw new Error(`pxd ${a.nodeId} (pid ${a.pid}) exited (${a.child.exitCode ?? a.child.signalCode}); last log lines:\n${a.logs().split('\n').slice(-30).join('\n')}`)
   }
-  if (signalled) throw new Error('interrupted')
+  if (interrupted()) throw new Error('interrupted')
 }
 
 async function measure(o: ScaleOptions, r: ScaleResults): Promise<void> {
@@ -192,25 +191,10 @@ async function measure(o: ScaleOptions, r: ScaleResults): Promise<void> {
 }
 
 async function main(): Promise<number> {
-  let opts: ScaleOptions
-  try {
-    const parsed = parseScaleArgs(process.argv.slice(2))
-    if (!parsed) return (process.stdout.write(SCALE_USAGE), 0)
-    opts = parsed
-  } catch (err) {
-    if (!(err instanceof UsageError)) throw err
-    process.stderr.write(`${err.message}\n\n${SCALE_USAGE}`)
-    return 2
-  }
-  for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, () => {
-    if (signalled) return progress(`${signal}: still cleaning up, please wait`)
-    signalled = true
-    progress(`${signal}: stopping fio, unmounting, stopping the node`)
-    void stopRunningFio().then(teardown).then((problems) => {
-      for (const p of problems) progress(`cleanup: ${p}`)
-      process.exit(130)
-    })
-  })
+  const flags = flagsOrExit(parseScaleArgs, SCALE_USAGE)
+  if (typeof flags === 'number') return flags
+  const opts = flags
+  interrupted = exitOnSignal(progress, 'stopping fio, unmounting, stopping the node', teardown)
   const startedAt = new Date()
   const stamp = startedAt.toISOString().replace(/:/g, '-')
   const m = machine(startedAt)
@@ -226,7 +210,7 @@ async function main(): Promise<number> {
     await measure(opts, r)
     r.completed = true
   } catch (err) {
-    if (signalled) return new Promise<number>(() => undefined)
+    if (interrupted()) return new Promise<number>(() => undefined)
     r.error = err instanceof Error ? err.message : String(err)
     progress(`FAILED: ${r.error}`)
     r.warnings.push(`the run failed: ${r.error.split('\n')[0]!}`)
@@ -237,7 +221,7 @@ async function main(): Promise<number> {
     if (counts.errors > 0) r.warnings.push(`pxd ${n.nodeId} logged ${counts.errors} error line(s) (first in the JSON's daemonLogs)`)
   }
   const problems = await teardown()
-  if (signalled) return new Promise<number>(() => undefined)
+  if (interrupted()) return new Promise<number>(() => undefined)
   for (const p of problems) progress(`cleanup: ${p}`)
   r.finishedAt = new Date().toISOString()
   m.loadAverage.end = os.loadavg()

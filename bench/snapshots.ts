@@ -17,9 +17,9 @@ import { formatSize, parseSize } from '../src/util/size'
 import { startCluster, type Cluster } from '../test/helpers/cluster'
 import { leftoversUnder } from '../test/helpers/daemon'
 import { MiB, pluginOk } from '../test/helpers/volume-io'
-import { UsageError } from './args'
 import { layOut, runWorkload, stopRunningFio, syncAll, WORKLOADS, type FioResult } from './fio'
-import { cpuBusy, fileSystemOf, logLevels, machine, machineLine, RESULTS_DIR, saveLogs } from './host'
+import { UsageError } from './args'
+import { cpuBusy, exitOnSignal, fileSystemOf, flagsOrExit, logLevels, machine, machineLine, RESULTS_DIR, saveLogs } from './host'
 import { fmt } from './report'
 import { median } from './stats'
 
@@ -68,7 +68,7 @@ interface Round { snapshots: number; randWrite: FioResult; seqWrite: FioResult }
 
 let cluster: Cluster | undefined
 let mounted = false
-let signalled = false
+let interrupted = () => false
 let teardownRun: Promise<string[]> | undefined
 
 function teardown(): Promise<string[]> {
@@ -93,22 +93,10 @@ function teardown(): Promise<string[]> {
 }
 
 async function main(): Promise<number> {
-  let opts: Options
-  try {
-    const parsed = parseArgs(process.argv.slice(2))
-    if (!parsed) return (process.stdout.write(USAGE), 0)
-    opts = parsed
-  } catch (err) {
-    if (!(err instanceof UsageError)) throw err
-    process.stderr.write(`${err.message}\n\n${USAGE}`)
-    return 2
-  }
-  for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, () => {
-    if (signalled) return
-    signalled = true
-    progress(`${signal}: stopping fio, cleaning up`)
-    void stopRunningFio().then(teardown).then(() => process.exit(130))
-  })
+  const flags = flagsOrExit(parseArgs, USAGE)
+  if (typeof flags === 'number') return flags
+  const opts = flags
+  interrupted = exitOnSignal(progress, 'stopping fio, cleaning up', teardown)
   const startedAt = new Date()
   const stamp = startedAt.toISOString().replace(/:/g, '-')
   const warnings: string[] = []
@@ -188,7 +176,7 @@ async function main(): Promise<number> {
     }
     results.completed = true
   } catch (err) {
-    if (signalled) return new Promise<number>(() => undefined)
+    if (interrupted()) return new Promise<number>(() => undefined)
     results.error = err instanceof Error ? err.message : String(err)
     progress(`FAILED: ${results.error}`)
     warnings.push(`the run failed: ${results.error.split('\n')[0]!}`)
