@@ -93,11 +93,17 @@ ShareClient::ShareClient(const Options& o, ClientSink* sink)
       close(stop_fd_);
       throw e;
     }
+    std::vector<std::pair<uint32_t, uint32_t>> handed;
+    if (!LoadPending(o.pending, &handed)) {
+      close(stop_fd_);
+      throw FuseError("EINVAL", 0, "the pending requests are malformed");
+    }
     // Ours from here on: closed when the client stops, as one it opened.
     fd_ = o.adopt_fd;
     guard.fd = -1;
     mounted_ = true;
     reader_ = std::thread([this] { Serve(); });
+    for (const auto& [slot, generation] : handed) sink_->Request(slot, generation);
     return;
   }
   fd_ = open("/dev/fuse", O_RDWR | O_CLOEXEC | O_NONBLOCK);

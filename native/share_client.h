@@ -88,6 +88,8 @@ class ShareClient {
     int adopt_fd = -1;
     std::string table;
     uint64_t next_nodeid = 0;
+    // Requests the predecessor read and left to this process to answer (HandOff).
+    std::string pending;
   };
 
   // Opens /dev/fuse, mounts it and starts the reader thread; or adopts a
@@ -116,12 +118,13 @@ class ShareClient {
   void Unmount(bool lazy);
 
   // A live restart, in two steps. Pause: the reader stops reading (the kernel
-  // queues what comes meanwhile); requests pending stay answerable. HandOff,
-  // once none is pending: gives up the connection (returned, open, still
-  // mounted) and writes the nodeid table for Options::table; the client is
-  // stopped then. Throws FuseError (EBUSY: requests still pending).
+  // queues what comes meanwhile); requests pending stay answerable. HandOff:
+  // gives up the connection (returned, open, still mounted), writes the
+  // nodeid table for Options::table and the requests still pending for
+  // Options::pending (the successor answers them); the client is stopped
+  // then. Throws FuseError.
   void Pause();
-  int HandOff(std::string* table, uint64_t* next_nodeid);
+  int HandOff(std::string* table, uint64_t* next_nodeid, std::string* pending);
 
   ClientStats stats() const;
   const std::shared_ptr<SlotPool>& pool() const { return pool_; }
@@ -162,6 +165,8 @@ class ShareClient {
   void StopReader();
   // Fills the nodeid table from Options::table; false when malformed.
   bool LoadTable(const std::string& table, uint64_t next_nodeid);
+  // Takes over Options::pending into free slots; false when malformed or too many.
+  bool LoadPending(const std::string& pending, std::vector<std::pair<uint32_t, uint32_t>>* loaded);
   // The caller's supplementary groups (cached per pid for a second).
   const Groups& GroupsOf(uint32_t pid);
 

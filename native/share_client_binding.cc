@@ -244,7 +244,16 @@ Napi::Value JsAdopt(const Napi::CallbackInfo& info) {
     throw Napi::TypeError::New(env, "nextNodeid must be an integer above 1");
   }
   o.next_nodeid = static_cast<uint64_t>(next);
-  ReadOptions(env, info[4].As<Napi::Object>(), &o);
+  Napi::Object opts = info[4].As<Napi::Object>();
+  ReadOptions(env, opts, &o);
+  Napi::Value pending = opts.Get("pending");
+  if (!pending.IsUndefined()) {
+    if (!pending.IsTypedArray() || pending.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+      throw Napi::TypeError::New(env, "options.pending must be a Uint8Array");
+    }
+    Napi::Uint8Array bytes = pending.As<Napi::Uint8Array>();
+    o.pending.assign(reinterpret_cast<const char*>(bytes.Data()), bytes.ByteLength());
+  }
   return StartClient(env, o, info[5]);
 }
 
@@ -322,15 +331,16 @@ Napi::Value JsPause(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// shareClientHandOff(handle) -> { fd, table, nextNodeid }; the handle is let go of.
+// shareClientHandOff(handle) -> { fd, table, nextNodeid, pending }; the handle is let go of.
 Napi::Value JsHandOff(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   JsShareClient& c = ArgClient(info);
   std::string table;
+  std::string pending;
   uint64_t next = 0;
   int fd;
   try {
-    fd = Mounted(info, c).HandOff(&table, &next);
+    fd = Mounted(info, c).HandOff(&table, &next, &pending);
   } catch (const FuseError& e) {
     ThrowFuseError(env, e);
   }
@@ -339,6 +349,7 @@ Napi::Value JsHandOff(const Napi::CallbackInfo& info) {
   out.Set("fd", fd);
   out.Set("table", Napi::Buffer<char>::Copy(env, table.data(), table.size()));
   out.Set("nextNodeid", static_cast<double>(next));
+  out.Set("pending", Napi::Buffer<char>::Copy(env, pending.data(), pending.size()));
   return out;
 }
 

@@ -16,15 +16,24 @@ namespace share {
 
 void ShareClient::Pause() { StopReader(); }
 
-int ShareClient::HandOff(std::string* table, uint64_t* next_nodeid) {
+int ShareClient::HandOff(std::string* table, uint64_t* next_nodeid, std::string* pending) {
   StopReader();
+  if (fd_ < 0) throw FuseError("EIO", EIO, "the client has no connection to hand over");
+  pending->clear();
   {
     std::lock_guard<std::mutex> lock(slots_mu_);
-    for (const Slot& s : slots_) {
-      if (s.pending) throw FuseError("EBUSY", EBUSY, "requests are still pending");
+    // Per request still pending: unique, nodeid (u64 each), opcode, wire length (u32), the
+    // wire request. The successor answers them; this process never will (fd_ goes below).
+    for (uint32_t i = 0; i < slots_.size(); i++) {
+      const Slot& s = slots_[i];
+      if (!s.pending) continue;
+      pending->append(reinterpret_cast<const char*>(&s.unique), 8);
+      pending->append(reinterpret_cast<const char*>(&s.nodeid), 8);
+      pending->append(reinterpret_cast<const char*>(&s.opcode), 4);
+      pending->append(reinterpret_cast<const char*>(&s.wire_len), 4);
+      pending->append(reinterpret_cast<const char*>(pool_->base() + i * slot_bytes_ + s.wire_at), s.wire_len);
     }
   }
-  if (fd_ < 0) throw FuseError("EIO", EIO, "the client has no connection to hand over");
   table->clear();
   {
     std::lock_guard<std::mutex> lock(nodes_mu_);
@@ -42,6 +51,38 @@ int ShareClient::HandOff(std::string* table, uint64_t* next_nodeid) {
   fd_ = -1;
   mounted_ = false;  // it stays mounted, for whoever takes the connection
   return fd;
+}
+
+bool ShareClient::LoadPending(const std::string& pending, std::vector<std::pair<uint32_t, uint32_t>>* loaded) {
+  size_t at = 0;
+  std::lock_guard<std::mutex> lock(slots_mu_);
+  while (at < pending.size()) {
+    uint64_t unique;
+    uint64_t nodeid;
+    uint32_t opcode;
+    uint32_t len;
+    if (pending.size() - at < 24) return false;
+    std::memcpy(&unique, pending.data() + at, 8);
+    std::memcpy(&nodeid, pending.data() + at + 8, 8);
+    std::memcpy(&opcode, pending.data() + at + 16, 4);
+    std::memcpy(&len, pending.data() + at + 20, 4);
+    at += 24;
+    if (len > pending.size() - at || len > slot_bytes_ || len < sizeof(WireRequest) || free_slots_.empty()) return false;
+    const uint32_t slot = free_slots_.back();
+    free_slots_.pop_back();
+    std::memcpy(pool_->base() + slot * slot_bytes_, pending.data() + at, len);
+    at += len;
+    Slot& s = slots_[slot];
+    s.unique = unique;
+    s.opcode = opcode;
+    s.nodeid = nodeid;
+    s.generation++;
+    s.wire_at = 0;
+    s.wire_len = len;
+    s.pending = true;
+    loaded->emplace_back(slot, s.generation);
+  }
+  return true;
 }
 
 bool ShareClient::LoadTable(const std::string& table, uint64_t next_nodeid) {

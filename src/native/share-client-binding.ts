@@ -59,6 +59,8 @@ export interface HandedShareClient {
   /** The nodeid table: per node its nodeid, lookup count and the server's handle. */
   table: Uint8Array
   nextNodeid: number
+  /** Requests still pending when it was given up: the successor answers them (shareClientAdopt's options.pending). */
+  pending: Uint8Array
 }
 
 export interface ShareClientBinding {
@@ -95,14 +97,15 @@ export interface ShareClientBinding {
     mountpoint: string,
     table: Uint8Array,
     nextNodeid: number,
-    options: Omit<ShareClientMountOptions, 'fsname'>,
+    options: Omit<ShareClientMountOptions, 'fsname'> & { pending?: Uint8Array },
     onEvent: ShareClientEventHandler,
   ): ShareClientHandle
   /** The reader stops reading (the kernel queues new requests); what is pending is still answered as usual. */
   shareClientPause(handle: ShareClientHandle): void
   /**
-   * After shareClientPause, once nothing is pending (else code EBUSY): gives the connection up, still
-   * mounted, with the nodeid table; the handle is unmounted for JS from then on.
+   * After shareClientPause: gives the connection up, still mounted, with the nodeid table and the
+   * requests still pending (never answered here: the successor gets them as Request events); the
+   * handle is unmounted for JS from then on.
    */
   shareClientHandOff(handle: ShareClientHandle): HandedShareClient
   shareClientLayout(handle: ShareClientHandle): ShareClientLayout

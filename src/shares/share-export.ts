@@ -212,7 +212,9 @@ export class ShareExport {
           wake = resolve
           setTimeout(resolve, delay)
         })
-        if (cancelled || this.#closed || this.#clientIds.get(client) !== id) return errorReply(EINTR)
+        // Closed (a restart, a fence): the client asks the next server; an EINTR without a signal would reach the application.
+        if (this.#closed) throw pxdError('NOT_SERVING', `shared volume ${this.name} is no longer served here`)
+        if (cancelled || this.#clientIds.get(client) !== id) return errorReply(EINTR)
         reply = await this.#execOnce(id, request)
         if (!wouldBlock(reply)) return reply
       }

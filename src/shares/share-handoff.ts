@@ -27,6 +27,8 @@ export interface HandedMount {
   lost: string[]
   /** The server (`node@epoch`) it talked to last. */
   server: string
+  /** Requests read and not answered (blocking locks still waiting), for the successor to answer, base64. */
+  pending: string
 }
 
 export interface LiveShare {
@@ -51,7 +53,7 @@ function isClient(v: unknown): boolean {
   const m = c.mount as Partial<HandedMount> | undefined
   return absolute(c.mountpoint) && typeof c.fdname === 'string' && c.fdname.startsWith(SHARE_FD_PREFIX) &&
     typeof m === 'object' && m !== null && typeof m.table === 'string' && Number.isSafeInteger(m.nextNodeid) && (m.nextNodeid ?? 0) > 1 &&
-    strings(m.locks) && strings(m.lost) && typeof m.server === 'string'
+    strings(m.locks) && strings(m.lost) && typeof m.server === 'string' && typeof m.pending === 'string'
 }
 
 function isServed(v: unknown): boolean {

@@ -124,7 +124,8 @@ export class ShareMount {
   static adopt(o: ShareMountOptions, handed: HandedMount, fd: number): ShareMount {
     const m = new ShareMount(o)
     try {
-      m.#handle = native.shareClientAdopt(fd, o.mountpoint, Buffer.from(handed.table, 'base64'), handed.nextNodeid, { attrTimeoutMs: m.#attrTimeoutMs }, m.#onEvent)
+      const pending = Buffer.from(handed.pending, 'base64')
+      m.#handle = native.shareClientAdopt(fd, o.mountpoint, Buffer.from(handed.table, 'base64'), handed.nextNodeid, { attrTimeoutMs: m.#attrTimeoutMs, pending }, m.#onEvent)
     } catch (err) {
       throw pxdError('HANDOFF_FAILED', `cannot take over the mount of shared volume ${o.name} at ${o.mountpoint}: ${(err as Error).message}`, err)
     }
@@ -143,12 +144,19 @@ export class ShareMount {
   }
 
   /**
-   * A live restart, after pause(): once every request read was answered, every write the
+   * A live restart, after pause(): once every request read was answered (but blocking
+   * locks still waiting: the successor sends them again and answers them), every write the
    * server acknowledged is made durable there (the successor keeps no copies), and the
    * connection is given up, still mounted. HANDOFF_FAILED when that cannot be done in time.
    */
   async handOff(timeoutMs: number): Promise<{ handed: HandedMount; fd: number }> {
     const deadline = Date.now() + timeoutMs
+    // A blocking lock may wait for ever: it goes to the successor, which asks again.
+    for (const [slot, p] of this.#pending) {
+      if (p.opcode !== Op.SETLKW) continue
+      this.#pending.delete(slot)
+      p.route?.cancel(p.xid)
+    }
     while (this.#pending.size > 0) {
       if (Date.now() > deadline) throw pxdError('HANDOFF_FAILED', `shared volume ${this.name} still has ${this.#pending.size} requests in flight`)
       await new Promise((resolve) => setTimeout(resolve, 5))
@@ -170,6 +178,7 @@ export class ShareMount {
       locks: this.#locks.saved().map((l) => l.toString('base64')),
       lost: this.#unstable.lostFiles(),
       server: route.server,
+      pending: Buffer.from(given.pending).toString('base64'),
     }
     return { handed, fd: given.fd }
   }

@@ -258,6 +258,11 @@ export async function holdLock(kind: LockKind, file: string, o: LockOptions = {}
   }
 }
 
+/** A child blocked in a lock until it gets it: it prints `waiting`, then `got <time>` and exits. */
+export function waitForLock(kind: LockKind, file: string, o: LockOptions = {}): Child {
+  return startChild(PYTHON, lockArgs(kind, 'wait', file, o))
+}
+
 /** A non-blocking attempt from a child of its own: 'ok', or the errno name (EAGAIN, EACCES, ...). */
 export async function tryLock(kind: LockKind, file: string, o: LockOptions = {}): Promise<string> {
   const c = startChild(PYTHON, lockArgs(kind, 'try', file, o))

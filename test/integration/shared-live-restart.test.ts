@@ -19,7 +19,7 @@ import { startFdStore, type FdStore } from '../helpers/fd-store'
 import { assertIntegrationPreconditions } from '../helpers/preflight'
 import { checkRecords, fakeSystemctl, mounted, mountIdOf, startApp, stopApp, type App } from '../helpers/record-app'
 import { pluginOk } from '../helpers/volume-io'
-import { endAllChildren, holdLock, tryLock, type Child } from '../faults/cross-node'
+import { endAllChildren, holdLock, tryLock, waitForLock, type Child } from '../faults/cross-node'
 
 assertIntegrationPreconditions()
 
@@ -80,9 +80,14 @@ async function checkAfter(t: ExecutionContext, what: string, id: string, load: L
   t.is(await tryLock('lockf', atServer), 'ok', 'the unlock went through the new pxd')
 }
 
-test.serial('pxd --takeover on a client node: the shared mount stays, nothing fails, a lock stays held', async (t) => {
+test.serial('pxd --takeover on a client node: the shared mount stays, nothing fails, a lock stays held, a blocked lock waits on', async (t) => {
   const old = cluster.node('node-b')
   const load = await underLoad('node-b')
+  // A process on the client waits for a lock a process on the server holds.
+  const holder = await holdLock('lockf', path.join(mp['node-a']!, 'lock-wait'))
+  const waiter = waitForLock('lockf', path.join(mp['node-b']!, 'lock-wait'))
+  await waiter.waitFor(/^waiting$/)
+  await sleep(500)
   const oldExit = exitOf(old)
   const next = await cluster.start('node-b', { extraArgs: ['--takeover'], after: old.child }).catch((err) => {
     t.log(`the old pxd said:\n${old.logs()}`)
@@ -92,6 +97,10 @@ test.serial('pxd --takeover on a client node: the shared mount stays, nothing fa
   t.regex(old.logs(), /"sharedClients":1.*FUSE session handed over/)
   t.regex(next.logs(), /"client":"[^"]+".*live restart: the shared volume was taken over/)
   await checkAfter(t, 'takeover', 'node-b', load)
+  t.false(waiter.lines.some((l) => l.startsWith('got ')), 'the waiter did not get the lock while it was held')
+  holder.send('release')
+  await waiter.waitFor(/^got /, 20_000)
+  t.is(await waiter.exited(), 0, 'the waiter got the lock once it was let go, through the new pxd')
   // The new pxd owns the mount: its unmount takes it down.
   await pluginOk(next, '/VolumeDriver.Unmount', { Name: VOLUME, ID: 'm-node-b' })
   t.is(mounted(mp['node-b']!), undefined)
@@ -122,7 +131,7 @@ async function idleLock(id: string, file: string): Promise<Child> {
 const RECLAIMED = /locks held from the last server taken again on the new one/g
 const reclaims = (id: string) => cluster.node(id).logs().match(RECLAIMED)?.length ?? 0
 
-test.serial('pxd --takeover on the serving node: the volume stays served at the same epoch, clients go on and take their locks again', async (t) => {
+test.serial('pxd --takeover on the serving node: the volume stays served at the same epoch, clients go on, take their locks again, a blocked lock waits on', async (t) => {
   mp['node-b'] = (await pluginOk(cluster.node('node-b'), '/VolumeDriver.Mount', { Name: VOLUME, ID: 'm-node-b' })).Mountpoint as string
   mp['node-c'] = (await pluginOk(cluster.node('node-c'), '/VolumeDriver.Mount', { Name: VOLUME, ID: 'm-node-c' })).Mountpoint as string
   const old = cluster.node('node-a')
@@ -130,6 +139,10 @@ test.serial('pxd --takeover on the serving node: the volume stays served at the 
   const serverMount = mountIdOf(mp['node-a']!)
   const load = await underLoad('node-b')
   const idle = await idleLock('node-c', 'lock-idle')
+  // A process on a client waits for a lock a process on the server holds, across the restart.
+  const holder = await holdLock('lockf', path.join(mp['node-a']!, 'lock-srv'))
+  const waiter = waitForLock('lockf', path.join(mp['node-c']!, 'lock-srv'))
+  await waiter.waitFor(/^waiting$/)
   const [b, c] = [reclaims('node-b'), reclaims('node-c')]
   const oldExit = exitOf(old)
   const next = await cluster.start('node-a', { extraArgs: ['--takeover'], after: old.child })
@@ -142,6 +155,10 @@ test.serial('pxd --takeover on the serving node: the volume stays served at the 
   idle.send('release')
   t.is(await idle.exited(), 0)
   t.is(await tryLock('lockf', path.join(mp['node-a']!, 'lock-idle')), 'ok')
+  t.false(waiter.lines.some((l) => l.startsWith('got ')), 'the waiter did not get the lock while it was held')
+  holder.send('release')
+  await waiter.waitFor(/^got /, 20_000)
+  t.is(await waiter.exited(), 0, 'the waiter got the lock from the new server once it was let go')
   const after = await new ApiClient(next.apiUrl).inspectVolume(VOLUME)
   t.is(after.epoch, epoch, 'no new epoch')
   t.is(after.sharing?.server, 'node-a')

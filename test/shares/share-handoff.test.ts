@@ -1,7 +1,7 @@
 import test from 'ava'
 import { isLiveShare, type LiveShare } from '../../src/shares/share-handoff'
 
-const client = { mountpoint: '/run/pxd/mounts/v1', fdname: 'pxd-share-0', mount: { table: 'AAAA', nextNodeid: 2, locks: [], lost: [], server: 'node-a@3' } }
+const client = { mountpoint: '/run/pxd/mounts/v1', fdname: 'pxd-share-0', mount: { table: 'AAAA', nextNodeid: 2, locks: [], lost: [], server: 'node-a@3', pending: '' } }
 const good: LiveShare = { name: 'v1', mountIds: ['m1'], since: '2026-12-04T00:00:00.000Z', keyOptions: {}, client }
 
 test('a handed-over client mount as written is read back; anything else is refused', (t) => {
