@@ -30,8 +30,9 @@ export const NO_SERVER_MS = 120_000
 const REQUEST_TIMEOUT_MS = 30_000
 /** A blocking lock waits at the server as long as it takes. */
 const LOCK_WAIT_TIMEOUT_MS = 2 ** 31 - 1
-const RETRY_MIN_MS = 100
-const RETRY_MAX_MS = 1_000
+/** Waits between attempts while no server answers, doubling: a server restarting in place is back within a second. */
+const RETRY_MIN_MS = 50
+const RETRY_MAX_MS = 250
 const EIO = 5
 const ENOTCONN = 107
 const ESTALE = 116
