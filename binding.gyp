@@ -18,6 +18,7 @@
         "native/direct_io.cc",
         "native/crc32c.cc",
         "native/fuse_server.cc",
+        "native/fuse_fallocate.cc",
         "native/fuse_directory.cc",
         "native/fuse_session.cc",
         "native/fuse_binding.cc",

@@ -1,12 +1,12 @@
 // The server's connection to the kernel: mount and unmount, the request slots,
 // the reader thread and its dispatch by opcode, INIT, and the data requests
-// (READ, WRITE, FLUSH, FSYNC, FALLOCATE) handed to the sink and answered by
-// Reply(). The file table and the metadata requests answered from it are in
-// fuse_directory.cc; a session adopted from another process in fuse_session.cc.
+// (READ, WRITE, FLUSH, FSYNC) handed to the sink and answered by Reply();
+// FALLOCATE's modes are sorted out in fuse_fallocate.cc. The file table and the
+// metadata requests answered from it are in fuse_directory.cc; a session adopted
+// from another process in fuse_session.cc.
 #include "fuse_server.h"
 
 #include <fcntl.h>
-#include <linux/falloc.h>
 #include <linux/fuse.h>
 #include <poll.h>
 #include <pthread.h>
@@ -367,33 +367,6 @@ bool FuseServer::OnData(uint32_t slot, uint64_t unique, uint32_t opcode, uint64_
     r.offset = arg.offset;
     r.length = arg.size;
   }
-  sink_->Dispatch(slot);
-  return true;
-}
-
-bool FuseServer::OnFallocate(uint32_t slot, uint64_t unique, uint64_t size, const uint8_t* in,
-                             size_t in_len) {
-  // Never an ENOSYS: the kernel would stop sending FALLOCATE for every file of the mount.
-  fuse_fallocate_in arg{};
-  if (in_len < sizeof arg) return ReplyBytes(unique, EINVAL, nullptr, 0), false;
-  std::memcpy(&arg, in, sizeof arg);
-  const uint32_t punch = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
-  const bool zero = (arg.mode & ~FALLOC_FL_KEEP_SIZE) == FALLOC_FL_ZERO_RANGE;
-  const uint64_t end = arg.length > UINT64_MAX - arg.offset ? UINT64_MAX : arg.offset + arg.length;
-  if (arg.mode != punch && !zero) {
-    // Plain allocation inside the file has nothing to do (its size is fixed, no
-    // write ever fails for space the host lacks here); anything else is refused.
-    const bool allocate = (arg.mode & ~FALLOC_FL_KEEP_SIZE) == 0;
-    if (allocate && (end <= size || (arg.mode & FALLOC_FL_KEEP_SIZE) != 0)) return ReplyBytes(unique, 0, nullptr, 0), false;
-    return ReplyBytes(unique, allocate ? ENOSPC : EOPNOTSUPP, nullptr, 0), false;
-  }
-  // The file cannot grow: zeroing past its end without KEEP_SIZE is refused.
-  if (zero && (arg.mode & FALLOC_FL_KEEP_SIZE) == 0 && end > size) return ReplyBytes(unique, ENOSPC, nullptr, 0), false;
-  if (arg.offset >= size || arg.length == 0) return ReplyBytes(unique, 0, nullptr, 0), false;
-  FuseRequest& r = requests_[slot];
-  r.kind = FuseKind::kDiscard;
-  r.offset = arg.offset;
-  r.length = std::min(end, size) - arg.offset;
   sink_->Dispatch(slot);
   return true;
 }

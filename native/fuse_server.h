@@ -19,8 +19,9 @@
 // No copy is made between the kernel and the block store or the peer socket.
 //
 // Where it lives: fuse_server.cc has the connection, the slots, the reader and
-// the data requests; fuse_directory.cc the file table and the metadata
-// requests; fuse_session.cc the hand-over of a session to another process.
+// the data requests, fuse_fallocate.cc FALLOCATE's modes; fuse_directory.cc the
+// file table and the metadata requests; fuse_session.cc the hand-over of a
+// session to another process.
 #ifndef PXD_NATIVE_FUSE_SERVER_H_
 #define PXD_NATIVE_FUSE_SERVER_H_
 

@@ -11,7 +11,9 @@
  * then opens every in-sync replica at that epoch, which fences any older coordinator. A
  * replica that fails is taken out of the in-sync set (in-sync.ts); one that is back is
  * resynced (resyncs.ts). Creation (creation.ts), placement, the scrub timer and the info
- * view have modules too.
+ * view have modules too; what shared volumes and the healer get of this manager is in
+ * hosts.ts, a live restart's hand-over and resume (and the detach at a stop) in
+ * live-restart.ts.
  *
  * Healing (healer.ts) may hold a volume here with no mount (mountpoint null) to resync or
  * replace its replicas; a mount here adopts that engine (the resync goes on), a mount on
@@ -45,6 +47,8 @@ import { VolumeResize } from './resize'
 import { cleanUpLeftovers, sweepLeftovers } from './leftovers'
 import { VolumeSnapshots } from './snapshots'
 import { ScrubScheduler } from './scrub-scheduler'
+import { healerHost, shareHost } from './hosts'
+import { LiveRestart, type HandedVolume } from './live-restart'
 import type { ClusterNodeInfo, VolumeInfo, VolumeRecord } from './types'
 import { SharedVolumes } from '../shares/shared-volumes'
 import type { LiveShare } from '../shares/share-handoff'
@@ -56,8 +60,6 @@ import type { LiveVolume } from '../restart/session-file'
 
 /** The mount ID used for a Mount without one (dvdcli, the Mesos isolator). */
 const ANONYMOUS_MOUNT = ''
-/** How long a live restart waits for a shared volume's client mount to answer what it read and commit its writes. */
-const SHARE_HANDOFF_MS = 20_000
 
 export interface ManagerOptions {
   nodeId: string
@@ -104,6 +106,7 @@ export class VolumeManager {
   readonly #removal: VolumeRemoval
   readonly #shares: SharedVolumes
   readonly #healer: Healer
+  readonly #restart: LiveRestart
   readonly moves: ReplicaMoves
   readonly resizes: VolumeResize
   readonly snapshots: VolumeSnapshots
@@ -139,21 +142,10 @@ export class VolumeManager {
     this.#placement = new ReplicaPlacement({ kvdb: o.kvdb, membership: o.membership, replicas: o.replicas, log: o.log })
     this.#shares = new SharedVolumes({
       nodeId: o.nodeId, registry: o.shares.registry, service: o.shares.service, executor: o.shares.executor, locks: this.#locks, log: o.shares.log,
-      host: {
-        attach: (name, mountpoint, keyOptions) => this.#local.attachHere(name, mountpoint, keyOptions),
-        checkKey: (name, keyOptions) => this.#local.checkKey(name, keyOptions),
-        detach: async (name) => this.#attached.has(name) && this.#local.detach(name, this.#attached.get(name)!, false),
-        // A node holding it for healing only serves nothing: the mount takes it over.
-        holder: async (name) => {
-          const att = (await this.#attachments.get(name))?.value
-          return att?.nodeId && att.purpose !== 'resync' ? { nodeId: att.nodeId, epoch: att.epoch } : null
-        },
-        isOnline: (nodeId) => o.membership.isOnline(nodeId),
-        channel: (nodeId) => o.replicas.channel(nodeId),
-        volumeId: async (name) => (await this.#requireRecord(name)).value.id,
-        mountpointOf: (name) => o.frontend.mountpointOf(name),
-        servedPathOf: (name) => o.frontend.servedPathOf(name),
-      },
+      host: shareHost({
+        local: this.#local, attachments: this.#attachments, membership: o.membership, replicas: o.replicas, frontend: o.frontend,
+        requireRecord: (name) => this.#requireRecord(name),
+      }),
     })
     this.#creation = new VolumeCreation({
       kvdb: o.kvdb, locks: this.#locks, placement: this.#placement, log: o.log, keySources: this.#keySources,
@@ -165,22 +157,7 @@ export class VolumeManager {
     this.#healer = new Healer({
       nodeId: o.nodeId, kvdb: o.kvdb, membership: o.membership, placement: this.#placement, pace,
       replaceAfterMs: o.replaceAfterMs ?? DEFAULT_REPLACE_AFTER_MS, log: o.log,
-      host: {
-        attached: (name) => {
-          const local = this.#attached.get(name)
-          return local && { epoch: local.epoch, background: local.mountpoint === null }
-        },
-        healing: () => this.#local.healing(),
-        dropHealing: (name, epoch) => this.#local.dropHealing(name, epoch),
-        attachForHealing: (name) => this.#local.attachForHealing(name, () => this.#shares.has(name)),
-        releaseHealing: (name) => this.#local.releaseHealing(name),
-        retire: async (name, nodeIds) => {
-          const local = this.#attached.get(name)
-          for (const nodeId of nodeIds) await local?.engine.retire(nodeId)
-        },
-        resyncCheck: (name) => this.#resyncs.check(name),
-        resyncRunning: (name) => this.#resyncs.running(name),
-      },
+      host: healerHost({ local: this.#local, shares: this.#shares, resyncs: this.#resyncs }),
     })
     const attachedOn = async (name: string) => (await this.#attachments.get(name))?.value.nodeId ?? null
     this.moves = new ReplicaMoves({
@@ -209,6 +186,7 @@ export class VolumeManager {
       info: (record) => this.#view.info(record),
       checkRunning: () => this.#checkRunning(),
     })
+    this.#restart = new LiveRestart({ kvdb: o.kvdb, locks: this.#locks, local: this.#local, shares: this.#shares, stopBackground: () => this.#stopBackground(), log: o.log })
   }
 
   /** Replicas placed here to replace lost, drained or moved ones (since start). */
@@ -358,7 +336,7 @@ export class VolumeManager {
   /** Detach every volume (the daemon is stopping). New requests are refused from now on. */
   async stop(): Promise<void> {
     await this.#stopBackground()
-    await this.#detachAll(() => true)
+    await this.#restart.detachAll(() => true)
   }
 
   /** A live restart, before start: take over the volumes the process before handed over; returns those it could not. */
@@ -366,29 +344,24 @@ export class VolumeManager {
     return this.#local.resumeAll(volumes, clean, keys)
   }
 
-  /**
-   * Stop for a live restart: shared volumes are handed over (share-restart.ts), background
-   * work ends, those held for healing (and shared ones that could not be) are let go as at a stop, `drain` waits until no request is in flight, and every other
-   * mounted volume's engine closes with its attachment kept (the successor resumes it).
-   */
-  async handOff(drain: () => Promise<void>): Promise<{ volumes: Array<Omit<LiveVolume, 'loop' | 'mountpoint'>>; shares: HandedShare[] }> {
-    const shares = await this.#shares.handOff(SHARE_HANDOFF_MS)
-    const shared = new Set([...this.#attached.keys()].filter((name) => this.#shares.has(name)))
-    await this.#stopBackground()
-    await this.#detachAll((name, local) => local.mountpoint === null || shared.has(name))
-    await drain()
-    return { volumes: await this.#local.closeForHandoff(), shares }
+  /** Stop for a live restart, the volumes handed over (live-restart.ts); `drain` waits until no request is in flight. */
+  handOff(drain: () => Promise<void>): Promise<{ volumes: HandedVolume[]; shares: HandedShare[] }> {
+    return this.#restart.handOff(drain)
   }
 
-  /**
-   * A live restart, before start: the shared volumes handed over (share-restart.ts). After a
-   * crash none was written: a shared volume `resumed` here is served again all the same
-   * (its client mount, if it had one, died with the process).
-   */
-  async resumeShares(shares: readonly LiveShare[], fds: Map<string, number>, handedKeys: Record<string, KeyOptions>, resumed: readonly LiveVolume[]): Promise<void> {
-    const shared: LiveVolume[] = []
-    for (const v of resumed) if ((await this.#kvdb.get<VolumeRecord>(keys.volume(v.name)))?.value.spec.shared) shared.push(v)
-    return this.#shares.resumeAll(shares, fds, handedKeys, shared)
+  /** A live restart, before start: the shared volumes handed over, or after a crash those `resumed` (live-restart.ts). */
+  resumeShares(shares: readonly LiveShare[], fds: Map<string, number>, handedKeys: Record<string, KeyOptions>, resumed: readonly LiveVolume[]): Promise<void> {
+    return this.#restart.resumeShares(shares, fds, handedKeys, resumed)
+  }
+
+  /** What a successor needs of each attached volume (live-restart.ts). */
+  liveVolumes(): HandedVolume[] {
+    return this.#restart.liveVolumes()
+  }
+
+  /** The passphrases of mounted volumes, for a successor only (never written to a disk). */
+  liveKeys(): Record<string, KeyOptions> {
+    return this.#restart.liveKeys()
   }
 
   async #stopBackground(): Promise<void> {
@@ -400,28 +373,6 @@ export class VolumeManager {
     await this.#healer.stop()
     await this.#shares.stop()
   }
-
-  async #detachAll(which: (name: string, local: LocalAttachment) => boolean): Promise<void> {
-    for (const [name, local] of [...this.#attached]) {
-      if (!which(name, local)) continue
-      await this.#locks.run(name, () => this.#local.detach(name, local, true)).catch((err) => this.#log.error({ err, volume: name, volumeId: local.volumeId }, 'detach at shutdown failed'))
-    }
-  }
-
-  /** What a successor needs of each attached volume (local-volumes.ts). */
-  liveVolumes(): Array<Omit<LiveVolume, 'loop' | 'mountpoint'>> {
-    // A shared volume's mount IDs are its share's: a successor after a crash serves it with them.
-    return this.#local.live().map((v) => {
-      const shared = this.#shares.mounted(v.name)
-      return shared ? { ...v, mountIds: [...shared.mountIds] } : v
-    })
-  }
-
-  /** The passphrases of mounted volumes, for a successor only (never written to a disk). */
-  liveKeys(): Record<string, KeyOptions> {
-    return { ...this.#shares.liveKeys(), ...this.#local.liveKeys() }
-  }
-
 
   async #records(): Promise<VolumeRecord[]> {
     return (await this.#kvdb.list<VolumeRecord>(keys.volumes())).map((e) => e.value)
