@@ -49,6 +49,7 @@ export const ErrorCodes = {
   READ_ONLY: 'the volume is a snapshot: it is read-only',
   IN_GRACE: 'a shared volume\'s new server takes only reclaims of locks for a moment after a takeover',
   SERVER_RESTARTED: 'a shared volume\'s server restarted in place: its client takes its locks again before anything else',
+  SERVER_RECOVERED: 'a shared volume\'s server came back after a crash, without its reply cache: its client takes its locks again and fails what must not run twice and got no answer',
   HANDOFF_FAILED: 'a live restart could not take over the running pxd\'s FUSE session',
 } as const
 

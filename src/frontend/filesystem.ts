@@ -91,6 +91,14 @@ function hasCapability(bit: number): boolean {
   return line !== null && ((BigInt(`0x${line[1]}`) >> BigInt(bit)) & 1n) === 1n
 }
 
+/** The readahead of the file system mounted at `mountpoint` (its backing device info), KiB. */
+export async function setReadahead(mountpoint: string, kb: number): Promise<void> {
+  const dev = (await fs.stat(mountpoint)).dev
+  const major = Math.floor(dev / 256) & 0xfff
+  const minor = (dev & 0xff) | (Math.floor(dev / 4096) & 0xfff00)
+  await fs.writeFile(`/sys/class/bdi/${major}:${minor}/read_ahead_kb`, String(kb))
+}
+
 export async function unmountFilesystem(target: string, lazy = false): Promise<void> {
   await run('umount', lazy ? ['--lazy', target] : [target])
 }

@@ -25,8 +25,9 @@ export interface ProtocolRange { readonly min: number; readonly max: number }
 
 /**
  * The peer protocols this build speaks. 2: a shared volume's server may refuse a file
- * operation with SERVER_RESTARTED, which its client answers by taking its locks again;
- * a client of protocol 1 does not know that code, and is served without it.
+ * operation with SERVER_RESTARTED or SERVER_RECOVERED (after a crash), which its client
+ * answers by taking its locks again; a client of protocol 1 does not know those codes,
+ * and is served without them.
  */
 export const PEER_PROTOCOLS: ProtocolRange = { min: 1, max: 2 }
 /** What a node of a release before the range fields speaks. */

@@ -11,7 +11,7 @@ import type { Socket } from 'node:net'
 import type { Logger } from 'pino'
 import { pxdError } from '../errors'
 import { Kind, MessageReader, send, type Message } from './executor-wire'
-import { appliesOnce, errorReply, opcodeOf } from './wire'
+import { appliesOnce, errorReply } from './wire'
 
 const MAIN = path.join(__dirname, 'executor-main.js')
 const EIO = 5
@@ -154,7 +154,7 @@ export class ShareExecutor {
     this.#log.error({ code, signal, pending: pending.length }, 'the share executor ended; starting it again')
     setTimeout(() => {
       for (const p of pending) {
-        const again = p.kind === Kind.Exec && p.payload !== undefined && !appliesOnce(opcodeOf(p.payload))
+        const again = p.kind === Kind.Exec && p.payload !== undefined && !appliesOnce(p.payload)
         if (!again || !p.exp || !this.#exports.has(p.exp)) {
           p.reject(pxdError('IO_ERROR', 'the share executor ended during the request'))
           continue

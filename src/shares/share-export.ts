@@ -17,7 +17,8 @@
  * After a live restart of this node (share-handoff.ts) the export opens again over the same
  * file system, with the last one's reply cache; the locks went with the old executor, so
  * each client it had is answered SERVER_RESTARTED until it has taken its locks again (its
- * reclaims, then a ROOT marked as a reclaim to say it is done), within the grace period.
+ * reclaims, then a ROOT marked as a reclaim to say it is done), within the grace period;
+ * SERVER_RECOVERED after a crash, whose reply cache went with the process.
  */
 import type { Logger } from 'pino'
 import { pxdError } from '../errors'
@@ -44,6 +45,8 @@ export type SavedReply = [string, string, number]
 /** What a live restart hands a new export of the same volume. */
 export interface ExportResume {
   replies: readonly SavedReply[]
+  /** The predecessor crashed: `replies` is empty because its cache is gone, not because it held nothing. */
+  crashed: boolean
   /** Client nodes that must reclaim their locks before anything else. */
   reclaimFrom: Iterable<string>
 }
@@ -66,6 +69,7 @@ export class ShareExport {
   #graceUntil = 0
   #closed: Promise<void> | undefined
   readonly #reclaimFrom = new Set<string>()
+  #restartCode: 'SERVER_RESTARTED' | 'SERVER_RECOVERED' = 'SERVER_RESTARTED'
   /** The reply cache as close() left it. */
   #saved = new Map<string, Cached>()
 
@@ -81,6 +85,7 @@ export class ShareExport {
     exp.#graceUntil = Date.now() + graceMs
     for (const [key, reply, at] of resume?.replies ?? []) exp.#replies.set(key, { reply: Promise.resolve(Buffer.from(reply, 'base64')), at })
     for (const client of resume?.reclaimFrom ?? []) exp.#reclaimFrom.add(client)
+    if (resume?.crashed) exp.#restartCode = 'SERVER_RECOVERED'
     return exp
   }
 
@@ -106,7 +111,7 @@ export class ShareExport {
         // A client of an older release cannot be asked: served as it is, its locks are gone.
         this.#reclaimFrom.delete(client)
         this.#log.warn({ volume: this.name, client }, 'a client of an older release cannot take its locks again after this server\'s restart')
-      } else if (!reclaim) return Promise.reject(pxdError('SERVER_RESTARTED', `the server of shared volume ${this.name} restarted: take your locks again first`))
+      } else if (!reclaim) return Promise.reject(pxdError(this.#restartCode, `the server of shared volume ${this.name} restarted: take your locks again first`))
       else if (opcodeOf(request) === Op.ROOT) this.#reclaimFrom.delete(client)
     }
     if (!reclaim && Date.now() < this.#graceUntil) {
@@ -134,7 +139,7 @@ export class ShareExport {
       counters.bytes += reply.length
       return reply
     }
-    if (!appliesOnce(opcode)) return this.#run(client, xid, opcode, request).then(counted)
+    if (!appliesOnce(request)) return this.#run(client, xid, opcode, request).then(counted)
     const key = `${client}/${xid}`
     const cached = this.#replies.get(key)
     if (cached) return cached.reply

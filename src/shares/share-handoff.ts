@@ -39,8 +39,8 @@ export interface LiveShare {
   keyOptions: Omit<KeyOptions, 'passphrase'>
   /** This node's users reach it through the FUSE client mount at `mountpoint`, whose descriptor came as `fdname`. */
   client?: { mountpoint: string; fdname: string; mount: HandedMount }
-  /** This node serves it from the file system at `root`. */
-  served?: { root: string; replies: SavedReply[] }
+  /** This node serves it from the file system at `root`; `crashed`: not handed over, its predecessor died (no reply cache). */
+  served?: { root: string; replies: SavedReply[]; crashed?: boolean }
 }
 
 const strings = (v: unknown) => Array.isArray(v) && v.every((x) => typeof x === 'string')
@@ -58,7 +58,7 @@ function isClient(v: unknown): boolean {
 
 function isServed(v: unknown): boolean {
   const s = v as Partial<NonNullable<LiveShare['served']>> | null
-  if (typeof s !== 'object' || s === null || !absolute(s.root) || !Array.isArray(s.replies)) return false
+  if (typeof s !== 'object' || s === null || !absolute(s.root) || !Array.isArray(s.replies) || (s.crashed !== undefined && typeof s.crashed !== 'boolean')) return false
   return s.replies.every((r) => Array.isArray(r) && r.length === 3 && typeof r[0] === 'string' && typeof r[1] === 'string' && Number.isFinite(r[2]))
 }
 

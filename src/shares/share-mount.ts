@@ -9,17 +9,19 @@
  * over) and the request is sent there. The file handles in requests are the file
  * system's own, so they mean the same to the new server. An operation that must apply
  * once (wire.ts appliesOnce) and was sent without an answer is sent again only to the
- * same server, whose reply cache answers it; to another server it fails EIO rather than
- * risk applying it twice. Requests wait at most NO_SERVER_MS for a server.
+ * same server, whose reply cache answers it (a live restart hands the cache on); to another
+ * server, or to the same one back from a crash (SERVER_RECOVERED: the cache went with the
+ * process), it fails EIO rather than risk applying it twice. Requests wait at most NO_SERVER_MS for a server.
  */
 import { promises as fs } from 'node:fs'
 import type { Logger } from 'pino'
 import { codeOf, pxdError } from '../errors'
+import { setReadahead } from '../frontend/filesystem'
 import { native } from '../native/binding'
 import { ShareClientEvent, type ShareClientHandle } from '../native/share-client-binding'
 import { HeldLocks } from './held-locks'
 import type { HandedMount } from './share-handoff'
-import { rootRequest, type Route, type RouteResolver } from './share-routes'
+import { NO_ANSWER, REROUTE, rootRequest, type Route, type RouteResolver } from './share-routes'
 import { parseWrite, UnstableWrites } from './unstable-writes'
 import { appliesOnce, errorReply, firstHandle, opcodeOf, Op, replyError, WIRE_REPLY_BYTES } from './wire'
 
@@ -37,9 +39,6 @@ const EIO = 5
 const ENOTCONN = 107
 const ESTALE = 116
 
-/** Codes that mean "this server is gone or is not the server": look again and resend. */
-const REROUTE = ['IN_GRACE', 'SERVER_RESTARTED', 'NOT_SERVING', 'NOT_A_CLIENT', 'LINK_CLOSED', 'PEER_UNAVAILABLE', 'PEER_TIMEOUT', 'SHUTTING_DOWN', 'PEER_MISMATCH', 'KVDB_UNAVAILABLE', 'CONFLICT', 'IN_USE'] as const
-
 interface Pending {
   xid: number
   opcode: number
@@ -47,6 +46,10 @@ interface Pending {
   /** The server it was last sent to without an answer. */
   sentTo: string | undefined
   route: Route | undefined
+  /** An attempt got no answer from sentTo: it may have been applied there. */
+  unanswered?: boolean
+  /** And sentTo came back from a crash since (SERVER_RECOVERED): nothing there remembers whether it was. */
+  lost?: boolean
 }
 
 export interface ShareMountOptions {
@@ -112,7 +115,9 @@ export class ShareMount {
       throw pxdError('PRECONDITION', `cannot mount shared volume ${this.name} at ${this.mountpoint}: ${(err as Error).message}`, err)
     }
     this.#memory = native.shareClientLayout(this.#handle).memory
-    await this.#setReadahead()
+    // Sequential reads ask the server for READAHEAD_KB at a time rather than the kernel's
+    // default 128 KiB: one round trip per request is what a client read costs.
+    await setReadahead(this.mountpoint, READAHEAD_KB).catch((err) => this.#log.warn({ err, volume: this.name }, 'could not raise the shared mount\'s readahead; sequential reads will be slower'))
     this.#commits = setInterval(() => void this.#tick(), 1000)
     this.#commits.unref()
     this.#log.info({ volume: this.name, mountpoint: this.mountpoint, server: this.#route?.server }, 'shared volume mounted as a client')
@@ -164,12 +169,8 @@ export class ShareMount {
     }
     clearInterval(this.#commits)
     const route = await this.#currentRoute()
-    for (const { key, request, upTo } of this.#unstable.due(Number.POSITIVE_INFINITY)) {
-      const reply = await route.send(this.#nextXid++, request, Math.max(1, deadline - Date.now()))
-      if (replyError(reply) !== 0) throw pxdError('HANDOFF_FAILED', `committing the writes to shared volume ${this.name} failed: errno ${-replyError(reply)}`)
-      this.#unstable.committed(route.server, key, upTo)
-    }
-    if (this.#unstable.bytes > 0) throw pxdError('HANDOFF_FAILED', `shared volume ${this.name} has writes its server did not make durable`)
+    const failed = await this.#unstable.commitAll(route, () => this.#nextXid++, deadline)
+    if (failed !== undefined) throw pxdError('HANDOFF_FAILED', `shared volume ${this.name}: ${failed}`)
     const given = native.shareClientHandOff(this.#handle!)
     this.#closed = true
     this.#handle = undefined
@@ -182,21 +183,6 @@ export class ShareMount {
       pending: Buffer.from(given.pending).toString('base64'),
     }
     return { handed, fd: given.fd }
-  }
-
-  /**
-   * Sequential reads ask the server for READAHEAD_KB at a time rather than the kernel's
-   * default 128 KiB (one round trip per request is what a client read costs).
-   */
-  async #setReadahead(): Promise<void> {
-    try {
-      const dev = (await fs.stat(this.mountpoint)).dev
-      const major = Math.floor(dev / 256) & 0xfff
-      const minor = (dev & 0xff) | (Math.floor(dev / 4096) & 0xfff00)
-      await fs.writeFile(`/sys/class/bdi/${major}:${minor}/read_ahead_kb`, String(READAHEAD_KB))
-    } catch (err) {
-      this.#log.warn({ err, volume: this.name }, 'could not raise the shared mount\'s readahead; sequential reads will be slower')
-    }
   }
 
   /** Without lazy, fails with IN_USE while something uses the mount (and keeps serving it). */
@@ -358,9 +344,9 @@ export class ShareMount {
       let route: Route | undefined
       try {
         route = await this.#currentRoute()
-        if (p.sentTo !== undefined && p.sentTo !== route.server && appliesOnce(p.opcode)) {
-          // It may have been applied by the server that went: never apply it twice.
-          throw Object.assign(pxdError('IO_ERROR', `operation ${p.opcode} on ${this.name} was in flight when server ${p.sentTo} went`), { errno: EIO })
+        if (p.sentTo !== undefined && (p.sentTo !== route.server || p.lost === true) && appliesOnce(p.request)) {
+          // It may have been applied by the server that went or restarted: never apply it twice.
+          throw Object.assign(pxdError('IO_ERROR', `operation ${p.opcode} on ${this.name} was in flight when server ${p.sentTo} went or restarted`), { errno: EIO })
         }
         p.route = route
         p.sentTo = route.server
@@ -369,12 +355,22 @@ export class ShareMount {
         return reply
       } catch (err) {
         if (!REROUTE.some((code) => codeOf(err) === code)) throw err
-        if (codeOf(err) === 'SERVER_RESTARTED') this.#reclaimDue = true
+        if (codeOf(err) === 'SERVER_RESTARTED' || codeOf(err) === 'SERVER_RECOVERED') {
+          this.#reclaimDue = true
+          if (codeOf(err) === 'SERVER_RECOVERED') this.#lostWith(route?.server, p)
+        } else if (route !== undefined && p.sentTo === route.server && NO_ANSWER.has(codeOf(err) ?? '')) {
+          p.unanswered = true
+        }
         if (route !== undefined && this.#route === route) this.#route = undefined
         if (Date.now() > deadline) throw Object.assign(pxdError('PEER_UNAVAILABLE', `no node serves shared volume ${this.name}`, err), { errno: EIO })
         await new Promise((resolve) => setTimeout(resolve, delay))
       }
     }
+  }
+
+  /** `server` crashed: what was sent to it without an answer may have been applied, and nothing there remembers it. */
+  #lostWith(server: string | undefined, p: Pending): void {
+    for (const q of [...this.#pending.values(), p]) if (q.unanswered === true && q.sentTo === server) q.lost = true
   }
 
   #currentRoute(): Promise<Route> {

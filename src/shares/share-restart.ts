@@ -82,7 +82,7 @@ export interface ServedAttachment { name: string; mountpoint: string; mountIds: 
 export async function resumeShares(h: RestartHost, handed: readonly LiveShare[], fds: Map<string, number>, keys: Record<string, { passphrase?: string }>, attached: readonly ServedAttachment[]): Promise<void> {
   const named = new Set(handed.map((s) => s.name))
   const shares = [...handed, ...attached.filter((a) => !named.has(a.name)).map((a): LiveShare => ({
-    name: a.name, mountIds: a.mountpoint === h.o.host.mountpointOf(a.name) ? a.mountIds : [], since: new Date().toISOString(), keyOptions: {}, served: { root: a.mountpoint, replies: [] },
+    name: a.name, mountIds: a.mountpoint === h.o.host.mountpointOf(a.name) ? a.mountIds : [], since: new Date().toISOString(), keyOptions: {}, served: { root: a.mountpoint, replies: [], crashed: true },
   }))]
   for (const share of shares) {
     const fd = share.client ? fds.get(share.client.fdname) : undefined
@@ -133,7 +133,7 @@ async function serveAgain(h: RestartHost, st: ShareState, served: NonNullable<Li
   const others = (await h.o.registry.others(st.name)).map((c) => c.nodeId)
   const reclaimFrom = [...others, h.o.nodeId]
   const volumeId = await h.o.host.volumeId(st.name)
-  st.export = await ShareExport.open(h.o.executor, st.name, volumeId, served.root, h.o.log, h.graceMs, { replies: served.replies, reclaimFrom })
+  st.export = await ShareExport.open(h.o.executor, st.name, volumeId, served.root, h.o.log, h.graceMs, { replies: served.replies, crashed: served.crashed === true, reclaimFrom })
   st.epoch = holder.epoch
   h.o.service.add(st.export)
 }

@@ -20,6 +20,12 @@ export interface Route {
 /** Finds the serving node (taking the volume over if nobody serves it); `stale` is the route that just failed. */
 export type RouteResolver = (stale: Route | undefined) => Promise<Route>
 
+/** Codes that mean "this server is gone or is not the server": look again and resend. */
+export const REROUTE = ['IN_GRACE', 'SERVER_RESTARTED', 'SERVER_RECOVERED', 'NOT_SERVING', 'NOT_A_CLIENT', 'LINK_CLOSED', 'PEER_UNAVAILABLE', 'PEER_TIMEOUT', 'SHUTTING_DOWN', 'PEER_MISMATCH', 'KVDB_UNAVAILABLE', 'CONFLICT', 'IN_USE'] as const
+
+/** Failures after which a request may have been applied all the same (it got no answer). */
+export const NO_ANSWER: ReadonlySet<string> = new Set(['LINK_CLOSED', 'PEER_TIMEOUT', 'PEER_UNAVAILABLE'])
+
 /** A ROOT request: what a mount asks first, and what tells a server this client is there. */
 export function rootRequest(): Buffer {
   const root = Buffer.alloc(32)

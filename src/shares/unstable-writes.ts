@@ -15,12 +15,11 @@
  */
 import { pxdError } from '../errors'
 import type { Route } from './share-routes'
-import { firstHandle, Op, replyError, WIRE_REQUEST_BYTES } from './wire'
+import { firstHandle, O_APPEND, Op, replyError, WIRE_REQUEST_BYTES } from './wire'
 
 export const COMMIT_AFTER_MS = 2_000
 export const COMMIT_BYTES = 64 * 1024 * 1024
 
-const O_APPEND = 0o2000
 const FSYNC_DATASYNC = 1
 
 interface Kept { server: string; seq: number; request: Buffer; fh: bigint; at: number; bytes: number }
@@ -153,6 +152,19 @@ export class UnstableWrites {
       if (replyError(reply) === 0) this.committed(route.server, due.key, due.upTo)
     }
     return writes.length
+  }
+
+  /**
+   * Every file with unstable writes committed on `route` by `deadline` (a live restart hands
+   * over no copies). Returns what failed, or undefined when nothing is left unstable.
+   */
+  async commitAll(route: Route, xid: () => number, deadline: number): Promise<string | undefined> {
+    for (const { key, request, upTo } of this.due(Number.POSITIVE_INFINITY)) {
+      const reply = await route.send(xid(), request, Math.max(1, deadline - Date.now()))
+      if (replyError(reply) !== 0) return `committing its writes failed: errno ${-replyError(reply)}`
+      this.committed(route.server, key, upTo)
+    }
+    return this.#bytes > 0 ? 'writes its server acknowledged are not durable there yet' : undefined
   }
 
   /** A replayed write is now held by `server`. */

@@ -16,13 +16,23 @@ const CHANGES_NAMESPACE: ReadonlySet<number> = new Set([
   Op.SYMLINK, Op.MKNOD, Op.MKDIR, Op.UNLINK, Op.RMDIR, Op.RENAME, Op.LINK, Op.CREATE, Op.RENAME2, Op.SETXATTR, Op.REMOVEXATTR,
 ])
 
+/** The open flag a write's fh carries for a file opened to append. */
+export const O_APPEND = 0o2000
+
 /**
- * Operations that must not run twice: a create, link, rename or unlink applied once and
- * sent again would fail (EEXIST, ENOENT) or do something else. A server answers a repeat
- * from its reply cache; a new server never sees one (the client fails it instead).
+ * Requests that must not run twice: a create, link, rename or unlink applied once and
+ * sent again would fail (EEXIST, ENOENT) or do something else, and a write to a file
+ * opened O_APPEND would land twice. A server answers a repeat from its reply cache; a new
+ * server, or one that restarted without its cache, never sees one (the client fails it
+ * instead).
  */
-export function appliesOnce(opcode: number): boolean {
-  return CHANGES_NAMESPACE.has(opcode)
+export function appliesOnce(request: Uint8Array): boolean {
+  const opcode = opcodeOf(request)
+  if (CHANGES_NAMESPACE.has(opcode)) return true
+  if (opcode !== Op.WRITE) return false
+  // The fh the write's body starts with carries the file's open flags.
+  const first = firstHandle(request)
+  return first !== undefined && first.b[18] === 1 && first.end + 8 <= first.b.length && (first.b.readBigUInt64LE(first.end) & BigInt(O_APPEND)) !== 0n
 }
 
 export const WIRE_REQUEST_BYTES = 32

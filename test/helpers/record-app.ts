@@ -11,13 +11,13 @@ import { RECORD_BYTES, record, type RecordIoReport } from './record-io'
 
 export interface App { writer: ChildProcess; reader: ChildProcess; file: string }
 
-/** Writer and reader of `<dir>/records` (made empty first). */
-export function startApp(dir: string, name = 'records'): App {
+/** Writer and reader of `<dir>/records` (made empty first); `positional`: the writer writes each record at its place rather than appending. */
+export function startApp(dir: string, name = 'records', positional = false): App {
   const file = path.join(dir, name)
   writeFileSync(file, '')
   const script = path.join(REPO_ROOT, 'dist', 'test', 'helpers', 'record-io.js')
   const run = (mode: string) => spawn(process.execPath, [script, mode, file], { stdio: ['ignore', 'pipe', 'inherit'] })
-  return { writer: run('write'), reader: run('read'), file }
+  return { writer: run(positional ? 'write-at' : 'write'), reader: run('read'), file }
 }
 
 export async function stopApp(app: App): Promise<{ writer: RecordIoReport; reader: RecordIoReport }> {

@@ -1,6 +1,7 @@
 /**
  * A process standing in for a container's application during a live restart:
  * `write FILE`: appends numbered 64-byte records to FILE, each fsynced before the next;
+ * `write-at FILE`: the same records, each written at its place (pwrite), not appended;
  * `read FILE`: reads FILE whole, again and again, checking every record in it.
  * Either one runs until SIGTERM, then prints one JSON line: how many records (or reads),
  * the longest time one operation took (the I/O pause a restart caused), and every error.
@@ -21,14 +22,14 @@ export interface RecordIoReport {
 
 function main(): void {
   const [mode, file] = process.argv.slice(2)
-  if ((mode !== 'write' && mode !== 'read') || !file) {
-    process.stderr.write('usage: record-io write|read FILE\n')
+  if ((mode !== 'write' && mode !== 'write-at' && mode !== 'read') || !file) {
+    process.stderr.write('usage: record-io write|write-at|read FILE\n')
     process.exit(2)
   }
   const report: RecordIoReport = { ops: 0, maxOpMs: 0, errors: [] }
   let stop = false
   process.on('SIGTERM', () => { stop = true })
-  const fd = mode === 'write' ? openSync(file, 'a') : -1
+  const fd = mode === 'write' ? openSync(file, 'a') : mode === 'write-at' ? openSync(file, 'r+') : -1
   const step = (): void => {
     if (stop) {
       if (fd >= 0) closeSync(fd)
@@ -37,8 +38,9 @@ function main(): void {
     }
     const start = performance.now()
     try {
-      if (mode === 'write') {
-        writeSync(fd, record(report.ops))
+      if (mode === 'write' || mode === 'write-at') {
+        if (mode === 'write') writeSync(fd, record(report.ops))
+        else writeSync(fd, record(report.ops), report.ops * RECORD_BYTES)
         fsyncSync(fd)
       } else {
         const text = readFileSync(file, 'latin1')
@@ -52,7 +54,7 @@ function main(): void {
       if (report.errors.length < 20) report.errors.push((err as Error).message)
     }
     report.maxOpMs = Math.max(report.maxOpMs, performance.now() - start)
-    setTimeout(step, mode === 'write' ? 2 : 20)
+    setTimeout(step, mode === 'read' ? 20 : 2)
   }
   step()
 }

@@ -10,6 +10,8 @@ test('a handed-over client mount as written is read back; anything else is refus
   t.false(isLiveShare({ ...good, keyOptions: { passphrase: 'never in the session file' } }), 'a passphrase never travels in the session file')
   t.true(isLiveShare({ ...good, served: { root: '/run/pxd/mounts/v1', replies: [['node-b/7', 'AAAA', 1733270400000]] } }))
   t.true(isLiveShare({ name: 'v1', mountIds: [], since: good.since, keyOptions: {}, served: { root: '/run/pxd/served/v1', replies: [] } }))
+  t.true(isLiveShare({ name: 'v1', mountIds: [], since: good.since, keyOptions: {}, served: { root: '/run/pxd/served/v1', replies: [], crashed: true } }))
+  t.false(isLiveShare({ name: 'v1', mountIds: [], since: good.since, keyOptions: {}, served: { root: '/run/pxd/served/v1', replies: [], crashed: 'yes' } }))
   t.false(isLiveShare({ ...good, client: undefined }), 'neither a client nor a server')
   t.false(isLiveShare({ ...good, client: { ...client, mountpoint: 'relative/v1' } }))
   t.false(isLiveShare({ ...good, client: { ...client, fdname: 'pxd-fuse' } }))
