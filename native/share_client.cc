@@ -1,5 +1,6 @@
 // The mount, the reader thread and its slots of a shared volume's FUSE
-// client; requests, replies and nodeids are in share_client_wire.cc.
+// client; requests, replies, nodeids and the callers' groups are in
+// share_client_wire.cc, a live restart's hand-over in share_client_handoff.cc.
 #include "share_client.h"
 
 #include <fcntl.h>
@@ -31,8 +32,6 @@ constexpr uint16_t kCongestionThreshold = 12;
 // READDIRPLUS: entries come only from lookups.
 constexpr uint32_t kWantFlags = FUSE_ASYNC_READ | FUSE_POSIX_LOCKS | FUSE_FLOCK_LOCKS | FUSE_ATOMIC_O_TRUNC |
                                 FUSE_BIG_WRITES | FUSE_MAX_PAGES | FUSE_PARALLEL_DIROPS | FUSE_ASYNC_DIO;
-constexpr auto kGroupsValid = std::chrono::seconds(1);
-constexpr size_t kGroupsCacheMax = 1024;
 
 FuseError SysError(const char* what, const std::string& detail) {
   int e = errno;
@@ -383,43 +382,6 @@ void ShareClient::OnInterrupt(const uint8_t* in, size_t in_len) {
     generation = slots_[slot].generation;
   }
   sink_->Interrupt(slot, generation);
-}
-
-const ShareClient::Groups& ShareClient::GroupsOf(uint32_t pid) {
-  const auto now = std::chrono::steady_clock::now();
-  auto it = groups_.find(pid);
-  if (it != groups_.end() && now - it->second.at < kGroupsValid) return it->second;
-  if (it == groups_.end() && groups_.size() >= kGroupsCacheMax) {
-    for (auto e = groups_.begin(); e != groups_.end();) {
-      e = now - e->second.at < kGroupsValid ? std::next(e) : groups_.erase(e);
-    }
-    if (groups_.size() >= kGroupsCacheMax) groups_.clear();
-  }
-  Groups& g = groups_[pid];
-  g.at = now;
-  g.count = 0;
-  char path[32];
-  std::snprintf(path, sizeof path, "/proc/%u/status", pid);
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return g;  // gone: no groups
-  char buf[4096];
-  ssize_t n = read(fd, buf, sizeof buf - 1);
-  close(fd);
-  if (n <= 0) return g;
-  buf[n] = '\0';
-  // The name is escaped in this file, so a line starts only where one does.
-  const char* p = std::strstr(buf, "\nGroups:");
-  if (p == nullptr) return g;
-  p += std::strlen("\nGroups:");
-  while (g.count < kMaxGroups) {
-    while (*p == ' ' || *p == '\t') p++;
-    if (*p < '0' || *p > '9') break;
-    char* end;
-    unsigned long gid = std::strtoul(p, &end, 10);
-    g.gids[g.count++] = static_cast<uint32_t>(gid);
-    p = end;
-  }
-  return g;
 }
 
 }  // namespace share

@@ -1,10 +1,15 @@
 // A shared volume's FUSE client: kernel requests into wire requests, wire
-// replies into kernel replies, and the nodeid table between the two.
+// replies into kernel replies, the nodeid table between the two, and the
+// callers' supplementary groups that permission-checked requests carry.
+#include <fcntl.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "share_client.h"
@@ -12,6 +17,9 @@
 namespace pxd {
 namespace share {
 namespace {
+
+constexpr auto kGroupsValid = std::chrono::seconds(1);
+constexpr size_t kGroupsCacheMax = 1024;
 
 // Operations the server checks permissions for: they carry the caller's
 // supplementary groups. Others carry none.
@@ -283,6 +291,43 @@ void ShareClient::Translate(uint64_t unique, uint32_t opcode, uint64_t nodeid, c
   // refused the reply's size (and fails the request EIO). Either way it never
   // took the entry, and will not forget it.
   if (writev(fd_, iov, n) < 0 && ref != 0) OnForget(ref, 1);
+}
+
+const ShareClient::Groups& ShareClient::GroupsOf(uint32_t pid) {
+  const auto now = std::chrono::steady_clock::now();
+  auto it = groups_.find(pid);
+  if (it != groups_.end() && now - it->second.at < kGroupsValid) return it->second;
+  if (it == groups_.end() && groups_.size() >= kGroupsCacheMax) {
+    for (auto e = groups_.begin(); e != groups_.end();) {
+      e = now - e->second.at < kGroupsValid ? std::next(e) : groups_.erase(e);
+    }
+    if (groups_.size() >= kGroupsCacheMax) groups_.clear();
+  }
+  Groups& g = groups_[pid];
+  g.at = now;
+  g.count = 0;
+  char path[32];
+  std::snprintf(path, sizeof path, "/proc/%u/status", pid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return g;  // gone: no groups
+  char buf[4096];
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return g;
+  buf[n] = '\0';
+  // The name is escaped in this file, so a line starts only where one does.
+  const char* p = std::strstr(buf, "\nGroups:");
+  if (p == nullptr) return g;
+  p += std::strlen("\nGroups:");
+  while (g.count < kMaxGroups) {
+    while (*p == ' ' || *p == '\t') p++;
+    if (*p < '0' || *p > '9') break;
+    char* end;
+    unsigned long gid = std::strtoul(p, &end, 10);
+    g.gids[g.count++] = static_cast<uint32_t>(gid);
+    p = end;
+  }
+  return g;
 }
 
 }  // namespace share
