@@ -162,7 +162,8 @@ function positiveInteger(flag: string, text: string): number {
   return n
 }
 
-function size(flag: string, text: string): number {
+/** A size flag's value (K/M/G binary), or a UsageError naming the flag. */
+export function size(flag: string, text: string): number {
   try {
     return parseSize(text)
   } catch (err) {

@@ -1,6 +1,6 @@
 /** Command-line flags of the scale bench (`npm run bench -- --scale [flags]`, bench/scale.ts). */
 import { parseSize } from '../src/util/size'
-import { UsageError } from './args'
+import { size, UsageError } from './args'
 
 export interface ScaleOptions {
   /** Volumes created and mounted on the one node. */
@@ -83,12 +83,4 @@ function whole(flag: string, text: string, min: number): number {
   const n = Number(text)
   if (!Number.isInteger(n) || n < min) throw new UsageError(`${flag} wants a whole number >= ${min}, got "${text}"`)
   return n
-}
-
-function size(flag: string, text: string): number {
-  try {
-    return parseSize(text)
-  } catch (err) {
-    throw new UsageError(`${flag}: ${(err as Error).message}`)
-  }
 }

@@ -138,7 +138,8 @@ async function serveAgain(h: RestartHost, st: ShareState, served: NonNullable<Li
   h.o.service.add(st.export)
 }
 
-function unmountQuietly(client: ShareMount, log: Logger): void {
+/** A lazy unmount of a client mount; a failure is logged, not thrown (the stop goes on). */
+export function unmountQuietly(client: ShareMount, log: Logger): void {
   try {
     client.unmount(true)
   } catch (err) {

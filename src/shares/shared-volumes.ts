@@ -20,7 +20,7 @@ import { ShareExport } from './share-export'
 import { ShareMount } from './share-mount'
 import { localRoute, remoteRoute, type Route } from './share-routes'
 import type { LiveShare } from './share-handoff'
-import { handOffShares, resumeShares, type HandedShare, type RestartHost, type ServedAttachment } from './share-restart'
+import { handOffShares, resumeShares, unmountQuietly, type HandedShare, type RestartHost, type ServedAttachment } from './share-restart'
 import type { ShareClientRecord } from './share-registry'
 import { newState, type ShareState, type SharedVolumesOptions } from './share-state'
 import type { KeyOptions } from '../volumes/keys'
@@ -203,11 +203,7 @@ export class SharedVolumes {
     this.#stopping = true
     clearInterval(this.#timer)
     for (const st of this.#states.values()) {
-      try {
-        st.client?.unmount(true)
-      } catch (err) {
-        this.#o.log.error({ err, volume: st.name }, 'lazy unmount of a shared volume client failed')
-      }
+      if (st.client) unmountQuietly(st.client, this.#o.log)
       await st.registration?.revoke().catch(() => undefined)
       if (st.export) {
         this.#o.service.remove(st.export)
